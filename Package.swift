@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+// The whole project: `builder` (Hub -> OCI image -> registry -> Cloud Run) and `inference-server`.
+// Builder-side and server-side modules share nothing, so the server image never needs libarchive or libcurl.
+import PackageDescription
+
+let package = Package(
+    name: "gemma-run",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "builder", targets: ["builder"]),
+        .executable(name: "inference-server", targets: ["inference-server"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    ],
+    targets: [
+        // System libraries (Debian packages named in `providers`). No Swift in these.
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+
+        // Builder side.
+        .target(name: "Hashing", dependencies: ["COpenSSL"]),
+        .target(name: "OCI", dependencies: ["Hashing", "CArchive", "CZlib", "CZstd"]),
+        .target(name: "ELF"),
+        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing"]),
+        .executableTarget(
+            name: "builder",
+            dependencies: ["BuilderKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+
+        // Server side.
+        .executableTarget(
+            name: "inference-server",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+
+        .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
+        .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing"]),
+        .testTarget(name: "ELFTests", dependencies: ["ELF"]),
+        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,3 @@
+// Shim for COpenSSL: the C headers this module exposes to Swift.
+#pragma once
+#include <openssl/evp.h>
