@@ -37,10 +37,12 @@ let package = Package(
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
+        // Helpers shared by the test targets: temporary folders, running real tools, reading tars.
+        .target(name: "TestSupport", dependencies: ["Hashing"], path: "Tests/TestSupport"),
         .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
-        .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing"]),
-        .testTarget(name: "ELFTests", dependencies: ["ELF"]),
-        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing"]),
+        .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing", "TestSupport"]),
+        .testTarget(name: "ELFTests", dependencies: ["ELF", "TestSupport"]),
+        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

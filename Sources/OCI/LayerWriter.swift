@@ -47,6 +47,20 @@ public enum LayerWriter {
         progress: ((Int64) -> Void)? = nil
     ) throws -> Layer {
         let sorted = withParents(entries)
+        // libarchive converts names through the C library's multibyte functions, and in the "C"
+        // locale it crashes on non-ASCII names (strlen of a failed conversion). A UTF-8 locale for
+        // this thread only leaves the process's own locale alone.
+        let utf8Locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", nil)
+        if utf8Locale == nil, let odd = sorted.first(where: { !$0.path.utf8.allSatisfy { $0 < 0x80 } }) {
+            throw OCIError.archive(operation: "name", path: odd.path, message: "non-ASCII names need the C.UTF-8 locale, which this C library lacks")
+        }
+        let previousLocale = utf8Locale.map { uselocale($0) }
+        defer {
+            if let previousLocale, let utf8Locale {
+                uselocale(previousLocale)
+                freelocale(utf8Locale)
+            }
+        }
         let sink = try TarSink(blob: blob, compressor: try compression.makeCompressor())
 
         guard let archive = archive_write_new() else { throw OCIError.compression("libarchive could not allocate a writer") }
