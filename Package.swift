@@ -32,6 +32,7 @@ let package = Package(
         ),
 
         // Server side.
+        .target(name: "Tokenizer"),
         .executableTarget(
             name: "inference-server",
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -42,6 +43,7 @@ let package = Package(
         .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
         .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing", "TestSupport"]),
         .testTarget(name: "ELFTests", dependencies: ["ELF", "TestSupport"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
