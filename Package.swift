@@ -25,10 +25,12 @@ let package = Package(
         .target(name: "Hashing", dependencies: ["COpenSSL"]),
         .target(name: "OCI", dependencies: ["Hashing", "CArchive", "CZlib", "CZstd"]),
         .target(name: "ELF"),
-        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing"]),
+        .target(name: "HTTP", dependencies: ["CCurl"]),
+        .target(name: "Registry", dependencies: ["HTTP", "OCI", "Hashing"]),
+        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing", "Registry"]),
         .executableTarget(
             name: "builder",
-            dependencies: ["BuilderKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["BuilderKit", "OCI", "Registry", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Server side.

@@ -5,6 +5,19 @@ public struct BuildRequest: Sendable {
     public enum Base: Sendable, Equatable {
         case scratch
         case layout(String)
+        /// An image in a registry, pulled (and verified) before the build.
+        case registry(String)
+
+        /// `scratch`, `oci:DIR`, or a registry reference such as `debian:bookworm-slim`.
+        public init(parsing s: String) {
+            if s == "scratch" {
+                self = .scratch
+            } else if s.hasPrefix("oci:"), s.count > 4 {
+                self = .layout(String(s.dropFirst(4)))
+            } else {
+                self = .registry(s.hasPrefix("docker://") ? String(s.dropFirst(9)) : s)
+            }
+        }
     }
 
     public enum Output: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import Foundation
 import OCI
+import Registry
 
 /// `builder build`: a model and a server executable in, an OCI image out, byte for byte the same
 /// for the same inputs. Layers go from what changes most to what changes least so that a new
@@ -8,15 +9,22 @@ import OCI
 public struct ImageBuilder {
     public var request: BuildRequest
     public var progress: ProgressFactory
+    /// Pulls a registry base; nil when the base is scratch or a layout.
+    public var registry: RegistryClient?
 
-    public init(request: BuildRequest, progress: ProgressFactory = .silent) {
+    public init(request: BuildRequest, progress: ProgressFactory = .silent, registry: RegistryClient? = nil) {
         self.request = request
         self.progress = progress
+        self.registry = registry
     }
 
     public struct Result: Sendable {
         public var manifest: Descriptor
         public var layers: [Layer]
+        /// The registry base the image was built on, whose repository holds the base layers
+        /// (a push to the same registry mounts them instead of uploading them).
+        public var baseReference: ImageReference?
+        public var baseLayers: [Digest] = []
     }
 
     public func build() throws -> Result {
@@ -27,24 +35,49 @@ public struct ImageBuilder {
             throw BuilderError.invalidOption(
                 "the server is built for \(server.architecture) but the image is for \(request.platform); build the server for \(request.platform.architecture)")
         }
-        let base: (layout: OCILayout, manifest: ImageManifest, config: ImageConfiguration)?
-        switch request.base {
-        case .scratch: base = nil
-        case .layout(let dir):
-            let layout = try OCILayout(root: FileSystem.absolute(dir))
-            let image = try layout.image(for: request.platform)
-            base = (layout, image.manifest, image.config)
-        }
-
         let output = try OutputTarget(request.output)
+        var pulledBase: String?
+        defer { if let pulledBase { FileSystem.removeTree(pulledBase) } }
         do {
-            let result = try assemble(model: model, server: server, base: base, into: output.stagingLayout)
+            let base: (layout: OCILayout, manifest: ImageManifest, config: ImageConfiguration)?
+            var baseReference: ImageReference?
+            switch request.base {
+            case .scratch:
+                base = nil
+            case .layout(let dir):
+                let layout = try OCILayout(root: FileSystem.absolute(dir))
+                let image = try layout.image(for: request.platform)
+                base = (layout, image.manifest, image.config)
+            case .registry(let text):
+                let reference = try ImageReference(parsing: text)
+                let dir = output.stagingLayout + ".base"
+                pulledBase = dir
+                let layout = try pull(reference, into: dir)
+                let image = try layout.image(for: request.platform)
+                base = (layout, image.manifest, image.config)
+                baseReference = reference
+            }
+            var result = try assemble(model: model, server: server, base: base, into: output.stagingLayout)
+            result.baseReference = baseReference
+            result.baseLayers = base?.manifest.layers.map(\.digest) ?? []
             try output.publish(mtime: request.sourceDateEpoch)
             return result
         } catch {
             output.discard()
             throw error
         }
+    }
+
+    private func pull(_ reference: ImageReference, into dir: String) throws -> OCILayout {
+        let client = registry ?? RegistryClient()
+        FileSystem.removeTree(dir)
+        let writer = try OCILayoutWriter(root: dir)
+        var puller = ImagePuller(client: client)
+        puller.platform = request.platform
+        puller.progress = progress.perBlob
+        let (descriptor, _) = try puller.pull(reference, into: writer)
+        try writer.finish(index: ImageIndex(manifests: [descriptor]))
+        return try OCILayout(root: dir)
     }
 
     private func assemble(
@@ -134,7 +167,7 @@ public struct ImageBuilder {
         try writer.finish(index: ImageIndex(manifests: [manifestDescriptor]))
         manifestDescriptor.annotations = nil
         manifestDescriptor.platform = nil
-        return Result(manifest: manifestDescriptor, layers: layers)
+        return Result(manifest: manifestDescriptor, layers: layers, baseReference: nil)
     }
 
     /// Labels that say which model the image serves.

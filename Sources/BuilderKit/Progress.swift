@@ -22,6 +22,15 @@ public struct ProgressFactory: Sendable {
     }
 }
 
+extension ProgressFactory {
+    /// The shape the registry client takes: one reporter per blob.
+    public var perBlob: (@Sendable (String, Int64) -> ((Int64) -> Void)?)? {
+        guard enabled else { return nil }
+        let factory = self
+        return { label, total in factory.make(label, total: total) }
+    }
+}
+
 final class ProgressLine: @unchecked Sendable {
     // @unchecked: a reporter is driven by the one thread that writes its layer.
     let label: String

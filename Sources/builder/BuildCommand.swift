@@ -2,6 +2,7 @@ import ArgumentParser
 import BuilderKit
 import Foundation
 import OCI
+import Registry
 
 struct BuildCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,8 +27,13 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "The server executable to run. Default: the inference-server built beside this builder.")
     var server: String?
 
-    @Option(help: "The base image: 'scratch' (nothing but our layers) or oci:DIR (an OCI layout on disk).")
+    @Option(help: "The base image: 'scratch' (nothing but our layers), oci:DIR (an OCI layout on disk) or a registry reference (e.g. debian:bookworm-slim), pulled and verified.")
     var base: String = "scratch"
+
+    @Option(help: "Push the image to this registry reference (HOST/REPOSITORY[:TAG]) once built; then stdout is REF@sha256:...")
+    var push: String?
+
+    @OptionGroup var registry: RegistryOptions
 
     @Option(name: .customLong("env"), help: "Set an environment variable in the image (KEY=VALUE); repeatable.")
     var env: [String] = []
@@ -63,9 +69,9 @@ struct BuildCommand: ParsableCommand {
     }
 
     func run() throws {
-        do {
+        try reportingErrors {
             var request = BuildRequest(model: model, server: server ?? defaultServer(), output: try .init(parsing: output))
-            request.base = try parseBase(base)
+            request.base = .init(parsing: base)
             request.env = try env.map { try BuildRequest.keyValue($0, option: "--env") }
             request.labels = try labels.map { try BuildRequest.keyValue($0, option: "--label") }
             request.port = port
@@ -74,21 +80,29 @@ struct BuildCommand: ParsableCommand {
             request.weightCompression = weightCompression
             request.platform = Platform(parsing: platform)!
             request.sourceDateEpoch = try BuildRequest.sourceDateEpoch(from: ProcessInfo.processInfo.environment)
-            let builder = ImageBuilder(request: request, progress: quiet ? .silent : .standardError())
-            let result = try builder.build()
-            print(result.manifest.digest)
-        } catch let error as ValidationError {
-            throw error
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode.failure
+            let pushReference = try push.map { try ImageReference(parsing: $0) }
+            var baseRegistry: String?
+            if case .registry(let text) = request.base { baseRegistry = try ImageReference(parsing: text).registry }
+            let client = try registry.makeClient(for: pushReference?.registry ?? baseRegistry)
+            let progress: ProgressFactory = quiet ? .silent : .standardError()
+            let result = try ImageBuilder(request: request, progress: progress, registry: client).build()
+            guard let pushReference else {
+                print(result.manifest.digest)
+                return
+            }
+            // Base layers already in another repository of the same registry are mounted, not uploaded.
+            var mounts: [OCI.Digest: String] = [:]
+            if let base = result.baseReference, base.registry == pushReference.registry {
+                for layer in result.baseLayers { mounts[layer] = base.repository }
+            }
+            guard case .layout(let dir) = request.output else {
+                throw ValidationError("--push needs --output oci:DIR")
+            }
+            let (text, _) = try RegistryOperations.push(
+                layout: dir + ":" + request.tag, to: pushReference, client: client, jobs: registry.jobs,
+                mode: registry.uploadMode.mode, chunkSize: registry.chunkSize, mountSources: mounts, progress: progress)
+            print(text)
         }
-    }
-
-    private func parseBase(_ s: String) throws -> BuildRequest.Base {
-        if s == "scratch" { return .scratch }
-        if s.hasPrefix("oci:"), s.count > 4 { return .layout(String(s.dropFirst(4))) }
-        throw BuilderError.invalidOption("--base must be scratch or oci:DIR (pulling from a registry is not available yet), not '\(s)'")
     }
 
     /// The inference-server next to this executable, as `swift build` and the builder image lay them out.

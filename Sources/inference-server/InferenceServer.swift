@@ -59,7 +59,7 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let (path, lines) = try options.inventory()
-        print("inference-server: found model \(path) with \(lines.count) files:")
+        print("inference-server: found model \(path) with \(lines.count) file\(lines.count == 1 ? "" : "s"):")
         lines.forEach { print($0) }
         let port = ProcessInfo.processInfo.environment["PORT"] ?? "8080"
         FileHandle.standardError.write(Data("inference-server: serving on port \(port) is not implemented yet; the engine and the OpenAI API land with their own issues\n".utf8))

@@ -1,0 +1,48 @@
+import Foundation
+
+/// Capped exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff and
+/// Jitter"), honouring `Retry-After`. ggcr retries the same statuses: 408, 429, 5xx.
+public struct RetryPolicy: Sendable {
+    public var attempts: Int
+    public var baseDelay: Double
+    public var maxDelay: Double
+
+    public init(attempts: Int = 6, baseDelay: Double = 0.5, maxDelay: Double = 10) {
+        self.attempts = attempts
+        self.baseDelay = baseDelay
+        self.maxDelay = maxDelay
+    }
+
+    public static func isRetryable(status: Int) -> Bool {
+        status == 408 || status == 429 || (500...599).contains(status)
+    }
+
+    func delay(attempt: Int, retryAfter: Double?) -> Double {
+        if let retryAfter { return min(max(retryAfter, 0), 60) }
+        let ceiling = min(maxDelay, baseDelay * pow(2, Double(attempt)))
+        return Double.random(in: 0...ceiling)
+    }
+}
+
+/// A failure worth another try: a dropped connection or a 408/429/5xx answer.
+struct TransientFailure: Error, CustomStringConvertible {
+    var description: String
+    var retryAfter: Double?
+}
+
+extension RetryPolicy {
+    /// Runs `body` until it succeeds, fails for good, or runs out of attempts. Each attempt starts
+    /// from scratch (a blob upload opens a new session), so a half-done attempt leaves nothing.
+    func run<T>(_ step: String, _ body: (Int) throws -> T) throws -> T {
+        var last = ""
+        for attempt in 0..<attempts {
+            do {
+                return try body(attempt)
+            } catch let failure as TransientFailure {
+                last = failure.description
+                if attempt + 1 < attempts { Thread.sleep(forTimeInterval: delay(attempt: attempt, retryAfter: failure.retryAfter)) }
+            }
+        }
+        throw RegistryError.gaveUp(step: step, attempts: attempts, last: last)
+    }
+}
