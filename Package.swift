@@ -41,12 +41,13 @@ let package = Package(
         ),
 
         // Helpers shared by the test targets: temporary folders, running real tools, reading tars.
-        .target(name: "TestSupport", dependencies: ["Hashing"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Hashing", "OCI"], path: "Tests/TestSupport"),
+        .testTarget(name: "RegistryTests", dependencies: ["Registry", "HTTP", "OCI", "TestSupport"]),
         .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
         .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing", "TestSupport"]),
         .testTarget(name: "ELFTests", dependencies: ["ELF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "TestSupport"]),
+        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

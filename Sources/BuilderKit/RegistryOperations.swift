@@ -21,6 +21,7 @@ public enum RegistryOperations {
         pusher.progress = progress.perBlob
         let result = try pusher.push(layout: layout, tag: tag, to: reference)
         var pinned = reference
+        if pinned.tag == nil, pinned.digest == nil { pinned.tag = "latest" }
         pinned.digest = result.digest.description
         return (pinned.description, result)
     }

@@ -62,8 +62,14 @@ public struct ImagePusher: Sendable {
             try client.putManifest(reference, descriptor.digest.description, bytes: bytes, mediaType: descriptor.mediaType)
         }
         let (rootDescriptor, rootBytes) = manifests.last!
+        if let pinned = reference.digest, pinned != rootDescriptor.digest.description {
+            throw RegistryError.digestMismatch(
+                registry: reference.registry, what: "the image to push", expected: pinned, actual: rootDescriptor.digest.description)
+        }
+        // As docker does, no tag means `latest`, unless the reference pins a digest.
+        let tag = reference.tag ?? (reference.digest == nil ? "latest" : nil)
         let digest = try client.putManifest(
-            reference, reference.tag ?? rootDescriptor.digest.description, bytes: rootBytes, mediaType: rootDescriptor.mediaType)
+            reference, tag ?? rootDescriptor.digest.description, bytes: rootBytes, mediaType: rootDescriptor.mediaType)
         return Result(digest: digest, outcomes: outcomes.snapshot())
     }
 

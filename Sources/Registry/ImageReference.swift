@@ -49,7 +49,7 @@ public struct ImageReference: Hashable, Sendable, CustomStringConvertible {
         let allowed: (Character) -> Bool = { c in
             c.isASCII && (c.isLowercase || c.isNumber || c == "." || c == "_" || c == "-" || c == "/")
         }
-        guard !path.isEmpty, path.allSatisfy(allowed), !path.hasPrefix("/"), !path.hasSuffix("/") else {
+        guard !path.isEmpty, path.allSatisfy(allowed), !path.hasPrefix("/"), !path.hasSuffix("/"), !path.contains("//") else {
             throw RegistryError.invalidReference(text, reason: "repository names use lower-case letters, digits and . _ - /")
         }
         if let tag {

@@ -9,10 +9,10 @@ struct BuildCommand: ParsableCommand {
         commandName: "build",
         abstract: "Build an OCI image from a model and a server executable; prints the manifest digest.",
         discussion: """
-            Layers, in order: (1) the server and every shared library its ELF headers name, found as the
-            loader would, so an image built on scratch starts; (2) the model's small files; (3) one layer
-            per *.safetensors or *.gguf file. The model lands in /model (MODEL_PATH), the server in
-            /usr/local/bin, and the entrypoint is the server. Only the digest goes to stdout; progress
+            Layers, in order: (1) the server and every shared library its ELF headers name, found as the \
+            loader would, so an image built on scratch starts; (2) the model's small files; (3) one layer \
+            per *.safetensors or *.gguf file. The model lands in /model (MODEL_PATH), the server in \
+            /usr/local/bin, and the entrypoint is the server. Only the digest goes to stdout; progress \
             and errors go to stderr.
 
             Example:

@@ -9,8 +9,8 @@ struct PullCommand: ParsableCommand {
         commandName: "pull",
         abstract: "Pull an image from a registry into an OCI layout; prints the manifest digest.",
         discussion: """
-            From an index, the --platform image is taken (linux/amd64 by default). Every blob is checked
-            against its digest as it streams to disk, and the layout is renamed into place only when
+            From an index, the --platform image is taken (linux/amd64 by default). Every blob is checked \
+            against its digest as it streams to disk, and the layout is renamed into place only when \
             complete.
             """
     )

@@ -8,14 +8,14 @@ struct PushCommand: ParsableCommand {
         commandName: "push",
         abstract: "Push an image from an OCI layout to a registry; prints REF@sha256:...",
         discussion: """
-            Blobs the registry already has are skipped (HEAD), blobs it has in another repository named
-            with --mount-from are mounted, the rest are uploaded in parallel (--jobs), each as one
-            streamed request of known length. The manifest goes last, so a registry never holds a
-            manifest with missing blobs. Transient failures (dropped connections, 408, 429, 5xx) are
+            Blobs the registry already has are skipped (HEAD), blobs it has in another repository named \
+            with --mount-from are mounted, the rest are uploaded in parallel (--jobs), each as one \
+            streamed request of known length. The manifest goes last, so a registry never holds a \
+            manifest with missing blobs. Transient failures (dropped connections, 408, 429, 5xx) are \
             retried with backoff; a refused credential fails at once with what to check.
 
-            Credentials: --username/--password-stdin; docker's config.json ($DOCKER_CONFIG or ~/.docker:
-            auths, credHelpers, credsStore); for Artifact Registry (*.pkg.dev) and gcr.io a Google access
+            Credentials: --username/--password-stdin; docker's config.json ($DOCKER_CONFIG or ~/.docker: \
+            auths, credHelpers, credsStore); for Artifact Registry (*.pkg.dev) and gcr.io a Google access \
             token from --google-access-token-stdin or CLOUDSDK_AUTH_ACCESS_TOKEN.
 
             Example:

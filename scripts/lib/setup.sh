@@ -10,7 +10,7 @@ command -v swift >/dev/null 2>&1 || { echo "error: Swift 6 is needed (https://ww
 # Build headers and libraries, then the real tools the tests check our images and caches with.
 apt_packages=(
   pkg-config libarchive-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev
-  umoci runc skopeo docker-registry oci-image-tool curl zstd python3 python3-pip
+  umoci runc skopeo docker-registry oci-image-tool apache2-utils openssl curl zstd python3 python3-pip
 )
 needed_packages() {
   local p
