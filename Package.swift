@@ -27,10 +27,11 @@ let package = Package(
         .target(name: "ELF"),
         .target(name: "HTTP", dependencies: ["CCurl"]),
         .target(name: "Registry", dependencies: ["HTTP", "OCI", "Hashing"]),
-        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing", "Registry"]),
+        .target(name: "HuggingFace", dependencies: ["HTTP", "Hashing"]),
+        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing", "Registry", "HuggingFace"]),
         .executableTarget(
             name: "builder",
-            dependencies: ["BuilderKit", "OCI", "Registry", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["BuilderKit", "OCI", "Registry", "HuggingFace", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Server side.
@@ -42,12 +43,13 @@ let package = Package(
 
         // Helpers shared by the test targets: temporary folders, running real tools, reading tars.
         .target(name: "TestSupport", dependencies: ["Hashing", "OCI"], path: "Tests/TestSupport"),
+        .testTarget(name: "HuggingFaceTests", dependencies: ["HuggingFace", "HTTP", "TestSupport"]),
         .testTarget(name: "RegistryTests", dependencies: ["Registry", "HTTP", "OCI", "TestSupport"]),
         .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
         .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing", "TestSupport"]),
         .testTarget(name: "ELFTests", dependencies: ["ELF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "TestSupport"]),
+        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -36,29 +36,37 @@ rm -rf "$BENCH_DIR/image"
 "$BIN/builder" build --quiet --model "$BENCH_DIR/model" --server "$BIN/inference-server" --output "oci:$BENCH_DIR/image" >/dev/null
 
 port=${PORT:-5151}
-rm -rf "$BENCH_DIR/registry"; mkdir -p "$BENCH_DIR/registry"
-cat > "$BENCH_DIR/registry/config.yml" <<YAML
+registry=""
+# Each timed push goes to an empty registry, so neither tool finds blobs to skip or mount (skopeo
+# also remembers where it pushed blobs before, in its blob-info cache: that is cleared too).
+fresh_registry() {
+  [[ -n $registry ]] && { kill "$registry" 2>/dev/null || true; wait "$registry" 2>/dev/null || true; }
+  rm -rf "$BENCH_DIR/registry" /var/lib/containers/cache/blob-info-cache-v1.boltdb "$HOME/.local/share/containers/cache/blob-info-cache-v1.boltdb"
+  mkdir -p "$BENCH_DIR/registry"
+  cat > "$BENCH_DIR/registry/config.yml" <<YAML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: $BENCH_DIR/registry/data}}
 http: {addr: 127.0.0.1:$port}
 YAML
-docker-registry serve "$BENCH_DIR/registry/config.yml" >"$BENCH_DIR/registry/log" 2>&1 &
-registry=$!
-trap 'kill $registry 2>/dev/null || true; rm -rf "$BENCH_DIR/registry"' EXIT
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+  docker-registry serve "$BENCH_DIR/registry/config.yml" >"$BENCH_DIR/registry.log" 2>&1 &
+  registry=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && return; sleep 0.1; done
+  echo "error: docker-registry did not start: $(cat "$BENCH_DIR/registry.log")" >&2; exit 1
+}
+trap '[[ -n $registry ]] && kill $registry 2>/dev/null; rm -rf "$BENCH_DIR/registry"' EXIT
 
 now() { date +%s.%N; }
 ours=() theirs=() again=()
 for ((i = 1; i <= RUNS; i++)); do
-  sync
-  t0=$(now); "$BIN/builder" push --quiet "oci:$BENCH_DIR/image" "127.0.0.1:$port/bench/ours-$i:v1" >/dev/null; t1=$(now)
+  fresh_registry; sync
+  t0=$(now); "$BIN/builder" push --quiet "oci:$BENCH_DIR/image" "127.0.0.1:$port/bench/ours:v1" >/dev/null; t1=$(now)
   ours+=("$(python3 -c "print($t1 - $t0)")")
-  sync
-  t0=$(now); skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$BENCH_DIR/image:latest" "docker://127.0.0.1:$port/bench/skopeo-$i:v1"; t1=$(now)
-  theirs+=("$(python3 -c "print($t1 - $t0)")")
-  t0=$(now); "$BIN/builder" push --quiet "oci:$BENCH_DIR/image" "127.0.0.1:$port/bench/ours-$i:v1" >/dev/null; t1=$(now)
+  t0=$(now); "$BIN/builder" push --quiet "oci:$BENCH_DIR/image" "127.0.0.1:$port/bench/ours:v1" >/dev/null; t1=$(now)
   again+=("$(python3 -c "print($t1 - $t0)")")
+  fresh_registry; sync
+  t0=$(now); skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$BENCH_DIR/image:latest" "docker://127.0.0.1:$port/bench/skopeo:v1"; t1=$(now)
+  theirs+=("$(python3 -c "print($t1 - $t0)")")
   log "run $i: ours ${ours[-1]}s  skopeo ${theirs[-1]}s  re-push ${again[-1]}s"
 done
 python3 - "$SIZE_MB" "${ours[*]}" "${theirs[*]}" "${again[*]}" <<'PY'

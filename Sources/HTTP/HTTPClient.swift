@@ -32,16 +32,17 @@ public final class HTTPClient: @unchecked Sendable {
 
     deinit { pool.forEach { curl_easy_cleanup($0) } }
 
-    /// Sends `request` once. With a `sink`, the body of a 2xx response is streamed to it (other
-    /// statuses are collected in memory, up to `maxBody`, for error messages); without one, the
-    /// body is collected. `progress` gets (bytes sent, bytes received) as the transfer goes.
+    /// Sends `request` once. With a `sink`, the body of a response whose status is in
+    /// `sinkStatuses` is streamed to it (others are collected in memory, up to `maxBody`, for error
+    /// messages); without one, the body is collected. `progress` gets (bytes sent, bytes received) as the transfer goes.
     public func send(
         _ request: HTTPRequest, maxBody: Int = 16 << 20, sink: ((UnsafeRawBufferPointer) throws -> Void)? = nil,
-        progress: ((Int64, Int64) -> Void)? = nil
+        sinkStatuses: Set<Int> = Set(200..<300), progress: ((Int64, Int64) -> Void)? = nil
     ) throws -> HTTPResponse {
         let handle = takeHandle()
         defer { giveBack(handle) }
         let exchange = Exchange(url: request.url, maxBody: maxBody, sink: sink, progress: progress)
+        exchange.sinkStatuses = sinkStatuses
         var headerList: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(headerList) }
 
@@ -127,12 +128,12 @@ public final class HTTPClient: @unchecked Sendable {
     /// the first URL: a redirect to another host (a CDN, a storage bucket) gets the request without it.
     public func sendFollowingRedirects(
         _ request: HTTPRequest, maxBody: Int = 16 << 20, sink: ((UnsafeRawBufferPointer) throws -> Void)? = nil,
-        progress: ((Int64, Int64) -> Void)? = nil
+        sinkStatuses: Set<Int> = Set(200..<300), progress: ((Int64, Int64) -> Void)? = nil
     ) throws -> HTTPResponse {
         var current = request
         let origin = URLText.origin(request.url)
         for _ in 0..<10 {
-            let response = try send(current, maxBody: maxBody, sink: sink, progress: progress)
+            let response = try send(current, maxBody: maxBody, sink: sink, sinkStatuses: sinkStatuses, progress: progress)
             guard [301, 302, 303, 307, 308].contains(response.status), let location = response.header("Location") else {
                 var final = response
                 final.url = current.url
@@ -193,6 +194,8 @@ private final class Exchange {
     let sink: ((UnsafeRawBufferPointer) throws -> Void)?
     let progress: ((Int64, Int64) -> Void)?
     var upload: Upload?
+    /// Statuses whose body goes to the sink; any other body is collected for the error message.
+    var sinkStatuses: Set<Int> = Set(200..<300)
     var headers: [(String, String)] = []
     var status = 0
     var body: [UInt8] = []
@@ -207,7 +210,7 @@ private final class Exchange {
 
     func received(_ data: UnsafeRawBufferPointer) -> Bool {
         do {
-            if let sink, (200..<300).contains(status) {
+            if let sink, sinkStatuses.contains(status) {
                 try sink(data)
             } else {
                 guard body.count + data.count <= maxBody else { throw HTTPError.bodyTooLarge(url: url, limit: maxBody) }

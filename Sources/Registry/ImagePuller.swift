@@ -1,4 +1,5 @@
 import Foundation
+import HTTP
 import OCI
 
 /// Pulls one platform's image into an OCI layout being written: the manifest as the registry

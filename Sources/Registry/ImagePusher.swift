@@ -1,4 +1,5 @@
 import Foundation
+import HTTP
 import OCI
 
 /// Pushes an image from an OCI layout: every blob first (in parallel, skipping those the registry

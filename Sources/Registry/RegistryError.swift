@@ -9,7 +9,6 @@ public enum RegistryError: Error, CustomStringConvertible, Equatable {
     case tokenService(realm: String, detail: String)
     case insecureNotAllowed(registry: String)
     case credentialHelper(name: String, detail: String)
-    case gaveUp(step: String, attempts: Int, last: String)
     case invalidResponse(registry: String, step: String, detail: String)
 
     public var description: String {
@@ -32,8 +31,6 @@ public enum RegistryError: Error, CustomStringConvertible, Equatable {
             return "\(registry) does not speak HTTPS; pass --insecure-registry \(registry) to allow plain HTTP to it"
         case .credentialHelper(let name, let detail):
             return "docker-credential-\(name) failed: \(detail); check that it is installed and logged in"
-        case .gaveUp(let step, let attempts, let last):
-            return "gave up \(step) after \(attempts) attempts; last error: \(last)"
         case .invalidResponse(let registry, let step, let detail):
             return "\(registry) sent an invalid response while \(step): \(detail)"
         }

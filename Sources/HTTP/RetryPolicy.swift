@@ -25,15 +25,29 @@ public struct RetryPolicy: Sendable {
 }
 
 /// A failure worth another try: a dropped connection or a 408/429/5xx answer.
-struct TransientFailure: Error, CustomStringConvertible {
-    var description: String
-    var retryAfter: Double?
+public struct TransientFailure: Error, CustomStringConvertible {
+    public var description: String
+    public var retryAfter: Double?
+
+    public init(description: String, retryAfter: Double? = nil) {
+        self.description = description
+        self.retryAfter = retryAfter
+    }
+}
+
+/// What `RetryPolicy.run` throws when every attempt failed transiently.
+public struct RetriesExhausted: Error, CustomStringConvertible {
+    public var step: String
+    public var attempts: Int
+    public var last: String
+
+    public var description: String { "gave up \(step) after \(attempts) attempts; last error: \(last)" }
 }
 
 extension RetryPolicy {
     /// Runs `body` until it succeeds, fails for good, or runs out of attempts. Each attempt starts
     /// from scratch (a blob upload opens a new session), so a half-done attempt leaves nothing.
-    func run<T>(_ step: String, _ body: (Int) throws -> T) throws -> T {
+    public func run<T>(_ step: String, _ body: (Int) throws -> T) throws -> T {
         var last = ""
         for attempt in 0..<attempts {
             do {
@@ -43,6 +57,6 @@ extension RetryPolicy {
                 if attempt + 1 < attempts { Thread.sleep(forTimeInterval: delay(attempt: attempt, retryAfter: failure.retryAfter)) }
             }
         }
-        throw RegistryError.gaveUp(step: step, attempts: attempts, last: last)
+        throw RetriesExhausted(step: step, attempts: attempts, last: last)
     }
 }

@@ -3,7 +3,7 @@ import Foundation
 /// Runs `body` on each item with at most `jobs` threads (blocking I/O, so real threads rather than
 /// the cooperative pool, which has one thread per core). The first error stops new items from
 /// starting and is rethrown once the running ones finish.
-func parallelForEach<T: Sendable>(_ items: [T], jobs: Int, _ body: @escaping @Sendable (T) throws -> Void) throws {
+public func parallelForEach<T: Sendable>(_ items: [T], jobs: Int, _ body: @escaping @Sendable (T) throws -> Void) throws {
     let state = ParallelState()
     let group = DispatchGroup()
     for _ in 0..<max(1, min(jobs, items.count)) {
