@@ -114,7 +114,7 @@ public final class HubClient: Sendable {
         _ request: HTTPRequest, step: String, repo: String, revision: String? = nil, path: String? = nil,
         acceptRedirects: Bool = false, sink: ((UnsafeRawBufferPointer) throws -> Void)? = nil, sinkStatuses: Set<Int> = Set(200..<300)
     ) throws -> HTTPResponse {
-        try retry.run(step) { _ in
+        func attempt() throws -> HTTPResponse {
             let response: HTTPResponse
             do {
                 response = sink == nil
@@ -130,6 +130,9 @@ public final class HubClient: Sendable {
             }
             throw try mapError(response, step: step, repo: repo, revision: revision, path: path)
         }
+        // A streamed body has moved the caller's offset: its own retry loop must decide where to
+        // start again, so a streaming request is tried once here.
+        return sink == nil ? try retry.run(step) { _ in try attempt() } : try attempt()
     }
 
     func mapError(_ response: HTTPResponse, step: String, repo: String, revision: String?, path: String?) throws -> Error {

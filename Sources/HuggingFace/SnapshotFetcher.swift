@@ -25,6 +25,8 @@ public struct SnapshotFetcher: Sendable {
     /// Files at least this large are fetched as several ranges in parallel.
     public var parallelThreshold: Int64 = 64 << 20
     public var progress: (@Sendable (String, Int64) -> ((Int64) -> Void)?)?
+    /// For tests: pretend the disk has this many bytes free.
+    var freeSpaceOverride: Int64?
 
     public init(client: HubClient) { self.client = client }
 
@@ -158,6 +160,7 @@ public struct SnapshotFetcher: Sendable {
     }
 
     func freeSpace(_ path: String) -> Int64 {
+        if let freeSpaceOverride { return freeSpaceOverride }
         var s = statvfs()
         guard statvfs(path, &s) == 0 else { return Int64.max }
         return Int64(s.f_bavail) * Int64(s.f_frsize)
