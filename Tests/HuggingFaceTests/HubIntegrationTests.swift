@@ -199,3 +199,25 @@ import TestSupport
         #expect(try server.bytesServed() == 0)
     }
 }
+
+/// The real Gemma 3 270M GGUF (scripts/get-model, which scripts/test runs) served as a repository.
+@Suite struct RealModelFetchTests {
+    @Test func fetchesTheRealGemmaGGUFByteForByte() throws {
+        let gguf = repositoryRoot + "/models/gemma-3-270m-q4_k_m.gguf"
+        guard FileManager.default.fileExists(atPath: gguf) else {
+            Issue.record("\(gguf) is missing: run scripts/get-model (scripts/test does)")
+            return
+        }
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: dir.path + "/repos/google/gemma-3-270m-gguf", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: dir.path + "/repos/google/gemma-3-270m-gguf/gemma-3-270m-q4_k_m.gguf", withDestinationPath: gguf)
+        _ = try dir.write("repos/google/gemma-3-270m-gguf/config.json", Array("{}".utf8))
+        let server = try HubServer(repos: dir.path + "/repos")
+        defer { server.stop() }
+        var f = fetcher(endpoint: server.endpoint, cache: dir.path + "/cache", jobs: 8, threshold: 32 << 20)
+        f.selection = FileSelection(include: ["*.gguf"])
+        let result = try f.fetch(repo: "google/gemma-3-270m-gguf")
+        #expect(result.files.map(\.path) == ["gemma-3-270m-q4_k_m.gguf"])
+        #expect(try fileSHA256(result.snapshot + "/gemma-3-270m-q4_k_m.gguf") == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
+    }
+}
