@@ -1,1 +1,0 @@
-// The Gemma 3 tokenizer: see Tokenizer.swift.
