@@ -28,6 +28,7 @@ let package = Package(
         .target(name: "HTTP", dependencies: ["CCurl"]),
         .target(name: "Registry", dependencies: ["HTTP", "OCI", "Hashing"]),
         .target(name: "HuggingFace", dependencies: ["HTTP", "Hashing"]),
+        .target(name: "GoogleCloud", dependencies: ["HTTP", "COpenSSL"]),
         .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing", "Registry", "HuggingFace"]),
         .executableTarget(
             name: "builder",
@@ -36,9 +37,15 @@ let package = Package(
 
         // Server side.
         .target(name: "Tokenizer"),
+        // The engine. Optimized even in debug builds (real weights are unusable at -Onone, about
+        // 300x slower) and for AVX2/FMA/F16C, which SIMD code needs to run at memory speed.
+        .target(
+            name: "Inference", dependencies: ["Tokenizer"],
+            swiftSettings: [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
+        ),
         .executableTarget(
             name: "inference-server",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Inference", "Tokenizer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Helpers shared by the test targets: temporary folders, running real tools, reading tars.
@@ -48,6 +55,8 @@ let package = Package(
         .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
         .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing", "TestSupport"]),
         .testTarget(name: "ELFTests", dependencies: ["ELF", "TestSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Tokenizer", "TestSupport"]),
+        .testTarget(name: "GoogleCloudTests", dependencies: ["GoogleCloud", "HTTP", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
     ],

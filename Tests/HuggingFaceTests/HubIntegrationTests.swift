@@ -221,3 +221,14 @@ import TestSupport
         #expect(try fileSHA256(result.snapshot + "/gemma-3-270m-q4_k_m.gguf") == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
     }
 }
+
+/// The Hub test server is honest only if the real client accepts it: Tests/Scripts/check_hub_server.py
+/// runs huggingface_hub's snapshot_download and hf_hub_download against it (public, gated, paginated,
+/// revisions, ranges, faults) and compares every byte.
+@Suite struct HubServerHonestyTests {
+    @Test func huggingfaceHubAcceptsTheTestServer() throws {
+        let result = try run(["python3", repositoryRoot + "/Tests/Scripts/check_hub_server.py", "--python", "python3"])
+        #expect(result.status == 0, "\(result.stdout.suffix(3000))\(result.stderr.suffix(2000))")
+        #expect(result.stdout.contains(" 0 failed"))
+    }
+}

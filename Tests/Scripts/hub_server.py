@@ -30,8 +30,10 @@ readable, as on the real Hub (there `gated` is "manual"). Without --token, non-g
 every token is accepted; a gated repo is then readable by any token but --token-no-access.
 
 Faults (POST /__faults with a JSON object; it replaces the whole fault configuration):
-  "cut_after": {"PATH": BYTES}      next GET of that file (Hub or CDN) sends BYTES body bytes, then closes
-  "flip_byte": {"PATH": COUNT}      next COUNT GETs of that file have the byte at size//2 XORed with 0xFF
+  "cut_after": {"PATH": BYTES}      next GET of that file (Hub or CDN) whose body is longer than BYTES sends
+                                    BYTES body bytes (headers announce the full length), then closes; once
+  "flip_byte": {"PATH": COUNT}      next COUNT GETs of that file whose body contains offset size//2 have that
+                                    byte XORed with 0xFF (length unchanged)
   "status_rate": {"429": p, ...}    share p of requests (not /__*) answer that status instead ("seed", default 1)
   "status_kinds": ["cdn_get", ...]  only requests of these kinds may get a status fault (default: all kinds)
   "status_count": N                 at most N status faults in all, then serve normally (default: unlimited)
@@ -312,17 +314,21 @@ def _fault_key(table, full_path, repo_path):
     return None
 
 
-def take_cut(full_path, repo_path):
+def take_cut(full_path, repo_path, body_len):
+    """The cut for this response, consumed only when it really cuts (BYTES < body length)."""
     with state_lock:
         k = _fault_key(faults["cut_after"], full_path, repo_path)
-        if k is None:
+        if k is None or int(faults["cut_after"][k]) >= body_len:
             return None
         return int(faults["cut_after"].pop(k))
 
 
-def take_flip(full_path, repo_path):
+def take_flip(full_path, repo_path, covers_middle):
+    """Whether to flip the middle byte in this response; consumed only when the body contains it."""
     with state_lock:
         k = _fault_key(faults["flip_byte"], full_path, repo_path)
+        if not covers_middle:
+            return False
         if k is None or faults["flip_byte"][k] <= 0:
             return False
         faults["flip_byte"][k] -= 1
@@ -481,7 +487,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if sent:
                 add_bytes(stats_key, sent)
-        if cut is not None and cut < remaining:
+        if cut is not None:
             count_fault("cut_after")
             self.close_connection = True
             try:
@@ -515,8 +521,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD" or size == 0:
             return
         repo_path = fi.path
-        cut = take_cut(stats_key, repo_path)
-        flip_at = size // 2 if take_flip(stats_key, repo_path) else None
+        cut = take_cut(stats_key, repo_path, end - start + 1)
+        last = end if cut is None else start + cut - 1  # the last byte that will actually be sent
+        flip_at = size // 2 if take_flip(stats_key, repo_path, start <= size // 2 <= last) else None
         if flip_at is not None:
             count_fault("flip_byte")
         self.write_body(fi.abspath, start, end, stats_key, flip_at=flip_at, cut=cut)

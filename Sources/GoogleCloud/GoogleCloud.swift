@@ -1,0 +1,1 @@
+// Google Cloud clients land here (issue 7).

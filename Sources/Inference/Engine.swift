@@ -1,0 +1,1 @@
+// The Gemma 3 engine lands here (issue 5).

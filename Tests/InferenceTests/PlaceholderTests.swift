@@ -1,0 +1,7 @@
+import Testing
+
+@testable import Inference
+
+@Suite struct InferenceModuleTests {
+    @Test func moduleBuilds() { #expect(Bool(true)) }
+}
