@@ -1,1 +1,0 @@
-// Google Cloud clients land here (issue 7).

@@ -1,0 +1,223 @@
+import Foundation
+import HTTP
+import Testing
+import TestSupport
+
+@testable import GoogleCloud
+
+/// Tests/Scripts/google_fakes.py on loopback, reached through gcloud's own endpoint overrides.
+final class GoogleFakes {
+    let service: ServiceProcess
+    let dir: TemporaryDirectory
+    let keyFile: String
+    var base: String { "http://127.0.0.1:\(service.port)" }
+
+    init(secrets: [String: String] = ["hf-token": "hf_secret_value_123"], corruptCRC: Bool = false) throws {
+        dir = try TemporaryDirectory()
+        let key = dir.path + "/sa.pem", pub = dir.path + "/sa.pub"
+        #expect(try run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key]).status == 0)
+        #expect(try run(["openssl", "pkey", "-in", key, "-pubout", "-out", pub]).status == 0)
+        var arguments = ["python3", repositoryRoot + "/Tests/Scripts/google_fakes.py", "--port", "{port}", "--sa-public-key", pub]
+        for (k, v) in secrets { arguments += ["--secret", "\(k)=\(v)"] }
+        if corruptCRC { arguments.append("--corrupt-crc") }
+        service = try ServiceProcess(arguments) { port in try answers("http://127.0.0.1:\(port)/__requests") }
+        // A service-account key file whose token_uri is the fake.
+        let pem = try String(contentsOfFile: key, encoding: .utf8)
+        let json: [String: Any] = [
+            "type": "service_account", "project_id": "test-project", "private_key_id": "k1", "private_key": pem,
+            "client_email": "builder@test-project.iam.gserviceaccount.com", "token_uri": "http://127.0.0.1:\(service.port)/token",
+        ]
+        keyFile = try dir.write("key.json", Array(try JSONSerialization.data(withJSONObject: json)))
+    }
+
+    var environment: [String: String] {
+        [
+            "HOME": dir.path, "GCE_METADATA_HOST": "127.0.0.1:\(service.port)",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_RUN": base + "/", "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": base + "/",
+        ]
+    }
+
+    func scenario(_ mode: String, polls: Int = 2) throws {
+        _ = try run(["curl", "-sf", "-X", "POST", "--data", #"{"mode": "\#(mode)", "polls": \#(polls)}"#, base + "/__scenario"])
+    }
+
+    func requests() throws -> [[String: Any]] {
+        let text = try run(["curl", "-sf", base + "/__requests"]).stdout
+        return (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]]) ?? []
+    }
+
+    func stop() { service.stop() }
+}
+
+@Suite(.serialized) struct GoogleCredentialsTests {
+    @Test func theChainInOrder() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        var env = fakes.environment
+        env["CLOUDSDK_AUTH_ACCESS_TOKEN"] = "ya29.env"
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = fakes.keyFile
+        #expect(try GoogleCredentials.discover(environment: env).accessToken() == "ya29.env")
+        env["CLOUDSDK_AUTH_ACCESS_TOKEN"] = nil
+        let sa = try GoogleCredentials.discover(environment: env)
+        #expect(try sa.accessToken() == "ya29.service-account", "our RS256 JWT verified by the fake with the public key")
+        #expect(sa.projectID == "test-project")
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = nil
+        // gcloud's ADC file, an authorized_user one: refresh-token grant, quota project header.
+        let adc = try fakes.dir.write(".config/gcloud/application_default_credentials.json", Array(#"{"type": "authorized_user", "client_id": "client-id", "client_secret": "client-secret", "refresh_token": "refresh-token", "quota_project_id": "quota-p"}"#.utf8))
+        let user = try GoogleCredentials.discover(environment: env)
+        var userEndpoints = GoogleEndpoints(environment: env)
+        userEndpoints.oauthToken = fakes.base + "/token"
+        let userWithFake = GoogleCredentials(source: user.source, description: user.sourceDescription, endpoints: userEndpoints)
+        #expect(try userWithFake.accessToken() == "ya29.user")
+        #expect(try userWithFake.headers().contains { $0.0 == "x-goog-user-project" && $0.1 == "quota-p" })
+        try FileManager.default.removeItem(atPath: adc)
+        // Nothing else: the metadata server, which is what a Cloud Build step has.
+        let metadata = try GoogleCredentials.discover(environment: env)
+        #expect(try metadata.accessToken() == "ya29.metadata")
+        #expect(try metadata.identityToken(audience: "https://svc.a.run.app") == "id-token-for:https://svc.a.run.app")
+        #expect(try sa.identityToken(audience: "https://svc.a.run.app") == "id-token-for:https://svc.a.run.app")
+    }
+
+    @Test func aBadKeyAndNoCredentialsAreClearErrors() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        // A key the fake does not know: its signature fails verification.
+        let other = fakes.dir.path + "/other.pem"
+        #expect(try run(["openssl", "genpkey", "-algorithm", "RSA", "-out", other]).status == 0)
+        let json: [String: Any] = [
+            "type": "service_account", "private_key": try String(contentsOfFile: other, encoding: .utf8),
+            "client_email": "builder@test-project.iam.gserviceaccount.com", "token_uri": fakes.base + "/token",
+        ]
+        let bad = try fakes.dir.write("bad.json", Array(try JSONSerialization.data(withJSONObject: json)))
+        var env = fakes.environment
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = bad
+        #expect { try GoogleCredentials.discover(environment: env).accessToken() } throws: { "\($0)".contains("Invalid JWT Signature") }
+        let broken = try fakes.dir.write("broken.json", Array(#"{"type": "external_account"}"#.utf8))
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = broken
+        #expect { try GoogleCredentials.discover(environment: env) } throws: { "\($0)".contains("external_account") }
+        let nothing = ["HOME": fakes.dir.path, "GCE_METADATA_HOST": "127.0.0.1:\(freePort())"]
+        #expect { try GoogleCredentials.discover(environment: nothing) } throws: { "\($0)".contains("no Google credentials") }
+    }
+}
+
+@Suite(.serialized) struct SecretManagerTests {
+    @Test func readsAndChecksTheSecret() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        let credentials = try GoogleCredentials.discover(environment: fakes.environment)
+        let sm = SecretManager(credentials: credentials, endpoints: GoogleEndpoints(environment: fakes.environment))
+        #expect(try sm.access("projects/p/secrets/hf-token/versions/latest") == Array("hf_secret_value_123".utf8))
+        #expect(try sm.access("projects/p/secrets/hf-token") == Array("hf_secret_value_123".utf8))
+        #expect { try sm.access("projects/p/secrets/forbidden/versions/1") } throws: { "\($0)".contains("roles/secretmanager.secretAccessor") }
+        #expect { try sm.access("projects/p/secrets/missing/versions/1") } throws: { "\($0)".contains("not found") }
+        #expect(throws: GoogleCloudError.self) { try sm.access("hf-token") }
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283, "the CRC-32C check value")
+    }
+
+    @Test func aCorruptPayloadIsRejected() throws {
+        let fakes = try GoogleFakes(corruptCRC: true)
+        defer { fakes.stop() }
+        let sm = SecretManager(credentials: try GoogleCredentials.discover(environment: fakes.environment), endpoints: GoogleEndpoints(environment: fakes.environment))
+        #expect(throws: GoogleCloudError.secretCorrupt(name: "projects/p/secrets/hf-token/versions/latest")) {
+            try sm.access("projects/p/secrets/hf-token/versions/latest")
+        }
+    }
+}
+
+@Suite(.serialized) struct CloudRunTests {
+    func cloudRun(_ fakes: GoogleFakes) throws -> CloudRun {
+        var run = CloudRun(credentials: try GoogleCredentials.discover(environment: fakes.environment), endpoints: GoogleEndpoints(environment: fakes.environment))
+        run.pollInterval = 0.05
+        run.timeoutSeconds = 5
+        return run
+    }
+
+    func service() -> CloudRunService {
+        var s = CloudRunService(project: "test-project", region: "europe-west4", name: "gemma-3-1b-it", image: "europe-west4-docker.pkg.dev/test-project/models/gemma@sha256:" + String(repeating: "a", count: 64))
+        s.env = [("SERVED_MODEL_NAME", "google/gemma-3-1b-it")]
+        s.secretEnv = [("HF_TOKEN", "hf-token", "latest")]
+        s.serviceAccount = "runtime@test-project.iam.gserviceaccount.com"
+        s.allowUnauthenticated = true
+        return s
+    }
+
+    @Test func deploysAGPUServiceThatGooglesTypesAccept() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        try fakes.scenario("ok", polls: 3)
+        let deployment = try cloudRun(fakes).deploy(service())
+        #expect(deployment.url == "https://gemma-3-1b-it-xyz-uc.a.run.app")
+        let patch = try #require(try fakes.requests().first { $0["method"] as? String == "PATCH" })
+        #expect((patch["query"] as? String)?.contains("allowMissing=true") == true)
+        let body = try JSONSerialization.jsonObject(with: Data((patch["body"] as? String ?? "").utf8)) as? [String: Any]
+        let template = body?["template"] as? [String: Any]
+        #expect((template?["nodeSelector"] as? [String: String])?["accelerator"] == "nvidia-l4")
+        #expect(template?["gpuZonalRedundancyDisabled"] as? Bool == true)
+        let container = (template?["containers"] as? [[String: Any]])?.first
+        let resources = container?["resources"] as? [String: Any]
+        #expect((resources?["limits"] as? [String: String])?["nvidia.com/gpu"] == "1")
+        #expect(resources?["cpuIdle"] as? Bool == false)
+        let probe = container?["startupProbe"] as? [String: Any]
+        #expect((probe?["periodSeconds"] as? Int ?? 0) * (probe?["failureThreshold"] as? Int ?? 0) == 1800)
+        #expect(body?["invokerIamDisabled"] as? Bool == true)
+    }
+
+    @Test func dryRunReturnsTheDefaultedService() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        let text = try cloudRun(fakes).dryRun(service())
+        #expect(text.contains("nvidia-l4") && text.contains("gemma-3-1b-it"))
+        #expect(try fakes.requests().contains { ($0["query"] as? String)?.contains("validateOnly=true") == true })
+    }
+
+    @Test func failuresSayWhatHappened() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        let cr = try cloudRun(fakes)
+        try fakes.scenario("revision_fails")
+        #expect { try cr.deploy(service()) } throws: { error in
+            guard case GoogleCloudError.deployFailed(_, let message, let log) = error else { return false }
+            return message.contains("startup probe") && log?.contains("console.cloud.google.com/logs") == true
+        }
+        try fakes.scenario("quota")
+        #expect { try cr.deploy(service()) } throws: { "\($0)".contains("quota") && "\($0)".contains("zonal redundancy") }
+        try fakes.scenario("permission")
+        #expect { try cr.deploy(service()) } throws: { "\($0)".contains("roles/run.admin") }
+        try fakes.scenario("never_done")
+        #expect { try cr.deploy(service()) } throws: { error in
+            if case GoogleCloudError.operationTimedOut = error { return true }
+            return false
+        }
+    }
+
+    @Test func impossibleServicesAreRefusedBeforeAnyCall() throws {
+        var s = service()
+        s.cpu = "2"
+        #expect { try s.validate() } throws: { "\($0)".contains("4 CPU") }
+        s = service()
+        s.name = "Bad_Name"
+        #expect(throws: GoogleCloudError.self) { try s.validate() }
+        s = service()
+        s.gpu = false
+        s.startupWindowSeconds = 1800
+        #expect { try s.validate() } throws: { "\($0)".contains("600") }
+    }
+}
+
+/// The pipeline files parse as Google's own Cloud Build `Build` type (unknown fields rejected).
+@Suite struct CloudBuildConfigTests {
+    @Test func cloudbuildFilesAreValidBuilds() throws {
+        let files = [repositoryRoot + "/cloudbuild.yaml"] + ((try? FileManager.default.contentsOfDirectory(atPath: repositoryRoot + "/builder")) ?? [])
+            .filter { $0.hasSuffix(".yaml") }.map { repositoryRoot + "/builder/" + $0 }
+        #expect(files.count >= 2)
+        let check = """
+            import json, sys, yaml
+            from google.cloud.devtools import cloudbuild_v1
+            for path in sys.argv[1:]:
+                cloudbuild_v1.Build.from_json(json.dumps(yaml.safe_load(open(path))), ignore_unknown_fields=False)
+                print("ok", path)
+            """
+        let result = try run(["python3", "-c", check] + files)
+        #expect(result.status == 0, "\(result.stderr)")
+    }
+}
