@@ -18,7 +18,7 @@ public struct HubConfiguration: Sendable {
     /// `endpoint` and `tokenFile` come from the command line and win over the environment.
     public static func resolve(
         environment env: [String: String] = ProcessInfo.processInfo.environment, endpoint: String? = nil,
-        tokenFile: String? = nil, cacheDirectory: String? = nil
+        tokenFile: String? = nil, cacheDirectory: String? = nil, token explicitToken: String? = nil
     ) throws -> HubConfiguration {
         let home = env["HOME"] ?? NSHomeDirectory()
         let hfHome = env["HF_HOME"] ?? ((env["XDG_CACHE_HOME"] ?? home + "/.cache") + "/huggingface")
@@ -26,8 +26,8 @@ public struct HubConfiguration: Sendable {
         var base = endpoint ?? env["HF_ENDPOINT"] ?? "https://huggingface.co"
         while base.hasSuffix("/") { base.removeLast() }
 
-        var token: String?
-        if let tokenFile {
+        var token = explicitToken.flatMap(clean)
+        if token == nil, let tokenFile {
             guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
                 throw HubError.io(operation: "read the token file", path: tokenFile, reason: "it cannot be read")
             }

@@ -25,7 +25,29 @@ public struct OCILayout: Sendable {
         index = try CanonicalJSON.decode(ImageIndex.self, from: indexBytes, path: root + "/index.json")
     }
 
+    /// The same layout seen through another index, e.g. to pick one image of several.
+    public init(root: String, replacingIndex index: ImageIndex) {
+        self.root = root
+        self.index = index
+    }
+
     public func blobPath(_ digest: Digest) -> String { root + "/" + digest.layoutPath }
+
+    /// The image tagged `tag` (`org.opencontainers.image.ref.name`), or the only one when no tag is given.
+    public func select(tag: String?) throws -> Descriptor {
+        let entries = index.manifests
+        let tags = entries.compactMap { $0.annotations?["org.opencontainers.image.ref.name"] }
+        if let tag {
+            guard let match = entries.first(where: { $0.annotations?["org.opencontainers.image.ref.name"] == tag }) else {
+                throw OCIError.notALayout(path: root, reason: "no image tagged '\(tag)' (tags: \(tags.joined(separator: ", ")))")
+            }
+            return match
+        }
+        guard entries.count == 1 else {
+            throw OCIError.notALayout(path: root, reason: "it holds \(entries.count) images; name one as oci:DIR:TAG (tags: \(tags.joined(separator: ", ")))")
+        }
+        return entries[0]
+    }
 
     /// A small blob (manifest, index, config), checked against its descriptor before it is parsed.
     public func readBlob(_ descriptor: Descriptor) throws -> [UInt8] {

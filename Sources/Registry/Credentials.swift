@@ -23,6 +23,8 @@ public struct Credentials: Hashable, Sendable, CustomStringConvertible {
 public struct CredentialStore: Sendable {
     public var explicit: [String: Credentials]
     public var googleAccessToken: String?
+    /// Asked last for Google registries: the Google credentials chain (metadata server on Cloud Build).
+    public var googleTokenProvider: (@Sendable () throws -> String)?
     public var dockerConfigDirectory: String?
     public var environment: [String: String]
 
@@ -53,6 +55,9 @@ public struct CredentialStore: Sendable {
                 if let token = environment[name], !token.isEmpty {
                     return Credentials(username: "oauth2accesstoken", secret: token)
                 }
+            }
+            if let provider = googleTokenProvider {
+                return Credentials(username: "oauth2accesstoken", secret: try provider())
             }
         }
         return nil

@@ -28,7 +28,7 @@ public struct ImagePusher: Sendable {
 
     /// `tag` picks the image in a layout holding several (its `org.opencontainers.image.ref.name`).
     public func push(layout: OCILayout, tag: String?, to reference: ImageReference) throws -> Result {
-        let root = try ImagePusher.select(layout: layout, tag: tag)
+        let root = try layout.select(tag: tag)
         var blobs: [Descriptor] = []
         var manifests: [(Descriptor, [UInt8])] = []  // children first, the root last
         func visit(_ descriptor: Descriptor, depth: Int) throws {
@@ -72,22 +72,6 @@ public struct ImagePusher: Sendable {
         let digest = try client.putManifest(
             reference, tag ?? rootDescriptor.digest.description, bytes: rootBytes, mediaType: rootDescriptor.mediaType)
         return Result(digest: digest, outcomes: outcomes.snapshot())
-    }
-
-    static func select(layout: OCILayout, tag: String?) throws -> Descriptor {
-        let entries = layout.index.manifests
-        if let tag {
-            guard let match = entries.first(where: { $0.annotations?["org.opencontainers.image.ref.name"] == tag }) else {
-                let tags = entries.compactMap { $0.annotations?["org.opencontainers.image.ref.name"] }
-                throw OCIError.notALayout(path: layout.root, reason: "no image tagged '\(tag)' (tags: \(tags.joined(separator: ", ")))")
-            }
-            return match
-        }
-        guard entries.count == 1 else {
-            let tags = entries.compactMap { $0.annotations?["org.opencontainers.image.ref.name"] }
-            throw OCIError.notALayout(path: layout.root, reason: "it holds \(entries.count) images; name one as oci:DIR:TAG (tags: \(tags.joined(separator: ", ")))")
-        }
-        return entries[0]
     }
 }
 

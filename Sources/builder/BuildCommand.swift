@@ -70,7 +70,7 @@ struct BuildCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            var request = BuildRequest(model: model, server: server ?? defaultServer(), output: try .init(parsing: output))
+            var request = BuildRequest(model: model, server: server ?? BuildCommand.defaultServer(), output: try .init(parsing: output))
             request.base = .init(parsing: base)
             request.env = try env.map { try BuildRequest.keyValue($0, option: "--env") }
             request.labels = try labels.map { try BuildRequest.keyValue($0, option: "--label") }
@@ -106,7 +106,7 @@ struct BuildCommand: ParsableCommand {
     }
 
     /// The inference-server next to this executable, as `swift build` and the builder image lay them out.
-    private func defaultServer() -> String {
+    static func defaultServer() -> String {
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         return me.deletingLastPathComponent().appendingPathComponent("inference-server").path
     }

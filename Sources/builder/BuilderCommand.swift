@@ -13,6 +13,6 @@ struct BuilderCommand: ParsableCommand {
 
             Exit status: 0 on success, 1 on an error (the message says what to do), 64 on a usage error.
             """,
-        subcommands: [FetchCommand.self, BuildCommand.self, PushCommand.self, PullCommand.self]
+        subcommands: [FetchCommand.self, BuildCommand.self, PushCommand.self, PullCommand.self, RunCommand.self, DeployCommand.self, ShipCommand.self]
     )
 }

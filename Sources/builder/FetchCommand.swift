@@ -1,6 +1,7 @@
 import ArgumentParser
 import BuilderKit
 import Foundation
+import GoogleCloud
 import HuggingFace
 
 struct FetchCommand: ParsableCommand {
@@ -47,6 +48,9 @@ struct FetchCommand: ParsableCommand {
     @Option(name: .customLong("cache-dir"), help: "The hub cache folder. Default: $HF_HUB_CACHE or $HF_HOME/hub.")
     var cacheDir: String?
 
+    @Option(name: .customLong("hf-token-secret"), help: "Read the token from Secret Manager: projects/P/secrets/NAME[/versions/V] (Google credentials from the usual chain). Held in memory only.")
+    var hfTokenSecret: String?
+
     @Flag(help: "Print no progress lines.")
     var quiet = false
 
@@ -59,7 +63,11 @@ struct FetchCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let parts = repository.split(separator: "@", maxSplits: 1).map(String.init)
-            let config = try HubConfiguration.resolve(endpoint: endpoint, tokenFile: tokenFile, cacheDirectory: cacheDir)
+            let secretToken = try hfTokenSecret.map { name -> String in
+                let bytes = try SecretManager(credentials: GoogleCredentials.discover()).access(name)
+                return String(decoding: bytes, as: UTF8.self)
+            }
+            let config = try HubConfiguration.resolve(endpoint: endpoint, tokenFile: tokenFile, cacheDirectory: cacheDir, token: secretToken)
             var fetcher = SnapshotFetcher(client: HubClient(configuration: config))
             fetcher.selection = FileSelection(include: include, exclude: exclude)
             fetcher.jobs = jobs

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BuilderKit
 import Foundation
+import GoogleCloud
 import Registry
 
 /// Options every command that talks to a registry shares.
@@ -52,7 +53,11 @@ struct RegistryOptions: ParsableArguments {
         options.caFile = caFile
         if let attempts = ProcessInfo.processInfo.environment["BUILDER_RETRY_ATTEMPTS"].flatMap(Int.init) { options.retry.attempts = attempts }
         if let base = ProcessInfo.processInfo.environment["BUILDER_RETRY_BASE_DELAY"].flatMap(Double.init) { options.retry.baseDelay = base }
-        return RegistryClient(options: options, credentials: CredentialStore(explicit: explicit, googleAccessToken: googleToken))
+        var store = CredentialStore(explicit: explicit, googleAccessToken: googleToken)
+        // For Artifact Registry with nothing else configured: the Google chain (on Cloud Build, the
+        // build's service account from the metadata server).
+        store.googleTokenProvider = { try GoogleCredentials.discover().accessToken() }
+        return RegistryClient(options: options, credentials: store)
     }
 }
 

@@ -5,50 +5,6 @@ import TestSupport
 
 @testable import GoogleCloud
 
-/// Tests/Scripts/google_fakes.py on loopback, reached through gcloud's own endpoint overrides.
-final class GoogleFakes {
-    let service: ServiceProcess
-    let dir: TemporaryDirectory
-    let keyFile: String
-    var base: String { "http://127.0.0.1:\(service.port)" }
-
-    init(secrets: [String: String] = ["hf-token": "hf_secret_value_123"], corruptCRC: Bool = false) throws {
-        dir = try TemporaryDirectory()
-        let key = dir.path + "/sa.pem", pub = dir.path + "/sa.pub"
-        #expect(try run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key]).status == 0)
-        #expect(try run(["openssl", "pkey", "-in", key, "-pubout", "-out", pub]).status == 0)
-        var arguments = ["python3", repositoryRoot + "/Tests/Scripts/google_fakes.py", "--port", "{port}", "--sa-public-key", pub]
-        for (k, v) in secrets { arguments += ["--secret", "\(k)=\(v)"] }
-        if corruptCRC { arguments.append("--corrupt-crc") }
-        service = try ServiceProcess(arguments) { port in try answers("http://127.0.0.1:\(port)/__requests") }
-        // A service-account key file whose token_uri is the fake.
-        let pem = try String(contentsOfFile: key, encoding: .utf8)
-        let json: [String: Any] = [
-            "type": "service_account", "project_id": "test-project", "private_key_id": "k1", "private_key": pem,
-            "client_email": "builder@test-project.iam.gserviceaccount.com", "token_uri": "http://127.0.0.1:\(service.port)/token",
-        ]
-        keyFile = try dir.write("key.json", Array(try JSONSerialization.data(withJSONObject: json)))
-    }
-
-    var environment: [String: String] {
-        [
-            "HOME": dir.path, "GCE_METADATA_HOST": "127.0.0.1:\(service.port)",
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_RUN": base + "/", "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": base + "/",
-        ]
-    }
-
-    func scenario(_ mode: String, polls: Int = 2) throws {
-        _ = try run(["curl", "-sf", "-X", "POST", "--data", #"{"mode": "\#(mode)", "polls": \#(polls)}"#, base + "/__scenario"])
-    }
-
-    func requests() throws -> [[String: Any]] {
-        let text = try run(["curl", "-sf", base + "/__requests"]).stdout
-        return (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]]) ?? []
-    }
-
-    func stop() { service.stop() }
-}
-
 @Suite(.serialized) struct GoogleCredentialsTests {
     @Test func theChainInOrder() throws {
         let fakes = try GoogleFakes()

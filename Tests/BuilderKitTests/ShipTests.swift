@@ -1,0 +1,93 @@
+import Foundation
+import Hashing
+import Testing
+import TestSupport
+
+/// `builder ship` end to end with every outside party faked or real: the Hub test server, a real
+/// docker-registry and the Google Cloud fakes (metadata server, Cloud Run API).
+@Suite(.serialized) struct ShipTests {
+    func ship(_ arguments: [String], env: [String: String]) throws -> CommandResult {
+        try run(["env", "-i"] + env.map { "\($0.key)=\($0.value)" } + [packageRoot + "/.build/debug/builder", "ship"] + arguments)
+    }
+
+    @Test func shipsAModelAndNeverLeaksTheToken() throws {
+        let dir = try TemporaryDirectory()
+        _ = try makeRepo(dir, name: "google/tiny-gemma", weightSize: 2_000_000)
+        let hub = try HubServer(repos: dir.path + "/repos", token: "hf_ship_secret_token_42", gated: ["google/tiny-gemma"])
+        defer { hub.stop() }
+        let registry = try LocalRegistry(storage: dir.path + "/registry")
+        defer { registry.stop() }
+        let google = try GoogleFakes()
+        defer { google.stop() }
+        try google.scenario("ok", polls: 2)
+
+        var env = google.environment
+        env["PATH"] = "/usr/bin:/bin"
+        env["HF_ENDPOINT"] = hub.endpoint
+        env["HF_HUB_CACHE"] = dir.path + "/hf-cache"
+        env["HF_TOKEN"] = "hf_ship_secret_token_42"
+        let arguments = [
+            "--model", "google/tiny-gemma", "--image", "\(registry.host)/models/tiny-gemma:v1", "--project", "test-project",
+            "--region", "europe-west4", "--service", "tiny-gemma", "--workdir", dir.path + "/image", "--server", try builtServer(),
+        ]
+        let first = try ship(arguments, env: env)
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "https://tiny-gemma-xyz-uc.a.run.app")
+        let deployed = try #require(try google.requests().last { $0["method"] as? String == "PATCH" })
+        #expect((deployed["body"] as? String)?.contains("\(registry.host)/models/tiny-gemma@sha256:") == true, "deployed by digest")
+
+        // No blob of the image, and nothing the tools printed, holds the token.
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir.path + "/image/blobs/sha256") {
+            let data = try Data(contentsOf: URL(fileURLWithPath: dir.path + "/image/blobs/sha256/" + name))
+            #expect(data.range(of: Data("hf_ship_secret_token_42".utf8)) == nil, "token found in blob \(name)")
+        }
+        #expect(!first.stderr.contains("hf_ship_secret") && !first.stdout.contains("hf_ship_secret"))
+        #expect((try hub.stats()["cdn_auth_leaks"] as? Int) == 0)
+
+        // A second ship with another server binary: the weight layer is not sent again.
+        let otherServer = dir.path + "/inference-server"
+        try FileManager.default.copyItem(atPath: try builtServer(), toPath: otherServer)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: otherServer))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data("a different build".utf8))
+        try handle.close()
+        var again = arguments
+        again[again.count - 1] = otherServer
+        let second = try ship(again, env: env)
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stderr.contains("2 blobs uploaded"), "only the server layer and the config: \(second.stderr.suffix(600))")
+    }
+
+    @Test func aGatedModelWithoutATokenStopsBeforeAnythingIsBuilt() throws {
+        let dir = try TemporaryDirectory()
+        _ = try makeRepo(dir, name: "google/tiny-gemma")
+        let hub = try HubServer(repos: dir.path + "/repos", token: "hf_good", gated: ["google/tiny-gemma"])
+        defer { hub.stop() }
+        let env = ["PATH": "/usr/bin:/bin", "HOME": dir.path, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": dir.path + "/c"]
+        let result = try ship([
+            "--model", "google/tiny-gemma", "--image", "127.0.0.1:9/x/y", "--project", "p", "--region", "r", "--service", "s",
+            "--workdir", dir.path + "/image",
+        ], env: env)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("gated") && result.stderr.contains("accept"))
+        #expect(!FileManager.default.fileExists(atPath: dir.path + "/image"))
+    }
+}
+
+/// `builder run`: our own unpacking (layers applied in order, whiteouts honoured) and runc.
+@Suite(.serialized) struct RunTests {
+    @Test func runsTheImageWithRunc() throws {
+        let dir = try TemporaryDirectory()
+        _ = try buildImage(model: try makeModel(in: dir), output: dir.path + "/image")
+        let result = try run([
+            "env", "XDG_CACHE_HOME=\(dir.path)/cache", packageRoot + "/.build/debug/builder", "run", "oci:\(dir.path)/image", "--port", "9123",
+            "--name", "builder-test-\(getpid())",
+        ])
+        #expect(result.status == 3, "the stub server's status: \(result.stderr)")
+        #expect(result.stdout.contains("found model /model with 4 files"))
+        #expect(result.stderr.contains("port 9123"))
+        let bundles = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/cache/gemma-run/bundles")
+        #expect(bundles.count == 1)
+        #expect(FileManager.default.isExecutableFile(atPath: dir.path + "/cache/gemma-run/bundles/\(bundles[0])/rootfs/usr/local/bin/inference-server"))
+    }
+}
