@@ -34,7 +34,9 @@ import TestSupport
         #expect(first.status == 0, "\(first.stderr)")
         #expect(first.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "https://tiny-gemma-xyz-uc.a.run.app")
         let deployed = try #require(try google.requests().last { $0["method"] as? String == "PATCH" })
-        #expect((deployed["body"] as? String)?.contains("\(registry.host)/models/tiny-gemma@sha256:") == true, "deployed by digest")
+        let body = try JSONSerialization.jsonObject(with: Data((deployed["body"] as? String ?? "").utf8)) as? [String: Any]
+        let containers = (body?["template"] as? [String: Any])?["containers"] as? [[String: Any]]
+        #expect((containers?.first?["image"] as? String)?.hasPrefix("\(registry.host)/models/tiny-gemma@sha256:") == true, "deployed by digest")
 
         // No blob of the image, and nothing the tools printed, holds the token.
         for name in try FileManager.default.contentsOfDirectory(atPath: dir.path + "/image/blobs/sha256") {

@@ -32,16 +32,23 @@ public func run(_ arguments: [String], input: String? = nil) throws -> CommandRe
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
-    let out = Pipe(), err = Pipe(), inp = Pipe()
+    // stderr goes to a file, not a second pipe: a child that fills one pipe while we drain the
+    // other would block forever.
+    let errorPath = NSTemporaryDirectory() + "run-stderr-" + UUID().uuidString
+    FileManager.default.createFile(atPath: errorPath, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: errorPath) }
+    let errorFile = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
+    let out = Pipe(), inp = Pipe()
     process.standardOutput = out
-    process.standardError = err
+    process.standardError = errorFile
     process.standardInput = inp
     try process.run()
+    try errorFile.close()
     if let input { inp.fileHandleForWriting.write(Data(input.utf8)) }
     try inp.fileHandleForWriting.close()
     let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
+    let stderr = FileManager.default.contents(atPath: errorPath) ?? Data()
     return CommandResult(
         status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
         stderr: String(decoding: stderr, as: UTF8.self))
