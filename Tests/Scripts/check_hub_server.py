@@ -495,7 +495,7 @@ except Exception:
     traceback.print_exc()
     failures.append("check script crashed")
 finally:
-    server.terminate()
+    server.kill()  # SIGKILL: a parent test process may have left SIGTERM blocked for its children
     server.wait()
     if opts.keep:
         print("kept", tmp)
