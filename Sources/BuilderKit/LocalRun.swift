@@ -33,7 +33,10 @@ public struct LocalRun {
             for layer in image.manifest.layers {
                 try LayerExtractor.apply(layer: layout.blobPath(layer.digest), into: rootfs)
             }
-            FileManager.default.createFile(atPath: bundle + "/.complete", contents: nil)
+            // Marks a whole unpack: an interrupted one is redone next time.
+            guard FileManager.default.createFile(atPath: bundle + "/.complete", contents: nil) else {
+                throw BuilderError.io(operation: "write", path: bundle + "/.complete", reason: "cannot create the file")
+            }
         }
         try writeSpec(bundle: bundle, config: image.config)
         return (bundle, image.manifestDescriptor.digest)

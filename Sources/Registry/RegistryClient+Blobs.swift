@@ -104,8 +104,7 @@ extension RegistryClient {
         let step = "downloading blob \(descriptor.digest)"
         try options.retry.run(step) { _ in
             let partial = path + ".partial"
-            FileManager.default.createFile(atPath: partial, contents: nil)
-            guard let file = FileHandle(forWritingAtPath: partial) else {
+            guard FileManager.default.createFile(atPath: partial, contents: nil), let file = FileHandle(forWritingAtPath: partial) else {
                 throw RegistryError.invalidResponse(registry: reference.registry, step: step, detail: "cannot write \(partial)")
             }
             defer { try? file.close() }
