@@ -55,7 +55,7 @@ let package = Package(
         .testTarget(name: "HashingTests", dependencies: ["Hashing"]),
         .testTarget(name: "OCITests", dependencies: ["OCI", "Hashing", "TestSupport"]),
         .testTarget(name: "ELFTests", dependencies: ["ELF", "TestSupport"]),
-        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Tokenizer", "TestSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Tokenizer", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "GoogleCloudTests", dependencies: ["GoogleCloud", "HTTP", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),

@@ -1,1 +1,100 @@
-// The Gemma 3 engine lands here (issue 5).
+import Foundation
+import Tokenizer
+
+/// A loaded model ready to generate: the Gemma 3 weights on the CPU backend, the tokenizer and the
+/// checkpoint's generation defaults. Loading maps the weights (no copy) and validates every header.
+public struct Engine: Sendable {
+    public enum Format: String, Sendable {
+        case safetensors
+        case gguf
+    }
+
+    public let path: String
+    public let format: Format
+    public let model: Gemma3Model<CPUBackend>
+    /// nil when no tokenizer was found: prompts must then be token ids.
+    public let tokenizer: Tokenizer?
+    /// Where the tokenizer came from, for messages.
+    public let tokenizerSource: String?
+    public let generationConfig: GenerationConfig
+    public let loadSeconds: Double
+
+    public var config: Gemma3Config { model.config }
+
+    /// Loads a Hugging Face folder (config.json + safetensors) or a `.gguf` file. The tokenizer comes
+    /// from `tokenizerDirectory`, else the model folder (or the GGUF's folder) when it has a `tokenizer.json`.
+    public static func load(path: String, tokenizerDirectory: String? = nil) throws -> Engine {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let backend = try CPUBackend()
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw InferenceError.unreadableFile(path: path, reason: "no such file or folder")
+        }
+        let format: Format
+        let model: Gemma3Model<CPUBackend>
+        var generationConfig = GenerationConfig()
+        let folder: String
+        if isDirectory.boolValue {
+            format = .safetensors
+            folder = path
+            let config = try Gemma3Config(configFile: path + "/config.json")
+            let checkpoint = try SafetensorsCheckpoint(directory: path)
+            model = try Gemma3Model(
+                config: config, weights: Gemma3Weights(safetensors: checkpoint, config: config), backend: backend)
+            if FileManager.default.fileExists(atPath: path + "/generation_config.json") {
+                generationConfig = try GenerationConfig(file: path + "/generation_config.json")
+            }
+        } else {
+            format = .gguf
+            folder = (path as NSString).deletingLastPathComponent
+            let gguf = try GGUFFile(path: path)
+            let config = try Gemma3Config(gguf: gguf)
+            model = try Gemma3Model(
+                config: config, weights: Gemma3Weights(gguf: gguf, config: config), backend: backend)
+            let eos = [
+                gguf.metadata["tokenizer.ggml.eos_token_id"]?.intValue,
+                gguf.metadata["tokenizer.ggml.eot_token_id"]?.intValue,
+            ]
+            generationConfig = GenerationConfig(
+                bosTokenID: gguf.metadata["tokenizer.ggml.bos_token_id"]?.intValue, eosTokenIDs: eos.compactMap { $0 })
+        }
+
+        var tokenizer: Tokenizer? = nil
+        var tokenizerSource: String? = nil
+        let candidates = [tokenizerDirectory, folder.isEmpty ? "." : folder].compactMap { $0 }
+        if let directory = candidates.first(where: { FileManager.default.fileExists(atPath: $0 + "/tokenizer.json") }) {
+            tokenizer = try Tokenizer(directory: URL(fileURLWithPath: directory))
+            tokenizerSource = directory + "/tokenizer.json"
+        } else if let tokenizerDirectory {
+            throw InferenceError.tokenizerUnavailable("\(tokenizerDirectory) has no tokenizer.json")
+        }
+        return Engine(
+            path: path, format: format, model: model, tokenizer: tokenizer, tokenizerSource: tokenizerSource,
+            generationConfig: generationConfig, loadSeconds: (clock.now - start).seconds)
+    }
+
+    /// Token ids that end a generation: the checkpoint's eos list, plus `<eos>` and `<end_of_turn>`,
+    /// which Gemma 3 instruction-tuned models use (trap 8 of §8).
+    public var stopTokenIDs: Set<Int> {
+        var ids = Set(generationConfig.eosTokenIDs)
+        if let tokenizer { ids.formUnion(tokenizer.specialTokens.stopTokenIDs) }
+        if ids.isEmpty { ids = [1, 106] }
+        return ids
+    }
+
+    /// The tokenizer, or an error saying how to provide one.
+    public func requireTokenizer() throws -> Tokenizer {
+        guard let tokenizer else {
+            throw InferenceError.tokenizerUnavailable(
+                "no tokenizer.json beside \(path) (GGUF files are read without their embedded vocabulary): "
+                    + "name a folder with tokenizer.json (generate --tokenizer DIR), or give the prompt as token ids")
+        }
+        return tokenizer
+    }
+
+    /// A new session (KV cache and scratch) on this engine's model.
+    public func makeSession(contextLength: Int? = nil, maximumBatch: Int = 128) -> InferenceSession<CPUBackend> {
+        model.makeSession(contextLength: contextLength, maximumBatch: maximumBatch)
+    }
+}

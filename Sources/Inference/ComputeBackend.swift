@@ -1,0 +1,52 @@
+/// The operations the Gemma 3 forward pass needs, in the shapes it needs them. The model code
+/// (`Gemma3Model`, `InferenceSession`) only talks to this protocol, so a GPU backend only has to
+/// provide buffers in its own memory and these kernels; `CPUBackend` is the reference.
+///
+/// Conventions: activations are f32, row-major, one row per token; `rows` counts tokens (or
+/// token-heads for per-head ops). Ops may run in place where documented (out === x).
+public protocol ComputeBackend: Sendable {
+    /// Activation storage (f32) in the backend's memory.
+    associatedtype Buffer
+    /// A weight matrix in the backend's memory, in whatever format it reads directly.
+    associatedtype Matrix: Sendable
+
+    var name: String { get }
+
+    /// A zero-filled buffer of `count` floats.
+    func makeBuffer(count: Int) -> Buffer
+    /// `count` floats of `buffer` from `offset`, copied to the host.
+    func read(_ buffer: Buffer, offset: Int, count: Int) -> [Float]
+    /// Host floats copied into `buffer` at `offset`.
+    func write(_ values: [Float], to buffer: Buffer, offset: Int)
+    /// `count` floats from `source[sourceOffset...]` to `destination[destinationOffset...]`.
+    func copy(
+        _ source: Buffer, offset sourceOffset: Int, to destination: Buffer, offset destinationOffset: Int, count: Int)
+    /// Makes a weight usable by the kernels (on the CPU: the mapped tensor itself, no copy).
+    func matrix(_ tensor: WeightTensor) throws -> Matrix
+
+    /// out[i, :] = table[tokens[i], :] * scale.  out: (n, dim)
+    func embed(_ tokens: [Int], table: Matrix, scale: Float, into out: Buffer)
+    /// out = x · weightᵀ.  x: (rows, in), weight: (outDim, in), out: (rows, outDim). Accumulates in f32.
+    func matmul(_ x: Buffer, rows: Int, weight: Matrix, into out: Buffer)
+    /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight (weight already holds Gemma's 1 + w). In place allowed.
+    /// x, out: (rows, dimension); weight: (dimension) f32.
+    func rmsNorm(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into out: Buffer)
+    /// cos and sin of position · inverseFrequencies[j] for each position.  table: (positions, 2, headDim / 2)
+    func ropeTable(positions: Range<Int>, inverseFrequencies: [Float], into table: Buffer)
+    /// Rotates each head's pairs (j, j + headDim/2) by the table's angles (the NeoX / HF rotate_half layout).
+    /// x: (rows, heads, headDim), in place; table: (rows, 2, headDim / 2).
+    func rope(_ x: Buffer, rows: Int, heads: Int, headDimension: Int, table: Buffer)
+    /// Causal attention of `rows` new queries at positions firstPosition..< against a ring-buffer cache.
+    /// queries: (rows, heads, headDim); keys, values: (capacity, kvHeads, headDim) where position p
+    /// lives in slot p % capacity; each query at p sees positions max(0, p - window + 1)...p
+    /// (all of 0...p when window is nil). out: (rows, heads, headDim).
+    func attention(
+        queries: Buffer, keys: Buffer, values: Buffer, rows: Int, firstPosition: Int, heads: Int, kvHeads: Int,
+        headDimension: Int, capacity: Int, window: Int?, scale: Float, into out: Buffer)
+    /// gate = gelu_tanh(gate) * up, elementwise over `count` floats.
+    func geluMultiply(_ gate: Buffer, _ up: Buffer, count: Int)
+    /// accumulator += x, elementwise over `count` floats.
+    func add(_ x: Buffer, into accumulator: Buffer, count: Int)
+    /// Softmax of each row in place.  x: (rows, columns)
+    func softmax(_ x: Buffer, rows: Int, columns: Int)
+}

@@ -1,0 +1,143 @@
+import Foundation
+
+/// The Gemma 3 text model: weights in a backend's memory plus the forward pass, written to be read
+/// top to bottom against transformers' `modeling_gemma3.py` (gemma3-and-serving.md §1.3) and
+/// llama.cpp's `src/models/gemma3.cpp` (§1.4).
+///
+/// Immutable and `Sendable`: one model serves any number of `InferenceSession`s, each with its own
+/// KV cache and scratch buffers.
+public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
+    struct Layer: Sendable {
+        let type: Gemma3Config.LayerType
+        let inputNorm: Backend.Matrix  // (hidden) f32, 1 + w
+        let query: Backend.Matrix  // (heads * headDim, hidden)
+        let key: Backend.Matrix  // (kvHeads * headDim, hidden)
+        let value: Backend.Matrix  // (kvHeads * headDim, hidden)
+        let queryNorm: Backend.Matrix  // (headDim)
+        let keyNorm: Backend.Matrix  // (headDim)
+        let output: Backend.Matrix  // (hidden, heads * headDim)
+        let postAttentionNorm: Backend.Matrix  // (hidden)
+        let preFeedforwardNorm: Backend.Matrix  // (hidden)
+        let gate: Backend.Matrix  // (intermediate, hidden)
+        let up: Backend.Matrix  // (intermediate, hidden)
+        let down: Backend.Matrix  // (hidden, intermediate)
+        let postFeedforwardNorm: Backend.Matrix  // (hidden)
+    }
+
+    public let config: Gemma3Config
+    public let backend: Backend
+    let embedding: Backend.Matrix  // (vocab, hidden)
+    let lmHead: Backend.Matrix  // (vocab, hidden), the embedding when tied
+    let finalNorm: Backend.Matrix  // (hidden)
+    let layers: [Layer]
+    /// RoPE inverse frequencies (headDim / 2) of the local and global layers.
+    let localFrequencies: [Float]
+    let globalFrequencies: [Float]
+
+    public init(config: Gemma3Config, weights: Gemma3Weights, backend: Backend) throws {
+        self.config = config
+        self.backend = backend
+        embedding = try backend.matrix(weights.embedding)
+        lmHead = config.tieWordEmbeddings ? embedding : try backend.matrix(weights.lmHead)
+        finalNorm = try backend.matrix(weights.finalNorm)
+        layers = try zip(weights.layers, config.layerTypes).map { w, type in
+            Layer(
+                type: type, inputNorm: try backend.matrix(w.inputNorm), query: try backend.matrix(w.query),
+                key: try backend.matrix(w.key), value: try backend.matrix(w.value),
+                queryNorm: try backend.matrix(w.queryNorm),
+                keyNorm: try backend.matrix(w.keyNorm), output: try backend.matrix(w.output),
+                postAttentionNorm: try backend.matrix(w.postAttentionNorm),
+                preFeedforwardNorm: try backend.matrix(w.preFeedforwardNorm), gate: try backend.matrix(w.gate),
+                up: try backend.matrix(w.up), down: try backend.matrix(w.down),
+                postFeedforwardNorm: try backend.matrix(w.postFeedforwardNorm))
+        }
+        localFrequencies = config.inverseFrequencies(for: .sliding)
+        globalFrequencies = config.inverseFrequencies(for: .full)
+    }
+
+    /// A fresh session. `contextLength` caps prompt plus output (default: the model's maximum);
+    /// `maximumBatch` is how many prompt tokens one forward pass takes (scratch memory grows with it).
+    public func makeSession(contextLength: Int? = nil, maximumBatch: Int = 128) -> InferenceSession<Backend> {
+        InferenceSession(
+            model: self,
+            contextLength: min(contextLength ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings),
+            maximumBatch: max(1, maximumBatch))
+    }
+
+    /// One forward pass over `tokens` at positions firstPosition..<firstPosition + n, given the
+    /// session's cache and scratch buffers; leaves the final hidden states in `s.hidden`.
+    func forward(
+        _ tokens: [Int], firstPosition p0: Int, scratch s: InferenceSession<Backend>.Scratch, cache: KVCache<Backend>
+    ) {
+        let c = config
+        let b = backend
+        let n = tokens.count
+        let hidden = c.hiddenSize
+        let heads = c.headCount
+        let kvHeads = c.kvHeadCount
+        let headDim = c.headDimension
+
+        // h = embed(tokens) * sqrt(hidden) (in the compute precision: see Gemma3Config.embeddingScale).
+        b.embed(tokens, table: embedding, scale: c.embeddingScale, into: s.hidden)  // (n, hidden)
+        // cos/sin tables (n, 2, headDim/2), shared by all layers of a kind.
+        b.ropeTable(positions: p0..<p0 + n, inverseFrequencies: localFrequencies, into: s.localRope)
+        b.ropeTable(positions: p0..<p0 + n, inverseFrequencies: globalFrequencies, into: s.globalRope)
+
+        for (index, layer) in layers.enumerated() {
+            // Attention block: x = input_layernorm(h); q, k, v projections; q_norm, k_norm before RoPE.
+            b.rmsNorm(
+                s.hidden, rows: n, dimension: hidden, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, into: s.normed
+            )
+            b.matmul(s.normed, rows: n, weight: layer.query, into: s.query)  // (n, heads * headDim)
+            b.matmul(s.normed, rows: n, weight: layer.key, into: s.key)  // (n, kvHeads * headDim)
+            b.matmul(s.normed, rows: n, weight: layer.value, into: s.value)  // (n, kvHeads * headDim)
+            b.rmsNorm(
+                s.query, rows: n * heads, dimension: headDim, weight: layer.queryNorm, epsilon: c.rmsNormEpsilon,
+                into: s.query)
+            b.rmsNorm(
+                s.key, rows: n * kvHeads, dimension: headDim, weight: layer.keyNorm, epsilon: c.rmsNormEpsilon,
+                into: s.key)
+            let rope = layer.type == .full ? s.globalRope : s.localRope
+            b.rope(s.query, rows: n, heads: heads, headDimension: headDim, table: rope)
+            b.rope(s.key, rows: n, heads: kvHeads, headDimension: headDim, table: rope)
+            cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
+            let entry = cache.layers[index]
+            b.attention(
+                queries: s.query, keys: entry.keys, values: entry.values, rows: n, firstPosition: p0, heads: heads,
+                kvHeads: kvHeads, headDimension: headDim, capacity: entry.capacity, window: entry.window,
+                scale: c.attentionScale, into: s.attention)  // (n, heads * headDim)
+            b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
+            b.rmsNorm(
+                s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, epsilon: c.rmsNormEpsilon,
+                into: s.normed)
+            b.add(s.normed, into: s.hidden, count: n * hidden)
+
+            // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
+            b.rmsNorm(
+                s.hidden, rows: n, dimension: hidden, weight: layer.preFeedforwardNorm, epsilon: c.rmsNormEpsilon,
+                into: s.normed)
+            b.matmul(s.normed, rows: n, weight: layer.gate, into: s.gate)  // (n, intermediate)
+            b.matmul(s.normed, rows: n, weight: layer.up, into: s.up)  // (n, intermediate)
+            b.geluMultiply(s.gate, s.up, count: n * c.intermediateSize)
+            b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
+            b.rmsNorm(
+                s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
+                into: s.normed)
+            b.add(s.normed, into: s.hidden, count: n * hidden)
+        }
+    }
+
+    /// Logits of the token whose final hidden state is row `row` of `s.hidden`.  → (vocab)
+    func logits(row: Int, scratch s: InferenceSession<Backend>.Scratch) -> [Float] {
+        let c = config
+        let b = backend
+        b.copy(s.hidden, offset: row * c.hiddenSize, to: s.last, offset: 0, count: c.hiddenSize)  // (hidden)
+        b.rmsNorm(s.last, rows: 1, dimension: c.hiddenSize, weight: finalNorm, epsilon: c.rmsNormEpsilon, into: s.last)
+        b.matmul(s.last, rows: 1, weight: lmHead, into: s.logits)  // (vocab): the tied embedding, unscaled
+        var logits = b.read(s.logits, offset: 0, count: c.vocabularySize)
+        if let cap = c.finalLogitSoftcapping {
+            for i in logits.indices { logits[i] = Foundation.tanh(logits[i] / cap) * cap }
+        }
+        return logits
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+
+/// What to generate: how many tokens, how to choose them, when to stop, which logprobs to report.
+public struct GenerationParameters: Sendable {
+    public var maxTokens: Int
+    public var sampling: SamplingParameters
+    /// Generation ends after producing one of these (it is part of the output).
+    public var stopTokenIDs: Set<Int>
+    /// How many most likely alternatives to report per step (0: none).
+    public var topLogprobs: Int
+
+    public init(
+        maxTokens: Int = 16, sampling: SamplingParameters = SamplingParameters(), stopTokenIDs: Set<Int> = [],
+        topLogprobs: Int = 0
+    ) {
+        self.maxTokens = maxTokens
+        self.sampling = sampling
+        self.stopTokenIDs = stopTokenIDs
+        self.topLogprobs = topLogprobs
+    }
+}
+
+/// A token and its log-probability under the model (log-softmax of the raw logits).
+public struct TokenLogprob: Sendable, Equatable {
+    public var id: Int
+    public var logprob: Float
+    public init(id: Int, logprob: Float) {
+        self.id = id
+        self.logprob = logprob
+    }
+}
+
+public struct GeneratedToken: Sendable, Equatable {
+    public var id: Int
+    public var logprob: Float
+    /// The most likely tokens at this step, most likely first (as many as `topLogprobs` asked).
+    public var top: [TokenLogprob]
+}
+
+public enum FinishReason: String, Sendable {
+    /// A stop token was generated, or the caller stopped generation (a stop string).
+    case stop
+    /// `maxTokens` (or the context) ran out.
+    case length
+}
+
+public struct GenerationTimings: Sendable, Equatable {
+    public var promptTokens: Int
+    /// Prompt processing up to the first token's logits.
+    public var prefillSeconds: Double
+    /// Forward passes after the first token.
+    public var decodeSteps: Int
+    public var decodeSeconds: Double
+
+    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
+    public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeSteps) / decodeSeconds : 0 }
+}
+
+public struct GenerationResult: Sendable {
+    public var promptIDs: [Int]
+    public var tokens: [GeneratedToken]
+    public var finishReason: FinishReason
+    public var timings: GenerationTimings
+
+    public var outputIDs: [Int] { tokens.map(\.id) }
+}
+
+/// The log-softmax pieces of one step: logsumexp over the whole vocabulary and the top entries.
+public enum Logprobs {
+    /// log Σ exp(logits), accumulated in f32 lanes flushed to Double.
+    public static func logSumExp(_ logits: [Float]) -> Float {
+        guard !logits.isEmpty else { return -.infinity }
+        return logits.withUnsafeBufferPointer { VectorMath.logSumExp($0.baseAddress!, count: $0.count) }
+    }
+
+    /// The `k` largest logits as (id, logit), largest first, lower id first on ties.
+    public static func top(_ logits: [Float], _ k: Int) -> [(id: Int, logit: Float)] {
+        guard k > 0 else { return [] }
+        var best: [(id: Int, logit: Float)] = []
+        best.reserveCapacity(k + 1)
+        for (id, value) in logits.enumerated() {
+            if best.count == k, let last = best.last, value <= last.logit { continue }
+            var index = best.count
+            while index > 0 && best[index - 1].logit < value { index -= 1 }
+            best.insert((id, value), at: index)
+            if best.count > k { best.removeLast() }
+        }
+        return best
+    }
+}
+
+extension InferenceSession {
+    /// Generates after `prompt` (which replaces whatever the session held). `onToken` sees each token
+    /// as it is chosen and returns false to stop there (a stop string, a cancelled request): the
+    /// finish reason is then `stop`.
+    public func generate(
+        prompt: [Int], parameters: GenerationParameters, onToken: (GeneratedToken) -> Bool = { _ in true }
+    ) throws -> GenerationResult {
+        try parameters.sampling.validate()
+        guard parameters.maxTokens >= 0 else { throw InferenceError.invalidArgument("max tokens must be >= 0") }
+        guard parameters.topLogprobs >= 0 else { throw InferenceError.invalidArgument("top logprobs must be >= 0") }
+        reset()
+        var sampler = Sampler(parameters: parameters.sampling, prompt: prompt)
+        let clock = ContinuousClock()
+        let start = clock.now
+        var logits = try append(prompt)
+        let prefill = clock.now - start
+        var timings = GenerationTimings(
+            promptTokens: prompt.count, prefillSeconds: prefill.seconds, decodeSteps: 0, decodeSeconds: 0)
+        var tokens: [GeneratedToken] = []
+        var finish = FinishReason.length
+        let decodeStart = clock.now
+        while tokens.count < parameters.maxTokens {
+            let id = sampler.sample(logits)
+            sampler.accept(id)
+            let logSumExp = Logprobs.logSumExp(logits)
+            let token = GeneratedToken(
+                id: id, logprob: logits[id] - logSumExp,
+                top: Logprobs.top(logits, parameters.topLogprobs).map {
+                    TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp)
+                })
+            tokens.append(token)
+            if !onToken(token) {
+                finish = .stop
+                break
+            }
+            if parameters.stopTokenIDs.contains(id) {
+                finish = .stop
+                break
+            }
+            guard tokens.count < parameters.maxTokens, tokenCount < contextLength else { break }
+            logits = try append([id])
+            timings.decodeSteps += 1
+        }
+        timings.decodeSeconds = (clock.now - decodeStart).seconds
+        return GenerationResult(promptIDs: prompt, tokens: tokens, finishReason: finish, timings: timings)
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, attoseconds) = components
+        return Double(s) + Double(attoseconds) * 1e-18
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+
+/// Chooses tokens from logits: penalties, then greedy argmax or temperature with top-k, top-p and
+/// min-p filtering, then a draw from a seeded generator, so a seed reproduces a generation exactly.
+public struct Sampler: Sendable {
+    public let parameters: SamplingParameters
+    private var generator: Xoshiro256StarStar
+    /// How often each token has been generated so far (for presence and frequency penalties).
+    private var outputCounts: [Int: Int] = [:]
+    /// Tokens in the prompt or the output (for the repetition penalty).
+    private var seen: Set<Int> = []
+
+    public init(parameters: SamplingParameters, prompt: [Int] = []) {
+        self.parameters = parameters
+        var system = SystemRandomNumberGenerator()
+        generator = Xoshiro256StarStar(seed: parameters.seed ?? system.next())
+        if parameters.repetitionPenalty != 1 { seen = Set(prompt) }
+    }
+
+    /// Records a token that became part of the output (whether sampled here or forced).
+    public mutating func accept(_ token: Int) {
+        outputCounts[token, default: 0] += 1
+        if parameters.repetitionPenalty != 1 { seen.insert(token) }
+    }
+
+    /// The next token for `logits` (vocab), not yet recorded: call `accept` with it.
+    public mutating func sample(_ logits: [Float]) -> Int {
+        var logits = logits
+        applyPenalties(&logits)
+        if parameters.isGreedy { return Self.argmax(logits) }
+
+        // Probabilities at this temperature, max-subtracted.
+        let inverseTemperature = 1 / parameters.temperature
+        let maximum = logits.max() ?? 0
+        var probabilities = logits.map { Foundation.exp(($0 - maximum) * inverseTemperature) }
+        let total = probabilities.reduce(0, +)
+        for i in probabilities.indices { probabilities[i] /= total }
+
+        let filtered = parameters.topK > 0 || parameters.topP < 1 || parameters.minP > 0
+        guard filtered else { return draw(from: Array(probabilities.indices), probabilities) }
+
+        var candidates = candidates(probabilities)
+        // top-k, then top-p over what top-k kept (renormalized, as vLLM and HF do), then min-p;
+        // each keeps a prefix of the sorted candidates.
+        var mass: Float = 1
+        if parameters.topK > 0 && parameters.topK < candidates.count {
+            candidates = Array(candidates.prefix(parameters.topK))
+            mass = candidates.reduce(Float(0)) { $0 + probabilities[$1] }
+        }
+        if parameters.topP < 1 {
+            var cumulative: Float = 0
+            var keep = 0
+            for id in candidates {
+                cumulative += probabilities[id]
+                keep += 1
+                if cumulative >= parameters.topP * mass { break }
+            }
+            candidates = Array(candidates.prefix(keep))
+        }
+        if parameters.minP > 0, let top = candidates.first {
+            let threshold = parameters.minP * probabilities[top]
+            candidates = candidates.filter { probabilities[$0] >= threshold }
+        }
+        return draw(from: candidates, probabilities)
+    }
+
+    /// A draw from `candidates` in proportion to their probabilities.
+    private mutating func draw(from candidates: [Int], _ probabilities: [Float]) -> Int {
+        let mass = candidates.reduce(Double(0)) { $0 + Double(probabilities[$1]) }
+        var remaining = Double(generator.next() >> 11) / Double(1 << 53) * mass
+        for id in candidates {
+            remaining -= Double(probabilities[id])
+            if remaining < 0 { return id }
+        }
+        return candidates.last(where: { probabilities[$0] > 0 }) ?? candidates[0]
+    }
+
+    /// The tokens that can survive the filters, sorted by probability (descending, ties by id).
+    /// With top-k only the k best are sorted; with top-p a probability cut is lowered until the tokens
+    /// above it carry at least top_p of the mass, which contains the top-p set, instead of sorting the
+    /// whole vocabulary.
+    private func candidates(_ probabilities: [Float]) -> [Int] {
+        func sorted(_ ids: [Int]) -> [Int] {
+            ids.sorted { probabilities[$0] > probabilities[$1] || (probabilities[$0] == probabilities[$1] && $0 < $1) }
+        }
+        let maximum = probabilities.max() ?? 0
+        var cut = parameters.minP > 0 ? parameters.minP * maximum : maximum * 1e-4
+        while true {
+            var ids: [Int] = []
+            var mass: Float = 0
+            for (id, p) in probabilities.enumerated() where p >= cut {
+                ids.append(id)
+                mass += p
+            }
+            let enoughForTopK = parameters.topK > 0 && ids.count >= parameters.topK
+            let enoughForTopP = parameters.topP < 1 && mass >= parameters.topP
+            if cut == 0 || parameters.minP > 0 || enoughForTopK || enoughForTopP {
+                return sorted(ids)
+            }
+            cut = cut > 1e-12 ? cut / 100 : 0
+        }
+    }
+
+    private func applyPenalties(_ logits: inout [Float]) {
+        let p = parameters
+        if p.repetitionPenalty != 1 {
+            for id in seen where id < logits.count {
+                logits[id] = logits[id] > 0 ? logits[id] / p.repetitionPenalty : logits[id] * p.repetitionPenalty
+            }
+        }
+        if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+            for (id, count) in outputCounts where id < logits.count {
+                logits[id] -= p.presencePenalty + p.frequencyPenalty * Float(count)
+            }
+        }
+    }
+
+    /// The index of the largest logit; the first one on ties, as torch.argmax.
+    public static func argmax(_ logits: [Float]) -> Int {
+        var best = 0
+        for i in logits.indices where logits[i] > logits[best] { best = i }
+        return best
+    }
+}
+
+/// xoshiro256** (Blackman and Vigna), seeded through SplitMix64: small, fast and reproducible.
+struct Xoshiro256StarStar: RandomNumberGenerator, Sendable {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+
+    init(seed: UInt64) {
+        var x = seed
+        func splitMix() -> UInt64 {
+            x &+= 0x9E37_79B9_7F4A_7C15
+            var z = x
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        s = (splitMix(), splitMix(), splitMix(), splitMix())
+    }
+
+    mutating func next() -> UInt64 {
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
+        s.2 ^= t
+        s.3 = s.3 << 45 | s.3 >> 19
+        return result
+    }
+}

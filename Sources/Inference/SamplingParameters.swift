@@ -1,0 +1,55 @@
+/// How the next token is chosen from the logits; vLLM's names and meanings (gemma3-and-serving.md §4.1).
+public struct SamplingParameters: Sendable, Equatable {
+    /// 0 picks the most likely token (greedy); otherwise logits are divided by it before sampling.
+    public var temperature: Float = 0
+    /// Keep only the k most likely tokens; 0 (or -1, as vLLM spells it) keeps all.
+    public var topK: Int = 0
+    /// Keep the smallest set of most likely tokens whose probabilities add up to at least topP.
+    public var topP: Float = 1
+    /// Drop tokens less likely than minP times the most likely one.
+    public var minP: Float = 0
+    /// Tokens already in the prompt or output: positive logits divided by it, negative multiplied (CTRL / HF).
+    public var repetitionPenalty: Float = 1
+    /// Subtracted once from the logit of every token already generated.
+    public var presencePenalty: Float = 0
+    /// Subtracted from a token's logit once per time it was generated.
+    public var frequencyPenalty: Float = 0
+    /// The same seed with the same prompt and parameters gives the same tokens; nil draws a fresh seed.
+    public var seed: UInt64? = nil
+
+    public init(
+        temperature: Float = 0, topK: Int = 0, topP: Float = 1, minP: Float = 0, repetitionPenalty: Float = 1,
+        presencePenalty: Float = 0, frequencyPenalty: Float = 0, seed: UInt64? = nil
+    ) {
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.minP = minP
+        self.repetitionPenalty = repetitionPenalty
+        self.presencePenalty = presencePenalty
+        self.frequencyPenalty = frequencyPenalty
+        self.seed = seed
+    }
+
+    public var isGreedy: Bool { temperature == 0 }
+
+    /// Throws `invalidArgument` naming the first value out of its range (vLLM's bounds).
+    public func validate() throws {
+        func bad(_ message: String) -> InferenceError { .invalidArgument(message) }
+        guard temperature >= 0, temperature.isFinite else {
+            throw bad("temperature must be a number >= 0, got \(temperature)")
+        }
+        guard topK >= -1 else { throw bad("top_k must be -1 (off), 0 (off) or positive, got \(topK)") }
+        guard topP > 0, topP <= 1 else { throw bad("top_p must be in (0, 1], got \(topP)") }
+        guard minP >= 0, minP <= 1 else { throw bad("min_p must be in [0, 1], got \(minP)") }
+        guard repetitionPenalty > 0, repetitionPenalty.isFinite else {
+            throw bad("repetition_penalty must be > 0, got \(repetitionPenalty)")
+        }
+        guard (-2...2).contains(presencePenalty) else {
+            throw bad("presence_penalty must be in [-2, 2], got \(presencePenalty)")
+        }
+        guard (-2...2).contains(frequencyPenalty) else {
+            throw bad("frequency_penalty must be in [-2, 2], got \(frequencyPenalty)")
+        }
+    }
+}

@@ -1,0 +1,81 @@
+/// A read-only view of one weight tensor where it lies: in a memory-mapped file (or, in tests, in
+/// owned bytes). Shapes are row-major, outermost first, as in PyTorch: a linear layer's weight is
+/// `[out, in]` with `in` contiguous (a GGUF `[in, out]` tensor is the same bytes, §3.1).
+///
+/// `@unchecked Sendable`: `data` points into memory that never changes and that `owner` keeps alive.
+public struct WeightTensor: @unchecked Sendable {
+    public let name: String
+    public let format: WeightFormat
+    public let shape: [Int]
+    public let data: UnsafeRawPointer
+    public let byteCount: Int
+    /// Rows of a matrix (the product of all but the last dimension).
+    public let rows: Int
+    /// Contiguous elements per row (the last dimension).
+    public let columns: Int
+    /// Bytes per row; whole blocks, because loaders check that `columns` is a multiple of the block size.
+    public let rowBytes: Int
+    /// Keeps the mapping (or buffer) behind `data` alive.
+    let owner: AnyObject
+
+    init(name: String, format: WeightFormat, shape: [Int], data: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
+        self.name = name
+        self.format = format
+        self.shape = shape
+        self.data = data
+        self.byteCount = byteCount
+        self.owner = owner
+        rows = shape.dropLast().reduce(1, *)
+        columns = shape.last ?? 1
+        rowBytes = columns / format.blockElements * format.blockBytes
+    }
+
+    /// A tensor over a copy of `bytes`, for tests and small synthetic weights.
+    public init(name: String, format: WeightFormat, shape: [Int], bytes: [UInt8]) throws {
+        let elements = shape.reduce(1, *)
+        guard shape.allSatisfy({ $0 > 0 }), let expected = format.byteCount(elements: elements), expected == bytes.count
+        else {
+            throw InferenceError.invalidTensor(
+                name: name, reason: "\(bytes.count) bytes do not hold a \(format.rawValue) tensor of shape \(shape)")
+        }
+        let storage = OwnedBytes(bytes)
+        self.init(
+            name: name, format: format, shape: shape, data: storage.pointer, byteCount: bytes.count, owner: storage)
+    }
+
+    public var elementCount: Int { shape.reduce(1, *) }
+
+    /// The start of row `row`.
+    @inline(__always) public func row(_ row: Int) -> UnsafeRawPointer { data + row * rowBytes }
+
+    /// Checks the shape the model expects, naming the tensor in the error.
+    public func expectShape(_ expected: [Int]) throws {
+        guard shape == expected else {
+            throw InferenceError.invalidTensor(
+                name: name, reason: "shape \(shape), expected \(expected) from the config")
+        }
+    }
+
+    /// All elements widened to f32 (small tensors: norm weights, tests).
+    public func floats() -> [Float] {
+        [Float](unsafeUninitializedCapacity: elementCount) { buffer, count in
+            for r in 0..<rows {
+                Dequantize.row(format, row(r), count: columns, into: buffer.baseAddress! + r * columns)
+            }
+            count = elementCount
+        }
+    }
+}
+
+/// Heap bytes that a `WeightTensor` can point into.
+/// `@unchecked Sendable`: written once in `init`, read-only afterwards.
+final class OwnedBytes: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    init(_ bytes: [UInt8]) {
+        pointer = .allocate(byteCount: max(bytes.count, 1), alignment: 64)
+        if !bytes.isEmpty {
+            bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        }
+    }
+    deinit { pointer.deallocate() }
+}

@@ -1,7 +1,0 @@
-import Testing
-
-@testable import Inference
-
-@Suite struct InferenceModuleTests {
-    @Test func moduleBuilds() { #expect(Bool(true)) }
-}

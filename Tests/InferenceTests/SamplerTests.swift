@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+
+@testable import Inference
+
+@Suite struct SamplerTests {
+    let logits: [Float] = [0.1, 2.0, 1.9, -1, 0.5, 1.0, 3.0, 2.9]
+
+    @Test func greedyPicksTheFirstMaximum() {
+        var sampler = Sampler(parameters: SamplingParameters())
+        #expect(sampler.sample(logits) == 6)
+        #expect(Sampler.argmax([1, 5, 5, 2]) == 1)
+    }
+
+    @Test func aSeedReproducesTheDraws() {
+        let parameters = SamplingParameters(temperature: 1, seed: 1234)
+        func draws() -> [Int] {
+            var sampler = Sampler(parameters: parameters)
+            return (0..<50).map { _ in sampler.sample(logits) }
+        }
+        let first = draws()
+        #expect(first == draws())
+        #expect(Set(first).count > 2, "temperature 1 should spread over several tokens")
+        var other = Sampler(parameters: SamplingParameters(temperature: 1, seed: 99))
+        #expect((0..<50).map { _ in other.sample(logits) } != first)
+    }
+
+    @Test func filtersKeepOnlyTheirTokens() {
+        for seed in 0..<40 as Range<UInt64> {
+            var topK = Sampler(parameters: SamplingParameters(temperature: 5, topK: 2, seed: seed))
+            #expect([6, 7].contains(topK.sample(logits)))
+            var topP = Sampler(parameters: SamplingParameters(temperature: 1, topP: 0.3, seed: seed))
+            #expect(topP.sample(logits) == 6, "top-p 0.3 keeps only the most likely token here")
+            var minP = Sampler(parameters: SamplingParameters(temperature: 1, minP: 0.5, seed: seed))
+            // p(1.9)/p(3.0) = e^-1.1 < 0.5; p(2.9)/p(3.0) = e^-0.1 and p(2.0)/p(3.0) = e^-1 ≈ 0.37 < 0.5.
+            #expect([6, 7].contains(minP.sample(logits)))
+        }
+        var topKOne = Sampler(parameters: SamplingParameters(temperature: 10, topK: 1, seed: 3))
+        #expect((0..<20).allSatisfy { _ in topKOne.sample(logits) == 6 })
+    }
+
+    @Test func penaltiesDiscourageRepeats() {
+        var presence = Sampler(parameters: SamplingParameters(presencePenalty: 0.5))
+        presence.accept(6)
+        #expect(presence.sample(logits) == 7)  // 3.0 - 0.5 < 2.9
+        var frequency = Sampler(parameters: SamplingParameters(frequencyPenalty: 0.06))
+        frequency.accept(6)
+        #expect(frequency.sample(logits) == 6)  // 3.0 - 0.06 > 2.9
+        frequency.accept(6)
+        #expect(frequency.sample(logits) == 7)  // 3.0 - 0.12 < 2.9
+        var repetition = Sampler(parameters: SamplingParameters(repetitionPenalty: 1.5), prompt: [6, 7])
+        #expect(repetition.sample(logits) == 1)  // 3.0/1.5 and 2.9/1.5 fall below 2.0
+        var negative = Sampler(parameters: SamplingParameters(repetitionPenalty: 2), prompt: [0])
+        #expect(negative.sample([-1, -1.5]) == 1)  // a negative logit is multiplied: -2 < -1.5
+    }
+
+    @Test func invalidParametersAreRejected() {
+        for bad in [
+            SamplingParameters(temperature: -1), SamplingParameters(topK: -2), SamplingParameters(topP: 0),
+            SamplingParameters(minP: 1.5), SamplingParameters(repetitionPenalty: 0),
+            SamplingParameters(presencePenalty: 3),
+        ] {
+            #expect(throws: InferenceError.self) { try bad.validate() }
+        }
+    }
+
+    @Test func logprobHelpers() {
+        let lse = Logprobs.logSumExp([0, 0, 0, 0])
+        #expect(abs(Double(lse) - Foundation.log(4.0)) < 1e-6)
+        let top = Logprobs.top([1, 5, 3, 5, 2], 3)
+        #expect(top.map(\.id) == [1, 3, 2])
+    }
+}
