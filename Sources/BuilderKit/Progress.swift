@@ -1,4 +1,5 @@
 import Foundation
+import HTTP
 
 /// Makes progress reporters for long transfers: a live line when stderr is a terminal, a plain
 /// line every few seconds otherwise (what Cloud Build logs show), nothing when silent.
@@ -65,18 +66,5 @@ final class ProgressLine: @unchecked Sendable {
         if complete { finished = true }
         let text = isTTY ? "\r\u{1B}[K" + line + (complete ? "\n" : "") : line + "\n"
         FileHandle.standardError.write(Data(text.utf8))
-    }
-}
-
-enum ByteCount {
-    static func format(_ bytes: Int64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var value = Double(bytes)
-        var unit = 0
-        while value >= 1024, unit < units.count - 1 {
-            value /= 1024
-            unit += 1
-        }
-        return unit == 0 ? "\(bytes) B" : String(format: "%.1f", value) + " " + units[unit]
     }
 }

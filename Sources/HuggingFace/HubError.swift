@@ -42,7 +42,7 @@ public enum HubError: Error, CustomStringConvertible, Equatable {
         case .verificationFailed(let path, let expected, let actual):
             return "\(path) failed verification twice (expected \(expected), got \(actual)); the bad bytes were deleted. The mirror or a proxy may be corrupting downloads"
         case .diskFull(let directory, let needed, let available):
-            return "not enough space in \(directory): \(formatBytes(needed)) more is needed, \(formatBytes(available)) is free. Files already verified are kept; free space (or set HF_HUB_CACHE elsewhere) and run again to resume"
+            return "not enough space in \(directory): \(ByteCount.format(needed)) more is needed, \(ByteCount.format(available)) is free. Files already verified are kept; free space (or set HF_HUB_CACHE elsewhere) and run again to resume"
         case .offlineMiss(let repo, let revision, let cache):
             return "offline mode (HF_HUB_OFFLINE) and \(repo)@\(revision) is not in the cache \(cache): fetch it once online"
         case .unsafePath(let path):
@@ -55,15 +55,5 @@ public enum HubError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-func formatBytes(_ n: Int64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var value = Double(n)
-    var unit = 0
-    while value >= 1024, unit < units.count - 1 {
-        value /= 1024
-        unit += 1
-    }
-    return unit == 0 ? "\(n) B" : String(format: "%.1f", value) + " " + units[unit]
-}
-
 import Foundation
+import HTTP
