@@ -1,7 +1,7 @@
 # The builder image: both executables, for use as a Cloud Build step (see cloudbuild.yaml) or with
 # `docker run`. Built by builder/cloudbuild.yaml. The images that `builder` makes do not use this file:
 # it assembles them itself, layer by layer, with no Docker daemon.
-FROM swift:6.1-bookworm AS build
+FROM swift:6.3-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
       pkg-config libarchive-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev \
     && rm -rf /var/lib/apt/lists/*
