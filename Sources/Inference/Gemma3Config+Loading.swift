@@ -4,13 +4,7 @@ extension Gemma3Config {
     /// Reads `config.json` of a Hugging Face folder (`Gemma3ForCausalLM` / `gemma3_text`, or the text
     /// part of a multimodal `gemma3` config).
     public init(configFile path: String) throws {
-        let file = try MappedFile(path: path)
-        let json: JSONValue
-        do {
-            json = try JSONValue.parse(file.bytes(0..<file.size))
-        } catch {
-            throw InferenceError.invalidConfig(path: path, reason: "\(error)")
-        }
+        let json = try JSONValue.parseConfigFile(path)
         try self.init(json: json, source: path)
     }
 

@@ -21,13 +21,7 @@ public struct GenerationConfig: Sendable, Equatable {
     }
 
     public init(file path: String) throws {
-        let file = try MappedFile(path: path)
-        let json: JSONValue
-        do {
-            json = try JSONValue.parse(file.bytes(0..<file.size))
-        } catch {
-            throw InferenceError.invalidConfig(path: path, reason: "\(error)")
-        }
+        let json = try JSONValue.parseConfigFile(path)
         guard json.objectValue != nil else {
             throw InferenceError.invalidConfig(path: path, reason: "the top level is not an object")
         }

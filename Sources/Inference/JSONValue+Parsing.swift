@@ -19,6 +19,16 @@ extension JSONValue {
         return value
     }
 
+    /// A small JSON file (config.json, generation_config.json), with errors naming the file.
+    static func parseConfigFile(_ path: String) throws -> JSONValue {
+        let file = try MappedFile(path: path)
+        do {
+            return try JSONValue.parse(file.bytes(0..<file.size))
+        } catch {
+            throw InferenceError.invalidConfig(path: path, reason: "\(error)")
+        }
+    }
+
     public static func parse(_ bytes: [UInt8]) throws(ParseError) -> JSONValue {
         let result = bytes.withUnsafeBytes { raw in Result { () throws(ParseError) -> JSONValue in try parse(raw) } }
         return try result.get()
