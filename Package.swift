@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 // The whole project: `builder` (Hub -> OCI image -> registry -> Cloud Run) and `inference-server`.
 // Builder-side and server-side modules share nothing, so the server image never needs libarchive or libcurl.
 import PackageDescription
@@ -11,7 +11,11 @@ let package = Package(
         .executable(name: "inference-server", targets: ["inference-server"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // The HTTP server (SwiftNIO). Default traits off: no swift-configuration, fewer modules to build.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // System libraries (Debian packages named in `providers`). No Swift in these.
@@ -43,9 +47,21 @@ let package = Package(
             name: "Inference", dependencies: ["Tokenizer"],
             swiftSettings: [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
         ),
+        // The OpenAI API over the engine: routes, request decoding, SSE, the batching scheduler, metrics.
+        .target(
+            name: "InferenceServer",
+            dependencies: [
+                "Inference", "Tokenizer", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "inference-server",
-            dependencies: ["Inference", "Tokenizer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "Inference", "Tokenizer", "InferenceServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
 
         // Helpers shared by the test targets: temporary folders, running real tools, reading tars.

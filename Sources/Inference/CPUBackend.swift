@@ -78,7 +78,7 @@ public struct CPUBackend: ComputeBackend {
         }
     }
 
-    public func ropeTable(positions: Range<Int>, inverseFrequencies: [Float], into table: CPUBuffer) {
+    public func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: CPUBuffer) {
         let half = inverseFrequencies.count
         precondition(positions.count * 2 * half <= table.count)
         for (row, position) in positions.enumerated() {

@@ -31,8 +31,9 @@ public protocol ComputeBackend: Sendable {
     /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight (weight already holds Gemma's 1 + w). In place allowed.
     /// x, out: (rows, dimension); weight: (dimension) f32.
     func rmsNorm(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into out: Buffer)
-    /// cos and sin of position · inverseFrequencies[j] for each position.  table: (positions, 2, headDim / 2)
-    func ropeTable(positions: Range<Int>, inverseFrequencies: [Float], into table: Buffer)
+    /// cos and sin of position · inverseFrequencies[j] for each position (consecutive in a prefill,
+    /// one per sequence in a batched decode).  table: (positions, 2, headDim / 2)
+    func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: Buffer)
     /// Rotates each head's pairs (j, j + headDim/2) by the table's angles (the NeoX / HF rotate_half layout).
     /// x: (rows, heads, headDim), in place; table: (rows, 2, headDim / 2).
     func rope(_ x: Buffer, rows: Int, heads: Int, headDimension: Int, table: Buffer)

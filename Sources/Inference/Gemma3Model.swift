@@ -64,10 +64,51 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             maximumBatch: max(1, maximumBatch))
     }
 
-    /// One forward pass over `tokens` at positions firstPosition..<firstPosition + n, given the
-    /// session's cache and scratch buffers; leaves the final hidden states in `s.hidden`.
+    /// One forward pass over `tokens` at positions firstPosition..<firstPosition + n of one sequence,
+    /// given its cache and the scratch buffers; leaves the final hidden states in `s.hidden`.
     func forward(
         _ tokens: [Int], firstPosition p0: Int, scratch s: InferenceSession<Backend>.Scratch, cache: KVCache<Backend>
+    ) {
+        let c = config
+        let n = tokens.count
+        forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index in
+            cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
+            let entry = cache.layers[index]
+            backend.attention(
+                queries: s.query, keys: entry.keys, values: entry.values, rows: n, firstPosition: p0,
+                heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension, capacity: entry.capacity,
+                window: entry.window, scale: c.attentionScale, into: s.attention)  // (n, heads * headDim)
+        }
+    }
+
+    /// One decode step of several sequences at once: row i is the next token of the sequence whose cache
+    /// is `caches[i]`, at `positions[i]`. The projections, MLP and LM head read each weight once for the
+    /// whole batch (the point of continuous batching: decode is bound by weight reads); only attention,
+    /// which reads each sequence's own cache, runs row by row.
+    func forwardDecode(
+        _ tokens: [Int], positions: [Int], caches: [KVCache<Backend>], scratch s: InferenceSession<Backend>.Scratch
+    ) {
+        let c = config
+        let queryRow = c.headCount * c.headDimension
+        forward(tokens, positions: positions, scratch: s) { index in
+            for (row, cache) in caches.enumerated() {
+                cache.store(
+                    layer: index, keys: s.key, values: s.value, sourceRow: row, rows: 1, firstPosition: positions[row])
+                let entry = cache.layers[index]
+                backend.copy(s.query, offset: row * queryRow, to: s.rowQuery, offset: 0, count: queryRow)
+                backend.attention(
+                    queries: s.rowQuery, keys: entry.keys, values: entry.values, rows: 1, firstPosition: positions[row],
+                    heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension,
+                    capacity: entry.capacity, window: entry.window, scale: c.attentionScale, into: s.rowAttention)
+                backend.copy(s.rowAttention, offset: 0, to: s.attention, offset: row * queryRow, count: queryRow)
+            }
+        }
+    }
+
+    /// The layers over `tokens` (row i at `positions[i]`); `attend(layer)` stores the rows' keys and
+    /// values (in `s.key`, `s.value`, after norm and RoPE) and writes `s.attention` from `s.query`.
+    private func forward(
+        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, attend: (Int) -> Void
     ) {
         let c = config
         let b = backend
@@ -80,8 +121,8 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         // h = embed(tokens) * sqrt(hidden) (in the compute precision: see Gemma3Config.embeddingScale).
         b.embed(tokens, table: embedding, scale: c.embeddingScale, into: s.hidden)  // (n, hidden)
         // cos/sin tables (n, 2, headDim/2), shared by all layers of a kind.
-        b.ropeTable(positions: p0..<p0 + n, inverseFrequencies: localFrequencies, into: s.localRope)
-        b.ropeTable(positions: p0..<p0 + n, inverseFrequencies: globalFrequencies, into: s.globalRope)
+        b.ropeTable(positions: positions, inverseFrequencies: localFrequencies, into: s.localRope)
+        b.ropeTable(positions: positions, inverseFrequencies: globalFrequencies, into: s.globalRope)
 
         for (index, layer) in layers.enumerated() {
             // Attention block: x = input_layernorm(h); q, k, v projections; q_norm, k_norm before RoPE.
@@ -100,12 +141,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             let rope = layer.type == .full ? s.globalRope : s.localRope
             b.rope(s.query, rows: n, heads: heads, headDimension: headDim, table: rope)
             b.rope(s.key, rows: n, heads: kvHeads, headDimension: headDim, table: rope)
-            cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
-            let entry = cache.layers[index]
-            b.attention(
-                queries: s.query, keys: entry.keys, values: entry.values, rows: n, firstPosition: p0, heads: heads,
-                kvHeads: kvHeads, headDimension: headDim, capacity: entry.capacity, window: entry.window,
-                scale: c.attentionScale, into: s.attention)  // (n, heads * headDim)
+            attend(index)  // (n, heads * headDim) in s.attention
             b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
             b.rmsNorm(
                 s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, epsilon: c.rmsNormEpsilon,
@@ -129,15 +165,25 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
 
     /// Logits of the token whose final hidden state is row `row` of `s.hidden`.  → (vocab)
     func logits(row: Int, scratch s: InferenceSession<Backend>.Scratch) -> [Float] {
+        logits(rows: row..<row + 1, scratch: s)[0]
+    }
+
+    /// Logits of the tokens whose final hidden states are `rows` of `s.hidden` (at most the scratch's
+    /// logit rows), the LM head read once for all of them.  → rows × (vocab)
+    func logits(rows: Range<Int>, scratch s: InferenceSession<Backend>.Scratch) -> [[Float]] {
         let c = config
         let b = backend
-        b.copy(s.hidden, offset: row * c.hiddenSize, to: s.last, offset: 0, count: c.hiddenSize)  // (hidden)
-        b.rmsNorm(s.last, rows: 1, dimension: c.hiddenSize, weight: finalNorm, epsilon: c.rmsNormEpsilon, into: s.last)
-        b.matmul(s.last, rows: 1, weight: lmHead, into: s.logits)  // (vocab): the tied embedding, unscaled
-        var logits = b.read(s.logits, offset: 0, count: c.vocabularySize)
-        if let cap = c.finalLogitSoftcapping {
-            for i in logits.indices { logits[i] = Foundation.tanh(logits[i] / cap) * cap }
+        let n = rows.count
+        precondition(n <= s.logitRows, "more logit rows than the scratch holds")
+        b.copy(s.hidden, offset: rows.lowerBound * c.hiddenSize, to: s.last, offset: 0, count: n * c.hiddenSize)
+        b.rmsNorm(s.last, rows: n, dimension: c.hiddenSize, weight: finalNorm, epsilon: c.rmsNormEpsilon, into: s.last)
+        b.matmul(s.last, rows: n, weight: lmHead, into: s.logits)  // (n, vocab): the tied embedding, unscaled
+        return (0..<n).map { r in
+            var logits = b.read(s.logits, offset: r * c.vocabularySize, count: c.vocabularySize)
+            if let cap = c.finalLogitSoftcapping {
+                for i in logits.indices { logits[i] = Foundation.tanh(logits[i] / cap) * cap }
+            }
+            return logits
         }
-        return logits
     }
 }

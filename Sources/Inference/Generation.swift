@@ -35,6 +35,12 @@ public struct GeneratedToken: Sendable, Equatable {
     public var logprob: Float
     /// The most likely tokens at this step, most likely first (as many as `topLogprobs` asked).
     public var top: [TokenLogprob]
+
+    public init(id: Int, logprob: Float, top: [TokenLogprob]) {
+        self.id = id
+        self.logprob = logprob
+        self.top = top
+    }
 }
 
 public enum FinishReason: String, Sendable {
@@ -89,6 +95,19 @@ public enum Logprobs {
     }
 }
 
+extension Sampler {
+    /// Samples the next token from `logits`, records it, and reports its logprob and the
+    /// `topLogprobs` most likely alternatives (log-softmax of the raw logits, as vLLM reports them).
+    public mutating func next(_ logits: [Float], topLogprobs: Int) -> GeneratedToken {
+        let id = sample(logits)
+        accept(id)
+        let logSumExp = Logprobs.logSumExp(logits)
+        return GeneratedToken(
+            id: id, logprob: logits[id] - logSumExp,
+            top: Logprobs.top(logits, topLogprobs).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) })
+    }
+}
+
 extension InferenceSession {
     /// Generates after `prompt` (which replaces whatever the session held). `onToken` sees each token
     /// as it is chosen and returns false to stop there (a stop string, a cancelled request): the
@@ -111,14 +130,8 @@ extension InferenceSession {
         var finish = FinishReason.length
         let decodeStart = clock.now
         while tokens.count < parameters.maxTokens {
-            let id = sampler.sample(logits)
-            sampler.accept(id)
-            let logSumExp = Logprobs.logSumExp(logits)
-            let token = GeneratedToken(
-                id: id, logprob: logits[id] - logSumExp,
-                top: Logprobs.top(logits, parameters.topLogprobs).map {
-                    TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp)
-                })
+            let token = sampler.next(logits, topLogprobs: parameters.topLogprobs)
+            let id = token.id
             tokens.append(token)
             if !onToken(token) {
                 finish = .stop

@@ -14,10 +14,13 @@ public final class InferenceSession<Backend: ComputeBackend> {
         let up: Backend.Buffer  // (batch, intermediate)
         let localRope: Backend.Buffer  // (batch, 2, headDim / 2)
         let globalRope: Backend.Buffer  // (batch, 2, headDim / 2)
-        let last: Backend.Buffer  // (hidden)
-        let logits: Backend.Buffer  // (vocab)
+        let last: Backend.Buffer  // (logitRows, hidden)
+        let logits: Backend.Buffer  // (logitRows, vocab)
+        let logitRows: Int
+        let rowQuery: Backend.Buffer  // (heads * headDim): one row's queries in a batched decode
+        let rowAttention: Backend.Buffer  // (heads * headDim)
 
-        init(_ b: Backend, _ c: Gemma3Config, batch: Int) {
+        init(_ b: Backend, _ c: Gemma3Config, batch: Int, logitRows: Int = 1) {
             hidden = b.makeBuffer(count: batch * c.hiddenSize)
             normed = b.makeBuffer(count: batch * c.hiddenSize)
             query = b.makeBuffer(count: batch * c.headCount * c.headDimension)
@@ -28,8 +31,11 @@ public final class InferenceSession<Backend: ComputeBackend> {
             up = b.makeBuffer(count: batch * c.intermediateSize)
             localRope = b.makeBuffer(count: batch * c.headDimension)
             globalRope = b.makeBuffer(count: batch * c.headDimension)
-            last = b.makeBuffer(count: c.hiddenSize)
-            logits = b.makeBuffer(count: c.vocabularySize)
+            self.logitRows = logitRows
+            last = b.makeBuffer(count: logitRows * c.hiddenSize)
+            logits = b.makeBuffer(count: logitRows * c.vocabularySize)
+            rowQuery = b.makeBuffer(count: c.headCount * c.headDimension)
+            rowAttention = b.makeBuffer(count: c.headCount * c.headDimension)
         }
     }
 

@@ -55,17 +55,21 @@ public final class KVCache<Backend: ComputeBackend> {
         }
     }
 
-    /// Stores the keys and values of `rows` tokens at positions firstPosition... of `layer`.
-    /// keys, values: (rows, kvHeads * headDim)
-    func store(layer index: Int, keys: Backend.Buffer, values: Backend.Buffer, rows: Int, firstPosition: Int) {
+    /// Stores the keys and values of `rows` tokens (from row `sourceRow` of the buffers) at positions
+    /// firstPosition... of `layer`.  keys, values: (sourceRow + rows, kvHeads * headDim)
+    func store(
+        layer index: Int, keys: Backend.Buffer, values: Backend.Buffer, sourceRow: Int = 0, rows: Int,
+        firstPosition: Int
+    ) {
         let layer = layers[index]
         var row = 0
         while row < rows {
             // Copy the longest run that does not wrap around the end of the ring.
             let slot = (firstPosition + row) % layer.capacity
             let run = min(rows - row, layer.capacity - slot)
-            backend.copy(keys, offset: row * rowSize, to: layer.keys, offset: slot * rowSize, count: run * rowSize)
-            backend.copy(values, offset: row * rowSize, to: layer.values, offset: slot * rowSize, count: run * rowSize)
+            let source = (sourceRow + row) * rowSize
+            backend.copy(keys, offset: source, to: layer.keys, offset: slot * rowSize, count: run * rowSize)
+            backend.copy(values, offset: source, to: layer.values, offset: slot * rowSize, count: run * rowSize)
             row += run
         }
     }

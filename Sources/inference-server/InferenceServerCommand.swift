@@ -1,12 +1,12 @@
 import ArgumentParser
 
-/// `inference-server`: `serve` (the OpenAI API, not implemented yet: an honest stub), `inspect`
+/// `inference-server`: `serve` (the OpenAI API), `inspect`
 /// (list the model files) and `generate` (run the engine once, for people and for checks).
 @main
-struct InferenceServerCommand: ParsableCommand {
+struct InferenceServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inference-server",
-        abstract: "OpenAI-compatible Gemma 3 server (serving is not implemented yet; `generate` runs the engine).",
+        abstract: "OpenAI-compatible Gemma 3 server (vLLM's API) on the CPU; `generate` runs the engine once.",
         subcommands: [Serve.self, Inspect.self, Generate.self],
         defaultSubcommand: Serve.self
     )

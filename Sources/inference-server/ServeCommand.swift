@@ -1,21 +1,96 @@
 import ArgumentParser
 import Foundation
+import InferenceServer
 
-/// Until the HTTP server lands, `serve` reports the model it was given and says that serving is not
-/// implemented yet, with exit status 3 (the image tests rely on both).
-struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Serve the OpenAI API (not implemented yet).")
+/// `serve`: the OpenAI-compatible API (vLLM's routes) on the model, the entrypoint of every image.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the OpenAI API (vLLM-compatible) on a Gemma 3 model.",
+        discussion: """
+            Routes: POST /v1/completions, POST /v1/chat/completions (both with "stream": true), GET /v1/models, \
+            GET /health (200 once the model is loaded), GET /metrics, GET /version, POST /tokenize, POST /detokenize.
+            Concurrent requests are batched: up to --max-num-seqs sequences are decoded together each step; up to \
+            --max-waiting more wait (beyond that, 429 with Retry-After). SIGTERM stops admitting (503), lets running \
+            requests finish for --shutdown-grace seconds, cuts the rest and exits 0.
+            Environment: MODEL_PATH (--model), PORT (--port), SERVED_MODEL_NAME (--served-model-name).
+            """)
+
     @OptionGroup var options: ModelOptions
 
-    func run() throws {
-        let (path, lines) = try options.inventory()
-        print("inference-server: found model \(path) with \(lines.count) file\(lines.count == 1 ? "" : "s"):")
-        for line in lines { print(line) }
-        let port = ProcessInfo.processInfo.environment["PORT"] ?? "8080"
-        FileHandle.standardError.write(
-            Data(
-                "inference-server: serving on port \(port) is not implemented yet; the engine and the OpenAI API land with their own issues\n"
-                    .utf8))
-        throw ExitCode(3)
+    @Option(help: "Folder with tokenizer.json (default: the model folder, or the GGUF file's folder).")
+    var tokenizer: String?
+
+    @Option(help: "Address to listen on.")
+    var host = "0.0.0.0"
+
+    @Option(help: "Port to listen on (default: $PORT, else 8080).")
+    var port: Int?
+
+    @Option(
+        name: .customLong("served-model-name"),
+        help: "Name the API answers to (repeatable; the first is listed). Default: $SERVED_MODEL_NAME, else the model's repo or folder name.")
+    var servedModelNames: [String] = []
+
+    @Option(name: .customLong("max-model-len"), help: "Prompt plus output tokens per request (default: the model's maximum).")
+    var maxModelLen: Int?
+
+    @Option(name: .customLong("max-num-seqs"), help: "Sequences decoded together in one batch.")
+    var maxNumSeqs = 16
+
+    @Option(name: .customLong("max-waiting"), help: "Requests that may wait for a place in the batch; more get 429.")
+    var maxWaiting = 256
+
+    @Option(name: .customLong("kv-cache-memory"), help: "MiB of KV cache all running requests may reserve together.")
+    var kvCacheMemory = 4096
+
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds running requests may continue after SIGTERM.")
+    var shutdownGrace = 8.0
+
+    func validate() throws {
+        if let port, !(1...65535).contains(port) { throw ValidationError("--port must be in 1...65535") }
+        if let maxModelLen, maxModelLen < 1 { throw ValidationError("--max-model-len must be positive") }
+        guard maxNumSeqs >= 1, maxNumSeqs <= 256 else { throw ValidationError("--max-num-seqs must be in 1...256") }
+        guard maxWaiting >= 0 else { throw ValidationError("--max-waiting must be >= 0") }
+        guard kvCacheMemory >= 16 else { throw ValidationError("--kv-cache-memory must be at least 16 (MiB)") }
+        guard shutdownGrace >= 0 else { throw ValidationError("--shutdown-grace must be >= 0") }
+    }
+
+    func run() async throws {
+        CPUCheck.requireEngineFeatures()
+        let path = try options.resolvedPath()
+        let environment = ProcessInfo.processInfo.environment
+        var names = servedModelNames
+        if names.isEmpty { names = [environment["SERVED_MODEL_NAME"].flatMap { $0.isEmpty ? nil : $0 } ?? Self.defaultName(path)] }
+        var server = ServerOptions(modelPath: path, servedModelNames: names)
+        server.tokenizerDirectory = tokenizer
+        server.host = host
+        if let port {
+            server.port = port
+        } else if let value = environment["PORT"] {
+            guard let port = Int(value), (1...65535).contains(port) else {
+                throw ValidationError("PORT=\(value) is not a port number")
+            }
+            server.port = port
+        }
+        server.contextLength = maxModelLen
+        server.limits = .init(maximumRunning: maxNumSeqs, maximumWaiting: maxWaiting, cacheBytes: kvCacheMemory << 20)
+        server.shutdownGraceSeconds = shutdownGrace
+        do {
+            try await OpenAIServer.run(server)
+        } catch {
+            FileHandle.standardError.write(Data("inference-server: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
+    /// `org/name` for a Hugging Face cache snapshot (…/models--org--name/snapshots/REV), else the
+    /// folder's (or file's) name.
+    static func defaultName(_ path: String) -> String {
+        let parts = URL(fileURLWithPath: path).standardizedFileURL.pathComponents
+        if let index = parts.lastIndex(where: { $0.hasPrefix("models--") }) {
+            return parts[index].dropFirst("models--".count).replacingOccurrences(of: "--", with: "/")
+        }
+        let last = parts.last ?? path
+        return last.hasSuffix(".gguf") ? String(last.dropLast(5)) : last
     }
 }

@@ -71,7 +71,7 @@ import Testing
         var random = TestRandom(seed: 2)
         let heads = 2
         let headDim = 8
-        let positions = 5..<8
+        let positions = [5, 900, 7]  // not consecutive, as in a batched decode
         let frequencies: [Float] = [1, 0.1, 0.01, 0.001]
         let table = backend.makeBuffer(count: positions.count * headDim)
         backend.ropeTable(positions: positions, inverseFrequencies: frequencies, into: table)

@@ -1,0 +1,151 @@
+import Foundation
+import Tokenizer
+
+/// `prompt` of a completion request: a string, a list of strings, token ids, or lists of them.
+enum PromptInput: Decodable, Sendable {
+    case texts([String])
+    case tokens([[Int]])
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let text = try? container.decode(String.self) {
+            self = .texts([text])
+        } else if let texts = try? container.decode([String].self) {
+            self = .texts(texts)
+        } else if let ids = try? container.decode([Int].self) {
+            self = .tokens([ids])
+        } else if let lists = try? container.decode([[Int]].self) {
+            self = .tokens(lists)
+        } else {
+            throw DecodingError.dataCorruptedError(
+                in: container, debugDescription: "must be a string, a list of strings, token ids, or lists of token ids")
+        }
+    }
+}
+
+/// `stop`: one string or a list of them.
+struct StopInput: Decodable, Sendable {
+    var strings: [String]
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let one = try? container.decode(String.self) {
+            strings = [one]
+        } else if let list = try? container.decode([String].self) {
+            strings = list
+        } else {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "must be a string or a list of strings")
+        }
+    }
+}
+
+struct StreamOptions: Decodable, Sendable {
+    var includeUsage: Bool?
+}
+
+/// The fields both endpoints take to control sampling and stopping (vLLM's SamplingParams extras included).
+struct SamplingFields: Decodable, Sendable {
+    var model: String?
+    var temperature: Double?
+    var topP: Double?
+    var topK: Int?
+    var minP: Double?
+    var n: Int?
+    var stop: StopInput?
+    var stopTokenIds: [Int]?
+    var seed: Int?
+    var presencePenalty: Double?
+    var frequencyPenalty: Double?
+    var repetitionPenalty: Double?
+    var ignoreEos: Bool?
+    var stream: Bool?
+    var streamOptions: StreamOptions?
+    var promptLogprobs: Int?
+    var skipSpecialTokens: Bool?
+    var user: String?
+}
+
+/// `POST /v1/completions`.
+struct CompletionRequest: Decodable, Sendable {
+    var prompt: PromptInput
+    var maxTokens: Int?
+    var logprobs: Int?
+    var echo: Bool?
+    var addSpecialTokens: Bool?
+    var suffix: String?
+    var sampling: SamplingFields
+
+    private enum CodingKeys: String, CodingKey {
+        case prompt, maxTokens, logprobs, echo, addSpecialTokens, suffix
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        prompt = try c.decode(PromptInput.self, forKey: .prompt)
+        maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
+        logprobs = try c.decodeIfPresent(Int.self, forKey: .logprobs)
+        echo = try c.decodeIfPresent(Bool.self, forKey: .echo)
+        addSpecialTokens = try c.decodeIfPresent(Bool.self, forKey: .addSpecialTokens)
+        suffix = try c.decodeIfPresent(String.self, forKey: .suffix)
+        sampling = try SamplingFields(from: decoder)
+    }
+}
+
+/// `POST /v1/chat/completions`.
+struct ChatCompletionRequest: Decodable, Sendable {
+    var messages: [ChatMessage]
+    var maxTokens: Int?
+    var maxCompletionTokens: Int?
+    var logprobs: Bool?
+    var topLogprobs: Int?
+    var addGenerationPrompt: Bool?
+    var continueFinalMessage: Bool?
+    var echo: Bool?
+    var sampling: SamplingFields
+
+    private enum CodingKeys: String, CodingKey {
+        case messages, maxTokens, maxCompletionTokens, logprobs, topLogprobs, addGenerationPrompt, continueFinalMessage, echo
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        messages = try c.decode([ChatMessage].self, forKey: .messages)
+        maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
+        maxCompletionTokens = try c.decodeIfPresent(Int.self, forKey: .maxCompletionTokens)
+        logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs)
+        topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs)
+        addGenerationPrompt = try c.decodeIfPresent(Bool.self, forKey: .addGenerationPrompt)
+        continueFinalMessage = try c.decodeIfPresent(Bool.self, forKey: .continueFinalMessage)
+        echo = try c.decodeIfPresent(Bool.self, forKey: .echo)
+        sampling = try SamplingFields(from: decoder)
+    }
+}
+
+/// `POST /tokenize`: a prompt, or messages rendered through the chat template.
+struct TokenizeRequest: Decodable, Sendable {
+    var model: String?
+    var prompt: String?
+    var messages: [ChatMessage]?
+    var addSpecialTokens: Bool?
+    var addGenerationPrompt: Bool?
+    var returnTokenStrs: Bool?
+}
+
+/// `POST /detokenize`.
+struct DetokenizeRequest: Decodable, Sendable {
+    var model: String?
+    var tokens: [Int]
+}
+
+enum RequestDecoding {
+    /// Decodes a request body; any failure is a 400 naming the field.
+    static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        do {
+            return try decoder.decode(T.self, from: data)
+        } catch {
+            throw OpenAIError(decoding: error)
+        }
+    }
+}

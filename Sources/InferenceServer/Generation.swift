@@ -1,0 +1,299 @@
+import Foundation
+import Hummingbird
+import Inference
+import Tokenizer
+
+/// One completions or chat request turned into engine sequences: its prompts (token ids), the
+/// choices to generate for each, and how to report them.
+struct GenerationPlan {
+    enum Style {
+        case completion
+        case chat
+    }
+
+    var style: Style
+    var model: String
+    var prompts: [[Int]]
+    /// Prompt texts, for `echo`.
+    var promptTexts: [String]
+    var n: Int
+    var requests: [SequenceRequest]  // choice i is prompt i / n
+    var stop: [String]
+    var skipSpecialTokens: Bool
+    var userStopTokens: Set<Int>
+    var stream: Bool
+    var includeUsage: Bool
+    /// Completions: alternatives per token (`logprobs: k`). Chat: `top_logprobs` when `logprobs` is true.
+    var logprobs: Int?
+    var echo: Bool
+    let id: String
+    let created = Int(Date().timeIntervalSince1970)
+
+    init(style: Style, model: String) {
+        self.style = style
+        self.model = model
+        prompts = []
+        promptTexts = []
+        n = 1
+        requests = []
+        stop = []
+        skipSpecialTokens = true
+        userStopTokens = []
+        stream = false
+        includeUsage = false
+        echo = false
+        id = (style == .chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+    }
+}
+
+/// Runs a plan on the scheduler and writes the answer: one JSON object, or server-sent events.
+struct GenerationResponder {
+    let served: ServedModel
+    let plan: GenerationPlan
+
+    /// Submits every choice; if one is refused, the others are cancelled and the refusal is the answer.
+    func submit() throws -> [ChoiceState] {
+        var choices: [ChoiceState] = []
+        do {
+            for (index, request) in plan.requests.enumerated() {
+                let handle = try served.scheduler.submit(request)
+                choices.append(
+                    ChoiceState(
+                        index: index, promptIndex: index / plan.n, handle: handle, tokenizer: served.tokenizer,
+                        stop: plan.stop, skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens))
+            }
+        } catch {
+            for choice in choices { choice.handle.cancel() }
+            switch error {
+            case .queueFull(let waiting):
+                throw OpenAIError(
+                    .tooManyRequests, "the server is at capacity (\(waiting) requests waiting); retry later", retryAfter: 1)
+            case .shuttingDown:
+                throw OpenAIError(.serviceUnavailable, "the server is shutting down", retryAfter: 5)
+            case .exceedsMemory(let needed, let limit):
+                throw OpenAIError.badRequest(
+                    "this request needs \(needed >> 20) MiB of KV cache, more than the server's \(limit >> 20) MiB; "
+                        + "lower max_tokens or the prompt length", param: "max_tokens")
+            }
+        }
+        return choices
+    }
+
+    /// Non-streaming answers wait for every choice: run this in a task that is cancelled when the
+    /// client goes away, which cancels the sequences.
+    func respond() async throws -> Response {
+        var choices = try submit()
+        if plan.stream {
+            let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
+            let responder = self
+            return Response(
+                status: .ok, headers: headers,
+                body: ResponseBody { [choices] writer in
+                    var choices = choices
+                    try await responder.stream(&choices, into: &writer)
+                })
+        }
+        return try await collect(&choices)
+    }
+
+    private func collect(_ choices: inout [ChoiceState]) async throws -> Response {
+        for await (index, event) in mergedEvents(choices.map(\.handle)) {
+            if let event { _ = choices[index].apply(event) } else { choices[index].closed() }
+            if choices.allSatisfy(\.isDone) { break }
+        }
+        try Task.checkCancellation()
+        if let failed = choices.first(where: { $0.failure != nil }) {
+            throw OpenAIError(.serviceUnavailable, "generation failed: \(failed.failure!)", retryAfter: 1)
+        }
+        let body: JSON = .object([
+            ("id", .string(plan.id)),
+            ("object", .string(plan.style == .chat ? "chat.completion" : "text_completion")),
+            ("created", .int(plan.created)),
+            ("model", .string(plan.model)),
+            ("choices", .array(choices.map(finalChoice))),
+            ("usage", usage(choices)),
+        ])
+        return Response(
+            status: .ok, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(string: body.serialized())))
+    }
+
+    // MARK: Streaming
+
+    private func stream(_ choices: inout [ChoiceState], into writer: inout any ResponseBodyWriter) async throws {
+        func send(_ json: JSON) async throws {
+            try await writer.write(ByteBuffer(string: "data: " + json.serialized() + "\n\n"))
+        }
+        // Text so far per choice, for completion logprobs' text_offset.
+        var offsets = Array(repeating: 0, count: choices.count)
+        for choice in choices {
+            if plan.style == .chat {
+                try await send(chunk([choiceChunk(choice.index, delta: .object([("role", "assistant"), ("content", "")]))]))
+            } else if plan.echo {
+                let prompt = plan.promptTexts[choice.promptIndex]
+                offsets[choice.index] = prompt.unicodeScalars.count
+                try await send(chunk([choiceChunk(choice.index, text: prompt)]))
+            }
+        }
+        for await (index, event) in mergedEvents(choices.map(\.handle)) {
+            guard let event else {
+                choices[index].closed()
+                if let failure = choices[index].failure { try await sendError(failure, &writer) }
+                if choices.allSatisfy(\.isDone) { break } else { continue }
+            }
+            if case .promptLogprobs = event { _ = choices[index].apply(event); continue }
+            let update = choices[index].apply(event)
+            let choice = choices[index]
+            if let failure = choice.failure {
+                try await sendError(failure, &writer)
+            } else {
+                let logprobs = plan.logprobs != nil && !update.tokens.isEmpty
+                if !update.text.isEmpty || logprobs {
+                    let lp = logprobs ? logprobsJSON(update.tokens, textOffset: &offsets[index]) : .null
+                    if plan.style == .chat {
+                        try await send(chunk([choiceChunk(index, delta: .object([("content", .string(update.text))]), logprobs: lp)]))
+                    } else {
+                        try await send(chunk([choiceChunk(index, text: update.text, logprobs: lp)]))
+                    }
+                }
+                if update.finished, let finish = choice.finish {
+                    try await send(
+                        chunk([
+                            plan.style == .chat
+                                ? choiceChunk(index, delta: .object([]), finish: finish, stopReason: choice.stopReason)
+                                : choiceChunk(index, text: "", finish: finish, stopReason: choice.stopReason)
+                        ]))
+                }
+            }
+            if choices.allSatisfy(\.isDone) { break }
+        }
+        if plan.includeUsage {
+            try await send(
+                .object([
+                    ("id", .string(plan.id)), ("object", .string(chunkObject)), ("created", .int(plan.created)),
+                    ("model", .string(plan.model)), ("choices", []), ("usage", usage(choices)),
+                ]))
+        }
+        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+        try await writer.finish(nil)
+    }
+
+    private func sendError(_ message: String, _ writer: inout any ResponseBodyWriter) async throws {
+        let error = OpenAIError(.serviceUnavailable, message)
+        try await writer.write(ByteBuffer(string: "data: " + error.body.serialized() + "\n\n"))
+    }
+
+    private var chunkObject: String { plan.style == .chat ? "chat.completion.chunk" : "text_completion" }
+
+    private func chunk(_ choices: [JSON]) -> JSON {
+        var fields: [(String, JSON)] = [
+            ("id", .string(plan.id)), ("object", .string(chunkObject)), ("created", .int(plan.created)),
+            ("model", .string(plan.model)), ("choices", .array(choices)),
+        ]
+        if plan.includeUsage { fields.append(("usage", .null)) }
+        return .object(fields)
+    }
+
+    private func choiceChunk(
+        _ index: Int, text: String? = nil, delta: JSON? = nil, logprobs: JSON = .null, finish: FinishReason? = nil,
+        stopReason: JSON = .null
+    ) -> JSON {
+        var fields: [(String, JSON)] = [("index", .int(index))]
+        if let text { fields.append(("text", .string(text))) }
+        if let delta { fields.append(("delta", delta)) }
+        fields += [("logprobs", logprobs), ("finish_reason", JSON(finish?.rawValue)), ("stop_reason", stopReason)]
+        return .object(fields)
+    }
+
+    // MARK: Final bodies
+
+    private func finalChoice(_ choice: ChoiceState) -> JSON {
+        var offset = 0
+        switch plan.style {
+        case .chat:
+            let logprobs = plan.logprobs != nil ? logprobsJSON(choice.tokens, textOffset: &offset) : .null
+            return .object([
+                ("index", .int(choice.index)),
+                ("message", .object([("role", "assistant"), ("content", .string(choice.text))])),
+                ("logprobs", logprobs),
+                ("finish_reason", JSON(choice.finish?.rawValue)),
+                ("stop_reason", choice.stopReason),
+            ])
+        case .completion:
+            var text = choice.text
+            var logprobs: JSON = .null
+            if plan.echo { text = plan.promptTexts[choice.promptIndex] + text }
+            if plan.logprobs != nil {
+                var entries: [(id: Int, token: GeneratedToken?)] = []
+                if plan.echo {
+                    let prompt = plan.prompts[choice.promptIndex]
+                    let reported = choice.promptLogprobs ?? []
+                    entries = prompt.enumerated().map { i, id in (id, i < reported.count ? reported[i] : nil) }
+                }
+                entries += choice.tokens.map { ($0.id, $0) }
+                logprobs = completionLogprobs(entries, textOffset: &offset)
+            }
+            return .object([
+                ("index", .int(choice.index)),
+                ("text", .string(text)),
+                ("logprobs", logprobs),
+                ("finish_reason", JSON(choice.finish?.rawValue)),
+                ("stop_reason", choice.stopReason),
+            ])
+        }
+    }
+
+    private func usage(_ choices: [ChoiceState]) -> JSON {
+        let prompt = plan.prompts.reduce(0) { $0 + $1.count }
+        let completion = choices.reduce(0) { $0 + $1.tokens.count }
+        return .object([
+            ("prompt_tokens", .int(prompt)), ("total_tokens", .int(prompt + completion)),
+            ("completion_tokens", .int(completion)),
+        ])
+    }
+
+    // MARK: Logprobs
+
+    private func logprobsJSON(_ tokens: [GeneratedToken], textOffset: inout Int) -> JSON {
+        switch plan.style {
+        case .completion: return completionLogprobs(tokens.map { ($0.id, $0) }, textOffset: &textOffset)
+        case .chat:
+            func entry(_ id: Int, _ logprob: Float) -> [(String, JSON)] {
+                let text = served.tokenText(id)
+                return [("token", .string(text)), ("logprob", JSON(logprob)), ("bytes", .array(text.utf8.map { .int(Int($0)) }))]
+            }
+            return .object([
+                (
+                    "content",
+                    .array(
+                        tokens.map { token in
+                            .object(
+                                entry(token.id, token.logprob)
+                                    + [("top_logprobs", .array(token.top.map { .object(entry($0.id, $0.logprob)) }))])
+                        })
+                )
+            ])
+        }
+    }
+
+    /// The legacy completions shape: parallel lists, a dict of alternatives per token, nulls for the
+    /// first prompt token.
+    private func completionLogprobs(_ entries: [(id: Int, token: GeneratedToken?)], textOffset: inout Int) -> JSON {
+        var offsets: [JSON] = []
+        var logprobs: [JSON] = []
+        var tokens: [JSON] = []
+        var tops: [JSON] = []
+        for (id, entry) in entries {
+            let text = served.tokenText(id)
+            offsets.append(.int(textOffset))
+            textOffset += text.unicodeScalars.count
+            tokens.append(.string(text))
+            logprobs.append(entry.map { JSON($0.logprob) } ?? .null)
+            tops.append(entry.map { e in .object(e.top.map { (served.tokenText($0.id), JSON($0.logprob)) }) } ?? .null)
+        }
+        return .object([
+            ("text_offset", .array(offsets)), ("token_logprobs", .array(logprobs)), ("tokens", .array(tokens)),
+            ("top_logprobs", .array(tops)),
+        ])
+    }
+}

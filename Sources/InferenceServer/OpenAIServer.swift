@@ -1,0 +1,110 @@
+import Foundation
+import Hummingbird
+import Inference
+import Logging
+import ServiceLifecycle
+
+/// Everything `inference-server serve` is configured with.
+public struct ServerOptions: Sendable {
+    public var host = "0.0.0.0"
+    public var port = 8080
+    public var modelPath: String
+    public var tokenizerDirectory: String?
+    /// The names `/v1/models` lists and requests may use; the first is the id.
+    public var servedModelNames: [String]
+    /// Prompt plus output tokens per sequence (default: the model's maximum).
+    public var contextLength: Int?
+    public var limits = SchedulerLimits()
+    public var maximumBodyBytes = 4 << 20
+    /// After SIGTERM, how long running requests may go on before they are cut (Cloud Run allows 10 s).
+    public var shutdownGraceSeconds = 8.0
+    public var version = "0.1.0"
+
+    public init(modelPath: String, servedModelNames: [String]) {
+        self.modelPath = modelPath
+        self.servedModelNames = servedModelNames
+    }
+}
+
+/// The server: HTTP (Hummingbird) in front, the model loaded behind it. SIGTERM or SIGINT drains:
+/// new requests get 503, running ones finish within the grace period or are cut with an error
+/// event, then the listener closes and `run` returns (exit status 0).
+public enum OpenAIServer {
+    public static func run(_ options: ServerOptions) async throws {
+        let metrics = ServerMetrics(modelName: options.servedModelNames[0])
+        let state = ModelState()
+        let router = Router()
+        Routes(state: state, metrics: metrics, maximumBodyBytes: options.maximumBodyBytes, version: options.version)
+            .register(on: router)
+        var logger = Logger(label: "inference-server")
+        logger.logLevel = .warning
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(options.host, port: options.port), serverName: "inference-server"),
+            onServerRunning: { channel in
+                log("listening on \(channel.localAddress.map { "\($0)" } ?? "\(options.host):\(options.port)")")
+            },
+            logger: logger)
+        let engine = EngineService(options: options, state: state, metrics: metrics)
+        // Graceful shutdown runs in reverse order: the engine drains first (the listener still answers,
+        // with 503 for new work), then the HTTP server stops.
+        let group = ServiceGroup(
+            configuration: .init(services: [app, engine], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        log("stopped")
+    }
+
+    static func log(_ message: String) {
+        FileHandle.standardError.write(Data("inference-server: \(message)\n".utf8))
+    }
+}
+
+/// Loads the model (off the async threads: loading maps files and parses the tokenizer), starts the
+/// scheduler, and on shutdown drains it.
+struct EngineService: Service {
+    let options: ServerOptions
+    let state: ModelState
+    let metrics: ServerMetrics
+
+    func run() async throws {
+        let options = self.options
+        let metrics = self.metrics
+        let served: ServedModel = try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                do {
+                    let engine = try Engine.load(path: options.modelPath, tokenizerDirectory: options.tokenizerDirectory)
+                    let served = try ServedModel(
+                        engine: engine, names: options.servedModelNames, contextLength: options.contextLength,
+                        limits: options.limits, metrics: metrics)
+                    continuation.resume(returning: served)
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+        served.scheduler.start()
+        state.set(served)
+        let l = options.limits
+        OpenAIServer.log(
+            "loaded \(options.modelPath) (\(served.engine.format.rawValue), \(served.engine.config.layerCount) layers) "
+                + "in \(String(format: "%.2f", served.engine.loadSeconds)) s as \(served.names.joined(separator: ", ")); "
+                + "context \(served.contextLength), up to \(l.maximumRunning) running and \(l.maximumWaiting) waiting requests, "
+                + "KV cache budget \(l.cacheBytes >> 20) MiB")
+
+        // Wait for SIGTERM/SIGINT (or the group ending), then drain.
+        try? await gracefulShutdown()
+        let scheduler = served.scheduler
+        scheduler.beginDraining()
+        let inFlight = scheduler.inFlight
+        OpenAIServer.log("shutting down: \(inFlight) request\(inFlight == 1 ? "" : "s") in flight, \(options.shutdownGraceSeconds) s grace")
+        let deadline = ContinuousClock.now + .milliseconds(Int(options.shutdownGraceSeconds * 1000))
+        while scheduler.inFlight > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        let cut = scheduler.inFlight
+        scheduler.stop(reason: "the server is shutting down")
+        if cut > 0 { OpenAIServer.log("cut \(cut) request\(cut == 1 ? "" : "s") still running after the grace period") }
+    }
+}

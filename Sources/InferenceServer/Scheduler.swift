@@ -1,0 +1,361 @@
+import Foundation
+import Inference
+
+/// What one sequence asks of the engine: the prompt ids and how to generate after them.
+public struct SequenceRequest: Sendable {
+    public var prompt: [Int]
+    public var parameters: GenerationParameters
+    /// Report each prompt token's logprob and this many alternatives (echo + logprobs, prompt_logprobs).
+    public var promptLogprobs: Int?
+
+    public init(prompt: [Int], parameters: GenerationParameters, promptLogprobs: Int? = nil) {
+        self.prompt = prompt
+        self.parameters = parameters
+        self.promptLogprobs = promptLogprobs
+    }
+}
+
+/// What the engine reports for one sequence, in order: optionally the prompt's logprobs, then the
+/// generated tokens, then exactly one `finished` or `failed`.
+public enum SequenceEvent: Sendable {
+    /// One entry per prompt token; the first is nil (nothing predicts it).
+    case promptLogprobs([GeneratedToken?])
+    case token(GeneratedToken)
+    case finished(FinishReason)
+    case failed(String)
+}
+
+/// Why a request was not admitted; the HTTP layer turns each into a status.
+public enum AdmissionError: Error, Sendable {
+    /// Too many requests are queued: try again later (429 with Retry-After).
+    case queueFull(waiting: Int)
+    /// The server is shutting down (503).
+    case shuttingDown
+    /// This request alone needs more KV cache than the server may use (400).
+    case exceedsMemory(needed: Int, limit: Int)
+}
+
+/// The limits that keep the server's memory bounded whatever the load.
+public struct SchedulerLimits: Sendable {
+    /// Sequences decoded together in one step (vLLM's --max-num-seqs).
+    public var maximumRunning: Int
+    /// Requests allowed to wait for a place among the running ones; past it, 429.
+    public var maximumWaiting: Int
+    /// Bytes of KV cache all running sequences may hold together.
+    public var cacheBytes: Int
+    /// Prompt tokens prefilled per step at most (one request is always admitted when a place is free).
+    public var prefillTokensPerStep: Int
+
+    public init(maximumRunning: Int = 16, maximumWaiting: Int = 256, cacheBytes: Int = 4 << 30, prefillTokensPerStep: Int = 512) {
+        self.maximumRunning = maximumRunning
+        self.maximumWaiting = maximumWaiting
+        self.cacheBytes = cacheBytes
+        self.prefillTokensPerStep = prefillTokensPerStep
+    }
+}
+
+/// A submitted sequence: its events as they happen, and a way to stop it early.
+public final class SequenceHandle: Sendable {
+    public let events: AsyncStream<SequenceEvent>
+    let job: Job
+
+    init(events: AsyncStream<SequenceEvent>, job: Job) {
+        self.events = events
+        self.job = job
+    }
+
+    /// Stops generation at the next step (a stop string matched, the client went away).
+    public func cancel() { job.cancel() }
+}
+
+/// One sequence as the engine thread sees it. The cancel flag is the only state shared with other
+/// threads (under its lock); everything else belongs to the engine thread.
+final class Job: @unchecked Sendable {
+    let request: SequenceRequest
+    let continuation: AsyncStream<SequenceEvent>.Continuation
+    let submitted = ContinuousClock.now
+    private let lock = NSLock()
+    private var cancelled = false
+
+    // Engine thread only.
+    var slot: BatchRunner<CPUBackend>.Slot?
+    var sampler: Sampler
+    var generated = 0
+    var next: Int?
+    var cacheBytes = 0
+    var lastToken: ContinuousClock.Instant?
+
+    init(request: SequenceRequest, continuation: AsyncStream<SequenceEvent>.Continuation) {
+        self.request = request
+        self.continuation = continuation
+        sampler = Sampler(parameters: request.parameters.sampling, prompt: request.prompt)
+    }
+
+    func cancel() {
+        lock.lock()
+        cancelled = true
+        lock.unlock()
+    }
+
+    var isCancelled: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return cancelled
+    }
+}
+
+/// Continuous batching on one engine thread: between decode steps it admits waiting requests
+/// (prefilling their prompts), then advances every running sequence by one token in a single batched
+/// forward pass, and retires the ones that finished. Requests beyond the running limit wait in a
+/// bounded queue; KV cache memory is reserved per sequence (prompt + max tokens) against a budget.
+public final class Scheduler: @unchecked Sendable {
+    public let limits: SchedulerLimits
+    public let contextLength: Int
+    let metrics: ServerMetrics
+    private let runner: BatchRunner<CPUBackend>
+
+    // Shared with request tasks, under `condition`.
+    private let condition = NSCondition()
+    private var incoming: [Job] = []
+    /// Submitted but not yet running (incoming plus the engine's waiting list).
+    private var queued = 0
+    private var draining = false
+    private var stopping = false
+    private var thread: Thread?
+
+    // Engine thread only.
+    private var waiting: [Job] = []
+    private var running: [Job] = []
+    private var freeSlots: [BatchRunner<CPUBackend>.Slot] = []
+    private var usedBytes = 0
+
+    public init(model: Gemma3Model<CPUBackend>, contextLength: Int, limits: SchedulerLimits, metrics: ServerMetrics) {
+        self.limits = limits
+        self.contextLength = contextLength
+        self.metrics = metrics
+        runner = BatchRunner(model: model, maximumSequences: limits.maximumRunning)
+        metrics.setCacheLimit(bytes: limits.cacheBytes)
+    }
+
+    /// Starts the engine thread.
+    public func start() {
+        let thread = Thread { [self] in loop() }
+        thread.name = "engine"
+        thread.stackSize = 8 << 20
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Bytes of KV cache a sequence of `positions` tokens holds.
+    public func cacheBytes(positions: Int) -> Int { runner.cacheBytes(positions: positions, contextLength: contextLength) }
+
+    /// Queues a sequence. Throws when the queue is full, the server is draining, or the request
+    /// could never fit in the cache budget.
+    public func submit(_ request: SequenceRequest) throws(AdmissionError) -> SequenceHandle {
+        let needed = cacheBytes(positions: request.prompt.count + request.parameters.maxTokens)
+        if needed > limits.cacheBytes { throw .exceedsMemory(needed: needed, limit: limits.cacheBytes) }
+        let (events, continuation) = AsyncStream<SequenceEvent>.makeStream()
+        let job = Job(request: request, continuation: continuation)
+        // A consumer that goes away (client disconnect, task cancelled) stops the sequence.
+        continuation.onTermination = { [weak job] _ in job?.cancel() }
+        condition.lock()
+        defer { condition.unlock() }
+        if draining || stopping { throw .shuttingDown }
+        if queued >= limits.maximumWaiting { throw .queueFull(waiting: queued) }
+        incoming.append(job)
+        queued += 1
+        metrics.setWaiting(queued)
+        condition.signal()
+        return SequenceHandle(events: events, job: job)
+    }
+
+    /// Stops admitting new requests; running and queued ones go on.
+    public func beginDraining() {
+        condition.lock()
+        draining = true
+        condition.unlock()
+    }
+
+    /// Requests submitted and not yet finished.
+    public var inFlight: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queued + runningCount
+    }
+    private var runningCount = 0  // under `condition`, mirrors running.count
+
+    /// Ends every sequence (those still going get `failed` with `reason`) and stops the engine thread.
+    public func stop(reason: String) {
+        condition.lock()
+        stopping = true
+        stopReason = reason
+        condition.signal()
+        condition.unlock()
+    }
+    private var stopReason = ""
+
+    // MARK: The engine loop
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while incoming.isEmpty && waiting.isEmpty && running.isEmpty && !stopping { condition.wait() }
+            if stopping {
+                let reason = stopReason
+                let all = waiting + incoming + running
+                incoming.removeAll()
+                queued = 0
+                condition.unlock()
+                for job in all { job.continuation.yield(.failed(reason)); job.continuation.finish() }
+                waiting.removeAll()
+                running.removeAll()
+                metrics.setWaiting(0)
+                metrics.setRunning(0)
+                return
+            }
+            waiting += incoming
+            incoming.removeAll()
+            condition.unlock()
+
+            retireCancelled()
+            admit()
+            decodeStep()
+
+            condition.lock()
+            runningCount = running.count
+            queued = waiting.count + incoming.count
+            metrics.setWaiting(queued)
+            condition.unlock()
+            metrics.setRunning(running.count)
+            metrics.setCacheUsed(bytes: usedBytes)
+        }
+    }
+
+    private func retireCancelled() {
+        waiting.removeAll { job in
+            guard job.isCancelled else { return false }
+            job.continuation.finish()
+            return true
+        }
+        for job in running where job.isCancelled { release(job, finish: nil) }
+    }
+
+    /// Moves waiting requests into the running set while there is room, prefilling each prompt and
+    /// choosing its first token.
+    private func admit() {
+        var budget = limits.prefillTokensPerStep
+        var admitted = 0
+        while let job = waiting.first, running.count < limits.maximumRunning {
+            if admitted > 0 && budget < job.request.prompt.count { break }
+            let bytes = cacheBytes(positions: job.request.prompt.count + job.request.parameters.maxTokens)
+            if usedBytes + bytes > limits.cacheBytes && !running.isEmpty { break }  // wait for memory to free
+            waiting.removeFirst()
+            admitted += 1
+            budget -= job.request.prompt.count
+            job.cacheBytes = bytes
+            usedBytes += bytes
+            let slot = freeSlots.popLast() ?? runner.makeSlot(contextLength: contextLength)
+            slot.reset()
+            job.slot = slot
+            metrics.observeQueueTime(seconds: (ContinuousClock.now - job.submitted).seconds)
+            do {
+                let logits = try prefill(job, slot)
+                running.append(job)
+                if job.request.parameters.maxTokens == 0 {
+                    release(job, finish: .length)
+                } else {
+                    choose(job, from: logits)
+                }
+            } catch {
+                running.append(job)
+                release(job, failure: "\(error)")
+            }
+        }
+    }
+
+    private func prefill(_ job: Job, _ slot: BatchRunner<CPUBackend>.Slot) throws -> [Float] {
+        let prompt = job.request.prompt
+        metrics.addPromptTokens(prompt.count)
+        guard let top = job.request.promptLogprobs else { return try runner.prefill(slot, prompt) }
+        var entries: [GeneratedToken?] = [nil]
+        let logits = try runner.prefill(slot, prompt) { index, logits in
+            // The logits after token `index` predict token index + 1.
+            guard index + 1 < prompt.count else { return }
+            let id = prompt[index + 1]
+            let logSumExp = Logprobs.logSumExp(logits)
+            entries.append(
+                GeneratedToken(
+                    id: id, logprob: logits[id] - logSumExp,
+                    top: Logprobs.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) }))
+        }
+        job.continuation.yield(.promptLogprobs(entries))
+        return logits
+    }
+
+    /// One token for every running sequence, in one batched forward pass.
+    private func decodeStep() {
+        let active = running.filter { $0.next != nil }
+        guard !active.isEmpty else { return }
+        do {
+            let logits = try runner.decode(active.map { $0.slot! }, tokens: active.map { $0.next! })
+            for (job, row) in zip(active, logits) { choose(job, from: row) }
+        } catch {
+            for job in active { release(job, failure: "\(error)") }
+        }
+    }
+
+    /// Samples the job's next token from `logits`, reports it, and retires the job if it is done.
+    private func choose(_ job: Job, from logits: [Float]) {
+        let parameters = job.request.parameters
+        let token = job.sampler.next(logits, topLogprobs: parameters.topLogprobs)
+        let now = ContinuousClock.now
+        if let last = job.lastToken {
+            metrics.observeInterTokenLatency(seconds: (now - last).seconds)
+        } else {
+            metrics.observeTimeToFirstToken(seconds: (now - job.submitted).seconds)
+        }
+        job.lastToken = now
+        job.generated += 1
+        metrics.addGenerationTokens(1)
+        if case .terminated = job.continuation.yield(.token(token)) { job.cancel() }
+        if job.isCancelled {
+            release(job, finish: nil)
+        } else if parameters.stopTokenIDs.contains(token.id) {
+            release(job, finish: .stop)
+        } else if job.generated >= parameters.maxTokens || job.slot!.tokenCount >= job.slot!.contextLength {
+            release(job, finish: .length)
+        } else {
+            job.next = token.id
+        }
+    }
+
+    /// Takes the job out of the running set, returns its slot and memory, and ends its events.
+    private func release(_ job: Job, finish: FinishReason?, failure: String? = nil) {
+        running.removeAll { $0 === job }
+        job.next = nil
+        if let slot = job.slot {
+            freeSlots.append(slot)
+            job.slot = nil
+        }
+        usedBytes -= job.cacheBytes
+        job.cacheBytes = 0
+        if let failure {
+            job.continuation.yield(.failed(failure))
+        } else if let finish {
+            job.continuation.yield(.finished(finish))
+            metrics.addFinished(finish, seconds: (ContinuousClock.now - job.submitted).seconds)
+        } else {
+            metrics.addAborted()
+        }
+        job.continuation.finish()
+    }
+
+    private func release(_ job: Job, failure: String) { release(job, finish: nil, failure: failure) }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, attoseconds) = components
+        return Double(s) + Double(attoseconds) * 1e-18
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import Inference
+import Tokenizer
+
+/// A loaded model as the API serves it: the engine, its tokenizer, the scheduler that runs it, the
+/// names clients may ask for, and the defaults requests inherit.
+public final class ServedModel: Sendable {
+    public let engine: Engine
+    public let tokenizer: Tokenizer
+    public let scheduler: Scheduler
+    /// The first is the id `/v1/models` lists; requests may name any of them.
+    public let names: [String]
+    /// Prompt plus output tokens may not exceed this (vLLM's max_model_len).
+    public let contextLength: Int
+    public let created = Int(Date().timeIntervalSince1970)
+
+    public init(engine: Engine, names: [String], contextLength: Int?, limits: SchedulerLimits, metrics: ServerMetrics) throws {
+        self.engine = engine
+        tokenizer = try engine.requireTokenizer()
+        self.names = names
+        let length = min(contextLength ?? engine.config.maxPositionEmbeddings, engine.config.maxPositionEmbeddings)
+        self.contextLength = length
+        scheduler = Scheduler(model: engine.model, contextLength: length, limits: limits, metrics: metrics)
+    }
+
+    /// Checks a request's `model` field (absent means this model, as vLLM allows).
+    func requireName(_ requested: String?) throws {
+        guard let requested, !names.contains(requested) else { return }
+        throw OpenAIError(.notFound, "The model `\(requested)` does not exist.", param: "model")
+    }
+
+    /// Sampling settings of a request: its own values, else generation_config.json's, else vLLM's defaults.
+    func sampling(_ f: SamplingFields, choice: Int) throws -> SamplingParameters {
+        let g = engine.generationConfig
+        func float(_ value: Double?, _ name: String) throws -> Float? {
+            guard let value else { return nil }
+            guard value.isFinite, abs(value) < 1e6 else { throw OpenAIError.badRequest("\(name) is out of range", param: name) }
+            return Float(value)
+        }
+        var p = SamplingParameters()
+        p.temperature = try float(f.temperature, "temperature") ?? g.temperature ?? 1
+        p.topK = f.topK ?? g.topK ?? 0
+        p.topP = try float(f.topP, "top_p") ?? g.topP ?? 1
+        p.minP = try float(f.minP, "min_p") ?? 0
+        p.presencePenalty = try float(f.presencePenalty, "presence_penalty") ?? 0
+        p.frequencyPenalty = try float(f.frequencyPenalty, "frequency_penalty") ?? 0
+        p.repetitionPenalty = try float(f.repetitionPenalty, "repetition_penalty") ?? 1
+        if p.topK == -1 { p.topK = 0 }
+        // n choices with one seed: each its own stream, all reproducible.
+        p.seed = f.seed.map { UInt64(bitPattern: Int64($0)) &+ UInt64(choice) }
+        do {
+            try p.validate()
+        } catch let error as InferenceError {
+            throw OpenAIError.badRequest(error.description)
+        }
+        return p
+    }
+
+    /// Stop tokens for a request: the model's end-of-turn tokens (unless ignore_eos) plus its stop_token_ids.
+    func stopTokens(_ f: SamplingFields) throws -> Set<Int> {
+        var ids = f.ignoreEos == true ? Set<Int>() : engine.stopTokenIDs
+        for id in f.stopTokenIds ?? [] {
+            guard id >= 0 && id < engine.config.vocabularySize else {
+                throw OpenAIError.badRequest("stop_token_ids: \(id) is not a token id of this model", param: "stop_token_ids")
+            }
+            ids.insert(id)
+        }
+        return ids
+    }
+
+    /// vLLM's message when prompt plus completion do not fit the context.
+    func checkContext(promptTokens: Int, maxTokens: Int) throws {
+        guard promptTokens + maxTokens > contextLength else { return }
+        throw OpenAIError.badRequest(
+            "This model's maximum context length is \(contextLength) tokens. However, you requested "
+                + "\(promptTokens + maxTokens) tokens (\(promptTokens) in the messages, \(maxTokens) in the completion). "
+                + "Please reduce the length of the messages or completion.", param: "max_tokens")
+    }
+
+    /// The text of one token, as logprobs report it.
+    func tokenText(_ id: Int) -> String { tokenizer.decode([id]) }
+}
