@@ -1,0 +1,96 @@
+import Foundation
+import TestSupport
+import Testing
+
+@testable import Inference
+
+/// The batched decode that continuous batching relies on gives every sequence the logits it would
+/// get alone: different lengths, positions past the sliding window, more slots than one pass holds.
+@Suite struct BatchRunnerTests {
+    let tokens = [2, 7, 11, 3, 19, 23, 5, 31, 17, 13, 29, 37, 1, 8, 4, 9, 21]
+
+    func tinyModel(_ dir: TemporaryDirectory) throws -> (TinyModel, Gemma3Model<CPUBackend>) {
+        let tiny = TinyModel(seed: 42)
+        let path = try tiny.writeFolder(dir)
+        let config = try Gemma3Config(configFile: path + "/config.json")
+        let weights = try Gemma3Weights(safetensors: try SafetensorsCheckpoint(directory: path), config: config)
+        return (tiny, try Gemma3Model(config: config, weights: weights, backend: try CPUBackend()))
+    }
+
+    func worst(_ logits: [Float], _ expected: [Double]) -> Double {
+        zip(logits, expected).map { abs(Double($0) - $1) }.max()!
+    }
+
+    @Test(arguments: [1, 2, 8])
+    func batchedDecodeMatchesEachSequenceAlone(maximumSequences: Int) throws {
+        let dir = try TemporaryDirectory()
+        let (tiny, model) = try tinyModel(dir)
+        let runner = BatchRunner(model: model, maximumSequences: maximumSequences, prefillChunk: 3)
+        // Three sequences: prompts of 2, 5 and 9 tokens, then 6 shared decode steps each (the window is 4).
+        let prompts = [Array(tokens[0..<2]), Array(tokens[3..<8]), Array(tokens[1..<10])]
+        let continuations = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16], [17, 18, 19, 20, 21, 22]]
+        let slots = prompts.map { _ in runner.makeSlot() }
+        for (slot, prompt) in zip(slots, prompts) {
+            var rows: [[Float]] = []
+            let last = try runner.prefill(slot, prompt) { index, logits in
+                #expect(index == rows.count)
+                rows.append(logits)
+            }
+            let expected = tiny.referenceLogits(prompt)
+            #expect(rows.count == prompt.count)
+            for (row, reference) in zip(rows, expected) { #expect(worst(row, reference) < 1e-3) }
+            #expect(worst(last, expected.last!) < 1e-3)
+        }
+        for step in 0..<6 {
+            let logits = try runner.decode(slots, tokens: continuations.map { $0[step] })
+            for i in 0..<3 {
+                let sequence = prompts[i] + continuations[i][...step]
+                let error = worst(logits[i], tiny.referenceLogits(sequence).last!)
+                #expect(error < 1e-3, "sequence \(i), step \(step): \(error)")
+                #expect(slots[i].tokenCount == sequence.count)
+            }
+        }
+        // A slot that is reset starts over, whatever its cache held.
+        slots[0].reset()
+        let again = try runner.prefill(slots[0], prompts[1])
+        #expect(worst(again, tiny.referenceLogits(prompts[1]).last!) < 1e-3)
+    }
+
+    @Test func decodeRefusesBadInput() throws {
+        let dir = try TemporaryDirectory()
+        let (_, model) = try tinyModel(dir)
+        let runner = BatchRunner(model: model, maximumSequences: 2)
+        let slot = runner.makeSlot(contextLength: 4)
+        try runner.prefill(slot, [2, 3, 4])
+        #expect(throws: InferenceError.self) { try runner.decode([slot], tokens: [40]) }
+        _ = try runner.decode([slot], tokens: [5])
+        #expect(throws: InferenceError.contextOverflow(requested: 5, limit: 4)) {
+            try runner.decode([slot], tokens: [6])
+        }
+    }
+
+    /// Real Gemma 3 270M: greedy continuations decoded together equal `generate` run alone.
+    @Test func realWeightsGreedyBatchEqualsSequentialGeneration() throws {
+        try RealWeights.require()
+        let model = try RealWeights.huggingFace.get()
+        let tokenizer = try RealWeights.tokenizer.get()
+        let prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):\n", "1, 2, 3, 4,"].map {
+            tokenizer.encode($0, addSpecialTokens: true)
+        }
+        let steps = 12
+        let expected = try prompts.map { prompt in
+            try model.makeSession(contextLength: 256).generate(
+                prompt: prompt, parameters: GenerationParameters(maxTokens: steps)
+            ).outputIDs
+        }
+        let runner = BatchRunner(model: model, maximumSequences: 3)  // 4 sequences: two passes per step
+        let slots = prompts.map { _ in runner.makeSlot(contextLength: 256) }
+        var next = try zip(slots, prompts).map { try Sampler.argmax(runner.prefill($0, $1)) }
+        var outputs = next.map { [$0] }
+        for _ in 1..<steps {
+            next = try runner.decode(slots, tokens: next).map(Sampler.argmax)
+            for i in outputs.indices { outputs[i].append(next[i]) }
+        }
+        #expect(outputs == expected)
+    }
+}
