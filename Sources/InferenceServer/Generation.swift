@@ -50,6 +50,8 @@ struct GenerationPlan {
 struct GenerationResponder {
     let served: ServedModel
     let plan: GenerationPlan
+    /// False once the client's connection has closed: its sequences are then cancelled.
+    let isConnected: @Sendable () -> Bool
 
     /// Submits every choice; if one is refused, the others are cancelled and the refusal is the answer.
     func submit() throws -> [ChoiceState] {
@@ -97,6 +99,8 @@ struct GenerationResponder {
     }
 
     private func collect(_ choices: inout [ChoiceState]) async throws -> Response {
+        let watcher = watchConnection(choices.map(\.handle))
+        defer { watcher.cancel() }
         for await (index, event) in mergedEvents(choices.map(\.handle)) {
             if let event { _ = choices[index].apply(event) } else { choices[index].closed() }
             if choices.allSatisfy(\.isDone) { break }
@@ -118,9 +122,26 @@ struct GenerationResponder {
             body: .init(byteBuffer: ByteBuffer(string: body.serialized())))
     }
 
+    /// Polls the connection while the sequences run and cancels them when the client is gone: a
+    /// non-streaming request writes nothing until the end, so a write error cannot tell.
+    private func watchConnection(_ handles: [SequenceHandle]) -> Task<Void, Never> {
+        let isConnected = self.isConnected
+        return Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                if !isConnected() {
+                    for handle in handles { handle.cancel() }
+                    return
+                }
+            }
+        }
+    }
+
     // MARK: Streaming
 
     private func stream(_ choices: inout [ChoiceState], into writer: inout any ResponseBodyWriter) async throws {
+        let watcher = watchConnection(choices.map(\.handle))
+        defer { watcher.cancel() }
         func send(_ json: JSON) async throws {
             try await writer.write(ByteBuffer(string: "data: " + json.serialized() + "\n\n"))
         }

@@ -95,7 +95,9 @@ extension OpenAIError {
         case DecodingError.dataCorrupted(let context):
             let at = path(context.codingPath)
             if at.isEmpty {
-                self = .badRequest("the request body is not valid JSON: \(context.debugDescription)")
+                self = .badRequest(
+                    "the request body is not valid JSON, or holds a number too large for its field "
+                        + "(\(context.debugDescription))")
             } else {
                 self = .badRequest("'\(at)': \(context.debugDescription)", param: at)
             }

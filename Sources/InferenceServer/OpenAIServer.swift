@@ -33,7 +33,7 @@ public enum OpenAIServer {
     public static func run(_ options: ServerOptions) async throws {
         let metrics = ServerMetrics(modelName: options.servedModelNames[0])
         let state = ModelState()
-        let router = Router()
+        let router = Router(context: ServerContext.self)
         Routes(state: state, metrics: metrics, maximumBodyBytes: options.maximumBodyBytes, version: options.version)
             .register(on: router)
         var logger = Logger(label: "inference-server")

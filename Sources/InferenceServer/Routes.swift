@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Inference
+import NIOCore
 import Tokenizer
 
 /// The model the routes serve, once it is loaded: `/health` is 503 until then, so Cloud Run's startup
@@ -60,6 +61,24 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+/// The request context: Hummingbird's core storage plus the connection, so a long generation can
+/// notice that its client has gone away and stop.
+struct ServerContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    /// Whether the client's connection is still open (checked between tokens).
+    var connection: @Sendable () -> Bool {
+        let channel = channel
+        return { channel.isActive }
+    }
+}
+
 /// The OpenAI API routes (vLLM's surface, gemma3-and-serving.md §4.1).
 struct Routes {
     let state: ModelState
@@ -67,7 +86,7 @@ struct Routes {
     let maximumBodyBytes: Int
     let version: String
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<ServerContext>) {
         router.add(middleware: OpenAIErrorMiddleware(metrics: metrics))
         router.get("/health") { _, _ -> Response in
             _ = try state.require()
@@ -94,21 +113,17 @@ struct Routes {
             }
             return json(.object([("object", "list"), ("data", .array(cards))]))
         }
-        router.post("/v1/completions") { request, _ in
-            try await request.body.consumeWithCancellationOnInboundClose { body in
-                let served = try state.require()
-                let data = try await collect(body)
-                let plan = try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served)
-                return try await GenerationResponder(served: served, plan: plan).respond()
-            }
+        router.post("/v1/completions") { request, context in
+            let served = try state.require()
+            let data = try await collect(request.body)
+            let plan = try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served)
+            return try await GenerationResponder(served: served, plan: plan, isConnected: context.connection).respond()
         }
-        router.post("/v1/chat/completions") { request, _ in
-            try await request.body.consumeWithCancellationOnInboundClose { body in
-                let served = try state.require()
-                let data = try await collect(body)
-                let plan = try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served)
-                return try await GenerationResponder(served: served, plan: plan).respond()
-            }
+        router.post("/v1/chat/completions") { request, context in
+            let served = try state.require()
+            let data = try await collect(request.body)
+            let plan = try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served)
+            return try await GenerationResponder(served: served, plan: plan, isConnected: context.connection).respond()
         }
         router.post("/tokenize") { request, _ in
             let served = try state.require()

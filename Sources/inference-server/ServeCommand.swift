@@ -57,6 +57,13 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         CPUCheck.requireEngineFeatures()
+        // A parent may start us with SIGTERM blocked (threads of many runtimes block signals, and
+        // children inherit the mask): unblock it, or `docker stop`/Cloud Run could not drain us.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &signals, nil)
         let path = try options.resolvedPath()
         let environment = ProcessInfo.processInfo.environment
         var names = servedModelNames
