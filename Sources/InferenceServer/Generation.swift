@@ -50,8 +50,8 @@ struct GenerationPlan {
 struct GenerationResponder {
     let served: ServedModel
     let plan: GenerationPlan
-    /// False once the client's connection has closed: its sequences are then cancelled.
-    let isConnected: @Sendable () -> Bool
+    /// The client's connection: when it closes, the sequences are cancelled.
+    let connection: ConnectionWatch
 
     /// Submits every choice; if one is refused, the others are cancelled and the refusal is the answer.
     func submit() throws -> [ChoiceState] {
@@ -125,11 +125,12 @@ struct GenerationResponder {
     /// Polls the connection while the sequences run and cancels them when the client is gone: a
     /// non-streaming request writes nothing until the end, so a write error cannot tell.
     private func watchConnection(_ handles: [SequenceHandle]) -> Task<Void, Never> {
-        let isConnected = self.isConnected
+        let connection = self.connection
         return Task {
+            defer { connection.stop() }
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(100))
-                if !isConnected() {
+                if !connection.isOpen {
                     for handle in handles { handle.cancel() }
                     return
                 }

@@ -72,10 +72,49 @@ struct ServerContext: RequestContext {
         channel = source.channel
     }
 
-    /// Whether the client's connection is still open (checked between tokens).
-    var connection: @Sendable () -> Bool {
-        let channel = channel
-        return { channel.isActive }
+    /// Starts watching the connection for the client closing it.
+    func watchConnection() async -> ConnectionWatch {
+        let watch = ConnectionWatch()
+        // First in the pipeline, so it sees the end of input before the HTTP handlers do. The server
+        // allows half-closure, so a departed client shows up as `inputClosed`, not as an inactive channel.
+        try? await channel.pipeline.addHandler(watch, position: .first).get()
+        watch.channel = channel
+        return watch
+    }
+}
+
+/// Tells whether the client's side of a connection is still open.
+final class ConnectionWatch: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private let lock = NSLock()
+    private var closed = false
+    var channel: (any Channel)?
+
+    var isOpen: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return !closed && (channel?.isActive ?? true)
+    }
+
+    private func markClosed() {
+        lock.lock()
+        closed = true
+        lock.unlock()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed { markClosed() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        markClosed()
+        context.fireChannelInactive()
+    }
+
+    /// Takes the watcher out of the pipeline (the connection may serve further requests).
+    func stop() {
+        if let channel { channel.pipeline.removeHandler(self, promise: nil) }
     }
 }
 
@@ -117,13 +156,15 @@ struct Routes {
             let served = try state.require()
             let data = try await collect(request.body)
             let plan = try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served)
-            return try await GenerationResponder(served: served, plan: plan, isConnected: context.connection).respond()
+            let watch = await context.watchConnection()
+            return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
         }
         router.post("/v1/chat/completions") { request, context in
             let served = try state.require()
             let data = try await collect(request.body)
             let plan = try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served)
-            return try await GenerationResponder(served: served, plan: plan, isConnected: context.connection).respond()
+            let watch = await context.watchConnection()
+            return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
         }
         router.post("/tokenize") { request, _ in
             let served = try state.require()
