@@ -35,7 +35,15 @@ public struct Engine: Sendable {
         let model: Gemma3Model<CPUBackend>
         var generationConfig = GenerationConfig()
         let folder: String
-        if isDirectory.boolValue {
+        var path = path
+        var isFolder = isDirectory.boolValue
+        // A folder that holds one GGUF and no safetensors (a GGUF repo with its tokenizer files beside
+        // it, as `builder build` packages one) is that GGUF, with the folder's tokenizer.
+        if isFolder, let gguf = try singleGGUF(in: path) {
+            path = gguf
+            isFolder = false
+        }
+        if isFolder {
             format = .safetensors
             folder = path
             let config = try Gemma3Config(configFile: path + "/config.json")
@@ -72,6 +80,20 @@ public struct Engine: Sendable {
         return Engine(
             path: path, format: format, model: model, tokenizer: tokenizer, tokenizerSource: tokenizerSource,
             generationConfig: generationConfig, loadSeconds: (clock.now - start).seconds)
+    }
+
+    /// The one `.gguf` file of a folder that has no safetensors weights, if that is what it holds.
+    private static func singleGGUF(in folder: String) throws -> String? {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        guard !names.contains(where: { $0.hasSuffix(".safetensors") || $0.hasSuffix(".safetensors.index.json") }) else {
+            return nil
+        }
+        let ggufs = names.filter { $0.hasSuffix(".gguf") }.sorted()
+        if ggufs.count > 1 {
+            throw InferenceError.unreadableFile(
+                path: folder, reason: "it holds several GGUF files (\(ggufs.joined(separator: ", "))): name one")
+        }
+        return ggufs.first.map { folder + "/" + $0 }
     }
 
     /// Token ids that end a generation: the checkpoint's eos list, plus `<eos>` and `<end_of_turn>`,

@@ -33,6 +33,9 @@ import TestSupport
         var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath))) as! [String: Any]
         var process = config["process"] as! [String: Any]
         process["terminal"] = false
+        // A free port: the container shares the host's network, where 8080 may be taken.
+        let port = freePort()
+        process["env"] = ((process["env"] as? [String]) ?? []) + ["PORT=\(port)"]
         config["process"] = process
         var linux = config["linux"] as! [String: Any]
         linux["namespaces"] = (linux["namespaces"] as! [[String: Any]]).filter { $0["type"] as? String != "network" }
@@ -42,11 +45,11 @@ import TestSupport
         let id = "builder-test-\(getpid())-\(Int.random(in: 0..<1_000_000))"
         let result = try run(["runc", "run", "--bundle", bundle, id])
         _ = try? run(["runc", "delete", "--force", id])
-        // The stub server lists the model it found at MODEL_PATH, then exits 3 (not serving yet).
-        #expect(result.stdout.contains("found model /model with 4 files"), "stdout: \(result.stdout)\nstderr: \(result.stderr)")
-        #expect(result.stdout.contains("model-00002-of-00002.safetensors (300000 bytes)"))
-        #expect(result.stderr.contains("port 8080"))
-        #expect(result.status == 3)
+        // The server starts from the image's entrypoint, finds MODEL_PATH and the PORT it was given,
+        // and refuses this fake model (no weights) with a message naming it: exit status 1.
+        #expect(result.stderr.contains("cannot read /model"), "stdout: \(result.stdout)\nstderr: \(result.stderr)")
+        #expect(result.stderr.contains("model.safetensors"))
+        #expect(result.status == 1)
     }
 
     @Test func skopeoCopiesTheImageToARegistryAndKeepsOurDigest() throws {

@@ -82,12 +82,12 @@ import TestSupport
         let dir = try TemporaryDirectory()
         _ = try buildImage(model: try makeModel(in: dir), output: dir.path + "/image")
         let result = try run([
-            "env", "XDG_CACHE_HOME=\(dir.path)/cache", packageRoot + "/.build/debug/builder", "run", "oci:\(dir.path)/image", "--port", "9123",
-            "--name", "builder-test-\(getpid())",
+            "env", "XDG_CACHE_HOME=\(dir.path)/cache", packageRoot + "/.build/debug/builder", "run", "oci:\(dir.path)/image",
+            "--port", String(freePort()), "--name", "builder-test-\(getpid())",
         ])
-        #expect(result.status == 3, "the stub server's status: \(result.stderr)")
-        #expect(result.stdout.contains("found model /model with 4 files"))
-        #expect(result.stderr.contains("port 9123"))
+        // The server in the container finds MODEL_PATH and refuses the fake model (no weights): status 1.
+        #expect(result.status == 1, "the server's status: \(result.stderr)")
+        #expect(result.stderr.contains("cannot read /model"), "\(result.stderr)")
         let bundles = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/cache/gemma-run/bundles")
         #expect(bundles.count == 1)
         #expect(FileManager.default.isExecutableFile(atPath: dir.path + "/cache/gemma-run/bundles/\(bundles[0])/rootfs/usr/local/bin/inference-server"))
