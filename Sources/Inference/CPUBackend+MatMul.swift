@@ -5,12 +5,17 @@
 extension CPUBackend {
     /// Rows of weights widened per block in the batched path: 3 × 16 rows of up to 2048 f32 stay in L2.
     static let rowBlock = 48
+    /// Up to this many rows, int8 products (one weight row against each token while it is in L1)
+    /// beat widening the weights to f32 for the register-blocked kernel.
+    static let int8RowLimit = 32
 
     public func matmul(_ x: CPUBuffer, rows: Int, weight: WeightTensor, into out: CPUBuffer) {
         let inner = weight.columns
         let outer = weight.rows
         precondition(rows * inner <= x.count && rows * outer <= out.count, "matmul shapes do not fit the buffers")
-        if rows == 1 {
+        if !exact && rows <= Self.int8RowLimit && Int8Product.covers(weight.format) {
+            Int8Product.matmul(x.pointer, rows, weight, out.pointer)
+        } else if rows == 1 {
             Self.matvec(x.pointer, weight, out.pointer)
         } else {
             Self.gemm(x.pointer, rows, weight, out.pointer)

@@ -9,9 +9,14 @@ public struct CPUBackend: ComputeBackend {
 
     public var name: String { "cpu (\(Parallel.threadCount) threads)" }
 
+    /// When true, activations stay f32 in every product; when false (the default, as llama.cpp),
+    /// products of few rows with Q8_0/Q5_0 weights quantize the activations to int8 (`Int8Product`).
+    public let exact: Bool
+
     /// Refuses to run on a CPU without the instructions the kernels were compiled with.
-    public init() throws {
+    public init(exact: Bool = false) throws {
         try CPUFeatures.check()
+        self.exact = exact
     }
 
     public func makeBuffer(count: Int) -> CPUBuffer { CPUBuffer(count: count) }

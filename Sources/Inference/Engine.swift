@@ -23,10 +23,11 @@ public struct Engine: Sendable {
 
     /// Loads a Hugging Face folder (config.json + safetensors) or a `.gguf` file. The tokenizer comes
     /// from `tokenizerDirectory`, else the model folder (or the GGUF's folder) when it has a `tokenizer.json`.
-    public static func load(path: String, tokenizerDirectory: String? = nil) throws -> Engine {
+    /// `exactActivations` keeps every product in f32 (see `CPUBackend.exact`).
+    public static func load(path: String, tokenizerDirectory: String? = nil, exactActivations: Bool = false) throws -> Engine {
         let clock = ContinuousClock()
         let start = clock.now
-        let backend = try CPUBackend()
+        let backend = try CPUBackend(exact: exactActivations)
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw InferenceError.unreadableFile(path: path, reason: "no such file or folder")

@@ -68,6 +68,11 @@ struct Generate: ParsableCommand {
     @Flag(name: .customLong("ignore-eos"), help: "Do not stop at stop tokens (benchmarks, reference comparisons).")
     var ignoreEOS = false
 
+    @Flag(
+        name: .customLong("exact-activations"),
+        help: "Keep activations in f32 in every product (slower decode on Q8_0/Q5_0 weights; for numeric comparisons).")
+    var exactActivations = false
+
     @Flag(help: "Print one JSON object instead of the text.")
     var json = false
 
@@ -86,7 +91,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         CPUCheck.requireEngineFeatures()
         let path = try options.resolvedPath()
-        let engine = try Engine.load(path: path, tokenizerDirectory: tokenizer)
+        let engine = try Engine.load(path: path, tokenizerDirectory: tokenizer, exactActivations: exactActivations)
 
         let promptTokens: [Int]
         if let promptIDs {

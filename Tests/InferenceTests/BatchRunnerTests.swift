@@ -14,7 +14,7 @@ import Testing
         let path = try tiny.writeFolder(dir)
         let config = try Gemma3Config(configFile: path + "/config.json")
         let weights = try Gemma3Weights(safetensors: try SafetensorsCheckpoint(directory: path), config: config)
-        return (tiny, try Gemma3Model(config: config, weights: weights, backend: try CPUBackend()))
+        return (tiny, try Gemma3Model(config: config, weights: weights, backend: try CPUBackend(exact: true)))
     }
 
     func worst(_ logits: [Float], _ expected: [Double]) -> Double {

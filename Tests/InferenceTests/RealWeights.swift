@@ -55,7 +55,7 @@ enum RealWeights {
         let file = try GGUFFile(path: gguf)
         let config = try Gemma3Config(gguf: file)
         return try Gemma3Model(
-            config: config, weights: Gemma3Weights(gguf: file, config: config), backend: CPUBackend())
+            config: config, weights: Gemma3Weights(gguf: file, config: config), backend: CPUBackend(exact: true))
     }
 
     static let tokenizer: Result<Tokenizer, Unavailable> = {

@@ -1,0 +1,141 @@
+import _Builtin_intrinsics.intel
+
+/// Products of Q8_0 and Q5_0 weights with activations quantized to int8, as llama.cpp computes its
+/// decode: each 32-element block of x becomes 32 int8 and one f32 scale (Q8_0 itself), and a block's
+/// dot product is 32 byte products summed in integers by AVX2 (`vpmaddubsw`, `vpmaddwd`), then
+/// scaled once. Decode reads every weight once per token and was bound by widening each weight to
+/// f32; this does a block in a handful of instructions, so the product runs at memory speed.
+///
+/// The activations lose precision (int8 per block, about 0.4% relative), so this path is used only
+/// for few rows (decode, batched decode, short prompts) and can be turned off (`CPUBackend(exact:)`);
+/// the golden tests use the exact path. Every row of x is quantized on its own, so a sequence gets
+/// the same numbers whether it is decoded alone or in a batch.
+enum Int8Product {
+    /// Formats this path covers (the bulk of Gemma 3 GGUF K-quant files: the Q8_0 embedding/LM head
+    /// and the Q5_0 projections).
+    static func covers(_ format: WeightFormat) -> Bool { format == .q8_0 || format == .q5_0 }
+
+    /// x quantized per 32-element block: values (rows, count) int8 and scales (rows, count / 32).
+    struct Activations {
+        let values: UnsafeMutablePointer<Int8>
+        let scales: UnsafeMutablePointer<Float>
+        let count: Int
+
+        init(_ x: UnsafePointer<Float>, rows: Int, count: Int) {
+            self.count = count
+            let blocks = count / 32
+            values = .allocate(capacity: max(1, rows * count))
+            scales = .allocate(capacity: max(1, rows * blocks))
+            for b in 0..<rows * blocks {
+                let source = x + 32 * b
+                var maximum = SIMD8<Float>()
+                for i in stride(from: 0, to: 32, by: 8) {
+                    let v = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD8<Float>.self)
+                    maximum = pointwiseMax(maximum, pointwiseMax(v, -v))
+                }
+                let scale = maximum.max() / 127
+                let inverse: Float = scale == 0 ? 0 : 1 / scale
+                scales[b] = scale
+                for i in stride(from: 0, to: 32, by: 8) {
+                    let v = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD8<Float>.self) * inverse
+                    let q = SIMD8<Int32>(v.rounded(.toNearestOrEven))
+                    UnsafeMutableRawPointer(values + 32 * b + i).storeBytes(
+                        of: SIMD8<Int8>(truncatingIfNeeded: q), as: SIMD8<Int8>.self)
+                }
+            }
+        }
+
+        func free() {
+            values.deallocate()
+            scales.deallocate()
+        }
+    }
+
+    /// out[t, r] = weight[r, :] · x[t, :] for every row r and each of the `n` rows of x.
+    static func matmul(
+        _ x: UnsafePointer<Float>, _ n: Int, _ weight: WeightTensor, _ out: UnsafeMutablePointer<Float>
+    ) {
+        let k = weight.columns
+        let m = weight.rows
+        let blocks = k / 32
+        let activations = Activations(x, rows: n, count: k)
+        defer { activations.free() }
+        let isQ8 = weight.format == .q8_0
+        let base = weight.data
+        let rowBytes = weight.rowBytes
+        Parallel.forRanges(m, minimumChunk: 64, granularity: 16) { range in
+            // One weight row against every token while it is in L1; the format test is hoisted so
+            // each loop is one straight kernel.
+            if isQ8 {
+                for r in range {
+                    let w = base + r * rowBytes
+                    for t in 0..<n {
+                        out[t * m + r] = q8_0(w, activations.values + t * k, activations.scales + t * blocks, blocks)
+                    }
+                }
+            } else {
+                for r in range {
+                    let w = base + r * rowBytes
+                    for t in 0..<n {
+                        out[t * m + r] = q5_0(w, activations.values + t * k, activations.scales + t * blocks, blocks)
+                    }
+                }
+            }
+        }
+    }
+
+    /// An fp16 scale (repeated here: debug builds inline only within a file, see Dequantize.swift).
+    @inline(__always) static func half(_ p: UnsafeRawPointer) -> Float {
+        Float(Float16(bitPattern: p.loadUnaligned(as: UInt16.self)))
+    }
+
+    @inline(__always) static func bytes(_ p: UnsafeRawPointer) -> __m256i {
+        unsafeBitCast(p.loadUnaligned(as: SIMD32<Int8>.self), to: __m256i.self)
+    }
+
+    /// Σ over 32 lanes of a·b, a and b int8 (|a| ≤ 128, |b| ≤ 127), as eight int32 partial sums in f32.
+    @inline(__always) static func dot(_ a: __m256i, _ b: __m256i) -> __m256 {
+        // maddubs multiplies unsigned by signed bytes: move a's sign onto b.
+        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+        return _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)))
+    }
+
+    @inline(__always) static func sum(_ v: __m256) -> Float {
+        unsafeBitCast(v, to: SIMD8<Float>.self).sum()
+    }
+
+    /// Q8_0 block: { half d; int8 qs[32] }.
+    @inline(__always) static func q8_0(_ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ blocks: Int) -> Float {
+        var acc = _mm256_setzero_ps()
+        for b in 0..<blocks {
+            let p = w + 34 * b
+            let d = half(p) * xs[b]
+            acc = _mm256_fmadd_ps(dot(bytes(p + 2), bytes(xq + 32 * b)), _mm256_set1_ps(d), acc)
+        }
+        return sum(acc)
+    }
+
+    /// Q5_0 block: { half d; uint8 qh[4]; uint8 qs[16] }; element i is (low nibbles for i < 16, high
+    /// nibbles after) | bit i of qh << 4, minus 16.
+    @inline(__always) static func q5_0(_ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ blocks: Int) -> Float {
+        var acc = _mm256_setzero_ps()
+        // Byte i of the 32 takes byte i / 8 of qh; the mask then leaves 0xFF exactly where bit i is set.
+        let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0)
+        let bitMask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)
+        let allOnes = _mm256_set1_epi64x(-1)
+        let high = _mm256_set1_epi8(-16)  // 0xF0
+        for b in 0..<blocks {
+            let p = w + 22 * b
+            let qs = p.loadUnaligned(fromByteOffset: 6, as: SIMD16<UInt8>.self)
+            let nibbles = SIMD32<UInt8>(lowHalf: qs & 0x0F, highHalf: qs &>> 4)
+            let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+            let set = _mm256_cmpeq_epi8(
+                _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(Int32(bitPattern: qh)), spread), bitMask), allOnes)
+            // nibble | 0xF0 is nibble - 16 as int8 (bit clear); a set bit leaves nibble + 16 - 16.
+            let values = _mm256_or_si256(unsafeBitCast(nibbles, to: __m256i.self), _mm256_andnot_si256(set, high))
+            let d = half(p) * xs[b]
+            acc = _mm256_fmadd_ps(dot(values, bytes(xq + 32 * b)), _mm256_set1_ps(d), acc)
+        }
+        return sum(acc)
+    }
+}
