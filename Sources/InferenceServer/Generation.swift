@@ -26,6 +26,8 @@ struct GenerationPlan {
     /// Completions: alternatives per token (`logprobs: k`). Chat: `top_logprobs` when `logprobs` is true.
     var logprobs: Int?
     var echo: Bool
+    /// vLLM's `prompt_logprobs`: report them in each choice.
+    var reportPromptLogprobs = false
     let id: String
     let created = Int(Date().timeIntervalSince1970)
 
@@ -231,16 +233,17 @@ struct GenerationResponder {
 
     private func finalChoice(_ choice: ChoiceState) -> JSON {
         var offset = 0
+        var fields: [(String, JSON)]
         switch plan.style {
         case .chat:
             let logprobs = plan.logprobs != nil ? logprobsJSON(choice.tokens, textOffset: &offset) : .null
-            return .object([
+            fields = [
                 ("index", .int(choice.index)),
                 ("message", .object([("role", "assistant"), ("content", .string(choice.text))])),
                 ("logprobs", logprobs),
                 ("finish_reason", JSON(choice.finish?.rawValue)),
                 ("stop_reason", choice.stopReason),
-            ])
+            ]
         case .completion:
             var text = choice.text
             var logprobs: JSON = .null
@@ -255,14 +258,41 @@ struct GenerationResponder {
                 entries += choice.tokens.map { ($0.id, $0) }
                 logprobs = completionLogprobs(entries, textOffset: &offset)
             }
-            return .object([
+            fields = [
                 ("index", .int(choice.index)),
                 ("text", .string(text)),
                 ("logprobs", logprobs),
                 ("finish_reason", JSON(choice.finish?.rawValue)),
                 ("stop_reason", choice.stopReason),
-            ])
+            ]
         }
+        if plan.reportPromptLogprobs { fields.append(("prompt_logprobs", promptLogprobs(choice))) }
+        return .object(fields)
+    }
+
+    /// vLLM's shape: per prompt token, null for the first, else {token id: {logprob, rank, decoded_token}}
+    /// for the token itself and the most likely alternatives (rank given for the alternatives).
+    private func promptLogprobs(_ choice: ChoiceState) -> JSON {
+        let prompt = plan.prompts[choice.promptIndex]
+        let reported = choice.promptLogprobs ?? []
+        return .array(
+            prompt.indices.map { i in
+                guard i < reported.count, let entry = reported[i] else { return .null }
+                var fields: [(String, JSON)] = [
+                    (String(entry.id), .object([("logprob", JSON(entry.logprob)), ("decoded_token", .string(served.tokenText(entry.id)))]))
+                ]
+                for (rank, alternative) in entry.top.enumerated() where alternative.id != entry.id {
+                    fields.append(
+                        (
+                            String(alternative.id),
+                            .object([
+                                ("logprob", JSON(alternative.logprob)), ("rank", .int(rank + 1)),
+                                ("decoded_token", .string(served.tokenText(alternative.id))),
+                            ])
+                        ))
+                }
+                return .object(fields)
+            })
     }
 
     private func usage(_ choices: [ChoiceState]) -> JSON {

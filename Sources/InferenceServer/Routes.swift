@@ -272,6 +272,7 @@ struct Routes {
         plan.stream = f.stream ?? false
         plan.includeUsage = plan.stream && (f.streamOptions?.includeUsage ?? false)
         plan.userStopTokens = Set(f.stopTokenIds ?? [])
+        plan.reportPromptLogprobs = f.promptLogprobs != nil
         let stopTokens = try served.stopTokens(f)
         for prompt in plan.prompts {
             guard !prompt.isEmpty else { throw OpenAIError.badRequest("the prompt is empty", param: "prompt") }

@@ -141,6 +141,18 @@ def main():
     check(s.logprobs.token_logprobs[0] is None, "the first prompt token has a logprob")
     check(all(v is not None and v <= 0 for v in s.logprobs.token_logprobs[1:]), "prompt logprobs")
 
+    # vLLM's prompt_logprobs: per prompt token, null first, then {id: {logprob, ...}} with the token itself.
+    pl = client.completions.create(model=model, prompt=args.prompt, max_tokens=1, temperature=0,
+                                   extra_body={"prompt_logprobs": 2}).choices[0]
+    entries = getattr(pl, "prompt_logprobs", None)
+    if check(isinstance(entries, list) and len(entries) == len(expected["prompt_ids"]), f"prompt_logprobs {entries}"):
+        check(entries[0] is None, "the first prompt token has prompt logprobs")
+        for token_id, entry in zip(expected["prompt_ids"][1:], entries[1:]):
+            check(str(token_id) in entry and entry[str(token_id)]["logprob"] <= 0, f"prompt_logprobs entry {entry}")
+            check(len(entry) <= 3, f"more than 2 alternatives: {entry}")
+        for got, want in zip(entries[1:], s.logprobs.token_logprobs[1:]):
+            check(abs(list(got.values())[0]["logprob"] - want) < 1e-4, "prompt_logprobs disagree with echo logprobs")
+
     # Errors are the SDK's exception classes, with the OpenAI body.
     try:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
