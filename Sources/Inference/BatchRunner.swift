@@ -30,7 +30,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// Prompt tokens per prefill pass.
     public let prefillChunk: Int
     private let prefillScratch: InferenceSession<Backend>.Scratch
-    private let decodeScratch: InferenceSession<Backend>.Scratch
+    private let stepScratch: InferenceSession<Backend>.Scratch
 
     /// Logit rows computed together when every prompt position's logits are wanted (prompt logprobs).
     private static var promptLogitRows: Int { 8 }
@@ -41,7 +41,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
         self.prefillChunk = max(1, prefillChunk)
         prefillScratch = .init(
             model.backend, model.config, batch: self.prefillChunk, logitRows: min(Self.promptLogitRows, self.prefillChunk))
-        decodeScratch = .init(model.backend, model.config, batch: self.maximumSequences, logitRows: self.maximumSequences)
+        stepScratch = .init(
+            model.backend, model.config, batch: self.prefillChunk + self.maximumSequences, logitRows: self.maximumSequences)
     }
 
     /// A new empty slot (allocates its KV cache: keep and `reset` slots rather than making one per request).
@@ -106,27 +107,79 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// slot's next-token logits in the same order.
     public func decode(_ slots: [Slot], tokens: [Int]) throws -> [[Float]] {
         precondition(slots.count == tokens.count, "one token per slot")
-        try check(tokens)
-        for slot in slots {
-            guard slot.tokenCount < slot.contextLength else {
-                throw InferenceError.contextOverflow(requested: slot.tokenCount + 1, limit: slot.contextLength)
-            }
-        }
         var result: [[Float]] = []
-        result.reserveCapacity(slots.count)
         var start = 0
         while start < slots.count {
             let range = start..<min(slots.count, start + maximumSequences)
-            let group = Array(slots[range])
-            for slot in group { slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount) }
-            model.forwardDecode(
-                Array(tokens[range]), positions: group.map(\.tokenCount), caches: group.map(\.cache),
-                scratch: decodeScratch)
-            for slot in group { slot.tokenCount += 1 }
-            result += model.logits(rows: 0..<group.count, scratch: decodeScratch)
+            result += try step(zip(slots[range], tokens[range]).map { Work(slot: $0, tokens: [$1]) })
             start = range.upperBound
         }
         return result
+    }
+
+    /// A slot's share of a mixed step: its next token (decode) or a chunk of its prompt.
+    public struct Work {
+        public var slot: Slot
+        public var tokens: [Int]
+        /// Called with (index into `tokens`, logits) for every token of the chunk (prompt logprobs).
+        public var everyRow: ((Int, [Float]) -> Void)?
+
+        public init(slot: Slot, tokens: [Int], everyRow: ((Int, [Float]) -> Void)? = nil) {
+            self.slot = slot
+            self.tokens = tokens
+            self.everyRow = everyRow
+        }
+    }
+
+    /// Most rows one mixed step takes: a prefill chunk beside a full batch of decodes.
+    public var stepCapacity: Int { prefillChunk + maximumSequences }
+
+    /// One forward pass over several slots at once, decode tokens and prompt chunks mixed (at most
+    /// `stepCapacity` tokens, `maximumSequences` slots, each chunk at most `prefillChunk`): every
+    /// weight is read once for all of them. Returns, per work item, the logits after its last token.
+    public func step(_ work: [Work]) throws -> [[Float]] {
+        guard !work.isEmpty else { return [] }
+        let rows = work.reduce(0) { $0 + $1.tokens.count }
+        precondition(work.count <= maximumSequences && rows <= stepCapacity, "the step is larger than the runner's scratch")
+        var tokens: [Int] = []
+        tokens.reserveCapacity(rows)
+        var segments: [Gemma3Model<Backend>.Segment] = []
+        for item in work {
+            guard !item.tokens.isEmpty else { throw InferenceError.invalidArgument("no tokens to process") }
+            precondition(item.tokens.count <= prefillChunk, "a chunk is larger than the prefill chunk")
+            try check(item.tokens)
+            let slot = item.slot
+            guard slot.tokenCount + item.tokens.count <= slot.contextLength else {
+                throw InferenceError.contextOverflow(requested: slot.tokenCount + item.tokens.count, limit: slot.contextLength)
+            }
+            slot.cache.reserve(positions: slot.tokenCount + item.tokens.count, kept: slot.tokenCount)
+            segments.append(
+                .init(cache: slot.cache, firstRow: tokens.count, count: item.tokens.count, firstPosition: slot.tokenCount))
+            tokens += item.tokens
+        }
+        model.forward(tokens, segments: segments, scratch: stepScratch)
+        for item in work { item.slot.tokenCount += item.tokens.count }
+        // Rows whose logits are wanted: every row of chunks that report prompt logprobs, else the last.
+        var wanted: [(work: Int, row: Int, index: Int)] = []
+        for (i, (item, segment)) in zip(work, segments).enumerated() {
+            if item.everyRow != nil {
+                for k in 0..<segment.count { wanted.append((i, segment.firstRow + k, k)) }
+            } else {
+                wanted.append((i, segment.firstRow + segment.count - 1, segment.count - 1))
+            }
+        }
+        var last = [[Float]](repeating: [], count: work.count)
+        var start = 0
+        while start < wanted.count {
+            let group = wanted[start..<min(wanted.count, start + stepScratch.logitRows)]
+            let logits = model.logits(rows: group.map(\.row), scratch: stepScratch)
+            for (entry, row) in zip(group, logits) {
+                work[entry.work].everyRow?(entry.index, row)
+                if entry.index == work[entry.work].tokens.count - 1 { last[entry.work] = row }
+            }
+            start = group.endIndex
+        }
+        return last
     }
 
     private func check(_ tokens: [Int]) throws {

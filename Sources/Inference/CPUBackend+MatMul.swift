@@ -5,9 +5,10 @@
 extension CPUBackend {
     /// Rows of weights widened per block in the batched path: 3 × 16 rows of up to 2048 f32 stay in L2.
     static let rowBlock = 48
-    /// Up to this many rows, int8 products (one weight row against each token while it is in L1)
-    /// beat widening the weights to f32 for the register-blocked kernel.
-    static let int8RowLimit = 32
+    /// Int8 products for a single row (decode of one sequence) only: with more rows they cost the
+    /// same per row (measured: 16 rows take 16 times one), while the f32 kernel widens each weight
+    /// once for all rows and wins from 2 rows up (`inference-server bench-batch`).
+    static let int8RowLimit = 1
 
     public func matmul(_ x: CPUBuffer, rows: Int, weight: WeightTensor, into out: CPUBuffer) {
         let inner = weight.columns

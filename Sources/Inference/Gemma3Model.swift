@@ -81,26 +81,44 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         }
     }
 
-    /// One decode step of several sequences at once: row i is the next token of the sequence whose cache
-    /// is `caches[i]`, at `positions[i]`. The projections, MLP and LM head read each weight once for the
-    /// whole batch (the point of continuous batching: decode is bound by weight reads); only attention,
-    /// which reads each sequence's own cache, runs row by row.
-    func forwardDecode(
-        _ tokens: [Int], positions: [Int], caches: [KVCache<Backend>], scratch s: InferenceSession<Backend>.Scratch
-    ) {
+    /// Where one sequence's rows sit in a mixed forward pass: `count` consecutive rows from `firstRow`,
+    /// at positions firstPosition..<firstPosition + count of the sequence whose cache is `cache`.
+    struct Segment {
+        let cache: KVCache<Backend>
+        let firstRow: Int
+        let count: Int
+        let firstPosition: Int
+    }
+
+    /// One forward pass over several sequences at once: decode rows (one token each) and prompt
+    /// chunks side by side. The projections, MLP and LM head read each weight once for all rows (the
+    /// point of continuous batching: decode is bound by weight reads); only attention, which reads
+    /// each sequence's own cache, runs segment by segment. `tokens` holds the segments' rows in order.
+    func forward(_ tokens: [Int], segments: [Segment], scratch s: InferenceSession<Backend>.Scratch) {
         let c = config
         let queryRow = c.headCount * c.headDimension
+        var positions: [Int] = []
+        positions.reserveCapacity(tokens.count)
+        for segment in segments { positions += segment.firstPosition..<segment.firstPosition + segment.count }
+        precondition(positions.count == tokens.count, "the segments must cover the tokens")
         forward(tokens, positions: positions, scratch: s) { index in
-            for (row, cache) in caches.enumerated() {
-                cache.store(
-                    layer: index, keys: s.key, values: s.value, sourceRow: row, rows: 1, firstPosition: positions[row])
-                let entry = cache.layers[index]
-                backend.copy(s.query, offset: row * queryRow, to: s.rowQuery, offset: 0, count: queryRow)
+            for segment in segments {
+                segment.cache.store(
+                    layer: index, keys: s.key, values: s.value, sourceRow: segment.firstRow, rows: segment.count,
+                    firstPosition: segment.firstPosition)
+                let entry = segment.cache.layers[index]
+                // Attention reads its queries from row 0 of a buffer: move the segment there and back.
+                backend.copy(
+                    s.query, offset: segment.firstRow * queryRow, to: s.segmentQuery, offset: 0,
+                    count: segment.count * queryRow)
                 backend.attention(
-                    queries: s.rowQuery, keys: entry.keys, values: entry.values, rows: 1, firstPosition: positions[row],
-                    heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension,
-                    capacity: entry.capacity, window: entry.window, scale: c.attentionScale, into: s.rowAttention)
-                backend.copy(s.rowAttention, offset: 0, to: s.attention, offset: row * queryRow, count: queryRow)
+                    queries: s.segmentQuery, keys: entry.keys, values: entry.values, rows: segment.count,
+                    firstPosition: segment.firstPosition, heads: c.headCount, kvHeads: c.kvHeadCount,
+                    headDimension: c.headDimension, capacity: entry.capacity, window: entry.window,
+                    scale: c.attentionScale, into: s.segmentAttention)
+                backend.copy(
+                    s.segmentAttention, offset: 0, to: s.attention, offset: segment.firstRow * queryRow,
+                    count: segment.count * queryRow)
             }
         }
     }
@@ -171,11 +189,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// Logits of the tokens whose final hidden states are `rows` of `s.hidden` (at most the scratch's
     /// logit rows), the LM head read once for all of them.  → rows × (vocab)
     func logits(rows: Range<Int>, scratch s: InferenceSession<Backend>.Scratch) -> [[Float]] {
+        logits(rows: Array(rows), scratch: s)
+    }
+
+    /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.
+    func logits(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) -> [[Float]] {
         let c = config
         let b = backend
         let n = rows.count
         precondition(n <= s.logitRows, "more logit rows than the scratch holds")
-        b.copy(s.hidden, offset: rows.lowerBound * c.hiddenSize, to: s.last, offset: 0, count: n * c.hiddenSize)
+        for (i, row) in rows.enumerated() {
+            b.copy(s.hidden, offset: row * c.hiddenSize, to: s.last, offset: i * c.hiddenSize, count: c.hiddenSize)
+        }
         b.rmsNorm(s.last, rows: n, dimension: c.hiddenSize, weight: finalNorm, epsilon: c.rmsNormEpsilon, into: s.last)
         b.matmul(s.last, rows: n, weight: lmHead, into: s.logits)  // (n, vocab): the tied embedding, unscaled
         return (0..<n).map { r in

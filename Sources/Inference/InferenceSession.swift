@@ -17,8 +17,8 @@ public final class InferenceSession<Backend: ComputeBackend> {
         let last: Backend.Buffer  // (logitRows, hidden)
         let logits: Backend.Buffer  // (logitRows, vocab)
         let logitRows: Int
-        let rowQuery: Backend.Buffer  // (heads * headDim): one row's queries in a batched decode
-        let rowAttention: Backend.Buffer  // (heads * headDim)
+        let segmentQuery: Backend.Buffer  // (batch, heads * headDim): one sequence's queries in a mixed pass
+        let segmentAttention: Backend.Buffer  // (batch, heads * headDim)
 
         init(_ b: Backend, _ c: Gemma3Config, batch: Int, logitRows: Int = 1) {
             hidden = b.makeBuffer(count: batch * c.hiddenSize)
@@ -34,8 +34,8 @@ public final class InferenceSession<Backend: ComputeBackend> {
             self.logitRows = logitRows
             last = b.makeBuffer(count: logitRows * c.hiddenSize)
             logits = b.makeBuffer(count: logitRows * c.vocabularySize)
-            rowQuery = b.makeBuffer(count: c.headCount * c.headDimension)
-            rowAttention = b.makeBuffer(count: c.headCount * c.headDimension)
+            segmentQuery = b.makeBuffer(count: batch * c.headCount * c.headDimension)
+            segmentAttention = b.makeBuffer(count: batch * c.headCount * c.headDimension)
         }
     }
 

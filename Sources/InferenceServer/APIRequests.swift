@@ -140,6 +140,9 @@ struct DetokenizeRequest: Decodable, Sendable {
 enum RequestDecoding {
     /// Decodes a request body; any failure is a 400 naming the field.
     static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
+        if let problem = StrictJSON.problem(in: [UInt8](data)) {
+            throw OpenAIError.badRequest("the request body is not valid JSON (\(problem))")
+        }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         do {

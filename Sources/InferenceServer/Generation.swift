@@ -5,8 +5,8 @@ import Tokenizer
 
 /// One completions or chat request turned into engine sequences: its prompts (token ids), the
 /// choices to generate for each, and how to report them.
-struct GenerationPlan {
-    enum Style {
+struct GenerationPlan: Sendable {
+    enum Style: Sendable {
         case completion
         case chat
     }

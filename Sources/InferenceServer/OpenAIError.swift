@@ -88,7 +88,9 @@ extension OpenAIError {
                 param: at.isEmpty ? nil : at)
         case DecodingError.valueNotFound(let type, let context):
             let at = path(context.codingPath)
-            self = .badRequest("'\(at)' must be \(typeName(type)), not null", param: at)
+            self = .badRequest(
+                at.isEmpty ? "the request body must be a JSON object, not null" : "'\(at)' must be \(typeName(type)), not null",
+                param: at.isEmpty ? nil : at)
         case DecodingError.keyNotFound(let key, let context):
             let at = path(context.codingPath + [key])
             self = .badRequest("'\(at)' is required", param: at)
@@ -96,8 +98,8 @@ extension OpenAIError {
             let at = path(context.codingPath)
             if at.isEmpty {
                 self = .badRequest(
-                    "the request body is not valid JSON, or holds a number too large for its field "
-                        + "(\(context.debugDescription))")
+                    "a number in the request is not valid for its field (integers must be whole and fit in 64 bits): "
+                        + context.debugDescription)
             } else {
                 self = .badRequest("'\(at)': \(context.debugDescription)", param: at)
             }

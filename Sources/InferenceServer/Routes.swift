@@ -155,14 +155,15 @@ struct Routes {
         router.post("/v1/completions") { request, context in
             let served = try state.require()
             let data = try await collect(request.body)
-            let plan = try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served)
+            // Decoding and tokenizing a big prompt takes a while: off the threads that serve requests.
+            let plan = try await offload { try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served) }
             let watch = await context.watchConnection()
             return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
         }
         router.post("/v1/chat/completions") { request, context in
             let served = try state.require()
             let data = try await collect(request.body)
-            let plan = try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served)
+            let plan = try await offload { try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served) }
             let watch = await context.watchConnection()
             return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
         }
@@ -170,12 +171,12 @@ struct Routes {
             let served = try state.require()
             let r = try RequestDecoding.decode(TokenizeRequest.self, from: try await collect(request.body))
             try served.requireName(r.model)
-            let ids: [Int]
-            if let messages = r.messages {
-                ids = try render(messages, served, addGenerationPrompt: r.addGenerationPrompt ?? true)
-            } else if let prompt = r.prompt {
-                ids = served.tokenizer.encode(prompt, addSpecialTokens: r.addSpecialTokens ?? true)
-            } else {
+            let ids: [Int] = try await offload {
+                if let messages = r.messages {
+                    return try render(messages, served, addGenerationPrompt: r.addGenerationPrompt ?? true)
+                } else if let prompt = r.prompt {
+                    return served.tokenizer.encode(prompt, addSpecialTokens: r.addSpecialTokens ?? true)
+                }
                 throw OpenAIError.badRequest("give either 'prompt' or 'messages'", param: "prompt")
             }
             var fields: [(String, JSON)] = [
@@ -195,6 +196,16 @@ struct Routes {
             return json(.object([("prompt", .string(served.tokenizer.decode(r.tokens)))]))
         }
     }
+
+    /// Runs CPU-heavy request work (JSON decoding, tokenizing) on its own queue, so that the few
+    /// threads of Swift's cooperative pool stay free to answer other requests (/health among them).
+    private func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Self.workQueue.async { continuation.resume(with: Result { try work() }) }
+        }
+    }
+
+    private static let workQueue = DispatchQueue(label: "inference-server.requests", attributes: .concurrent)
 
     private func collect(_ body: RequestBody) async throws -> Data {
         do {
@@ -265,6 +276,11 @@ struct Routes {
         let stop = f.stop?.strings ?? []
         guard stop.count <= 16, stop.allSatisfy({ $0.utf8.count <= 1024 }) else {
             throw OpenAIError.badRequest("at most 16 stop strings of at most 1024 bytes", param: "stop")
+        }
+        // Bounded per request, so one request cannot fill the queue on its own.
+        guard plan.prompts.count * n <= 32 else {
+            throw OpenAIError.badRequest(
+                "this request asks for \(plan.prompts.count * n) sequences (prompts × n); at most 32 per request", param: "n")
         }
         plan.n = n
         plan.stop = stop

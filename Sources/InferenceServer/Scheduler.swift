@@ -46,7 +46,7 @@ public struct SchedulerLimits: Sendable {
     /// Prompt tokens prefilled per step at most (one request is always admitted when a place is free).
     public var prefillTokensPerStep: Int
 
-    public init(maximumRunning: Int = 16, maximumWaiting: Int = 256, cacheBytes: Int = 4 << 30, prefillTokensPerStep: Int = 512) {
+    public init(maximumRunning: Int = 16, maximumWaiting: Int = 256, cacheBytes: Int = 4 << 30, prefillTokensPerStep: Int = 128) {
         self.maximumRunning = maximumRunning
         self.maximumWaiting = maximumWaiting
         self.cacheBytes = cacheBytes
@@ -81,6 +81,9 @@ final class Job: @unchecked Sendable {
     var slot: BatchRunner<CPUBackend>.Slot?
     var sampler: Sampler
     var generated = 0
+    /// Prompt tokens already in the slot's cache (prefill goes in chunks, beside other sequences' decodes).
+    var prefilled = 0
+    var promptEntries: [GeneratedToken?] = [nil]
     var next: Int?
     var cacheBytes = 0
     var lastToken: ContinuousClock.Instant?
@@ -133,7 +136,7 @@ public final class Scheduler: @unchecked Sendable {
         self.limits = limits
         self.contextLength = contextLength
         self.metrics = metrics
-        runner = BatchRunner(model: model, maximumSequences: limits.maximumRunning)
+        runner = BatchRunner(model: model, maximumSequences: limits.maximumRunning, prefillChunk: 128)
         metrics.setCacheLimit(bytes: limits.cacheBytes)
     }
 
@@ -152,7 +155,8 @@ public final class Scheduler: @unchecked Sendable {
     /// Queues a sequence. Throws when the queue is full, the server is draining, or the request
     /// could never fit in the cache budget.
     public func submit(_ request: SequenceRequest) throws(AdmissionError) -> SequenceHandle {
-        let needed = cacheBytes(positions: request.prompt.count + request.parameters.maxTokens)
+        let positions = request.prompt.count.addingReportingOverflow(request.parameters.maxTokens)
+        let needed = positions.overflow ? Int.max : cacheBytes(positions: positions.partialValue)
         if needed > limits.cacheBytes { throw .exceedsMemory(needed: needed, limit: limits.cacheBytes) }
         let (events, continuation) = AsyncStream<SequenceEvent>.makeStream()
         let job = Job(request: request, continuation: continuation)
@@ -219,7 +223,7 @@ public final class Scheduler: @unchecked Sendable {
 
             retireCancelled()
             admit()
-            decodeStep()
+            step()
 
             condition.lock()
             runningCount = running.count
@@ -235,72 +239,85 @@ public final class Scheduler: @unchecked Sendable {
         waiting.removeAll { job in
             guard job.isCancelled else { return false }
             job.continuation.finish()
+            metrics.addAborted()
             return true
         }
         for job in running where job.isCancelled { release(job, finish: nil) }
     }
 
-    /// Moves waiting requests into the running set while there is room, prefilling each prompt and
-    /// choosing its first token.
+    /// Moves waiting requests into the running set while there is room (a free place among the
+    /// running and KV cache memory for prompt + max tokens); their prompts are prefilled by `step`.
     private func admit() {
-        var budget = limits.prefillTokensPerStep
-        var admitted = 0
         while let job = waiting.first, running.count < limits.maximumRunning {
-            if admitted > 0 && budget < job.request.prompt.count { break }
             let bytes = cacheBytes(positions: job.request.prompt.count + job.request.parameters.maxTokens)
             if usedBytes + bytes > limits.cacheBytes && !running.isEmpty { break }  // wait for memory to free
             waiting.removeFirst()
-            admitted += 1
-            budget -= job.request.prompt.count
             job.cacheBytes = bytes
             usedBytes += bytes
             let slot = freeSlots.popLast() ?? runner.makeSlot(contextLength: contextLength)
             slot.reset()
             job.slot = slot
+            running.append(job)
             metrics.observeQueueTime(seconds: (ContinuousClock.now - job.submitted).seconds)
-            do {
-                let logits = try prefill(job, slot)
-                running.append(job)
-                if job.request.parameters.maxTokens == 0 {
-                    release(job, finish: .length)
-                } else {
-                    choose(job, from: logits)
+        }
+    }
+
+    /// One forward pass for every running sequence: the next token of each decoding one and, within
+    /// the prefill budget, the next prompt chunk of those still prefilling (in arrival order). A long
+    /// prompt so delays the running streams by one larger step per chunk, never by its whole prefill.
+    private func step() {
+        var work: [BatchRunner<CPUBackend>.Work] = []
+        var owners: [(job: Job, chunk: Int?)] = []
+        for job in running where job.next != nil {
+            work.append(.init(slot: job.slot!, tokens: [job.next!]))
+            owners.append((job, nil))
+        }
+        var budget = min(limits.prefillTokensPerStep, runner.stepCapacity - work.count)
+        for job in running where job.next == nil && job.prefilled < job.request.prompt.count && budget > 0 {
+            let prompt = job.request.prompt
+            let count = min(prompt.count - job.prefilled, runner.prefillChunk, budget)
+            budget -= count
+            var item = BatchRunner<CPUBackend>.Work(slot: job.slot!, tokens: Array(prompt[job.prefilled..<job.prefilled + count]))
+            if let top = job.request.promptLogprobs {
+                let offset = job.prefilled
+                item.everyRow = { [job] index, logits in
+                    // The logits after prompt token i predict token i + 1.
+                    let i = offset + index
+                    guard i + 1 < prompt.count else { return }
+                    let id = prompt[i + 1]
+                    let logSumExp = Logprobs.logSumExp(logits)
+                    job.promptEntries.append(
+                        GeneratedToken(
+                            id: id, logprob: logits[id] - logSumExp,
+                            top: Logprobs.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) }))
                 }
-            } catch {
-                running.append(job)
-                release(job, failure: "\(error)")
             }
+            work.append(item)
+            owners.append((job, count))
         }
-    }
-
-    private func prefill(_ job: Job, _ slot: BatchRunner<CPUBackend>.Slot) throws -> [Float] {
-        let prompt = job.request.prompt
-        metrics.addPromptTokens(prompt.count)
-        guard let top = job.request.promptLogprobs else { return try runner.prefill(slot, prompt) }
-        var entries: [GeneratedToken?] = [nil]
-        let logits = try runner.prefill(slot, prompt) { index, logits in
-            // The logits after token `index` predict token index + 1.
-            guard index + 1 < prompt.count else { return }
-            let id = prompt[index + 1]
-            let logSumExp = Logprobs.logSumExp(logits)
-            entries.append(
-                GeneratedToken(
-                    id: id, logprob: logits[id] - logSumExp,
-                    top: Logprobs.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) }))
-        }
-        job.continuation.yield(.promptLogprobs(entries))
-        return logits
-    }
-
-    /// One token for every running sequence, in one batched forward pass.
-    private func decodeStep() {
-        let active = running.filter { $0.next != nil }
-        guard !active.isEmpty else { return }
+        guard !work.isEmpty else { return }
+        let logits: [[Float]]
         do {
-            let logits = try runner.decode(active.map { $0.slot! }, tokens: active.map { $0.next! })
-            for (job, row) in zip(active, logits) { choose(job, from: row) }
+            logits = try runner.step(work)
         } catch {
-            for job in active { release(job, failure: "\(error)") }
+            for owner in owners { release(owner.job, failure: "\(error)") }
+            return
+        }
+        for (owner, row) in zip(owners, logits) {
+            let job = owner.job
+            guard let chunk = owner.chunk else {
+                choose(job, from: row)
+                continue
+            }
+            job.prefilled += chunk
+            guard job.prefilled == job.request.prompt.count else { continue }
+            metrics.addPromptTokens(job.request.prompt.count)
+            if job.request.promptLogprobs != nil { job.continuation.yield(.promptLogprobs(job.promptEntries)) }
+            if job.request.parameters.maxTokens == 0 {
+                release(job, finish: .length)
+            } else {
+                choose(job, from: row)
+            }
         }
     }
 

@@ -70,11 +70,14 @@ public final class ServedModel: Sendable {
 
     /// vLLM's message when prompt plus completion do not fit the context.
     func checkContext(promptTokens: Int, maxTokens: Int) throws {
-        guard promptTokens + maxTokens > contextLength else { return }
+        // Compared without adding: max_tokens may be anything up to Int.max.
+        guard maxTokens > contextLength - promptTokens else { return }
+        let (total, overflow) = promptTokens.addingReportingOverflow(maxTokens)
         throw OpenAIError.badRequest(
             "This model's maximum context length is \(contextLength) tokens. However, you requested "
-                + "\(promptTokens + maxTokens) tokens (\(promptTokens) in the messages, \(maxTokens) in the completion). "
-                + "Please reduce the length of the messages or completion.", param: "max_tokens")
+                + "\(overflow ? "more than \(Int.max)" : String(total)) tokens (\(promptTokens) in the messages, "
+                + "\(maxTokens) in the completion). Please reduce the length of the messages or completion.",
+            param: "max_tokens")
     }
 
     /// The text of one token, as logprobs report it.

@@ -285,3 +285,20 @@ struct JSONParser {
         func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
     }
 }
+
+/// Strict JSON validation for other modules (the server checks request bodies with it before
+/// decoding them: Foundation's decoder accepts trailing commas and invalid UTF-8 in ignored fields).
+public enum StrictJSON {
+    /// nil when `bytes` is one valid JSON value (RFC 8259, UTF-8, nesting at most 512 deep);
+    /// otherwise where and why it is not.
+    public static func problem(in bytes: [UInt8]) -> String? {
+        do {
+            _ = try JSONParser.parse(bytes, file: "the request body")
+            return nil
+        } catch let TokenizerError.malformedJSON(_, line, column, reason) {
+            return "line \(line), column \(column): \(reason)"
+        } catch {
+            return "\(error)"
+        }
+    }
+}

@@ -56,6 +56,43 @@ import Testing
         #expect(worst(again, tiny.referenceLogits(prompts[1]).last!) < 1e-3)
     }
 
+    /// Prompt chunks and decode tokens of different sequences in one pass (continuous batching's
+    /// mixed steps), a prompt split over several steps, and every-row logits for prompt logprobs.
+    @Test func mixedStepsMatchTheReference() throws {
+        let dir = try TemporaryDirectory()
+        let (tiny, model) = try tinyModel(dir)
+        let runner = BatchRunner(model: model, maximumSequences: 5, prefillChunk: 4)  // steps of up to 9 rows
+        let a = runner.makeSlot()
+        let b = runner.makeSlot()
+        let c = runner.makeSlot()
+        let promptA = Array(tokens[0..<6])
+        let promptB = Array(tokens[2..<11])  // 9 tokens: chunks of 4, 4, 1
+        let promptC = Array(tokens[5..<8])
+        // Step 1: A's first chunk alone. Step 2: A's rest, B's first chunk, C whole with every row.
+        _ = try runner.step([.init(slot: a, tokens: Array(promptA[0..<4]))])
+        var rowsC: [Int: [Float]] = [:]
+        var logits = try runner.step([
+            .init(slot: a, tokens: Array(promptA[4...])), .init(slot: b, tokens: Array(promptB[0..<4])),
+            .init(slot: c, tokens: promptC, everyRow: { rowsC[$0] = $1 }),
+        ])
+        #expect(worst(logits[0], tiny.referenceLogits(promptA).last!) < 1e-3)
+        #expect(worst(logits[1], tiny.referenceLogits(Array(promptB[0..<4])).last!) < 1e-3)
+        let referenceC = tiny.referenceLogits(promptC)
+        #expect(rowsC.count == 3)
+        for (i, row) in rowsC { #expect(worst(row, referenceC[i]) < 1e-3, "C row \(i)") }
+        // Step 3: A and C decode while B prefills its next chunk; step 4: B's last token beside them.
+        logits = try runner.step([
+            .init(slot: a, tokens: [3]), .init(slot: b, tokens: Array(promptB[4..<8])), .init(slot: c, tokens: [9]),
+        ])
+        #expect(worst(logits[0], tiny.referenceLogits(promptA + [3]).last!) < 1e-3)
+        #expect(worst(logits[1], tiny.referenceLogits(Array(promptB[0..<8])).last!) < 1e-3)
+        #expect(worst(logits[2], tiny.referenceLogits(promptC + [9]).last!) < 1e-3)
+        logits = try runner.step([.init(slot: b, tokens: [promptB[8]]), .init(slot: a, tokens: [4])])
+        #expect(worst(logits[0], tiny.referenceLogits(promptB).last!) < 1e-3)
+        #expect(worst(logits[1], tiny.referenceLogits(promptA + [3, 4]).last!) < 1e-3)
+        #expect(a.tokenCount == 8 && b.tokenCount == 9 && c.tokenCount == 4)
+    }
+
     @Test func decodeRefusesBadInput() throws {
         let dir = try TemporaryDirectory()
         let (_, model) = try tinyModel(dir)
