@@ -85,4 +85,24 @@ import Testing
     @Test func departingClientsAndSIGTERM() throws {
         _ = try script("check_lifecycle.py", ["--binary", try Self.binary(), "--model", try Self.model(), "--grace", "3"])
     }
+
+    /// Thousands of malformed, oversized and hostile requests: every answer a 4xx with the OpenAI
+    /// error body, the server alive and serving throughout, nothing left running, no leaked descriptors.
+    @Test func hostileInputGetsOpenAIErrorsAndTheServerKeepsServing() throws {
+        let server = try Self.startServer()
+        defer { server.stop() }
+        _ = try script(
+            "check_bad_input.py", ["--base-url", "http://127.0.0.1:\(server.port)", "--pid", String(server.pid), "--count", "2000"])
+    }
+
+    /// 32 concurrent streaming clients (LOAD_TEST_SECONDS, default 120): zero errors, every stream well
+    /// formed, memory flat.
+    @Test func thirtyTwoStreamsUnderLoad() throws {
+        let seconds = ProcessInfo.processInfo.environment["LOAD_TEST_SECONDS"] ?? "120"
+        let server = try Self.startServer()
+        defer { server.stop() }
+        _ = try script(
+            "load_test.py",
+            ["--base-url", "http://127.0.0.1:\(server.port)", "--pid", String(server.pid), "--clients", "32", "--seconds", seconds])
+    }
 }

@@ -15,6 +15,8 @@ public final class ServiceProcess: @unchecked Sendable {
     // @unchecked: the Process is only touched by the test that owns this object.
     let process: Process
     public let port: Int
+    /// The process id (for checks that watch its memory or signal it).
+    public var pid: Int32 { process.processIdentifier }
 
     /// Starts `arguments` (with `{port}` replaced by a free port) and waits until `ready` answers.
     public init(_ arguments: [String], ready: (Int) throws -> Bool) throws {
