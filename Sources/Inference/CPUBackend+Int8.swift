@@ -63,25 +63,88 @@ enum Int8Product {
         let isQ8 = weight.format == .q8_0
         let base = weight.data
         let rowBytes = weight.rowBytes
+        let xq = activations.values
+        let xs = activations.scales
         Parallel.forRanges(m, minimumChunk: 64, granularity: 16) { range in
-            // One weight row against every token while it is in L1; the format test is hoisted so
-            // each loop is one straight kernel.
-            if isQ8 {
-                for r in range {
-                    let w = base + r * rowBytes
-                    for t in 0..<n {
-                        out[t * m + r] = q8_0(w, activations.values + t * k, activations.scales + t * blocks, blocks)
-                    }
+            // One weight row against the tokens four at a time: each block of the row is unpacked once
+            // and multiplied with four tokens' blocks. The format test is hoisted out of the loops.
+            for r in range {
+                let w = base + r * rowBytes
+                var t = 0
+                while t + 4 <= n {
+                    let sums = isQ8 ? four(w, xq + t * k, xs + t * blocks, k, blocks, q8: true)
+                        : four(w, xq + t * k, xs + t * blocks, k, blocks, q8: false)
+                    for j in 0..<4 { out[(t + j) * m + r] = sums[j] }
+                    t += 4
                 }
-            } else {
-                for r in range {
-                    let w = base + r * rowBytes
-                    for t in 0..<n {
-                        out[t * m + r] = q5_0(w, activations.values + t * k, activations.scales + t * blocks, blocks)
-                    }
+                while t < n {
+                    out[t * m + r] = isQ8 ? one(w, xq + t * k, xs + t * blocks, blocks, q8: true)
+                        : one(w, xq + t * k, xs + t * blocks, blocks, q8: false)
+                    t += 1
                 }
             }
         }
+    }
+
+    /// Block b of a row: its 32 values as int8 and its scale.
+    @inline(__always) static func unpack(_ w: UnsafeRawPointer, _ b: Int, q8: Bool) -> (__m256i, Float) {
+        if q8 {
+            let p = w + 34 * b
+            return (bytes(p + 2), half(p))
+        }
+        let p = w + 22 * b
+        let qs = p.loadUnaligned(fromByteOffset: 6, as: SIMD16<UInt8>.self)
+        let nibbles = SIMD32<UInt8>(lowHalf: qs & 0x0F, highHalf: qs &>> 4)
+        let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+        // Byte i takes byte i / 8 of qh; the mask then leaves 0xFF exactly where bit i is set.
+        let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0)
+        let set = _mm256_cmpeq_epi8(
+            _mm256_or_si256(
+                _mm256_shuffle_epi8(_mm256_set1_epi32(Int32(bitPattern: qh)), spread), _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
+            _mm256_set1_epi64x(-1))
+        // nibble | 0xF0 is nibble - 16 as int8 (bit clear); a set bit leaves nibble + 16 - 16.
+        return (_mm256_or_si256(unsafeBitCast(nibbles, to: __m256i.self), _mm256_andnot_si256(set, _mm256_set1_epi8(-16))), half(p))
+    }
+
+    /// Σ over 32 lanes of a·x where a's absolute values and signs are given apart (`vpmaddubsw`
+    /// multiplies unsigned by signed bytes), as eight int32 partial sums in f32.
+    @inline(__always) static func dot(_ absolute: __m256i, _ signs: __m256i, _ x: __m256i) -> __m256 {
+        let products = _mm256_maddubs_epi16(absolute, _mm256_sign_epi8(x, signs))
+        return _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)))
+    }
+
+    /// One row against one token.
+    @inline(__always) static func one(
+        _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ blocks: Int, q8: Bool
+    ) -> Float {
+        var acc = _mm256_setzero_ps()
+        for b in 0..<blocks {
+            let (values, d) = unpack(w, b, q8: q8)
+            let product = dot(_mm256_sign_epi8(values, values), values, bytes(xq + 32 * b))
+            acc = _mm256_fmadd_ps(product, _mm256_set1_ps(d * xs[b]), acc)
+        }
+        return sum(acc)
+    }
+
+    /// One row against four tokens (x rows `k` apart), sharing each unpacked block. Each token's sum
+    /// is accumulated in the same order as `one`, so results do not depend on the grouping.
+    @inline(__always) static func four(
+        _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ k: Int, _ blocks: Int, q8: Bool
+    ) -> SIMD4<Float> {
+        var a0 = _mm256_setzero_ps()
+        var a1 = _mm256_setzero_ps()
+        var a2 = _mm256_setzero_ps()
+        var a3 = _mm256_setzero_ps()
+        for b in 0..<blocks {
+            let (values, d) = unpack(w, b, q8: q8)
+            let absolute = _mm256_sign_epi8(values, values)
+            let x = xq + 32 * b
+            a0 = _mm256_fmadd_ps(dot(absolute, values, bytes(x)), _mm256_set1_ps(d * xs[b]), a0)
+            a1 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + k)), _mm256_set1_ps(d * xs[blocks + b]), a1)
+            a2 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + 2 * k)), _mm256_set1_ps(d * xs[2 * blocks + b]), a2)
+            a3 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + 3 * k)), _mm256_set1_ps(d * xs[3 * blocks + b]), a3)
+        }
+        return SIMD4(sum(a0), sum(a1), sum(a2), sum(a3))
     }
 
     /// An fp16 scale (repeated here: debug builds inline only within a file, see Dequantize.swift).
@@ -93,49 +156,7 @@ enum Int8Product {
         unsafeBitCast(p.loadUnaligned(as: SIMD32<Int8>.self), to: __m256i.self)
     }
 
-    /// Σ over 32 lanes of a·b, a and b int8 (|a| ≤ 128, |b| ≤ 127), as eight int32 partial sums in f32.
-    @inline(__always) static func dot(_ a: __m256i, _ b: __m256i) -> __m256 {
-        // maddubs multiplies unsigned by signed bytes: move a's sign onto b.
-        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
-        return _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)))
-    }
-
     @inline(__always) static func sum(_ v: __m256) -> Float {
         unsafeBitCast(v, to: SIMD8<Float>.self).sum()
-    }
-
-    /// Q8_0 block: { half d; int8 qs[32] }.
-    @inline(__always) static func q8_0(_ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ blocks: Int) -> Float {
-        var acc = _mm256_setzero_ps()
-        for b in 0..<blocks {
-            let p = w + 34 * b
-            let d = half(p) * xs[b]
-            acc = _mm256_fmadd_ps(dot(bytes(p + 2), bytes(xq + 32 * b)), _mm256_set1_ps(d), acc)
-        }
-        return sum(acc)
-    }
-
-    /// Q5_0 block: { half d; uint8 qh[4]; uint8 qs[16] }; element i is (low nibbles for i < 16, high
-    /// nibbles after) | bit i of qh << 4, minus 16.
-    @inline(__always) static func q5_0(_ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ blocks: Int) -> Float {
-        var acc = _mm256_setzero_ps()
-        // Byte i of the 32 takes byte i / 8 of qh; the mask then leaves 0xFF exactly where bit i is set.
-        let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0)
-        let bitMask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)
-        let allOnes = _mm256_set1_epi64x(-1)
-        let high = _mm256_set1_epi8(-16)  // 0xF0
-        for b in 0..<blocks {
-            let p = w + 22 * b
-            let qs = p.loadUnaligned(fromByteOffset: 6, as: SIMD16<UInt8>.self)
-            let nibbles = SIMD32<UInt8>(lowHalf: qs & 0x0F, highHalf: qs &>> 4)
-            let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
-            let set = _mm256_cmpeq_epi8(
-                _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(Int32(bitPattern: qh)), spread), bitMask), allOnes)
-            // nibble | 0xF0 is nibble - 16 as int8 (bit clear); a set bit leaves nibble + 16 - 16.
-            let values = _mm256_or_si256(unsafeBitCast(nibbles, to: __m256i.self), _mm256_andnot_si256(set, high))
-            let d = half(p) * xs[b]
-            acc = _mm256_fmadd_ps(dot(values, bytes(xq + 32 * b)), _mm256_set1_ps(d), acc)
-        }
-        return sum(acc)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 /// Matrix products on the CPU. One token (decode) is a matrix-vector product streaming the weight
 /// once through the fused `DotProduct` kernels; several tokens (prefill) widen a block of weight rows
 /// to f32 once and multiply it against every token with a register-blocked kernel (4 tokens × 3 rows
@@ -5,10 +6,11 @@
 extension CPUBackend {
     /// Rows of weights widened per block in the batched path: 3 × 16 rows of up to 2048 f32 stay in L2.
     static let rowBlock = 48
-    /// Int8 products for a single row (decode of one sequence) only: with more rows they cost the
-    /// same per row (measured: 16 rows take 16 times one), while the f32 kernel widens each weight
-    /// once for all rows and wins from 2 rows up (`inference-server bench-batch`).
-    static let int8RowLimit = 1
+    /// Up to this many rows, int8 products (each weight block unpacked once for four tokens) beat
+    /// widening the weights to f32 for the register-blocked kernel. Measured with `inference-server
+    /// bench-batch` on the 270M Q4_K_M (ms per decode step, int8 / f32): 1 row 31 / 37, 2 rows 54 / 75,
+    /// 4 rows 75 / 78, 8 rows 144 / 114, 16 rows 285 / 184. INFERENCE_INT8_ROWS overrides it (experiments).
+    static let int8RowLimit = Int(ProcessInfo.processInfo.environment["INFERENCE_INT8_ROWS"] ?? "") ?? 3
 
     public func matmul(_ x: CPUBuffer, rows: Int, weight: WeightTensor, into out: CPUBuffer) {
         let inner = weight.columns

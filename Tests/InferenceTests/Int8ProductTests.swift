@@ -23,7 +23,7 @@ import Testing
         var random = TestRandom(seed: UInt64(format.ggmlType) + 7)
         let k = 640
         let m = 37
-        let n = 3
+        let n = 6  // one group of four tokens and two single ones
         var bytes: [UInt8] = []
         var weights: [[Float]] = []
         for _ in 0..<m {
