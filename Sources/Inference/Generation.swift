@@ -8,6 +8,9 @@ public struct GenerationParameters: Sendable {
     public var stopTokenIDs: Set<Int>
     /// How many most likely alternatives to report per step (0: none).
     public var topLogprobs: Int
+    /// Whether each token's logprob is wanted (a pass over the whole vocabulary per token); when
+    /// false, `GeneratedToken.logprob` is NaN.
+    public var computeLogprobs = true
 
     public init(
         maxTokens: Int = 16, sampling: SamplingParameters = SamplingParameters(), stopTokenIDs: Set<Int> = [],
@@ -98,9 +101,10 @@ public enum Logprobs {
 extension Sampler {
     /// Samples the next token from `logits`, records it, and reports its logprob and the
     /// `topLogprobs` most likely alternatives (log-softmax of the raw logits, as vLLM reports them).
-    public mutating func next(_ logits: [Float], topLogprobs: Int) -> GeneratedToken {
+    public mutating func next(_ logits: [Float], topLogprobs: Int, computeLogprobs: Bool = true) -> GeneratedToken {
         let id = sample(logits)
         accept(id)
+        guard computeLogprobs || topLogprobs > 0 else { return GeneratedToken(id: id, logprob: .nan, top: []) }
         let logSumExp = Logprobs.logSumExp(logits)
         return GeneratedToken(
             id: id, logprob: logits[id] - logSumExp,

@@ -295,9 +295,10 @@ struct Routes {
             try checkTokens(prompt, served, param: "prompt")
             try served.checkContext(promptTokens: prompt.count, maxTokens: maxTokens)
             for choice in 0..<n {
-                let parameters = GenerationParameters(
+                var parameters = GenerationParameters(
                     maxTokens: maxTokens, sampling: try served.sampling(f, choice: choice), stopTokenIDs: stopTokens,
                     topLogprobs: topLogprobs)
+                parameters.computeLogprobs = plan.logprobs != nil
                 plan.requests.append(SequenceRequest(prompt: prompt, parameters: parameters, promptLogprobs: promptLogprobs))
             }
         }

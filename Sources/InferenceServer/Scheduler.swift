@@ -324,7 +324,8 @@ public final class Scheduler: @unchecked Sendable {
     /// Samples the job's next token from `logits`, reports it, and retires the job if it is done.
     private func choose(_ job: Job, from logits: [Float]) {
         let parameters = job.request.parameters
-        let token = job.sampler.next(logits, topLogprobs: parameters.topLogprobs)
+        let token = job.sampler.next(
+            logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
         let now = ContinuousClock.now
         if let last = job.lastToken {
             metrics.observeInterTokenLatency(seconds: (now - last).seconds)
