@@ -22,6 +22,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
         /// Forgets every token; the cache memory is kept for the next sequence.
         public func reset() { tokenCount = 0 }
+
+        /// Bytes its KV cache holds now (the global layers keep whatever they grew to).
+        public var cacheBytes: Int { cache.layers.reduce(0) { $0 + 2 * $1.capacity * cache.rowSize * MemoryLayout<Float>.size } }
     }
 
     public let model: Gemma3Model<Backend>

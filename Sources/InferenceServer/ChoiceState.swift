@@ -11,6 +11,8 @@ struct ChoiceState {
     private var stream: TextStream
     /// The user's stop_token_ids: a stop on one of them is reported as stop_reason (vLLM).
     private let userStopTokens: Set<Int>
+    /// Every token that ends the sequence: it counts as output but its text is left out (vLLM).
+    private let stopTokens: Set<Int>
     private(set) var tokens: [GeneratedToken] = []
     private(set) var text = ""
     private(set) var promptLogprobs: [GeneratedToken?]?
@@ -27,7 +29,11 @@ struct ChoiceState {
         var finished = false
     }
 
-    init(index: Int, promptIndex: Int, handle: SequenceHandle, tokenizer: Tokenizer, stop: [String], skipSpecialTokens: Bool, userStopTokens: Set<Int>) {
+    init(
+        index: Int, promptIndex: Int, handle: SequenceHandle, tokenizer: Tokenizer, stop: [String],
+        skipSpecialTokens: Bool, userStopTokens: Set<Int>, stopTokens: Set<Int>
+    ) {
+        self.stopTokens = stopTokens
         self.index = index
         self.promptIndex = promptIndex
         self.handle = handle
@@ -44,12 +50,13 @@ struct ChoiceState {
         case .token(let token):
             tokens.append(token)
             update.tokens = [token]
+            if stopTokens.contains(token.id) { break }  // the engine stops here; `.finished` follows
             update.text = stream.push(token.id)
             if let stop = stream.matchedStop {
                 // A stop string: the text ends before it, and the engine can stop now.
                 finish = .stop
                 stopReason = .string(stop)
-                handle.cancel()
+                handle.finishEarly()
                 update.finished = true
             }
         case .finished(let reason):

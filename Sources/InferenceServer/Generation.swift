@@ -64,7 +64,8 @@ struct GenerationResponder {
                 choices.append(
                     ChoiceState(
                         index: index, promptIndex: index / plan.n, handle: handle, tokenizer: served.tokenizer,
-                        stop: plan.stop, skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens))
+                        stop: plan.stop, skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens,
+                        stopTokens: request.parameters.stopTokenIDs))
             }
         } catch {
             for choice in choices { choice.handle.cancel() }
@@ -111,14 +112,18 @@ struct GenerationResponder {
         if let failed = choices.first(where: { $0.failure != nil }) {
             throw OpenAIError(.serviceUnavailable, "generation failed: \(failed.failure!)", retryAfter: 1)
         }
-        let body: JSON = .object([
+        var fields: [(String, JSON)] = [
             ("id", .string(plan.id)),
             ("object", .string(plan.style == .chat ? "chat.completion" : "text_completion")),
             ("created", .int(plan.created)),
             ("model", .string(plan.model)),
             ("choices", .array(choices.map(finalChoice))),
             ("usage", usage(choices)),
-        ])
+        ]
+        if plan.reportPromptLogprobs && plan.style == .chat, let first = choices.first {
+            fields.append(("prompt_logprobs", promptLogprobs(first)))
+        }
+        let body: JSON = .object(fields)
         return Response(
             status: .ok, headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(string: body.serialized())))
@@ -161,8 +166,9 @@ struct GenerationResponder {
         }
         for await (index, event) in mergedEvents(choices.map(\.handle)) {
             guard let event else {
+                let wasDone = choices[index].isDone
                 choices[index].closed()
-                if let failure = choices[index].failure { try await sendError(failure, &writer) }
+                if !wasDone, let failure = choices[index].failure { try await sendError(failure, &writer) }
                 if choices.allSatisfy(\.isDone) { break } else { continue }
             }
             if case .promptLogprobs = event { _ = choices[index].apply(event); continue }
@@ -266,7 +272,10 @@ struct GenerationResponder {
                 ("stop_reason", choice.stopReason),
             ]
         }
-        if plan.reportPromptLogprobs { fields.append(("prompt_logprobs", promptLogprobs(choice))) }
+        // Completions report them per choice; chat once, at the top level (vLLM's ChatCompletionResponse).
+        if plan.reportPromptLogprobs && plan.style == .completion {
+            fields.append(("prompt_logprobs", promptLogprobs(choice)))
+        }
         return .object(fields)
     }
 

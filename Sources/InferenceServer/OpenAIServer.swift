@@ -101,7 +101,7 @@ struct EngineService: Service {
         OpenAIServer.log("shutting down: \(inFlight) request\(inFlight == 1 ? "" : "s") in flight, \(options.shutdownGraceSeconds) s grace")
         let deadline = ContinuousClock.now + .milliseconds(Int(options.shutdownGraceSeconds * 1000))
         while scheduler.inFlight > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
+            do { try await Task.sleep(for: .milliseconds(50)) } catch { break }  // cancelled: stop now
         }
         let cut = scheduler.inFlight
         scheduler.stop(reason: "the server is shutting down")

@@ -158,14 +158,24 @@ struct Routes {
             // Decoding and tokenizing a big prompt takes a while: off the threads that serve requests.
             let plan = try await offload { try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served) }
             let watch = await context.watchConnection()
-            return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
+            do {
+                return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
+            } catch {
+                watch.stop()  // refused (429, 503, ...): the connection may serve further requests
+                throw error
+            }
         }
         router.post("/v1/chat/completions") { request, context in
             let served = try state.require()
             let data = try await collect(request.body)
             let plan = try await offload { try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served) }
             let watch = await context.watchConnection()
-            return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
+            do {
+                return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
+            } catch {
+                watch.stop()  // refused (429, 503, ...): the connection may serve further requests
+                throw error
+            }
         }
         router.post("/tokenize") { request, _ in
             let served = try state.require()
@@ -286,7 +296,8 @@ struct Routes {
         plan.stop = stop
         plan.skipSpecialTokens = f.skipSpecialTokens ?? true
         plan.stream = f.stream ?? false
-        plan.includeUsage = plan.stream && (f.streamOptions?.includeUsage ?? false)
+        // vLLM: a stream_options object without include_usage means true.
+        plan.includeUsage = plan.stream && f.streamOptions.map { $0.includeUsage ?? true } == true
         plan.userStopTokens = Set(f.stopTokenIds ?? [])
         plan.reportPromptLogprobs = f.promptLogprobs != nil
         let stopTokens = try served.stopTokens(f)

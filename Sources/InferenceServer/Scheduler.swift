@@ -64,8 +64,11 @@ public final class SequenceHandle: Sendable {
         self.job = job
     }
 
-    /// Stops generation at the next step (a stop string matched, the client went away).
+    /// Stops generation at the next step because the client went away (counted as aborted).
     public func cancel() { job.cancel() }
+
+    /// Stops generation at the next step because the output is complete (a stop string matched).
+    public func finishEarly() { job.cancel(complete: true) }
 }
 
 /// One sequence as the engine thread sees it. The cancel flag is the only state shared with other
@@ -94,10 +97,20 @@ final class Job: @unchecked Sendable {
         sampler = Sampler(parameters: request.parameters.sampling, prompt: request.prompt)
     }
 
-    func cancel() {
+    /// Whether the early stop ended the output normally (a stop string), not a departed client.
+    private var completedEarly = false
+
+    func cancel(complete: Bool = false) {
         lock.lock()
         cancelled = true
+        if complete { completedEarly = true }
         lock.unlock()
+    }
+
+    var isComplete: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return completedEarly
     }
 
     var isCancelled: Bool {
@@ -242,7 +255,7 @@ public final class Scheduler: @unchecked Sendable {
             metrics.addAborted()
             return true
         }
-        for job in running where job.isCancelled { release(job, finish: nil) }
+        for job in running where job.isCancelled { release(job, finish: job.isComplete ? .stop : nil) }
     }
 
     /// Moves waiting requests into the running set while there is room (a free place among the
@@ -337,7 +350,7 @@ public final class Scheduler: @unchecked Sendable {
         metrics.addGenerationTokens(1)
         if case .terminated = job.continuation.yield(.token(token)) { job.cancel() }
         if job.isCancelled {
-            release(job, finish: nil)
+            release(job, finish: job.isComplete ? .stop : nil)
         } else if parameters.stopTokenIDs.contains(token.id) {
             release(job, finish: .stop)
         } else if job.generated >= parameters.maxTokens || job.slot!.tokenCount >= job.slot!.contextLength {
@@ -352,7 +365,9 @@ public final class Scheduler: @unchecked Sendable {
         running.removeAll { $0 === job }
         job.next = nil
         if let slot = job.slot {
-            freeSlots.append(slot)
+            // Only slots at their initial size are kept for reuse: a slot that grew for a long
+            // sequence is freed, so that memory stays within what running sequences reserve.
+            if slot.cacheBytes <= runner.cacheBytes(positions: 0, contextLength: contextLength) { freeSlots.append(slot) }
             job.slot = nil
         }
         usedBytes -= job.cacheBytes

@@ -115,7 +115,7 @@ public final class ServerMetrics: @unchecked Sendable {
             })
         value(
             "inference_server:aborted_requests_total", "counter",
-            "Sequences stopped early (client gone, stop string, shutdown).", Double(aborted))
+            "Sequences stopped before they finished (client gone, shutdown).", Double(aborted))
         histogram("vllm:time_to_first_token_seconds", "Time from arrival to the first generated token.", timeToFirstToken)
         histogram("vllm:inter_token_latency_seconds", "Time between consecutive generated tokens.", interTokenLatency)
         histogram("vllm:e2e_request_latency_seconds", "Time from arrival to the last token.", requestLatency)

@@ -50,8 +50,10 @@ struct Serve: AsyncParsableCommand {
         if let port, !(1...65535).contains(port) { throw ValidationError("--port must be in 1...65535") }
         if let maxModelLen, maxModelLen < 1 { throw ValidationError("--max-model-len must be positive") }
         guard maxNumSeqs >= 1, maxNumSeqs <= 256 else { throw ValidationError("--max-num-seqs must be in 1...256") }
-        guard maxWaiting >= 0 else { throw ValidationError("--max-waiting must be >= 0") }
-        guard kvCacheMemory >= 16 else { throw ValidationError("--kv-cache-memory must be at least 16 (MiB)") }
+        guard maxWaiting >= 1 else { throw ValidationError("--max-waiting must be at least 1") }
+        guard kvCacheMemory >= 16, kvCacheMemory <= 1 << 30 else {
+            throw ValidationError("--kv-cache-memory must be between 16 and 1073741824 (MiB)")
+        }
         guard shutdownGrace >= 0 else { throw ValidationError("--shutdown-grace must be >= 0") }
     }
 
