@@ -41,6 +41,12 @@ def main():
     client = openai.OpenAI(base_url=args.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
     model = args.model
 
+    def post(path, payload):
+        request = urllib.request.Request(args.base_url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(request, timeout=30))
+
+
     # Models.
     ids = [m.id for m in client.models.list().data]
     check(model in ids, f"/v1/models lists {ids}, not {model}")
@@ -118,6 +124,17 @@ def main():
         check(c.text == text[: text.index(stop)], f"stopped text {c.text!r}, expected {text[: text.index(stop)]!r}")
         check(stop not in c.text, "the stop string is in the text")
 
+    # stop_token_ids: generation ends on that token, which is counted but whose text is left out (vLLM).
+    stop_id = expected["output_ids"][2]
+    if expected["output_ids"].index(stop_id) == 2:
+        r = client.completions.create(model=model, prompt=args.prompt, max_tokens=args.max_tokens, temperature=0,
+                                      extra_body={"ignore_eos": True, "stop_token_ids": [stop_id]})
+        c = r.choices[0]
+        head = post("/detokenize", {"tokens": expected["output_ids"][:2]})["prompt"]
+        check(c.finish_reason == "stop" and getattr(c, "stop_reason", None) == stop_id, f"stop_token_ids: {c}")
+        check(c.text == head, f"stop_token_ids text {c.text!r}, expected {head!r}")
+        check(r.usage.completion_tokens == 3, f"stop_token_ids usage {r.usage}")
+
     # Logprobs: one per token, <= 0, the sampled token's logprob equals generate's, k alternatives each.
     lp = client.completions.create(model=model, prompt=args.prompt, max_tokens=args.max_tokens, temperature=0,
                                    logprobs=3, extra_body={"ignore_eos": True}).choices[0].logprobs
@@ -188,11 +205,6 @@ def main():
         check(False, f"codelab curl: {e}: {out.stdout} {out.stderr}")
 
     # vLLM's extra routes.
-    def post(path, payload):
-        request = urllib.request.Request(args.base_url + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        return json.load(urllib.request.urlopen(request, timeout=30))
-
     tokens = post("/tokenize", {"model": model, "prompt": args.prompt})
     check(tokens["tokens"] == expected["prompt_ids"] and tokens["count"] == len(expected["prompt_ids"]), f"tokenize {tokens}")
     check(post("/detokenize", {"model": model, "tokens": expected["prompt_ids"][1:]})["prompt"] == args.prompt, "detokenize")
