@@ -6,7 +6,8 @@ import Testing
 /// Each CPU kernel against a plain Double-precision reference on small random tensors.
 @Suite struct CPUBackendTests {
     let backend: CPUBackend
-    init() throws { backend = try CPUBackend() }
+    // Exact: these compare against f32 references (the int8 decode path has Int8ProductTests).
+    init() throws { backend = try CPUBackend(exact: true) }
 
     func buffer(_ values: [Float]) -> CPUBuffer {
         let b = backend.makeBuffer(count: values.count)
