@@ -153,7 +153,10 @@ public final class HTTPClient: @unchecked Sendable {
         switch code {
         case CURLE_COULDNT_CONNECT, CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR,
             CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_HTTP2, CURLE_HTTP2_STREAM, CURLE_COULDNT_RESOLVE_HOST,
-            CURLE_SSL_CONNECT_ERROR:
+            CURLE_SSL_CONNECT_ERROR,
+            // A reused connection died mid-upload and curl cannot rewind our streamed body itself:
+            // the whole request is sent again, body reopened from its start.
+            CURLE_SEND_FAIL_REWIND:
             return true
         default:
             return false
