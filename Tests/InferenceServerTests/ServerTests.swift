@@ -31,7 +31,9 @@ import Testing
         if !FileManager.default.fileExists(atPath: modelFolder + "/model.safetensors"),
             FileManager.default.fileExists(atPath: script)
         {
-            _ = try? run(["bash", script, models])
+            // One fetch at a time: test targets run in parallel (scripts/test fetches before them).
+            try? FileManager.default.createDirectory(atPath: models, withIntermediateDirectories: true)
+            _ = try? run(["flock", models + "/.fetch.lock", "bash", script, models])
         }
         guard FileManager.default.fileExists(atPath: modelFolder + "/tokenizer.json") else {
             return .failure(CocoaError(.fileNoSuchFile))

@@ -21,7 +21,9 @@ enum RealWeights {
         let script = repositoryRoot + "/../shared/tools/get-gemma3-270m.sh"
         if FileManager.default.fileExists(atPath: script) {
             do {
-                let result = try run(["bash", script, models])
+                // One fetch at a time: test targets run in parallel (scripts/test fetches before them).
+                try? FileManager.default.createDirectory(atPath: models, withIntermediateDirectories: true)
+                let result = try run(["flock", models + "/.fetch.lock", "bash", script, models])
                 if result.status != 0 {
                     return .failure(Unavailable(description: "\(script) failed: \(result.stderr)"))
                 }
