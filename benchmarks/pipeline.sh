@@ -41,7 +41,7 @@ port_free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 repo="$work/hub/google/gemma-3-270m"
 mkdir -p "$repo"
-ln -sfn "$PWD/$gguf" "$repo/$(basename "$gguf")" 2>/dev/null || ln -sfn "$gguf" "$repo/$(basename "$gguf")"
+ln -sfn "$(realpath "$gguf")" "$repo/$(basename "$gguf")"
 cp models/gemma-3-270m/tokenizer.json models/gemma-3-270m/tokenizer_config.json models/gemma-3-270m/special_tokens_map.json "$repo/"
 hub_port=$(port_free)
 python3 Tests/Scripts/hub_server.py --port "$hub_port" --cdn-port "$(port_free)" --repos "$work/hub" >"$work/hub.log" 2>&1 &
