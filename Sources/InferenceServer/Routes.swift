@@ -153,28 +153,13 @@ struct Routes {
             return json(.object([("object", "list"), ("data", .array(cards))]))
         }
         router.post("/v1/completions") { request, context in
-            let served = try state.require()
-            let data = try await collect(request.body)
-            // Decoding and tokenizing a big prompt takes a while: off the threads that serve requests.
-            let plan = try await offload { try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served) }
-            let watch = await context.watchConnection()
-            do {
-                return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
-            } catch {
-                watch.stop()  // refused (429, 503, ...): the connection may serve further requests
-                throw error
+            try await generate(request, context) { data, served in
+                try completionPlan(try RequestDecoding.decode(CompletionRequest.self, from: data), served)
             }
         }
         router.post("/v1/chat/completions") { request, context in
-            let served = try state.require()
-            let data = try await collect(request.body)
-            let plan = try await offload { try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served) }
-            let watch = await context.watchConnection()
-            do {
-                return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
-            } catch {
-                watch.stop()  // refused (429, 503, ...): the connection may serve further requests
-                throw error
+            try await generate(request, context) { data, served in
+                try chatPlan(try RequestDecoding.decode(ChatCompletionRequest.self, from: data), served)
             }
         }
         router.post("/tokenize") { request, _ in
@@ -204,6 +189,24 @@ struct Routes {
             try served.requireName(r.model)
             try checkTokens(r.tokens, served, param: "tokens")
             return json(.object([("prompt", .string(served.tokenizer.decode(r.tokens)))]))
+        }
+    }
+
+    /// The generation endpoints: the body turned into a plan (off the request threads: decoding and
+    /// tokenizing a big prompt takes a while), then answered while the connection is watched.
+    private func generate(
+        _ request: Request, _ context: ServerContext,
+        plan make: @escaping @Sendable (Data, ServedModel) throws -> GenerationPlan
+    ) async throws -> Response {
+        let served = try state.require()
+        let data = try await collect(request.body)
+        let plan = try await offload { try make(data, served) }
+        let watch = await context.watchConnection()
+        do {
+            return try await GenerationResponder(served: served, plan: plan, connection: watch).respond()
+        } catch {
+            watch.stop()  // refused (429, 503, ...): the connection may serve further requests
+            throw error
         }
     }
 
