@@ -77,7 +77,62 @@ public struct CloudRun: Sendable {
         guard let url = current["uri"] as? String else {
             throw GoogleCloudError.invalidResponse(call: what, detail: "the service has no uri")
         }
+        if service.publicAccess == .allUsers { try grantAllUsersInvoker(service) }
         return Deployment(url: url, revision: ready)
+    }
+
+    static let invokerRole = "roles/run.invoker"
+    static let iamPolicyRole = "roles/run.admin (it holds run.services.setIamPolicy) on the service or project"
+
+    /// Adds allUsers to roles/run.invoker by read-modify-write of the service's IAM policy: setIamPolicy
+    /// replaces the whole policy, so the etag from getIamPolicy guards against a concurrent change,
+    /// and the other bindings are sent back untouched.
+    public func grantAllUsersInvoker(_ service: CloudRunService) throws {
+        let what = "letting allUsers invoke \(service.name)"
+        for attempt in 1...3 {
+            var policy = try api.call("GET", base + service.resourceName + ":getIamPolicy", what: what, role: CloudRun.iamPolicyRole)
+            var bindings = policy["bindings"] as? [[String: Any]] ?? []
+            let unconditional = bindings.firstIndex { $0["role"] as? String == CloudRun.invokerRole && $0["condition"] == nil }
+            if let i = unconditional {
+                var members = bindings[i]["members"] as? [String] ?? []
+                if members.contains("allUsers") { return }
+                members.append("allUsers")
+                bindings[i]["members"] = members
+            } else {
+                bindings.append(["role": CloudRun.invokerRole, "members": ["allUsers"]])
+            }
+            policy["bindings"] = bindings
+            let body = try JSONSerialization.data(withJSONObject: ["policy": policy], options: [.sortedKeys])
+            do {
+                _ = try api.call("POST", base + service.resourceName + ":setIamPolicy", body: Array(body), what: what, role: CloudRun.iamPolicyRole)
+                log("allUsers may now invoke \(service.name)")
+                return
+            } catch GoogleCloudError.conflict where attempt < 3 {
+                log("the IAM policy of \(service.name) changed meanwhile; reading it again")
+            } catch GoogleCloudError.invalidArgument(let call, let detail) {
+                throw GoogleCloudError.invalidArgument(
+                    call: call,
+                    detail: detail + ". An organization policy (iam.allowedPolicyMemberDomains, domain restricted sharing) forbids allUsers bindings; use --public-access invoker-check-off, which turns off the invoker check instead")
+            }
+        }
+    }
+
+    /// GET `url + path` as a client would: with an identity token for the service URL unless the
+    /// service is public. Throws `unhealthy` unless it answers 200.
+    public func checkHealth(_ deployment: Deployment, of service: CloudRunService, impersonating serviceAccount: String? = nil) throws {
+        var headers: [(String, String)] = []
+        if !service.isPublic {
+            let token = try api.credentials.identityToken(audience: deployment.url, serviceAccount: serviceAccount)
+            headers.append(("Authorization", "Bearer " + token))
+        }
+        let url = deployment.url + service.healthPath
+        let response = try api.http.send(HTTPRequest(url: url, headers: headers))
+        guard response.status == 200 else {
+            let hint = (response.status == 401 || response.status == 403) && !service.isPublic
+                ? "the caller needs roles/run.invoker on the service (or deploy with --allow-unauthenticated)" : ""
+            throw GoogleCloudError.unhealthy(url: url, status: response.status, detail: hint)
+        }
+        log("\(url) answered 200")
     }
 
     /// Throws `deployFailed` with the revision's own condition and its Cloud Logging link.

@@ -26,8 +26,22 @@ public struct CloudRunService: Sendable {
     public var port = 8080
     public var healthPath = "/health"
     public var startupWindowSeconds = 1800
-    public var allowUnauthenticated = false
+    public var publicAccess = PublicAccess.none
     public var labels: [String: String] = ["managed-by": "builder"]
+
+    /// Whether, and how, anyone may call the service without an identity token.
+    public enum PublicAccess: String, Sendable, CaseIterable {
+        /// Callers need roles/run.invoker (Cloud Run's default).
+        case none
+        /// `invokerIamDisabled`: Google's recommended way, which also works under an organization's
+        /// domain restricted sharing policy.
+        case invokerCheckOff = "invoker-check-off"
+        /// allUsers bound to roles/run.invoker on the service, as `gcloud run deploy
+        /// --allow-unauthenticated` does; needs run.services.setIamPolicy.
+        case allUsers = "all-users"
+    }
+
+    public var isPublic: Bool { publicAccess != .none }
 
     public init(project: String, region: String, name: String, image: String) {
         self.project = project
@@ -99,7 +113,7 @@ public struct CloudRunService: Sendable {
         if let serviceAccount { template["serviceAccount"] = serviceAccount }
         return [
             "ingress": "INGRESS_TRAFFIC_ALL",
-            "invokerIamDisabled": allowUnauthenticated,
+            "invokerIamDisabled": publicAccess == .invokerCheckOff,
             "labels": labels,
             "template": template,
         ]

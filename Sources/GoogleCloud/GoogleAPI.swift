@@ -31,7 +31,8 @@ struct GoogleAPI: Sendable {
                 throw GoogleCloudError.quotaExceeded(call: what, detail: message)
             case 401, 403: throw GoogleCloudError.permissionDenied(call: what, detail: message, role: role)
             case 404: throw GoogleCloudError.notFound(call: what, detail: message)
-            case 400, 409, 412: throw GoogleCloudError.invalidArgument(call: what, detail: message)
+            case 409: throw GoogleCloudError.conflict(call: what, detail: message)
+            case 400, 412: throw GoogleCloudError.invalidArgument(call: what, detail: message)
             case let s where RetryPolicy.isRetryable(status: s):
                 throw TransientFailure(description: "\(s) while \(what): \(message)", retryAfter: response.header("Retry-After").flatMap(Double.init))
             default:

@@ -13,6 +13,8 @@ public enum GoogleCloudError: Error, CustomStringConvertible, Equatable {
     case operationTimedOut(name: String, seconds: Int)
     case deployFailed(service: String, message: String, logURI: String?)
     case invalidResponse(call: String, detail: String)
+    case conflict(call: String, detail: String)
+    case unhealthy(url: String, status: Int, detail: String)
 
     public var description: String {
         switch self {
@@ -42,6 +44,10 @@ public enum GoogleCloudError: Error, CustomStringConvertible, Equatable {
             return "the new revision of \(service) did not become ready: \(message)" + (logURI.map { "\nlogs: \($0)" } ?? "")
         case .invalidResponse(let call, let detail):
             return "invalid response while \(call): \(detail)"
+        case .conflict(let call, let detail):
+            return "a concurrent change got in the way while \(call): \(detail); run the command again"
+        case .unhealthy(let url, let status, let detail):
+            return "the service is deployed but \(url) answered \(status)\(detail.isEmpty ? "" : ": \(detail)")"
         }
     }
 }

@@ -148,26 +148,58 @@ public final class GoogleCredentials: @unchecked Sendable {
         }
     }
 
-    /// An OIDC identity token for `audience` (a private Cloud Run URL), from the metadata server
+    /// An OIDC identity token for `audience` (a private Cloud Run URL).
+    ///
+    /// With `serviceAccount`, always IAM Credentials `generateIdToken` for that account (the caller
+    /// needs roles/iam.serviceAccountTokenCreator on it): this is how user credentials get one.
+    /// Otherwise the metadata server's `/identity`, falling back to `generateIdToken` for the
+    /// metadata server's own account where `/identity` answers nothing (Cloud Build has done so);
     /// or, for a service-account key, the token endpoint with a `target_audience` JWT.
-    public func identityToken(audience: String) throws -> String {
+    public func identityToken(audience: String, serviceAccount: String? = nil) throws -> String {
+        if let serviceAccount { return try generateIdToken(serviceAccount: serviceAccount, audience: audience) }
         switch source {
         case .metadataServer:
             let response = try http.send(HTTPRequest(
                 url: endpoints.metadata + "/computeMetadata/v1/instance/service-accounts/default/identity?audience=\(URLText.queryEscape(audience))&format=full",
                 headers: [("Metadata-Flavor", "Google")]))
-            guard response.status == 200, !response.body.isEmpty else {
-                throw GoogleCloudError.tokenExchange(endpoint: endpoints.metadata, status: response.status, detail: "no identity token")
+            if response.status == 200, !response.body.isEmpty {
+                return response.bodyText.trimmingCharacters(in: .whitespacesAndNewlines)
             }
-            return response.bodyText.trimmingCharacters(in: .whitespacesAndNewlines)
+            let email = try http.send(HTTPRequest(
+                url: endpoints.metadata + "/computeMetadata/v1/instance/service-accounts/default/email",
+                headers: [("Metadata-Flavor", "Google")]))
+            let account = email.bodyText.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard email.status == 200, account.contains("@") else {
+                throw GoogleCloudError.tokenExchange(
+                    endpoint: endpoints.metadata, status: response.status,
+                    detail: "no identity token, and no service account email to ask IAM Credentials for one")
+            }
+            return try generateIdToken(serviceAccount: account, audience: audience)
         case .serviceAccount(let key):
             let tokenURI = key.token_uri ?? endpoints.oauthToken
             let assertion = try jwt(key, claims: ["target_audience": audience], audience: tokenURI)
             return try exchange(tokenURI, form: ["grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion], field: "id_token").token
         default:
             throw GoogleCloudError.invalidCredentialsFile(
-                path: sourceDescription, reason: "identity tokens need a service account (key file or metadata server); user credentials cannot mint them")
+                path: sourceDescription,
+                reason: "user credentials cannot mint identity tokens themselves; name a service account to impersonate (--impersonate-service-account) on which you hold roles/iam.serviceAccountTokenCreator")
         }
+    }
+
+    /// IAM Credentials `generateIdToken`, authorized by our own access token.
+    func generateIdToken(serviceAccount: String, audience: String) throws -> String {
+        guard serviceAccount.contains("@"), !serviceAccount.contains(where: { "/?#% ".contains($0) }) else {
+            throw GoogleCloudError.invalidArgument(call: "getting an identity token", detail: "'\(serviceAccount)' is not a service account email")
+        }
+        let url = GoogleEndpoints.strippingVersion(endpoints.iamCredentials) + "/v1/projects/-/serviceAccounts/\(serviceAccount):generateIdToken"
+        let body = try JSONSerialization.data(withJSONObject: ["audience": audience, "includeEmail": true] as [String: Any], options: [.sortedKeys])
+        let what = "getting an identity token for \(serviceAccount)"
+        let answer = try GoogleAPI(credentials: self, http: http).call(
+            "POST", url, body: Array(body), what: what, role: "roles/iam.serviceAccountTokenCreator on \(serviceAccount)")
+        guard let token = answer["token"] as? String, !token.isEmpty else {
+            throw GoogleCloudError.invalidResponse(call: what, detail: "no token in the answer")
+        }
+        return token
     }
 
     func jwt(_ key: ServiceAccountKey, claims: [String: String], audience: String) throws -> String {

@@ -54,8 +54,24 @@ struct CloudRunOptions: ParsableArguments {
     @Option(name: .customLong("set-secret"), help: "Environment variable from Secret Manager, KEY=SECRET[:VERSION]; repeatable.")
     var setSecret: [String] = []
 
-    @Flag(name: .customLong("allow-unauthenticated"), help: "Let anyone call the service (disables the invoker IAM check).")
+    @Flag(name: .customLong("allow-unauthenticated"), help: "Let anyone call the service, in the way --public-access names.")
     var allowUnauthenticated = false
+
+    @Option(
+        name: .customLong("public-access"),
+        help: """
+            How a service is opened to anyone: invoker-check-off (sets invokerIamDisabled; Google's \
+            recommendation, and it works under domain restricted sharing) or all-users (binds allUsers to \
+            roles/run.invoker, as gcloud does; needs roles/run.admin). Implies --allow-unauthenticated; \
+            'none' keeps the service private.
+            """)
+    var publicAccess: CloudRunService.PublicAccess?
+
+    @Flag(name: .customLong("smoke-test"), help: "After the deploy, GET /health on the service URL (with an identity token unless the service is public); fail unless it answers 200.")
+    var smokeTest = false
+
+    @Option(name: .customLong("impersonate-service-account"), help: "For --smoke-test of a private service with user credentials: the service account whose identity token calls it (you need roles/iam.serviceAccountTokenCreator on it).")
+    var impersonateServiceAccount: String?
 
     @Flag(name: .customLong("dry-run"), help: "Validate only (validateOnly=true) and print the service as Cloud Run would default it.")
     var dryRun = false
@@ -82,7 +98,7 @@ struct CloudRunOptions: ParsableArguments {
         s.timeoutSeconds = timeout
         s.startupWindowSeconds = startupWindow ?? (cpuOnly ? 600 : 1800)
         s.serviceAccount = serviceAccount ?? CloudRunOptions.environment["SERVICE_ACC_EMAIL"].flatMap { $0.isEmpty ? nil : $0 }
-        s.allowUnauthenticated = allowUnauthenticated
+        s.publicAccess = publicAccess ?? (allowUnauthenticated ? .invokerCheckOff : .none)
         if let servedModelName { s.env.append(("SERVED_MODEL_NAME", servedModelName)) }
         for item in setEnv {
             guard let eq = item.firstIndex(of: "=") else { throw ValidationError("--set-env takes KEY=VALUE, not '\(item)'") }
@@ -94,6 +110,20 @@ struct CloudRunOptions: ParsableArguments {
             s.secretEnv.append((String(item[..<eq]), ref[0], ref.count > 1 ? ref[1] : "latest"))
         }
         return s
+    }
+
+    /// Deploys (or, with --dry-run, validates) and prints the URL; `--smoke-test` then calls /health.
+    func deploy(_ service: CloudRunService) throws {
+        var api = CloudRun(credentials: try GoogleCredentials.discover())
+        api.log = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        if dryRun {
+            print(try api.dryRun(service))
+            return
+        }
+        let deployment = try api.deploy(service)
+        FileHandle.standardError.write(Data("deployed \(service.name): revision \(deployment.revision.split(separator: "/").last ?? "")\n".utf8))
+        if smokeTest { try api.checkHealth(deployment, of: service, impersonating: impersonateServiceAccount) }
+        print(deployment.url)
     }
 
     /// The process environment with a `.env` file in the current folder underneath it.
@@ -110,3 +140,5 @@ struct CloudRunOptions: ParsableArguments {
         return values.merging(ProcessInfo.processInfo.environment) { _, process in process }
     }
 }
+
+extension CloudRunService.PublicAccess: ExpressibleByArgument {}

@@ -13,6 +13,12 @@ struct DeployCommand: ParsableCommand {
             1B service: 1 nvidia-l4, 4 CPU, 16Gi, CPU always allocated, startup CPU boost, zonal redundancy \
             off, 3 instances at most, a startup probe on /health covering a 30-minute model load.
 
+            Public access: --allow-unauthenticated turns off the invoker IAM check (invokerIamDisabled); \
+            --public-access all-users binds allUsers to roles/run.invoker instead, as gcloud does. \
+            --smoke-test calls /health on the new URL, with an identity token when the service is private \
+            (from the metadata server, a service-account key, or IAM Credentials generateIdToken for \
+            --impersonate-service-account).
+
             Credentials: CLOUDSDK_AUTH_ACCESS_TOKEN, GOOGLE_APPLICATION_CREDENTIALS, gcloud's application \
             default credentials, or the metadata server (Cloud Build, Cloud Run). The caller needs \
             roles/run.admin (or run.developer) and roles/iam.serviceAccountUser on the runtime account.
@@ -33,16 +39,7 @@ struct DeployCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let service = try cloudRun.makeService(image: image, servedModelName: servedModelName)
-            var api = CloudRun(credentials: try GoogleCredentials.discover())
-            api.log = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
-            if cloudRun.dryRun {
-                print(try api.dryRun(service))
-                return
-            }
-            let deployment = try api.deploy(service)
-            FileHandle.standardError.write(Data("deployed \(service.name): revision \(deployment.revision.split(separator: "/").last ?? "")\n".utf8))
-            print(deployment.url)
+            try cloudRun.deploy(try cloudRun.makeService(image: image, servedModelName: servedModelName))
         }
     }
 }

@@ -88,13 +88,7 @@ struct ShipCommand: ParsableCommand {
             pinned.digest = result.digest.description
             step("deploy to Cloud Run")
             let service = try cloudRun.makeService(image: pinned.description, servedModelName: parts[0])
-            var api = CloudRun(credentials: try GoogleCredentials.discover())
-            api.log = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
-            if cloudRun.dryRun {
-                print(try api.dryRun(service))
-                return
-            }
-            print(try api.deploy(service).url)
+            try cloudRun.deploy(service)
         }
     }
 }

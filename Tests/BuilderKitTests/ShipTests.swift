@@ -19,7 +19,9 @@ import TestSupport
         defer { registry.stop() }
         let google = try GoogleFakes()
         defer { google.stop() }
-        try google.scenario("ok", polls: 2)
+        // The deployed service's URL leads back to the fake, so --smoke-test reaches it; it is private,
+        // so the identity token comes from the metadata server (all this environment has).
+        try google.scenario("ok", polls: 2, ["service_uri_here": true])
 
         var env = google.environment
         env["PATH"] = "/usr/bin:/bin"
@@ -28,11 +30,11 @@ import TestSupport
         env["HF_TOKEN"] = "hf_ship_secret_token_42"
         let arguments = [
             "--model", "google/tiny-gemma", "--image", "\(registry.host)/models/tiny-gemma:v1", "--project", "test-project",
-            "--region", "europe-west4", "--service", "tiny-gemma", "--workdir", dir.path + "/image", "--server", try builtServer(),
+            "--region", "europe-west4", "--service", "tiny-gemma", "--workdir", dir.path + "/image", "--server", try builtServer(), "--smoke-test",
         ]
         let first = try ship(arguments, env: env)
         #expect(first.status == 0, "\(first.stderr)")
-        #expect(first.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "https://tiny-gemma-xyz-uc.a.run.app")
+        #expect(first.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == google.base + "/__service/tiny-gemma")
         let deployed = try #require(try google.requests().last { $0["method"] as? String == "PATCH" })
         let body = try JSONSerialization.jsonObject(with: Data((deployed["body"] as? String ?? "").utf8)) as? [String: Any]
         let containers = (body?["template"] as? [String: Any])?["containers"] as? [[String: Any]]
@@ -54,10 +56,13 @@ import TestSupport
         try handle.write(contentsOf: Data("a different build".utf8))
         try handle.close()
         var again = arguments
-        again[again.count - 1] = otherServer
+        again[again.firstIndex(of: "--server")! + 1] = otherServer
+        again += ["--public-access", "all-users"]
         let second = try ship(again, env: env)
         #expect(second.status == 0, "\(second.stderr)")
         #expect(second.stderr.contains("2 blobs uploaded"), "only the server layer and the config: \(second.stderr.suffix(600))")
+        #expect(second.stderr.contains("allUsers may now invoke tiny-gemma"))
+        #expect(try google.requests().contains { ($0["path"] as? String)?.hasSuffix("/services/tiny-gemma:setIamPolicy") == true })
     }
 
     @Test func aGatedModelWithoutATokenStopsBeforeAnythingIsBuilt() throws {

@@ -34,6 +34,30 @@ import TestSupport
         #expect(try sa.identityToken(audience: "https://svc.a.run.app") == "id-token-for:https://svc.a.run.app")
     }
 
+    @Test func identityTokensFallBackToIAMCredentials() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        // A metadata server whose /identity answers nothing (as Cloud Build's has): generateIdToken for
+        // the account the metadata server names, authorized by its access token.
+        try fakes.scenario("ok", ["metadata_identity": false])
+        let metadata = try GoogleCredentials.discover(environment: fakes.environment)
+        #expect(try metadata.identityToken(audience: "https://svc.a.run.app") == "id-token-for:https://svc.a.run.app")
+        let minted = try fakes.requests().filter { ($0["path"] as? String)?.hasSuffix(":generateIdToken") == true }
+        #expect(minted.map { $0["path"] as? String } == ["/v1/projects/-/serviceAccounts/build-sa@test-project.iam.gserviceaccount.com:generateIdToken"])
+        #expect(minted.first?["credential"] as? String == "metadata")
+
+        // User credentials cannot mint one themselves; impersonating a service account they can.
+        var env = fakes.environment
+        env["CLOUDSDK_AUTH_ACCESS_TOKEN"] = "ya29.env"
+        let user = try GoogleCredentials.discover(environment: env)
+        #expect { try user.identityToken(audience: "https://svc.a.run.app") } throws: { "\($0)".contains("--impersonate-service-account") }
+        #expect(try user.identityToken(audience: "https://a", serviceAccount: "caller@test-project.iam.gserviceaccount.com") == "id-token-for:https://a")
+        #expect { try user.identityToken(audience: "https://a", serviceAccount: "denied@test-project.iam.gserviceaccount.com") } throws: {
+            "\($0)".contains("roles/iam.serviceAccountTokenCreator on denied@")
+        }
+        #expect(throws: GoogleCloudError.self) { try user.identityToken(audience: "https://a", serviceAccount: "not/an-email") }
+    }
+
     @Test func aBadKeyAndNoCredentialsAreClearErrors() throws {
         let fakes = try GoogleFakes()
         defer { fakes.stop() }
@@ -93,7 +117,7 @@ import TestSupport
         s.env = [("SERVED_MODEL_NAME", "google/gemma-3-1b-it")]
         s.secretEnv = [("HF_TOKEN", "hf-token", "latest")]
         s.serviceAccount = "runtime@test-project.iam.gserviceaccount.com"
-        s.allowUnauthenticated = true
+        s.publicAccess = .invokerCheckOff
         return s
     }
 
@@ -116,6 +140,66 @@ import TestSupport
         let probe = container?["startupProbe"] as? [String: Any]
         #expect((probe?["periodSeconds"] as? Int ?? 0) * (probe?["failureThreshold"] as? Int ?? 0) == 1800)
         #expect(body?["invokerIamDisabled"] as? Bool == true)
+    }
+
+    @Test func allUsersBindingIsAReadModifyWriteThatKeepsOtherBindings() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        // One concurrent change lands between our read and our write: the etag makes the write fail
+        // with 409, and the second round must keep the other party's binding.
+        try fakes.scenario("ok", ["policy_races": 1])
+        var s = service()
+        s.publicAccess = .allUsers
+        _ = try cloudRun(fakes).deploy(s)
+        let requests = try fakes.requests()
+        let patch = try #require(requests.first { $0["method"] as? String == "PATCH" })
+        let body = try JSONSerialization.jsonObject(with: Data((patch["body"] as? String ?? "").utf8)) as? [String: Any]
+        #expect(body?["invokerIamDisabled"] as? Bool == false, "the invoker check stays on; the binding opens the service")
+        let writes = requests.filter { ($0["path"] as? String)?.hasSuffix(":setIamPolicy") == true }
+        #expect(writes.count == 2)
+        #expect(requests.filter { ($0["path"] as? String)?.hasSuffix(":getIamPolicy") == true }.count == 2)
+        let last = try JSONSerialization.jsonObject(with: Data((writes.last?["body"] as? String ?? "").utf8)) as? [String: Any]
+        let bindings = (last?["policy"] as? [String: Any])?["bindings"] as? [[String: Any]] ?? []
+        #expect(bindings.contains { $0["role"] as? String == "roles/run.invoker" && ($0["members"] as? [String]) == ["allUsers"] })
+        #expect(bindings.contains { $0["role"] as? String == "roles/run.developer" }, "the concurrent change is kept")
+        // Deployed again: the binding is already there, nothing is written.
+        _ = try cloudRun(fakes).deploy(s)
+        #expect(try fakes.requests().filter { ($0["path"] as? String)?.hasSuffix(":setIamPolicy") == true }.count == 2)
+
+        // An organization that forbids allUsers: the error names the other way.
+        let other = try GoogleFakes()
+        defer { other.stop() }
+        try other.scenario("domain_restricted")
+        #expect { try cloudRun(other).deploy(s) } throws: { "\($0)".contains("--public-access invoker-check-off") }
+    }
+
+    @Test func theSmokeTestCallsAPrivateServiceWithAnIdentityToken() throws {
+        let fakes = try GoogleFakes()
+        defer { fakes.stop() }
+        try fakes.scenario("ok", ["service_uri_here": true, "metadata_identity": false])
+        let cr = try cloudRun(fakes)
+        var s = service()
+        s.publicAccess = .none
+        let deployment = try cr.deploy(s)
+        #expect(deployment.url == fakes.base + "/__service/gemma-3-1b-it")
+        try cr.checkHealth(deployment, of: s)
+        // Without a token the private service refuses, and the error says what to grant.
+        var env = fakes.environment
+        env["CLOUDSDK_AUTH_ACCESS_TOKEN"] = "ya29.env"
+        let asUser = CloudRun(credentials: try GoogleCredentials.discover(environment: env), endpoints: GoogleEndpoints(environment: env))
+        #expect { try asUser.checkHealth(deployment, of: s, impersonating: "denied@test-project.iam.gserviceaccount.com") } throws: {
+            "\($0)".contains("serviceAccountTokenCreator")
+        }
+        // A token minted for another audience is refused, and the error says what to grant.
+        let elsewhere = CloudRun.Deployment(url: deployment.url + "/", revision: deployment.revision)
+        #expect { try cr.checkHealth(elsewhere, of: s) } throws: { error in
+            guard case GoogleCloudError.unhealthy(_, 403, let detail) = error else { return false }
+            return detail.contains("roles/run.invoker")
+        }
+        // A public service needs no token, so credentials that cannot mint one still pass.
+        s.publicAccess = .invokerCheckOff
+        let open = try cr.deploy(s)
+        try asUser.checkHealth(open, of: s)
     }
 
     @Test func dryRunReturnsTheDefaultedService() throws {

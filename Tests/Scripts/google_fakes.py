@@ -2,17 +2,22 @@
 """Fakes of the Google Cloud endpoints builder calls, for the tests, on one loopback port:
 the metadata server, the OAuth token endpoint (which verifies our JWT's RS256 signature with the
 key's public half, through the openssl command), Secret Manager and the Cloud Run Admin API v2 with
-long-running operations. Honest by construction: every Service body is parsed with Google's own
-published types (google-cloud-run's run_v2.Service, unknown fields rejected) and a body that does
-not parse gets the 400 Cloud Run would send.
+long-running operations and IAM policies, IAM Credentials generateIdToken, and the deployed service's
+own /health (at /__service/NAME, which checks the identity token unless the service is public).
+Honest by construction: every Service body is parsed with Google's own published types
+(google-cloud-run's run_v2.Service, unknown fields rejected), every setIamPolicy body with
+google.iam.v1's SetIamPolicyRequest, and a body that does not parse gets the 400 Google would send.
 
-Control: POST /__scenario {"mode": ok|revision_fails|quota|permission|never_done, "polls": N};
+Control: POST /__scenario {"mode": ok|revision_fails|quota|permission|never_done|domain_restricted,
+"polls": N, "metadata_identity": bool, "service_uri_here": bool, "policy_races": N};
 GET /__requests lists what was received (paths, methods, which credential), never secrets."""
 import argparse, base64, json, subprocess, sys, tempfile, threading, time, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from google.cloud import run_v2
+from google.iam.v1 import iam_policy_pb2
+from google.protobuf import json_format
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
@@ -28,7 +33,9 @@ args = parser.parse_args()
 TOKENS = {"ya29.metadata": "metadata", "ya29.service-account": "service_account", "ya29.user": "user", "ya29.env": "env"}
 secrets = dict(s.split("=", 1) for s in args.secret)
 lock = threading.Lock()
-state = {"mode": "ok", "polls": 1, "requests": [], "operations": {}, "services": {}}
+state = {"mode": "ok", "polls": 1, "requests": [], "operations": {}, "services": {}, "policies": {},
+         "metadata_identity": True, "service_uri_here": False, "policy_races": 0}
+METADATA_ACCOUNT = "build-sa@test-project.iam.gserviceaccount.com"
 
 def crc32c(data: bytes) -> int:
     crc = 0xFFFFFFFF
@@ -111,7 +118,12 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(403, b"Missing Metadata-Flavor header", "text/plain")
             if path.endswith("/service-accounts/default/token"):
                 return self.send_json(200, {"access_token": "ya29.metadata", "expires_in": 3599, "token_type": "Bearer"})
+            if path.endswith("/service-accounts/default/email"):
+                return self.send_json(200, METADATA_ACCOUNT.encode(), "text/plain")
             if path.endswith("/service-accounts/default/identity"):
+                with lock:
+                    if not state["metadata_identity"]:
+                        return self.send_json(404, b"not found", "text/plain")
                 aud = parse_qs(url.query).get("audience", [""])[0]
                 return self.send_json(200, f"id-token-for:{aud}".encode(), "text/plain")
             if path.endswith("/project/project-id"):
@@ -132,8 +144,22 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send_json(400, {"error": "invalid_grant", "error_description": "Bad Request"})
                 return self.send_json(200, {"access_token": "ya29.user", "expires_in": 3599, "token_type": "Bearer"})
             return self.send_json(400, {"error": "unsupported_grant_type"})
+        if path.startswith("/__service/"):
+            return self.deployed_service(path.split("/")[2])
         if who in ("none", "unknown"):
             return self.google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+        if path.startswith("/v1/projects/-/serviceAccounts/") and path.endswith(":generateIdToken") and self.command == "POST":
+            account = path[len("/v1/projects/-/serviceAccounts/"):-len(":generateIdToken")]
+            try:
+                request = json.loads(raw)
+            except ValueError:
+                return self.google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+            unknown = set(request) - {"delegates", "audience", "includeEmail"}
+            if unknown or not request.get("audience"):
+                return self.google_error(400, "INVALID_ARGUMENT", f"Invalid JSON payload received. Unknown name {sorted(unknown)} or no audience.")
+            if account.startswith("denied@"):
+                return self.google_error(403, "PERMISSION_DENIED", f"Permission 'iam.serviceAccounts.getOpenIdToken' denied on resource (or it may not exist).")
+            return self.send_json(200, {"token": "id-token-for:" + request["audience"]})
         if path.startswith("/v1/projects/") and path.endswith(":access"):
             name = path[len("/v1/"):-len(":access")]
             secret = name.split("/")[3]
@@ -148,10 +174,55 @@ class Handler(BaseHTTPRequestHandler):
             return self.cloud_run(path[len("/v2/"):], parse_qs(url.query), raw)
         self.send_json(404, {"error": {"code": 404, "message": "no such fake route " + path, "status": "NOT_FOUND"}})
 
+    def deployed_service(self, service_id):
+        with lock:
+            service = next((v for k, v in state["services"].items() if k.endswith("/services/" + service_id)), None)
+            policy = next((v for k, v in state["policies"].items() if k.endswith("/services/" + service_id)), {})
+        if service is None:
+            return self.send_json(404, b"no such service", "text/plain")
+        public = service.get("invokerIamDisabled") or any(
+            b.get("role") == "roles/run.invoker" and "allUsers" in b.get("members", []) for b in policy.get("bindings", []))
+        audience = f"http://127.0.0.1:{args.port}/__service/{service_id}"
+        if not public and self.headers.get("Authorization") != "Bearer id-token-for:" + audience:
+            return self.send_json(403, b"Your client does not have permission to get URL /health from this server.", "text/html")
+        return self.send_json(200, b"", "text/plain")
+
+    def iam_policy(self, service, verb, raw):
+        with lock:
+            mode = state["mode"]
+            current = state["policies"].get(service, {"version": 1, "etag": base64.b64encode(b"etag-0").decode()})
+        if verb == "getIamPolicy" and self.command == "GET":
+            return self.send_json(200, current)
+        if verb != "setIamPolicy" or self.command != "POST":
+            return self.google_error(404, "NOT_FOUND", "no such IAM route")
+        try:
+            request = json_format.Parse(raw.decode(), iam_policy_pb2.SetIamPolicyRequest(), ignore_unknown_fields=False)
+        except Exception as e:
+            return self.google_error(400, "INVALID_ARGUMENT", f"Invalid JSON payload received. {e}")
+        if mode == "domain_restricted" and any("allUsers" in b.members for b in request.policy.bindings):
+            return self.google_error(400, "FAILED_PRECONDITION", "One or more users named in the policy do not belong to a permitted customer.")
+        with lock:
+            if state["policy_races"] > 0:
+                # Someone else changed the policy between our client's read and write.
+                state["policy_races"] -= 1
+                other = dict(current, etag=base64.b64encode(uuid.uuid4().bytes).decode(),
+                             bindings=current.get("bindings", []) + [{"role": "roles/run.developer", "members": ["user:other@example.com"]}])
+                state["policies"][service] = other
+                current = other
+            if request.policy.etag and request.policy.etag != base64.b64decode(current["etag"]):
+                return self.google_error(409, "ABORTED", "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
+            stored = json.loads(json_format.MessageToJson(request.policy))
+            stored["etag"] = base64.b64encode(uuid.uuid4().bytes).decode()
+            state["policies"][service] = stored
+        return self.send_json(200, stored)
+
     def cloud_run(self, name, query, raw):
         parts = name.split("/")
         with lock:
             mode, polls = state["mode"], state["polls"]
+        if len(parts) == 6 and parts[4] == "services" and ":" in parts[5]:
+            service_id, verb = parts[5].split(":", 1)
+            return self.iam_policy("/".join(parts[:5] + [service_id]), verb, raw)
         if self.command == "PATCH" and len(parts) == 6 and parts[4] == "services":
             try:
                 service = run_v2.Service.from_json(raw.decode(), ignore_unknown_fields=False)
@@ -192,8 +263,11 @@ class Handler(BaseHTTPRequestHandler):
             if service is None:
                 return self.google_error(404, "NOT_FOUND", f"Resource '{parts[5]}' of kind 'SERVICE' does not exist.")
             revision = name + "/revisions/" + parts[5] + "-00001-abc"
-            ok = mode == "ok"
-            service = dict(service, uri=f"https://{parts[5]}-xyz-uc.a.run.app", latestCreatedRevision=revision,
+            ok = mode in ("ok", "domain_restricted")
+            with lock:
+                here = state["service_uri_here"]
+            uri = f"http://127.0.0.1:{args.port}/__service/{parts[5]}" if here else f"https://{parts[5]}-xyz-uc.a.run.app"
+            service = dict(service, uri=uri, latestCreatedRevision=revision,
                            latestReadyRevision=revision if ok else "", reconciling=False,
                            terminalCondition={"type": "Ready", "state": "CONDITION_SUCCEEDED" if ok else "CONDITION_FAILED",
                                               "message": "" if ok else "Revision failed: the container failed the startup probe on /health."})

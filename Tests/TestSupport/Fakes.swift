@@ -83,11 +83,17 @@ public final class GoogleFakes: @unchecked Sendable {
         [
             "HOME": dir.path, "GCE_METADATA_HOST": "127.0.0.1:\(service.port)",
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_RUN": base + "/", "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": base + "/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_IAMCREDENTIALS": base + "/",
         ]
     }
 
-    public func scenario(_ mode: String, polls: Int = 2) throws {
-        _ = try run(["curl", "-sf", "-X", "POST", "--data", #"{"mode": "\#(mode)", "polls": \#(polls)}"#, base + "/__scenario"])
+    /// `settings`: the fake's other switches (metadata_identity, service_uri_here, policy_races).
+    public func scenario(_ mode: String, polls: Int = 2, _ settings: [String: Any] = [:]) throws {
+        var body = settings
+        body["mode"] = mode
+        body["polls"] = polls
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)
+        _ = try run(["curl", "-sf", "-X", "POST", "--data", json, base + "/__scenario"])
     }
 
     public func requests() throws -> [[String: Any]] {
