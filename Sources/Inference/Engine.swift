@@ -36,6 +36,7 @@ public struct Engine: Sendable {
         let model: Gemma3Model<CPUBackend>
         var generationConfig = GenerationConfig()
         let folder: String
+        var embeddedVocabulary: SentencePieceVocabulary? = nil
         var path = path
         var isFolder = isDirectory.boolValue
         // A folder that holds one GGUF and no safetensors (a GGUF repo with its tokenizer files beside
@@ -67,6 +68,7 @@ public struct Engine: Sendable {
             ]
             generationConfig = GenerationConfig(
                 bosTokenID: gguf.metadata["tokenizer.ggml.bos_token_id"]?.intValue, eosTokenIDs: eos.compactMap { $0 })
+            embeddedVocabulary = try sentencePieceVocabulary(gguf)
         }
 
         var tokenizer: Tokenizer? = nil
@@ -77,10 +79,40 @@ public struct Engine: Sendable {
             tokenizerSource = directory + "/tokenizer.json"
         } else if let tokenizerDirectory {
             throw InferenceError.tokenizerUnavailable("\(tokenizerDirectory) has no tokenizer.json")
+        } else if let embeddedVocabulary {
+            tokenizer = try Tokenizer(sentencePiece: embeddedVocabulary)
+            tokenizerSource = path + " (embedded vocabulary)"
         }
         return Engine(
             path: path, format: format, model: model, tokenizer: tokenizer, tokenizerSource: tokenizerSource,
             generationConfig: generationConfig, loadSeconds: (clock.now - start).seconds)
+    }
+
+    /// The GGUF's own tokenizer (`tokenizer.ggml.*`), when it has one of the kind Gemma uses: the
+    /// SentencePiece pieces with scores and types. Other kinds (e.g. `gpt2` byte-level BPE) give nil,
+    /// so such a file still loads and takes token ids or a tokenizer.json.
+    static func sentencePieceVocabulary(_ gguf: GGUFFile) throws -> SentencePieceVocabulary? {
+        let m = gguf.metadata
+        guard m["tokenizer.ggml.model"]?.stringValue == "llama", let tokens = m["tokenizer.ggml.tokens"]?.arrayValue else { return nil }
+        let pieces = tokens.compactMap(\.stringValue)
+        let scores = (m["tokenizer.ggml.scores"]?.arrayValue ?? []).compactMap { $0.doubleValue.map(Float.init) }
+        let types = (m["tokenizer.ggml.token_type"]?.arrayValue ?? []).compactMap {
+            $0.intValue.flatMap { SentencePieceVocabulary.PieceType(rawValue: Int32(clamping: $0)) }
+        }
+        guard pieces.count == tokens.count, scores.count == tokens.count, types.count == tokens.count else {
+            throw InferenceError.unreadableFile(
+                path: gguf.path, reason: "its tokenizer metadata is damaged (tokens, scores and token_type must be arrays of one length, with known types)")
+        }
+        var v = SentencePieceVocabulary(pieces: pieces, scores: scores, types: types)
+        v.bosID = m["tokenizer.ggml.bos_token_id"]?.intValue
+        v.eosID = m["tokenizer.ggml.eos_token_id"]?.intValue
+        v.unknownID = m["tokenizer.ggml.unknown_token_id"]?.intValue
+        v.paddingID = m["tokenizer.ggml.padding_token_id"]?.intValue
+        v.addBOS = m["tokenizer.ggml.add_bos_token"]?.boolValue ?? true
+        v.addEOS = m["tokenizer.ggml.add_eos_token"]?.boolValue ?? false
+        v.addSpacePrefix = m["tokenizer.ggml.add_space_prefix"]?.boolValue ?? false
+        v.chatTemplate = m["tokenizer.chat_template"]?.stringValue
+        return v
     }
 
     /// The one `.gguf` file of a folder that has no safetensors weights, if that is what it holds.
@@ -110,7 +142,7 @@ public struct Engine: Sendable {
     public func requireTokenizer() throws -> Tokenizer {
         guard let tokenizer else {
             throw InferenceError.tokenizerUnavailable(
-                "no tokenizer.json beside \(path) (GGUF files are read without their embedded vocabulary): "
+                "no tokenizer.json beside \(path), and no SentencePiece vocabulary in it: "
                     + "name a folder with tokenizer.json (generate --tokenizer DIR), or give the prompt as token ids")
         }
         return tokenizer

@@ -87,6 +87,13 @@ struct BPEModel: Sendable {
             unknownID = id
         }
 
+        self.init(
+            vocab: vocab, merges: merges, unknownID: unknownID, fuseUnknown: try json.bool("fuse_unk", default: false),
+            byteFallback: try json.bool("byte_fallback", default: false),
+            ignoreMerges: try json.bool("ignore_merges", default: false))
+    }
+
+    init(vocab: [TokenKey: Int32], merges: MergeTable, unknownID: Int32?, fuseUnknown: Bool, byteFallback: Bool, ignoreMerges: Bool) {
         // `merge_word` looks each scalar up as a one-scalar string; precomputing those ids turns
         // the lookup into an array load for the BMP.
         var basic = [Int32](repeating: -1, count: 0x10000)
@@ -105,9 +112,9 @@ struct BPEModel: Sendable {
         self.vocab = vocab
         self.merges = merges
         self.unknownID = unknownID
-        self.fuseUnknown = try json.bool("fuse_unk", default: false)
-        self.byteFallback = try json.bool("byte_fallback", default: false)
-        self.ignoreMerges = try json.bool("ignore_merges", default: false)
+        self.fuseUnknown = fuseUnknown
+        self.byteFallback = byteFallback
+        self.ignoreMerges = ignoreMerges
         self.basicScalarIDs = basic
         self.otherScalarIDs = other
         self.byteIDs = bytes

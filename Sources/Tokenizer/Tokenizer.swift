@@ -43,32 +43,49 @@ public struct Tokenizer: Sendable {
         for option in ["truncation", "padding"] where json.value(option) != nil {
             throw TokenizerError.unsupportedOption(component: "tokenizer", option: option, value: "non-null")
         }
-        let normalizer = try Normalizer(json: try json.optionalObject("normalizer"))
-        let model = try BPEModel(json: try json.object("model"))
+        var declared: [AddedToken] = []
+        if let list = json.value("added_tokens") {
+            guard let entries = list.arrayValue else { throw json.invalid("added_tokens", "an array") }
+            for (index, entry) in entries.enumerated() {
+                declared.append(try AddedToken(json: try json.element(entry, of: "added_tokens", at: index)))
+            }
+        }
+        try self.init(
+            normalizer: try Normalizer(json: try json.optionalObject("normalizer")),
+            preTokenizer: try PreTokenizer(json: try json.optionalObject("pre_tokenizer")),
+            model: try BPEModel(json: try json.object("model")),
+            decoder: try DecoderPipeline(json: try json.optionalObject("decoder")),
+            addedTokens: declared,
+            postProcessor: try PostProcessor(json: try json.optionalObject("post_processor")),
+            config: config, source: file)
+    }
+
+    /// The tokenizer from its parts, whichever file they came from. `addedTokens` are as declared:
+    /// each takes the model's id for its text when the model has one.
+    init(
+        normalizer: Normalizer, preTokenizer: PreTokenizer, model: BPEModel, decoder: DecoderPipeline,
+        addedTokens declared: [AddedToken], postProcessor declaredPostProcessor: PostProcessor,
+        config: TokenizerConfig?, source file: String, fallbackTemplate: ChatTemplate? = nil
+    ) throws {
         self.normalizer = normalizer
-        self.preTokenizer = try PreTokenizer(json: try json.optionalObject("pre_tokenizer"))
+        self.preTokenizer = preTokenizer
         self.model = model
-        self.decoder = try DecoderPipeline(json: try json.optionalObject("decoder"))
+        self.decoder = decoder
 
         // Added tokens take the model's id for their content when it has one, as `add_tokens` does.
         var added: [AddedToken] = []
         var addedIDs: [TokenKey: Int] = [:]
-        if let list = json.value("added_tokens") {
-            guard let entries = list.arrayValue else { throw json.invalid("added_tokens", "an array") }
-            for (index, entry) in entries.enumerated() {
-                let token = try AddedToken(json: try json.element(entry, of: "added_tokens", at: index))
-                let key = TokenKey(token.content)
-                let id = model.vocab[key].map(Int.init) ?? addedIDs[key] ?? token.id
-                guard id >= 0 && id < Int(Int32.max) else {
-                    throw TokenizerError.invalidField(
-                        file: file, path: "added_tokens[\(index)].id", expected: "a token id")
-                }
-                addedIDs[key] = id
-                added.append(
-                    AddedToken(
-                        id: id, content: token.content, singleWord: token.singleWord, lstrip: token.lstrip,
-                        rstrip: token.rstrip, normalized: token.normalized, special: token.special))
+        for (index, token) in declared.enumerated() {
+            let key = TokenKey(token.content)
+            let id = model.vocab[key].map(Int.init) ?? addedIDs[key] ?? token.id
+            guard id >= 0 && id < Int(Int32.max) else {
+                throw TokenizerError.invalidField(file: file, path: "added_tokens[\(index)].id", expected: "a token id")
             }
+            addedIDs[key] = id
+            added.append(
+                AddedToken(
+                    id: id, content: token.content, singleWord: token.singleWord, lstrip: token.lstrip,
+                    rstrip: token.rstrip, normalized: token.normalized, special: token.special))
         }
         self.addedVocabulary = AddedVocabulary(tokens: added, normalizer: normalizer)
 
@@ -109,7 +126,7 @@ public struct Tokenizer: Sendable {
 
         // transformers' GemmaTokenizerFast rebuilds the post-processor from add_bos_token /
         // add_eos_token (`update_post_processor`), so the config wins over tokenizer.json when set.
-        var postProcessor = try PostProcessor(json: try json.optionalObject("post_processor"))
+        var postProcessor = declaredPostProcessor
         if let config, config.addBosToken != nil || config.addEosToken != nil {
             // Unset flags take GemmaTokenizer's defaults: add bos, not eos.
             var prefix: [Int32] = []
@@ -138,7 +155,9 @@ public struct Tokenizer: Sendable {
             endOfTurn: optionalLookup("<end_of_turn>"),
             addsBos: bos.map { postProcessor.prefix.contains(Int32($0)) } ?? false,
             addsEos: eos.map { postProcessor.suffix.contains(Int32($0)) } ?? false)
-        if let config {
+        if let fallbackTemplate, config?.chatTemplate == nil {
+            self.template = .success(fallbackTemplate)
+        } else if let config {
             self.template = Result { () throws(TokenizerError) in try ChatTemplate(config: config) }
         } else {
             self.template = .success(ChatTemplate())
