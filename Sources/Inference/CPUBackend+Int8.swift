@@ -12,14 +12,18 @@ import _Builtin_intrinsics.intel
 /// own, so a sequence gets the same numbers alone or among up to that many, but not in a larger batch,
 /// which takes the f32 kernel (as in llama.cpp, results can depend on the batch).
 enum Int8Product {
-    /// Formats this path covers (the bulk of Gemma 3 GGUF K-quant files: the Q8_0 embedding/LM head
-    /// and the Q5_0 projections).
-    static func covers(_ format: WeightFormat) -> Bool { format == .q8_0 || format == .q5_0 }
+    /// Formats this path covers: all of a Gemma 3 Q4_K_M file (the Q8_0 embedding/LM head, the Q5_0
+    /// projections, the Q4_K and Q6_K output and down projections).
+    static func covers(_ format: WeightFormat) -> Bool {
+        format == .q8_0 || format == .q5_0 || format == .q4_K || format == .q6_K
+    }
 
     /// x quantized per 32-element block: values (rows, count) int8 and scales (rows, count / 32).
     struct Activations {
         let values: UnsafeMutablePointer<Int8>
         let scales: UnsafeMutablePointer<Float>
+        /// scale × Σ values per block: what a block's x sums to, for the Q4_K minimums.
+        let sums: UnsafeMutablePointer<Float>
         let count: Int
 
         init(_ x: UnsafePointer<Float>, rows: Int, count: Int) {
@@ -27,28 +31,41 @@ enum Int8Product {
             let blocks = count / 32
             values = .allocate(capacity: max(1, rows * count))
             scales = .allocate(capacity: max(1, rows * blocks))
+            sums = .allocate(capacity: max(1, rows * blocks))
+            // Intrinsics: Swift's generic SIMD rounding conversion is a per-lane call, which cost more
+            // than a tenth of a decode step. cvtps rounds to nearest even, as llama.cpp's roundf-free path.
+            let signMask = _mm256_set1_ps(-0.0)
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
             for b in 0..<rows * blocks {
-                let source = x + 32 * b
-                var maximum = SIMD8<Float>()
-                for i in stride(from: 0, to: 32, by: 8) {
-                    let v = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD8<Float>.self)
-                    maximum = pointwiseMax(maximum, pointwiseMax(v, -v))
-                }
-                let scale = maximum.max() / 127
-                let inverse: Float = scale == 0 ? 0 : 1 / scale
+                let source = UnsafeRawPointer(x + 32 * b)
+                let v0 = _mm256_loadu_ps(source.assumingMemoryBound(to: Float.self))
+                let v1 = _mm256_loadu_ps((source + 32).assumingMemoryBound(to: Float.self))
+                let v2 = _mm256_loadu_ps((source + 64).assumingMemoryBound(to: Float.self))
+                let v3 = _mm256_loadu_ps((source + 96).assumingMemoryBound(to: Float.self))
+                let maximum = _mm256_max_ps(
+                    _mm256_max_ps(_mm256_andnot_ps(signMask, v0), _mm256_andnot_ps(signMask, v1)),
+                    _mm256_max_ps(_mm256_andnot_ps(signMask, v2), _mm256_andnot_ps(signMask, v3)))
+                let scale = unsafeBitCast(maximum, to: SIMD8<Float>.self).max() / 127
+                let inverse = _mm256_set1_ps(scale == 0 ? 0 : 1 / scale)
                 scales[b] = scale
-                for i in stride(from: 0, to: 32, by: 8) {
-                    let v = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD8<Float>.self) * inverse
-                    let q = SIMD8<Int32>(v.rounded(.toNearestOrEven))
-                    UnsafeMutableRawPointer(values + 32 * b + i).storeBytes(
-                        of: SIMD8<Int8>(truncatingIfNeeded: q), as: SIMD8<Int8>.self)
-                }
+                let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inverse))
+                let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inverse))
+                let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inverse))
+                let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inverse))
+                let total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3))
+                sums[b] = scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())
+                // The packs work within 128-bit lanes; the permutation puts the 32 bytes back in order.
+                let packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3))
+                _mm256_storeu_si256(
+                    UnsafeMutableRawPointer(values + 32 * b).assumingMemoryBound(to: __m256i.self),
+                    _mm256_permutevar8x32_epi32(packed, order))
             }
         }
 
         func free() {
             values.deallocate()
             scales.deallocate()
+            sums.deallocate()
         }
     }
 
@@ -66,6 +83,28 @@ enum Int8Product {
         let rowBytes = weight.rowBytes
         let xq = activations.values
         let xs = activations.scales
+        if weight.format == .q4_K || weight.format == .q6_K {
+            let q6 = weight.format == .q6_K
+            let xsum = activations.sums
+            Parallel.forRanges(m, minimumChunk: 64, granularity: 16) { range in
+                for r in range {
+                    let w = base + r * rowBytes
+                    var t = 0
+                    while t + 4 <= n {
+                        let sums = q6 ? superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 4, q6: true)
+                            : superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 4, q6: false)
+                        for j in 0..<4 { out[(t + j) * m + r] = sums[j] }
+                        t += 4
+                    }
+                    while t < n {
+                        out[t * m + r] = q6 ? superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 1, q6: true)[0]
+                            : superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 1, q6: false)[0]
+                        t += 1
+                    }
+                }
+            }
+            return
+        }
         Parallel.forRanges(m, minimumChunk: 64, granularity: 16) { range in
             // One weight row against the tokens four at a time: each block of the row is unpacked once
             // and multiplied with four tokens' blocks. The format test is hoisted out of the loops.
@@ -146,6 +185,111 @@ enum Int8Product {
             a3 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + 3 * k)), _mm256_set1_ps(d * xs[3 * blocks + b]), a3)
         }
         return SIMD4(sum(a0), sum(a1), sum(a2), sum(a3))
+    }
+
+    /// One K-quant row (256-value super-blocks) against `tokens` (1 or 4) tokens, x rows `k` apart.
+    ///
+    /// Q4_K: value = d·sc[j]·q − dmin·m[j] per 32-value sub-block j, q in 0...15, six-bit sc and m
+    /// packed in 12 bytes. Σ value·x = d·sc·Σ q·x − dmin·m·Σ x, and Σ x per block is precomputed.
+    /// Q6_K: value = d·sc[i]·(q − 32) per 16 values, q six bits split over ql (low four) and qh (high
+    /// two), sc int8. Each 32-value group takes two scales, applied by `vpmaddwd` to the pair sums.
+    /// Intrinsics only: Swift's generic SIMD byte shifts are not lowered to single instructions.
+    @inline(__always) static func superBlocks(
+        _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ xsum: UnsafePointer<Float>,
+        _ k: Int, _ blocks: Int, tokens: Int, q6: Bool
+    ) -> SIMD4<Float> {
+        var acc = KAccumulators()
+        let low4 = _mm256_set1_epi8(0x0F)
+        let low2 = _mm256_set1_epi8(0x03)
+        let bias = _mm256_set1_epi8(32)
+        for s in 0..<k / 256 {
+            if q6 {
+                let p = w + 210 * s
+                let d = half(p + 208)
+                for h in 0..<2 {
+                    let ql = p + 64 * h
+                    let a = bytes(ql)
+                    let c = bytes(ql + 32)
+                    let qh = bytes(p + 128 + 32 * h)
+                    let sc = p + 192 + 8 * h
+                    let base = 8 * s + 4 * h
+                    // Group g: values 32g..<32g + 32 of this half; scales 2g (first 16 values) and 2g + 1.
+                    let g0 = _mm256_or_si256(_mm256_and_si256(a, low4), _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4))
+                    let g1 = _mm256_or_si256(
+                        _mm256_and_si256(c, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), low2), 4))
+                    let g2 = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(a, 4), low4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), low2), 4))
+                    let g3 = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(c, 4), low4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), low2), 4))
+                    acc.add(base, d, _mm256_sub_epi8(g0, bias), q6Scales(sc, 0), signed: true, xq, xs, k, blocks, tokens)
+                    acc.add(base + 1, d, _mm256_sub_epi8(g1, bias), q6Scales(sc, 1), signed: true, xq, xs, k, blocks, tokens)
+                    acc.add(base + 2, d, _mm256_sub_epi8(g2, bias), q6Scales(sc, 2), signed: true, xq, xs, k, blocks, tokens)
+                    acc.add(base + 3, d, _mm256_sub_epi8(g3, bias), q6Scales(sc, 3), signed: true, xq, xs, k, blocks, tokens)
+                }
+            } else {
+                let p = w + 144 * s
+                let d = half(p)
+                let dmin = half(p + 2)
+                let packed = (p + 4).assumingMemoryBound(to: UInt8.self)
+                for pair in 0..<4 {
+                    let q = bytes(p + 16 + 32 * pair)
+                    for nibble in 0..<2 {
+                        let j = 2 * pair + nibble
+                        let (sc, mn) = scaleAndMinimum(packed, j)
+                        let values = nibble == 0 ? _mm256_and_si256(q, low4) : _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
+                        let b = 8 * s + j
+                        acc.add(b, d, values, _mm256_set1_epi16(Int16(sc)), signed: false, xq, xs, k, blocks, tokens)
+                        let m = dmin * Float(mn)
+                        acc.minimums[0] += m * xsum[b]
+                        if tokens > 1 {
+                            acc.minimums[1] += m * xsum[blocks + b]
+                            acc.minimums[2] += m * xsum[2 * blocks + b]
+                            acc.minimums[3] += m * xsum[3 * blocks + b]
+                        }
+                    }
+                }
+            }
+        }
+        return SIMD4(sum(acc.a0), sum(acc.a1), sum(acc.a2), sum(acc.a3)) - acc.minimums
+    }
+
+    /// Q6_K's two int8 scales of group g, one per 16 values, as int16 lanes for `vpmaddwd`.
+    @inline(__always) static func q6Scales(_ sc: UnsafeRawPointer, _ g: Int) -> __m256i {
+        let first = Int16(sc.load(fromByteOffset: 2 * g, as: Int8.self))
+        let second = Int16(sc.load(fromByteOffset: 2 * g + 1, as: Int8.self))
+        return _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
+    }
+
+    struct KAccumulators {
+        var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+        var minimums = SIMD4<Float>()
+
+        /// Adds block b's integer products (pair sums weighted by `scales`) times d · xs for each token.
+        @inline(__always) mutating func add(
+            _ b: Int, _ d: Float, _ values: __m256i, _ scales: __m256i, signed: Bool,
+            _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ k: Int, _ blocks: Int, _ tokens: Int
+        ) {
+            let absolute = signed ? _mm256_sign_epi8(values, values) : values
+            @inline(__always) func product(_ x: __m256i) -> __m256 {
+                let pairs = _mm256_maddubs_epi16(absolute, signed ? _mm256_sign_epi8(x, values) : x)
+                return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, scales))
+            }
+            let x = xq + 32 * b
+            a0 = _mm256_fmadd_ps(product(bytes(x)), _mm256_set1_ps(d * xs[b]), a0)
+            if tokens > 1 {
+                a1 = _mm256_fmadd_ps(product(bytes(x + k)), _mm256_set1_ps(d * xs[blocks + b]), a1)
+                a2 = _mm256_fmadd_ps(product(bytes(x + 2 * k)), _mm256_set1_ps(d * xs[2 * blocks + b]), a2)
+                a3 = _mm256_fmadd_ps(product(bytes(x + 3 * k)), _mm256_set1_ps(d * xs[3 * blocks + b]), a3)
+            }
+        }
+    }
+
+    /// Sub-block j's six-bit scale and minimum from Q4_K's 12 packed bytes (llama.cpp's get_scale_min_k4).
+    @inline(__always) static func scaleAndMinimum(_ b: UnsafePointer<UInt8>, _ j: Int) -> (UInt8, UInt8) {
+        if j < 4 { return (b[j] & 63, b[j + 4] & 63) }
+        return ((b[j + 4] & 0x0F) | ((b[j - 4] >> 6) << 4), (b[j + 4] >> 4) | ((b[j] >> 6) << 4))
     }
 
     /// An fp16 scale (repeated here: debug builds inline only within a file, see Dequantize.swift).

@@ -18,10 +18,10 @@ import Testing
         return out
     }
 
-    @Test(arguments: [WeightFormat.q8_0, .q5_0])
+    @Test(arguments: [WeightFormat.q8_0, .q5_0, .q4_K, .q6_K])
     func productsEqualTheQuantizedReference(format: WeightFormat) throws {
         var random = TestRandom(seed: UInt64(format.ggmlType) + 7)
-        let k = 640
+        let k = format.blockElements == 256 ? 1024 : 640
         let m = 37
         let n = 6  // one group of four tokens and two single ones
         var bytes: [UInt8] = []
