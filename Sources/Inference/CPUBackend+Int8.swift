@@ -1,6 +1,6 @@
 import _Builtin_intrinsics.intel
 
-/// Products of Q8_0 and Q5_0 weights with activations quantized to int8, as llama.cpp computes its
+/// Products of Q8_0, Q5_0, Q4_K and Q6_K weights with activations quantized to int8, as llama.cpp computes its
 /// decode: each 32-element block of x becomes 32 int8 and one f32 scale (Q8_0 itself), and a block's
 /// dot product is 32 byte products summed in integers by AVX2 (`vpmaddubsw`, `vpmaddwd`), then
 /// scaled once. Decode reads every weight once per token and was bound by widening each weight to
@@ -78,52 +78,90 @@ enum Int8Product {
         let blocks = k / 32
         let activations = Activations(x, rows: n, count: k)
         defer { activations.free() }
-        let isQ8 = weight.format == .q8_0
+        let kind: Kind = switch weight.format {
+        case .q8_0: .q8
+        case .q5_0: .q5
+        case .q4_K: .q4K
+        default: .q6K
+        }
         let base = weight.data
         let rowBytes = weight.rowBytes
         let xq = activations.values
         let xs = activations.scales
-        if weight.format == .q4_K || weight.format == .q6_K {
-            let q6 = weight.format == .q6_K
-            let xsum = activations.sums
-            Parallel.forRanges(m, minimumChunk: 64, granularity: 16) { range in
-                for r in range {
-                    let w = base + r * rowBytes
-                    var t = 0
-                    while t + 4 <= n {
-                        let sums = q6 ? superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 4, q6: true)
-                            : superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 4, q6: false)
-                        for j in 0..<4 { out[(t + j) * m + r] = sums[j] }
-                        t += 4
-                    }
-                    while t < n {
-                        out[t * m + r] = q6 ? superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 1, q6: true)[0]
-                            : superBlocks(w, xq + t * k, xs + t * blocks, xsum + t * blocks, k, blocks, tokens: 1, q6: false)[0]
-                        t += 1
-                    }
-                }
-            }
-            return
-        }
+        let xsum = activations.sums
+        let rows = Rows(base: base, rowBytes: rowBytes, xq: xq, xs: xs, xsum: xsum, k: k, blocks: blocks, n: n, m: m, out: out)
         Parallel.forRanges(m, minimumChunk: 64, granularity: 16) { range in
-            // One weight row against the tokens four at a time: each block of the row is unpacked once
-            // and multiplied with four tokens' blocks. The format test is hoisted out of the loops.
+            // One function per format, so each is compiled with its format and group sizes constant.
+            switch kind {
+            case .q8: rows.q8(range)
+            case .q5: rows.q5(range)
+            case .q4K: rows.q4K(range)
+            case .q6K: rows.q6K(range)
+            }
+        }
+    }
+
+    /// The operands of one product, and its row loop.
+    struct Rows {
+        let base: UnsafeRawPointer, rowBytes: Int
+        let xq: UnsafePointer<Int8>, xs: UnsafePointer<Float>, xsum: UnsafePointer<Float>
+        let k: Int, blocks: Int, n: Int, m: Int
+        let out: UnsafeMutablePointer<Float>
+
+        @inline(never) func q8(_ range: Range<Int>) { each(range, .q8) }
+        @inline(never) func q5(_ range: Range<Int>) { each(range, .q5) }
+        @inline(never) func q4K(_ range: Range<Int>) { each(range, .q4K) }
+        @inline(never) func q6K(_ range: Range<Int>) { each(range, .q6K) }
+
+        /// Each weight row against the tokens up to four at a time: each block of the row is unpacked
+        /// once and multiplied with every token's block.
+        @inline(__always) func each(_ range: Range<Int>, _ kind: Kind) {
             for r in range {
                 let w = base + r * rowBytes
                 var t = 0
-                while t + 4 <= n {
-                    let sums = isQ8 ? four(w, xq + t * k, xs + t * blocks, k, blocks, q8: true)
-                        : four(w, xq + t * k, xs + t * blocks, k, blocks, q8: false)
-                    for j in 0..<4 { out[(t + j) * m + r] = sums[j] }
-                    t += 4
-                }
                 while t < n {
-                    out[t * m + r] = isQ8 ? one(w, xq + t * k, xs + t * blocks, blocks, q8: true)
-                        : one(w, xq + t * k, xs + t * blocks, blocks, q8: false)
-                    t += 1
+                    let g = min(4, n - t)
+                    let x = xq + t * k, s = xs + t * blocks, sums = xsum + t * blocks
+                    let result: SIMD4<Float> = switch g {
+                    case 4: group(kind, 4, w, x, s, sums, k, blocks)
+                    case 3: group(kind, 3, w, x, s, sums, k, blocks)
+                    case 2: group(kind, 2, w, x, s, sums, k, blocks)
+                    default: group(kind, 1, w, x, s, sums, k, blocks)
+                    }
+                    for j in 0..<g { out[(t + j) * m + r] = result[j] }
+                    t += g
                 }
             }
         }
+    }
+
+    enum Kind { case q8, q5, q4K, q6K }
+
+    @inline(__always) static func group(
+        _ kind: Kind, _ tokens: Int, _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>,
+        _ xsum: UnsafePointer<Float>, _ k: Int, _ blocks: Int
+    ) -> SIMD4<Float> {
+        switch kind {
+        case .q8: return smallBlocks(w, xq, xs, k, blocks, tokens: tokens, q8: true)
+        case .q5: return smallBlocks(w, xq, xs, k, blocks, tokens: tokens, q8: false)
+        case .q4K: return superBlocks(w, xq, xs, xsum, k, blocks, tokens: tokens, q6: false)
+        case .q6K: return superBlocks(w, xq, xs, xsum, k, blocks, tokens: tokens, q6: true)
+        }
+    }
+
+    /// One Q8_0 or Q5_0 row (32-value blocks) against `tokens` (1...4) tokens, x rows `k` apart. Each
+    /// token's sum is accumulated in the same order whatever the group, so results do not depend on it.
+    @inline(__always) static func smallBlocks(
+        _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ k: Int, _ blocks: Int,
+        tokens: Int, q8: Bool
+    ) -> SIMD4<Float> {
+        var acc = Accumulators()
+        let ones = _mm256_set1_epi16(1)
+        for b in 0..<blocks {
+            let (values, d) = unpack(w, b, q8: q8)
+            acc.add(b, d, values, ones, signed: true, xq, xs, k, blocks, tokens)
+        }
+        return acc.sums
     }
 
     /// Block b of a row: its 32 values as int8 and its scale.
@@ -133,8 +171,9 @@ enum Int8Product {
             return (bytes(p + 2), half(p))
         }
         let p = w + 22 * b
-        let qs = p.loadUnaligned(fromByteOffset: 6, as: SIMD16<UInt8>.self)
-        let nibbles = SIMD32<UInt8>(lowHalf: qs & 0x0F, highHalf: qs &>> 4)
+        let qs = unsafeBitCast(p.loadUnaligned(fromByteOffset: 6, as: SIMD16<UInt8>.self), to: __m128i.self)
+        let mask = _mm_set1_epi8(0x0F)
+        let nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), mask), _mm_and_si128(qs, mask))
         let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
         // Byte i takes byte i / 8 of qh; the mask then leaves 0xFF exactly where bit i is set.
         let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0)
@@ -143,51 +182,10 @@ enum Int8Product {
                 _mm256_shuffle_epi8(_mm256_set1_epi32(Int32(bitPattern: qh)), spread), _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
             _mm256_set1_epi64x(-1))
         // nibble | 0xF0 is nibble - 16 as int8 (bit clear); a set bit leaves nibble + 16 - 16.
-        return (_mm256_or_si256(unsafeBitCast(nibbles, to: __m256i.self), _mm256_andnot_si256(set, _mm256_set1_epi8(-16))), half(p))
+        return (_mm256_or_si256(nibbles, _mm256_andnot_si256(set, _mm256_set1_epi8(-16))), half(p))
     }
 
-    /// Σ over 32 lanes of a·x where a's absolute values and signs are given apart (`vpmaddubsw`
-    /// multiplies unsigned by signed bytes), as eight int32 partial sums in f32.
-    @inline(__always) static func dot(_ absolute: __m256i, _ signs: __m256i, _ x: __m256i) -> __m256 {
-        let products = _mm256_maddubs_epi16(absolute, _mm256_sign_epi8(x, signs))
-        return _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)))
-    }
-
-    /// One row against one token.
-    @inline(__always) static func one(
-        _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ blocks: Int, q8: Bool
-    ) -> Float {
-        var acc = _mm256_setzero_ps()
-        for b in 0..<blocks {
-            let (values, d) = unpack(w, b, q8: q8)
-            let product = dot(_mm256_sign_epi8(values, values), values, bytes(xq + 32 * b))
-            acc = _mm256_fmadd_ps(product, _mm256_set1_ps(d * xs[b]), acc)
-        }
-        return sum(acc)
-    }
-
-    /// One row against four tokens (x rows `k` apart), sharing each unpacked block. Each token's sum
-    /// is accumulated in the same order as `one`, so results do not depend on the grouping.
-    @inline(__always) static func four(
-        _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ k: Int, _ blocks: Int, q8: Bool
-    ) -> SIMD4<Float> {
-        var a0 = _mm256_setzero_ps()
-        var a1 = _mm256_setzero_ps()
-        var a2 = _mm256_setzero_ps()
-        var a3 = _mm256_setzero_ps()
-        for b in 0..<blocks {
-            let (values, d) = unpack(w, b, q8: q8)
-            let absolute = _mm256_sign_epi8(values, values)
-            let x = xq + 32 * b
-            a0 = _mm256_fmadd_ps(dot(absolute, values, bytes(x)), _mm256_set1_ps(d * xs[b]), a0)
-            a1 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + k)), _mm256_set1_ps(d * xs[blocks + b]), a1)
-            a2 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + 2 * k)), _mm256_set1_ps(d * xs[2 * blocks + b]), a2)
-            a3 = _mm256_fmadd_ps(dot(absolute, values, bytes(x + 3 * k)), _mm256_set1_ps(d * xs[3 * blocks + b]), a3)
-        }
-        return SIMD4(sum(a0), sum(a1), sum(a2), sum(a3))
-    }
-
-    /// One K-quant row (256-value super-blocks) against `tokens` (1 or 4) tokens, x rows `k` apart.
+    /// One K-quant row (256-value super-blocks) against `tokens` (1...4) tokens, x rows `k` apart.
     ///
     /// Q4_K: value = d·sc[j]·q − dmin·m[j] per 32-value sub-block j, q in 0...15, six-bit sc and m
     /// packed in 12 bytes. Σ value·x = d·sc·Σ q·x − dmin·m·Σ x, and Σ x per block is precomputed.
@@ -198,7 +196,7 @@ enum Int8Product {
         _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>, _ xsum: UnsafePointer<Float>,
         _ k: Int, _ blocks: Int, tokens: Int, q6: Bool
     ) -> SIMD4<Float> {
-        var acc = KAccumulators()
+        var acc = Accumulators()
         let low4 = _mm256_set1_epi8(0x0F)
         let low2 = _mm256_set1_epi8(0x03)
         let bias = _mm256_set1_epi8(32)
@@ -242,17 +240,12 @@ enum Int8Product {
                         let b = 8 * s + j
                         acc.add(b, d, values, _mm256_set1_epi16(Int16(sc)), signed: false, xq, xs, k, blocks, tokens)
                         let m = dmin * Float(mn)
-                        acc.minimums[0] += m * xsum[b]
-                        if tokens > 1 {
-                            acc.minimums[1] += m * xsum[blocks + b]
-                            acc.minimums[2] += m * xsum[2 * blocks + b]
-                            acc.minimums[3] += m * xsum[3 * blocks + b]
-                        }
+                        for t in 0..<tokens { acc.minimums[t] += m * xsum[t * blocks + b] }
                     }
                 }
             }
         }
-        return SIMD4(sum(acc.a0), sum(acc.a1), sum(acc.a2), sum(acc.a3)) - acc.minimums
+        return acc.sums - acc.minimums
     }
 
     /// Q6_K's two int8 scales of group g, one per 16 values, as int16 lanes for `vpmaddwd`.
@@ -262,7 +255,8 @@ enum Int8Product {
         return _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
     }
 
-    struct KAccumulators {
+    /// Up to four tokens' running sums for one weight row.
+    struct Accumulators {
         var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
         var minimums = SIMD4<Float>()
 
@@ -278,12 +272,12 @@ enum Int8Product {
             }
             let x = xq + 32 * b
             a0 = _mm256_fmadd_ps(product(bytes(x)), _mm256_set1_ps(d * xs[b]), a0)
-            if tokens > 1 {
-                a1 = _mm256_fmadd_ps(product(bytes(x + k)), _mm256_set1_ps(d * xs[blocks + b]), a1)
-                a2 = _mm256_fmadd_ps(product(bytes(x + 2 * k)), _mm256_set1_ps(d * xs[2 * blocks + b]), a2)
-                a3 = _mm256_fmadd_ps(product(bytes(x + 3 * k)), _mm256_set1_ps(d * xs[3 * blocks + b]), a3)
-            }
+            if tokens > 1 { a1 = _mm256_fmadd_ps(product(bytes(x + k)), _mm256_set1_ps(d * xs[blocks + b]), a1) }
+            if tokens > 2 { a2 = _mm256_fmadd_ps(product(bytes(x + 2 * k)), _mm256_set1_ps(d * xs[2 * blocks + b]), a2) }
+            if tokens > 3 { a3 = _mm256_fmadd_ps(product(bytes(x + 3 * k)), _mm256_set1_ps(d * xs[3 * blocks + b]), a3) }
         }
+
+        var sums: SIMD4<Float> { SIMD4(sum(a0), sum(a1), sum(a2), sum(a3)) }
     }
 
     /// Sub-block j's six-bit scale and minimum from Q4_K's 12 packed bytes (llama.cpp's get_scale_min_k4).

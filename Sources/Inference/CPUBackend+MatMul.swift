@@ -6,11 +6,12 @@ import Foundation
 extension CPUBackend {
     /// Rows of weights widened per block in the batched path: 3 × 16 rows of up to 2048 f32 stay in L2.
     static let rowBlock = 48
-    /// Up to this many rows, int8 products (each weight block unpacked once for four tokens) beat
-    /// widening the weights to f32 for the register-blocked kernel. Measured with `inference-server
-    /// bench-batch` on the 270M Q4_K_M (ms per decode step, int8 / f32): 1 row 31 / 37, 2 rows 54 / 75,
-    /// 4 rows 75 / 78, 8 rows 144 / 114, 16 rows 285 / 184. INFERENCE_INT8_ROWS overrides it (experiments).
-    static let int8RowLimit = Int(ProcessInfo.processInfo.environment["INFERENCE_INT8_ROWS"] ?? "") ?? 3
+    /// Up to this many rows, int8 products (each weight block unpacked once for up to four tokens)
+    /// beat widening the weights to f32 for the register-blocked kernel. Measured with
+    /// `inference-server bench-batch` on the 270M Q4_K_M (ms per decode step, int8 / f32): 1 row
+    /// 25-27 / 37, 2 rows 38 / 75, 4 rows 61-64 / 78, 6 rows 100 / 111, 7 rows 110 / 117, 8 rows
+    /// 125 / 115. INFERENCE_INT8_ROWS overrides it (experiments).
+    static let int8RowLimit = Int(ProcessInfo.processInfo.environment["INFERENCE_INT8_ROWS"] ?? "") ?? 7
 
     public func matmul(_ x: CPUBuffer, rows: Int, weight: WeightTensor, into out: CPUBuffer) {
         let inner = weight.columns

@@ -10,7 +10,7 @@ public struct CPUBackend: ComputeBackend {
     public var name: String { "cpu (\(Parallel.threadCount) threads)" }
 
     /// When true, activations stay f32 in every product; when false (the default, as llama.cpp),
-    /// products of few rows with Q8_0/Q5_0 weights quantize the activations to int8 (`Int8Product`).
+    /// products of few rows with Q8_0/Q5_0/Q4_K/Q6_K weights quantize the activations to int8 (`Int8Product`).
     public let exact: Bool
 
     /// Refuses to run on a CPU without the instructions the kernels were compiled with.

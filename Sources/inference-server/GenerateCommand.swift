@@ -70,7 +70,7 @@ struct Generate: ParsableCommand {
 
     @Flag(
         name: .customLong("exact-activations"),
-        help: "Keep activations in f32 in every product (slower decode on Q8_0/Q5_0 weights; for numeric comparisons).")
+        help: "Keep activations in f32 in every product (slower decode on Q8_0/Q5_0/Q4_K/Q6_K weights; for numeric comparisons).")
     var exactActivations = false
 
     @Flag(help: "Print one JSON object instead of the text.")

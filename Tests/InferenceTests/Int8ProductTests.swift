@@ -23,30 +23,32 @@ import Testing
         var random = TestRandom(seed: UInt64(format.ggmlType) + 7)
         let k = format.blockElements == 256 ? 1024 : 640
         let m = 37
-        let n = 6  // one group of four tokens and two single ones
         var bytes: [UInt8] = []
         var weights: [[Float]] = []
+        // The same rows for every group size.
         for _ in 0..<m {
             let row = ScalarReference.randomRow(format, count: k, &random)
             bytes += row
             weights.append(ScalarReference.dequantize(format, row, count: k))
         }
-        let x = (0..<n).map { _ in random.floats(k) }
-        var out = [Float](repeating: .nan, count: n * m)
-        let flat = x.flatMap { $0 }
-        let tensor = try WeightTensor(name: "w", format: format, shape: [m, k], bytes: bytes)
-        flat.withUnsafeBufferPointer { xs in
-            out.withUnsafeMutableBufferPointer { Int8Product.matmul(xs.baseAddress!, n, tensor, $0.baseAddress!) }
-        }
-        for t in 0..<n {
-            let q = Self.quantized(x[t])
-            for r in 0..<m {
-                let exact = zip(weights[r], q).reduce(Double(0)) { $0 + Double($1.0) * Double($1.1) }
-                let full = zip(weights[r], x[t]).reduce(Double(0)) { $0 + Double($1.0) * Double($1.1) }
-                let magnitude = zip(weights[r], x[t]).reduce(Double(0)) { $0 + abs(Double($1.0) * Double($1.1)) }
-                let got = Double(out[t * m + r])
-                #expect(abs(got - exact) <= 1e-5 * magnitude, "\(format) token \(t) row \(r): \(got) vs \(exact)")
-                #expect(abs(got - full) <= 2e-2 * magnitude, "\(format) token \(t) row \(r): \(got) vs f32 \(full)")
+        for n in [1, 2, 7] {  // groups of one, two, four and three tokens
+            let x = (0..<n).map { _ in random.floats(k) }
+            var out = [Float](repeating: .nan, count: n * m)
+            let flat = x.flatMap { $0 }
+            let tensor = try WeightTensor(name: "w", format: format, shape: [m, k], bytes: bytes)
+            flat.withUnsafeBufferPointer { xs in
+                out.withUnsafeMutableBufferPointer { Int8Product.matmul(xs.baseAddress!, n, tensor, $0.baseAddress!) }
+            }
+            for t in 0..<n {
+                let q = Self.quantized(x[t])
+                for r in 0..<m {
+                    let exact = zip(weights[r], q).reduce(Double(0)) { $0 + Double($1.0) * Double($1.1) }
+                    let full = zip(weights[r], x[t]).reduce(Double(0)) { $0 + Double($1.0) * Double($1.1) }
+                    let magnitude = zip(weights[r], x[t]).reduce(Double(0)) { $0 + abs(Double($1.0) * Double($1.1)) }
+                    let got = Double(out[t * m + r])
+                    #expect(abs(got - exact) <= 1e-5 * magnitude, "\(format) token \(t) row \(r): \(got) vs \(exact)")
+                    #expect(abs(got - full) <= 2e-2 * magnitude, "\(format) token \(t) row \(r): \(got) vs f32 \(full)")
+                }
             }
         }
     }
