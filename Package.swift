@@ -51,6 +51,7 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
         ),
         // The OpenAI API over the engine: routes, request decoding, SSE, the batching scheduler, metrics.
+        .target(name: "CUDA", dependencies: ["Hashing"]),
         .target(
             name: "InferenceServer",
             dependencies: [
@@ -63,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "inference-server",
             dependencies: [
-                "Inference", "Tokenizer", "InferenceServer",
+                "Inference", "Tokenizer", "InferenceServer", "CUDA",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -78,6 +79,7 @@ let package = Package(
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Tokenizer", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "GoogleCloudTests", dependencies: ["GoogleCloud", "HTTP", "TestSupport"]),
         .testTarget(name: "InferenceServerTests", dependencies: ["TestSupport"]),
+        .testTarget(name: "CUDATests", dependencies: ["CUDA", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
     ],

@@ -1,0 +1,273 @@
+/// The CUDA C source of the Gemma 3 kernels, compiled at start by NVRTC to a CUBIN for the device's
+/// architecture (never PTX: Cloud Run's 535 driver cannot load PTX newer than CUDA 12.2's).
+///
+/// Kept as a Swift string so the one `inference-server` binary carries it: nothing beside the binary
+/// to package or find at run time. No CUDA header is included (NVRTC has no toolkit headers here):
+/// bf16 is handled as its 16 bits, converted with round-to-nearest-even as PyTorch does.
+///
+/// Layouts: activations are f32 row-major (tokens, features); weights and the KV cache are bf16,
+/// weights row-major (out, in) as in the checkpoint. Every kernel takes its sizes as arguments and
+/// checks its bounds, so one CUBIN serves every Gemma 3 size.
+public enum GemmaKernels {
+    /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
+    public static let names = [
+        "embed_rows", "rms_norm", "rms_norm_add", "gemv_bf16", "rope", "kv_store", "attention_decode",
+        "gelu_tanh_mul", "add_rows", "argmax_rows", "sample_gumbel",
+    ]
+
+    /// NVRTC options. No --use_fast_math: it would turn rope's sinf/cosf into approximations that
+    /// are wrong for the large angles of late positions; the kernels ask for __expf/__logf by name.
+    public static let options = ["--std=c++17"]
+
+    public static let source = #"""
+        typedef unsigned short bf16;
+        typedef unsigned int u32;
+        typedef unsigned long long u64;
+        #define NEG_INF __int_as_float(0xff800000)
+
+        __device__ __forceinline__ float bf16_to_f32(bf16 v) { return __uint_as_float(((u32)v) << 16); }
+
+        __device__ __forceinline__ bf16 f32_to_bf16(float f) {
+            u32 u = __float_as_uint(f);
+            if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)0x7fc0;  // NaN stays NaN
+            u += 0x7fffu + ((u >> 16) & 1u);                             // round to nearest even
+            return (bf16)(u >> 16);
+        }
+
+        __device__ __forceinline__ float warp_sum(float v) {
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            return v;
+        }
+
+        __device__ __forceinline__ float warp_max(float v) {
+            for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+            return v;
+        }
+
+        // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+        __device__ float block_sum(float v) {
+            __shared__ float partial[32];
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            v = warp_sum(v);
+            __syncthreads();
+            if (lane == 0) partial[warp] = v;
+            __syncthreads();
+            int warps = (blockDim.x + 31) >> 5;
+            v = (threadIdx.x < warps) ? partial[threadIdx.x] : 0.0f;
+            if (warp == 0) v = warp_sum(v);
+            if (threadIdx.x == 0) partial[0] = v;
+            __syncthreads();
+            return partial[0];
+        }
+
+        // out[t, :] = table[ids[t], :] * scale. Grid: tokens.
+        extern "C" __global__ void embed_rows(const bf16* table, const int* ids, float* out, int hidden, float scale) {
+            const bf16* row = table + (u64)ids[blockIdx.x] * hidden;
+            float* o = out + (u64)blockIdx.x * hidden;
+            for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
+        }
+
+        // out[r, :] = x[r, :] / rms(x[r, :]) * (offset + w). Gemma's norms scale by (1 + w): offset is 1
+        // for Hugging Face weights, 0 for GGUF (which stores 1 + w). Grid: rows (tokens, or tokens x heads
+        // for the q/k norms, whose weight is per head dimension). out may be x.
+        extern "C" __global__ void rms_norm(const float* x, const bf16* w, float* out, int n, float eps, float offset) {
+            const float* xr = x + (u64)blockIdx.x * n;
+            float* orow = out + (u64)blockIdx.x * n;
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+            float inv = rsqrtf(block_sum(s) / n + eps);
+            for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * (offset + bf16_to_f32(w[i]));
+        }
+
+        // residual[r, :] += rms_norm(h[r, :]): Gemma's post-attention and post-feedforward norms. Grid: rows.
+        extern "C" __global__ void rms_norm_add(const float* h, const bf16* w, float* residual, int n, float eps, float offset) {
+            const float* hr = h + (u64)blockIdx.x * n;
+            float* rr = residual + (u64)blockIdx.x * n;
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s += hr[i] * hr[i];
+            float inv = rsqrtf(block_sum(s) / n + eps);
+            for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] += hr[i] * inv * (offset + bf16_to_f32(w[i]));
+        }
+
+        // out[t, r] = w[r, :] . x[t, :] for up to 8 tokens: one warp per weight row, eight bf16 per lane
+        // per load (16 bytes), so the weight is read once for every token of the step. k must be a
+        // multiple of 8. Grid: ceil(m / warps per block); block: a multiple of 32.
+        #define GEMV_MAX_TOKENS 8
+        extern "C" __global__ void gemv_bf16(const bf16* w, const float* x, float* out, int m, int k, int tokens) {
+            int lane = threadIdx.x & 31;
+            int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+            if (row >= m) return;
+            float acc[GEMV_MAX_TOKENS];
+            for (int t = 0; t < GEMV_MAX_TOKENS; t++) acc[t] = 0.0f;
+            const uint4* wr = (const uint4*)(w + (u64)row * k);
+            for (int c = lane; c < k / 8; c += 32) {
+                uint4 packed = wr[c];
+                u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+                float wv[8];
+                for (int j = 0; j < 4; j++) {
+                    wv[2 * j] = __uint_as_float(words[j] << 16);
+                    wv[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+                }
+                for (int t = 0; t < GEMV_MAX_TOKENS; t++) {
+                    if (t < tokens) {
+                        const float4* xv = (const float4*)(x + (u64)t * k + 8 * c);
+                        float4 a = xv[0], b = xv[1];
+                        acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w
+                                + wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+                    }
+                }
+            }
+            for (int t = 0; t < GEMV_MAX_TOKENS; t++) {
+                if (t < tokens) {
+                    float s = warp_sum(acc[t]);
+                    if (lane == 0) out[(u64)t * m + row] = s;
+                }
+            }
+        }
+
+        // Rotary embedding as Hugging Face's rotate_half: dimension i pairs with i + dim/2, angle
+        // position * base^(-2i/dim). x: (tokens, heads, dim), in place. Grid: (tokens, heads); block: dim/2.
+        extern "C" __global__ void rope(float* x, const int* positions, int heads, int dim, float base) {
+            int i = threadIdx.x, half = dim >> 1;
+            if (i >= half) return;
+            float* v = x + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
+            // The frequency in double, as the reference's inv_freq is computed in float64 then cast.
+            float inv = (float)(1.0 / pow((double)base, (double)(2 * i) / (double)dim));
+            float angle = (float)positions[blockIdx.x] * inv;
+            float c = cosf(angle), s = sinf(angle);
+            float a = v[i], b = v[i + half];
+            v[i] = a * c - b * s;
+            v[i + half] = b * c + a * s;
+        }
+
+        // kcache[slots[t], :] = k[t, :] and the same for v, rounded to bf16. Grid: tokens.
+        extern "C" __global__ void kv_store(const float* k, const float* v, bf16* kcache, bf16* vcache, const int* slots, int width) {
+            u64 to = (u64)slots[blockIdx.x] * width, from = (u64)blockIdx.x * width;
+            for (int i = threadIdx.x; i < width; i += blockDim.x) {
+                kcache[to + i] = f32_to_bf16(k[from + i]);
+                vcache[to + i] = f32_to_bf16(v[from + i]);
+            }
+        }
+
+        // One query token per sequence against its cached keys: sequence s has `lengths[s]` positions
+        // stored from cache row `starts[s]`; with window > 0 only the last `window` are attended (the
+        // local layers). Heads share kv heads in groups (GQA). Online softmax per warp, then the warps'
+        // partial results are merged. q, out: (sequences, heads, dim); dim <= 256, a multiple of 32.
+        // Grid: (sequences, heads); block: 128.
+        #define ATT_MAX_DIM 256
+        extern "C" __global__ void attention_decode(const float* q, const bf16* kcache, const bf16* vcache, float* out,
+                                                    const int* starts, const int* lengths, int heads, int kvHeads,
+                                                    int dim, int window, float scale) {
+            __shared__ float qs[ATT_MAX_DIM];
+            __shared__ float warp_m[32], warp_l[32];
+            __shared__ float warp_acc[4][ATT_MAX_DIM];
+            int s = blockIdx.x, h = blockIdx.y;
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+            int kvh = h / (heads / kvHeads), width = kvHeads * dim;
+            const float* qv = q + ((u64)s * heads + h) * dim;
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) qs[i] = qv[i] * scale;
+            __syncthreads();
+            int length = lengths[s], first = (window > 0 && length > window) ? length - window : 0;
+            int per = dim >> 5;  // elements per lane
+            float m = NEG_INF, l = 0.0f, acc[ATT_MAX_DIM / 32];
+            for (int j = 0; j < per; j++) acc[j] = 0.0f;
+            for (int p = first + warp; p < length; p += warps) {
+                u64 row = (u64)(starts[s] + p) * width + (u64)kvh * dim;
+                float dot = 0.0f;
+                for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * bf16_to_f32(kcache[row + lane + 32 * j]);
+                float score = warp_sum(dot);
+                float next = fmaxf(m, score);
+                float correction = __expf(m - next), weight = __expf(score - next);
+                l = l * correction + weight;
+                for (int j = 0; j < per; j++) acc[j] = acc[j] * correction + weight * bf16_to_f32(vcache[row + lane + 32 * j]);
+                m = next;
+            }
+            if (lane == 0) { warp_m[warp] = m; warp_l[warp] = l; }
+            for (int j = 0; j < per; j++) warp_acc[warp][lane + 32 * j] = acc[j];
+            __syncthreads();
+            float total_m = NEG_INF;
+            for (int w = 0; w < warps; w++) total_m = fmaxf(total_m, warp_m[w]);
+            float total_l = 0.0f;
+            for (int w = 0; w < warps; w++) total_l += (warp_m[w] == NEG_INF) ? 0.0f : warp_l[w] * __expf(warp_m[w] - total_m);
+            float* o = out + ((u64)s * heads + h) * dim;
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+                float v = 0.0f;
+                for (int w = 0; w < warps; w++)
+                    if (warp_m[w] != NEG_INF) v += warp_acc[w][i] * __expf(warp_m[w] - total_m);
+                o[i] = total_l > 0.0f ? v / total_l : 0.0f;
+            }
+        }
+
+        // out = gelu_tanh(gate) * up, elementwise over `count` values.
+        extern "C" __global__ void gelu_tanh_mul(const float* gate, const float* up, float* out, int count) {
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i >= count) return;
+            float g = gate[i];
+            float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+            out[i] = 0.5f * g * (1.0f + tanhf(inner)) * up[i];
+        }
+
+        // x += y over `count` values.
+        extern "C" __global__ void add_rows(float* x, const float* y, int count) {
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i < count) x[i] += y[i];
+        }
+
+        // The largest value's index in each row of `n` (the lowest index on ties, as the CPU sampler).
+        // Grid: rows; block: 1024.
+        __device__ void block_argmax(float best, int index, int* out) {
+            __shared__ float values[32];
+            __shared__ int indices[32];
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, best, o);
+                int oi = __shfl_xor_sync(0xffffffffu, index, o);
+                if (ov > best || (ov == best && oi < index)) { best = ov; index = oi; }
+            }
+            if (lane == 0) { values[warp] = best; indices[warp] = index; }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                int warps = (blockDim.x + 31) >> 5;
+                for (int w = 1; w < warps; w++)
+                    if (values[w] > best || (values[w] == best && indices[w] < index)) { best = values[w]; index = indices[w]; }
+                *out = index;
+            }
+        }
+
+        extern "C" __global__ void argmax_rows(const float* logits, int* out, int n) {
+            const float* row = logits + (u64)blockIdx.x * n;
+            float best = NEG_INF;
+            int index = 0x7fffffff;
+            for (int i = threadIdx.x; i < n; i += blockDim.x)
+                if (row[i] > best) { best = row[i]; index = i; }
+            block_argmax(best, index, out + blockIdx.x);
+        }
+
+        // A sample from softmax(logits / temperature) by the Gumbel-max trick: argmax of
+        // logits / T - log(-log(u)), u uniform from a counter-based hash of (seed, step, index), so a
+        // seed reproduces its tokens. temperature <= 0 is greedy. Grid: rows; block: 1024.
+        __device__ __forceinline__ u64 mix64(u64 z) {
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            return z ^ (z >> 31);
+        }
+
+        extern "C" __global__ void sample_gumbel(const float* logits, int* out, int n, const float* temperatures,
+                                                 const u64* seeds, const int* steps) {
+            const float* row = logits + (u64)blockIdx.x * n;
+            float t = temperatures[blockIdx.x];
+            u64 key = mix64(seeds[blockIdx.x] ^ mix64((u64)steps[blockIdx.x] + 0x9e3779b97f4a7c15ull));
+            float best = NEG_INF;
+            int index = 0x7fffffff;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                float v = row[i];
+                if (t > 0.0f) {
+                    float u = ((float)(mix64(key + (u64)i) >> 40) + 0.5f) * (1.0f / 16777216.0f);
+                    v = v / t - __logf(-__logf(u));
+                }
+                if (v > best) { best = v; index = i; }
+            }
+            block_argmax(best, index, out + blockIdx.x);
+        }
+        """#
+}

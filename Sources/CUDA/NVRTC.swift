@@ -1,0 +1,142 @@
+import Foundation
+
+/// NVRTC, CUDA's run-time compiler, opened with dlopen: CUDA C source in, a CUBIN (machine code for
+/// one GPU architecture) out. Always CUBIN, never PTX: a driver cannot load PTX from a newer
+/// toolchain, and Cloud Run's driver (535) stops at CUDA 12.2.
+///
+/// Where it is looked for: `INFERENCE_NVRTC` (the library or its folder); beside the executable
+/// (how `builder build --gpu` would ship it); the loader's path (CUDA runtime images register
+/// /usr/local/cuda); the toolkit folders; Python's `nvidia-cuda-nvrtc-cu12` wheel.
+public final class NVRTC: @unchecked Sendable {
+    // @unchecked: immutable after init; NVRTC programs are independent objects.
+    public let path: String
+    public let version: (major: Int, minor: Int)
+    /// SM numbers it can produce code for (e.g. 89 for the L4, 90 for the H100).
+    public let supportedArchitectures: [Int]
+
+    private typealias Program = OpaquePointer?
+    private let createProgram:
+        @convention(c) (
+            UnsafeMutablePointer<Program>, UnsafePointer<CChar>, UnsafePointer<CChar>?, Int32,
+            UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<UnsafePointer<CChar>?>?
+        ) -> Int32
+    private let compileProgram: @convention(c) (Program, Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> Int32
+    private let getLogSize: @convention(c) (Program, UnsafeMutablePointer<Int>) -> Int32
+    private let getLog: @convention(c) (Program, UnsafeMutablePointer<CChar>) -> Int32
+    private let getCUBINSize: @convention(c) (Program, UnsafeMutablePointer<Int>) -> Int32
+    private let getCUBIN: @convention(c) (Program, UnsafeMutableRawPointer) -> Int32
+    private let destroyProgram: @convention(c) (UnsafeMutablePointer<Program>) -> Int32
+    private let errorString: @convention(c) (Int32) -> UnsafePointer<CChar>?
+    private let library: DynamicLibrary
+
+    public static func candidates(environment env: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
+        let name = "libnvrtc.so.12"
+        var list: [String] = []
+        if let given = env["INFERENCE_NVRTC"], !given.isEmpty {
+            list.append(given.hasSuffix(".so") || given.contains(".so.") ? given : given + "/" + name)
+        }
+        let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent().path
+        list += [executable + "/" + name, executable + "/../lib/" + name, name]
+        list += ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/local/cuda-12.2/targets/x86_64-linux/lib"]
+            .map { $0 + "/" + name }
+        list += pythonPackageFolders(environment: env).map { $0 + "/nvidia/cuda_nvrtc/lib/" + name }
+        list.append("libnvrtc.so")
+        return list
+    }
+
+    /// site-packages / dist-packages folders where pip puts the `nvidia-cuda-nvrtc-cu12` wheel.
+    static func pythonPackageFolders(environment env: [String: String]) -> [String] {
+        var roots: [String] = []
+        if let venv = env["VIRTUAL_ENV"] { roots.append(venv + "/lib") }
+        if let home = env["HOME"] {
+            roots.append(home + "/.local/lib")
+            // pyenv's interpreters, each with its own site-packages.
+            let pyenv = (env["PYENV_ROOT"] ?? home + "/.pyenv") + "/versions"
+            roots += ((try? FileManager.default.contentsOfDirectory(atPath: pyenv)) ?? []).sorted().map { pyenv + "/" + $0 + "/lib" }
+        }
+        roots += ["/usr/local/lib", "/usr/lib", "/usr/lib64", "/opt/conda/lib"]
+        var folders: [String] = []
+        let fm = FileManager.default
+        for root in roots {
+            for python in ((try? fm.contentsOfDirectory(atPath: root)) ?? []).filter({ $0.hasPrefix("python3") }).sorted() {
+                for kind in ["site-packages", "dist-packages"] {
+                    let folder = root + "/" + python + "/" + kind
+                    if fm.fileExists(atPath: folder + "/nvidia/cuda_nvrtc") { folders.append(folder) }
+                }
+            }
+        }
+        return folders
+    }
+
+    public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws {
+        library = try DynamicLibrary.open(
+            Self.candidates(environment: env), what: "NVRTC (libnvrtc.so.12)",
+            hint: "Install it with `pip install nvidia-cuda-nvrtc-cu12==12.2.140`, use an nvidia/cuda:12.2 runtime base image, or set INFERENCE_NVRTC to the library")
+        path = library.location(of: "nvrtcVersion")
+        createProgram = try library.function("nvrtcCreateProgram", as: type(of: createProgram))
+        compileProgram = try library.function("nvrtcCompileProgram", as: type(of: compileProgram))
+        getLogSize = try library.function("nvrtcGetProgramLogSize", as: type(of: getLogSize))
+        getLog = try library.function("nvrtcGetProgramLog", as: type(of: getLog))
+        getCUBINSize = try library.function("nvrtcGetCUBINSize", as: type(of: getCUBINSize))
+        getCUBIN = try library.function("nvrtcGetCUBIN", as: type(of: getCUBIN))
+        destroyProgram = try library.function("nvrtcDestroyProgram", as: type(of: destroyProgram))
+        errorString = try library.function("nvrtcGetErrorString", as: type(of: errorString))
+        let versionCall = try library.function("nvrtcVersion", as: (@convention(c) (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Int32).self)
+        var major: Int32 = 0, minor: Int32 = 0
+        _ = versionCall(&major, &minor)
+        version = (Int(major), Int(minor))
+        let count = try library.function("nvrtcGetNumSupportedArchs", as: (@convention(c) (UnsafeMutablePointer<Int32>) -> Int32).self)
+        let list = try library.function("nvrtcGetSupportedArchs", as: (@convention(c) (UnsafeMutablePointer<Int32>) -> Int32).self)
+        var n: Int32 = 0
+        _ = count(&n)
+        var archs = [Int32](repeating: 0, count: Int(max(n, 0)))
+        if n > 0 { _ = archs.withUnsafeMutableBufferPointer { list($0.baseAddress!) } }
+        supportedArchitectures = archs.map(Int.init)
+    }
+
+    public var versionString: String { "\(version.major).\(version.minor)" }
+
+    /// Compiles `source` to a CUBIN for `sm_<architecture>`. A compile error throws with NVRTC's log.
+    public func compile(_ source: String, name: String = "kernels.cu", architecture: Int, options: [String] = []) throws -> [UInt8] {
+        guard supportedArchitectures.isEmpty || supportedArchitectures.contains(architecture) else {
+            throw CUDAError.unsupportedArchitecture("sm_\(architecture)", supported: supportedArchitectures.map { "sm_\($0)" })
+        }
+        var program: Program = nil
+        try check("nvrtcCreateProgram", createProgram(&program, source, name, 0, nil, nil))
+        defer { _ = destroyProgram(&program) }
+        let arguments = ["--gpu-architecture=sm_\(architecture)"] + options
+        let status = withCStrings(arguments) { compileProgram(program, Int32(arguments.count), $0) }
+        guard status == 0 else {
+            var size = 0
+            _ = getLogSize(program, &size)
+            var log = [CChar](repeating: 0, count: max(size, 1))
+            _ = getLog(program, &log)
+            let text = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw CUDAError.compilation(arch: "sm_\(architecture)", log: text.isEmpty ? message(status) : text)
+        }
+        var size = 0
+        try check("nvrtcGetCUBINSize", getCUBINSize(program, &size))
+        guard size > 0 else {
+            throw CUDAError.nvrtc(call: "nvrtcGetCUBIN", code: 0, message: "no CUBIN was produced for sm_\(architecture)")
+        }
+        var cubin = [UInt8](repeating: 0, count: size)
+        try cubin.withUnsafeMutableBytes { try check("nvrtcGetCUBIN", getCUBIN(program, $0.baseAddress!)) }
+        return cubin
+    }
+
+    private func message(_ code: Int32) -> String {
+        errorString(code).map { String(cString: $0) } ?? "error \(code)"
+    }
+
+    private func check(_ call: String, _ code: Int32) throws {
+        guard code == 0 else { throw CUDAError.nvrtc(call: call, code: code, message: message(code)) }
+    }
+}
+
+/// Calls `body` with a C array of the strings (NUL-terminated copies, freed afterwards).
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) throws -> R) rethrows -> R {
+    let copies = strings.map { strdup($0) }
+    defer { copies.forEach { free($0) } }
+    let pointers = copies.map { UnsafePointer($0) }
+    return try pointers.withUnsafeBufferPointer { try body($0.baseAddress!) }
+}

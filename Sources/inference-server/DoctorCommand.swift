@@ -1,0 +1,106 @@
+import ArgumentParser
+import CUDA
+import Foundation
+
+/// `inference-server doctor`: what this machine offers the server, the first thing to run when a
+/// Cloud Run GPU revision fails. Each line is a finding; problems say what to do.
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "doctor",
+        abstract: "Report the CPU, the NVIDIA driver and GPU, NVRTC and the kernel cache; optionally compile every kernel.",
+        discussion: """
+            Without a GPU it says so (the server then runs on the CPU) and exits 0, unless --require-gpu. \
+            --compile-kernels compiles the CUDA kernels with NVRTC for the GPU found, or for each --arch \
+            given (sm_89 is Cloud Run's L4, sm_90 the H100), stores the CUBINs in the kernel cache and, on \
+            a GPU, loads them. Environment: INFERENCE_LIBCUDA (the driver library), INFERENCE_NVRTC (NVRTC's \
+            library or folder), INFERENCE_KERNEL_CACHE (the cache folder).
+
+            Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
+            """)
+
+    @Flag(name: .customLong("compile-kernels"), help: "Compile every CUDA kernel with NVRTC (and load them on a GPU).")
+    var compileKernels = false
+
+    @Option(name: .customLong("arch"), help: "GPU architecture to compile for, e.g. sm_89 (repeatable). Default: the GPU's.")
+    var architectures: [String] = []
+
+    @Flag(name: .customLong("require-gpu"), help: "Exit 1 when no usable NVIDIA GPU is found.")
+    var requireGPU = false
+
+    func run() throws {
+        var problems = 0
+        let cpu = CPUCheck.missingFeatures()
+        line("cpu", "\(ProcessInfo.processInfo.activeProcessorCount) cores; " + (cpu.isEmpty ? "AVX2, FMA and F16C present" : "MISSING \(cpu.joined(separator: ", ")): the CPU engine cannot run"))
+        if !cpu.isEmpty { problems += 1 }
+
+        var driver: CUDADriver? = nil
+        do {
+            let found = try CUDADriver()
+            driver = found
+            line("driver", "\(found.path), CUDA \(found.versionString)")
+            for device in found.devices {
+                let memory = (try? found.memoryInfo(ordinal: device.ordinal)).map { " (\(gib($0.free)) free)" } ?? ""
+                line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, about \(Int(device.peakBandwidth / 1e9)) GB/s")
+            }
+        } catch {
+            line("driver", "none: \(error)")
+            line("device", "cpu")
+            if requireGPU { problems += 1 }
+        }
+
+        var targets: [Int] = []
+        for name in architectures {
+            guard let sm = Int(name.lowercased().replacingOccurrences(of: "sm_", with: "")) else {
+                throw ValidationError("--arch takes names like sm_89, not '\(name)'")
+            }
+            targets.append(sm)
+        }
+        if targets.isEmpty, let driver { targets = Array(Set(driver.devices.map(\.architecture))).sorted() }
+
+        let cache = KernelCache()
+        line("kernel cache", cache.directory)
+        do {
+            let nvrtc = try NVRTC()
+            line("nvrtc", "\(nvrtc.versionString) at \(nvrtc.path); compiles for \(nvrtc.supportedArchitectures.map { "sm_\($0)" }.joined(separator: " "))")
+            if nvrtc.version.major > 12 || (nvrtc.version.major == 12 && nvrtc.version.minor > 2) {
+                line("note", "NVRTC \(nvrtc.versionString) is newer than Cloud Run's driver (535, CUDA 12.2); its CUBINs still load there (minor-version compatibility), PTX would not")
+            }
+            if compileKernels {
+                if targets.isEmpty {
+                    line("kernels", "no GPU and no --arch: nothing to compile for (try --arch sm_89)")
+                    problems += 1
+                }
+                for sm in targets {
+                    let started = Date()
+                    do {
+                        let entry = try cache.cubin(source: GemmaKernels.source, architecture: sm, options: GemmaKernels.options, compiler: nvrtc)
+                        let missing = GemmaKernels.names.filter { !KernelCache.cubin(entry.cubin, defines: $0) }
+                        let how = entry.fromCache ? "from the cache" : String(format: "compiled in %.2f s", Date().timeIntervalSince(started))
+                        line("kernels sm_\(sm)", "\(GemmaKernels.names.count) kernels, \(entry.cubin.count) bytes of CUBIN, \(how): \(entry.path)")
+                        if !missing.isEmpty {
+                            line("kernels sm_\(sm)", "MISSING \(missing.joined(separator: ", "))")
+                            problems += 1
+                        }
+                        if let driver, let device = driver.devices.first(where: { $0.architecture == sm }) {
+                            try driver.loadModule(entry.cubin, kernels: GemmaKernels.names, ordinal: device.ordinal)
+                            line("kernels sm_\(sm)", "loaded on gpu \(device.ordinal)")
+                        }
+                    } catch {
+                        line("kernels sm_\(sm)", "FAILED: \(error)")
+                        problems += 1
+                    }
+                }
+            }
+        } catch {
+            line("nvrtc", "none: \(error)")
+            if compileKernels || driver != nil { problems += 1 }
+        }
+        if problems > 0 { throw ExitCode(1) }
+    }
+
+    private func line(_ key: String, _ value: String) {
+        print(key.padding(toLength: 16, withPad: " ", startingAt: 0) + value)
+    }
+
+    private func gib(_ bytes: Int) -> String { String(format: "%.1f GiB", Double(bytes) / 1_073_741_824) }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+import TestSupport
+
+@testable import CUDA
+
+/// What CI can check without a GPU: every kernel compiles with NVRTC 12.2 (the wheel `scripts/test`
+/// installs) to a CUBIN for the L4 (sm_89) and the H100 (sm_90); the cache reuses it; a missing
+/// driver or compiler is a readable error; `doctor` reports all of it.
+@Suite(.serialized) struct CUDATests {
+    /// NVRTC from the pip wheel, found the way the server finds it (no override).
+    static let nvrtc: Result<NVRTC, CUDAError> = Result { () throws(CUDAError) in
+        do { return try NVRTC() } catch let error as CUDAError { throw error } catch { fatalError("\(error)") }
+    }
+
+    @Test(arguments: [89, 90])
+    func everyKernelCompilesToACUBIN(architecture: Int) throws {
+        let nvrtc = try Self.nvrtc.get()
+        #expect(nvrtc.version.major == 12 && nvrtc.version.minor == 2, "the CUDA 12.2 compiler Cloud Run's driver can load")
+        let cubin = try nvrtc.compile(GemmaKernels.source, architecture: architecture, options: GemmaKernels.options)
+        #expect(KernelCache.isCUBIN(cubin))
+        #expect(KernelCache.architecture(ofCUBIN: cubin) == architecture)
+        for name in GemmaKernels.names {
+            #expect(KernelCache.cubin(cubin, defines: name), "\(name) is not in the sm_\(architecture) CUBIN")
+        }
+        // Every extern "C" kernel of the source is in the list the server and doctor check.
+        let declared = GemmaKernels.source.split(separator: "\n").compactMap { line -> String? in
+            guard line.contains("extern \"C\" __global__ void ") else { return nil }
+            return line.split(separator: "void ")[1].split(separator: "(")[0].trimmingCharacters(in: .whitespaces)
+        }
+        #expect(Set(declared) == Set(GemmaKernels.names))
+    }
+
+    @Test func compileErrorsCarryNVRTCsLog() throws {
+        let nvrtc = try Self.nvrtc.get()
+        #expect { try nvrtc.compile("extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }", architecture: 89) } throws: { error in
+            guard case CUDAError.compilation(let arch, let log) = error else { return false }
+            return arch == "sm_89" && log.contains("undefined_name")
+        }
+        #expect { try nvrtc.compile("", architecture: 99) } throws: { "\($0)".contains("sm_89") }
+    }
+
+    @Test func theCacheKeepsCUBINsAndRefusesDamagedOnes() throws {
+        let nvrtc = try Self.nvrtc.get()
+        let dir = try TemporaryDirectory()
+        let cache = KernelCache(directory: dir.path + "/kernels")
+        let first = try cache.cubin(source: GemmaKernels.source, architecture: 89, options: GemmaKernels.options, compiler: nvrtc)
+        #expect(!first.fromCache && FileManager.default.fileExists(atPath: first.path))
+        let second = try cache.cubin(source: GemmaKernels.source, architecture: 89, options: GemmaKernels.options, compiler: nvrtc)
+        #expect(second.fromCache && second.cubin == first.cubin)
+        // Another architecture or another source is another entry.
+        #expect(cache.path(source: GemmaKernels.source, architecture: 90, options: GemmaKernels.options, compilerVersion: "12.2") != first.path)
+        #expect(cache.path(source: GemmaKernels.source + " ", architecture: 89, options: GemmaKernels.options, compilerVersion: "12.2") != first.path)
+        // A truncated file is compiled again, not handed to the driver.
+        try Data(first.cubin.prefix(100)).write(to: URL(fileURLWithPath: first.path))
+        let third = try cache.cubin(source: GemmaKernels.source, architecture: 89, options: GemmaKernels.options, compiler: nvrtc)
+        #expect(!third.fromCache && third.cubin == first.cubin)
+    }
+
+    @Test func missingLibrariesAreReadableErrors() throws {
+        // No NVIDIA driver on CI machines: the error names what was tried and what to do.
+        let env = ["INFERENCE_LIBCUDA": "/nonexistent/libcuda.so.1", "HOME": "/nonexistent"]
+        if (try? CUDADriver(environment: env)) == nil {
+            #expect { try CUDADriver(environment: env) } throws: { error in
+                let text = "\(error)"
+                return text.contains("libcuda.so.1") && text.contains("runs on the CPU") && text.contains("LD_LIBRARY_PATH")
+            }
+        }
+        let nowhere = ["INFERENCE_NVRTC": "/nonexistent/libnvrtc.so.12", "HOME": "/nonexistent", "PATH": "/usr/bin"]
+        let candidates = NVRTC.candidates(environment: nowhere)
+        #expect(candidates.first == "/nonexistent/libnvrtc.so.12")
+        #expect(!candidates.contains { $0.contains("stubs") })
+        #expect(!CUDADriver.candidates().contains { $0.contains("stubs") }, "the toolkit's stub libcuda fails every call")
+    }
+
+    @Test func doctorReportsAndCompiles() throws {
+        let server = repositoryRoot + "/.build/debug/inference-server"
+        try #require(FileManager.default.isExecutableFile(atPath: server), "run `swift build` first (scripts/test does)")
+        let dir = try TemporaryDirectory()
+        var env = ProcessInfo.processInfo.environment
+        env["INFERENCE_KERNEL_CACHE"] = dir.path
+        let arguments = ["env"] + env.map { "\($0.key)=\($0.value)" } + [server, "doctor", "--compile-kernels", "--arch", "sm_89", "--arch", "sm_90"]
+        let result = try run(arguments)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("nvrtc") && result.stdout.contains("12.2"))
+        #expect(result.stdout.contains("kernels sm_89") && result.stdout.contains("kernels sm_90"))
+        #expect(!result.stdout.contains("FAILED") && !result.stdout.contains("MISSING"))
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".cubin") }
+        #expect(files.count == 2)
+        let again = try run(arguments)
+        #expect(again.stdout.contains("from the cache"))
+        // Without a GPU, --require-gpu fails and says why.
+        let strict = try run(["env", "INFERENCE_LIBCUDA=/nonexistent/libcuda.so.1", "INFERENCE_KERNEL_CACHE=\(dir.path)", server, "doctor", "--require-gpu"])
+        if strict.stdout.contains("driver          none") {
+            #expect(strict.status == 1)
+        }
+    }
+}
