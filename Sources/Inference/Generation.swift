@@ -134,7 +134,7 @@ extension InferenceSession {
         var finish = FinishReason.length
         let decodeStart = clock.now
         while tokens.count < parameters.maxTokens {
-            let token = sampler.next(logits, topLogprobs: parameters.topLogprobs)
+            let token = sampler.next(logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
             let id = token.id
             tokens.append(token)
             if !onToken(token) {

@@ -19,6 +19,9 @@ struct BenchBatch: ParsableCommand {
     @Option(help: "Decode steps per size.")
     var steps = 16
 
+    @Option(help: "Prompt tokens each sequence holds before the timed steps.")
+    var context = 4
+
     @Flag(name: .customLong("exact-activations"))
     var exactActivations = false
 
@@ -28,7 +31,7 @@ struct BenchBatch: ParsableCommand {
         for size in sizes.split(separator: ",").compactMap({ Int($0) }) {
             let runner = BatchRunner(model: engine.model, maximumSequences: size)
             let slots = (0..<size).map { _ in runner.makeSlot(contextLength: 1024) }
-            var next = try slots.enumerated().map { i, slot in Sampler.argmax(try runner.prefill(slot, [2, 818 + i, 5279, 529])) }
+            var next = try slots.enumerated().map { i, slot in Sampler.argmax(try runner.prefill(slot, [2] + (1..<max(2, context)).map { 818 + (i + $0) % 4000 })) }
             let clock = ContinuousClock()
             let start = clock.now
             for _ in 0..<steps { next = try runner.decode(slots, tokens: next).map(Sampler.argmax) }
