@@ -13,7 +13,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// Prompt plus generated tokens may not exceed this.
         public let contextLength: Int
         /// Tokens in the cache: the position of the next token.
-        public fileprivate(set) var tokenCount = 0
+        public var tokenCount: Int { tokens.count }
+        /// The tokens whose keys and values the cache holds, by position.
+        public fileprivate(set) var tokens: [Int] = []
 
         init(cache: KVCache<Backend>, contextLength: Int) {
             self.cache = cache
@@ -21,7 +23,34 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
 
         /// Forgets every token; the cache memory is kept for the next sequence.
-        public func reset() { tokenCount = 0 }
+        public func reset() { tokens.removeAll(keepingCapacity: true) }
+
+        /// How many leading tokens of `prompt` this slot's cache already holds intact, so a sequence
+        /// starting with them can skip their prefill (automatic prefix caching). At least one prompt
+        /// token is always left to compute, for its logits.
+        ///
+        /// The sliding-window layers keep a ring: the old sequence's positions past the shared prefix
+        /// may have overwritten ring slots of positions the new one still attends to. A query at p ≥ L
+        /// reads back to L - window + 1; old position q overwrote slot q % capacity, i.e. position
+        /// q - capacity. So the prefix L is intact when every old position is below
+        /// max(0, L - window + 1) + capacity on every windowed layer.
+        public func reusablePrefix(of prompt: [Int]) -> Int {
+            var shared = 0
+            let limit = min(prompt.count - 1, tokens.count)
+            while shared < limit && tokens[shared] == prompt[shared] { shared += 1 }
+            guard shared > 0 else { return 0 }
+            for layer in cache.layers {
+                guard let window = layer.window else { continue }
+                if tokens.count > max(0, shared - window + 1) + layer.capacity { return 0 }
+            }
+            return shared
+        }
+
+        /// Keeps the first `count` tokens' keys and values and forgets the rest.
+        public func keep(prefix count: Int) {
+            precondition(count <= tokens.count)
+            tokens.removeLast(tokens.count - count)
+        }
 
         /// Bytes its KV cache holds now (the global layers keep whatever they grew to).
         public var cacheBytes: Int { cache.layers.reduce(0) { $0 + 2 * $1.capacity * cache.rowSize * MemoryLayout<Float>.size } }
@@ -87,7 +116,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         while start < tokens.count {
             let batch = Array(tokens[start..<min(tokens.count, start + prefillChunk)])
             model.forward(batch, firstPosition: slot.tokenCount, scratch: prefillScratch, cache: slot.cache)
-            slot.tokenCount += batch.count
+            slot.tokens += batch
             if let promptLogits {
                 var row = 0
                 while row < batch.count {
@@ -161,7 +190,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
             tokens += item.tokens
         }
         model.forward(tokens, segments: segments, scratch: stepScratch)
-        for item in work { item.slot.tokenCount += item.tokens.count }
+        for item in work { item.slot.tokens += item.tokens }
         // Rows whose logits are wanted: every row of chunks that report prompt logprobs, else the last.
         var wanted: [(work: Int, row: Int, index: Int)] = []
         for (i, (item, segment)) in zip(work, segments).enumerated() {

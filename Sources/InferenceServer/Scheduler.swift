@@ -267,12 +267,35 @@ public final class Scheduler: @unchecked Sendable {
             waiting.removeFirst()
             job.cacheBytes = bytes
             usedBytes += bytes
-            let slot = freeSlots.popLast() ?? runner.makeSlot(contextLength: contextLength)
-            slot.reset()
-            job.slot = slot
+            job.slot = takeSlot(for: job)
             running.append(job)
             metrics.observeQueueTime(seconds: (ContinuousClock.now - job.submitted).seconds)
         }
+    }
+
+    /// A free slot for the job: the one whose cache holds the longest intact beginning of its prompt
+    /// (a repeated system prompt, the earlier turns of a chat), whose prefill is then skipped; else
+    /// the most recently freed one, or a new one. Prompt logprobs need every prompt position
+    /// computed, so those requests reuse nothing.
+    private func takeSlot(for job: Job) -> BatchRunner<CPUBackend>.Slot {
+        let prompt = job.request.prompt
+        var best: (index: Int, shared: Int)? = nil
+        if job.request.promptLogprobs == nil {
+            for (index, slot) in freeSlots.enumerated() {
+                let shared = slot.reusablePrefix(of: prompt)
+                if shared > (best?.shared ?? 0) { best = (index, shared) }
+            }
+        }
+        metrics.addPrefixCacheQuery(tokens: prompt.count, hits: best?.shared ?? 0)
+        if let best {
+            let slot = freeSlots.remove(at: best.index)
+            slot.keep(prefix: best.shared)
+            job.prefilled = best.shared
+            return slot
+        }
+        let slot = freeSlots.popLast() ?? runner.makeSlot(contextLength: contextLength)
+        slot.reset()
+        return slot
     }
 
     /// One forward pass for every running sequence: the next token of each decoding one and, within

@@ -31,6 +31,8 @@ public final class ServerMetrics: @unchecked Sendable {
     private var cacheLimit = 1
     private var promptTokens = 0
     private var generationTokens = 0
+    private var prefixCacheQueries = 0
+    private var prefixCacheHits = 0
     private var finished: [FinishReason: Int] = [:]
     private var aborted = 0
     private var httpResponses: [Int: Int] = [:]
@@ -68,6 +70,13 @@ public final class ServerMetrics: @unchecked Sendable {
     func addPromptTokens(_ n: Int) { update { $0.promptTokens += n } }
     func addGenerationTokens(_ n: Int) { update { $0.generationTokens += n } }
     func addAborted() { update { $0.aborted += 1 } }
+    /// A prompt of `tokens` tokens looked up in the free slots' caches, `hits` of them found.
+    func addPrefixCacheQuery(tokens: Int, hits: Int) {
+        update {
+            $0.prefixCacheQueries += tokens
+            $0.prefixCacheHits += hits
+        }
+    }
     func observeTimeToFirstToken(seconds: Double) { update { $0.timeToFirstToken.observe(seconds) } }
     func observeInterTokenLatency(seconds: Double) { update { $0.interTokenLatency.observe(seconds) } }
     func observeQueueTime(seconds: Double) { update { $0.queueTime.observe(seconds) } }
@@ -108,6 +117,12 @@ public final class ServerMetrics: @unchecked Sendable {
             Double(cacheUsed) / Double(cacheLimit))
         value("vllm:prompt_tokens_total", "counter", "Prompt tokens processed.", Double(promptTokens))
         value("vllm:generation_tokens_total", "counter", "Tokens generated.", Double(generationTokens))
+        value(
+            "vllm:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
+            Double(prefixCacheQueries))
+        value(
+            "vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache (their prefill skipped).",
+            Double(prefixCacheHits))
         metric(
             "vllm:request_success_total", "counter", "Requests that finished, by finish reason.",
             [FinishReason.stop, .length].map { reason in

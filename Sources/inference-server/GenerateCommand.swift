@@ -57,6 +57,9 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("top-logprobs"), help: "Report the K most likely tokens with logprobs at every step.")
     var topLogprobs = 0
 
+    @Flag(help: "With --json: each generated token's logprob (a pass over the whole vocabulary per token).")
+    var logprobs = false
+
     @Option(
         name: .customLong("stop"),
         help: "Stop when the output contains this text (repeatable); it is left out of the text.")
@@ -111,9 +114,10 @@ struct Generate: ParsableCommand {
         let sampling = SamplingParameters(
             temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetitionPenalty,
             presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty, seed: seed)
-        let parameters = GenerationParameters(
+        var parameters = GenerationParameters(
             maxTokens: maxTokens, sampling: sampling, stopTokenIDs: ignoreEOS ? [] : engine.stopTokenIDs,
             topLogprobs: topLogprobs)
+        parameters.computeLogprobs = logprobs
         let session = engine.makeSession(contextLength: context)
 
         if !stop.isEmpty && engine.tokenizer == nil { throw ValidationError("--stop needs a tokenizer") }
@@ -136,7 +140,6 @@ struct Generate: ParsableCommand {
                 "output_ids": result.outputIDs,
                 "text": text.map { $0 as Any } ?? NSNull(),
                 "finish_reason": result.finishReason.rawValue,
-                "logprobs": result.tokens.map { Double($0.logprob) },
                 "timings": [
                     "load_seconds": engine.loadSeconds,
                     "prompt_tokens": t.promptTokens,
@@ -147,6 +150,7 @@ struct Generate: ParsableCommand {
                     "decode_tokens_per_second": t.decodeTokensPerSecond,
                 ],
             ]
+            if logprobs { object["logprobs"] = result.tokens.map { Double($0.logprob) } }
             if topLogprobs > 0 {
                 object["top_logprobs"] = result.tokens.map { step in
                     step.top.map { [$0.id, Double($0.logprob)] as [Any] }

@@ -73,7 +73,7 @@ import Testing
         let dir = try TemporaryDirectory()
         let generated = try run([
             try Self.binary(), "generate", "--model", try Self.model(), "--prompt", prompt, "--max-tokens", "16",
-            "--ignore-eos", "--json",
+            "--ignore-eos", "--json", "--logprobs",
         ])
         #expect(generated.status == 0, "\(generated.stderr)")
         let expected = try dir.write("expected.json", Array(generated.stdout.utf8))

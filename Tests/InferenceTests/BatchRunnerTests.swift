@@ -56,6 +56,36 @@ import Testing
         #expect(worst(again, tiny.referenceLogits(prompts[1]).last!) < 1e-3)
     }
 
+    /// Prefix caching: a slot keeps the beginning its last sequence shares with the next prompt, and
+    /// the rest of the prompt then gives the logits a fresh prefill gives. The sliding-window rings
+    /// (capacity window + chunk - 1 = 6 here) must not have overwritten a kept position's neighbours.
+    @Test func aKeptPrefixGivesTheLogitsOfAFreshPrefill() throws {
+        let dir = try TemporaryDirectory()
+        let (tiny, model) = try tinyModel(dir)
+        let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 3)
+        let slot = runner.makeSlot()
+        _ = try runner.prefill(slot, Array(tokens[0..<5]))
+        let second = Array(tokens[0..<3]) + [38, 39, 30]
+        #expect(slot.reusablePrefix(of: second) == 3)
+        slot.keep(prefix: 3)
+        #expect(worst(try runner.prefill(slot, Array(second[3...])), tiny.referenceLogits(second).last!) < 1e-3)
+        let next = try runner.decode([slot], tokens: [12])[0]
+        #expect(worst(next, tiny.referenceLogits(second + [12]).last!) < 1e-3)
+        // The same prompt again: all but its last token are reused (its logits are needed).
+        #expect(slot.reusablePrefix(of: second) == second.count - 1)
+
+        // A sequence of 12 ran past the ring: early positions were overwritten, so a short shared
+        // beginning is not reusable, but one that reaches late enough is (12 <= max(0, 10 - 4 + 1) + 6).
+        let long = runner.makeSlot()
+        _ = try runner.prefill(long, Array(tokens[0..<12]))
+        #expect(long.reusablePrefix(of: Array(tokens[0..<3]) + [38]) == 0)
+        let late = Array(tokens[0..<10]) + [38, 39]
+        #expect(long.reusablePrefix(of: late) == 10)
+        long.keep(prefix: 10)
+        #expect(worst(try runner.prefill(long, [38, 39]), tiny.referenceLogits(late).last!) < 1e-3)
+        #expect(runner.makeSlot().reusablePrefix(of: late) == 0)
+    }
+
     /// Prompt chunks and decode tokens of different sequences in one pass (continuous batching's
     /// mixed steps), a prompt split over several steps, and every-row logits for prompt logprobs.
     @Test func mixedStepsMatchTheReference() throws {

@@ -170,6 +170,25 @@ def main():
         for got, want in zip(entries[1:], s.logprobs.token_logprobs[1:]):
             check(abs(list(got.values())[0]["logprob"] - want) < 1e-4, "prompt_logprobs disagree with echo logprobs")
 
+    # Prefix caching: a prompt that begins like an earlier one reuses that beginning's KV cache
+    # (vllm:prefix_cache_hits_total grows) and answers as a fresh prefill does. prompt_logprobs needs
+    # every prompt position computed, so that request reuses nothing and is the reference.
+    def counter(name):
+        text = urllib.request.urlopen(args.base_url + "/metrics", timeout=30).read().decode()
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+        return values[0] if values else None
+    longer = args.prompt + " the city of lights, and of its museums"
+    hits = counter("vllm:prefix_cache_hits_total")
+    reused = client.completions.create(model=model, prompt=longer, max_tokens=8, temperature=0, logprobs=1,
+                                       extra_body={"ignore_eos": True}).choices[0]
+    gained = (counter("vllm:prefix_cache_hits_total") or 0) - (hits or 0)
+    check(hits is not None and gained >= len(expected["prompt_ids"]) - 1, f"prefix cache hits grew by {gained}")
+    fresh = client.completions.create(model=model, prompt=longer, max_tokens=8, temperature=0, logprobs=1,
+                                      extra_body={"ignore_eos": True, "prompt_logprobs": 1}).choices[0]
+    check(reused.text == fresh.text, f"with a reused prefix {reused.text!r}, fresh {fresh.text!r}")
+    check(abs(reused.logprobs.token_logprobs[0] - fresh.logprobs.token_logprobs[0]) < 0.05,
+          f"first logprob {reused.logprobs.token_logprobs[0]} reused vs {fresh.logprobs.token_logprobs[0]} fresh")
+
     # Errors are the SDK's exception classes, with the OpenAI body.
     try:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
@@ -210,7 +229,7 @@ def main():
     check(post("/detokenize", {"model": model, "tokens": expected["prompt_ids"][1:]})["prompt"] == args.prompt, "detokenize")
     metrics = urllib.request.urlopen(args.base_url + "/metrics", timeout=30).read().decode()
     for name in ("vllm:num_requests_running", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
-                 "vllm:kv_cache_usage_perc", "vllm:request_success_total"):
+                 "vllm:kv_cache_usage_perc", "vllm:request_success_total", "vllm:prefix_cache_queries_total"):
         check(name in metrics, f"/metrics lacks {name}")
     generated = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("vllm:generation_tokens_total")]
     check(generated and generated[0] >= 5 * args.max_tokens, f"generation_tokens_total {generated}")
