@@ -36,7 +36,7 @@ import Tokenizer
             let names = (try? FileManager.default.contentsOfDirectory(atPath: path)).map { $0.map { path + "/" + $0 } } ?? [path]
             texts += names.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
         }
-        var random = SeededGenerator(seed: 7)
+        var random = TestRandom(seed: 7)
         let pieces = [" ", "  ", "    ", "\n", "\n\n", "\t", "\t\t", "<start_of_turn>", "<eos>", "é", "漢字", "😀", "\u{0301}", "ab", "▁", "x"]
         for _ in 0..<200 {
             texts.append((0..<60).map { _ in pieces[Int(random.next() % UInt64(pieces.count))] }.joined())
@@ -80,18 +80,5 @@ import Tokenizer
         v.addBOS = false
         let tiny = try Tokenizer(sentencePiece: v)
         #expect(tiny.encode("aa", addSpecialTokens: true) == [1, 1])
-    }
-}
-
-/// SplitMix64: reproducible test inputs without Foundation's random.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE5_E9B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
