@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "Registry", dependencies: ["HTTP", "OCI", "Hashing"]),
         .target(name: "HuggingFace", dependencies: ["HTTP", "Hashing"]),
         .target(name: "GoogleCloud", dependencies: ["HTTP", "COpenSSL"]),
-        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing", "HTTP", "Registry", "HuggingFace", "GoogleCloud"]),
+        .target(name: "BuilderKit", dependencies: ["OCI", "ELF", "Hashing", "HTTP", "Registry", "HuggingFace", "GoogleCloud", "CUDA"]),
         .executableTarget(
             name: "builder",
             dependencies: ["BuilderKit", "OCI", "Registry", "HuggingFace", "GoogleCloud", .product(name: "ArgumentParser", package: "swift-argument-parser")]

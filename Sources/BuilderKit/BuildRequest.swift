@@ -51,6 +51,8 @@ public struct BuildRequest: Sendable {
     public var platform: Platform = .linuxAMD64
     /// Where in the image the model goes.
     public var modelDirectory: String = "/model"
+    /// The host's libnvrtc.so.12, for a GPU image (`GPURuntime`); nil for a CPU-only image.
+    public var nvrtc: String?
 
     public init(model: String, server: String, output: Output) {
         self.model = model

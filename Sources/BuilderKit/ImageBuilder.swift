@@ -31,6 +31,7 @@ public struct ImageBuilder {
         // Check every input before anything is written.
         let model = try ModelSource(path: request.model)
         let server = try ServerBundle(server: FileSystem.absolute(request.server))
+        let gpu = try request.nvrtc.map { try GPURuntime(nvrtc: FileSystem.absolute($0), present: Set(server.entries.map(\.path))) }
         guard server.architecture == request.platform.architecture else {
             throw BuilderError.invalidOption(
                 "the server is built for \(server.architecture) but the image is for \(request.platform); build the server for \(request.platform.architecture)")
@@ -57,7 +58,7 @@ public struct ImageBuilder {
                 base = (layout, image.manifest, image.config)
                 baseReference = reference
             }
-            var result = try assemble(model: model, server: server, base: base, into: output.stagingLayout)
+            var result = try assemble(model: model, server: server, gpu: gpu, base: base, into: output.stagingLayout)
             result.baseReference = baseReference
             result.baseLayers = base?.manifest.layers.map(\.digest) ?? []
             try output.publish(mtime: request.sourceDateEpoch)
@@ -81,7 +82,7 @@ public struct ImageBuilder {
     }
 
     private func assemble(
-        model: ModelSource, server: ServerBundle,
+        model: ModelSource, server: ServerBundle, gpu: GPURuntime? = nil,
         base: (layout: OCILayout, manifest: ImageManifest, config: ImageConfiguration)?, into root: String
     ) throws -> Result {
         let writer = try OCILayoutWriter(root: root)
@@ -96,6 +97,13 @@ public struct ImageBuilder {
             progress: progress.make("server \(FileSystem.lastComponent(server.imagePath))", total: nil))
         layers.append(serverLayer)
         history.append(.init(created: created, createdBy: "builder build: server \(server.imagePath) with \(server.libraryCount) shared objects"))
+
+        // The GPU runtime (NVRTC) in its own layer: the same bytes on every build, stored once.
+        if let gpu {
+            layers.append(try writer.writeLayer(
+                entries: gpu.entries, compression: request.compression, mtime: mtime, progress: progress.make("NVRTC", total: nil)))
+            history.append(.init(created: created, createdBy: "builder build: NVRTC for the CUDA kernels (\(gpu.libraries.map { FileSystem.lastComponent($0) }.joined(separator: ", ")))"))
+        }
 
         // 2. The model's small files: config, tokenizer, chat template.
         let modelPath = request.modelDirectory
@@ -124,9 +132,13 @@ public struct ImageBuilder {
         env["PORT"] = String(request.port)
         env["MODEL_PATH"] = model.isSingleFile ? imagePath(model.weights.first ?? model.smallFiles[0]) : modelPath
         if let origin = model.origin { env["SERVED_MODEL_NAME"] = origin.repo }
-        if !server.extraSearchPath.isEmpty {
-            env["LD_LIBRARY_PATH"] = (server.extraSearchPath + [env["LD_LIBRARY_PATH"]].compactMap { $0 }).joined(separator: ":")
+        // Cloud Run mounts the NVIDIA driver's libraries in /usr/local/nvidia/lib64; the image has no
+        // ld.so.cache, so a GPU image names that folder.
+        let searchPath = server.extraSearchPath + (gpu == nil ? [] : [GPURuntime.driverDirectory])
+        if !searchPath.isEmpty {
+            env["LD_LIBRARY_PATH"] = (searchPath + [env["LD_LIBRARY_PATH"]].compactMap { $0 }).joined(separator: ":")
         }
+        if gpu != nil { for (k, v) in GPURuntime.environment { env[k] = v } }
         for (k, v) in request.env { env[k] = v }
         runConfig.Env = env.entries
         runConfig.Entrypoint = [server.imagePath]

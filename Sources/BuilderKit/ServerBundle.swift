@@ -71,7 +71,7 @@ public struct ServerBundle: Sendable {
 }
 
 extension String {
-    fileprivate func dropRootPrefix(_ root: String) -> String {
+    func dropRootPrefix(_ root: String) -> String {
         root.isEmpty || !hasPrefix(root) ? self : String(dropFirst(root.count))
     }
 }

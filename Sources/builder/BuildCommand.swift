@@ -62,6 +62,12 @@ struct BuildCommand: ParsableCommand {
     @Flag(help: "Print no progress lines.")
     var quiet = false
 
+    @Flag(help: "Add NVRTC (the CUDA kernel compiler, about 60 MB) in its own layer and the environment NVIDIA's runtime and Cloud Run's driver mount expect, so the server can use a GPU. The driver is not added: the GPU host provides it.")
+    var gpu = false
+
+    @Option(help: "With --gpu: the libnvrtc.so.12 to add (its libnvrtc-builtins beside it). Default: INFERENCE_NVRTC, the CUDA toolkit folders, or the nvidia-cuda-nvrtc-cu12 pip wheel.")
+    var nvrtc: String?
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard !tag.isEmpty, !tag.contains("/") else { throw ValidationError("--tag must be a plain tag such as 'latest'") }
@@ -80,6 +86,12 @@ struct BuildCommand: ParsableCommand {
             request.weightCompression = weightCompression
             request.platform = Platform(parsing: platform)!
             request.sourceDateEpoch = try BuildRequest.sourceDateEpoch(from: ProcessInfo.processInfo.environment)
+            if gpu || nvrtc != nil {
+                guard let found = nvrtc ?? GPURuntime.findNVRTC() else {
+                    throw ValidationError("--gpu needs NVRTC 12.2 on this machine: `pip install nvidia-cuda-nvrtc-cu12==12.2.140`, or name the library with --nvrtc")
+                }
+                request.nvrtc = found
+            }
             let pushReference = try push.map { try ImageReference(parsing: $0) }
             var baseRegistry: String?
             if case .registry(let text) = request.base { baseRegistry = try ImageReference(parsing: text).registry }

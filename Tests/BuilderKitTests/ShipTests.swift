@@ -1,5 +1,6 @@
 import Foundation
 import Hashing
+import OCI
 import Testing
 import TestSupport
 
@@ -96,5 +97,29 @@ import TestSupport
         let bundles = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/cache/gemma-run/bundles")
         #expect(bundles.count == 1)
         #expect(FileManager.default.isExecutableFile(atPath: dir.path + "/cache/gemma-run/bundles/\(bundles[0])/rootfs/usr/local/bin/inference-server"))
+    }
+
+    /// `builder build --gpu`: NVRTC in its own layer and the GPU environment; inside the image (from
+    /// scratch, run by runc) `inference-server doctor` finds NVRTC beside it and compiles every
+    /// kernel for the L4.
+    @Test func aGPUImageCompilesTheKernelsInside() throws {
+        let dir = try TemporaryDirectory()
+        let builder = packageRoot + "/.build/debug/builder"
+        let model = try makeModel(in: dir)
+        let build = try run([builder, "build", "--model", model, "--server", try builtServer(), "--output", "oci:\(dir.path)/image", "--gpu", "--quiet"])
+        #expect(build.status == 0, "\(build.stderr)")
+        let layout = try OCILayout(root: dir.path + "/image")
+        let image = try layout.image(for: .linuxAMD64)
+        let env = image.config.config?.Env ?? []
+        #expect(env.contains("NVIDIA_VISIBLE_DEVICES=all") && env.contains("NVIDIA_DRIVER_CAPABILITIES=compute,utility"))
+        #expect(env.contains { $0.hasPrefix("LD_LIBRARY_PATH=") && $0.contains("/usr/local/nvidia/lib64") }, "\(env)")
+        #expect(image.config.history?.contains { $0.created_by?.contains("NVRTC") == true } == true)
+        let result = try run([
+            "env", "XDG_CACHE_HOME=\(dir.path)/cache", builder, "run", "oci:\(dir.path)/image", "--name", "builder-gpu-\(getpid())",
+            "--", "doctor", "--compile-kernels", "--arch", "sm_89",
+        ])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("at /usr/local/lib/libnvrtc.so.12"), "\(result.stdout)")
+        #expect(result.stdout.contains("kernels sm_89") && !result.stdout.contains("FAILED"), "\(result.stdout)")
     }
 }
