@@ -37,6 +37,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+source benchmarks/lib.sh
 RUNS=${RUNS:-3}
 MODELS=${MODELS:-models}
 NPROC=$(nproc)
@@ -54,21 +55,10 @@ HF="$MODELS/gemma-3-270m"
 BF16_GGUF="$MODELS/gemma-3-270m-bf16-from-q4_k_m.gguf"
 
 # Our engine.
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  swift build -c release --scratch-path .build-bench --product inference-server >&2
-fi
-BIN=$(swift build -c release --scratch-path .build-bench --show-bin-path)
-SERVER="$BIN/inference-server"
-[ -x "$SERVER" ] || { echo "no $SERVER (build it, or unset SKIP_BUILD)" >&2; exit 1; }
+build_inference_server
 
 # llama.cpp through llama-cpp-python.
-if ! python3 -c 'import llama_cpp' 2>/dev/null; then
-  echo "installing llama-cpp-python (builds llama.cpp from source; several minutes)" >&2
-  python3 -m pip install -q cmake ninja >&2
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAVA_BUILD=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=$NPROC \
-    python3 -m pip install -q llama-cpp-python >&2
-fi
-LLAMA_VERSION=$(python3 -c 'import llama_cpp; print(llama_cpp.__version__)')
+ensure_llama_cpp_python
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -53,6 +53,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+source benchmarks/lib.sh
 DURATION=${DURATION:-20}
 CONCURRENCY=${CONCURRENCY:-1,4,16}
 MAX_TOKENS=${MAX_TOKENS:-64}
@@ -70,20 +71,10 @@ if [ ! -s "$HF/tokenizer.json" ]; then
 fi
 
 # Our server.
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  swift build -c release --product inference-server --scratch-path .build-bench >&2
-fi
-SERVER=.build-bench/release/inference-server
-[ -x "$SERVER" ] || { echo "no $SERVER (build it, or unset SKIP_BUILD)" >&2; exit 1; }
+build_inference_server
 
 # llama.cpp's server through llama-cpp-python.
-if ! python3 -c 'import llama_cpp' 2>/dev/null; then
-  echo "installing llama-cpp-python (builds llama.cpp from source; several minutes)" >&2
-  python3 -m pip install -q cmake ninja >&2
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAVA_BUILD=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=$NPROC \
-    python3 -m pip install -q llama-cpp-python >&2
-fi
-LLAMA_VERSION=$(python3 -c 'import llama_cpp; print(llama_cpp.__version__)')
+ensure_llama_cpp_python
 if ! python3 -c 'import uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings' 2>/dev/null; then
   echo "installing llama-cpp-python[server] extras" >&2
   python3 -m pip install -q "llama-cpp-python[server]==$LLAMA_VERSION" >&2
