@@ -36,7 +36,7 @@ public struct Engine: Sendable {
         let model: Gemma3Model<CPUBackend>
         var generationConfig = GenerationConfig()
         let folder: String
-        var embeddedVocabulary: SentencePieceVocabulary? = nil
+        var ggufFile: GGUFFile? = nil
         var path = path
         var isFolder = isDirectory.boolValue
         // A folder that holds one GGUF and no safetensors (a GGUF repo with its tokenizer files beside
@@ -68,7 +68,7 @@ public struct Engine: Sendable {
             ]
             generationConfig = GenerationConfig(
                 bosTokenID: gguf.metadata["tokenizer.ggml.bos_token_id"]?.intValue, eosTokenIDs: eos.compactMap { $0 })
-            embeddedVocabulary = try sentencePieceVocabulary(gguf)
+            ggufFile = gguf
         }
 
         var tokenizer: Tokenizer? = nil
@@ -79,8 +79,10 @@ public struct Engine: Sendable {
             tokenizerSource = directory + "/tokenizer.json"
         } else if let tokenizerDirectory {
             throw InferenceError.tokenizerUnavailable("\(tokenizerDirectory) has no tokenizer.json")
-        } else if let embeddedVocabulary {
-            tokenizer = try Tokenizer(sentencePiece: embeddedVocabulary)
+        } else if let ggufFile, let vocabulary = try sentencePieceVocabulary(ggufFile) {
+            // Read only when there is no tokenizer.json: one given or beside the GGUF wins, even
+            // over damaged embedded metadata.
+            tokenizer = try Tokenizer(sentencePiece: vocabulary)
             tokenizerSource = path + " (embedded vocabulary)"
         }
         return Engine(
