@@ -52,6 +52,10 @@ let package = Package(
         ),
         // The OpenAI API over the engine: routes, request decoding, SSE, the batching scheduler, metrics.
         .target(name: "CUDA", dependencies: ["Hashing"]),
+        // The engine's GPU backend: the CUDA module's driver, NVRTC and cuBLAS under Inference's
+        // ComputeBackend. Kept apart from CUDA so the builder side (which uses CUDA's library
+        // search for `build --gpu`) never links the engine.
+        .target(name: "CUDABackend", dependencies: ["CUDA", "Inference"]),
         .target(
             name: "InferenceServer",
             dependencies: [
@@ -64,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "inference-server",
             dependencies: [
-                "Inference", "Tokenizer", "InferenceServer", "CUDA",
+                "Inference", "Tokenizer", "InferenceServer", "CUDA", "CUDABackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -80,6 +84,10 @@ let package = Package(
         .testTarget(name: "GoogleCloudTests", dependencies: ["GoogleCloud", "HTTP", "TestSupport"]),
         .testTarget(name: "InferenceServerTests", dependencies: ["TestSupport"]),
         .testTarget(name: "CUDATests", dependencies: ["CUDA", "TestSupport"]),
+        // The emulator (a C++ stand-in for libcuda.so.1) is built by the tests themselves.
+        .testTarget(
+            name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDA", "Inference", "TestSupport"],
+            exclude: ["Emulator"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
     ],

@@ -26,7 +26,7 @@ public final class CUDADriver: @unchecked Sendable {
     /// CUDA version the driver supports, e.g. 12020 for 12.2 (Cloud Run's 535 driver).
     public let version: Int
     public let devices: [Device]
-    private let library: DynamicLibrary
+    let library: DynamicLibrary
     private let getErrorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let getErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 

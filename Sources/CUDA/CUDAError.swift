@@ -7,6 +7,8 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable {
     case compilation(arch: String, log: String)
     case nvrtc(call: String, code: Int32, message: String)
     case unsupportedArchitecture(String, supported: [String])
+    case outOfMemory(requested: Int, free: Int)
+    case cublas(call: String, status: Int32)
 
     public var description: String {
         switch self {
@@ -32,6 +34,10 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable {
             return "\(call) failed (NVRTC \(code)): \(message)"
         case .unsupportedArchitecture(let arch, let supported):
             return "NVRTC cannot compile for \(arch); it supports \(supported.joined(separator: ", "))"
+        case .outOfMemory(let requested, let free):
+            return "the GPU is out of memory: \(requested / 1_048_576) MiB asked for, \(free / 1_048_576) MiB free. Lower --gpu-memory-utilization or --max-num-seqs, use a smaller --max-model-len, or a GPU with more memory"
+        case .cublas(let call, let status):
+            return "\(call) failed with cuBLAS status \(status); set INFERENCE_CUBLAS=off to use the built-in kernels instead"
         }
     }
 }

@@ -5,15 +5,21 @@
 /// to package or find at run time. No CUDA header is included (NVRTC has no toolkit headers here):
 /// bf16 is handled as its 16 bits, converted with round-to-nearest-even as PyTorch does.
 ///
-/// Layouts: activations are f32 row-major (tokens, features); weights and the KV cache are bf16,
-/// weights row-major (out, in) as in the checkpoint. Every kernel takes its sizes as arguments and
-/// checks its bounds, so one CUBIN serves every Gemma 3 size.
+/// Layouts follow `ComputeBackend`: activations and the KV cache are f32 row-major (tokens,
+/// features); weight matrices are bf16 row-major (out, in) as in the checkpoint; norm weights are
+/// f32 and already hold Gemma's 1 + w. Every kernel takes its sizes as arguments and checks its
+/// bounds, so one CUBIN serves every Gemma 3 size.
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "gemv_bf16", "rope", "kv_store", "attention_decode",
-        "gelu_tanh_mul", "add_rows", "argmax_rows", "sample_gumbel",
+        "embed_rows", "rms_norm", "gemv_bf16", "to_bf16", "rope", "attention", "gelu_tanh_mul", "add_rows",
+        "softmax_rows", "argmax_rows", "sample_gumbel",
     ]
+
+    /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
+    public static let gemvMaximumTokens = 8
+    /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
+    public static let attentionMaximumDimension = 256
 
     /// NVRTC options. No --use_fast_math: it would turn rope's sinf/cosf into approximations that
     /// are wrong for the large angles of late positions; the kernels ask for __expf/__logf by name.
@@ -39,11 +45,6 @@ public enum GemmaKernels {
             return v;
         }
 
-        __device__ __forceinline__ float warp_max(float v) {
-            for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-            return v;
-        }
-
         // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
         __device__ float block_sum(float v) {
             __shared__ float partial[32];
@@ -57,7 +58,27 @@ public enum GemmaKernels {
             if (warp == 0) v = warp_sum(v);
             if (threadIdx.x == 0) partial[0] = v;
             __syncthreads();
-            return partial[0];
+            float result = partial[0];
+            __syncthreads();  // partial may be reused by the next call
+            return result;
+        }
+
+        __device__ float block_max(float v) {
+            __shared__ float partial[32];
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+            __syncthreads();
+            if (lane == 0) partial[warp] = v;
+            __syncthreads();
+            int warps = (blockDim.x + 31) >> 5;
+            v = (threadIdx.x < warps) ? partial[threadIdx.x] : NEG_INF;
+            if (warp == 0)
+                for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+            if (threadIdx.x == 0) partial[0] = v;
+            __syncthreads();
+            float result = partial[0];
+            __syncthreads();
+            return result;
         }
 
         // out[t, :] = table[ids[t], :] * scale. Grid: tokens.
@@ -67,31 +88,20 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
         }
 
-        // out[r, :] = x[r, :] / rms(x[r, :]) * (offset + w). Gemma's norms scale by (1 + w): offset is 1
-        // for Hugging Face weights, 0 for GGUF (which stores 1 + w). Grid: rows (tokens, or tokens x heads
-        // for the q/k norms, whose weight is per head dimension). out may be x.
-        extern "C" __global__ void rms_norm(const float* x, const bf16* w, float* out, int n, float eps, float offset) {
+        // out[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w, w holding Gemma's 1 + w. Grid: rows
+        // (tokens, or tokens x heads for the q/k norms, whose weight is per head dimension). out may be x.
+        extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int n, float eps) {
             const float* xr = x + (u64)blockIdx.x * n;
             float* orow = out + (u64)blockIdx.x * n;
             float s = 0.0f;
             for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
             float inv = rsqrtf(block_sum(s) / n + eps);
-            for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * (offset + bf16_to_f32(w[i]));
-        }
-
-        // residual[r, :] += rms_norm(h[r, :]): Gemma's post-attention and post-feedforward norms. Grid: rows.
-        extern "C" __global__ void rms_norm_add(const float* h, const bf16* w, float* residual, int n, float eps, float offset) {
-            const float* hr = h + (u64)blockIdx.x * n;
-            float* rr = residual + (u64)blockIdx.x * n;
-            float s = 0.0f;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) s += hr[i] * hr[i];
-            float inv = rsqrtf(block_sum(s) / n + eps);
-            for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] += hr[i] * inv * (offset + bf16_to_f32(w[i]));
+            for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = (xr[i] * inv) * w[i];
         }
 
         // out[t, r] = w[r, :] . x[t, :] for up to 8 tokens: one warp per weight row, eight bf16 per lane
-        // per load (16 bytes), so the weight is read once for every token of the step. k must be a
-        // multiple of 8. Grid: ceil(m / warps per block); block: a multiple of 32.
+        // per load (16 bytes), so the weight is read once for every token of the step; x stays f32.
+        // k must be a multiple of 8. Grid: ceil(m / warps per block); block: a multiple of 32.
         #define GEMV_MAX_TOKENS 8
         extern "C" __global__ void gemv_bf16(const bf16* w, const float* x, float* out, int m, int k, int tokens) {
             int lane = threadIdx.x & 31;
@@ -125,61 +135,60 @@ public enum GemmaKernels {
             }
         }
 
-        // Rotary embedding as Hugging Face's rotate_half: dimension i pairs with i + dim/2, angle
-        // position * base^(-2i/dim). x: (tokens, heads, dim), in place. Grid: (tokens, heads); block: dim/2.
-        extern "C" __global__ void rope(float* x, const int* positions, int heads, int dim, float base) {
+        // out = bf16(x) over `count` values: the activations cuBLAS multiplies.
+        extern "C" __global__ void to_bf16(const float* x, bf16* out, int count) {
+            int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i < count) out[i] = f32_to_bf16(x[i]);
+        }
+
+        // Rotary embedding as Hugging Face's rotate_half: dimension i pairs with i + dim/2. table row t
+        // holds cos (dim/2) then sin (dim/2) of token t's angles. x: (tokens, heads, dim), in place.
+        // Grid: (tokens, heads); block: at least dim/2.
+        extern "C" __global__ void rope(float* x, const float* table, int heads, int dim) {
             int i = threadIdx.x, half = dim >> 1;
             if (i >= half) return;
             float* v = x + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
-            // The frequency in double, as the reference's inv_freq is computed in float64 then cast.
-            float inv = (float)(1.0 / pow((double)base, (double)(2 * i) / (double)dim));
-            float angle = (float)positions[blockIdx.x] * inv;
-            float c = cosf(angle), s = sinf(angle);
+            const float* angles = table + (u64)blockIdx.x * dim;
+            float c = angles[i], s = angles[half + i];
             float a = v[i], b = v[i + half];
             v[i] = a * c - b * s;
             v[i + half] = b * c + a * s;
         }
 
-        // kcache[slots[t], :] = k[t, :] and the same for v, rounded to bf16. Grid: tokens.
-        extern "C" __global__ void kv_store(const float* k, const float* v, bf16* kcache, bf16* vcache, const int* slots, int width) {
-            u64 to = (u64)slots[blockIdx.x] * width, from = (u64)blockIdx.x * width;
-            for (int i = threadIdx.x; i < width; i += blockDim.x) {
-                kcache[to + i] = f32_to_bf16(k[from + i]);
-                vcache[to + i] = f32_to_bf16(v[from + i]);
-            }
-        }
-
-        // One query token per sequence against its cached keys: sequence s has `lengths[s]` positions
-        // stored from cache row `starts[s]`; with window > 0 only the last `window` are attended (the
-        // local layers). Heads share kv heads in groups (GQA). Online softmax per warp, then the warps'
-        // partial results are merged. q, out: (sequences, heads, dim); dim <= 256, a multiple of 32.
-        // Grid: (sequences, heads); block: 128.
+        // Causal attention of query rows at positions first..first+rows-1 against a ring-buffer cache:
+        // position p lives in cache row p % capacity; a query at p sees max(0, p - window + 1)..p
+        // (0..p when window is 0). Query heads share kv heads in groups (GQA). Each warp runs an online
+        // softmax over every warps-th key, then the warps' partial results are merged.
+        // q, out: (rows, heads, dim); caches: (capacity, kvHeads, dim); dim a multiple of 32, <= 256.
+        // Grid: (rows, heads); block: 256.
         #define ATT_MAX_DIM 256
-        extern "C" __global__ void attention_decode(const float* q, const bf16* kcache, const bf16* vcache, float* out,
-                                                    const int* starts, const int* lengths, int heads, int kvHeads,
-                                                    int dim, int window, float scale) {
+        #define ATT_WARPS 8
+        extern "C" __global__ void attention(const float* q, const float* kcache, const float* vcache, float* out,
+                                             int first, int heads, int kvHeads, int dim, int capacity, int window,
+                                             float scale) {
             __shared__ float qs[ATT_MAX_DIM];
-            __shared__ float warp_m[32], warp_l[32];
-            __shared__ float warp_acc[4][ATT_MAX_DIM];
-            int s = blockIdx.x, h = blockIdx.y;
+            __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
+            __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
+            int t = blockIdx.x, h = blockIdx.y;
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
             int kvh = h / (heads / kvHeads), width = kvHeads * dim;
-            const float* qv = q + ((u64)s * heads + h) * dim;
-            for (int i = threadIdx.x; i < dim; i += blockDim.x) qs[i] = qv[i] * scale;
+            const float* qv = q + ((u64)t * heads + h) * dim;
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) qs[i] = qv[i];
             __syncthreads();
-            int length = lengths[s], first = (window > 0 && length > window) ? length - window : 0;
+            int position = first + t;
+            int oldest = (window > 0 && position - window + 1 > 0) ? position - window + 1 : 0;
             int per = dim >> 5;  // elements per lane
             float m = NEG_INF, l = 0.0f, acc[ATT_MAX_DIM / 32];
-            for (int j = 0; j < per; j++) acc[j] = 0.0f;
-            for (int p = first + warp; p < length; p += warps) {
-                u64 row = (u64)(starts[s] + p) * width + (u64)kvh * dim;
+            for (int j = 0; j < ATT_MAX_DIM / 32; j++) acc[j] = 0.0f;
+            for (int p = oldest + warp; p <= position; p += warps) {
+                u64 row = (u64)(p % capacity) * width + (u64)kvh * dim;
                 float dot = 0.0f;
-                for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * bf16_to_f32(kcache[row + lane + 32 * j]);
-                float score = warp_sum(dot);
+                for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * kcache[row + lane + 32 * j];
+                float score = warp_sum(dot) * scale;
                 float next = fmaxf(m, score);
-                float correction = __expf(m - next), weight = __expf(score - next);
+                float correction = expf(m - next), weight = expf(score - next);
                 l = l * correction + weight;
-                for (int j = 0; j < per; j++) acc[j] = acc[j] * correction + weight * bf16_to_f32(vcache[row + lane + 32 * j]);
+                for (int j = 0; j < per; j++) acc[j] = acc[j] * correction + weight * vcache[row + lane + 32 * j];
                 m = next;
             }
             if (lane == 0) { warp_m[warp] = m; warp_l[warp] = l; }
@@ -188,29 +197,42 @@ public enum GemmaKernels {
             float total_m = NEG_INF;
             for (int w = 0; w < warps; w++) total_m = fmaxf(total_m, warp_m[w]);
             float total_l = 0.0f;
-            for (int w = 0; w < warps; w++) total_l += (warp_m[w] == NEG_INF) ? 0.0f : warp_l[w] * __expf(warp_m[w] - total_m);
-            float* o = out + ((u64)s * heads + h) * dim;
+            for (int w = 0; w < warps; w++) total_l += (warp_m[w] == NEG_INF) ? 0.0f : warp_l[w] * expf(warp_m[w] - total_m);
+            float* o = out + ((u64)t * heads + h) * dim;
             for (int i = threadIdx.x; i < dim; i += blockDim.x) {
                 float v = 0.0f;
                 for (int w = 0; w < warps; w++)
-                    if (warp_m[w] != NEG_INF) v += warp_acc[w][i] * __expf(warp_m[w] - total_m);
+                    if (warp_m[w] != NEG_INF) v += warp_acc[w][i] * expf(warp_m[w] - total_m);
                 o[i] = total_l > 0.0f ? v / total_l : 0.0f;
             }
         }
 
-        // out = gelu_tanh(gate) * up, elementwise over `count` values.
+        // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has
+        // no cancellation near 0 (the CPU backend's form). out may be gate.
         extern "C" __global__ void gelu_tanh_mul(const float* gate, const float* up, float* out, int count) {
             int i = blockIdx.x * blockDim.x + threadIdx.x;
             if (i >= count) return;
             float g = gate[i];
-            float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-            out[i] = 0.5f * g * (1.0f + tanhf(inner)) * up[i];
+            float u = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+            out[i] = g / (1.0f + expf(-2.0f * u)) * up[i];
         }
 
         // x += y over `count` values.
         extern "C" __global__ void add_rows(float* x, const float* y, int count) {
             int i = blockIdx.x * blockDim.x + threadIdx.x;
             if (i < count) x[i] += y[i];
+        }
+
+        // Softmax of each row of `n` in place, the maximum subtracted first. Grid: rows; block: 1024.
+        extern "C" __global__ void softmax_rows(float* x, int n) {
+            float* row = x + (u64)blockIdx.x * n;
+            float m = NEG_INF;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row[i]);
+            m = block_max(m);
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) { float e = expf(row[i] - m); row[i] = e; s += e; }
+            float inv = 1.0f / block_sum(s);
+            for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] *= inv;
         }
 
         // The largest value's index in each row of `n` (the lowest index on ties, as the CPU sampler).

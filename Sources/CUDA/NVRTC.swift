@@ -30,21 +30,33 @@ public final class NVRTC: @unchecked Sendable {
     private let library: DynamicLibrary
 
     public static func candidates(environment env: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
-        let name = "libnvrtc.so.12"
+        let names = ["libnvrtc.so.12", "libnvrtc.so.13"]
         var list: [String] = []
         if let given = env["INFERENCE_NVRTC"], !given.isEmpty {
-            list.append(given.hasSuffix(".so") || given.contains(".so.") ? given : given + "/" + name)
+            list += given.hasSuffix(".so") || given.contains(".so.") ? [given] : names.map { given + "/" + $0 }
         }
-        let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent().path
-        list += [executable + "/" + name, executable + "/../lib/" + name, name]
-        list += ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/local/cuda-12.2/targets/x86_64-linux/lib"]
-            .map { $0 + "/" + name }
-        list += pythonPackageFolders(environment: env).map { $0 + "/nvidia/cuda_nvrtc/lib/" + name }
+        list += libraryCandidates(names, wheelFolders: ["nvidia/cuda_nvrtc/lib", "nvidia/cu13/lib"], environment: env)
         list.append("libnvrtc.so")
         return list
     }
 
-    /// site-packages / dist-packages folders where pip puts the `nvidia-cuda-nvrtc-cu12` wheel.
+    /// Where a CUDA library named one of `names` may be, in order: beside the executable (and its
+    /// ../lib), the loader's search path, the toolkit folders, then the pip wheels' folders in every
+    /// site-packages found.
+    static func libraryCandidates(_ names: [String], wheelFolders: [String], environment env: [String: String]) -> [String] {
+        let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent().path
+        var folders = [executable, executable + "/../lib"]
+        var list: [String] = []
+        for name in names { list += folders.map { $0 + "/" + name } + [name] }
+        folders = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/local")) ?? []).filter { $0.hasPrefix("cuda-") }.sorted()
+        folders += versions.map { "/usr/local/\($0)/targets/x86_64-linux/lib" }
+        for site in pythonPackageFolders(environment: env) { folders += wheelFolders.map { site + "/" + $0 } }
+        for folder in folders { list += names.map { folder + "/" + $0 } }
+        return list
+    }
+
+    /// site-packages / dist-packages folders that hold NVIDIA's pip wheels (an `nvidia` folder).
     static func pythonPackageFolders(environment env: [String: String]) -> [String] {
         var roots: [String] = []
         if let venv = env["VIRTUAL_ENV"] { roots.append(venv + "/lib") }
@@ -61,7 +73,7 @@ public final class NVRTC: @unchecked Sendable {
             for python in ((try? fm.contentsOfDirectory(atPath: root)) ?? []).filter({ $0.hasPrefix("python3") }).sorted() {
                 for kind in ["site-packages", "dist-packages"] {
                     let folder = root + "/" + python + "/" + kind
-                    if fm.fileExists(atPath: folder + "/nvidia/cuda_nvrtc") { folders.append(folder) }
+                    if fm.fileExists(atPath: folder + "/nvidia") { folders.append(folder) }
                 }
             }
         }

@@ -149,6 +149,31 @@ public final class BatchRunner<Backend: ComputeBackend> {
         return result
     }
 
+    /// One greedy token more for each slot, chosen where the logits are (on a GPU only the token ids
+    /// come back): `decode` followed by argmax, without moving the logits.
+    public func decodeGreedy(_ slots: [Slot], tokens: [Int]) throws -> [Int] {
+        precondition(slots.count == tokens.count, "one token per slot")
+        try check(tokens)
+        var result: [Int] = []
+        var start = 0
+        while start < slots.count {
+            let range = start..<min(slots.count, start + maximumSequences)
+            var segments: [Gemma3Model<Backend>.Segment] = []
+            for (row, slot) in slots[range].enumerated() {
+                guard slot.tokenCount + 1 <= slot.contextLength else {
+                    throw InferenceError.contextOverflow(requested: slot.tokenCount + 1, limit: slot.contextLength)
+                }
+                slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount)
+                segments.append(.init(cache: slot.cache, firstRow: row, count: 1, firstPosition: slot.tokenCount))
+            }
+            model.forward(Array(tokens[range]), segments: segments, scratch: stepScratch)
+            for (slot, token) in zip(slots[range], tokens[range]) { slot.tokens.append(token) }
+            result += model.greedyTokens(rows: Array(0..<range.count), scratch: stepScratch)
+            start = range.upperBound
+        }
+        return result
+    }
+
     /// A slot's share of a mixed step: its next token (decode) or a chunk of its prompt.
     public struct Work {
         public var slot: Slot

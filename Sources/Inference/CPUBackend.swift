@@ -84,10 +84,16 @@ public struct CPUBackend: ComputeBackend {
     }
 
     public func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: CPUBuffer) {
+        precondition(positions.count * 2 * inverseFrequencies.count <= table.count)
+        Self.fillRopeTable(positions: positions, inverseFrequencies: inverseFrequencies, into: table.pointer)
+    }
+
+    /// The cos/sin table of `ropeTable` written to host memory: (positions, 2, headDim / 2). Public so
+    /// that a GPU backend builds the very same table and uploads it.
+    public static func fillRopeTable(positions: [Int], inverseFrequencies: [Float], into table: UnsafeMutablePointer<Float>) {
         let half = inverseFrequencies.count
-        precondition(positions.count * 2 * half <= table.count)
         for (row, position) in positions.enumerated() {
-            let cosines = table.pointer + row * 2 * half
+            let cosines = table + row * 2 * half
             let sines = cosines + half
             for j in 0..<half {
                 // HF forms the angle as an f32 product (inv_freq @ position_ids) and takes cos/sin in f32.

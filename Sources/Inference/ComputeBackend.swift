@@ -50,4 +50,13 @@ public protocol ComputeBackend: Sendable {
     func add(_ x: Buffer, into accumulator: Buffer, count: Int)
     /// Softmax of each row in place.  x: (rows, columns)
     func softmax(_ x: Buffer, rows: Int, columns: Int)
+    /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
+    /// computes it where the logits are and returns only the indices.  x: (rows, columns)
+    func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
+}
+
+extension ComputeBackend {
+    public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
+        (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }
+    }
 }

@@ -12,6 +12,8 @@ public struct Engine: Sendable {
     public let path: String
     public let format: Format
     public let model: Gemma3Model<CPUBackend>
+    /// The checkpoint's tensors (views into the mapped files), from which another backend builds its model.
+    public let weights: Gemma3Weights
     /// nil when no tokenizer was found: prompts must then be token ids.
     public let tokenizer: Tokenizer?
     /// Where the tokenizer came from, for messages.
@@ -34,6 +36,7 @@ public struct Engine: Sendable {
         }
         let format: Format
         let model: Gemma3Model<CPUBackend>
+        let weights: Gemma3Weights
         var generationConfig = GenerationConfig()
         let folder: String
         var ggufFile: GGUFFile? = nil
@@ -50,8 +53,8 @@ public struct Engine: Sendable {
             folder = path
             let config = try Gemma3Config(configFile: path + "/config.json")
             let checkpoint = try SafetensorsCheckpoint(directory: path)
-            model = try Gemma3Model(
-                config: config, weights: Gemma3Weights(safetensors: checkpoint, config: config), backend: backend)
+            weights = try Gemma3Weights(safetensors: checkpoint, config: config)
+            model = try Gemma3Model(config: config, weights: weights, backend: backend)
             if FileManager.default.fileExists(atPath: path + "/generation_config.json") {
                 generationConfig = try GenerationConfig(file: path + "/generation_config.json")
             }
@@ -60,8 +63,8 @@ public struct Engine: Sendable {
             folder = (path as NSString).deletingLastPathComponent
             let gguf = try GGUFFile(path: path)
             let config = try Gemma3Config(gguf: gguf)
-            model = try Gemma3Model(
-                config: config, weights: Gemma3Weights(gguf: gguf, config: config), backend: backend)
+            weights = try Gemma3Weights(gguf: gguf, config: config)
+            model = try Gemma3Model(config: config, weights: weights, backend: backend)
             let eos = [
                 gguf.metadata["tokenizer.ggml.eos_token_id"]?.intValue,
                 gguf.metadata["tokenizer.ggml.eot_token_id"]?.intValue,
@@ -86,7 +89,7 @@ public struct Engine: Sendable {
             tokenizerSource = path + " (embedded vocabulary)"
         }
         return Engine(
-            path: path, format: format, model: model, tokenizer: tokenizer, tokenizerSource: tokenizerSource,
+            path: path, format: format, model: model, weights: weights, tokenizer: tokenizer, tokenizerSource: tokenizerSource,
             generationConfig: generationConfig, loadSeconds: (clock.now - start).seconds)
     }
 

@@ -192,8 +192,9 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         logits(rows: Array(rows), scratch: s)
     }
 
-    /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.
-    func logits(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) -> [[Float]] {
+    /// The final norm and LM head over any rows of `s.hidden` (at most the scratch's logit rows),
+    /// into `s.logits` in the order given.
+    private func lmHead(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) {
         let c = config
         let b = backend
         let n = rows.count
@@ -203,6 +204,21 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         }
         b.rmsNorm(s.last, rows: n, dimension: c.hiddenSize, weight: finalNorm, epsilon: c.rmsNormEpsilon, into: s.last)
         b.matmul(s.last, rows: n, weight: lmHead, into: s.logits)  // (n, vocab): the tied embedding, unscaled
+    }
+
+    /// The greedy next token of each of `rows` of `s.hidden`, chosen by the backend where the logits
+    /// are (the soft cap, tanh, keeps the order, so it is not applied).
+    func greedyTokens(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) -> [Int] {
+        lmHead(rows: rows, scratch: s)
+        return backend.argmax(s.logits, rows: rows.count, columns: config.vocabularySize)
+    }
+
+    /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.
+    func logits(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) -> [[Float]] {
+        let c = config
+        let b = backend
+        let n = rows.count
+        lmHead(rows: rows, scratch: s)
         return (0..<n).map { r in
             var logits = b.read(s.logits, offset: r * c.vocabularySize, count: c.vocabularySize)
             if let cap = c.finalLogitSoftcapping {

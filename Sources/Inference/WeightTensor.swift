@@ -56,6 +56,13 @@ public struct WeightTensor: @unchecked Sendable {
         }
     }
 
+    /// Rows `rows` widened to f32 into `out` (rows.count × columns floats): how a GPU backend converts
+    /// a quantized or f16 matrix a slice at a time.
+    public func widenRows(_ rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= self.rows)
+        for (i, r) in rows.enumerated() { Dequantize.row(format, row(r), count: columns, into: out + i * columns) }
+    }
+
     /// All elements widened to f32 (small tensors: norm weights, tests).
     public func floats() -> [Float] {
         [Float](unsafeUninitializedCapacity: elementCount) { buffer, count in

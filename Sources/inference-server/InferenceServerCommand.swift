@@ -7,7 +7,7 @@ struct InferenceServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inference-server",
         abstract: "OpenAI-compatible Gemma 3 server (vLLM's API) on the CPU; `generate` runs the engine once.",
-        subcommands: [Serve.self, Inspect.self, Generate.self, Doctor.self, BenchBatch.self],
+        subcommands: [Serve.self, Inspect.self, Generate.self, Doctor.self, BenchBatch.self, GPUCheckCommand.self],
         defaultSubcommand: Serve.self
     )
 }

@@ -1,0 +1,326 @@
+import CUDA
+import Foundation
+import Inference
+
+/// Activation storage in device memory: `count` f32 values, freed with the last reference.
+public final class CUDABuffer {
+    public let address: CUDAContext.DevicePointer
+    public let count: Int
+    let context: CUDAContext
+
+    init(context: CUDAContext, count: Int) throws {
+        self.context = context
+        self.count = count
+        address = try context.allocate(bytes: max(1, count) * 4)
+    }
+
+    /// The device address of element `offset`.
+    @inline(__always) func at(_ offset: Int) -> CUDAContext.DevicePointer { address + UInt64(offset * 4) }
+
+    deinit { context.free(address) }
+}
+
+/// A weight in device memory: matrices as bf16 (out, in) rows, norm vectors as f32.
+public struct CUDAMatrix: @unchecked Sendable {
+    // @unchecked: the device memory is written once at load and only read afterwards.
+    public enum Storage: Sendable { case bf16, f32 }
+    public let storage: Storage
+    public let rows: Int
+    public let columns: Int
+    let memory: DeviceAllocation
+    public var address: CUDAContext.DevicePointer { memory.address }
+    public var bytes: Int { rows * columns * (storage == .bf16 ? 2 : 4) }
+}
+
+/// Device memory that outlives any one buffer (weights): freed with the last matrix that holds it.
+final class DeviceAllocation: @unchecked Sendable {
+    let address: CUDAContext.DevicePointer
+    let context: CUDAContext
+    init(context: CUDAContext, bytes: Int) throws {
+        self.context = context
+        address = try context.allocate(bytes: bytes)
+    }
+    deinit { context.free(address) }
+}
+
+/// The CUDA implementation of `ComputeBackend`: the same forward pass as `CPUBackend`, each op a
+/// kernel launch queued on the GPU (gemma3-and-serving.md, CUDA sections).
+///
+/// - Weights: matrices are converted once at load to bf16 on the device (a bf16 checkpoint is copied
+///   as is; f16, f32 and GGUF quantized tensors are widened on the host a slice at a time, then
+///   rounded to bf16); norm weights stay f32. The model's bytes then live on the GPU, read at HBM speed.
+/// - Activations and the KV cache are f32, as on the CPU, so the two backends agree closely and the
+///   golden references' f32 bar applies to everything but the weights' rounding.
+/// - Products of up to 8 rows (decode) run in `gemv_bf16`, which reads each weight row once for every
+///   row of the step with f32 activations. Larger products (prefill) go to cuBLAS with bf16
+///   activations and f32 accumulation, or, without cuBLAS, to `gemv_bf16` eight rows at a time.
+/// - Only `read` waits for the GPU: everything else is queued on the default stream and returns.
+public final class CUDABackend: ComputeBackend, @unchecked Sendable {
+    // @unchecked: the scratch buffers are guarded by `lock`; everything else is immutable after init.
+    public typealias Buffer = CUDABuffer
+    public typealias Matrix = CUDAMatrix
+
+    public let context: CUDAContext
+    /// Where the CUBIN came from (the kernel cache, or compiled now).
+    public let kernels: KernelCache.Entry
+    /// nil when cuBLAS was not found or not wanted; `cublasProblem` then says why.
+    public let cublas: CUBLAS?
+    public let cublasProblem: String?
+    public let nvrtcPath: String
+
+    private let functions: [String: OpaquePointer]
+    private let lock = NSLock()
+    private var idScratch: CUDABuffer?
+    private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
+    private var tableScratch: [Float] = []
+
+    public var name: String {
+        "cuda (\(context.device.name), sm_\(context.device.architecture)\(cublas == nil ? "" : ", cuBLAS"))"
+    }
+
+    /// Opens the driver, the GPU `ordinal`, NVRTC (compiling the kernels, or taking them from the
+    /// cache) and, unless `useCUBLAS` is false or `INFERENCE_CUBLAS=off`, cuBLAS.
+    public init(
+        ordinal: Int = 0, useCUBLAS: Bool = true, cache: KernelCache = KernelCache(),
+        environment env: [String: String] = ProcessInfo.processInfo.environment
+    ) throws {
+        let driver = try CUDADriver(environment: env)
+        context = try CUDAContext(driver: driver, ordinal: ordinal)
+        let nvrtc = try NVRTC(environment: env)
+        nvrtcPath = nvrtc.path
+        kernels = try cache.cubin(
+            source: GemmaKernels.source, architecture: context.device.architecture, options: GemmaKernels.options,
+            compiler: nvrtc)
+        functions = try context.loadKernels(kernels.cubin, names: GemmaKernels.names)
+        if !useCUBLAS || env["INFERENCE_CUBLAS"] == "off" {
+            cublas = nil
+            cublasProblem = "turned off"
+        } else {
+            do {
+                cublas = try CUBLAS(context: context, environment: env)
+                cublasProblem = nil
+            } catch {
+                cublas = nil
+                cublasProblem = "\(error)"
+            }
+        }
+    }
+
+    private func kernel(_ name: String) -> OpaquePointer {
+        guard let function = functions[name] else { fatalError("CUDA: kernel \(name) is missing from the module") }
+        return function
+    }
+
+    private func blocks(_ count: Int, _ size: Int) -> Int { max(1, (count + size - 1) / size) }
+
+    // MARK: memory
+
+    public func makeBuffer(count: Int) -> CUDABuffer {
+        do { return try CUDABuffer(context: context, count: count) } catch { fatalError("CUDA: \(error)") }
+    }
+
+    /// A device buffer, with the out-of-memory error thrown rather than fatal (for sizing at start).
+    public func tryMakeBuffer(count: Int) throws -> CUDABuffer { try CUDABuffer(context: context, count: count) }
+
+    public func read(_ buffer: CUDABuffer, offset: Int, count: Int) -> [Float] {
+        precondition(offset >= 0 && offset + count <= buffer.count)
+        return [Float](unsafeUninitializedCapacity: count) { storage, initialized in
+            context.download(buffer.at(offset), bytes: count * 4, into: storage.baseAddress!)
+            initialized = count
+        }
+    }
+
+    public func write(_ values: [Float], to buffer: CUDABuffer, offset: Int) {
+        precondition(offset >= 0 && offset + values.count <= buffer.count)
+        values.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: buffer.at(offset)) }
+    }
+
+    public func copy(
+        _ source: CUDABuffer, offset sourceOffset: Int, to destination: CUDABuffer, offset destinationOffset: Int,
+        count: Int
+    ) {
+        precondition(sourceOffset + count <= source.count && destinationOffset + count <= destination.count)
+        context.copy(source.at(sourceOffset), to: destination.at(destinationOffset), bytes: count * 4)
+    }
+
+    /// Waits for every queued kernel (timing; a fault shows here).
+    public func synchronize() throws { try context.synchronize() }
+
+    public func matrix(_ tensor: WeightTensor) throws -> CUDAMatrix {
+        if tensor.format == .f32 && tensor.shape.count == 1 {
+            let memory = try DeviceAllocation(context: context, bytes: tensor.byteCount)
+            context.upload(tensor.data, bytes: tensor.byteCount, to: memory.address)
+            return CUDAMatrix(storage: .f32, rows: 1, columns: tensor.columns, memory: memory)
+        }
+        guard tensor.columns % 8 == 0 else {
+            throw InferenceError.invalidTensor(
+                name: tensor.name, reason: "the CUDA backend needs rows of a multiple of 8 elements, not \(tensor.columns)")
+        }
+        let memory = try DeviceAllocation(context: context, bytes: tensor.rows * tensor.columns * 2)
+        if tensor.format == .bf16 {
+            context.upload(tensor.data, bytes: tensor.byteCount, to: memory.address)
+        } else {
+            // A slice of rows at a time (about 16 MB of f32), rounded to bf16 as torch's cast does.
+            let sliceRows = max(1, (1 << 22) / tensor.columns)
+            let wide = UnsafeMutablePointer<Float>.allocate(capacity: sliceRows * tensor.columns)
+            let narrow = UnsafeMutablePointer<UInt16>.allocate(capacity: sliceRows * tensor.columns)
+            defer {
+                wide.deallocate()
+                narrow.deallocate()
+            }
+            var row = 0
+            while row < tensor.rows {
+                let rows = row..<min(tensor.rows, row + sliceRows)
+                let count = rows.count * tensor.columns
+                tensor.widenRows(rows, into: wide)
+                for i in 0..<count { narrow[i] = Self.bfloat16Bits(wide[i]) }
+                context.upload(narrow, bytes: count * 2, to: memory.address + UInt64(row * tensor.columns * 2))
+                row = rows.upperBound
+            }
+        }
+        return CUDAMatrix(storage: .bf16, rows: tensor.rows, columns: tensor.columns, memory: memory)
+    }
+
+    /// f32 → bf16 bits, round to nearest even, NaN kept (as the kernels' f32_to_bf16).
+    @inline(__always) static func bfloat16Bits(_ value: Float) -> UInt16 {
+        let bits = value.bitPattern
+        if bits & 0x7FFF_FFFF > 0x7F80_0000 { return 0x7FC0 }
+        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+    }
+
+    // MARK: the operations
+
+    /// Token ids (or any Int32s) in device memory for the next launch. Call with `lock` held.
+    private func uploadInts(_ values: [Int]) -> CUDABuffer {
+        if idScratch == nil || idScratch!.count < values.count {
+            idScratch = makeBuffer(count: max(values.count, 4096))
+        }
+        let narrow = values.map { Int32(truncatingIfNeeded: $0) }
+        narrow.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: idScratch!.address) }
+        return idScratch!
+    }
+
+    public func embed(_ tokens: [Int], table: CUDAMatrix, scale: Float, into out: CUDABuffer) {
+        precondition(tokens.count * table.columns <= out.count && table.storage == .bf16)
+        precondition(tokens.allSatisfy { $0 >= 0 && $0 < table.rows }, "token id out of range")
+        lock.lock()
+        defer { lock.unlock() }
+        let ids = uploadInts(tokens)
+        context.launch(
+            kernel("embed_rows"), grid: (tokens.count, 1, 1), block: 256,
+            [.pointer(table.address), .pointer(ids.address), .pointer(out.address), .int(table.columns), .float(scale)])
+    }
+
+    public func matmul(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
+        let m = weight.rows, k = weight.columns
+        precondition(weight.storage == .bf16 && rows * k <= x.count && rows * m <= out.count)
+        let group = GemmaKernels.gemvMaximumTokens
+        if rows > group, let cublas {
+            lock.lock()
+            defer { lock.unlock() }
+            if halfScratch == nil || halfScratch!.count * 2 < rows * k {
+                halfScratch = makeBuffer(count: (rows * k + 1) / 2)
+            }
+            let half = halfScratch!
+            context.launch(
+                kernel("to_bf16"), grid: (blocks(rows * k, 256), 1, 1), block: 256,
+                [.pointer(x.address), .pointer(half.address), .int(rows * k)])
+            do {
+                try cublas.matmulBF16(weight: weight.address, m: m, k: k, x: half.address, rows: rows, out: out.address)
+            } catch { fatalError("CUDA: \(error)") }
+            return
+        }
+        var first = 0
+        while first < rows {
+            let tokens = min(group, rows - first)
+            context.launch(
+                kernel("gemv_bf16"), grid: (blocks(m, 8), 1, 1), block: 256,
+                [
+                    .pointer(weight.address), .pointer(x.at(first * k)), .pointer(out.at(first * m)), .int(m), .int(k),
+                    .int(tokens),
+                ])
+            first += tokens
+        }
+    }
+
+    public func rmsNorm(
+        _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, epsilon: Float, into out: CUDABuffer
+    ) {
+        precondition(weight.storage == .f32 && weight.columns == dimension && rows * dimension <= min(x.count, out.count))
+        let threads = min(1024, max(32, ((dimension + 1) / 2 + 31) / 32 * 32))
+        context.launch(
+            kernel("rms_norm"), grid: (rows, 1, 1), block: threads,
+            [.pointer(x.address), .pointer(weight.address), .pointer(out.address), .int(dimension), .float(epsilon)])
+    }
+
+    public func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: CUDABuffer) {
+        let count = positions.count * 2 * inverseFrequencies.count
+        precondition(count <= table.count)
+        lock.lock()
+        defer { lock.unlock() }
+        if tableScratch.count < count { tableScratch = [Float](repeating: 0, count: count) }
+        tableScratch.withUnsafeMutableBufferPointer { host in
+            CPUBackend.fillRopeTable(positions: positions, inverseFrequencies: inverseFrequencies, into: host.baseAddress!)
+            context.upload(host.baseAddress!, bytes: count * 4, to: table.address)
+        }
+    }
+
+    public func rope(_ x: CUDABuffer, rows: Int, heads: Int, headDimension: Int, table: CUDABuffer) {
+        precondition(rows * heads * headDimension <= x.count && rows * headDimension <= table.count)
+        context.launch(
+            kernel("rope"), grid: (rows, heads, 1), block: max(32, (headDimension / 2 + 31) / 32 * 32),
+            [.pointer(x.address), .pointer(table.address), .int(heads), .int(headDimension)])
+    }
+
+    public func attention(
+        queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, rows: Int, firstPosition: Int, heads: Int,
+        kvHeads: Int, headDimension: Int, capacity: Int, window: Int?, scale: Float, into out: CUDABuffer
+    ) {
+        precondition(heads % kvHeads == 0 && rows * heads * headDimension <= min(queries.count, out.count))
+        precondition(capacity * kvHeads * headDimension <= min(keys.count, values.count))
+        precondition(
+            headDimension % 32 == 0 && headDimension <= GemmaKernels.attentionMaximumDimension,
+            "the CUDA attention kernel takes head dimensions that are multiples of 32 up to 256")
+        let oldestNeeded = window.map { max(0, firstPosition - $0 + 1) } ?? 0
+        precondition(firstPosition + rows - 1 - oldestNeeded < capacity, "the KV cache is too small for this batch")
+        context.launch(
+            kernel("attention"), grid: (rows, heads, 1), block: 256,
+            [
+                .pointer(queries.address), .pointer(keys.address), .pointer(values.address), .pointer(out.address),
+                .int(firstPosition), .int(heads), .int(kvHeads), .int(headDimension), .int(capacity), .int(window ?? 0),
+                .float(scale),
+            ])
+    }
+
+    public func geluMultiply(_ gate: CUDABuffer, _ up: CUDABuffer, count: Int) {
+        precondition(count <= gate.count && count <= up.count)
+        context.launch(
+            kernel("gelu_tanh_mul"), grid: (blocks(count, 256), 1, 1), block: 256,
+            [.pointer(gate.address), .pointer(up.address), .pointer(gate.address), .int(count)])
+    }
+
+    public func add(_ x: CUDABuffer, into accumulator: CUDABuffer, count: Int) {
+        precondition(count <= x.count && count <= accumulator.count)
+        context.launch(
+            kernel("add_rows"), grid: (blocks(count, 256), 1, 1), block: 256,
+            [.pointer(accumulator.address), .pointer(x.address), .int(count)])
+    }
+
+    public func softmax(_ x: CUDABuffer, rows: Int, columns: Int) {
+        precondition(rows * columns <= x.count)
+        context.launch(kernel("softmax_rows"), grid: (rows, 1, 1), block: 1024, [.pointer(x.address), .int(columns)])
+    }
+
+    /// The index of each row's largest value (lowest index on ties), computed on the device: only
+    /// `rows` integers come back instead of rows × columns floats.
+    public func argmax(_ x: CUDABuffer, rows: Int, columns: Int) -> [Int] {
+        precondition(rows * columns <= x.count)
+        let out = makeBuffer(count: rows)
+        context.launch(
+            kernel("argmax_rows"), grid: (rows, 1, 1), block: 1024,
+            [.pointer(x.address), .pointer(out.address), .int(columns)])
+        var result = [Int32](repeating: 0, count: rows)
+        result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
+        return result.map(Int.init)
+    }
+}

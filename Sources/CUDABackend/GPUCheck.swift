@@ -1,0 +1,300 @@
+import CUDA
+import Foundation
+import Inference
+
+/// What `inference-server gpu-check` runs on a machine with an NVIDIA GPU (scripts/gpu-check): every
+/// operation of the CUDA backend against the CPU backend on fresh random inputs, a whole model on
+/// both, the golden references of shared/golden on the GPU, and decode/prefill speed against the
+/// card's memory bandwidth. Each check returns lines to print and whether it passed.
+public struct GPUCheck {
+    public let gpu: CUDABackend
+    public let cpu: CPUBackend
+    private var random: SplitMix
+
+    public init(gpu: CUDABackend, seed: UInt64 = 0x5EED) throws {
+        self.gpu = gpu
+        cpu = try CPUBackend(exact: true)
+        random = SplitMix(seed: seed)
+    }
+
+    public struct Result {
+        public var name: String
+        public var error: Double
+        public var tolerance: Double
+        public var passed: Bool { error.isFinite && error <= tolerance }
+        public var line: String {
+            String(format: "%@ %-44@ relative error %.2e (bar %.0e)", passed ? "ok  " : "FAIL", name as NSString, error, tolerance)
+        }
+    }
+
+    // MARK: operations
+
+    /// ‖a − b‖ / ‖b‖, infinite when a holds a NaN or the lengths differ.
+    public static func relativeError(_ a: [Float], _ b: [Float]) -> Double {
+        guard a.count == b.count else { return .infinity }
+        var difference = 0.0, reference = 0.0
+        for (x, y) in zip(a, b) {
+            guard x.isFinite else { return .infinity }
+            difference += Double(x - y) * Double(x - y)
+            reference += Double(y) * Double(y)
+        }
+        return reference == 0 ? (difference == 0 ? 0 : .infinity) : (difference / reference).squareRoot()
+    }
+
+    private mutating func values(_ count: Int, scale: Float = 1) -> [Float] {
+        (0..<count).map { _ in (random.unit() * 2 - 1) * scale }
+    }
+
+    /// The same values in a CPU and a GPU buffer.
+    private func pair(_ values: [Float]) -> (CPUBuffer, CUDABuffer) {
+        let c = cpu.makeBuffer(count: values.count)
+        cpu.write(values, to: c, offset: 0)
+        let g = gpu.makeBuffer(count: values.count)
+        gpu.write(values, to: g, offset: 0)
+        return (c, g)
+    }
+
+    /// A GPU output buffer filled with NaN, so an element a kernel leaves unwritten fails the check.
+    private func poisoned(_ count: Int) -> CUDABuffer {
+        let buffer = gpu.makeBuffer(count: count)
+        gpu.write([Float](repeating: .nan, count: count), to: buffer, offset: 0)
+        return buffer
+    }
+
+    private mutating func bf16Matrix(rows: Int, columns: Int, scale: Float) throws -> WeightTensor {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(rows * columns * 2)
+        for _ in 0..<rows * columns {
+            let bits = CUDABackend.bfloat16Bits((random.unit() * 2 - 1) * scale)
+            bytes.append(UInt8(bits & 0xFF))
+            bytes.append(UInt8(bits >> 8))
+        }
+        return try WeightTensor(name: "random", format: .bf16, shape: [rows, columns], bytes: bytes)
+    }
+
+    private func f32Vector(_ values: [Float]) throws -> WeightTensor {
+        try WeightTensor(name: "norm", format: .f32, shape: [values.count], bytes: values.withUnsafeBytes { Array($0) })
+    }
+
+    /// Every operation of the backend, each on fresh random inputs, against the CPU backend in f32.
+    public mutating func operations() throws -> [Result] {
+        var results: [Result] = []
+        // Products: gemv (≤ 8 rows, f32 activations) and the many-row path (cuBLAS with bf16
+        // activations when present, else gemv eight rows at a time).
+        for (m, k) in [(1152, 640), (640, 2048), (4096, 1152)] {
+            let tensor = try bf16Matrix(rows: m, columns: k, scale: 0.05)
+            let cw = try cpu.matrix(tensor), gw = try gpu.matrix(tensor)
+            for rows in [1, 3, 8, 13, 64] {
+                let (cx, gx) = pair(values(rows * k))
+                let cy = cpu.makeBuffer(count: rows * m)
+                let gy = poisoned(rows * m)
+                cpu.matmul(cx, rows: rows, weight: cw, into: cy)
+                gpu.matmul(gx, rows: rows, weight: gw, into: gy)
+                let manyRows = rows > GemmaKernels.gemvMaximumTokens && gpu.cublas != nil
+                results.append(Result(
+                    name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ" + (manyRows ? " cuBLAS" : ""),
+                    error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
+                    tolerance: manyRows ? 1e-2 : 1e-5))
+            }
+        }
+        // Embedding rows (bf16 table), scaled.
+        do {
+            let table = try bf16Matrix(rows: 1000, columns: 640, scale: 0.1)
+            let ids = (0..<37).map { _ in Int(random.next() % 1000) }
+            let cy = cpu.makeBuffer(count: ids.count * 640)
+            let gy = poisoned(ids.count * 640)
+            cpu.embed(ids, table: try cpu.matrix(table), scale: 25.3, into: cy)
+            gpu.embed(ids, table: try gpu.matrix(table), scale: 25.3, into: gy)
+            results.append(Result(
+                name: "embed 37 rows of 640", error: Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)),
+                tolerance: 1e-6))
+        }
+        // RMS norm over hidden rows and over heads.
+        for (rows, dimension) in [(5, 640), (64, 1152), (9 * 4, 256)] {
+            let weight = try f32Vector(values(dimension, scale: 2))
+            let (cx, gx) = pair(values(rows * dimension, scale: 3))
+            let cy = cpu.makeBuffer(count: rows * dimension)
+            let gy = poisoned(rows * dimension)
+            cpu.rmsNorm(cx, rows: rows, dimension: dimension, weight: try cpu.matrix(weight), epsilon: 1e-6, into: cy)
+            gpu.rmsNorm(gx, rows: rows, dimension: dimension, weight: try gpu.matrix(weight), epsilon: 1e-6, into: gy)
+            results.append(Result(
+                name: "rms_norm \(rows)x\(dimension)", error: Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)),
+                tolerance: 1e-5))
+        }
+        // RoPE at late positions (large angles).
+        do {
+            let positions = (0..<11).map { 30_000 + $0 * 37 }
+            let frequencies = (0..<128).map { j in Float(1 / pow(10_000.0, Double(2 * j) / 256)) }
+            let ct = cpu.makeBuffer(count: positions.count * 256), gt = gpu.makeBuffer(count: positions.count * 256)
+            cpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: ct)
+            gpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: gt)
+            let (cx, gx) = pair(values(positions.count * 4 * 256))
+            cpu.rope(cx, rows: positions.count, heads: 4, headDimension: 256, table: ct)
+            gpu.rope(gx, rows: positions.count, heads: 4, headDimension: 256, table: gt)
+            results.append(Result(
+                name: "rope 11 tokens x 4 heads at 30000+", error: Self.relativeError(gpu.read(gx, offset: 0, count: gx.count), cpu.read(cx, offset: 0, count: cx.count)),
+                tolerance: 1e-6))
+        }
+        // Attention: a prefill from 0 with a window, a decode row against a wrapped ring, GQA.
+        for (rows, first, capacity, window, heads, kvHeads) in [
+            (37, 0, 64, 16 as Int?, 4, 1), (1, 300, 64, 32 as Int?, 4, 1), (5, 700, 1024, nil as Int?, 8, 2),
+            (128, 128, 1024, nil as Int?, 4, 1),
+        ] {
+            let dimension = 256
+            let (cq, gq) = pair(values(rows * heads * dimension))
+            let (ck, gk) = pair(values(capacity * kvHeads * dimension))
+            let (cv, gv) = pair(values(capacity * kvHeads * dimension))
+            let cy = cpu.makeBuffer(count: rows * heads * dimension)
+            let gy = poisoned(rows * heads * dimension)
+            cpu.attention(
+                queries: cq, keys: ck, values: cv, rows: rows, firstPosition: first, heads: heads, kvHeads: kvHeads,
+                headDimension: dimension, capacity: capacity, window: window, scale: 0.0625, into: cy)
+            gpu.attention(
+                queries: gq, keys: gk, values: gv, rows: rows, firstPosition: first, heads: heads, kvHeads: kvHeads,
+                headDimension: dimension, capacity: capacity, window: window, scale: 0.0625, into: gy)
+            results.append(Result(
+                name: "attention \(rows) rows at \(first), ring \(capacity), window \(window.map(String.init) ?? "-"), \(heads)/\(kvHeads) heads",
+                error: Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)),
+                tolerance: 1e-5))
+        }
+        // Elementwise: gelu_tanh(gate) * up, residual add, softmax.
+        do {
+            let count = 3 * 6912
+            let (cg, gg) = pair(values(count, scale: 4))
+            let (cu, gu) = pair(values(count))
+            cpu.geluMultiply(cg, cu, count: count)
+            gpu.geluMultiply(gg, gu, count: count)
+            results.append(Result(
+                name: "gelu_tanh_mul \(count)", error: Self.relativeError(gpu.read(gg, offset: 0, count: count), cpu.read(cg, offset: 0, count: count)),
+                tolerance: 1e-6))
+            let (ca, ga) = pair(values(count))
+            cpu.add(cu, into: ca, count: count)
+            gpu.add(gu, into: ga, count: count)
+            results.append(Result(
+                name: "add \(count)", error: Self.relativeError(gpu.read(ga, offset: 0, count: count), cpu.read(ca, offset: 0, count: count)),
+                tolerance: 1e-7))
+            let (cs, gs) = pair(values(3 * 262_144, scale: 20))
+            cpu.softmax(cs, rows: 3, columns: 262_144)
+            gpu.softmax(gs, rows: 3, columns: 262_144)
+            results.append(Result(
+                name: "softmax 3x262144", error: Self.relativeError(gpu.read(gs, offset: 0, count: gs.count), cpu.read(cs, offset: 0, count: cs.count)),
+                tolerance: 1e-4))  // f32 sums over 262144 terms in different orders
+            let logits = values(4 * 262_144, scale: 20)
+            let (_, gl) = pair(logits)
+            let expected = (0..<4).map { r in Sampler.argmax(Array(logits[r * 262_144..<(r + 1) * 262_144])) }
+            let found = gpu.argmax(gl, rows: 4, columns: 262_144)
+            results.append(Result(name: "argmax 4x262144", error: found == expected ? 0 : .infinity, tolerance: 0))
+        }
+        try gpu.synchronize()
+        return results
+    }
+
+    // MARK: a whole model
+
+    /// The same prompt through the model on both backends: prefill, then greedy decode steps from the
+    /// CPU's choices, comparing every step's logits. Returns the worst relative error and how many
+    /// steps picked the same token.
+    public static func compareModels(
+        cpu: Gemma3Model<CPUBackend>, gpu: Gemma3Model<CUDABackend>, prompt: [Int], steps: Int
+    ) throws -> (error: Double, agreeing: Int, steps: Int) {
+        let c = cpu.makeSession(maximumBatch: 128)
+        let g = gpu.makeSession(maximumBatch: 128)
+        var cl = try c.append(prompt)
+        var gl = try g.append(prompt)
+        var worst = relativeError(gl, cl)
+        var agreeing = Sampler.argmax(cl) == Sampler.argmax(gl) ? 1 : 0
+        for _ in 0..<steps {
+            let next = Sampler.argmax(cl)
+            cl = try c.append([next])
+            gl = try g.append([next])
+            worst = max(worst, relativeError(gl, cl))
+            if Sampler.argmax(cl) == Sampler.argmax(gl) { agreeing += 1 }
+        }
+        return (worst, agreeing, steps + 1)
+    }
+
+    // MARK: golden references
+
+    public struct GoldenCase: Decodable {
+        public var name: String
+        public var input_ids: [Int]
+        public var greedy_ids: [Int]
+        public var steps: [GoldenStep]
+    }
+    public struct GoldenStep: Decodable {
+        public var top: [[Double]]
+        public var logsumexp: Double
+    }
+    struct GoldenFile: Decodable { var generation: [GoldenCase] }
+
+    public static func goldenCases(file: String) throws -> [GoldenCase] {
+        try JSONDecoder().decode(GoldenFile.self, from: Data(contentsOf: URL(fileURLWithPath: file))).generation
+    }
+
+    /// shared/golden/README.md's rule on the GPU: greedy from the reference's input ids; until the
+    /// first step whose reference top-2 margin is under `margin`, the ids must be equal and each
+    /// top-10 logit and logprob within `tolerance`. Returns (steps compared, largest difference, ok).
+    public static func golden<Backend>(
+        _ model: Gemma3Model<Backend>, _ golden: GoldenCase, margin: Double, tolerance: Double
+    ) throws -> (steps: Int, difference: Double, passed: Bool) {
+        let session = model.makeSession(maximumBatch: 128)
+        var logits = try session.append(golden.input_ids)
+        var steps = 0
+        var difference = 0.0
+        for (index, step) in golden.steps.enumerated() {
+            if step.top[0][1] - step.top[1][1] < margin { break }
+            let chosen = Sampler.argmax(logits)
+            guard chosen == golden.greedy_ids[index] else { return (steps, difference, false) }
+            let logSumExp = Double(Logprobs.logSumExp(logits))
+            for pair in step.top {
+                let id = Int(pair[0])
+                difference = max(difference, abs(Double(logits[id]) - pair[1]))
+                difference = max(difference, abs((Double(logits[id]) - logSumExp) - (pair[1] - step.logsumexp)))
+            }
+            steps += 1
+            if index + 1 < golden.steps.count { logits = try session.append([chosen]) }
+        }
+        return (steps, difference, steps > 0 && difference <= tolerance)
+    }
+
+    // MARK: speed
+
+    /// Device-to-device copy bandwidth (bytes read plus written per second), the ceiling for decode.
+    public static func measuredBandwidth(_ gpu: CUDABackend, bytes: Int = 1 << 30) throws -> Double {
+        let a = try gpu.tryMakeBuffer(count: bytes / 4), b = try gpu.tryMakeBuffer(count: bytes / 4)
+        gpu.copy(a, offset: 0, to: b, offset: 0, count: bytes / 4)
+        try gpu.synchronize()
+        var best = Double.infinity
+        for _ in 0..<10 {
+            let start = DispatchTime.now().uptimeNanoseconds
+            gpu.copy(a, offset: 0, to: b, offset: 0, count: bytes / 4)
+            try gpu.synchronize()
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        }
+        return 2 * Double(bytes) / best
+    }
+
+    /// Weight bytes one decode step reads: every matrix once (the tied embedding once, as the LM
+    /// head), in the backend's bf16.
+    public static func weightBytesPerStep(_ weights: Gemma3Weights) -> Int {
+        let layers = weights.layers.reduce(0) { total, l in
+            total + [l.query, l.key, l.value, l.output, l.gate, l.up, l.down].reduce(0) { $0 + $1.elementCount * 2 }
+        }
+        return layers + weights.lmHead.elementCount * 2
+    }
+}
+
+/// SplitMix64: a small, seeded generator so a failing check can be rerun on the same inputs.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    mutating func unit() -> Float { Float(next() >> 40) / Float(1 << 24) }
+}

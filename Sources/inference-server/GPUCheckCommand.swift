@@ -1,0 +1,158 @@
+import ArgumentParser
+import CUDA
+import CUDABackend
+import Foundation
+import Inference
+
+/// `gpu-check` (hidden; scripts/gpu-check runs it): the CUDA backend's checks and figures on a
+/// machine with an NVIDIA GPU. Exits 1 when a check fails.
+struct GPUCheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gpu-check",
+        abstract: "Check the CUDA backend against the CPU backend and the golden references; time it.",
+        discussion: """
+            --ops checks every kernel against the CPU backend on fresh random inputs. With --model, the \
+            whole model runs on both backends and their logits are compared; --golden FILE (a \
+            shared/golden JSON) runs its cases on the GPU by the README's bf16 rule; --bench times \
+            prefill and decode at batch 1 and 16 and prints them against the card's measured memory \
+            bandwidth.
+            """,
+        shouldDisplay: false)
+
+    @OptionGroup var options: ModelOptions
+
+    @Flag(help: "Check every operation against the CPU backend.")
+    var ops = false
+
+    @Option(help: "A shared/golden JSON whose generation cases run on the GPU (needs --model).")
+    var golden: String?
+
+    @Flag(help: "Compare the model's logits on the GPU and the CPU (needs --model).")
+    var compare = false
+
+    @Flag(help: "Time prefill and decode at batch 1 and 16 (needs --model).")
+    var bench = false
+
+    @Option(help: "Decode steps timed per batch size.")
+    var steps = 128
+
+    @Option(help: "Write the figures as JSON to this file.")
+    var json: String?
+
+    @Flag(name: .customLong("no-cublas"), help: "Use the built-in kernels for every product.")
+    var noCUBLAS = false
+
+    func run() throws {
+        let started = Date()
+        let gpu = try CUDABackend(useCUBLAS: !noCUBLAS)
+        let device = gpu.context.device
+        print("device      \(device.name), sm_\(device.architecture), \(device.multiprocessors) SMs, driver CUDA \(gpu.context.driver.versionString)")
+        print("nvrtc       \(gpu.nvrtcPath); kernels \(gpu.kernels.fromCache ? "from the cache" : "compiled") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s to ready)")
+        print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
+        var failures = 0
+        var figures: [String: Any] = ["device": device.name, "sm": device.architecture]
+
+        if ops {
+            var check = try GPUCheck(gpu: gpu)
+            for result in try check.operations() {
+                print(result.line)
+                if !result.passed { failures += 1 }
+            }
+        }
+
+        if golden != nil || compare || bench {
+            let engine = try Engine.load(path: try options.resolvedPath(), exactActivations: true)
+            let loadStart = Date()
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            try gpu.synchronize()
+            let c = engine.config
+            print(String(format: "model       %@: %d layers, hidden %d, vocabulary %d; on the GPU in %.2f s", engine.path, c.layerCount, c.hiddenSize, c.vocabularySize, Date().timeIntervalSince(loadStart)))
+
+            if compare {
+                let prompt = [2] + (0..<40).map { 1000 + ($0 * 7919) % 20_000 }
+                let result = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
+                let passed = result.error <= 2e-2
+                print(String(format: "%@ model logits GPU vs CPU: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", result.error, result.steps, result.agreeing))
+                if !passed { failures += 1 }
+                figures["model_relative_error"] = result.error
+            }
+
+            if let golden {
+                for item in try GPUCheck.goldenCases(file: golden) {
+                    // bf16 weights on the device: the README's bar for a bf16 engine (0.25 margin, 0.15).
+                    let result = try GPUCheck.golden(model, item, margin: 0.25, tolerance: 0.15)
+                    print(String(format: "%@ golden %-22@ %2d steps, largest top-10 logit/logprob difference %.4f", result.passed ? "ok  " : "FAIL", item.name as NSString, result.steps, result.difference))
+                    if !result.passed { failures += 1 }
+                }
+            }
+
+            if bench {
+                figures.merge(try benchmark(model: model, weights: engine.weights, gpu: gpu)) { $1 }
+            }
+        }
+
+        if let json {
+            let data = try JSONSerialization.data(withJSONObject: figures, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: json))
+        }
+        if failures > 0 {
+            print("\(failures) check(s) failed")
+            throw ExitCode(1)
+        }
+        print("all GPU checks passed")
+    }
+
+    private func seconds(_ body: () throws -> Void) rethrows -> Double {
+        let start = DispatchTime.now().uptimeNanoseconds
+        try body()
+        return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+    }
+
+    private func benchmark(model: Gemma3Model<CUDABackend>, weights: Gemma3Weights, gpu: CUDABackend) throws -> [String: Any] {
+        var figures: [String: Any] = [:]
+        let bandwidth = try GPUCheck.measuredBandwidth(gpu)
+        let bytes = GPUCheck.weightBytesPerStep(weights)
+        let limit = bandwidth / Double(bytes)
+        print(String(format: "bandwidth   %.0f GB/s measured (device-to-device copy, read + write); %.1f MB of weights per decode step: at most %.0f tokens/s per sequence", bandwidth / 1e9, Double(bytes) / 1e6, limit))
+        figures["bandwidth_gbs"] = bandwidth / 1e9
+        figures["weight_bytes_per_step"] = bytes
+        figures["bandwidth_limit_tokens_per_second"] = limit
+
+        let runner = BatchRunner(model: model, maximumSequences: 16, prefillChunk: 512)
+        let prompt = [2] + (1..<512).map { 1000 + ($0 * 7919) % 20_000 }
+        // Prefill: a 512-token prompt in one pass (best of 3 after a warm-up).
+        let slot = runner.makeSlot(contextLength: 4096)
+        _ = try runner.prefill(slot, prompt)
+        var prefill = Double.infinity
+        for _ in 0..<3 {
+            slot.reset()
+            prefill = min(prefill, try seconds { _ = try runner.prefill(slot, prompt) })
+        }
+        print(String(format: "prefill     512 tokens in %.2f ms: %.0f tokens/s", prefill * 1000, 512 / prefill))
+        figures["prefill_tokens_per_second"] = 512 / prefill
+
+        for batch in [1, 16] {
+            let slots = (0..<batch).map { _ in runner.makeSlot(contextLength: 4096) }
+            var next = try slots.enumerated().map { i, slot in
+                Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
+            }
+            next = try runner.decodeGreedy(slots, tokens: next)  // warm-up
+            // Greedy on the device: only token ids come back.
+            let time = try seconds {
+                for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+            }
+            let rate = Double(batch * steps) / time
+            print(String(format: "decode b%-2d  %.2f ms/step, %.0f tokens/s in all (%.0f per sequence); %.0f%% of the bandwidth limit per sequence", batch, time / Double(steps) * 1000, rate, rate / Double(batch), 100 * rate / Double(batch) / limit))
+            figures["decode_b\(batch)_tokens_per_second"] = rate
+            figures["decode_b\(batch)_ms_per_step"] = time / Double(steps) * 1000
+            // The same steps with every logit brought to the host (what sampling on the CPU costs).
+            let hostTime = try seconds {
+                for _ in 0..<min(steps, 32) { next = try runner.decode(slots, tokens: next).map(Sampler.argmax) }
+            }
+            let hostRate = Double(batch * min(steps, 32)) / hostTime
+            print(String(format: "            with the logits read back and argmax on the host: %.2f ms/step, %.0f tokens/s", hostTime / Double(min(steps, 32)) * 1000, hostRate))
+            figures["decode_b\(batch)_host_logits_tokens_per_second"] = hostRate
+        }
+        return figures
+    }
+}

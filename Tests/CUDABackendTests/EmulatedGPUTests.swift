@@ -1,0 +1,180 @@
+import CUDA
+import Foundation
+import TestSupport
+import Testing
+
+@testable import CUDABackend
+@testable import Inference
+
+/// The CUDA backend end to end on a machine without a GPU: the real NVRTC compiles the real kernels
+/// to a CUBIN (the module must load), and Emulator/cuda_emulator.cpp, built here from the same
+/// kernel source, stands in for libcuda.so.1 and runs them on the CPU with block and warp barriers
+/// as on the GPU. So the kernels' arithmetic and indexing, the backend's launch shapes, argument
+/// order and buffer offsets are all checked against the CPU backend and the golden references.
+/// What it cannot check (speed, real hardware, cuBLAS) is scripts/gpu-check's, on a GPU.
+@Suite(.serialized) struct EmulatedGPUTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+
+    struct Unavailable: Error, CustomStringConvertible { var description: String }
+
+    /// The emulator library, built once per run into a temporary folder.
+    static let emulator: Result<String, Unavailable> = {
+        do {
+            let folder = NSTemporaryDirectory() + "cuda-emulator-" + UUID().uuidString
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try GemmaKernels.source.write(toFile: folder + "/kernels.cu", atomically: true, encoding: .utf8)
+            try GemmaKernels.names.map { "KERNEL(\($0))\n" }.joined()
+                .write(toFile: folder + "/registry.inc", atomically: true, encoding: .utf8)
+            let library = folder + "/libcuda.so.1"
+            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Emulator/cuda_emulator.cpp"
+            let compiler = (try? run(["which", "clang++"]))?.status == 0 ? "clang++" : "c++"
+            let result = try run([
+                compiler, "-std=c++17", "-O2", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-I", folder, "-o", library, source,
+            ])
+            guard result.status == 0 else { return .failure(Unavailable(description: "the emulator did not build:\n\(result.stderr)")) }
+            return .success(library)
+        } catch {
+            return .failure(Unavailable(description: "the emulator did not build: \(error)"))
+        }
+    }()
+
+    static func environment() throws -> [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["INFERENCE_LIBCUDA"] = try emulator.get()
+        env["INFERENCE_CUBLAS"] = "off"
+        return env
+    }
+
+    static let cache = KernelCache(directory: NSTemporaryDirectory() + "emulated-gpu-kernels")
+
+    /// The backend on the emulated GPU (cuBLAS off: products go through the kernels under test).
+    static let backend: Result<CUDABackend, Unavailable> = {
+        do {
+            return .success(try CUDABackend(useCUBLAS: false, cache: cache, environment: try environment()))
+        } catch {
+            return .failure(Unavailable(description: "\(error)"))
+        }
+    }()
+
+    @Test func theBackendLoadsTheRealCUBINThroughTheDriverAPI() throws {
+        let gpu = try Self.backend.get()
+        #expect(gpu.context.device.name == "CUDA emulator (CPU)")
+        #expect(KernelCache.isCUBIN(gpu.kernels.cubin))
+        #expect(gpu.name.hasPrefix("cuda ("))
+    }
+
+    @Test func everyOperationMatchesTheCPUBackend() throws {
+        var check = try GPUCheck(gpu: try Self.backend.get(), seed: UInt64.random(in: 0...UInt64.max))
+        let results = try check.operations()
+        #expect(results.count >= 25)
+        for result in results { #expect(result.passed, "\(result.line)") }
+    }
+
+    // MARK: the real Gemma 3 270M
+
+    static var modelFolder: String { root + "/models/gemma-3-270m" }
+
+    static func realModel() throws -> (cpu: Engine, gpu: Gemma3Model<CUDABackend>) {
+        guard FileManager.default.fileExists(atPath: modelFolder + "/model.safetensors") else {
+            throw Unavailable(description: "no weights at \(modelFolder): scripts/test fetches them first")
+        }
+        let engine = try Engine.load(path: modelFolder, exactActivations: true)
+        return (engine, try Gemma3Model(config: engine.config, weights: engine.weights, backend: try backend.get()))
+    }
+
+    /// shared/golden's rule at its f32 bar: the bf16 checkpoint goes to the device unchanged and the
+    /// activations stay f32, so the GPU path must meet what the CPU path meets. One case, two steps:
+    /// every launch is emulated, and the 262144-row LM head alone is 8 million emulated threads.
+    @Test func theRealModelMeetsTheGoldenReference() throws {
+        let (_, model) = try Self.realModel()
+        let file = Self.root + "/Tests/InferenceTests/Fixtures/gemma-3-270m-transformers.json"
+        var golden = try #require(try GPUCheck.goldenCases(file: file).first { $0.name == "capital" })
+        golden.steps = Array(golden.steps.prefix(2))
+        let result = try GPUCheck.golden(model, golden, margin: 0.05, tolerance: 0.02)
+        #expect(result.passed && result.steps == 2, "\(result.steps) steps, largest difference \(result.difference)")
+    }
+
+    // MARK: a small random Gemma 3
+
+    /// A small Gemma 3 with random bf16 weights in a safetensors folder: two sliding layers with an
+    /// 8-token window and a global one, grouped-query heads (4 over 2) of dimension 64, so prompts of
+    /// a few dozen tokens wrap the rings and cross prefill chunks.
+    static func smallModel(in directory: TemporaryDirectory, seed: UInt64) throws -> String {
+        let hidden = 128, intermediate = 256, vocabulary = 1024, heads = 4, kvHeads = 2, headDim = 64, layers = 3
+        let config = """
+            {"model_type": "gemma3_text", "vocab_size": \(vocabulary), "hidden_size": \(hidden),
+             "intermediate_size": \(intermediate), "num_hidden_layers": \(layers), "num_attention_heads": \(heads),
+             "num_key_value_heads": \(kvHeads), "head_dim": \(headDim), "max_position_embeddings": 256,
+             "sliding_window": 8, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 64, "rope_theta": 1000000.0,
+             "rope_local_base_freq": 10000.0, "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+             "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true}
+            """
+        var random = SplitMix(seed: seed)
+        var tensors: [(String, [Int])] = [("model.embed_tokens.weight", [vocabulary, hidden]), ("model.norm.weight", [hidden])]
+        for i in 0..<layers {
+            let p = "model.layers.\(i)."
+            tensors += [
+                (p + "input_layernorm.weight", [hidden]), (p + "self_attn.q_proj.weight", [heads * headDim, hidden]),
+                (p + "self_attn.k_proj.weight", [kvHeads * headDim, hidden]),
+                (p + "self_attn.v_proj.weight", [kvHeads * headDim, hidden]), (p + "self_attn.q_norm.weight", [headDim]),
+                (p + "self_attn.k_norm.weight", [headDim]), (p + "self_attn.o_proj.weight", [hidden, heads * headDim]),
+                (p + "post_attention_layernorm.weight", [hidden]), (p + "pre_feedforward_layernorm.weight", [hidden]),
+                (p + "mlp.gate_proj.weight", [intermediate, hidden]), (p + "mlp.up_proj.weight", [intermediate, hidden]),
+                (p + "mlp.down_proj.weight", [hidden, intermediate]), (p + "post_feedforward_layernorm.weight", [hidden]),
+            ]
+        }
+        var header: [String] = []
+        var data: [UInt8] = []
+        for (name, shape) in tensors {
+            let count = shape.reduce(1, *)
+            let scale: Float = shape.count == 1 ? 0.3 : (name.contains("embed") ? 0.5 : 0.12)
+            let start = data.count
+            for _ in 0..<count {
+                let bits = CUDABackend.bfloat16Bits((random.unit() * 2 - 1) * scale)
+                data += [UInt8(bits & 0xFF), UInt8(bits >> 8)]
+            }
+            header.append("\"\(name)\": {\"dtype\": \"BF16\", \"shape\": \(shape), \"data_offsets\": [\(start), \(data.count)]}")
+        }
+        var json = Array(("{" + header.joined(separator: ", ") + "}").utf8)
+        while json.count % 8 != 0 { json.append(0x20) }
+        var file = withUnsafeBytes(of: UInt64(json.count).littleEndian) { Array($0) }
+        file += json + data
+        _ = try directory.write("small/model.safetensors", file)
+        _ = try directory.write("small/config.json", Array(config.utf8))
+        return directory.path + "/small"
+    }
+
+    /// Continuous batching on the device against the CPU: prompts longer than the window and the
+    /// prefill chunk, prefilled one by one, then decoded together step by step; every step's logits
+    /// agree, and the greedy tokens chosen on the device are the argmax of those logits.
+    @Test func batchedDecodeMatchesTheCPU() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 77), exactActivations: true)
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: try Self.backend.get())
+        let gpuRunner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
+        let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 3, prefillChunk: 16)
+        let prompts = [Array(1...5), (0..<37).map { 2 + ($0 * 37) % 1000 }, (0..<20).map { 900 - $0 * 13 }]
+        let gpuSlots = prompts.map { _ in gpuRunner.makeSlot(contextLength: 128) }
+        let cpuSlots = prompts.map { _ in cpuRunner.makeSlot(contextLength: 128) }
+        var next: [Int] = []
+        for (i, prompt) in prompts.enumerated() {
+            let g = try gpuRunner.prefill(gpuSlots[i], prompt)
+            let c = try cpuRunner.prefill(cpuSlots[i], prompt)
+            #expect(GPUCheck.relativeError(g, c) < 1e-4, "prefill \(i)")
+            next.append(Sampler.argmax(c))
+        }
+        let greedySlots = prompts.map { _ in gpuRunner.makeSlot(contextLength: 128) }
+        for (i, prompt) in prompts.enumerated() { _ = try gpuRunner.prefill(greedySlots[i], prompt) }
+        for step in 0..<12 {
+            let c = try cpuRunner.decode(cpuSlots, tokens: next)
+            let g = try gpuRunner.decode(gpuSlots, tokens: next)
+            for (row, (a, b)) in zip(g, c).enumerated() {
+                #expect(GPUCheck.relativeError(a, b) < 1e-4, "step \(step), sequence \(row)")
+            }
+            let chosen = try gpuRunner.decodeGreedy(greedySlots, tokens: next)
+            #expect(chosen == g.map(Sampler.argmax), "step \(step)")
+            next = c.map(Sampler.argmax)
+        }
+    }
+}

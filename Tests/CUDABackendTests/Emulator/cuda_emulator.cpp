@@ -1,0 +1,246 @@
+// A stand-in for the NVIDIA driver (libcuda.so.1) that runs the CUDA C kernels on the CPU, for
+// tests on machines without a GPU. It is compiled by the test from the very kernel source the
+// backend hands to NVRTC (kernels.cu, included below with CUDA's keywords defined away), and it
+// implements the driver calls CUDAContext and CUDADriver make: memory is host memory, copies are
+// memcpy, a module is accepted if it is an ELF (the CUBIN NVRTC really produced) and its functions
+// are looked up among the emulated kernels by name.
+//
+// Kernels run block by block; the threads of a block are coroutines (ucontext) on one OS thread,
+// switched at __syncthreads and at each warp shuffle, so block and warp barriers behave as on the
+// GPU: a barrier releases when every thread of its block (or warp) that has not returned reaches
+// it, and a barrier that can never release (divergence) aborts the launch with a message.
+// Not emulated: races between blocks (blocks run one after another), memory coalescing, timing.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <setjmp.h>
+#include <ucontext.h>
+#include <utility>
+#include <vector>
+
+namespace emu {
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+enum State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+struct Thread {
+    ucontext_t context;  // only to enter the coroutine's stack once per launch
+    jmp_buf resume;      // every later switch: _setjmp/_longjmp, which make no system call
+    bool started = false;
+    dim3 index;
+    State state = Ready;
+    uint64_t slot[2] = {0, 0};  // a shuffle's value, in alternate slots for consecutive shuffles
+    unsigned shuffles = 0;
+};
+static std::vector<Thread> threads;
+static std::vector<char> stacks;
+static const size_t stackSize = 64 * 1024;
+static ucontext_t scheduler;
+static jmp_buf schedulerResume;
+static int current = 0;
+static dim3 block, grid, blockIndex;
+
+static void wait(State barrier) {
+    threads[current].state = barrier;
+    if (!_setjmp(threads[current].resume)) _longjmp(schedulerResume, 1);
+}
+
+// Runs thread t until it waits at a barrier or finishes its block.
+static void run(int t) {
+    current = t;
+    if (_setjmp(schedulerResume)) return;
+    if (!threads[t].started) {
+        threads[t].started = true;
+        swapcontext(&scheduler, &threads[t].context);  // first entry: onto its own stack
+        return;
+    }
+    _longjmp(threads[t].resume, 1);
+}
+static void entry(int);
+}  // namespace emu
+
+struct float4 { float x, y, z, w; };
+struct uint4 { unsigned x, y, z, w; };
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define threadIdx (emu::threads[emu::current].index)
+#define blockIdx (emu::blockIndex)
+#define blockDim (emu::block)
+#define gridDim (emu::grid)
+
+static inline float __uint_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned v; memcpy(&v, &f, 4); return v; }
+static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f; }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// glibc declares __expf and __logf without exporting them: the kernels get expf and logf.
+#define __expf(x) expf(x)
+#define __logf(x) logf(x)
+static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
+
+template <typename T> static T __shfl_xor_sync(unsigned, T value, int mask) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    // One barrier per shuffle: a lane writes slot n % 2, and the barrier of shuffle n + 1 (which every
+    // lane passes only after reading shuffle n) comes before anyone writes that slot again.
+    uint64_t bits = 0;
+    memcpy(&bits, &value, sizeof(T));
+    emu::Thread &self = emu::threads[emu::current];
+    unsigned which = self.shuffles++ & 1;
+    self.slot[which] = bits;
+    emu::wait(emu::AtWarpBarrier);  // every lane has written its value
+    int me = emu::current, partner = (me & ~31) | ((me & 31) ^ mask);
+    T result;
+    uint64_t theirs = emu::threads[partner].slot[which];
+    memcpy(&result, &theirs, sizeof(T));
+    return result;
+}
+
+#include "kernels.cu"
+
+namespace emu {
+typedef void (*Launcher)(void **);
+template <typename... A, size_t... I> static void call(void (*kernel)(A...), void **params, std::index_sequence<I...>) {
+    kernel(*static_cast<A *>(params[I])...);
+}
+// One entry per kernel: its launcher unpacks the driver's void** parameters by the kernel's own
+// signature.
+template <typename... A> static constexpr auto index_for(void (*)(A...)) { return std::index_sequence_for<A...>{}; }
+#define KERNEL(name) {#name, [](void **p) { call(name, p, index_for(name)); }},
+static std::map<std::string, Launcher> registry = {
+#include "registry.inc"
+};
+
+static Launcher pending;
+static void **pendingParams;
+// A coroutine's life: the kernel for each block in turn; between blocks it waits as Done until
+// the scheduler readies it for the next one. Launches end with every coroutine parked here.
+static void entry(int) {
+    for (;;) {
+        pending(pendingParams);
+        wait(Done);
+    }
+}
+
+static int launch(Launcher kernel, dim3 g, dim3 b, void **params) {
+    grid = g;
+    block = b;
+    size_t count = (size_t)b.x * b.y * b.z;
+    if (count == 0 || count > 1024) return 1;  // CUDA_ERROR_INVALID_VALUE
+    threads.assign(count, Thread());
+    if (stacks.size() < count * stackSize) stacks.resize(count * stackSize);
+    for (size_t t = 0; t < count; t++) {
+        Thread &thread = threads[t];
+        thread.index = {(unsigned)(t % b.x), (unsigned)(t / b.x % b.y), (unsigned)(t / (b.x * b.y))};
+        getcontext(&thread.context);
+        thread.context.uc_stack.ss_sp = &stacks[t * stackSize];
+        thread.context.uc_stack.ss_size = stackSize;
+        thread.context.uc_link = nullptr;
+        makecontext(&thread.context, (void (*)())entry, 1, 0);
+    }
+    pending = kernel;
+    pendingParams = params;
+    for (unsigned bz = 0; bz < g.z; bz++)
+        for (unsigned by = 0; by < g.y; by++)
+            for (unsigned bx = 0; bx < g.x; bx++) {
+                blockIndex = {bx, by, bz};
+                for (size_t t = 0; t < count; t++) {
+                    threads[t].state = Ready;
+                    threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
+                }
+                for (;;) {
+                    for (size_t t = 0; t < count; t++)
+                        if (threads[t].state == Ready) run((int)t);
+                    bool done = true, released = false;
+                    for (auto &thread : threads) done = done && thread.state == Done;
+                    if (done) break;
+                    // A block barrier releases when no live thread is anywhere else.
+                    bool block = true;
+                    for (auto &thread : threads) block = block && (thread.state == Done || thread.state == AtBlockBarrier);
+                    if (block) {
+                        for (auto &thread : threads) if (thread.state == AtBlockBarrier) thread.state = Ready;
+                        continue;
+                    }
+                    for (size_t w = 0; w < count; w += 32) {
+                        bool warp = true, any = false;
+                        for (size_t t = w; t < w + 32 && t < count; t++) {
+                            warp = warp && (threads[t].state == Done || threads[t].state == AtWarpBarrier);
+                            any = any || threads[t].state == AtWarpBarrier;
+                        }
+                        if (warp && any) {
+                            for (size_t t = w; t < w + 32 && t < count; t++) if (threads[t].state == AtWarpBarrier) threads[t].state = Ready;
+                            released = true;
+                        }
+                    }
+                    if (!released) {
+                        fprintf(stderr, "cuda emulator: block (%u,%u,%u) deadlocks at a barrier some threads never reach\n", bx, by, bz);
+                        return 999;
+                    }
+                }
+            }
+    return 0;
+}
+}  // namespace emu
+
+// The driver API, as far as the backend uses it.
+typedef int CUresult;
+typedef uint64_t CUdeviceptr;
+struct Module { int unused; };
+extern "C" {
+CUresult cuInit(unsigned) { return 0; }
+CUresult cuDriverGetVersion(int *v) { *v = 12020; return 0; }
+CUresult cuGetErrorName(CUresult code, const char **s) { *s = code == 500 ? "CUDA_ERROR_NOT_FOUND" : code == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : "CUDA_ERROR_EMULATED"; return 0; }
+CUresult cuGetErrorString(CUresult code, const char **s) { *s = code == 500 ? "named symbol not found" : "error in the CUDA emulator"; return 0; }
+CUresult cuDeviceGetCount(int *n) { *n = 1; return 0; }
+CUresult cuDeviceGet(int *d, int ordinal) { *d = ordinal; return ordinal == 0 ? 0 : 101; }
+CUresult cuDeviceGetName(char *name, int length, int) { snprintf(name, length, "CUDA emulator (CPU)"); return 0; }
+CUresult cuDeviceTotalMem_v2(size_t *bytes, int) { *bytes = (size_t)8 << 30; return 0; }
+CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
+    switch (attribute) {
+    case 75: *value = 9; break;   // compute capability major: sm_90
+    case 76: *value = 0; break;
+    case 16: *value = 4; break;   // multiprocessors
+    case 36: *value = 1000000; break;
+    case 37: *value = 256; break;
+    default: *value = 0;
+    }
+    return 0;
+}
+CUresult cuDevicePrimaryCtxRetain(void **context, int) { static int primary; *context = &primary; return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(int) { return 0; }
+CUresult cuCtxSetCurrent(void *) { return 0; }
+CUresult cuCtxSynchronize() { return 0; }
+CUresult cuMemGetInfo_v2(size_t *free, size_t *total) { *free = (size_t)7 << 30; *total = (size_t)8 << 30; return 0; }
+CUresult cuMemAlloc_v2(CUdeviceptr *address, size_t bytes) {
+    void *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!p) return 2;
+    *address = (CUdeviceptr)p;
+    return 0;
+}
+CUresult cuMemFree_v2(CUdeviceptr address) { free((void *)address); return 0; }
+CUresult cuMemsetD32_v2(CUdeviceptr address, unsigned value, size_t count) {
+    for (size_t i = 0; i < count; i++) ((unsigned *)address)[i] = value;
+    return 0;
+}
+CUresult cuMemcpyHtoD_v2(CUdeviceptr to, const void *from, size_t bytes) { memcpy((void *)to, from, bytes); return 0; }
+CUresult cuMemcpyDtoH_v2(void *to, CUdeviceptr from, size_t bytes) { memcpy(to, (void *)from, bytes); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, void *) { memmove((void *)to, (void *)from, bytes); return 0; }
+CUresult cuModuleLoadData(void **module, const void *image) {
+    if (memcmp(image, "\x7f" "ELF", 4) != 0) return 200;  // CUDA_ERROR_INVALID_IMAGE
+    *module = new Module();
+    return 0;
+}
+CUresult cuModuleUnload(void *module) { delete (Module *)module; return 0; }
+CUresult cuModuleGetFunction(void **function, void *, const char *name) {
+    auto found = emu::registry.find(name);
+    if (found == emu::registry.end()) return 500;
+    *function = (void *)found->second;
+    return 0;
+}
+CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned, void *, void **params, void **) {
+    return emu::launch((emu::Launcher)function, {gx, gy, gz}, {bx, by, bz}, params);
+}
+}
