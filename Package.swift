@@ -59,7 +59,7 @@ let package = Package(
         .target(
             name: "InferenceServer",
             dependencies: [
-                "Inference", "Tokenizer", .product(name: "Hummingbird", package: "hummingbird"),
+                "Inference", "Tokenizer", "CUDABackend", .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "CUDATests", dependencies: ["CUDA", "TestSupport"]),
         // The emulator (a C++ stand-in for libcuda.so.1) is built by the tests themselves.
         .testTarget(
-            name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDA", "Inference", "TestSupport"],
+            name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDA", "Inference", "InferenceServer", "TestSupport"],
             exclude: ["Emulator"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),

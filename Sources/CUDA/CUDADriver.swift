@@ -41,7 +41,7 @@ public final class CUDADriver: @unchecked Sendable {
     public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws {
         library = try DynamicLibrary.open(
             Self.candidates(environment: env), what: "the NVIDIA driver (libcuda.so.1)",
-            hint: "This machine has no NVIDIA driver, so the server runs on the CPU. On a GPU machine, check that the driver is installed and its folder (Cloud Run: /usr/local/nvidia/lib64) is on LD_LIBRARY_PATH, or set INFERENCE_LIBCUDA")
+            hint: "This machine has no NVIDIA driver, so the engine runs on the CPU (--device auto or cpu). On a GPU machine, check that the driver is installed and its folder (Cloud Run: /usr/local/nvidia/lib64) is on LD_LIBRARY_PATH, or set INFERENCE_LIBCUDA")
         path = library.location(of: "cuInit")
         let errorName = try library.function("cuGetErrorName", as: type(of: getErrorName))
         let errorString = try library.function("cuGetErrorString", as: type(of: getErrorString))

@@ -1,3 +1,4 @@
+import CUDABackend
 import Foundation
 import Hummingbird
 import Inference
@@ -15,6 +16,10 @@ public struct ServerOptions: Sendable {
     /// Prompt plus output tokens per sequence (default: the model's maximum).
     public var contextLength: Int?
     public var limits = SchedulerLimits()
+    /// Where the model runs: the GPU when one is usable (`auto`), or the one named.
+    public var device = DeviceChoice.auto
+    /// Share of the GPU's memory the server may fill (weights, KV cache, activations), as vLLM's flag.
+    public var gpuMemoryUtilization = 0.9
     public var maximumBodyBytes = 4 << 20
     /// After SIGTERM, how long running requests may go on before they are cut (Cloud Run allows 10 s).
     public var shutdownGraceSeconds = 8.0
@@ -73,9 +78,11 @@ struct EngineService: Service {
             let thread = Thread {
                 do {
                     let engine = try Engine.load(path: options.modelPath, tokenizerDirectory: options.tokenizerDirectory)
+                    let device = try ComputeDevice.open(options.device) { OpenAIServer.log($0) }
                     let served = try ServedModel(
                         engine: engine, names: options.servedModelNames, contextLength: options.contextLength,
-                        limits: options.limits, metrics: metrics)
+                        limits: options.limits, metrics: metrics, device: device,
+                        gpuMemoryUtilization: options.gpuMemoryUtilization)
                     continuation.resume(returning: served)
                 } catch {
                     continuation.resume(throwing: error)
@@ -86,9 +93,9 @@ struct EngineService: Service {
         }
         served.scheduler.start()
         state.set(served)
-        let l = options.limits
+        let l = served.scheduler.limits
         OpenAIServer.log(
-            "loaded \(options.modelPath) (\(served.engine.format.rawValue), \(served.engine.config.layerCount) layers) "
+            "loaded \(options.modelPath) (\(served.engine.format.rawValue), \(served.engine.config.layerCount) layers) on \(served.deviceName) "
                 + "in \(String(format: "%.2f", served.engine.loadSeconds)) s as \(served.names.joined(separator: ", ")); "
                 + "context \(served.contextLength), up to \(l.maximumRunning) running and \(l.maximumWaiting) waiting requests, "
                 + "KV cache budget \(l.cacheBytes >> 20) MiB")

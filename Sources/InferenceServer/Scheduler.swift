@@ -81,7 +81,8 @@ final class Job: @unchecked Sendable {
     private var cancelled = false
 
     // Engine thread only.
-    var slot: BatchRunner<CPUBackend>.Slot?
+    /// The job's `BatchRunner<Backend>.Slot` while it runs (typed by the scheduler that owns it).
+    var slot: AnyObject?
     var sampler: Sampler
     var generated = 0
     /// Prompt tokens already in the slot's cache (prefill goes in chunks, beside other sequences' decodes).
@@ -120,15 +121,28 @@ final class Job: @unchecked Sendable {
     }
 }
 
+/// What the HTTP side needs of a scheduler, whatever backend runs it.
+public protocol RequestScheduler: AnyObject, Sendable {
+    var limits: SchedulerLimits { get }
+    var contextLength: Int { get }
+    /// Starts the engine thread.
+    func start()
+    func submit(_ request: SequenceRequest) throws(AdmissionError) -> SequenceHandle
+    func beginDraining()
+    var inFlight: Int { get }
+    func stop(reason: String)
+    func cacheBytes(positions: Int) -> Int
+}
+
 /// Continuous batching on one engine thread: between decode steps it admits waiting requests
 /// (prefilling their prompts), then advances every running sequence by one token in a single batched
 /// forward pass, and retires the ones that finished. Requests beyond the running limit wait in a
 /// bounded queue; KV cache memory is reserved per sequence (prompt + max tokens) against a budget.
-public final class Scheduler: @unchecked Sendable {
+public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchecked Sendable {
     public let limits: SchedulerLimits
     public let contextLength: Int
     let metrics: ServerMetrics
-    private let runner: BatchRunner<CPUBackend>
+    private let runner: BatchRunner<Backend>
 
     // Shared with request tasks, under `condition`.
     private let condition = NSCondition()
@@ -142,10 +156,10 @@ public final class Scheduler: @unchecked Sendable {
     // Engine thread only.
     private var waiting: [Job] = []
     private var running: [Job] = []
-    private var freeSlots: [BatchRunner<CPUBackend>.Slot] = []
+    private var freeSlots: [BatchRunner<Backend>.Slot] = []
     private var usedBytes = 0
 
-    public init(model: Gemma3Model<CPUBackend>, contextLength: Int, limits: SchedulerLimits, metrics: ServerMetrics) {
+    public init(model: Gemma3Model<Backend>, contextLength: Int, limits: SchedulerLimits, metrics: ServerMetrics) {
         self.limits = limits
         self.contextLength = contextLength
         self.metrics = metrics
@@ -277,7 +291,12 @@ public final class Scheduler: @unchecked Sendable {
     /// (a repeated system prompt, the earlier turns of a chat), whose prefill is then skipped; else
     /// the most recently freed one, or a new one. Prompt logprobs need every prompt position
     /// computed, so those requests reuse nothing.
-    private func takeSlot(for job: Job) -> BatchRunner<CPUBackend>.Slot {
+    /// The slot of a running job (set when it was admitted).
+    private func slot(of job: Job) -> BatchRunner<Backend>.Slot {
+        job.slot as! BatchRunner<Backend>.Slot
+    }
+
+    private func takeSlot(for job: Job) -> BatchRunner<Backend>.Slot {
         let prompt = job.request.prompt
         var best: (index: Int, shared: Int)? = nil
         if job.request.promptLogprobs == nil {
@@ -302,10 +321,10 @@ public final class Scheduler: @unchecked Sendable {
     /// the prefill budget, the next prompt chunk of those still prefilling (in arrival order). A long
     /// prompt so delays the running streams by one larger step per chunk, never by its whole prefill.
     private func step() {
-        var work: [BatchRunner<CPUBackend>.Work] = []
+        var work: [BatchRunner<Backend>.Work] = []
         var owners: [(job: Job, chunk: Int?)] = []
         for job in running where job.next != nil {
-            work.append(.init(slot: job.slot!, tokens: [job.next!]))
+            work.append(.init(slot: slot(of: job), tokens: [job.next!]))
             owners.append((job, nil))
         }
         var budget = min(limits.prefillTokensPerStep, runner.stepCapacity - work.count)
@@ -313,7 +332,7 @@ public final class Scheduler: @unchecked Sendable {
             let prompt = job.request.prompt
             let count = min(prompt.count - job.prefilled, runner.prefillChunk, budget)
             budget -= count
-            var item = BatchRunner<CPUBackend>.Work(slot: job.slot!, tokens: Array(prompt[job.prefilled..<job.prefilled + count]))
+            var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: Array(prompt[job.prefilled..<job.prefilled + count]))
             if let top = job.request.promptLogprobs {
                 let offset = job.prefilled
                 item.everyRow = { [job] index, logits in
@@ -376,7 +395,7 @@ public final class Scheduler: @unchecked Sendable {
             release(job, finish: job.isComplete ? .stop : nil)
         } else if parameters.stopTokenIDs.contains(token.id) {
             release(job, finish: .stop)
-        } else if job.generated >= parameters.maxTokens || job.slot!.tokenCount >= job.slot!.contextLength {
+        } else if job.generated >= parameters.maxTokens || slot(of: job).tokenCount >= slot(of: job).contextLength {
             release(job, finish: .length)
         } else {
             job.next = token.id
@@ -387,7 +406,7 @@ public final class Scheduler: @unchecked Sendable {
     private func release(_ job: Job, finish: FinishReason?, failure: String? = nil) {
         running.removeAll { $0 === job }
         job.next = nil
-        if let slot = job.slot {
+        if let slot = job.slot as? BatchRunner<Backend>.Slot {
             // Only slots at their initial size are kept for reuse: a slot that grew for a long
             // sequence is freed, so that memory stays within what running sequences reserve.
             if slot.cacheBytes <= runner.cacheBytes(positions: 0, contextLength: contextLength) { freeSlots.append(slot) }

@@ -1,3 +1,4 @@
+import CUDABackend
 import Foundation
 import Inference
 import Tokenizer
@@ -7,20 +8,40 @@ import Tokenizer
 public final class ServedModel: Sendable {
     public let engine: Engine
     public let tokenizer: Tokenizer
-    public let scheduler: Scheduler
+    public let scheduler: any RequestScheduler
+    /// Where the model runs ("cpu", or the GPU's name).
+    public let deviceName: String
     /// The first is the id `/v1/models` lists; requests may name any of them.
     public let names: [String]
     /// Prompt plus output tokens may not exceed this (vLLM's max_model_len).
     public let contextLength: Int
     public let created = Int(Date().timeIntervalSince1970)
 
-    public init(engine: Engine, names: [String], contextLength: Int?, limits: SchedulerLimits, metrics: ServerMetrics) throws {
+    /// On a GPU the weights are copied to the device here, and the KV cache budget is what
+    /// `gpuMemoryUtilization` of the card leaves (at most `limits.cacheBytes`); too little for one
+    /// full-length sequence is an error now, not an out-of-memory mid-request.
+    public init(
+        engine: Engine, names: [String], contextLength: Int?, limits: SchedulerLimits, metrics: ServerMetrics,
+        device: ComputeDevice = .cpu, gpuMemoryUtilization: Double = 0.9
+    ) throws {
         self.engine = engine
         tokenizer = try engine.requireTokenizer()
         self.names = names
         let length = min(contextLength ?? engine.config.maxPositionEmbeddings, engine.config.maxPositionEmbeddings)
         self.contextLength = length
-        scheduler = Scheduler(model: engine.model, contextLength: length, limits: limits, metrics: metrics)
+        deviceName = device.name
+        switch device {
+        case .cpu:
+            scheduler = Scheduler(model: engine.model, contextLength: length, limits: limits, metrics: metrics)
+        case .cuda(let gpu):
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            let probe = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 128)  // the scheduler's chunk
+            var limits = limits
+            limits.cacheBytes = try gpu.kvCacheBudget(
+                utilization: gpuMemoryUtilization, requested: limits.cacheBytes,
+                minimum: probe.cacheBytes(positions: length, contextLength: length))
+            scheduler = Scheduler(model: model, contextLength: length, limits: limits, metrics: metrics)
+        }
     }
 
     /// Checks a request's `model` field (absent means this model, as vLLM allows).

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CUDABackend
 import Foundation
 import Inference
 import Tokenizer
@@ -6,7 +7,7 @@ import Tokenizer
 /// `generate`: one prompt through the engine, printed as text (streamed) or as one JSON object.
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Generate a completion with the CPU engine.",
+        abstract: "Generate a completion with the engine (on the GPU when one is usable, else the CPU).",
         discussion: """
             --prompt adds <bos> as the tokenizer config says; --chat renders the prompt as one user turn \
             through the chat template; --prompt-ids is taken as given. Greedy unless --temperature > 0.
@@ -79,6 +80,9 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the text.")
     var json = false
 
+    @Option(help: "Where the model runs: auto (the NVIDIA GPU when one is usable, else the CPU), cpu or cuda.")
+    var device = DeviceChoice.auto
+
     func validate() throws {
         guard (prompt == nil) != (promptIDs == nil) else {
             throw ValidationError("give exactly one of --prompt and --prompt-ids")
@@ -118,16 +122,24 @@ struct Generate: ParsableCommand {
             maxTokens: maxTokens, sampling: sampling, stopTokenIDs: ignoreEOS ? [] : engine.stopTokenIDs,
             topLogprobs: topLogprobs)
         parameters.computeLogprobs = logprobs
-        let session = engine.makeSession(contextLength: context)
-
         if !stop.isEmpty && engine.tokenizer == nil { throw ValidationError("--stop needs a tokenizer") }
         var stream = engine.tokenizer.map { TextStream(tokenizer: $0, stopStrings: stop) }
         let streaming = !json && stream != nil
-        let result = try session.generate(prompt: promptTokens, parameters: parameters) { token in
-            guard stream != nil else { return true }
-            let piece = stream!.push(token.id)
-            if streaming && !piece.isEmpty { FileHandle.standardOutput.write(Data(piece.utf8)) }
-            return !stream!.stopped
+        func generate<Backend>(_ session: InferenceSession<Backend>) throws -> GenerationResult {
+            try session.generate(prompt: promptTokens, parameters: parameters) { token in
+                guard stream != nil else { return true }
+                let piece = stream!.push(token.id)
+                if streaming && !piece.isEmpty { FileHandle.standardOutput.write(Data(piece.utf8)) }
+                return !stream!.stopped
+            }
+        }
+        let result: GenerationResult
+        switch try ComputeDevice.open(device, note: { FileHandle.standardError.write(Data("inference-server: \($0)\n".utf8)) }) {
+        case .cpu:
+            result = try generate(engine.makeSession(contextLength: context))
+        case .cuda(let gpu):
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            result = try generate(model.makeSession(contextLength: context))
         }
         let rest = stream?.finish() ?? ""
         if streaming && !rest.isEmpty { FileHandle.standardOutput.write(Data(rest.utf8)) }

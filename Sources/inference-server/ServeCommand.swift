@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
+import CUDABackend
 import InferenceServer
+
+extension DeviceChoice: ExpressibleByArgument {}
 
 /// `serve`: the OpenAI-compatible API (vLLM's routes) on the model, the entrypoint of every image.
 struct Serve: AsyncParsableCommand {
@@ -46,6 +49,14 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("shutdown-grace"), help: "Seconds running requests may continue after SIGTERM.")
     var shutdownGrace = 8.0
 
+    @Option(help: "Where the model runs: auto (the NVIDIA GPU when one is usable, else the CPU), cpu or cuda.")
+    var device = DeviceChoice.auto
+
+    @Option(
+        name: .customLong("gpu-memory-utilization"),
+        help: "Share of the GPU's memory for weights, KV cache and activations (as vLLM's flag); the KV cache gets what is left, at most --kv-cache-memory.")
+    var gpuMemoryUtilization = 0.9
+
     func validate() throws {
         if let port, !(1...65535).contains(port) { throw ValidationError("--port must be in 1...65535") }
         if let maxModelLen, maxModelLen < 1 { throw ValidationError("--max-model-len must be positive") }
@@ -55,6 +66,9 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--kv-cache-memory must be between 16 and 1073741824 (MiB)")
         }
         guard shutdownGrace >= 0 else { throw ValidationError("--shutdown-grace must be >= 0") }
+        guard gpuMemoryUtilization > 0, gpuMemoryUtilization <= 1 else {
+            throw ValidationError("--gpu-memory-utilization must be in (0, 1]")
+        }
     }
 
     func run() async throws {
@@ -84,6 +98,8 @@ struct Serve: AsyncParsableCommand {
         server.contextLength = maxModelLen
         server.limits = .init(maximumRunning: maxNumSeqs, maximumWaiting: maxWaiting, cacheBytes: kvCacheMemory << 20)
         server.shutdownGraceSeconds = shutdownGrace
+        server.device = device
+        server.gpuMemoryUtilization = gpuMemoryUtilization
         do {
             try await OpenAIServer.run(server)
         } catch {

@@ -1,5 +1,6 @@
 import CUDA
 import Foundation
+import InferenceServer
 import TestSupport
 import Testing
 
@@ -176,5 +177,46 @@ import Testing
             #expect(chosen == g.map(Sampler.argmax), "step \(step)")
             next = c.map(Sampler.argmax)
         }
+    }
+
+    /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
+    /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
+    @Test func theSchedulerServesFromTheDevice() async throws {
+        let directory = try TemporaryDirectory()
+        let folder = try Self.smallModel(in: directory, seed: 5)
+        guard FileManager.default.fileExists(atPath: Self.modelFolder + "/tokenizer.json") else {
+            throw Unavailable(description: "no tokenizer at \(Self.modelFolder): scripts/test fetches it first")
+        }
+        let engine = try Engine.load(path: folder, tokenizerDirectory: Self.modelFolder, exactActivations: true)
+        let limits = SchedulerLimits(maximumRunning: 4, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        var outputs: [[[Int]]] = []
+        for device in [ComputeDevice.cpu, .cuda(try Self.backend.get())] {
+            let served = try ServedModel(
+                engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
+                device: device)
+            #expect(served.scheduler.limits.cacheBytes <= 64 << 20)
+            served.scheduler.start()
+            var greedy = SamplingParameters()
+            greedy.temperature = 0
+            let handles = try [Array(3...9), Array(100...130), [2, 5]].map {
+                try served.scheduler.submit(SequenceRequest(prompt: $0, parameters: GenerationParameters(maxTokens: 6, sampling: greedy)))
+            }
+            var tokens: [[Int]] = []
+            for handle in handles {
+                var ids: [Int] = []
+                for await event in handle.events {
+                    switch event {
+                    case .token(let token): ids.append(token.id)
+                    case .failed(let message): Issue.record("failed: \(message)")
+                    default: break
+                    }
+                }
+                tokens.append(ids)
+            }
+            served.scheduler.stop(reason: "done")
+            outputs.append(tokens)
+        }
+        #expect(outputs[0].allSatisfy { $0.count == 6 })
+        #expect(outputs[1] == outputs[0])
     }
 }
