@@ -46,15 +46,23 @@ def make_model(shape, out, seed):
     return folder
 
 
+def load(folder, dtype, **options):
+    from transformers import Gemma3ForCausalLM
+    try:
+        model = Gemma3ForCausalLM.from_pretrained(folder, dtype=dtype, **options)
+    except TypeError:  # transformers before 4.56 names it torch_dtype
+        model = Gemma3ForCausalLM.from_pretrained(folder, torch_dtype=dtype, **options)
+    return model.cuda().eval()
+
+
 def golden(folder, out, seed):
     """Greedy steps of transformers in float32 (eager attention) on the bf16 weights, recorded as
     shared/golden/README.md describes: greedy ids, the top 10 logits and the logsumexp per step."""
     import torch
-    from transformers import Gemma3ForCausalLM
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model = Gemma3ForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="eager").cuda().eval()
+    model = load(folder, torch.float32, attn_implementation="eager")
     generator = torch.Generator().manual_seed(seed)
     cases = []
     for name, length, steps in [("short", 12, 24), ("chunked", 300, 16), ("long-sliding-window", 700, 16)]:
@@ -84,9 +92,8 @@ def timings(folder, out, steps):
     """transformers' own speed on the card, in bf16 with its default attention: a 512-token prefill
     and `generate` at batch 1 and 16 (greedy, a fixed number of new tokens)."""
     import torch
-    from transformers import Gemma3ForCausalLM
 
-    model = Gemma3ForCausalLM.from_pretrained(folder, torch_dtype=torch.bfloat16).cuda().eval()
+    model = load(folder, torch.bfloat16)
     result = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}
     prompt = torch.tensor([[2] + [1000 + (i * 7919) % 20000 for i in range(1, 512)]], device="cuda")
     with torch.no_grad():

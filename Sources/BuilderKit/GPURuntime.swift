@@ -56,9 +56,12 @@ public struct GPURuntime: Sendable {
         self.entries = entries
     }
 
-    /// The host's NVRTC for `--gpu` without `--nvrtc`: INFERENCE_NVRTC, the CUDA toolkit folders or
-    /// Python's nvidia-cuda-nvrtc-cu12 wheel, the first that exists.
+    /// The host's NVRTC 12 for `--gpu` without `--nvrtc`: INFERENCE_NVRTC, the CUDA toolkit folders
+    /// or Python's nvidia-cuda-nvrtc-cu12 wheel, the first that exists. Only a CUDA 12 NVRTC: the
+    /// CUBINs of a newer one may not load on Cloud Run's 535 driver (CUDA 12.2).
     public static func findNVRTC(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
-        NVRTC.candidates(environment: environment).first { $0.hasPrefix("/") && FileSystem.kind($0) == .file }
+        NVRTC.candidates(environment: environment).first {
+            $0.hasPrefix("/") && $0.hasSuffix("libnvrtc.so.12") && FileSystem.kind($0) == .file
+        }
     }
 }

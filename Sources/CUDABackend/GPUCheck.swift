@@ -284,6 +284,92 @@ public struct GPUCheck {
     }
 }
 
+/// Gemma 3 shapes with random bf16 weights, written as a Hugging Face folder (config.json and
+/// model.safetensors) that `Engine.load` reads: for GPU checks and timings where no checkpoint (or
+/// no PyTorch to make one) is at hand, and for the emulated-GPU tests.
+public struct RandomGemma: Sendable {
+    public var vocabulary: Int, hidden: Int, intermediate: Int, layers: Int, heads: Int, kvHeads: Int, headDim: Int
+    public var slidingWindow: Int, maxPositions: Int
+
+    /// Gemma 3 270M's and 1B's shapes (their config.json).
+    public static let shape270M = RandomGemma(
+        vocabulary: 262_144, hidden: 640, intermediate: 2048, layers: 18, heads: 4, kvHeads: 1, headDim: 256,
+        slidingWindow: 512, maxPositions: 32_768)
+    public static let shape1B = RandomGemma(
+        vocabulary: 262_144, hidden: 1152, intermediate: 6912, layers: 26, heads: 4, kvHeads: 1, headDim: 256,
+        slidingWindow: 512, maxPositions: 32_768)
+
+    public init(
+        vocabulary: Int, hidden: Int, intermediate: Int, layers: Int, heads: Int, kvHeads: Int, headDim: Int,
+        slidingWindow: Int, maxPositions: Int
+    ) {
+        self.vocabulary = vocabulary
+        self.hidden = hidden
+        self.intermediate = intermediate
+        self.layers = layers
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.slidingWindow = slidingWindow
+        self.maxPositions = maxPositions
+    }
+
+    /// Writes `folder`/config.json and `folder`/model.safetensors (every sixth layer global, as Gemma 3).
+    public func write(to folder: String, seed: UInt64) throws {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let types = (0..<layers).map { ($0 + 1) % 6 == 0 || layers < 6 && $0 == layers - 1 ? "\"full_attention\"" : "\"sliding_attention\"" }
+        let config = """
+            {"model_type": "gemma3_text", "vocab_size": \(vocabulary), "hidden_size": \(hidden),
+             "intermediate_size": \(intermediate), "num_hidden_layers": \(layers), "num_attention_heads": \(heads),
+             "num_key_value_heads": \(kvHeads), "head_dim": \(headDim), "max_position_embeddings": \(maxPositions),
+             "sliding_window": \(slidingWindow), "rms_norm_eps": 1e-6, "query_pre_attn_scalar": \(headDim),
+             "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "layer_types": [\(types.joined(separator: ", "))],
+             "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true}
+            """
+        try config.write(toFile: folder + "/config.json", atomically: true, encoding: .utf8)
+        var tensors: [(String, [Int])] = [("model.embed_tokens.weight", [vocabulary, hidden]), ("model.norm.weight", [hidden])]
+        for i in 0..<layers {
+            let p = "model.layers.\(i)."
+            tensors += [
+                (p + "input_layernorm.weight", [hidden]), (p + "self_attn.q_proj.weight", [heads * headDim, hidden]),
+                (p + "self_attn.k_proj.weight", [kvHeads * headDim, hidden]),
+                (p + "self_attn.v_proj.weight", [kvHeads * headDim, hidden]), (p + "self_attn.q_norm.weight", [headDim]),
+                (p + "self_attn.k_norm.weight", [headDim]), (p + "self_attn.o_proj.weight", [hidden, heads * headDim]),
+                (p + "post_attention_layernorm.weight", [hidden]), (p + "pre_feedforward_layernorm.weight", [hidden]),
+                (p + "mlp.gate_proj.weight", [intermediate, hidden]), (p + "mlp.up_proj.weight", [intermediate, hidden]),
+                (p + "mlp.down_proj.weight", [hidden, intermediate]), (p + "post_feedforward_layernorm.weight", [hidden]),
+            ]
+        }
+        var header: [String] = []
+        var offset = 0
+        for (name, shape) in tensors {
+            let bytes = shape.reduce(1, *) * 2
+            header.append("\"\(name)\": {\"dtype\": \"BF16\", \"shape\": \(shape), \"data_offsets\": [\(offset), \(offset + bytes)]}")
+            offset += bytes
+        }
+        var json = Array(("{" + header.joined(separator: ", ") + "}").utf8)
+        while json.count % 8 != 0 { json.append(0x20) }
+        let path = folder + "/model.safetensors"
+        FileManager.default.createFile(atPath: path, contents: nil)
+        let file = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? file.close() }
+        try file.write(contentsOf: withUnsafeBytes(of: UInt64(json.count).littleEndian) { Data($0) } + Data(json))
+        // Streamed a tensor slice at a time: a 1B-shaped model is 2 GB.
+        var random = SplitMix(seed: seed)
+        for (name, shape) in tensors {
+            let scale: Float = shape.count == 1 ? 0.3 : (name.contains("embed") ? 0.5 : 1.7 / Float(shape[1]).squareRoot())
+            var remaining = shape.reduce(1, *)
+            while remaining > 0 {
+                let count = min(remaining, 1 << 20)
+                var chunk = [UInt16](repeating: 0, count: count)
+                for i in 0..<count { chunk[i] = CUDABackend.bfloat16Bits((random.unit() * 2 - 1) * scale).littleEndian }
+                try file.write(contentsOf: chunk.withUnsafeBytes { Data($0) })
+                remaining -= count
+            }
+        }
+    }
+}
+
 /// SplitMix64: a small, seeded generator so a failing check can be rerun on the same inputs.
 struct SplitMix {
     var state: UInt64

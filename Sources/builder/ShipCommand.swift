@@ -37,6 +37,9 @@ struct ShipCommand: ParsableCommand {
     @Flag(name: .customLong("no-deploy"), help: "Stop after the push (build-and-push pipelines).")
     var noDeploy = false
 
+    @Option(help: "For a GPU service: the libnvrtc.so.12 the image gets, so the server compiles its CUDA kernels. Default: INFERENCE_NVRTC, the CUDA toolkit, or the nvidia-cuda-nvrtc-cu12 pip wheel.")
+    var nvrtc: String?
+
     @OptionGroup var registry: RegistryOptions
     @OptionGroup var cloudRun: CloudRunOptions
 
@@ -70,6 +73,15 @@ struct ShipCommand: ParsableCommand {
             let layout = FileSystemPaths.absolute(workdir)
             var request = BuildRequest(model: snapshot, server: server ?? BuildCommand.defaultServer(), output: .layout(layout))
             request.sourceDateEpoch = try BuildRequest.sourceDateEpoch(from: env)
+            if !cloudRun.cpuOnly {
+                // A GPU service: the image carries NVRTC (as `build --gpu`), or the server could not
+                // compile its kernels and would run on the instance's CPU.
+                if let found = nvrtc ?? GPURuntime.findNVRTC() {
+                    request.nvrtc = found
+                } else {
+                    step("warning: no NVRTC 12 on this machine (`pip install nvidia-cuda-nvrtc-cu12==12.2.140`, or --nvrtc): the image cannot compile its CUDA kernels and the service will run on its CPU")
+                }
+            }
             _ = try ImageBuilder(request: request, progress: progress).build()
 
             step("push to \(reference.repositoryReference)")

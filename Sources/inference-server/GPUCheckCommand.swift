@@ -42,7 +42,21 @@ struct GPUCheckCommand: ParsableCommand {
     @Flag(name: .customLong("no-cublas"), help: "Use the built-in kernels for every product.")
     var noCUBLAS = false
 
+    @Option(
+        name: .customLong("write-random-model"),
+        help: "Write Gemma 3 270m- or 1b-shaped random bf16 weights to FOLDER and exit (no GPU needed), as SHAPE:FOLDER.")
+    var randomModel: String?
+
     func run() throws {
+        if let randomModel {
+            let parts = randomModel.split(separator: ":", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let shape = ["270m": RandomGemma.shape270M, "1b": RandomGemma.shape1B][parts[0]] else {
+                throw ValidationError("--write-random-model takes 270m:FOLDER or 1b:FOLDER")
+            }
+            try shape.write(to: parts[1], seed: 1234)
+            print("random \(parts[0])-shaped weights in \(parts[1])")
+            return
+        }
         let started = Date()
         let gpu = try CUDABackend(useCUBLAS: !noCUBLAS)
         let device = gpu.context.device

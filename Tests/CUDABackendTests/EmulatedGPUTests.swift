@@ -102,47 +102,10 @@ import Testing
     /// 8-token window and a global one, grouped-query heads (4 over 2) of dimension 64, so prompts of
     /// a few dozen tokens wrap the rings and cross prefill chunks.
     static func smallModel(in directory: TemporaryDirectory, seed: UInt64) throws -> String {
-        let hidden = 128, intermediate = 256, vocabulary = 1024, heads = 4, kvHeads = 2, headDim = 64, layers = 3
-        let config = """
-            {"model_type": "gemma3_text", "vocab_size": \(vocabulary), "hidden_size": \(hidden),
-             "intermediate_size": \(intermediate), "num_hidden_layers": \(layers), "num_attention_heads": \(heads),
-             "num_key_value_heads": \(kvHeads), "head_dim": \(headDim), "max_position_embeddings": 256,
-             "sliding_window": 8, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 64, "rope_theta": 1000000.0,
-             "rope_local_base_freq": 10000.0, "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
-             "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true}
-            """
-        var random = SplitMix(seed: seed)
-        var tensors: [(String, [Int])] = [("model.embed_tokens.weight", [vocabulary, hidden]), ("model.norm.weight", [hidden])]
-        for i in 0..<layers {
-            let p = "model.layers.\(i)."
-            tensors += [
-                (p + "input_layernorm.weight", [hidden]), (p + "self_attn.q_proj.weight", [heads * headDim, hidden]),
-                (p + "self_attn.k_proj.weight", [kvHeads * headDim, hidden]),
-                (p + "self_attn.v_proj.weight", [kvHeads * headDim, hidden]), (p + "self_attn.q_norm.weight", [headDim]),
-                (p + "self_attn.k_norm.weight", [headDim]), (p + "self_attn.o_proj.weight", [hidden, heads * headDim]),
-                (p + "post_attention_layernorm.weight", [hidden]), (p + "pre_feedforward_layernorm.weight", [hidden]),
-                (p + "mlp.gate_proj.weight", [intermediate, hidden]), (p + "mlp.up_proj.weight", [intermediate, hidden]),
-                (p + "mlp.down_proj.weight", [hidden, intermediate]), (p + "post_feedforward_layernorm.weight", [hidden]),
-            ]
-        }
-        var header: [String] = []
-        var data: [UInt8] = []
-        for (name, shape) in tensors {
-            let count = shape.reduce(1, *)
-            let scale: Float = shape.count == 1 ? 0.3 : (name.contains("embed") ? 0.5 : 0.12)
-            let start = data.count
-            for _ in 0..<count {
-                let bits = CUDABackend.bfloat16Bits((random.unit() * 2 - 1) * scale)
-                data += [UInt8(bits & 0xFF), UInt8(bits >> 8)]
-            }
-            header.append("\"\(name)\": {\"dtype\": \"BF16\", \"shape\": \(shape), \"data_offsets\": [\(start), \(data.count)]}")
-        }
-        var json = Array(("{" + header.joined(separator: ", ") + "}").utf8)
-        while json.count % 8 != 0 { json.append(0x20) }
-        var file = withUnsafeBytes(of: UInt64(json.count).littleEndian) { Array($0) }
-        file += json + data
-        _ = try directory.write("small/model.safetensors", file)
-        _ = try directory.write("small/config.json", Array(config.utf8))
+        let shape = RandomGemma(
+            vocabulary: 1024, hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
+            maxPositions: 256)
+        try shape.write(to: directory.path + "/small", seed: seed)
         return directory.path + "/small"
     }
 
