@@ -24,6 +24,8 @@ public final class CUDAContext: @unchecked Sendable {
     private let copyHtoD: @convention(c) (UInt64, UnsafeRawPointer, Int) -> Int32
     private let copyDtoH: @convention(c) (UnsafeMutableRawPointer, UInt64, Int) -> Int32
     private let copyDtoD: @convention(c) (UInt64, UInt64, Int, OpaquePointer?) -> Int32
+    private let copyHtoDAsync: @convention(c) (UInt64, UnsafeRawPointer, Int, OpaquePointer?) -> Int32
+    private let memAllocHost: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int) -> Int32
     private let memGetInfo: @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> Int32
     private let synchronizeCall: @convention(c) () -> Int32
     private let moduleLoad: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Int32
@@ -48,6 +50,8 @@ public final class CUDAContext: @unchecked Sendable {
         copyHtoD = try lib.function("cuMemcpyHtoD_v2", as: type(of: copyHtoD))
         copyDtoH = try lib.function("cuMemcpyDtoH_v2", as: type(of: copyDtoH))
         copyDtoD = try lib.function("cuMemcpyDtoDAsync_v2", as: type(of: copyDtoD))
+        copyHtoDAsync = try lib.function("cuMemcpyHtoDAsync_v2", as: type(of: copyHtoDAsync))
+        memAllocHost = try lib.function("cuMemAllocHost_v2", as: type(of: memAllocHost))
         memGetInfo = try lib.function("cuMemGetInfo_v2", as: type(of: memGetInfo))
         synchronizeCall = try lib.function("cuCtxSynchronize", as: type(of: synchronizeCall))
         moduleLoad = try lib.function("cuModuleLoadData", as: type(of: moduleLoad))
@@ -116,6 +120,56 @@ public final class CUDAContext: @unchecked Sendable {
         makeCurrent()
         let status = copyDtoH(destination, address, bytes)
         if status != 0 { fail("cuMemcpyDtoH", status) }
+        // Everything queued before has run: the staging area is free again.
+        stagingLock.lock()
+        stagingOffset = 0
+        stagingLock.unlock()
+    }
+
+    // MARK: staging (small per-step inputs)
+
+    private let stagingLock = NSLock()
+    private var stagingHost: UnsafeMutableRawPointer?
+    private var stagingDevice: DevicePointer = 0
+    private var stagingOffset = 0
+    private let stagingCapacity = 8 << 20
+
+    /// Copies `bytes` (token ids, RoPE tables, per-row tables: small inputs of every step) to the
+    /// device without waiting: they go through pinned memory with an asynchronous copy ordered on
+    /// the stream, so the host keeps queueing kernels. A copy from ordinary memory would first wait
+    /// for the GPU to drain, once per layer. Returns where the bytes will be; valid for kernels
+    /// queued before the next download or synchronize, after which the area is reused.
+    public func stage(_ bytes: UnsafeRawBufferPointer) -> DevicePointer {
+        makeCurrent()
+        stagingLock.lock()
+        defer { stagingLock.unlock() }
+        let size = (bytes.count + 255) / 256 * 256
+        precondition(size <= stagingCapacity, "a staged upload larger than the staging area")
+        if stagingHost == nil {
+            var host: UnsafeMutableRawPointer? = nil
+            var status = memAllocHost(&host, stagingCapacity)
+            if status != 0 { fail("cuMemAllocHost", status) }
+            stagingHost = host
+            var device: UInt64 = 0
+            status = memAlloc(&device, stagingCapacity)
+            if status != 0 { fail("cuMemAlloc", status) }
+            stagingDevice = device
+        }
+        if stagingOffset + size > stagingCapacity {
+            // Full before any download: wait for the queued work that reads it, then start over.
+            let status = synchronizeCall()
+            if status != 0 { fail("cuCtxSynchronize", status) }
+            stagingOffset = 0
+        }
+        let offset = stagingOffset
+        stagingOffset += size
+        if bytes.count > 0 {
+            // The pinned area is only rewritten after the GPU has passed this copy (see above).
+            (stagingHost! + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            let status = copyHtoDAsync(stagingDevice + UInt64(offset), stagingHost! + offset, bytes.count, nil)
+            if status != 0 { fail("cuMemcpyHtoDAsync", status) }
+        }
+        return stagingDevice + UInt64(offset)
     }
 
     /// Device to device, queued.
@@ -130,6 +184,9 @@ public final class CUDAContext: @unchecked Sendable {
     public func synchronize() throws {
         makeCurrent()
         try check("cuCtxSynchronize", synchronizeCall())
+        stagingLock.lock()
+        stagingOffset = 0
+        stagingLock.unlock()
     }
 
     // MARK: kernels

@@ -12,8 +12,8 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "gemv_bf16", "to_bf16", "rope", "attention", "gelu_tanh_mul", "add_rows",
-        "softmax_rows", "argmax_rows", "sample_gumbel",
+        "embed_rows", "rms_norm", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_gumbel",
     ]
 
     /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
@@ -155,27 +155,22 @@ public enum GemmaKernels {
             v[i + half] = b * c + a * s;
         }
 
-        // Causal attention of query rows at positions first..first+rows-1 against a ring-buffer cache:
-        // position p lives in cache row p % capacity; a query at p sees max(0, p - window + 1)..p
-        // (0..p when window is 0). Query heads share kv heads in groups (GQA). Each warp runs an online
-        // softmax over every warps-th key, then the warps' partial results are merged.
-        // q, out: (rows, heads, dim); caches: (capacity, kvHeads, dim); dim a multiple of 32, <= 256.
-        // Grid: (rows, heads); block: 256.
+        // Attention of one query row at `position` against a ring-buffer cache: position p lives in
+        // cache row p % capacity; the query sees max(0, position - window + 1)..position (0..position
+        // when window is 0). Query head h reads kv head kvh (GQA). Each warp runs an online softmax over
+        // every warps-th key, then the warps' partial results are merged. The block's threads share it.
+        // dim a multiple of 32, <= 256; blockDim.x <= 256.
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
-        extern "C" __global__ void attention(const float* q, const float* kcache, const float* vcache, float* out,
-                                             int first, int heads, int kvHeads, int dim, int capacity, int window,
-                                             float scale) {
+        __device__ void attend(const float* qv, const float* kcache, const float* vcache, float* o, int position,
+                               int kvh, int kvHeads, int dim, int capacity, int window, float scale) {
             __shared__ float qs[ATT_MAX_DIM];
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
-            int t = blockIdx.x, h = blockIdx.y;
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-            int kvh = h / (heads / kvHeads), width = kvHeads * dim;
-            const float* qv = q + ((u64)t * heads + h) * dim;
+            int width = kvHeads * dim;
             for (int i = threadIdx.x; i < dim; i += blockDim.x) qs[i] = qv[i];
             __syncthreads();
-            int position = first + t;
             int oldest = (window > 0 && position - window + 1 > 0) ? position - window + 1 : 0;
             int per = dim >> 5;  // elements per lane
             float m = NEG_INF, l = 0.0f, acc[ATT_MAX_DIM / 32];
@@ -198,13 +193,48 @@ public enum GemmaKernels {
             for (int w = 0; w < warps; w++) total_m = fmaxf(total_m, warp_m[w]);
             float total_l = 0.0f;
             for (int w = 0; w < warps; w++) total_l += (warp_m[w] == NEG_INF) ? 0.0f : warp_l[w] * expf(warp_m[w] - total_m);
-            float* o = out + ((u64)t * heads + h) * dim;
             for (int i = threadIdx.x; i < dim; i += blockDim.x) {
                 float v = 0.0f;
                 for (int w = 0; w < warps; w++)
                     if (warp_m[w] != NEG_INF) v += warp_acc[w][i] * expf(warp_m[w] - total_m);
                 o[i] = total_l > 0.0f ? v / total_l : 0.0f;
             }
+        }
+
+        // Causal attention of query rows at positions first..first+rows-1 of one sequence.
+        // q, out: (rows, heads, dim); caches: (capacity, kvHeads, dim). Grid: (rows, heads); block: 256.
+        extern "C" __global__ void attention(const float* q, const float* kcache, const float* vcache, float* out,
+                                             int first, int heads, int kvHeads, int dim, int capacity, int window,
+                                             float scale) {
+            int t = blockIdx.x, h = blockIdx.y;
+            u64 at = ((u64)t * heads + h) * dim;
+            attend(q + at, kcache, vcache, out + at, first + t, h / (heads / kvHeads), kvHeads, dim, capacity, window, scale);
+        }
+
+        // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
+        // ring are rows[r] (the backend uploads this table once per layer).
+        struct SegmentRow { u64 keys; u64 values; int position; int capacity; int window; int unused; };
+
+        // Each row's new key and value into its sequence's ring, at position % capacity. Grid: rows.
+        extern "C" __global__ void kv_store_rows(const float* k, const float* v, const SegmentRow* rows, int width) {
+            SegmentRow r = rows[blockIdx.x];
+            float* kc = (float*)r.keys;
+            float* vc = (float*)r.values;
+            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)blockIdx.x * width;
+            for (int i = threadIdx.x; i < width; i += blockDim.x) {
+                kc[to + i] = k[from + i];
+                vc[to + i] = v[from + i];
+            }
+        }
+
+        // Each row's attention against its own sequence's ring. Grid: (rows, heads); block: 256.
+        extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, int heads,
+                                                  int kvHeads, int dim, float scale) {
+            SegmentRow r = rows[blockIdx.x];
+            int h = blockIdx.y;
+            u64 at = ((u64)blockIdx.x * heads + h) * dim;
+            attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, r.position, h / (heads / kvHeads),
+                   kvHeads, dim, r.capacity, r.window, scale);
         }
 
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has

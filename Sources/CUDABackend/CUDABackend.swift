@@ -70,9 +70,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     private let functions: [String: OpaquePointer]
     private let lock = NSLock()
-    private var idScratch: CUDABuffer?
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
-    private var tableScratch: [Float] = []
 
     public var name: String {
         "cuda (\(context.device.name), sm_\(context.device.architecture)\(cublas == nil ? "" : ", cuBLAS"))"
@@ -190,25 +188,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     // MARK: the operations
 
-    /// Token ids (or any Int32s) in device memory for the next launch. Call with `lock` held.
-    private func uploadInts(_ values: [Int]) -> CUDABuffer {
-        if idScratch == nil || idScratch!.count < values.count {
-            idScratch = makeBuffer(count: max(values.count, 4096))
-        }
-        let narrow = values.map { Int32(truncatingIfNeeded: $0) }
-        narrow.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: idScratch!.address) }
-        return idScratch!
-    }
-
     public func embed(_ tokens: [Int], table: CUDAMatrix, scale: Float, into out: CUDABuffer) {
         precondition(tokens.count * table.columns <= out.count && table.storage == .bf16)
         precondition(tokens.allSatisfy { $0 >= 0 && $0 < table.rows }, "token id out of range")
-        lock.lock()
-        defer { lock.unlock() }
-        let ids = uploadInts(tokens)
+        let ids = tokens.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
         context.launch(
             kernel("embed_rows"), grid: (tokens.count, 1, 1), block: 256,
-            [.pointer(table.address), .pointer(ids.address), .pointer(out.address), .int(table.columns), .float(scale)])
+            [.pointer(table.address), .pointer(ids), .pointer(out.address), .int(table.columns), .float(scale)])
     }
 
     public func matmul(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
@@ -256,13 +242,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: CUDABuffer) {
         let count = positions.count * 2 * inverseFrequencies.count
         precondition(count <= table.count)
-        lock.lock()
-        defer { lock.unlock() }
-        if tableScratch.count < count { tableScratch = [Float](repeating: 0, count: count) }
-        tableScratch.withUnsafeMutableBufferPointer { host in
-            CPUBackend.fillRopeTable(positions: positions, inverseFrequencies: inverseFrequencies, into: host.baseAddress!)
-            context.upload(host.baseAddress!, bytes: count * 4, to: table.address)
+        var host = [Float](repeating: 0, count: count)
+        host.withUnsafeMutableBufferPointer {
+            CPUBackend.fillRopeTable(positions: positions, inverseFrequencies: inverseFrequencies, into: $0.baseAddress!)
         }
+        let staged = host.withUnsafeBytes { context.stage($0) }
+        context.copy(staged, to: table.address, bytes: count * 4)
     }
 
     public func rope(_ x: CUDABuffer, rows: Int, heads: Int, headDimension: Int, table: CUDABuffer) {
@@ -290,6 +275,49 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .int(firstPosition), .int(heads), .int(kvHeads), .int(headDimension), .int(capacity), .int(window ?? 0),
                 .float(scale),
             ])
+    }
+
+    /// Every segment's KV store and attention in two launches: a table of (cache addresses,
+    /// position, ring size, window) per row is uploaded, and each block finds its sequence there.
+    public func attentionBatch(
+        queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
+        kvHeads: Int, headDimension: Int, scale: Float, into out: CUDABuffer
+    ) -> Bool {
+        precondition(heads % kvHeads == 0)
+        precondition(
+            headDimension % 32 == 0 && headDimension <= GemmaKernels.attentionMaximumDimension,
+            "the CUDA attention kernel takes head dimensions that are multiples of 32 up to 256")
+        let width = kvHeads * headDimension
+        var table: [UInt64] = []
+        var rows = 0
+        for segment in segments {
+            let oldestNeeded = segment.window.map { max(0, segment.firstPosition - $0 + 1) } ?? 0
+            precondition(
+                segment.firstPosition + segment.rows - 1 - oldestNeeded < segment.capacity,
+                "the KV cache is too small for this batch")
+            precondition(segment.firstRow == rows, "segments must cover the rows in order")
+            precondition(segment.capacity * width <= min(segment.keys.count, segment.values.count))
+            for r in 0..<segment.rows {
+                table.append(segment.keys.address)
+                table.append(segment.values.address)
+                table.append(UInt64(UInt32(segment.firstPosition + r)) | UInt64(UInt32(segment.capacity)) << 32)
+                table.append(UInt64(UInt32(segment.window ?? 0)))
+            }
+            rows += segment.rows
+        }
+        guard rows > 0 else { return true }
+        precondition(rows * width <= min(keys.count, values.count) && rows * heads * headDimension <= min(queries.count, out.count))
+        let rowsTable = table.withUnsafeBytes { context.stage($0) }
+        context.launch(
+            kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
+            [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width)])
+        context.launch(
+            kernel("attention_rows"), grid: (rows, heads, 1), block: 256,
+            [
+                .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .int(heads), .int(kvHeads),
+                .int(headDimension), .float(scale),
+            ])
+        return true
     }
 
     public func geluMultiply(_ gate: CUDABuffer, _ up: CUDABuffer, count: Int) {

@@ -50,12 +50,36 @@ public protocol ComputeBackend: Sendable {
     func add(_ x: Buffer, into accumulator: Buffer, count: Int)
     /// Softmax of each row in place.  x: (rows, columns)
     func softmax(_ x: Buffer, rows: Int, columns: Int)
+    /// Stores the new keys and values of every segment's rows in its ring and runs their attention,
+    /// all segments in one go, when the backend can (a GPU: two launches instead of several per
+    /// sequence). Returns false when it cannot; the model then does it segment by segment.
+    /// queries, out: (rows, heads, headDim); keys, values: (rows, kvHeads, headDim), rows in segment order.
+    func attentionBatch(
+        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
+        headDimension: Int, scale: Float, into out: Buffer) -> Bool
     /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
     /// computes it where the logits are and returns only the indices.  x: (rows, columns)
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
 }
 
+/// One sequence's share of a batched step for `attentionBatch`: its layer's cache ring and where its
+/// rows sit (`rows` rows from `firstRow`, at positions firstPosition...).
+public struct AttentionSegment<Buffer> {
+    public var keys: Buffer
+    public var values: Buffer
+    public var capacity: Int
+    public var window: Int?
+    public var firstPosition: Int
+    public var firstRow: Int
+    public var rows: Int
+}
+
 extension ComputeBackend {
+    public func attentionBatch(
+        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
+        headDimension: Int, scale: Float, into out: Buffer
+    ) -> Bool { false }
+
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
         (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }
     }

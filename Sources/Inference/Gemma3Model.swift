@@ -102,6 +102,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         for segment in segments { positions += segment.firstPosition..<segment.firstPosition + segment.count }
         precondition(positions.count == tokens.count, "the segments must cover the tokens")
         forward(tokens, positions: positions, scratch: s) { index in
+            let batch = segments.map { segment in
+                let entry = segment.cache.layers[index]
+                return AttentionSegment(
+                    keys: entry.keys, values: entry.values, capacity: entry.capacity, window: entry.window,
+                    firstPosition: segment.firstPosition, firstRow: segment.firstRow, rows: segment.count)
+            }
+            if backend.attentionBatch(
+                queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
+                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention)
+            {
+                return
+            }
             for segment in segments {
                 segment.cache.store(
                     layer: index, keys: s.key, values: s.value, sourceRow: segment.firstRow, rows: segment.count,

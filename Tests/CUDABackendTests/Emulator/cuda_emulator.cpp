@@ -226,6 +226,8 @@ CUresult cuMemsetD32_v2(CUdeviceptr address, unsigned value, size_t count) {
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr to, const void *from, size_t bytes) { memcpy((void *)to, from, bytes); return 0; }
 CUresult cuMemcpyDtoH_v2(void *to, CUdeviceptr from, size_t bytes) { memcpy(to, (void *)from, bytes); return 0; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr to, const void *from, size_t bytes, void *) { memcpy((void *)to, from, bytes); return 0; }
+CUresult cuMemAllocHost_v2(void **pointer, size_t bytes) { *pointer = malloc(bytes); return *pointer ? 0 : 2; }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, void *) { memmove((void *)to, (void *)from, bytes); return 0; }
 CUresult cuModuleLoadData(void **module, const void *image) {
     if (memcmp(image, "\x7f" "ELF", 4) != 0) return 200;  // CUDA_ERROR_INVALID_IMAGE
