@@ -63,12 +63,12 @@ public final class CUDAContext: @unchecked Sendable {
         let retain = try lib.function("cuDevicePrimaryCtxRetain", as: (@convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32) -> Int32).self)
         var handle: Int32 = 0
         var primary: OpaquePointer? = nil
-        try Self.check("cuDeviceGet", deviceGet(&handle, Int32(ordinal)), errorName, errorString)
+        try CUDADriver.check("cuDeviceGet", deviceGet(&handle, Int32(ordinal)), errorName, errorString)
         // Retained for the life of the process: the primary context is what cuBLAS and any other
         // library in the process share.
-        try Self.check("cuDevicePrimaryCtxRetain", retain(&primary, handle), errorName, errorString)
+        try CUDADriver.check("cuDevicePrimaryCtxRetain", retain(&primary, handle), errorName, errorString)
         context = primary
-        try Self.check("cuCtxSetCurrent", setCurrent(primary), errorName, errorString)
+        try CUDADriver.check("cuCtxSetCurrent", setCurrent(primary), errorName, errorString)
     }
 
     /// Makes the context current on the calling thread (the server's engine runs on its own thread).
@@ -217,47 +217,32 @@ public final class CUDAContext: @unchecked Sendable {
         _ kernel: OpaquePointer, grid: (Int, Int, Int), block: Int, sharedBytes: Int = 0, _ arguments: [Argument]
     ) {
         makeCurrent()
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: max(1, arguments.count) * 8, alignment: 8)
-        defer { storage.deallocate() }
-        var pointers: [UnsafeMutableRawPointer?] = []
-        pointers.reserveCapacity(arguments.count)
-        for (i, argument) in arguments.enumerated() {
-            let slot = storage + 8 * i
-            switch argument {
-            case .pointer(let address): slot.storeBytes(of: address, as: UInt64.self)
-            case .int(let value): slot.storeBytes(of: Int32(truncatingIfNeeded: value), as: Int32.self)
-            case .float(let value): slot.storeBytes(of: value, as: Float.self)
+        // Arguments and their pointers on the stack: a decode step makes hundreds of launches.
+        let status = withUnsafeTemporaryAllocation(byteCount: max(1, arguments.count) * 8, alignment: 8) { storage in
+            withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(1, arguments.count)) { pointers in
+                for (i, argument) in arguments.enumerated() {
+                    let slot = storage.baseAddress! + 8 * i
+                    switch argument {
+                    case .pointer(let address): slot.storeBytes(of: address, as: UInt64.self)
+                    case .int(let value): slot.storeBytes(of: Int32(truncatingIfNeeded: value), as: Int32.self)
+                    case .float(let value): slot.storeBytes(of: value, as: Float.self)
+                    }
+                    pointers[i] = slot
+                }
+                return launchCall(
+                    kernel, UInt32(grid.0), UInt32(grid.1), UInt32(grid.2), UInt32(block), 1, 1, UInt32(sharedBytes), nil,
+                    pointers.baseAddress, nil)
             }
-            pointers.append(slot)
-        }
-        let status = pointers.withUnsafeMutableBufferPointer { list in
-            launchCall(
-                kernel, UInt32(grid.0), UInt32(grid.1), UInt32(grid.2), UInt32(block), 1, 1, UInt32(sharedBytes), nil,
-                list.baseAddress, nil)
         }
         if status != 0 { fail("cuLaunchKernel", status) }
     }
 
     // MARK: errors
 
-    func check(_ call: String, _ status: Int32) throws { try Self.check(call, status, errorName, errorString) }
+    func check(_ call: String, _ status: Int32) throws { try CUDADriver.check(call, status, errorName, errorString) }
 
     func fail(_ call: String, _ status: Int32) -> Never {
         do { try check(call, status) } catch { fatalError("CUDA: \(error)") }
         fatalError("CUDA: \(call) failed with \(status)")
-    }
-
-    static func check(
-        _ call: String, _ code: Int32, _ getErrorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32,
-        _ getErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
-    ) throws {
-        guard code != 0 else { return }
-        var name: UnsafePointer<CChar>? = nil
-        var message: UnsafePointer<CChar>? = nil
-        _ = getErrorName(code, &name)
-        _ = getErrorString(code, &message)
-        throw CUDAError.driver(
-            call: call, code: code, name: name.map { String(cString: $0) } ?? "CUDA_ERROR_\(code)",
-            message: message.map { String(cString: $0) } ?? "unknown error")
     }
 }

@@ -129,7 +129,7 @@ public final class CUDADriver: @unchecked Sendable {
 
     private func check(_ call: String, _ code: Int32) throws { try Self.check(call, code, getErrorName, getErrorString) }
 
-    private static func check(
+    static func check(
         _ call: String, _ code: Int32, _ getErrorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32,
         _ getErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     ) throws {

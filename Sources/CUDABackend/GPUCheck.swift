@@ -9,12 +9,12 @@ import Inference
 public struct GPUCheck {
     public let gpu: CUDABackend
     public let cpu: CPUBackend
-    private var random: SplitMix
+    private var random: Xoshiro256StarStar
 
     public init(gpu: CUDABackend, seed: UInt64 = 0x5EED) throws {
         self.gpu = gpu
         cpu = try CPUBackend(exact: true)
-        random = SplitMix(seed: seed)
+        random = Xoshiro256StarStar(seed: seed)
     }
 
     public struct Result {
@@ -355,7 +355,7 @@ public struct RandomGemma: Sendable {
         defer { try? file.close() }
         try file.write(contentsOf: withUnsafeBytes(of: UInt64(json.count).littleEndian) { Data($0) } + Data(json))
         // Streamed a tensor slice at a time: a 1B-shaped model is 2 GB.
-        var random = SplitMix(seed: seed)
+        var random = Xoshiro256StarStar(seed: seed)
         for (name, shape) in tensors {
             let scale: Float = shape.count == 1 ? 0.3 : (name.contains("embed") ? 0.5 : 1.7 / Float(shape[1]).squareRoot())
             var remaining = shape.reduce(1, *)
@@ -370,17 +370,7 @@ public struct RandomGemma: Sendable {
     }
 }
 
-/// SplitMix64: a small, seeded generator so a failing check can be rerun on the same inputs.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
+extension Xoshiro256StarStar {
+    /// Uniform in [0, 1), 24 bits.
     mutating func unit() -> Float { Float(next() >> 40) / Float(1 << 24) }
 }
