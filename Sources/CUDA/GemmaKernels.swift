@@ -12,7 +12,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_gumbel",
     ]
 
@@ -97,6 +97,40 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
             float inv = rsqrtf(block_sum(s) / n + eps);
             for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = (xr[i] * inv) * w[i];
+        }
+
+        // residual[r, :] += x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w: Gemma's post-attention and
+        // post-feedforward norms with the residual add that follows them. Grid: rows.
+        extern "C" __global__ void rms_norm_add(const float* x, const float* w, float* residual, int n, float eps) {
+            const float* xr = x + (u64)blockIdx.x * n;
+            float* rr = residual + (u64)blockIdx.x * n;
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+            float inv = rsqrtf(block_sum(s) / n + eps);
+            for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] += (xr[i] * inv) * w[i];
+        }
+
+        // q_norm / k_norm then RoPE, in place, for one head of one token per block: heads 0..heads-1
+        // of the query row, then kvHeads of the key row. Thread i holds dimensions i and i + dim/2.
+        // table row t: cos (dim/2) then sin (dim/2). Grid: (tokens, heads + kvHeads); block: dim/2
+        // rounded up to a multiple of 32.
+        extern "C" __global__ void norm_rope(float* q, float* k, const float* qw, const float* kw, const float* table,
+                                             int heads, int kvHeads, int dim, float eps) {
+            int h = blockIdx.y, i = threadIdx.x, half = dim >> 1;
+            bool isQuery = h < heads;
+            float* v = isQuery ? q + ((u64)blockIdx.x * heads + h) * dim : k + ((u64)blockIdx.x * kvHeads + (h - heads)) * dim;
+            const float* w = isQuery ? qw : kw;
+            float a = 0.0f, b = 0.0f;
+            if (i < half) { a = v[i]; b = v[i + half]; }
+            float inv = rsqrtf(block_sum(a * a + b * b) / dim + eps);
+            if (i < half) {
+                a = (a * inv) * w[i];
+                b = (b * inv) * w[i + half];
+                const float* angles = table + (u64)blockIdx.x * dim;
+                float c = angles[i], s = angles[half + i];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
         }
 
         // out[t, r] = w[r, :] . x[t, :] for up to 8 tokens: one warp per weight row, eight bf16 per lane

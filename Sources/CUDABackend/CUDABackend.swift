@@ -239,6 +239,32 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             [.pointer(x.address), .pointer(weight.address), .pointer(out.address), .int(dimension), .float(epsilon)])
     }
 
+    public func rmsNormAdd(
+        _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, epsilon: Float, into accumulator: CUDABuffer
+    ) {
+        precondition(
+            weight.storage == .f32 && weight.columns == dimension && rows * dimension <= min(x.count, accumulator.count))
+        let threads = min(1024, max(32, ((dimension + 1) / 2 + 31) / 32 * 32))
+        context.launch(
+            kernel("rms_norm_add"), grid: (rows, 1, 1), block: threads,
+            [.pointer(x.address), .pointer(weight.address), .pointer(accumulator.address), .int(dimension), .float(epsilon)])
+    }
+
+    public func normRope(
+        queries: CUDABuffer, keys: CUDABuffer, rows: Int, heads: Int, kvHeads: Int, headDimension: Int,
+        queryNorm: CUDAMatrix, keyNorm: CUDAMatrix, epsilon: Float, table: CUDABuffer
+    ) {
+        precondition(queryNorm.columns == headDimension && keyNorm.columns == headDimension && headDimension % 2 == 0)
+        precondition(rows * heads * headDimension <= queries.count && rows * kvHeads * headDimension <= keys.count)
+        precondition(rows * headDimension <= table.count && headDimension / 2 <= 1024)
+        context.launch(
+            kernel("norm_rope"), grid: (rows, heads + kvHeads, 1), block: max(32, (headDimension / 2 + 31) / 32 * 32),
+            [
+                .pointer(queries.address), .pointer(keys.address), .pointer(queryNorm.address), .pointer(keyNorm.address),
+                .pointer(table.address), .int(heads), .int(kvHeads), .int(headDimension), .float(epsilon),
+            ])
+    }
+
     public func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: CUDABuffer) {
         let count = positions.count * 2 * inverseFrequencies.count
         precondition(count <= table.count)

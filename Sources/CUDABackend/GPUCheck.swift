@@ -121,6 +121,35 @@ public struct GPUCheck {
                 name: "rms_norm \(rows)x\(dimension)", error: Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)),
                 tolerance: 1e-5))
         }
+        // The fused residual norm and the fused q/k norm + RoPE, against the CPU's separate steps.
+        do {
+            let rows = 7, dimension = 1152
+            let weight = try f32Vector(values(dimension, scale: 2))
+            let (cx, gx) = pair(values(rows * dimension, scale: 3))
+            let (ca, ga) = pair(values(rows * dimension))
+            cpu.rmsNormAdd(cx, rows: rows, dimension: dimension, weight: try cpu.matrix(weight), epsilon: 1e-6, into: ca)
+            gpu.rmsNormAdd(gx, rows: rows, dimension: dimension, weight: try gpu.matrix(weight), epsilon: 1e-6, into: ga)
+            results.append(Result(
+                name: "rms_norm_add 7x1152", error: Self.relativeError(gpu.read(ga, offset: 0, count: ga.count), cpu.read(ca, offset: 0, count: ca.count)),
+                tolerance: 1e-5))
+            let positions = (0..<9).map { 500 + $0 * 611 }
+            let frequencies = (0..<128).map { j in Float(1 / pow(1_000_000.0, Double(2 * j) / 256)) }
+            let ct = cpu.makeBuffer(count: positions.count * 256), gt = gpu.makeBuffer(count: positions.count * 256)
+            cpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: ct)
+            gpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: gt)
+            let qw = try f32Vector(values(256, scale: 2)), kw = try f32Vector(values(256, scale: 2))
+            let (cq, gq) = pair(values(positions.count * 4 * 256, scale: 2))
+            let (ck, gk) = pair(values(positions.count * 1 * 256, scale: 2))
+            cpu.normRope(
+                queries: cq, keys: ck, rows: positions.count, heads: 4, kvHeads: 1, headDimension: 256,
+                queryNorm: try cpu.matrix(qw), keyNorm: try cpu.matrix(kw), epsilon: 1e-6, table: ct)
+            gpu.normRope(
+                queries: gq, keys: gk, rows: positions.count, heads: 4, kvHeads: 1, headDimension: 256,
+                queryNorm: try gpu.matrix(qw), keyNorm: try gpu.matrix(kw), epsilon: 1e-6, table: gt)
+            let q = Self.relativeError(gpu.read(gq, offset: 0, count: gq.count), cpu.read(cq, offset: 0, count: cq.count))
+            let k = Self.relativeError(gpu.read(gk, offset: 0, count: gk.count), cpu.read(ck, offset: 0, count: ck.count))
+            results.append(Result(name: "norm_rope 9 tokens, 4 + 1 heads", error: max(q, k), tolerance: 1e-5))
+        }
         // RoPE at late positions (large angles).
         do {
             let positions = (0..<11).map { 30_000 + $0 * 37 }

@@ -50,6 +50,14 @@ public protocol ComputeBackend: Sendable {
     func add(_ x: Buffer, into accumulator: Buffer, count: Int)
     /// Softmax of each row in place.  x: (rows, columns)
     func softmax(_ x: Buffer, rows: Int, columns: Int)
+    /// accumulator += rmsNorm(x) · weight over `rows` rows: Gemma's post-attention and post-feedforward
+    /// norms, which feed the residual stream. x may be overwritten.
+    func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer)
+    /// The per-head RMS norms of queries and keys (q_norm, k_norm), then RoPE on both, in place.
+    /// queries: (rows, heads, headDim); keys: (rows, kvHeads, headDim); table as for `rope`.
+    func normRope(
+        queries: Buffer, keys: Buffer, rows: Int, heads: Int, kvHeads: Int, headDimension: Int, queryNorm: Matrix,
+        keyNorm: Matrix, epsilon: Float, table: Buffer)
     /// Stores the new keys and values of every segment's rows in its ring and runs their attention,
     /// all segments in one go, when the backend can (a GPU: two launches instead of several per
     /// sequence). Returns false when it cannot; the model then does it segment by segment.
@@ -75,6 +83,21 @@ public struct AttentionSegment<Buffer> {
 }
 
 extension ComputeBackend {
+    public func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer) {
+        rmsNorm(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, into: x)
+        add(x, into: accumulator, count: rows * dimension)
+    }
+
+    public func normRope(
+        queries: Buffer, keys: Buffer, rows: Int, heads: Int, kvHeads: Int, headDimension: Int, queryNorm: Matrix,
+        keyNorm: Matrix, epsilon: Float, table: Buffer
+    ) {
+        rmsNorm(queries, rows: rows * heads, dimension: headDimension, weight: queryNorm, epsilon: epsilon, into: queries)
+        rmsNorm(keys, rows: rows * kvHeads, dimension: headDimension, weight: keyNorm, epsilon: epsilon, into: keys)
+        rope(queries, rows: rows, heads: heads, headDimension: headDimension, table: table)
+        rope(keys, rows: rows, heads: kvHeads, headDimension: headDimension, table: table)
+    }
+
     public func attentionBatch(
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, into out: Buffer

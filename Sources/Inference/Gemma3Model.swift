@@ -156,27 +156,22 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
 
         for (index, layer) in layers.enumerated() {
             // Attention block: x = input_layernorm(h); q, k, v projections; q_norm, k_norm before RoPE.
+            // (The post norms below are fused with their residual add: h += norm(x).)
             b.rmsNorm(
                 s.hidden, rows: n, dimension: hidden, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, into: s.normed
             )
             b.matmul(s.normed, rows: n, weight: layer.query, into: s.query)  // (n, heads * headDim)
             b.matmul(s.normed, rows: n, weight: layer.key, into: s.key)  // (n, kvHeads * headDim)
             b.matmul(s.normed, rows: n, weight: layer.value, into: s.value)  // (n, kvHeads * headDim)
-            b.rmsNorm(
-                s.query, rows: n * heads, dimension: headDim, weight: layer.queryNorm, epsilon: c.rmsNormEpsilon,
-                into: s.query)
-            b.rmsNorm(
-                s.key, rows: n * kvHeads, dimension: headDim, weight: layer.keyNorm, epsilon: c.rmsNormEpsilon,
-                into: s.key)
-            let rope = layer.type == .full ? s.globalRope : s.localRope
-            b.rope(s.query, rows: n, heads: heads, headDimension: headDim, table: rope)
-            b.rope(s.key, rows: n, heads: kvHeads, headDimension: headDim, table: rope)
+            b.normRope(
+                queries: s.query, keys: s.key, rows: n, heads: heads, kvHeads: kvHeads, headDimension: headDim,
+                queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
+                table: layer.type == .full ? s.globalRope : s.localRope)
             attend(index)  // (n, heads * headDim) in s.attention
             b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
-            b.rmsNorm(
+            b.rmsNormAdd(
                 s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, epsilon: c.rmsNormEpsilon,
-                into: s.normed)
-            b.add(s.normed, into: s.hidden, count: n * hidden)
+                into: s.hidden)
 
             // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
             b.rmsNorm(
@@ -186,10 +181,9 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             b.matmul(s.normed, rows: n, weight: layer.up, into: s.up)  // (n, intermediate)
             b.geluMultiply(s.gate, s.up, count: n * c.intermediateSize)
             b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
-            b.rmsNorm(
+            b.rmsNormAdd(
                 s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
-                into: s.normed)
-            b.add(s.normed, into: s.hidden, count: n * hidden)
+                into: s.hidden)
         }
     }
 

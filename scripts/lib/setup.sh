@@ -11,6 +11,7 @@ command -v swift >/dev/null 2>&1 || { echo "error: Swift 6 is needed (https://ww
 apt_packages=(
   pkg-config libarchive-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev
   umoci runc skopeo docker-registry oci-image-tool apache2-utils openssl curl zstd python3 python3-pip
+  g++
 )
 needed_packages() {
   local p
