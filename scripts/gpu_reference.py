@@ -160,8 +160,11 @@ def main():
     folder = make_model(args.shape, args.out, args.seed)
     print(f"{args.shape}: random weights in {folder}", flush=True)
     print(f"{args.shape}: golden file {golden(folder, args.out, args.seed)}", flush=True)
-    result = timings(folder, args.out, args.steps)
-    print(f"{args.shape}: transformers " + ", ".join(f"{k} {v:.1f}" for k, v in result.items() if isinstance(v, float)), flush=True)
+    try:
+        result = timings(folder, args.out, args.steps)
+        print(f"{args.shape}: transformers " + ", ".join(f"{k} {v:.1f}" for k, v in result.items() if isinstance(v, float)), flush=True)
+    except Exception as error:  # the weights and the golden file stand without transformers' timings
+        print(f"{args.shape}: transformers timings failed: {error!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -323,7 +323,7 @@ public enum GemmaKernels {
         extern "C" __global__ void argmax_rows(const float* logits, int* out, int n) {
             const float* row = logits + (u64)blockIdx.x * n;
             float best = NEG_INF;
-            int index = 0x7fffffff;
+            int index = 0;  // a row of only -inf or NaN gives 0, as the CPU sampler
             for (int i = threadIdx.x; i < n; i += blockDim.x)
                 if (row[i] > best) { best = row[i]; index = i; }
             block_argmax(best, index, out + blockIdx.x);
@@ -344,12 +344,14 @@ public enum GemmaKernels {
             float t = temperatures[blockIdx.x];
             u64 key = mix64(seeds[blockIdx.x] ^ mix64((u64)steps[blockIdx.x] + 0x9e3779b97f4a7c15ull));
             float best = NEG_INF;
-            int index = 0x7fffffff;
+            int index = 0;
             for (int i = threadIdx.x; i < n; i += blockDim.x) {
                 float v = row[i];
                 if (t > 0.0f) {
-                    float u = ((float)(mix64(key + (u64)i) >> 40) + 0.5f) * (1.0f / 16777216.0f);
-                    v = v / t - __logf(-__logf(u));
+                    // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
+                    // logf, not __logf, whose error near 1 exceeds -log(u) itself.
+                    float u = ((float)(mix64(key + (u64)i) >> 41) + 0.5f) * (1.0f / 8388608.0f);
+                    v = v / t - logf(-logf(u));
                 }
                 if (v > best) { best = v; index = i; }
             }

@@ -70,6 +70,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     private let functions: [String: OpaquePointer]
     private let lock = NSLock()
+    private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
 
     public var name: String {
@@ -369,7 +370,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `rows` integers come back instead of rows × columns floats.
     public func argmax(_ x: CUDABuffer, rows: Int, columns: Int) -> [Int] {
         precondition(rows * columns <= x.count)
-        let out = makeBuffer(count: rows)
+        lock.lock()
+        defer { lock.unlock() }
+        if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
+        let out = argmaxOut!
         context.launch(
             kernel("argmax_rows"), grid: (rows, 1, 1), block: 1024,
             [.pointer(x.address), .pointer(out.address), .int(columns)])

@@ -153,22 +153,19 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// come back): `decode` followed by argmax, without moving the logits.
     public func decodeGreedy(_ slots: [Slot], tokens: [Int]) throws -> [Int] {
         precondition(slots.count == tokens.count, "one token per slot")
-        try check(tokens)
         var result: [Int] = []
         var start = 0
         while start < slots.count {
             let range = start..<min(slots.count, start + maximumSequences)
-            var segments: [Gemma3Model<Backend>.Segment] = []
-            for (row, slot) in slots[range].enumerated() {
-                guard slot.tokenCount + 1 <= slot.contextLength else {
-                    throw InferenceError.contextOverflow(requested: slot.tokenCount + 1, limit: slot.contextLength)
-                }
-                slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount)
-                segments.append(.init(cache: slot.cache, firstRow: row, count: 1, firstPosition: slot.tokenCount))
+            let work = zip(slots[range], tokens[range]).map { slot, token in
+                var item = Work(slot: slot, tokens: [token])
+                item.greedy = true
+                return item
             }
-            model.forward(Array(tokens[range]), segments: segments, scratch: stepScratch)
-            for (slot, token) in zip(slots[range], tokens[range]) { slot.tokens.append(token) }
-            result += model.greedyTokens(rows: Array(0..<range.count), scratch: stepScratch)
+            result += try outputs(work).map {
+                guard case .token(let token) = $0 else { preconditionFailure("a greedy token was asked for") }
+                return token
+            }
             start = range.upperBound
         }
         return result
@@ -180,6 +177,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
         public var tokens: [Int]
         /// Called with (index into `tokens`, logits) for every token of the chunk (prompt logprobs).
         public var everyRow: ((Int, [Float]) -> Void)?
+        /// Only the greedy next token is wanted, not the logits: it is chosen where the logits are
+        /// (on a GPU, only the id comes back). Ignored with `everyRow`.
+        public var greedy = false
 
         public init(slot: Slot, tokens: [Int], everyRow: ((Int, [Float]) -> Void)? = nil) {
             self.slot = slot
@@ -191,10 +191,25 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// Most rows one mixed step takes: a prefill chunk beside a full batch of decodes.
     public var stepCapacity: Int { prefillChunk + maximumSequences }
 
+    /// What a step gives for one work item: the logits after its last token, or, for `greedy` work,
+    /// the argmax token itself.
+    public enum Output {
+        case logits([Float])
+        case token(Int)
+    }
+
     /// One forward pass over several slots at once, decode tokens and prompt chunks mixed (at most
     /// `stepCapacity` tokens, `maximumSequences` slots, each chunk at most `prefillChunk`): every
     /// weight is read once for all of them. Returns, per work item, the logits after its last token.
     public func step(_ work: [Work]) throws -> [[Float]] {
+        try outputs(work.map { var item = $0; item.greedy = false; return item }).map {
+            guard case .logits(let logits) = $0 else { preconditionFailure("logits were asked for") }
+            return logits
+        }
+    }
+
+    /// `step`, where work marked `greedy` gets its argmax token instead of logits.
+    public func outputs(_ work: [Work]) throws -> [Output] {
         guard !work.isEmpty else { return [] }
         let rows = work.reduce(0) { $0 + $1.tokens.count }
         precondition(work.count <= maximumSequences && rows <= stepCapacity, "the step is larger than the runner's scratch")
@@ -216,27 +231,36 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
         model.forward(tokens, segments: segments, scratch: stepScratch)
         for item in work { item.slot.tokens += item.tokens }
-        // Rows whose logits are wanted: every row of chunks that report prompt logprobs, else the last.
+        var results = [Output](repeating: .logits([]), count: work.count)
+        // Rows for the LM head: the last row of each greedy item (its argmax only), then every row of
+        // chunks that report prompt logprobs, else the last row. Each group of the scratch's logit
+        // rows is one LM head pass, its greedy rows first.
+        var greedyRows: [(work: Int, row: Int)] = []
         var wanted: [(work: Int, row: Int, index: Int)] = []
         for (i, (item, segment)) in zip(work, segments).enumerated() {
             if item.everyRow != nil {
                 for k in 0..<segment.count { wanted.append((i, segment.firstRow + k, k)) }
+            } else if item.greedy {
+                greedyRows.append((i, segment.firstRow + segment.count - 1))
             } else {
                 wanted.append((i, segment.firstRow + segment.count - 1, segment.count - 1))
             }
         }
-        var last = [[Float]](repeating: [], count: work.count)
-        var start = 0
-        while start < wanted.count {
-            let group = wanted[start..<min(wanted.count, start + stepScratch.logitRows)]
-            let logits = model.logits(rows: group.map(\.row), scratch: stepScratch)
-            for (entry, row) in zip(group, logits) {
+        var nextGreedy = 0, nextWanted = 0
+        while nextGreedy < greedyRows.count || nextWanted < wanted.count {
+            let greedy = greedyRows[nextGreedy..<min(greedyRows.count, nextGreedy + stepScratch.logitRows)]
+            let rest = wanted[nextWanted..<min(wanted.count, nextWanted + stepScratch.logitRows - greedy.count)]
+            let (tokens, logits) = model.head(
+                rows: greedy.map(\.row) + rest.map(\.row), greedy: greedy.count, scratch: stepScratch)
+            for (entry, token) in zip(greedy, tokens) { results[entry.work] = .token(token) }
+            for (entry, row) in zip(rest, logits) {
                 work[entry.work].everyRow?(entry.index, row)
-                if entry.index == work[entry.work].tokens.count - 1 { last[entry.work] = row }
+                if entry.index == work[entry.work].tokens.count - 1 { results[entry.work] = .logits(row) }
             }
-            start = group.endIndex
+            nextGreedy = greedy.endIndex
+            nextWanted = rest.endIndex
         }
-        return last
+        return results
     }
 
     private func check(_ tokens: [Int]) throws {

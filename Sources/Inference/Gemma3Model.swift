@@ -212,25 +212,29 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         b.matmul(s.last, rows: n, weight: lmHead, into: s.logits)  // (n, vocab): the tied embedding, unscaled
     }
 
-    /// The greedy next token of each of `rows` of `s.hidden`, chosen by the backend where the logits
-    /// are (the soft cap, tanh, keeps the order, so it is not applied).
-    func greedyTokens(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) -> [Int] {
+    /// One LM head pass over any rows of `s.hidden` (at most the scratch's logit rows): the greedy
+    /// next token of the first `greedy` rows, chosen by the backend where the logits are (the soft
+    /// cap, tanh, keeps the order, so it is not applied), and the logits of the others.
+    func head(rows: [Int], greedy: Int, scratch s: InferenceSession<Backend>.Scratch) -> (tokens: [Int], logits: [[Float]]) {
+        precondition(greedy <= rows.count)
         lmHead(rows: rows, scratch: s)
-        return backend.argmax(s.logits, rows: rows.count, columns: config.vocabularySize)
+        let tokens = greedy == 0 ? [] : backend.argmax(s.logits, rows: greedy, columns: config.vocabularySize)
+        return (tokens, (greedy..<rows.count).map { readLogits(row: $0, scratch: s) })
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.
     func logits(rows: [Int], scratch s: InferenceSession<Backend>.Scratch) -> [[Float]] {
-        let c = config
-        let b = backend
-        let n = rows.count
         lmHead(rows: rows, scratch: s)
-        return (0..<n).map { r in
-            var logits = b.read(s.logits, offset: r * c.vocabularySize, count: c.vocabularySize)
-            if let cap = c.finalLogitSoftcapping {
-                for i in logits.indices { logits[i] = Foundation.tanh(logits[i] / cap) * cap }
-            }
-            return logits
+        return rows.indices.map { readLogits(row: $0, scratch: s) }
+    }
+
+    /// Row `r` of `s.logits`, soft-capped when the model has a cap.
+    private func readLogits(row r: Int, scratch s: InferenceSession<Backend>.Scratch) -> [Float] {
+        let c = config
+        var logits = backend.read(s.logits, offset: r * c.vocabularySize, count: c.vocabularySize)
+        if let cap = c.finalLogitSoftcapping {
+            for i in logits.indices { logits[i] = Foundation.tanh(logits[i] / cap) * cap }
         }
+        return logits
     }
 }

@@ -33,6 +33,10 @@ public struct SamplingParameters: Sendable, Equatable {
 
     public var isGreedy: Bool { temperature == 0 }
 
+    /// Greedy with no penalty: the token is the plain argmax of the logits, which a GPU backend
+    /// picks where the logits are (`BatchRunner.Work.greedy`).
+    public var isPlainArgmax: Bool { isGreedy && presencePenalty == 0 && frequencyPenalty == 0 && repetitionPenalty == 1 }
+
     /// Throws `invalidArgument` naming the first value out of its range (vLLM's bounds).
     public func validate() throws {
         func bad(_ message: String) -> InferenceError { .invalidArgument(message) }

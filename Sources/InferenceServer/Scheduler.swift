@@ -90,12 +90,17 @@ final class Job: @unchecked Sendable {
     var promptEntries: [GeneratedToken?] = [nil]
     var next: Int?
     var cacheBytes = 0
+    /// Greedy without penalties or logprobs: the runner picks the token where the logits are, and
+    /// on a GPU only its id comes back.
+    let argmaxOnly: Bool
     var lastToken: ContinuousClock.Instant?
 
     init(request: SequenceRequest, continuation: AsyncStream<SequenceEvent>.Continuation) {
         self.request = request
         self.continuation = continuation
         sampler = Sampler(parameters: request.parameters.sampling, prompt: request.prompt)
+        let p = request.parameters
+        argmaxOnly = p.sampling.isPlainArgmax && p.topLogprobs == 0 && !p.computeLogprobs
     }
 
     /// Whether the early stop ended the output normally (a stop string), not a departed client.
@@ -324,7 +329,9 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         var work: [BatchRunner<Backend>.Work] = []
         var owners: [(job: Job, chunk: Int?)] = []
         for job in running where job.next != nil {
-            work.append(.init(slot: slot(of: job), tokens: [job.next!]))
+            var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: [job.next!])
+            item.greedy = job.argmaxOnly
+            work.append(item)
             owners.append((job, nil))
         }
         var budget = min(limits.prefillTokensPerStep, runner.stepCapacity - work.count)
@@ -333,6 +340,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             let count = min(prompt.count - job.prefilled, runner.prefillChunk, budget)
             budget -= count
             var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: Array(prompt[job.prefilled..<job.prefilled + count]))
+            item.greedy = job.argmaxOnly
             if let top = job.request.promptLogprobs {
                 let offset = job.prefilled
                 item.everyRow = { [job] index, logits in
@@ -351,14 +359,14 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             owners.append((job, count))
         }
         guard !work.isEmpty else { return }
-        let logits: [[Float]]
+        let outputs: [BatchRunner<Backend>.Output]
         do {
-            logits = try runner.step(work)
+            outputs = try runner.outputs(work)
         } catch {
             for owner in owners { release(owner.job, failure: "\(error)") }
             return
         }
-        for (owner, row) in zip(owners, logits) {
+        for (owner, row) in zip(owners, outputs) {
             let job = owner.job
             guard let chunk = owner.chunk else {
                 choose(job, from: row)
@@ -376,11 +384,18 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         }
     }
 
-    /// Samples the job's next token from `logits`, reports it, and retires the job if it is done.
-    private func choose(_ job: Job, from logits: [Float]) {
+    /// Samples the job's next token from the step's logits (or takes the argmax the runner chose),
+    /// reports it, and retires the job if it is done.
+    private func choose(_ job: Job, from output: BatchRunner<Backend>.Output) {
         let parameters = job.request.parameters
-        let token = job.sampler.next(
-            logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
+        let token: GeneratedToken
+        switch output {
+        case .logits(let logits):
+            token = job.sampler.next(logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
+        case .token(let id):
+            job.sampler.accept(id)
+            token = GeneratedToken(id: id, logprob: .nan, top: [])
+        }
         let now = ContinuousClock.now
         if let last = job.lastToken {
             metrics.observeInterTokenLatency(seconds: (now - last).seconds)

@@ -35,11 +35,15 @@ public final class ServedModel: Sendable {
             scheduler = Scheduler(model: engine.model, contextLength: length, limits: limits, metrics: metrics)
         case .cuda(let gpu):
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-            let probe = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 128)  // the scheduler's chunk
             var limits = limits
-            limits.cacheBytes = try gpu.kvCacheBudget(
-                utilization: gpuMemoryUtilization, requested: limits.cacheBytes,
-                minimum: probe.cacheBytes(positions: length, contextLength: length))
+            // Measured while a runner like the scheduler's holds its scratch (activations, logits),
+            // so the budget is what is left beside it; the probe's memory then goes to the scheduler's.
+            limits.cacheBytes = try {
+                let probe = BatchRunner(model: model, maximumSequences: limits.maximumRunning, prefillChunk: 128)
+                return try gpu.kvCacheBudget(
+                    utilization: gpuMemoryUtilization, requested: limits.cacheBytes,
+                    minimum: probe.cacheBytes(positions: length, contextLength: length))
+            }()
             scheduler = Scheduler(model: model, contextLength: length, limits: limits, metrics: metrics)
         }
     }

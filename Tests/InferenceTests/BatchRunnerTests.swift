@@ -56,6 +56,48 @@ import Testing
         #expect(worst(again, tiny.referenceLogits(prompts[1]).last!) < 1e-3)
     }
 
+    /// Steps that mix greedy items (argmax only) with items that want logits in one LM head pass:
+    /// each greedy item gets the argmax of the logits the same step would have given it, and the
+    /// others their logits, as a step of logits alone.
+    @Test func greedyItemsGetTheArgmaxOfTheirLogits() throws {
+        let dir = try TemporaryDirectory()
+        let (_, model) = try tinyModel(dir)
+        let prompts = [Array(tokens[0..<2]), Array(tokens[3..<8]), Array(tokens[1..<10]), Array(tokens[4..<7]), [9]]
+        func runner() throws -> (BatchRunner<CPUBackend>, [BatchRunner<CPUBackend>.Slot]) {
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 4)  // 2 logit rows per pass
+            let slots = prompts.map { _ in runner.makeSlot() }
+            for (slot, prompt) in zip(slots, prompts) { _ = try runner.prefill(slot, prompt) }
+            return (runner, slots)
+        }
+        let greedy = [true, false, true, true, false]
+        for step in 0..<3 {
+            let next = prompts.indices.map { (step * 5 + $0 * 3) % 40 }
+            let (plainRunner, plainSlots) = try runner()
+            let (mixedRunner, mixedSlots) = try runner()
+            for _ in 0..<step {
+                _ = try plainRunner.decode(plainSlots, tokens: next)
+                _ = try mixedRunner.decode(mixedSlots, tokens: next)
+            }
+            // Two slots per step at most (the runner's size): the five go in three steps.
+            for range in [0..<2, 2..<4, 4..<5] {
+                let plain = try plainRunner.step(range.map { .init(slot: plainSlots[$0], tokens: [next[$0]]) })
+                let mixed = try mixedRunner.outputs(range.map {
+                    var item = BatchRunner<CPUBackend>.Work(slot: mixedSlots[$0], tokens: [next[$0]])
+                    item.greedy = greedy[$0]
+                    return item
+                })
+                for (i, (logits, output)) in zip(range, zip(plain, mixed)) {
+                    switch output {
+                    case .token(let token):
+                        #expect(greedy[i] && token == Sampler.argmax(logits), "sequence \(i)")
+                    case .logits(let row):
+                        #expect(!greedy[i] && row == logits, "sequence \(i)")
+                    }
+                }
+            }
+        }
+    }
+
     /// Prefix caching: a slot keeps the beginning its last sequence shares with the next prompt, and
     /// the rest of the prompt then gives the logits a fresh prefill gives. The sliding-window rings
     /// (capacity window + chunk - 1 = 6 here) must not have overwritten a kept position's neighbours.
