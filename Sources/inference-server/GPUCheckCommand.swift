@@ -83,7 +83,7 @@ struct GPUCheckCommand: ParsableCommand {
             print(String(format: "model       %@: %d layers, hidden %d, vocabulary %d; on the GPU in %.2f s", engine.path, c.layerCount, c.hiddenSize, c.vocabularySize, Date().timeIntervalSince(loadStart)))
 
             if compare {
-                let prompt = [2] + (0..<40).map { 1000 + ($0 * 7919) % 20_000 }
+                let prompt = [2] + (0..<40).map { (1000 + ($0 * 7919) % 20_000) % c.vocabularySize }
                 let result = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
                 let passed = result.error <= 2e-2
                 print(String(format: "%@ model logits GPU vs CPU: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", result.error, result.steps, result.agreeing))
@@ -133,7 +133,8 @@ struct GPUCheckCommand: ParsableCommand {
         figures["bandwidth_limit_tokens_per_second"] = limit
 
         let runner = BatchRunner(model: model, maximumSequences: 16, prefillChunk: 512)
-        let prompt = [2] + (1..<512).map { 1000 + ($0 * 7919) % 20_000 }
+        let vocabulary = model.config.vocabularySize
+        let prompt = [2] + (1..<512).map { (1000 + ($0 * 7919) % 20_000) % vocabulary }
         // Prefill: a 512-token prompt in one pass (best of 3 after a warm-up).
         let slot = runner.makeSlot(contextLength: 4096)
         _ = try runner.prefill(slot, prompt)
