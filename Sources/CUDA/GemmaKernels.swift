@@ -196,6 +196,7 @@ public enum GemmaKernels {
         // dim a multiple of 32, <= 256; blockDim.x <= 256.
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
+        #define ATT_GROUP 4
         __device__ void attend(const float* qv, const float* kcache, const float* vcache, float* o, int position,
                                int kvh, int kvHeads, int dim, int capacity, int window, float scale) {
             __shared__ float qs[ATT_MAX_DIM];
@@ -209,15 +210,31 @@ public enum GemmaKernels {
             int per = dim >> 5;  // elements per lane
             float m = NEG_INF, l = 0.0f, acc[ATT_MAX_DIM / 32];
             for (int j = 0; j < ATT_MAX_DIM / 32; j++) acc[j] = 0.0f;
-            for (int p = oldest + warp; p <= position; p += warps) {
-                u64 row = (u64)(p % capacity) * width + (u64)kvh * dim;
-                float dot = 0.0f;
-                for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * kcache[row + lane + 32 * j];
-                float score = warp_sum(dot) * scale;
-                float next = fmaxf(m, score);
-                float correction = expf(m - next), weight = expf(score - next);
-                l = l * correction + weight;
-                for (int j = 0; j < per; j++) acc[j] = acc[j] * correction + weight * vcache[row + lane + 32 * j];
+            // Four keys per warp per iteration, their loads issued together: a decode step (one query
+            // row, a handful of blocks) is bound by load latency, not bandwidth.
+            for (int base = oldest + ATT_GROUP * warp; base <= position; base += ATT_GROUP * warps) {
+                int count = position - base + 1 < ATT_GROUP ? position - base + 1 : ATT_GROUP;  // the same in every lane
+                u64 rows[ATT_GROUP];
+                float score[ATT_GROUP];
+                for (int u = 0; u < ATT_GROUP; u++) {
+                    rows[u] = (u64)((base + (u < count ? u : 0)) % capacity) * width + (u64)kvh * dim;
+                    float dot = 0.0f;
+                    for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * kcache[rows[u] + lane + 32 * j];
+                    score[u] = dot;
+                }
+                float next = m;
+                for (int u = 0; u < ATT_GROUP; u++) {
+                    score[u] = u < count ? warp_sum(score[u]) * scale : NEG_INF;
+                    next = fmaxf(next, score[u]);
+                }
+                float correction = expf(m - next);
+                l *= correction;
+                for (int j = 0; j < per; j++) acc[j] *= correction;
+                for (int u = 0; u < count; u++) {
+                    float weight = expf(score[u] - next);
+                    l += weight;
+                    for (int j = 0; j < per; j++) acc[j] += weight * vcache[rows[u] + lane + 32 * j];
+                }
                 m = next;
             }
             if (lane == 0) { warp_m[warp] = m; warp_l[warp] = l; }

@@ -292,15 +292,15 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         }
     }
 
-    /// A free slot for the job: the one whose cache holds the longest intact beginning of its prompt
-    /// (a repeated system prompt, the earlier turns of a chat), whose prefill is then skipped; else
-    /// the most recently freed one, or a new one. Prompt logprobs need every prompt position
-    /// computed, so those requests reuse nothing.
     /// The slot of a running job (set when it was admitted).
     private func slot(of job: Job) -> BatchRunner<Backend>.Slot {
         job.slot as! BatchRunner<Backend>.Slot
     }
 
+    /// A free slot for the job: the one whose cache holds the longest intact beginning of its prompt
+    /// (a repeated system prompt, the earlier turns of a chat), whose prefill is then skipped; else
+    /// the most recently freed one, or a new one. Prompt logprobs need every prompt position
+    /// computed, so those requests reuse nothing.
     private func takeSlot(for job: Job) -> BatchRunner<Backend>.Slot {
         let prompt = job.request.prompt
         var best: (index: Int, shared: Int)? = nil
