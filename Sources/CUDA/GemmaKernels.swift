@@ -17,7 +17,9 @@ public enum GemmaKernels {
     ]
 
     /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
-    public static let gemvMaximumTokens = 8
+    /// 16: a decode step of up to 16 sequences (the server's default batch) reads each weight once,
+    /// with f32 activations, so its numerics do not depend on how many sequences run.
+    public static let gemvMaximumTokens = 16
     /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
     public static let attentionMaximumDimension = 256
 
@@ -133,10 +135,10 @@ public enum GemmaKernels {
             }
         }
 
-        // out[t, r] = w[r, :] . x[t, :] for up to 8 tokens: one warp per weight row, eight bf16 per lane
+        // out[t, r] = w[r, :] . x[t, :] for up to 16 tokens: one warp per weight row, eight bf16 per lane
         // per load (16 bytes), so the weight is read once for every token of the step; x stays f32.
         // k must be a multiple of 8. Grid: ceil(m / warps per block); block: a multiple of 32.
-        #define GEMV_MAX_TOKENS 8
+        #define GEMV_MAX_TOKENS 16
         extern "C" __global__ void gemv_bf16(const bf16* w, const float* x, float* out, int m, int k, int tokens) {
             int lane = threadIdx.x & 31;
             int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

@@ -51,10 +51,11 @@ final class DeviceAllocation: @unchecked Sendable {
 ///   rounded to bf16); norm weights stay f32. The model's bytes then live on the GPU, read at HBM speed.
 /// - Activations and the KV cache are f32, as on the CPU, so the two backends agree closely and the
 ///   golden references' f32 bar applies to everything but the weights' rounding.
-/// - Products of up to 8 rows (decode) run in `gemv_bf16`, which reads each weight row once for every
+/// - Products of up to 16 rows (decode) run in `gemv_bf16`, which reads each weight row once for every
 ///   row of the step with f32 activations. Larger products (prefill) go to cuBLAS with bf16
-///   activations and f32 accumulation, or, without cuBLAS, to `gemv_bf16` eight rows at a time.
-/// - Only `read` waits for the GPU: everything else is queued on the default stream and returns.
+///   activations and f32 accumulation, or, without cuBLAS, to `gemv_bf16` 16 rows at a time.
+/// - Only reading results back (`read`, `argmax`) waits for the GPU: everything else is queued on the
+///   default stream and returns, small per-step inputs included (`CUDAContext.stage`).
 public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     // @unchecked: the scratch buffers are guarded by `lock`; everything else is immutable after init.
     public typealias Buffer = CUDABuffer

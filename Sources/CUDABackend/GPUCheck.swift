@@ -79,12 +79,12 @@ public struct GPUCheck {
     /// Every operation of the backend, each on fresh random inputs, against the CPU backend in f32.
     public mutating func operations() throws -> [Result] {
         var results: [Result] = []
-        // Products: gemv (≤ 8 rows, f32 activations) and the many-row path (cuBLAS with bf16
-        // activations when present, else gemv eight rows at a time).
+        // Products: gemv (≤ 16 rows, f32 activations) and the many-row path (cuBLAS with bf16
+        // activations when present, else gemv 16 rows at a time).
         for (m, k) in [(1152, 640), (640, 2048), (4096, 1152)] {
             let tensor = try bf16Matrix(rows: m, columns: k, scale: 0.05)
             let cw = try cpu.matrix(tensor), gw = try gpu.matrix(tensor)
-            for rows in [1, 3, 8, 13, 64] {
+            for rows in [1, 3, 8, 16, 21, 64] {
                 let (cx, gx) = pair(values(rows * k))
                 let cy = cpu.makeBuffer(count: rows * m)
                 let gy = poisoned(rows * m)
