@@ -13,6 +13,7 @@ public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
         "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_gumbel",
     ]
 
@@ -191,16 +192,17 @@ public enum GemmaKernels {
             v[i + half] = b * c + a * s;
         }
 
-        // Attention of one query row at `position` against a ring-buffer cache: position p lives in
-        // cache row p % capacity; the query sees max(0, position - window + 1)..position (0..position
-        // when window is 0). Query head h reads kv head kvh (GQA). Each warp runs an online softmax over
-        // every warps-th key, then the warps' partial results are merged. The block's threads share it.
+        // Attention of one query row against keys lo..hi (positions) of a ring-buffer cache: position p
+        // lives in cache row p % capacity. Query head h reads kv head kvh (GQA). Each warp runs an online
+        // softmax over its share of the keys, then the warps' partial results are merged. The result goes
+        // to o (normalised) or, when partial is not null, to partial as (max, sum, unnormalised values):
+        // a share of a row's keys, merged later by attention_combine. The block's threads share the call.
         // dim a multiple of 32, <= 256; blockDim.x <= 256.
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
         #define ATT_GROUP 4
-        __device__ void attend(const float* qv, const float* kcache, const float* vcache, float* o, int position,
-                               int kvh, int kvHeads, int dim, int capacity, int window, float scale) {
+        __device__ void attend(const float* qv, const float* kcache, const float* vcache, float* o, float* partial,
+                               int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale) {
             __shared__ float qs[ATT_MAX_DIM];
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
@@ -208,14 +210,13 @@ public enum GemmaKernels {
             int width = kvHeads * dim;
             for (int i = threadIdx.x; i < dim; i += blockDim.x) qs[i] = qv[i];
             __syncthreads();
-            int oldest = (window > 0 && position - window + 1 > 0) ? position - window + 1 : 0;
             int per = dim >> 5;  // elements per lane
             float m = NEG_INF, l = 0.0f, acc[ATT_MAX_DIM / 32];
             for (int j = 0; j < ATT_MAX_DIM / 32; j++) acc[j] = 0.0f;
             // Four keys per warp per iteration, their loads issued together: a decode step (one query
             // row, a handful of blocks) is bound by load latency, not bandwidth.
-            for (int base = oldest + ATT_GROUP * warp; base <= position; base += ATT_GROUP * warps) {
-                int count = position - base + 1 < ATT_GROUP ? position - base + 1 : ATT_GROUP;  // the same in every lane
+            for (int base = lo + ATT_GROUP * warp; base <= hi; base += ATT_GROUP * warps) {
+                int count = hi - base + 1 < ATT_GROUP ? hi - base + 1 : ATT_GROUP;  // the same in every lane
                 u64 rows[ATT_GROUP];
                 float score[ATT_GROUP];
                 for (int u = 0; u < ATT_GROUP; u++) {
@@ -250,8 +251,15 @@ public enum GemmaKernels {
                 float v = 0.0f;
                 for (int w = 0; w < warps; w++)
                     if (warp_m[w] != NEG_INF) v += warp_acc[w][i] * expf(warp_m[w] - total_m);
-                o[i] = total_l > 0.0f ? v / total_l : 0.0f;
+                if (partial) partial[2 + i] = v;
+                else o[i] = total_l > 0.0f ? v / total_l : 0.0f;
             }
+            if (partial && threadIdx.x == 0) { partial[0] = total_m; partial[1] = total_l; }
+        }
+
+        // The first key a query at `position` sees: position - window + 1 with a window (0: none).
+        __device__ __forceinline__ int oldest_key(int position, int window) {
+            return (window > 0 && position - window + 1 > 0) ? position - window + 1 : 0;
         }
 
         // Causal attention of query rows at positions first..first+rows-1 of one sequence.
@@ -259,9 +267,10 @@ public enum GemmaKernels {
         extern "C" __global__ void attention(const float* q, const float* kcache, const float* vcache, float* out,
                                              int first, int heads, int kvHeads, int dim, int capacity, int window,
                                              float scale) {
-            int t = blockIdx.x, h = blockIdx.y;
+            int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
-            attend(q + at, kcache, vcache, out + at, first + t, h / (heads / kvHeads), kvHeads, dim, capacity, window, scale);
+            attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
+                   kvHeads, dim, capacity, scale);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -280,14 +289,47 @@ public enum GemmaKernels {
             }
         }
 
-        // Each row's attention against its own sequence's ring. Grid: (rows, heads); block: 256.
-        extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, int heads,
-                                                  int kvHeads, int dim, float scale) {
+        // Each row's attention against its own sequence's ring. With splits > 1 the row's keys are cut
+        // into `splits` contiguous shares, one block each, so that a long context keeps many SMs busy
+        // even for one sequence (flash-decoding): each share goes to partials (rows, heads, splits,
+        // dim + 2) and attention_combine merges them. Grid: (rows, heads, splits); block: 256.
+        extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
+                                                  int heads, int kvHeads, int dim, float scale, int splits) {
             SegmentRow r = rows[blockIdx.x];
-            int h = blockIdx.y;
+            int h = blockIdx.y, z = blockIdx.z;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
-            attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, r.position, h / (heads / kvHeads),
-                   kvHeads, dim, r.capacity, r.window, scale);
+            int lo = oldest_key(r.position, r.window), hi = r.position;
+            float* partial = 0;
+            if (splits > 1) {
+                int share = (hi - lo + splits) / splits;  // ceil((hi - lo + 1) / splits)
+                lo += z * share;
+                if (lo + share - 1 < hi) hi = lo + share - 1;
+                partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
+            }
+            attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
+                   kvHeads, dim, r.capacity, scale);
+        }
+
+        // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
+        // Grid: (rows, heads); block: 256.
+        extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
+            const float* p = partials + ((u64)blockIdx.x * heads + blockIdx.y) * splits * (dim + 2);
+            float* o = out + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
+            float total_m = NEG_INF;
+            for (int z = 0; z < splits; z++) total_m = fmaxf(total_m, p[z * (dim + 2)]);
+            float total_l = 0.0f;
+            for (int z = 0; z < splits; z++) {
+                float mz = p[z * (dim + 2)];
+                if (mz != NEG_INF) total_l += p[z * (dim + 2) + 1] * expf(mz - total_m);
+            }
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+                float v = 0.0f;
+                for (int z = 0; z < splits; z++) {
+                    float mz = p[z * (dim + 2)];
+                    if (mz != NEG_INF) v += p[z * (dim + 2) + 2 + i] * expf(mz - total_m);
+                }
+                o[i] = total_l > 0.0f ? v / total_l : 0.0f;
+            }
         }
 
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has

@@ -72,6 +72,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let functions: [String: OpaquePointer]
     private let lock = NSLock()
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
+    private var partialScratch: CUDABuffer?  // attention shares of long contexts, merged by attention_combine
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
 
     public var name: String {
@@ -318,6 +319,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let width = kvHeads * headDimension
         var table: [UInt64] = []
         var rows = 0
+        var mostKeys = 0
         for segment in segments {
             let oldestNeeded = segment.window.map { max(0, segment.firstPosition - $0 + 1) } ?? 0
             precondition(
@@ -325,6 +327,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 "the KV cache is too small for this batch")
             precondition(segment.firstRow == rows, "segments must cover the rows in order")
             precondition(segment.capacity * width <= min(segment.keys.count, segment.values.count))
+            let lastPosition = segment.firstPosition + segment.rows - 1
+            mostKeys = max(mostKeys, lastPosition + 1 - (segment.window.map { max(0, lastPosition - $0 + 1) } ?? 0))
             for r in 0..<segment.rows {
                 table.append(segment.keys.address)
                 table.append(segment.values.address)
@@ -339,12 +343,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context.launch(
             kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
             [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width)])
+        // Long contexts are cut into shares of about 256 keys, one block each, then merged.
+        let splits = min(32, max(1, (mostKeys + 255) / 256))
+        var partials: CUDAContext.DevicePointer = 0
+        if splits > 1 {
+            let count = rows * heads * splits * (headDimension + 2)
+            lock.lock()
+            if partialScratch == nil || partialScratch!.count < count { partialScratch = makeBuffer(count: count) }
+            partials = partialScratch!.address
+            lock.unlock()
+        }
         context.launch(
-            kernel("attention_rows"), grid: (rows, heads, 1), block: 256,
+            kernel("attention_rows"), grid: (rows, heads, splits), block: 256,
             [
-                .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .int(heads), .int(kvHeads),
-                .int(headDimension), .float(scale),
+                .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
+                .int(kvHeads), .int(headDimension), .float(scale), .int(splits),
             ])
+        if splits > 1 {
+            context.launch(
+                kernel("attention_combine"), grid: (rows, heads, 1), block: 256,
+                [.pointer(partials), .pointer(out.address), .int(heads), .int(headDimension), .int(splits)])
+        }
         return true
     }
 

@@ -186,6 +186,50 @@ public struct GPUCheck {
                 error: Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)),
                 tolerance: 1e-5))
         }
+        // Batched KV store and attention over three sequences: contexts long enough to be cut into
+        // shares (and merged), a wrapped sliding ring, a prefill chunk beside decode rows.
+        do {
+            let heads = 4, kvHeads = 1, dimension = 256, width = kvHeads * dimension
+            let specs: [(capacity: Int, window: Int?, first: Int, rows: Int)] = [
+                (1024, nil, 900, 1), (600, 512, 2000, 1), (1024, nil, 300, 5),
+            ]
+            let total = specs.reduce(0) { $0 + $1.rows }
+            let (cq, gq) = pair(values(total * heads * dimension))
+            let (ck, gk) = pair(values(total * width))
+            let (cv, gv) = pair(values(total * width))
+            var gpuSegments: [AttentionSegment<CUDABuffer>] = []
+            let cy = cpu.makeBuffer(count: total * heads * dimension)
+            var row = 0
+            for spec in specs {
+                let (cKeys, gKeys) = pair(values(spec.capacity * width))
+                let (cValues, gValues) = pair(values(spec.capacity * width))
+                gpuSegments.append(AttentionSegment(
+                    keys: gKeys, values: gValues, capacity: spec.capacity, window: spec.window,
+                    firstPosition: spec.first, firstRow: row, rows: spec.rows))
+                // The reference: the CPU's ring store and attention, one sequence at a time.
+                for r in 0..<spec.rows {
+                    let slot = (spec.first + r) % spec.capacity
+                    cpu.copy(ck, offset: (row + r) * width, to: cKeys, offset: slot * width, count: width)
+                    cpu.copy(cv, offset: (row + r) * width, to: cValues, offset: slot * width, count: width)
+                }
+                let q = cpu.makeBuffer(count: spec.rows * heads * dimension), o = cpu.makeBuffer(count: spec.rows * heads * dimension)
+                cpu.copy(cq, offset: row * heads * dimension, to: q, offset: 0, count: spec.rows * heads * dimension)
+                cpu.attention(
+                    queries: q, keys: cKeys, values: cValues, rows: spec.rows, firstPosition: spec.first, heads: heads,
+                    kvHeads: kvHeads, headDimension: dimension, capacity: spec.capacity, window: spec.window, scale: 0.0625,
+                    into: o)
+                cpu.copy(o, offset: 0, to: cy, offset: row * heads * dimension, count: spec.rows * heads * dimension)
+                row += spec.rows
+            }
+            let gy = poisoned(total * heads * dimension)
+            let done = gpu.attentionBatch(
+                queries: gq, keys: gk, values: gv, segments: gpuSegments, heads: heads, kvHeads: kvHeads,
+                headDimension: dimension, scale: 0.0625, into: gy)
+            results.append(Result(
+                name: "attention of 3 sequences in one step (shares)",
+                error: done ? Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)) : .infinity,
+                tolerance: 1e-5))
+        }
         // Elementwise: gelu_tanh(gate) * up, residual add, softmax.
         do {
             let count = 3 * 6912

@@ -80,6 +80,16 @@ public struct AttentionSegment<Buffer> {
     public var firstPosition: Int
     public var firstRow: Int
     public var rows: Int
+
+    public init(keys: Buffer, values: Buffer, capacity: Int, window: Int?, firstPosition: Int, firstRow: Int, rows: Int) {
+        self.keys = keys
+        self.values = values
+        self.capacity = capacity
+        self.window = window
+        self.firstPosition = firstPosition
+        self.firstRow = firstRow
+        self.rows = rows
+    }
 }
 
 extension ComputeBackend {
