@@ -23,11 +23,21 @@ public final class CUBLAS: @unchecked Sendable {
         return list + NVRTC.libraryCandidates(names, wheelFolders: ["nvidia/cublas/lib", "nvidia/cu13/lib"], environment: env)
     }
 
+    /// Where cuBLAS would be loaded from, without a GPU (for `doctor`); throws the readable
+    /// not-found error otherwise.
+    public static func locate(environment env: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
+        try open(environment: env).location(of: "cublasGemmEx")
+    }
+
+    private static func open(environment env: [String: String]) throws -> DynamicLibrary {
+        try DynamicLibrary.open(
+            candidates(environment: env), what: "cuBLAS (libcublas.so.12)",
+            hint: "Install it with `pip install nvidia-cublas-cu12==12.2.5.6`, use an nvidia/cuda:12.2 runtime base image, or set INFERENCE_CUBLAS to the library; the server works without it, with slower prefill")
+    }
+
     /// Opens cuBLAS and creates a handle on `context` (made current first).
     public init(context: CUDAContext, environment env: [String: String] = ProcessInfo.processInfo.environment) throws {
-        library = try DynamicLibrary.open(
-            Self.candidates(environment: env), what: "cuBLAS (libcublas.so.12)",
-            hint: "Install it with `pip install nvidia-cublas-cu12==12.2.5.6`, use an nvidia/cuda:12.2 runtime base image, or set INFERENCE_CUBLAS to the library; the server works without it, with slower prefill")
+        library = try Self.open(environment: env)
         path = library.location(of: "cublasGemmEx")
         gemmEx = try library.function("cublasGemmEx", as: type(of: gemmEx))
         let create = try library.function("cublasCreate_v2", as: (@convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32).self)

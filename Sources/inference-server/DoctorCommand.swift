@@ -13,7 +13,8 @@ struct Doctor: ParsableCommand {
             --compile-kernels compiles the CUDA kernels with NVRTC for the GPU found, or for each --arch \
             given (sm_89 is Cloud Run's L4, sm_90 the H100), stores the CUBINs in the kernel cache and, on \
             a GPU, loads them. Environment: INFERENCE_LIBCUDA (the driver library), INFERENCE_NVRTC (NVRTC's \
-            library or folder), INFERENCE_KERNEL_CACHE (the cache folder).
+            library or folder), INFERENCE_KERNEL_CACHE (the cache folder), INFERENCE_CUBLAS (cuBLAS's library, or \
+            off).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)
@@ -94,6 +95,16 @@ struct Doctor: ParsableCommand {
         } catch {
             line("nvrtc", "none: \(error)")
             if compileKernels || driver != nil { problems += 1 }
+        }
+        // Optional: prefill products on a GPU; without it the built-in kernels do them.
+        if ProcessInfo.processInfo.environment["INFERENCE_CUBLAS"] == "off" {
+            line("cublas", "turned off (INFERENCE_CUBLAS=off): prefill products use the built-in kernels")
+        } else {
+            do {
+                line("cublas", "\(try CUBLAS.locate()) (prefill products)")
+            } catch {
+                line("cublas", "none (optional; prefill products use the built-in kernels): \(error)")
+            }
         }
         if problems > 0 { throw ExitCode(1) }
     }
