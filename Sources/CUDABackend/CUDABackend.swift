@@ -14,6 +14,11 @@ public final class CUDABuffer {
         address = try context.allocate(bytes: max(1, count) * 4)
     }
 
+    /// Room for `bytes` of any element type (a bf16 weight matrix), in whole f32 slots.
+    convenience init(context: CUDAContext, bytes: Int) throws {
+        try self.init(context: context, count: (bytes + 3) / 4)
+    }
+
     /// The device address of element `offset`.
     @inline(__always) func at(_ offset: Int) -> CUDAContext.DevicePointer { address + UInt64(offset * 4) }
 
@@ -27,20 +32,9 @@ public struct CUDAMatrix: @unchecked Sendable {
     public let storage: Storage
     public let rows: Int
     public let columns: Int
-    let memory: DeviceAllocation
+    let memory: CUDABuffer
     public var address: CUDAContext.DevicePointer { memory.address }
     public var bytes: Int { rows * columns * (storage == .bf16 ? 2 : 4) }
-}
-
-/// Device memory that outlives any one buffer (weights): freed with the last matrix that holds it.
-final class DeviceAllocation: @unchecked Sendable {
-    let address: CUDAContext.DevicePointer
-    let context: CUDAContext
-    init(context: CUDAContext, bytes: Int) throws {
-        self.context = context
-        address = try context.allocate(bytes: bytes)
-    }
-    deinit { context.free(address) }
 }
 
 /// The CUDA implementation of `ComputeBackend`: the same forward pass as `CPUBackend`, each op a
@@ -114,6 +108,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     private func blocks(_ count: Int, _ size: Int) -> Int { max(1, (count + size - 1) / size) }
 
+    /// Threads for a block whose threads take `work` items each once: whole warps, 32 to 1024.
+    private func warpsFor(_ work: Int) -> Int { min(1024, max(32, (work + 31) / 32 * 32)) }
+
     // MARK: memory
 
     public func makeBuffer(count: Int) -> CUDABuffer {
@@ -149,7 +146,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public func matrix(_ tensor: WeightTensor) throws -> CUDAMatrix {
         if tensor.format == .f32 && tensor.shape.count == 1 {
-            let memory = try DeviceAllocation(context: context, bytes: tensor.byteCount)
+            let memory = try CUDABuffer(context: context, bytes: tensor.byteCount)
             context.upload(tensor.data, bytes: tensor.byteCount, to: memory.address)
             return CUDAMatrix(storage: .f32, rows: 1, columns: tensor.columns, memory: memory)
         }
@@ -157,7 +154,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             throw InferenceError.invalidTensor(
                 name: tensor.name, reason: "the CUDA backend needs rows of a multiple of 8 elements, not \(tensor.columns)")
         }
-        let memory = try DeviceAllocation(context: context, bytes: tensor.rows * tensor.columns * 2)
+        let memory = try CUDABuffer(context: context, bytes: tensor.rows * tensor.columns * 2)
         if tensor.format == .bf16 {
             context.upload(tensor.data, bytes: tensor.byteCount, to: memory.address)
         } else {
@@ -236,7 +233,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, epsilon: Float, into out: CUDABuffer
     ) {
         precondition(weight.storage == .f32 && weight.columns == dimension && rows * dimension <= min(x.count, out.count))
-        let threads = min(1024, max(32, ((dimension + 1) / 2 + 31) / 32 * 32))
+        let threads = warpsFor((dimension + 1) / 2)
         context.launch(
             kernel("rms_norm"), grid: (rows, 1, 1), block: threads,
             [.pointer(x.address), .pointer(weight.address), .pointer(out.address), .int(dimension), .float(epsilon)])
@@ -247,7 +244,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     ) {
         precondition(
             weight.storage == .f32 && weight.columns == dimension && rows * dimension <= min(x.count, accumulator.count))
-        let threads = min(1024, max(32, ((dimension + 1) / 2 + 31) / 32 * 32))
+        let threads = warpsFor((dimension + 1) / 2)
         context.launch(
             kernel("rms_norm_add"), grid: (rows, 1, 1), block: threads,
             [.pointer(x.address), .pointer(weight.address), .pointer(accumulator.address), .int(dimension), .float(epsilon)])
@@ -261,7 +258,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         precondition(rows * heads * headDimension <= queries.count && rows * kvHeads * headDimension <= keys.count)
         precondition(rows * headDimension <= table.count && headDimension / 2 <= 1024)
         context.launch(
-            kernel("norm_rope"), grid: (rows, heads + kvHeads, 1), block: max(32, (headDimension / 2 + 31) / 32 * 32),
+            kernel("norm_rope"), grid: (rows, heads + kvHeads, 1), block: warpsFor(headDimension / 2),
             [
                 .pointer(queries.address), .pointer(keys.address), .pointer(queryNorm.address), .pointer(keyNorm.address),
                 .pointer(table.address), .int(heads), .int(kvHeads), .int(headDimension), .float(epsilon),
@@ -282,7 +279,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func rope(_ x: CUDABuffer, rows: Int, heads: Int, headDimension: Int, table: CUDABuffer) {
         precondition(rows * heads * headDimension <= x.count && rows * headDimension <= table.count)
         context.launch(
-            kernel("rope"), grid: (rows, heads, 1), block: max(32, (headDimension / 2 + 31) / 32 * 32),
+            kernel("rope"), grid: (rows, heads, 1), block: warpsFor(headDimension / 2),
             [.pointer(x.address), .pointer(table.address), .int(heads), .int(headDimension)])
     }
 
