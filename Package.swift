@@ -46,8 +46,9 @@ let package = Package(
         .target(name: "Tokenizer", swiftSettings: [.unsafeFlags(["-O"])]),
         // The engine. Optimized even in debug builds (real weights are unusable at -Onone, about
         // 300x slower) and for AVX2/FMA/F16C, which SIMD code needs to run at memory speed.
+        .target(name: "CPrefetch"),
         .target(
-            name: "Inference", dependencies: ["Tokenizer"],
+            name: "Inference", dependencies: ["Tokenizer", "CPrefetch"],
             swiftSettings: [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
         ),
         // The OpenAI API over the engine: routes, request decoding, SSE, the batching scheduler, metrics.

@@ -14,7 +14,7 @@ public enum GemmaKernels {
     public static let names = [
         "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
-        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_gumbel",
+        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_rows",
     ]
 
     /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
@@ -390,33 +390,131 @@ public enum GemmaKernels {
             block_argmax(best, index, out + blockIdx.x);
         }
 
-        // A sample from softmax(logits / temperature) by the Gumbel-max trick: argmax of
-        // logits / T - log(-log(u)), u uniform from a counter-based hash of (seed, step, index), so a
-        // seed reproduces its tokens. temperature <= 0 is greedy. Grid: rows; block: 1024.
+        // A token per row from softmax(logits / temperature) restricted to the top-k tokens, then to
+        // the smallest most likely set holding top_p of their mass, then to tokens at least min_p as
+        // likely as the most likely one (vLLM's order), drawn by the Gumbel-max trick: the argmax of
+        // (logit - max) / T - log(-log(u)) over the kept tokens, u hashed from (the row's seed, token
+        // id), so a seed reproduces its token. Only the id comes back to the host.
+        // The top-k and top-p cuts are found by radix selection over order-preserving keys of the
+        // logits, 8 bits a pass: counts for top-k, and for top-p each token's probability in fixed
+        // point (2^-40 units), so the sums, and with them the tokens, do not depend on the order of
+        // the atomic additions. Tokens tied with a cut are all kept.
+        // `TokenDraw` (Inference) is the same algorithm on the host; the checks compare them.
+        // Grid: rows; block: 1024.
+        struct SampleRow {
+            float temperature;  // <= 0: the argmax
+            float top_p;        // 1: off
+            float min_p;        // 0: off
+            int top_k;          // <= 0: off
+            u64 seed;
+        };
+
         __device__ __forceinline__ u64 mix64(u64 z) {
             z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
             z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
             return z ^ (z >> 31);
         }
 
-        extern "C" __global__ void sample_gumbel(const float* logits, int* out, int n, const float* temperatures,
-                                                 const u64* seeds, const int* steps) {
+        // Larger floats give larger keys; NaN is taken as -inf.
+        __device__ __forceinline__ u32 order_key(float f) {
+            u32 u = __float_as_uint(f);
+            if ((u & 0x7fffffffu) > 0x7f800000u) u = 0xff800000u;
+            return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+        }
+
+        __device__ __forceinline__ float capped(float v, float softcap) {
+            if (v != v) return NEG_INF;
+            return softcap > 0.0f ? tanhf(v / softcap) * softcap : v;
+        }
+
+        // The largest key K with weight(keys >= K) >= target, where weight is a count (mass == 0) or
+        // the fixed-point probability; only keys >= floor take part. Every thread gets K.
+        __device__ u32 radix_select(const float* row, int n, float softcap, float maximum, float inverse_t,
+                                    u32 floor, u64 target, bool mass) {
+            __shared__ u64 histogram[256];
+            __shared__ u32 chosen_prefix;
+            __shared__ u64 chosen_remaining;
+            u32 prefix = 0, mask = 0;
+            u64 remaining = target;
+            for (int shift = 24; shift >= 0; shift -= 8) {
+                for (int b = threadIdx.x; b < 256; b += blockDim.x) histogram[b] = 0;
+                __syncthreads();
+                for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                    float v = capped(row[i], softcap);
+                    u32 key = order_key(v);
+                    if (key < floor || (key & mask) != prefix) continue;
+                    u64 w = mass ? (u64)(expf((v - maximum) * inverse_t) * 1099511627776.0f) : 1ull;
+                    if (w) atomicAdd(&histogram[(key >> shift) & 255u], w);
+                }
+                __syncthreads();
+                if (threadIdx.x == 0) {
+                    u64 above = 0;
+                    int b = 255;
+                    for (; b > 0; b--) {
+                        if (above + histogram[b] >= remaining) break;
+                        above += histogram[b];
+                    }
+                    chosen_prefix = prefix | ((u32)b << shift);
+                    chosen_remaining = remaining > above ? remaining - above : 1ull;
+                }
+                __syncthreads();
+                prefix = chosen_prefix;
+                remaining = chosen_remaining;
+                mask |= 255u << shift;
+                __syncthreads();
+            }
+            return prefix;
+        }
+
+        extern "C" __global__ void sample_rows(const float* logits, int* out, int n, float softcap,
+                                               const SampleRow* parameters) {
             const float* row = logits + (u64)blockIdx.x * n;
-            float t = temperatures[blockIdx.x];
-            u64 key = mix64(seeds[blockIdx.x] ^ mix64((u64)steps[blockIdx.x] + 0x9e3779b97f4a7c15ull));
-            float best = NEG_INF;
+            SampleRow p = parameters[blockIdx.x];
+            float maximum = NEG_INF;
             int index = 0;
             for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                float v = row[i];
-                if (t > 0.0f) {
-                    // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
-                    // logf, not __logf, whose error near 1 exceeds -log(u) itself.
-                    float u = ((float)(mix64(key + (u64)i) >> 41) + 0.5f) * (1.0f / 8388608.0f);
-                    v = v / t - logf(-logf(u));
+                float v = capped(row[i], softcap);
+                if (v > maximum) { maximum = v; index = i; }
+            }
+            if (p.temperature <= 0.0f) { block_argmax(maximum, index, out + blockIdx.x); return; }
+            maximum = block_max(maximum);
+            float inverse_t = 1.0f / p.temperature;
+            u32 floor = 0;
+            if (p.top_k > 0 && p.top_k < n)
+                floor = radix_select(row, n, softcap, maximum, inverse_t, 0u, (u64)p.top_k, false);
+            if (p.top_p < 1.0f) {
+                // The mass top-k kept, as a count of 2^-40 units: top_p applies to it renormalized.
+                __shared__ u64 kept;
+                if (threadIdx.x == 0) kept = 0;
+                __syncthreads();
+                u64 mine = 0;
+                for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                    float v = capped(row[i], softcap);
+                    if (order_key(v) >= floor) mine += (u64)(expf((v - maximum) * inverse_t) * 1099511627776.0f);
                 }
-                if (v > best) { best = v; index = i; }
+                atomicAdd(&kept, mine);
+                __syncthreads();
+                u64 target = (u64)ceil((double)p.top_p * (double)kept);
+                if (target == 0) target = 1;
+                floor = radix_select(row, n, softcap, maximum, inverse_t, floor, target, true);
+            }
+            u64 key = mix64(p.seed);
+            float best = NEG_INF;
+            index = n;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                float v = capped(row[i], softcap);
+                if (order_key(v) < floor || v == NEG_INF) continue;
+                float e = (v - maximum) * inverse_t;
+                if (p.min_p > 0.0f && expf(e) < p.min_p) continue;
+                // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
+                // logf, not __logf, whose error near 1 exceeds -log(u) itself.
+                float u = ((float)(mix64(key + (u64)i) >> 41) + 0.5f) * (1.0f / 8388608.0f);
+                float g = e - logf(-logf(u));
+                if (g > best || index == n) { best = g; index = i; }
             }
             block_argmax(best, index, out + blockIdx.x);
+            // A row of only -inf or NaN keeps nothing: token 0, as the argmax (thread 0 wrote it).
+            if (threadIdx.x == 0 && out[blockIdx.x] >= n) out[blockIdx.x] = 0;
         }
         """#
 }

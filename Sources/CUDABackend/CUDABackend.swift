@@ -398,4 +398,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
         return result.map(Int.init)
     }
+
+    public var drawsOnDevice: Bool { true }
+
+    /// `sample_rows`: each row's cuts and Gumbel-max draw in one block; only the ids come back.
+    public func sample(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int] {
+        precondition(rows * columns <= x.count && draws.count == rows)
+        guard rows > 0 else { return [] }
+        lock.lock()
+        defer { lock.unlock() }
+        if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
+        let out = argmaxOut!
+        var table = [UInt8](repeating: 0, count: rows * TokenDraw.rowBytes)
+        table.withUnsafeMutableBytes { bytes in
+            for (r, draw) in draws.enumerated() { draw.write(to: bytes.baseAddress! + r * TokenDraw.rowBytes) }
+        }
+        let parameters = table.withUnsafeBytes { context.stage($0) }
+        context.launch(
+            kernel("sample_rows"), grid: (rows, 1, 1), block: 1024,
+            [.pointer(x.address), .pointer(out.address), .int(columns), .float(softcap ?? 0), .pointer(parameters)])
+        var result = [Int32](repeating: 0, count: rows)
+        result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
+        return result.map(Int.init)
+    }
 }

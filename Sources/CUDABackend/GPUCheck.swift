@@ -257,6 +257,27 @@ public struct GPUCheck {
             let expected = (0..<4).map { r in Sampler.argmax(Array(logits[r * 262_144..<(r + 1) * 262_144])) }
             let found = gpu.argmax(gl, rows: 4, columns: 262_144)
             results.append(Result(name: "argmax 4x262144", error: found == expected ? 0 : .infinity, tolerance: 0))
+            // Token draws: the kernel's cuts and Gumbel-max draw against the host version, row by row
+            // (flatter logits, so that top-p keeps many tokens), without and with a soft cap.
+            let draws = [
+                TokenDraw(temperature: 0.7, topK: 0, topP: 1, minP: 0, seed: 1),
+                TokenDraw(temperature: 1, topK: 40, topP: 1, minP: 0, seed: 2),
+                TokenDraw(temperature: 1.3, topK: 0, topP: 0.9, minP: 0, seed: 3),
+                TokenDraw(temperature: 0.8, topK: 0, topP: 1, minP: 0.05, seed: 4),
+                TokenDraw(temperature: 1, topK: 50, topP: 0.8, minP: 0.02, seed: 5),
+                TokenDraw.argmax,
+            ]
+            let flat = values(draws.count * 262_144, scale: 4)
+            let (_, gf) = pair(flat)
+            for softcap: Float? in [nil, 3] {
+                let wanted = draws.indices.map { r in
+                    draws[r].choose(Array(flat[r * 262_144..<(r + 1) * 262_144]), softcap: softcap)
+                }
+                let drawn = gpu.sample(gf, rows: draws.count, columns: 262_144, softcap: softcap, draws: draws)
+                let misses = zip(wanted, drawn).filter { $0 != $1 }.count
+                results.append(Result(
+                    name: "sample \(draws.count)x262144\(softcap == nil ? "" : " capped")", error: Double(misses), tolerance: 0))
+            }
         }
         try gpu.synchronize()
         return results

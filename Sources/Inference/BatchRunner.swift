@@ -177,9 +177,15 @@ public final class BatchRunner<Backend: ComputeBackend> {
         public var tokens: [Int]
         /// Called with (index into `tokens`, logits) for every token of the chunk (prompt logprobs).
         public var everyRow: ((Int, [Float]) -> Void)?
-        /// Only the greedy next token is wanted, not the logits: it is chosen where the logits are
-        /// (on a GPU, only the id comes back). Ignored with `everyRow`.
-        public var greedy = false
+        /// Only the next token is wanted, not the logits: it is chosen as this says where the logits
+        /// are (on a GPU, only the id comes back). Ignored with `everyRow`.
+        public var draw: TokenDraw?
+
+        /// The argmax token is wanted (`draw` = `.argmax`).
+        public var greedy: Bool {
+            get { draw?.isArgmax ?? false }
+            set { draw = newValue ? .argmax : nil }
+        }
 
         public init(slot: Slot, tokens: [Int], everyRow: ((Int, [Float]) -> Void)? = nil) {
             self.slot = slot
@@ -191,8 +197,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// Most rows one mixed step takes: a prefill chunk beside a full batch of decodes.
     public var stepCapacity: Int { prefillChunk + maximumSequences }
 
-    /// What a step gives for one work item: the logits after its last token, or, for `greedy` work,
-    /// the argmax token itself.
+    /// What a step gives for one work item: the logits after its last token, or, for work with a
+    /// `draw`, the token itself.
     public enum Output {
         case logits([Float])
         case token(Int)
@@ -202,13 +208,13 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// `stepCapacity` tokens, `maximumSequences` slots, each chunk at most `prefillChunk`): every
     /// weight is read once for all of them. Returns, per work item, the logits after its last token.
     public func step(_ work: [Work]) throws -> [[Float]] {
-        try outputs(work.map { var item = $0; item.greedy = false; return item }).map {
+        try outputs(work.map { var item = $0; item.draw = nil; return item }).map {
             guard case .logits(let logits) = $0 else { preconditionFailure("logits were asked for") }
             return logits
         }
     }
 
-    /// `step`, where work marked `greedy` gets its argmax token instead of logits.
+    /// `step`, where work with a `draw` gets its token instead of logits.
     public func outputs(_ work: [Work]) throws -> [Output] {
         guard !work.isEmpty else { return [] }
         let rows = work.reduce(0) { $0 + $1.tokens.count }
@@ -232,32 +238,32 @@ public final class BatchRunner<Backend: ComputeBackend> {
         model.forward(tokens, segments: segments, scratch: stepScratch)
         for item in work { item.slot.tokens += item.tokens }
         var results = [Output](repeating: .logits([]), count: work.count)
-        // Rows for the LM head: the last row of each greedy item (its argmax only), then every row of
-        // chunks that report prompt logprobs, else the last row. Each group of the scratch's logit
-        // rows is one LM head pass, its greedy rows first.
-        var greedyRows: [(work: Int, row: Int)] = []
+        // Rows for the LM head: the last row of each item with a draw (its token only), then every
+        // row of chunks that report prompt logprobs, else the last row. Each group of the scratch's
+        // logit rows is one LM head pass, its drawn rows first.
+        var drawnRows: [(work: Int, row: Int, draw: TokenDraw)] = []
         var wanted: [(work: Int, row: Int, index: Int)] = []
         for (i, (item, segment)) in zip(work, segments).enumerated() {
             if item.everyRow != nil {
                 for k in 0..<segment.count { wanted.append((i, segment.firstRow + k, k)) }
-            } else if item.greedy {
-                greedyRows.append((i, segment.firstRow + segment.count - 1))
+            } else if let draw = item.draw {
+                drawnRows.append((i, segment.firstRow + segment.count - 1, draw))
             } else {
                 wanted.append((i, segment.firstRow + segment.count - 1, segment.count - 1))
             }
         }
-        var nextGreedy = 0, nextWanted = 0
-        while nextGreedy < greedyRows.count || nextWanted < wanted.count {
-            let greedy = greedyRows[nextGreedy..<min(greedyRows.count, nextGreedy + stepScratch.logitRows)]
-            let rest = wanted[nextWanted..<min(wanted.count, nextWanted + stepScratch.logitRows - greedy.count)]
+        var nextDrawn = 0, nextWanted = 0
+        while nextDrawn < drawnRows.count || nextWanted < wanted.count {
+            let drawn = drawnRows[nextDrawn..<min(drawnRows.count, nextDrawn + stepScratch.logitRows)]
+            let rest = wanted[nextWanted..<min(wanted.count, nextWanted + stepScratch.logitRows - drawn.count)]
             let (tokens, logits) = model.head(
-                rows: greedy.map(\.row) + rest.map(\.row), greedy: greedy.count, scratch: stepScratch)
-            for (entry, token) in zip(greedy, tokens) { results[entry.work] = .token(token) }
+                rows: drawn.map(\.row) + rest.map(\.row), draws: drawn.map(\.draw), scratch: stepScratch)
+            for (entry, token) in zip(drawn, tokens) { results[entry.work] = .token(token) }
             for (entry, row) in zip(rest, logits) {
                 work[entry.work].everyRow?(entry.index, row)
                 if entry.index == work[entry.work].tokens.count - 1 { results[entry.work] = .logits(row) }
             }
-            nextGreedy = greedy.endIndex
+            nextDrawn = drawn.endIndex
             nextWanted = rest.endIndex
         }
         return results

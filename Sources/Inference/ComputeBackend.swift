@@ -68,6 +68,13 @@ public protocol ComputeBackend: Sendable {
     /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
     /// computes it where the logits are and returns only the indices.  x: (rows, columns)
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
+    /// A token for each row, chosen as `draws[row]` says (`TokenDraw.choose`), where the logits are:
+    /// a GPU backend returns only the ids. x: (rows, columns) raw logits; `softcap` is the model's
+    /// final logit cap, applied first.
+    func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int]
+    /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
+    /// logits are as cheap to read, and the server keeps its host `Sampler`.
+    var drawsOnDevice: Bool { get }
 }
 
 /// One sequence's share of a batched step for `attentionBatch`: its layer's cache ring and where its
@@ -116,4 +123,11 @@ extension ComputeBackend {
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
         (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }
     }
+
+    public func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int] {
+        precondition(draws.count == rows, "one draw per row")
+        return (0..<rows).map { draws[$0].choose(read(x, offset: $0 * columns, count: columns), softcap: softcap) }
+    }
+
+    public var drawsOnDevice: Bool { false }
 }

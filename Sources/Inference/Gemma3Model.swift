@@ -212,14 +212,19 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         b.matmul(s.last, rows: n, weight: lmHead, into: s.logits)  // (n, vocab): the tied embedding, unscaled
     }
 
-    /// One LM head pass over any rows of `s.hidden` (at most the scratch's logit rows): the greedy
-    /// next token of the first `greedy` rows, chosen by the backend where the logits are (the soft
-    /// cap, tanh, keeps the order, so it is not applied), and the logits of the others.
-    func head(rows: [Int], greedy: Int, scratch s: InferenceSession<Backend>.Scratch) -> (tokens: [Int], logits: [[Float]]) {
-        precondition(greedy <= rows.count)
+    /// One LM head pass over any rows of `s.hidden` (at most the scratch's logit rows): a token for
+    /// each of the first `draws.count` rows, chosen by the backend where the logits are, and the
+    /// logits of the others. All-argmax draws take the plain argmax (the soft cap, tanh, keeps the
+    /// order, so it is not applied).
+    func head(rows: [Int], draws: [TokenDraw], scratch s: InferenceSession<Backend>.Scratch) -> (tokens: [Int], logits: [[Float]]) {
+        precondition(draws.count <= rows.count)
         lmHead(rows: rows, scratch: s)
-        let tokens = greedy == 0 ? [] : backend.argmax(s.logits, rows: greedy, columns: config.vocabularySize)
-        return (tokens, (greedy..<rows.count).map { readLogits(row: $0, scratch: s) })
+        let n = draws.count, vocabulary = config.vocabularySize
+        let tokens =
+            n == 0 ? []
+            : draws.allSatisfy(\.isArgmax) ? backend.argmax(s.logits, rows: n, columns: vocabulary)
+            : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: config.finalLogitSoftcapping, draws: draws)
+        return (tokens, (n..<rows.count).map { readLogits(row: $0, scratch: s) })
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.

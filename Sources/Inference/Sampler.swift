@@ -17,6 +17,10 @@ public struct Sampler: Sendable {
         if parameters.repetitionPenalty != 1 { seen = Set(prompt) }
     }
 
+    /// A fresh seed from this sampler's generator, for a draw made elsewhere (`TokenDraw`): a seeded
+    /// request so gets the same seeds, and tokens, every time.
+    public mutating func nextSeed() -> UInt64 { generator.next() }
+
     /// Records a token that became part of the output (whether sampled here or forced).
     public mutating func accept(_ token: Int) {
         outputCounts[token, default: 0] += 1

@@ -93,6 +93,9 @@ final class Job: @unchecked Sendable {
     /// Greedy without penalties or logprobs: the runner picks the token where the logits are, and
     /// on a GPU only its id comes back.
     let argmaxOnly: Bool
+    /// Sampling without penalties or logprobs: on a backend that draws where the logits are (a
+    /// GPU), the runner draws the token there (`TokenDraw`), with a seed from the job's sampler.
+    let drawable: Bool
     var lastToken: ContinuousClock.Instant?
 
     init(request: SequenceRequest, continuation: AsyncStream<SequenceEvent>.Continuation) {
@@ -101,6 +104,17 @@ final class Job: @unchecked Sendable {
         sampler = Sampler(parameters: request.parameters.sampling, prompt: request.prompt)
         let p = request.parameters
         argmaxOnly = p.sampling.isPlainArgmax && p.topLogprobs == 0 && !p.computeLogprobs
+        let s = p.sampling
+        drawable =
+            s.presencePenalty == 0 && s.frequencyPenalty == 0 && s.repetitionPenalty == 1 && p.topLogprobs == 0
+            && !p.computeLogprobs
+    }
+
+    /// How the runner should choose this job's next token: nil for the logits (the host `Sampler`).
+    func draw(onDevice: Bool) -> TokenDraw? {
+        if argmaxOnly { return .argmax }
+        guard drawable && onDevice else { return nil }
+        return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed())
     }
 
     /// Whether the early stop ended the output normally (a stop string), not a departed client.
@@ -330,7 +344,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         var owners: [(job: Job, chunk: Int?)] = []
         for job in running where job.next != nil {
             var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: [job.next!])
-            item.greedy = job.argmaxOnly
+            item.draw = job.draw(onDevice: drawsOnDevice)
             work.append(item)
             owners.append((job, nil))
         }
@@ -340,7 +354,10 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             let count = min(prompt.count - job.prefilled, runner.prefillChunk, budget)
             budget -= count
             var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: Array(prompt[job.prefilled..<job.prefilled + count]))
-            item.greedy = job.argmaxOnly
+            // A chunk before the last one: its token is not used, so only an id comes back (and the
+            // sampler's seeds do not depend on how the prompt was cut).
+            let last = job.prefilled + count == prompt.count
+            item.draw = last ? job.draw(onDevice: drawsOnDevice) : .argmax
             if let top = job.request.promptLogprobs {
                 let offset = job.prefilled
                 item.everyRow = { [job] index, logits in
@@ -384,7 +401,9 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         }
     }
 
-    /// Samples the job's next token from the step's logits (or takes the argmax the runner chose),
+    private var drawsOnDevice: Bool { runner.model.backend.drawsOnDevice }
+
+    /// Samples the job's next token from the step's logits (or takes the token the runner chose),
     /// reports it, and retires the job if it is done.
     private func choose(_ job: Job, from output: BatchRunner<Backend>.Output) {
         let parameters = job.request.parameters

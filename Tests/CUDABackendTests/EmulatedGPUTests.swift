@@ -72,6 +72,40 @@ import Testing
         for result in results { #expect(result.passed, "\(result.line)") }
     }
 
+    /// `sample_rows` against `TokenDraw.choose` over many small rows with every mix of cuts, on
+    /// logits with many ties (the radix selection's hardest case: equal keys at the cut), and rows
+    /// with NaN and -inf.
+    @Test func drawsOnTheDeviceMatchTheHostVersion() throws {
+        let gpu = try Self.backend.get()
+        var generator = Xoshiro256StarStar(seed: 77)
+        let rows = 48, columns = 700
+        var logits: [Float] = []
+        var draws: [TokenDraw] = []
+        for r in 0..<rows {
+            let tied = r % 2 == 0
+            logits += (0..<columns).map { _ in
+                let v = Float.random(in: -6...6, using: &generator)
+                return tied ? (v * 2).rounded() / 2 : v
+            }
+            draws.append(
+                TokenDraw(
+                    temperature: [0, 0.5, 1, 1.7][r % 4], topK: [0, 1, 7, 64, 699, 700][r % 6],
+                    topP: [1, 0.95, 0.5, 0.05][(r / 4) % 4], minP: [0, 0.01, 0.2][(r / 3) % 3], seed: generator.next()))
+        }
+        for c in 0..<columns where c % 3 == 0 { logits[(rows - 2) * columns + c] = .nan }
+        for c in 0..<columns { logits[(rows - 1) * columns + c] = c == 5 ? .nan : -.infinity }
+        let buffer = gpu.makeBuffer(count: logits.count)
+        gpu.write(logits, to: buffer, offset: 0)
+        for softcap: Float? in [nil, 2] {
+            let drawn = gpu.sample(buffer, rows: rows, columns: columns, softcap: softcap, draws: draws)
+            for r in 0..<rows {
+                let wanted = draws[r].choose(Array(logits[r * columns..<(r + 1) * columns]), softcap: softcap)
+                #expect(drawn[r] == wanted, "row \(r) (\(draws[r]), softcap \(softcap ?? 0))")
+            }
+            if softcap == nil { #expect(drawn[rows - 1] == 0) }  // capped, -inf is a finite -2
+        }
+    }
+
     // MARK: the real Gemma 3 270M
 
     static var modelFolder: String { root + "/models/gemma-3-270m" }
@@ -151,7 +185,9 @@ import Testing
             throw Unavailable(description: "no tokenizer at \(Self.modelFolder): scripts/test fetches it first")
         }
         let engine = try Engine.load(path: folder, tokenizerDirectory: Self.modelFolder, exactActivations: true)
-        let limits = SchedulerLimits(maximumRunning: 4, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        let limits = SchedulerLimits(maximumRunning: 5, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        let sampledPrompt = Array(40...52)
+        let sampled = SamplingParameters(temperature: 6, topK: 40, topP: 0.95, seed: 1234)
         var outputs: [[[Int]]] = []
         for device in [ComputeDevice.cpu, .cuda(try Self.backend.get())] {
             let served = try ServedModel(
@@ -161,9 +197,16 @@ import Testing
             served.scheduler.start()
             var greedy = SamplingParameters()
             greedy.temperature = 0
-            let handles = try [Array(3...9), Array(100...130), [2, 5]].map {
-                try served.scheduler.submit(SequenceRequest(prompt: $0, parameters: GenerationParameters(maxTokens: 6, sampling: greedy)))
+            // Without logprobs, as the server asks when none are wanted: the tokens are chosen where
+            // the logits are (the argmax, and on the GPU the draw too).
+            func request(_ prompt: [Int], _ sampling: SamplingParameters) -> SequenceRequest {
+                var parameters = GenerationParameters(maxTokens: 6, sampling: sampling)
+                parameters.computeLogprobs = false
+                return SequenceRequest(prompt: prompt, parameters: parameters)
             }
+            var handles = try [Array(3...9), Array(100...130), [2, 5]].map { try served.scheduler.submit(request($0, greedy)) }
+            // The same seeded sampled request twice, beside the greedy ones.
+            for _ in 0..<2 { handles.append(try served.scheduler.submit(request(sampledPrompt, sampled))) }
             var tokens: [[Int]] = []
             for handle in handles {
                 var ids: [Int] = []
@@ -180,6 +223,23 @@ import Testing
             outputs.append(tokens)
         }
         #expect(outputs[0].allSatisfy { $0.count == 6 })
-        #expect(outputs[1] == outputs[0])
+        #expect(Array(outputs[1].prefix(3)) == Array(outputs[0].prefix(3)))
+        // On the device a sampled request's tokens are drawn there: each step's token is
+        // `TokenDraw.choose` of that step's logits with the next seed of the request's generator.
+        // The reference takes the CPU's logits, through the protocol's host `sample`.
+        let runner = BatchRunner(model: engine.model, maximumSequences: 1)
+        let slot = runner.makeSlot(contextLength: 96)
+        var seeds = Xoshiro256StarStar(seed: 1234)
+        var expected: [Int] = []
+        var item = BatchRunner<CPUBackend>.Work(slot: slot, tokens: sampledPrompt)
+        for _ in 0..<6 {
+            item.draw = TokenDraw(sampled, seed: seeds.next())
+            guard case .token(let token) = try runner.outputs([item])[0] else { Issue.record("no token"); return }
+            expected.append(token)
+            item = .init(slot: slot, tokens: [token])
+        }
+        #expect(outputs[1][3] == expected)
+        #expect(outputs[1][4] == expected)
+        #expect(Set(expected).count > 1, "\(expected)")
     }
 }

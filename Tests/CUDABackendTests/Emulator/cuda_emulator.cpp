@@ -80,6 +80,12 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 #define __expf(x) expf(x)
 #define __logf(x) logf(x)
 static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
+// Threads switch only at barriers, so a plain read-modify-write is atomic here.
+template <typename T> static T atomicAdd(T *address, T value) {
+    T old = *address;
+    *address = old + value;
+    return old;
+}
 
 template <typename T> static T __shfl_xor_sync(unsigned, T value, int mask) {
     static_assert(sizeof(T) <= 8, "shuffle of a wide type");

@@ -1,0 +1,133 @@
+import Foundation
+
+/// How one row's next token is chosen where its logits are (`ComputeBackend.sample`), so that a GPU
+/// sends back a token id instead of a vocabulary of logits: the argmax (temperature 0), or a draw
+/// from softmax(logits / T) kept to the top-k tokens, then to the smallest most likely set holding
+/// top-p of their mass, then to tokens at least min-p as likely as the best (vLLM's order, as
+/// `Sampler`). The draw is the Gumbel-max trick: the argmax over kept tokens of
+/// (logit − max) / T − log(−log u), u hashed from (seed, token id), so a seed gives one token.
+///
+/// `choose` is the host version of the CUDA kernel `sample_rows`, step for step (the same cuts,
+/// hash and float operations), which is how the checks hold the kernel to it. It differs from
+/// `Sampler` in how it draws (one uniform per token instead of one per step) and in keeping every
+/// token tied with a cut; the distribution is the same. Penalties and logprobs need the logits on
+/// the host and stay with `Sampler`.
+public struct TokenDraw: Sendable, Equatable {
+    /// 0: the argmax.
+    public var temperature: Float
+    /// 0: off.
+    public var topK: Int
+    /// 1: off.
+    public var topP: Float
+    /// 0: off.
+    public var minP: Float
+    /// The noise's seed; a request's sampler gives a fresh one per step from its own seeded generator.
+    public var seed: UInt64
+
+    /// Temperatures below this are the argmax, as vLLM's sampling epsilon: 1 / T would overflow.
+    public static let greedyTemperature: Float = 1e-5
+
+    public static let argmax = TokenDraw(temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0)
+
+    public init(temperature: Float, topK: Int, topP: Float, minP: Float, seed: UInt64) {
+        self.temperature = temperature < Self.greedyTemperature ? 0 : temperature
+        self.topK = max(0, topK)
+        self.topP = topP
+        self.minP = minP
+        self.seed = seed
+    }
+
+    public init(_ parameters: SamplingParameters, seed: UInt64) {
+        self.init(
+            temperature: parameters.temperature, topK: parameters.topK, topP: parameters.topP, minP: parameters.minP,
+            seed: seed)
+    }
+
+    public var isArgmax: Bool { temperature == 0 }
+
+    /// Bytes of one row's parameters as the kernel reads them (`struct SampleRow`: temperature,
+    /// top_p, min_p as f32, top_k as i32, seed as u64; little-endian).
+    public static let rowBytes = 24
+
+    public func write(to p: UnsafeMutableRawPointer) {
+        p.storeBytes(of: temperature, toByteOffset: 0, as: Float.self)
+        p.storeBytes(of: topP, toByteOffset: 4, as: Float.self)
+        p.storeBytes(of: minP, toByteOffset: 8, as: Float.self)
+        p.storeBytes(of: Int32(clamping: topK), toByteOffset: 12, as: Int32.self)
+        p.storeBytes(of: seed, toByteOffset: 16, as: UInt64.self)
+    }
+
+    /// The token for one row of raw (uncapped) logits; `softcap` is the model's final logit cap.
+    public func choose(_ logits: [Float], softcap: Float? = nil) -> Int {
+        let n = logits.count
+        guard n > 0 else { return 0 }
+        let cap = softcap ?? 0
+        let values = logits.map { Self.capped($0, cap) }
+        if isArgmax { return Sampler.argmax(values) }
+        let maximum = values.max()!
+        let inverse = 1 / temperature
+        let keys = values.map(Self.orderKey)
+        var floor: UInt32 = 0
+        if topK > 0 && topK < n {
+            // The k-th largest key: the largest K with at least k keys >= K.
+            floor = keys.sorted(by: >)[topK - 1]
+        }
+        if topP < 1 {
+            let weights = values.map { Self.mass($0, maximum, inverse) }
+            var kept: UInt64 = 0
+            for i in 0..<n where keys[i] >= floor { kept &+= weights[i] }
+            let target = max(1, UInt64((Double(topP) * Double(kept)).rounded(.up)))
+            // The largest key K whose keys >= K (among those >= floor) weigh at least target.
+            var above: UInt64 = 0
+            let order = (0..<n).filter { keys[$0] >= floor && weights[$0] > 0 }.sorted { keys[$0] > keys[$1] }
+            for i in order {
+                above &+= weights[i]
+                if above >= target {
+                    floor = keys[i]
+                    break
+                }
+            }
+        }
+        let noise = Self.mix64(seed)
+        var best = -Float.infinity
+        var chosen: Int? = nil
+        for i in 0..<n {
+            let v = values[i]
+            guard keys[i] >= floor, v != -.infinity else { continue }
+            let e = (v - maximum) * inverse
+            if minP > 0 && Foundation.expf(e) < minP { continue }
+            let u = (Float(Self.mix64(noise &+ UInt64(i)) >> 41) + 0.5) * (1 / 8_388_608)
+            let g = e - Foundation.logf(-Foundation.logf(u))
+            if g > best || chosen == nil {
+                best = g
+                chosen = i
+            }
+        }
+        return chosen ?? 0
+    }
+
+    /// Larger floats give larger keys; NaN counts as −∞ (the kernel's `order_key`).
+    static func orderKey(_ f: Float) -> UInt32 {
+        var u = f.bitPattern
+        if u & 0x7fff_ffff > 0x7f80_0000 { u = 0xff80_0000 }
+        return u & 0x8000_0000 != 0 ? ~u : u | 0x8000_0000
+    }
+
+    static func capped(_ v: Float, _ softcap: Float) -> Float {
+        if v.isNaN { return -.infinity }
+        return softcap > 0 ? Foundation.tanhf(v / softcap) * softcap : v
+    }
+
+    /// A token's probability (unnormalized, the best is 1) in units of 2^-40, as the kernel sums it.
+    static func mass(_ v: Float, _ maximum: Float, _ inverse: Float) -> UInt64 {
+        let scaled = Foundation.expf((v - maximum) * inverse) * 1_099_511_627_776
+        return scaled.isFinite && scaled >= 0 ? UInt64(scaled) : 0
+    }
+
+    static func mix64(_ value: UInt64) -> UInt64 {
+        var z = value
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+}
