@@ -1,9 +1,20 @@
 import Foundation
 
 /// One GPU's primary context and the driver calls the backend makes on it: device memory, copies,
-/// modules and kernel launches. Everything runs on the legacy default stream, so the work of one
-/// thread is ordered without events: a launch, a copy between buffers and a copy to the host all
-/// queue behind what came before, and a copy to the host waits for it.
+/// modules and kernel launches. Work is ordered without events: the legacy default stream and the
+/// context's own (blocking) stream wait for each other, so a launch, a copy between buffers and a
+/// copy to the host all queue behind what came before, and a copy to the host waits for it.
+///
+/// **Step graphs.** With graphs on, launches, staged uploads and device copies are recorded rather
+/// than issued, up to the next call that needs the GPU's results or the host's order (a copy to
+/// the host, a synchronize, an allocation, cuBLAS: `flush`). Recorded work the same as work seen
+/// before (the same kernels, launch shapes, arguments and staging offsets, word for word) is
+/// captured once as a CUDA graph and from then on replayed with one `cuGraphLaunch`: a decode step
+/// of a fixed batch is some 400 launches, which the host would otherwise issue one by one. Step
+/// inputs that change (token ids, positions, row tables) go through the staging area, whose pinned
+/// bytes a replayed copy reads when it runs, so they are not part of what must match. A driver
+/// without the graph calls, a failed capture, or `graphs: false` falls back to issuing the work
+/// as it comes.
 ///
 /// A failing call in the middle of a forward pass cannot be undone, so the non-throwing entry points
 /// (`launch`, `copy`, `read`) stop the process with the driver's message rather than return garbage;
@@ -38,7 +49,40 @@ public final class CUDAContext: @unchecked Sendable {
     private let errorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let errorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 
-    public init(driver: CUDADriver, ordinal: Int = 0) throws {
+    /// The driver's graph calls (CUDA 11.4 and later; Cloud Run's 535 driver is 12.2).
+    private struct GraphCalls {
+        let createStream: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Int32
+        let beginCapture: @convention(c) (OpaquePointer?, Int32) -> Int32
+        let endCapture: @convention(c) (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>) -> Int32
+        let instantiate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UInt64) -> Int32
+        let launch: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
+        let destroyGraph: @convention(c) (OpaquePointer?) -> Int32
+        let destroyExec: @convention(c) (OpaquePointer?) -> Int32
+
+        init(_ lib: DynamicLibrary) throws {
+            createStream = try lib.function("cuStreamCreate", as: type(of: createStream))
+            beginCapture = try lib.function("cuStreamBeginCapture_v2", as: type(of: beginCapture))
+            endCapture = try lib.function("cuStreamEndCapture", as: type(of: endCapture))
+            instantiate = try lib.function("cuGraphInstantiateWithFlags", as: type(of: instantiate))
+            launch = try lib.function("cuGraphLaunch", as: type(of: launch))
+            destroyGraph = try lib.function("cuGraphDestroy", as: type(of: destroyGraph))
+            destroyExec = try lib.function("cuGraphExecDestroy", as: type(of: destroyExec))
+        }
+    }
+
+    /// How recorded work went to the GPU (for `doctor`, the benchmarks and the tests).
+    public struct GraphStatistics: Sendable, Equatable {
+        /// Runs of recorded work issued launch by launch (first sightings, graphs off).
+        public var direct = 0
+        /// Graphs captured (second sightings).
+        public var captured = 0
+        /// Replays of a captured graph.
+        public var replayed = 0
+        /// Why graphs were turned off, if they were.
+        public var disabled: String?
+    }
+
+    public init(driver: CUDADriver, ordinal: Int = 0, graphs: Bool = true) throws {
         guard let device = driver.devices.first(where: { $0.ordinal == ordinal }) else { throw CUDAError.noDevice }
         self.driver = driver
         self.device = device
@@ -69,6 +113,20 @@ public final class CUDAContext: @unchecked Sendable {
         try CUDADriver.check("cuDevicePrimaryCtxRetain", retain(&primary, handle), errorName, errorString)
         context = primary
         try CUDADriver.check("cuCtxSetCurrent", setCurrent(primary), errorName, errorString)
+        if graphs {
+            do {
+                let calls = try GraphCalls(lib)
+                var created: OpaquePointer? = nil
+                try check("cuStreamCreate", calls.createStream(&created, 0))  // blocking: ordered with the legacy stream
+                graphCalls = calls
+                stream = created
+                recording = true
+            } catch {
+                statistics.disabled = "\(error)"
+            }
+        } else {
+            statistics.disabled = "turned off"
+        }
     }
 
     /// Makes the context current on the calling thread (the server's engine runs on its own thread).
@@ -81,6 +139,7 @@ public final class CUDAContext: @unchecked Sendable {
 
     /// `bytes` of device memory, zero-filled. Throws a readable out-of-memory error.
     public func allocate(bytes: Int) throws -> DevicePointer {
+        flush()
         makeCurrent()
         var address: UInt64 = 0
         let size = max(4, (bytes + 3) / 4 * 4)
@@ -95,6 +154,7 @@ public final class CUDAContext: @unchecked Sendable {
     }
 
     public func free(_ address: DevicePointer) {
+        flush()  // recorded work may still use it
         makeCurrent()
         _ = memFree(address)
     }
@@ -109,6 +169,7 @@ public final class CUDAContext: @unchecked Sendable {
     /// Host bytes to the device (queued behind earlier work; the host bytes may be reused on return).
     public func upload(_ source: UnsafeRawPointer, bytes: Int, to address: DevicePointer) {
         guard bytes > 0 else { return }
+        flush()
         makeCurrent()
         let status = copyHtoD(address, source, bytes)
         if status != 0 { fail("cuMemcpyHtoD", status) }
@@ -117,6 +178,7 @@ public final class CUDAContext: @unchecked Sendable {
     /// Device bytes to the host, once everything queued before has run.
     public func download(_ address: DevicePointer, bytes: Int, into destination: UnsafeMutableRawPointer) {
         guard bytes > 0 else { return }
+        flush()
         makeCurrent()
         let status = copyDtoH(destination, address, bytes)
         if status != 0 { fail("cuMemcpyDtoH", status) }
@@ -157,6 +219,7 @@ public final class CUDAContext: @unchecked Sendable {
         }
         if stagingOffset + size > stagingCapacity {
             // Full before any download: wait for the queued work that reads it, then start over.
+            flush()
             let status = synchronizeCall()
             if status != 0 { fail("cuCtxSynchronize", status) }
             stagingOffset = 0
@@ -166,8 +229,12 @@ public final class CUDAContext: @unchecked Sendable {
         if bytes.count > 0 {
             // The pinned area is only rewritten after the GPU has passed this copy (see above).
             (stagingHost! + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-            let status = copyHtoDAsync(stagingDevice + UInt64(offset), stagingHost! + offset, bytes.count, nil)
-            if status != 0 { fail("cuMemcpyHtoDAsync", status) }
+            let to = stagingDevice + UInt64(offset)
+            let from = UInt64(UInt(bitPattern: stagingHost! + offset))
+            if !record([Operation.upload, to, from, UInt64(bytes.count)]) {
+                let status = copyHtoDAsync(to, stagingHost! + offset, bytes.count, nil)
+                if status != 0 { fail("cuMemcpyHtoDAsync", status) }
+            }
         }
         return stagingDevice + UInt64(offset)
     }
@@ -175,6 +242,7 @@ public final class CUDAContext: @unchecked Sendable {
     /// Device to device, queued.
     public func copy(_ source: DevicePointer, to destination: DevicePointer, bytes: Int) {
         guard bytes > 0 else { return }
+        if record([Operation.copy, destination, source, UInt64(bytes)]) { return }
         makeCurrent()
         let status = copyDtoD(destination, source, bytes, nil)
         if status != 0 { fail("cuMemcpyDtoDAsync", status) }
@@ -182,6 +250,7 @@ public final class CUDAContext: @unchecked Sendable {
 
     /// Waits for everything queued; a kernel fault surfaces here.
     public func synchronize() throws {
+        flush()
         makeCurrent()
         try check("cuCtxSynchronize", synchronizeCall())
         stagingLock.lock()
@@ -193,6 +262,7 @@ public final class CUDAContext: @unchecked Sendable {
 
     /// Loads a CUBIN and resolves each named kernel.
     public func loadKernels(_ cubin: [UInt8], names: [String]) throws -> [String: OpaquePointer] {
+        flush()
         makeCurrent()
         var module: OpaquePointer? = nil
         try cubin.withUnsafeBytes { try check("cuModuleLoadData", moduleLoad(&module, $0.baseAddress!)) }
@@ -212,10 +282,24 @@ public final class CUDAContext: @unchecked Sendable {
         case float(Float)
     }
 
-    /// Queues `kernel` on the default stream. The driver copies the arguments before returning.
+    /// Queues `kernel` (or records it, see Step graphs). The driver copies the arguments before returning.
     public func launch(
         _ kernel: OpaquePointer, grid: (Int, Int, Int), block: Int, sharedBytes: Int = 0, _ arguments: [Argument]
     ) {
+        if recording {
+            var words: [UInt64] = [
+                Operation.launch, UInt64(UInt(bitPattern: kernel)), UInt64(grid.0), UInt64(grid.1), UInt64(grid.2),
+                UInt64(block), UInt64(sharedBytes), UInt64(arguments.count),
+            ]
+            for argument in arguments {
+                switch argument {
+                case .pointer(let address): words.append(address)
+                case .int(let value): words.append(UInt64(UInt32(bitPattern: Int32(truncatingIfNeeded: value))))
+                case .float(let value): words.append(UInt64(value.bitPattern))
+                }
+            }
+            if record(words) { return }
+        }
         makeCurrent()
         // Arguments and their pointers on the stack: a decode step makes hundreds of launches.
         let status = withUnsafeTemporaryAllocation(byteCount: max(1, arguments.count) * 8, alignment: 8) { storage in
@@ -235,6 +319,161 @@ public final class CUDAContext: @unchecked Sendable {
             }
         }
         if status != 0 { fail("cuLaunchKernel", status) }
+    }
+
+    // MARK: step graphs
+
+    private enum Operation {
+        static let launch: UInt64 = 1  // kernel, grid x y z, block, shared bytes, n, n argument words
+        static let upload: UInt64 = 2  // device address, pinned host address, bytes
+        static let copy: UInt64 = 3  // device destination, device source, bytes
+    }
+
+    private var graphCalls: GraphCalls?
+    private var stream: OpaquePointer?
+    /// Whether work is being recorded (graphs on and working).
+    private var recording = false
+    private let tapeLock = NSLock()
+    /// The work recorded since the last flush, in `Operation` words.
+    private var tape: [UInt64] = []
+    /// Captured graphs by the hash of their tape (the tape itself is compared before a replay).
+    private var graphs: [Int: [(tape: [UInt64], exec: OpaquePointer)]] = [:]
+    private var graphCount = 0
+    /// How often each tape (by hash) was issued directly: the second sighting is captured.
+    private var sightings: [Int: Int] = [:]
+    private var statistics = GraphStatistics()
+    /// Graphs kept; more (shapes the server has moved past) are dropped.
+    private static let graphLimit = 64
+
+    public var graphStatistics: GraphStatistics {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        return statistics
+    }
+
+    /// Appends to the tape when recording; false when the caller should issue the work itself.
+    private func record(_ words: [UInt64]) -> Bool {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        guard recording else { return false }
+        tape += words
+        return true
+    }
+
+    /// Issues the recorded work: a replay when the same work was captured before, a capture on its
+    /// second sighting, else launch by launch. Called before anything that must see its effects.
+    public func flush() {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        guard !tape.isEmpty else { return }
+        let work = tape
+        tape.removeAll(keepingCapacity: true)
+        makeCurrent()
+        var hasher = Hasher()
+        hasher.combine(work)
+        let key = hasher.finalize()
+        if let calls = graphCalls, recording {
+            if let exec = graphs[key]?.first(where: { $0.tape == work })?.exec {
+                let status = calls.launch(exec, stream)
+                if status == 0 {
+                    statistics.replayed += 1
+                    return
+                }
+                disableGraphs("cuGraphLaunch", status)
+            } else if sightings[key, default: 0] > 0, capture(work, key: key, calls) {
+                return
+            }
+        }
+        if sightings.count > 4096 { sightings.removeAll() }
+        sightings[key, default: 0] += 1
+        statistics.direct += 1
+        let status = issue(work)
+        if status.code != 0 { fail(status.call, status.code) }
+    }
+
+    /// Captures `work` into a graph on the context's stream, keeps it and launches it. False (and
+    /// graphs off) when the driver refuses; the work has not run then.
+    private func capture(_ work: [UInt64], key: Int, _ calls: GraphCalls) -> Bool {
+        var status = calls.beginCapture(stream, 2)  // CU_STREAM_CAPTURE_MODE_RELAXED
+        guard status == 0 else {
+            disableGraphs("cuStreamBeginCapture", status)
+            return false
+        }
+        let issued = issue(work)
+        var graph: OpaquePointer? = nil
+        status = calls.endCapture(stream, &graph)
+        guard issued.code == 0, status == 0, let graph else {
+            if let graph { _ = calls.destroyGraph(graph) }
+            disableGraphs(issued.code != 0 ? issued.call : "cuStreamEndCapture", issued.code != 0 ? issued.code : status)
+            return false
+        }
+        var exec: OpaquePointer? = nil
+        status = calls.instantiate(&exec, graph, 0)
+        _ = calls.destroyGraph(graph)
+        guard status == 0, let exec else {
+            disableGraphs("cuGraphInstantiateWithFlags", status)
+            return false
+        }
+        status = calls.launch(exec, stream)
+        guard status == 0 else {
+            _ = calls.destroyExec(exec)
+            disableGraphs("cuGraphLaunch", status)
+            return false
+        }
+        if graphCount >= Self.graphLimit {
+            // Wait for the GPU before dropping graphs that may still be running.
+            _ = synchronizeCall()
+            for entry in graphs.values.joined() where entry.exec != exec { _ = calls.destroyExec(entry.exec) }
+            graphs.removeAll()
+            graphCount = 0
+        }
+        graphs[key, default: []].append((work, exec))
+        graphCount += 1
+        statistics.captured += 1
+        return true
+    }
+
+    /// Turns graphs off for good after a driver error, saying why once; work is issued directly from then on.
+    private func disableGraphs(_ call: String, _ status: Int32) {
+        recording = false
+        var reason = "\(call) failed"
+        do { try check(call, status) } catch { reason = "\(error)" }
+        statistics.disabled = reason
+        FileHandle.standardError.write(Data("CUDA graphs are off (launching kernels one by one): \(reason)\n".utf8))
+    }
+
+    /// Issues tape words on the context's stream; the first failing call and its status, or code 0.
+    private func issue(_ work: [UInt64]) -> (call: String, code: Int32) {
+        var i = 0
+        return work.withUnsafeBufferPointer { words in
+            while i < words.count {
+                switch words[i] {
+                case Operation.launch:
+                    let count = Int(words[i + 7])
+                    let status = withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(1, count)) {
+                        pointers in
+                        // The argument words stay where they are; the driver reads the size it needs.
+                        for a in 0..<count { pointers[a] = UnsafeMutableRawPointer(mutating: words.baseAddress! + i + 8 + a) }
+                        return launchCall(
+                            OpaquePointer(bitPattern: UInt(words[i + 1])), UInt32(words[i + 2]), UInt32(words[i + 3]),
+                            UInt32(words[i + 4]), UInt32(words[i + 5]), 1, 1, UInt32(words[i + 6]), stream,
+                            pointers.baseAddress, nil)
+                    }
+                    if status != 0 { return ("cuLaunchKernel", status) }
+                    i += 8 + count
+                case Operation.upload:
+                    let host = UnsafeRawPointer(bitPattern: UInt(words[i + 2]))!
+                    let status = copyHtoDAsync(words[i + 1], host, Int(words[i + 3]), stream)
+                    if status != 0 { return ("cuMemcpyHtoDAsync", status) }
+                    i += 4
+                default:
+                    let status = copyDtoD(words[i + 1], words[i + 2], Int(words[i + 3]), stream)
+                    if status != 0 { return ("cuMemcpyDtoDAsync", status) }
+                    i += 4
+                }
+            }
+            return ("", 0)
+        }
     }
 
     // MARK: errors

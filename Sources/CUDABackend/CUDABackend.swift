@@ -80,7 +80,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         environment env: [String: String] = ProcessInfo.processInfo.environment
     ) throws {
         let driver = try CUDADriver(environment: env)
-        context = try CUDAContext(driver: driver, ordinal: ordinal)
+        context = try CUDAContext(driver: driver, ordinal: ordinal, graphs: env["INFERENCE_CUDA_GRAPHS"] != "off")
         let nvrtc = try NVRTC(environment: env)
         nvrtcPath = nvrtc.path
         kernels = try cache.cubin(
@@ -211,6 +211,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             context.launch(
                 kernel("to_bf16"), grid: (blocks(rows * k, 256), 1, 1), block: 256,
                 [.pointer(x.address), .pointer(half.address), .int(rows * k)])
+            context.flush()  // cuBLAS queues on the legacy stream: the recorded work goes first
             do {
                 try cublas.matmulBF16(weight: weight.address, m: m, k: k, x: half.address, rows: rows, out: out.address)
             } catch { fatalError("CUDA: \(error)") }

@@ -146,6 +146,44 @@ import Testing
     /// Continuous batching on the device against the CPU: prompts longer than the window and the
     /// prefill chunk, prefilled one by one, then decoded together step by step; every step's logits
     /// agree, and the greedy tokens chosen on the device are the argmax of those logits.
+    /// Decode steps of a fixed batch are recorded, captured as a CUDA graph on their second
+    /// sighting and replayed from then on; the replays give bit for bit the logits of launching each
+    /// kernel directly (graphs off), including across a KV cache growth and a new attention split.
+    @Test func repeatedStepsReplayACapturedGraph() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 91), exactActivations: true)
+        var environment = try Self.environment()
+        environment["INFERENCE_CUDA_GRAPHS"] = "off"
+        let direct = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
+        #expect(direct.context.graphStatistics.disabled == "turned off")
+        let graphed = try Self.backend.get()
+        let before = graphed.context.graphStatistics
+        #expect(before.disabled == nil)
+        var results: [[[Float]]] = []
+        for backend in [graphed, direct] {
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 8)
+            // Contexts cross 256 keys (a second attention share) during the steps.
+            let slots = [runner.makeSlot(contextLength: 256), runner.makeSlot(contextLength: 256)]
+            var next = [
+                Sampler.argmax(try runner.prefill(slots[0], (0..<250).map { 3 + $0 % 900 })),
+                Sampler.argmax(try runner.prefill(slots[1], Array(10...20))),
+            ]
+            var logits: [[Float]] = []
+            for _ in 0..<6 {
+                let step = try runner.decode(slots, tokens: next)
+                logits += step
+                next = step.map(Sampler.argmax)
+            }
+            results.append(logits)
+        }
+        #expect(results[0] == results[1])
+        let after = graphed.context.graphStatistics
+        #expect(after.captured > before.captured)
+        #expect(after.replayed >= before.replayed + 2)
+        #expect(direct.context.graphStatistics.replayed == 0)
+    }
+
     @Test func batchedDecodeMatchesTheCPU() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 77), exactActivations: true)

@@ -114,10 +114,63 @@ template <typename... A, size_t... I> static void call(void (*kernel)(A...), voi
 // One entry per kernel: its launcher unpacks the driver's void** parameters by the kernel's own
 // signature.
 template <typename... A> static constexpr auto index_for(void (*)(A...)) { return std::index_sequence_for<A...>{}; }
-#define KERNEL(name) {#name, [](void **p) { call(name, p, index_for(name)); }},
-static std::map<std::string, Launcher> registry = {
+template <typename... A> static constexpr size_t count_for(void (*)(A...)) { return sizeof...(A); }
+struct Kernel {
+    Launcher launch;
+    size_t parameters;
+};
+#define KERNEL(name) {#name, Kernel{[](void **p) { call(name, p, index_for(name)); }, count_for(name)}},
+static std::map<std::string, Kernel> registry = {
 #include "registry.inc"
 };
+
+// Streams and graphs. A capturing stream records its work (a launch's arguments by value, as the
+// driver copies them; an upload's host address, read when the graph runs, as the driver does), and
+// a graph launch runs the recorded work in order. While a stream captures, work on the legacy
+// stream and synchronizing calls are errors, as on a GPU (cudaErrorStreamCaptureImplicit and
+// cudaErrorStreamCaptureUnsupported): the backend must never do them mid-capture.
+struct Operation {
+    enum Kind { Launch, Upload, Copy } kind;
+    const Kernel *kernel = nullptr;
+    dim3 grid, block;
+    std::vector<uint64_t> arguments;
+    uint64_t to = 0, from = 0;
+    size_t bytes = 0;
+};
+struct Stream {
+    bool capturing = false;
+    std::vector<Operation> work;
+};
+struct Graph {
+    std::vector<Operation> work;
+};
+static int capturing = 0;  // streams now capturing
+static unsigned long graphLaunches = 0;
+
+static int launch(Launcher kernel, dim3 g, dim3 b, void **params);
+static int perform(const Operation &op) {
+    switch (op.kind) {
+    case Operation::Launch: {
+        std::vector<void *> pointers;
+        for (auto &word : op.arguments) pointers.push_back((void *)&word);
+        return launch(op.kernel->launch, op.grid, op.block, pointers.data());
+    }
+    case Operation::Upload: memcpy((void *)op.to, (const void *)op.from, op.bytes); return 0;
+    case Operation::Copy: memmove((void *)op.to, (void *)op.from, op.bytes); return 0;
+    }
+    return 1;
+}
+// Work queued on `stream`: recorded when it captures, else done now. Legacy-stream work while a
+// capture is open is the error a GPU gives.
+static int submit(void *stream, Operation op) {
+    Stream *s = (Stream *)stream;
+    if (s && s->capturing) {
+        s->work.push_back(std::move(op));
+        return 0;
+    }
+    if (!s && capturing) return 904;  // CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+    return perform(op);
+}
 
 static Launcher pending;
 static void **pendingParams;
@@ -217,7 +270,7 @@ CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
 CUresult cuDevicePrimaryCtxRetain(void **context, int) { static int primary; *context = &primary; return 0; }
 CUresult cuDevicePrimaryCtxRelease_v2(int) { return 0; }
 CUresult cuCtxSetCurrent(void *) { return 0; }
-CUresult cuCtxSynchronize() { return 0; }
+CUresult cuCtxSynchronize() { return emu::capturing ? 900 : 0; }
 CUresult cuMemGetInfo_v2(size_t *free, size_t *total) { *free = (size_t)7 << 30; *total = (size_t)8 << 30; return 0; }
 CUresult cuMemAlloc_v2(CUdeviceptr *address, size_t bytes) {
     void *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
@@ -230,11 +283,31 @@ CUresult cuMemsetD32_v2(CUdeviceptr address, unsigned value, size_t count) {
     for (size_t i = 0; i < count; i++) ((unsigned *)address)[i] = value;
     return 0;
 }
-CUresult cuMemcpyHtoD_v2(CUdeviceptr to, const void *from, size_t bytes) { memcpy((void *)to, from, bytes); return 0; }
-CUresult cuMemcpyDtoH_v2(void *to, CUdeviceptr from, size_t bytes) { memcpy(to, (void *)from, bytes); return 0; }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr to, const void *from, size_t bytes, void *) { memcpy((void *)to, from, bytes); return 0; }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr to, const void *from, size_t bytes) {
+    if (emu::capturing) return 900;  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+    memcpy((void *)to, from, bytes);
+    return 0;
+}
+CUresult cuMemcpyDtoH_v2(void *to, CUdeviceptr from, size_t bytes) {
+    if (emu::capturing) return 900;
+    memcpy(to, (void *)from, bytes);
+    return 0;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr to, const void *from, size_t bytes, void *stream) {
+    emu::Operation op{emu::Operation::Upload};
+    op.to = to;
+    op.from = (uint64_t)from;
+    op.bytes = bytes;
+    return emu::submit(stream, op);
+}
 CUresult cuMemAllocHost_v2(void **pointer, size_t bytes) { *pointer = malloc(bytes); return *pointer ? 0 : 2; }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, void *) { memmove((void *)to, (void *)from, bytes); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, void *stream) {
+    emu::Operation op{emu::Operation::Copy};
+    op.to = to;
+    op.from = from;
+    op.bytes = bytes;
+    return emu::submit(stream, op);
+}
 CUresult cuModuleLoadData(void **module, const void *image) {
     if (memcmp(image, "\x7f" "ELF", 4) != 0) return 200;  // CUDA_ERROR_INVALID_IMAGE
     *module = new Module();
@@ -244,11 +317,58 @@ CUresult cuModuleUnload(void *module) { delete (Module *)module; return 0; }
 CUresult cuModuleGetFunction(void **function, void *, const char *name) {
     auto found = emu::registry.find(name);
     if (found == emu::registry.end()) return 500;
-    *function = (void *)found->second;
+    *function = (void *)&found->second;
     return 0;
 }
 CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned, void *, void **params, void **) {
-    return emu::launch((emu::Launcher)function, {gx, gy, gz}, {bx, by, bz}, params);
+                        unsigned, void *stream, void **params, void **) {
+    const emu::Kernel *kernel = (const emu::Kernel *)function;
+    emu::Operation op{emu::Operation::Launch};
+    op.kernel = kernel;
+    op.grid = {gx, gy, gz};
+    op.block = {bx, by, bz};
+    // Every argument the backend passes is at most 8 bytes, each in its own 8-byte slot.
+    for (size_t a = 0; a < kernel->parameters; a++) {
+        uint64_t word = 0;
+        memcpy(&word, params[a], 8);
+        op.arguments.push_back(word);
+    }
+    return emu::submit(stream, op);
 }
+CUresult cuStreamCreate(void **stream, unsigned) { *stream = new emu::Stream(); return 0; }
+CUresult cuStreamBeginCapture_v2(void *stream, int) {
+    emu::Stream *s = (emu::Stream *)stream;
+    if (!s || s->capturing) return 1;
+    s->capturing = true;
+    s->work.clear();
+    emu::capturing++;
+    return 0;
+}
+CUresult cuStreamEndCapture(void *stream, void **graph) {
+    emu::Stream *s = (emu::Stream *)stream;
+    if (!s || !s->capturing) return 1;
+    s->capturing = false;
+    emu::capturing--;
+    *graph = new emu::Graph{std::move(s->work)};
+    s->work.clear();
+    return 0;
+}
+CUresult cuGraphInstantiateWithFlags(void **exec, void *graph, unsigned long long) {
+    *exec = new emu::Graph(*(emu::Graph *)graph);
+    return 0;
+}
+CUresult cuGraphLaunch(void *exec, void *stream) {
+    emu::Stream *s = (emu::Stream *)stream;
+    if ((s && s->capturing) || (!s && emu::capturing)) return 904;
+    emu::graphLaunches++;
+    for (auto &op : ((emu::Graph *)exec)->work) {
+        CUresult status = emu::perform(op);
+        if (status) return status;
+    }
+    return 0;
+}
+CUresult cuGraphDestroy(void *graph) { delete (emu::Graph *)graph; return 0; }
+CUresult cuGraphExecDestroy(void *exec) { delete (emu::Graph *)exec; return 0; }
+// For the tests: how many graph launches ran.
+unsigned long cudaEmulatorGraphLaunches() { return emu::graphLaunches; }
 }
