@@ -345,6 +345,22 @@ public final class CUDAContext: @unchecked Sendable {
     /// Graphs kept; more (shapes the server has moved past) are dropped.
     private static let graphLimit = 64
 
+    /// Whether work is recorded for graphs now (the benchmarks time steps both ways). Turning it on
+    /// does nothing where graphs are unavailable or were turned off by an error.
+    public var graphsEnabled: Bool {
+        get {
+            tapeLock.lock()
+            defer { tapeLock.unlock() }
+            return recording
+        }
+        set {
+            flush()
+            tapeLock.lock()
+            defer { tapeLock.unlock() }
+            recording = newValue && graphCalls != nil && (statistics.disabled == nil || statistics.disabled == "turned off")
+        }
+    }
+
     public var graphStatistics: GraphStatistics {
         tapeLock.lock()
         defer { tapeLock.unlock() }

@@ -393,6 +393,11 @@ public struct RandomGemma: Sendable {
         vocabulary: 262_144, hidden: 1152, intermediate: 6912, layers: 26, heads: 4, kvHeads: 1, headDim: 256,
         slidingWindow: 512, maxPositions: 32_768)
 
+    /// Three small layers: for trying the checks end to end on the CUDA emulator (the tests' shape).
+    public static let shapeTiny = RandomGemma(
+        vocabulary: 1024, hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
+        maxPositions: 4096)
+
     public init(
         vocabulary: Int, hidden: Int, intermediate: Int, layers: Int, heads: Int, kvHeads: Int, headDim: Int,
         slidingWindow: Int, maxPositions: Int

@@ -44,14 +44,14 @@ struct GPUCheckCommand: ParsableCommand {
 
     @Option(
         name: .customLong("write-random-model"),
-        help: "Write Gemma 3 270m- or 1b-shaped random bf16 weights to FOLDER and exit (no GPU needed), as SHAPE:FOLDER.")
+        help: "Write Gemma 3 270m- or 1b-shaped (or tiny) random bf16 weights to FOLDER and exit (no GPU needed), as SHAPE:FOLDER.")
     var randomModel: String?
 
     func run() throws {
         if let randomModel {
             let parts = randomModel.split(separator: ":", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let shape = ["270m": RandomGemma.shape270M, "1b": RandomGemma.shape1B][parts[0]] else {
-                throw ValidationError("--write-random-model takes 270m:FOLDER or 1b:FOLDER")
+            guard parts.count == 2, let shape = ["270m": RandomGemma.shape270M, "1b": RandomGemma.shape1B, "tiny": RandomGemma.shapeTiny][parts[0]] else {
+                throw ValidationError("--write-random-model takes 270m:FOLDER, 1b:FOLDER or tiny:FOLDER (three small layers, for the CUDA emulator)")
             }
             try shape.write(to: parts[1], seed: 1234)
             print("random \(parts[0])-shaped weights in \(parts[1])")
@@ -63,6 +63,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("device      \(device.name), sm_\(device.architecture), \(device.multiprocessors) SMs, driver CUDA \(gpu.context.driver.versionString)")
         print("nvrtc       \(gpu.nvrtcPath); kernels \(gpu.kernels.fromCache ? "from the cache" : "compiled") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s to ready)")
         print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
+        print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         var failures = 0
         var figures: [String: Any] = ["device": device.name, "sm": device.architecture]
 
@@ -151,15 +152,47 @@ struct GPUCheckCommand: ParsableCommand {
             var next = try slots.enumerated().map { i, slot in
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
             }
-            next = try runner.decodeGreedy(slots, tokens: next)  // warm-up
+            // Two warm-up steps: the second captures the step's CUDA graph.
+            for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
             // Greedy on the device: only token ids come back.
+            let graphsBefore = gpu.context.graphStatistics
             let time = try seconds {
                 for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
             }
+            let graphsAfter = gpu.context.graphStatistics
             let rate = Double(batch * steps) / time
             print(String(format: "decode b%-2d  %.2f ms/step, %.0f tokens/s in all (%.0f per sequence); %.0f%% of the bandwidth limit per sequence", batch, time / Double(steps) * 1000, rate, rate / Double(batch), 100 * rate / Double(batch) / limit))
+            print("            CUDA graphs: \(graphsAfter.replayed - graphsBefore.replayed) replays, \(graphsAfter.captured - graphsBefore.captured) captures, \(graphsAfter.direct - graphsBefore.direct) direct runs\(graphsAfter.disabled.map { " (off: \($0))" } ?? "")")
             figures["decode_b\(batch)_tokens_per_second"] = rate
             figures["decode_b\(batch)_ms_per_step"] = time / Double(steps) * 1000
+            figures["decode_b\(batch)_graph_replays"] = graphsAfter.replayed - graphsBefore.replayed
+            if gpu.context.graphsEnabled {
+                // The same steps launched kernel by kernel: what the graphs save.
+                gpu.context.graphsEnabled = false
+                let directTime = try seconds {
+                    for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                }
+                gpu.context.graphsEnabled = true
+                print(String(format: "            without CUDA graphs: %.2f ms/step (graphs %.2fx faster)", directTime / Double(steps) * 1000, directTime / time))
+                figures["decode_b\(batch)_no_graphs_ms_per_step"] = directTime / Double(steps) * 1000
+            }
+            // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
+            var seeds = Xoshiro256StarStar(seed: 7)
+            func sampledStep() throws {
+                let work = zip(slots, next).map { slot, token in
+                    var item = BatchRunner<CUDABackend>.Work(slot: slot, tokens: [token])
+                    item.draw = TokenDraw(temperature: 0.8, topK: 64, topP: 0.95, minP: 0, seed: seeds.next())
+                    return item
+                }
+                next = try runner.outputs(work).map {
+                    guard case .token(let token) = $0 else { preconditionFailure("a drawn token was asked for") }
+                    return token
+                }
+            }
+            for _ in 0..<2 { try sampledStep() }
+            let sampledTime = try seconds { for _ in 0..<steps { try sampledStep() } }
+            print(String(format: "            sampled on the device (T 0.8, top-k 64, top-p 0.95): %.2f ms/step, %.0f tokens/s", sampledTime / Double(steps) * 1000, Double(batch * steps) / sampledTime))
+            figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
             // The same steps with every logit brought to the host (what sampling on the CPU costs).
             let hostTime = try seconds {
                 for _ in 0..<min(steps, 32) { next = try runner.decode(slots, tokens: next).map(Sampler.argmax) }
