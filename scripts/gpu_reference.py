@@ -137,6 +137,11 @@ def summary(root):
                 continue
             extra = f"  {100 * a / limit:5.1f}% of the bandwidth limit ({limit:.0f} tok/s)" if key == "decode_b1_tokens_per_second" and limit else ""
             rows.append(f"{shape:>5}  {label:<34} ours {a:9.1f} tok/s   transformers {b:9.1f} tok/s   {a / b:6.2f}x{extra}")
+        for batch in (1, 16):
+            graphed, direct = ours.get(f"decode_b{batch}_ms_per_step"), ours.get(f"decode_b{batch}_no_graphs_ms_per_step")
+            if graphed and direct:
+                rows.append(f"{shape:>5}  decode, batch {batch}: CUDA graphs {graphed:.2f} ms/step, "
+                            f"launched one by one {direct:.2f} ms/step ({direct / graphed:.2f}x)")
     device = next((json.load(open(os.path.join(root, s, "ours.json"))).get("device") for s in SHAPES
                    if os.path.exists(os.path.join(root, s, "ours.json"))), "?")
     print(f"GPU figures on {device} (random weights of each shape, bf16; same card, same run):")
