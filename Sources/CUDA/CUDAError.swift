@@ -9,6 +9,7 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable {
     case unsupportedArchitecture(String, supported: [String])
     case outOfMemory(requested: Int, free: Int)
     case cublas(call: String, status: Int32)
+    case invalidSetting(String)
 
     public var description: String {
         switch self {
@@ -38,6 +39,8 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable {
             return "the GPU is out of memory: \(requested / 1_048_576) MiB asked for, \(free / 1_048_576) MiB free. Lower --gpu-memory-utilization or --max-num-seqs, use a smaller --max-model-len, or a GPU with more memory"
         case .cublas(let call, let status):
             return "\(call) failed with cuBLAS status \(status); set INFERENCE_CUBLAS=off to use the built-in kernels instead"
+        case .invalidSetting(let message):
+            return message
         }
     }
 }

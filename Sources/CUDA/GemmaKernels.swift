@@ -201,7 +201,14 @@ public enum GemmaKernels {
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
         #define ATT_GROUP 4
-        __device__ void attend(const float* qv, const float* kcache, const float* vcache, float* o, float* partial,
+        // The KV cache holds f32 or bf16 (the backend's choice, `KVCacheType`).
+        __device__ __forceinline__ float kv_load(const float* p) { return *p; }
+        __device__ __forceinline__ float kv_load(const bf16* p) { return bf16_to_f32(*p); }
+        __device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
+        __device__ __forceinline__ void kv_put(bf16* p, float v) { *p = f32_to_bf16(v); }
+
+        template <typename T>
+        __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale) {
             __shared__ float qs[ATT_MAX_DIM];
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
@@ -222,7 +229,7 @@ public enum GemmaKernels {
                 for (int u = 0; u < ATT_GROUP; u++) {
                     rows[u] = (u64)((base + (u < count ? u : 0)) % capacity) * width + (u64)kvh * dim;
                     float dot = 0.0f;
-                    for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * kcache[rows[u] + lane + 32 * j];
+                    for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * kv_load(kcache + rows[u] + lane + 32 * j);
                     score[u] = dot;
                 }
                 float next = m;
@@ -236,7 +243,7 @@ public enum GemmaKernels {
                 for (int u = 0; u < count; u++) {
                     float weight = expf(score[u] - next);
                     l += weight;
-                    for (int j = 0; j < per; j++) acc[j] += weight * vcache[rows[u] + lane + 32 * j];
+                    for (int j = 0; j < per; j++) acc[j] += weight * kv_load(vcache + rows[u] + lane + 32 * j);
                 }
                 m = next;
             }
@@ -278,23 +285,31 @@ public enum GemmaKernels {
         struct SegmentRow { u64 keys; u64 values; int position; int capacity; int window; int unused; };
 
         // Each row's new key and value into its sequence's ring, at position % capacity. Grid: rows.
-        extern "C" __global__ void kv_store_rows(const float* k, const float* v, const SegmentRow* rows, int width) {
-            SegmentRow r = rows[blockIdx.x];
-            float* kc = (float*)r.keys;
-            float* vc = (float*)r.values;
+        template <typename T>
+        __device__ void store_row(const float* k, const float* v, const SegmentRow& r, int width) {
+            T* kc = (T*)r.keys;
+            T* vc = (T*)r.values;
             u64 to = (u64)(r.position % r.capacity) * width, from = (u64)blockIdx.x * width;
             for (int i = threadIdx.x; i < width; i += blockDim.x) {
-                kc[to + i] = k[from + i];
-                vc[to + i] = v[from + i];
+                kv_put(kc + to + i, k[from + i]);
+                kv_put(vc + to + i, v[from + i]);
             }
         }
 
-        // Each row's attention against its own sequence's ring. With splits > 1 the row's keys are cut
+        // half != 0: the caches hold bf16 (rounded to nearest even), else f32.
+        extern "C" __global__ void kv_store_rows(const float* k, const float* v, const SegmentRow* rows, int width,
+                                                 int half) {
+            SegmentRow r = rows[blockIdx.x];
+            if (half) store_row<bf16>(k, v, r, width);
+            else store_row<float>(k, v, r, width);
+        }
+
+        // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
         // into `splits` contiguous shares, one block each, so that a long context keeps many SMs busy
         // even for one sequence (flash-decoding): each share goes to partials (rows, heads, splits,
         // dim + 2) and attention_combine merges them. Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
-                                                  int heads, int kvHeads, int dim, float scale, int splits) {
+                                                  int heads, int kvHeads, int dim, float scale, int splits, int half) {
             SegmentRow r = rows[blockIdx.x];
             int h = blockIdx.y, z = blockIdx.z;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
@@ -306,8 +321,12 @@ public enum GemmaKernels {
                 if (lo + share - 1 < hi) hi = lo + share - 1;
                 partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
             }
-            attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
-                   kvHeads, dim, r.capacity, scale);
+            if (half)
+                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
+                       kvHeads, dim, r.capacity, scale);
+            else
+                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
+                       kvHeads, dim, r.capacity, scale);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).

@@ -2,16 +2,20 @@ import CUDA
 import Foundation
 import Inference
 
-/// Activation storage in device memory: `count` f32 values, freed with the last reference.
+/// Activation storage in device memory: `count` f32 values (or, for a bf16 KV cache, `count` bf16
+/// values: `elementBytes` 2), freed with the last reference.
 public final class CUDABuffer {
     public let address: CUDAContext.DevicePointer
     public let count: Int
+    /// 4 (f32) or 2 (bf16, KV caches only).
+    public let elementBytes: Int
     let context: CUDAContext
 
-    init(context: CUDAContext, count: Int) throws {
+    init(context: CUDAContext, count: Int, elementBytes: Int = 4) throws {
         self.context = context
         self.count = count
-        address = try context.allocate(bytes: max(1, count) * 4)
+        self.elementBytes = elementBytes
+        address = try context.allocate(bytes: max(1, count) * elementBytes)
     }
 
     /// Room for `bytes` of any element type (a bf16 weight matrix), in whole f32 slots.
@@ -20,9 +24,25 @@ public final class CUDABuffer {
     }
 
     /// The device address of element `offset`.
-    @inline(__always) func at(_ offset: Int) -> CUDAContext.DevicePointer { address + UInt64(offset * 4) }
+    @inline(__always) func at(_ offset: Int) -> CUDAContext.DevicePointer { address + UInt64(offset * elementBytes) }
 
     deinit { context.free(address) }
+}
+
+/// What the KV cache holds on the GPU (vLLM's --kv-cache-dtype; `auto` is the model's bf16).
+/// bf16 halves the cache, so twice the sequences or context fit, and halves the bytes attention
+/// reads; f32 keeps the CPU's numbers (for comparisons).
+public enum KVCacheType: String, Sendable, CaseIterable {
+    case bfloat16, float32
+
+    /// `auto`, `bfloat16`/`bf16` or `float32`/`f32`; nil for anything else.
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "auto", "bfloat16", "bf16": self = .bfloat16
+        case "float32", "f32", "float": self = .float32
+        default: return nil
+        }
+    }
 }
 
 /// A weight in device memory: matrices as bf16 (out, in) rows, norm vectors as f32.
@@ -62,6 +82,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public let cublas: CUBLAS?
     public let cublasProblem: String?
     public let nvrtcPath: String
+    /// What the KV cache holds: bf16 unless `INFERENCE_KV_CACHE_DTYPE` (or the init) says float32.
+    public let kvCache: KVCacheType
 
     private let functions: [String: OpaquePointer]
     private let lock = NSLock()
@@ -76,9 +98,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Opens the driver, the GPU `ordinal`, NVRTC (compiling the kernels, or taking them from the
     /// cache) and, unless `useCUBLAS` is false or `INFERENCE_CUBLAS=off`, cuBLAS.
     public init(
-        ordinal: Int = 0, useCUBLAS: Bool = true, cache: KernelCache = KernelCache(),
+        ordinal: Int = 0, useCUBLAS: Bool = true, cache: KernelCache = KernelCache(), kvCache: KVCacheType? = nil,
         environment env: [String: String] = ProcessInfo.processInfo.environment
     ) throws {
+        if let kvCache {
+            self.kvCache = kvCache
+        } else if let name = env["INFERENCE_KV_CACHE_DTYPE"] {
+            guard let type = KVCacheType(name: name) else {
+                throw CUDAError.invalidSetting("INFERENCE_KV_CACHE_DTYPE is \(name); use auto, bfloat16 or float32")
+            }
+            self.kvCache = type
+        } else {
+            self.kvCache = .bfloat16
+        }
         let driver = try CUDADriver(environment: env)
         context = try CUDAContext(driver: driver, ordinal: ordinal, graphs: env["INFERENCE_CUDA_GRAPHS"] != "off")
         let nvrtc = try NVRTC(environment: env)
@@ -113,6 +145,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     // MARK: memory
 
+    public func makeCacheBuffer(count: Int) -> CUDABuffer {
+        do {
+            return try CUDABuffer(context: context, count: count, elementBytes: cacheElementBytes)
+        } catch { fatalError("CUDA: \(error)") }
+    }
+
+    public var cacheElementBytes: Int { kvCache == .bfloat16 ? 2 : 4 }
+
     public func makeBuffer(count: Int) -> CUDABuffer {
         do { return try CUDABuffer(context: context, count: count) } catch { fatalError("CUDA: \(error)") }
     }
@@ -121,7 +161,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public func tryMakeBuffer(count: Int) throws -> CUDABuffer { try CUDABuffer(context: context, count: count) }
 
     public func read(_ buffer: CUDABuffer, offset: Int, count: Int) -> [Float] {
-        precondition(offset >= 0 && offset + count <= buffer.count)
+        precondition(offset >= 0 && offset + count <= buffer.count && buffer.elementBytes == 4)
         return [Float](unsafeUninitializedCapacity: count) { storage, initialized in
             context.download(buffer.at(offset), bytes: count * 4, into: storage.baseAddress!)
             initialized = count
@@ -129,7 +169,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     public func write(_ values: [Float], to buffer: CUDABuffer, offset: Int) {
-        precondition(offset >= 0 && offset + values.count <= buffer.count)
+        precondition(offset >= 0 && offset + values.count <= buffer.count && buffer.elementBytes == 4)
         values.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: buffer.at(offset)) }
     }
 
@@ -138,7 +178,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         count: Int
     ) {
         precondition(sourceOffset + count <= source.count && destinationOffset + count <= destination.count)
-        context.copy(source.at(sourceOffset), to: destination.at(destinationOffset), bytes: count * 4)
+        precondition(source.elementBytes == destination.elementBytes, "a copy between f32 and bf16 buffers")
+        context.copy(source.at(sourceOffset), to: destination.at(destinationOffset), bytes: count * source.elementBytes)
     }
 
     /// Waits for every queued kernel (timing; a fault shows here).
@@ -288,6 +329,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, rows: Int, firstPosition: Int, heads: Int,
         kvHeads: Int, headDimension: Int, capacity: Int, window: Int?, scale: Float, into out: CUDABuffer
     ) {
+        precondition(keys.elementBytes == 4 && values.elementBytes == 4, "attention reads f32 caches; bf16 caches go through attentionBatch")
         precondition(heads % kvHeads == 0 && rows * heads * headDimension <= min(queries.count, out.count))
         precondition(capacity * kvHeads * headDimension <= min(keys.count, values.count))
         precondition(
@@ -315,6 +357,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             headDimension % 32 == 0 && headDimension <= GemmaKernels.attentionMaximumDimension,
             "the CUDA attention kernel takes head dimensions that are multiples of 32 up to 256")
         let width = kvHeads * headDimension
+        let half = segments.first.map { $0.keys.elementBytes == 2 } ?? false
+        precondition(
+            segments.allSatisfy { ($0.keys.elementBytes == 2) == half && $0.values.elementBytes == $0.keys.elementBytes },
+            "every cache of a step holds the same type")
         var table: [UInt64] = []
         var rows = 0
         var mostKeys = 0
@@ -340,7 +386,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let rowsTable = table.withUnsafeBytes { context.stage($0) }
         context.launch(
             kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
-            [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width)])
+            [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width), .int(half ? 1 : 0)])
         // Long contexts are cut into shares of about 256 keys, one block each, then merged.
         let splits = min(32, max(1, (mostKeys + 255) / 256))
         var partials: CUDAContext.DevicePointer = 0
@@ -355,7 +401,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             kernel("attention_rows"), grid: (rows, heads, splits), block: 256,
             [
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
-                .int(kvHeads), .int(headDimension), .float(scale), .int(splits),
+                .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(half ? 1 : 0),
             ])
         if splits > 1 {
             context.launch(

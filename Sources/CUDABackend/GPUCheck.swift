@@ -45,6 +45,18 @@ public struct GPUCheck {
         (0..<count).map { _ in (random.unit() * 2 - 1) * scale }
     }
 
+    /// A KV cache buffer on the GPU holding `values` (as bf16 when `half`).
+    private func cache(_ values: [Float], half: Bool) throws -> CUDABuffer {
+        let buffer = try CUDABuffer(context: gpu.context, count: values.count, elementBytes: half ? 2 : 4)
+        if half {
+            let bits = values.map { CUDABackend.bfloat16Bits($0).littleEndian }
+            bits.withUnsafeBytes { gpu.context.upload($0.baseAddress!, bytes: $0.count, to: buffer.address) }
+        } else {
+            gpu.write(values, to: buffer, offset: 0)
+        }
+        return buffer
+    }
+
     /// The same values in a CPU and a GPU buffer.
     private func pair(_ values: [Float]) -> (CPUBuffer, CUDABuffer) {
         let c = cpu.makeBuffer(count: values.count)
@@ -187,25 +199,33 @@ public struct GPUCheck {
                 tolerance: 1e-5))
         }
         // Batched KV store and attention over three sequences: contexts long enough to be cut into
-        // shares (and merged), a wrapped sliding ring, a prefill chunk beside decode rows.
-        do {
+        // shares (and merged), a wrapped sliding ring, a prefill chunk beside decode rows; with f32
+        // and with bf16 caches (the reference then holds the same bf16-rounded keys and values).
+        for half in [false, true] {
             let heads = 4, kvHeads = 1, dimension = 256, width = kvHeads * dimension
             let specs: [(capacity: Int, window: Int?, first: Int, rows: Int)] = [
                 (1024, nil, 900, 1), (600, 512, 2000, 1), (1024, nil, 300, 5),
             ]
+            func stored(_ v: [Float]) -> [Float] {
+                half ? v.map { Float(bitPattern: UInt32(CUDABackend.bfloat16Bits($0)) << 16) } : v
+            }
             let total = specs.reduce(0) { $0 + $1.rows }
             let (cq, gq) = pair(values(total * heads * dimension))
-            let (ck, gk) = pair(values(total * width))
-            let (cv, gv) = pair(values(total * width))
+            let newKeys = values(total * width), newValues = values(total * width)
+            let (_, gk) = pair(newKeys)
+            let (_, gv) = pair(newValues)
+            let (ck, _) = pair(stored(newKeys))
+            let (cv, _) = pair(stored(newValues))
             var gpuSegments: [AttentionSegment<CUDABuffer>] = []
             let cy = cpu.makeBuffer(count: total * heads * dimension)
             var row = 0
             for spec in specs {
-                let (cKeys, gKeys) = pair(values(spec.capacity * width))
-                let (cValues, gValues) = pair(values(spec.capacity * width))
+                let keys = values(spec.capacity * width), cacheValues = values(spec.capacity * width)
+                let (cKeys, _) = pair(stored(keys))
+                let (cValues, _) = pair(stored(cacheValues))
                 gpuSegments.append(AttentionSegment(
-                    keys: gKeys, values: gValues, capacity: spec.capacity, window: spec.window,
-                    firstPosition: spec.first, firstRow: row, rows: spec.rows))
+                    keys: try cache(keys, half: half), values: try cache(cacheValues, half: half), capacity: spec.capacity,
+                    window: spec.window, firstPosition: spec.first, firstRow: row, rows: spec.rows))
                 // The reference: the CPU's ring store and attention, one sequence at a time.
                 for r in 0..<spec.rows {
                     let slot = (spec.first + r) % spec.capacity
@@ -226,7 +246,7 @@ public struct GPUCheck {
                 queries: gq, keys: gk, values: gv, segments: gpuSegments, heads: heads, kvHeads: kvHeads,
                 headDimension: dimension, scale: 0.0625, into: gy)
             results.append(Result(
-                name: "attention of 3 sequences in one step (shares)",
+                name: "attention of 3 sequences in one step (shares\(half ? ", bf16 cache" : ""))",
                 error: done ? Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)) : .infinity,
                 tolerance: 1e-5))
         }

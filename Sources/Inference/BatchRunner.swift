@@ -53,7 +53,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
 
         /// Bytes its KV cache holds now (the global layers keep whatever they grew to).
-        public var cacheBytes: Int { cache.layers.reduce(0) { $0 + 2 * $1.capacity * cache.rowSize * MemoryLayout<Float>.size } }
+        public var cacheBytes: Int {
+            cache.layers.reduce(0) { $0 + 2 * $1.capacity * cache.rowSize * cache.backend.cacheElementBytes }
+        }
     }
 
     public let model: Gemma3Model<Backend>
@@ -90,7 +92,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
     public func cacheBytes(positions: Int, contextLength: Int? = nil) -> Int {
         let c = model.config
         let limit = min(contextLength ?? c.maxPositionEmbeddings, c.maxPositionEmbeddings)
-        let row = 2 * c.kvHeadCount * c.headDimension * MemoryLayout<Float>.size  // keys and values
+        let row = 2 * c.kvHeadCount * c.headDimension * model.backend.cacheElementBytes  // keys and values
         var global = min(limit, max(1024, prefillChunk))
         while global < positions && global < limit { global = min(limit, global * 2) }
         return c.layerTypes.reduce(0) { total, type in

@@ -14,6 +14,11 @@ public protocol ComputeBackend: Sendable {
 
     /// A zero-filled buffer of `count` floats.
     func makeBuffer(count: Int) -> Buffer
+    /// A zero-filled KV cache buffer of `count` elements, in the backend's cache type (f32, or bf16
+    /// on a GPU): written only by `attentionBatch` (or by `copy` from another cache buffer).
+    func makeCacheBuffer(count: Int) -> Buffer
+    /// Bytes of one KV cache element (4 for f32, 2 for bf16), for sizing the cache.
+    var cacheElementBytes: Int { get }
     /// `count` floats of `buffer` from `offset`, copied to the host.
     func read(_ buffer: Buffer, offset: Int, count: Int) -> [Float]
     /// Host floats copied into `buffer` at `offset`.
@@ -100,6 +105,10 @@ public struct AttentionSegment<Buffer> {
 }
 
 extension ComputeBackend {
+    public func makeCacheBuffer(count: Int) -> Buffer { makeBuffer(count: count) }
+
+    public var cacheElementBytes: Int { MemoryLayout<Float>.size }
+
     public func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer) {
         rmsNorm(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, into: x)
         add(x, into: accumulator, count: rows * dimension)

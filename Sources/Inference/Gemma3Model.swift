@@ -72,8 +72,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         let c = config
         let n = tokens.count
         forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index in
-            cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
             let entry = cache.layers[index]
+            // A backend with batched attention (a GPU, whose cache may be bf16) stores and attends in one go.
+            let one = AttentionSegment(
+                keys: entry.keys, values: entry.values, capacity: entry.capacity, window: entry.window, firstPosition: p0,
+                firstRow: 0, rows: n)
+            if backend.attentionBatch(
+                queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
+                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention)
+            {
+                return
+            }
+            cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
             backend.attention(
                 queries: s.query, keys: entry.keys, values: entry.values, rows: n, firstPosition: p0,
                 heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension, capacity: entry.capacity,

@@ -1,5 +1,6 @@
-/// The attention keys and values of every layer for the tokens a session has seen, f32 like the
-/// activations (the HF reference keeps them in the compute dtype).
+/// The attention keys and values of every layer for the tokens a session has seen, in the backend's
+/// cache type: f32 like the activations on the CPU, bf16 on a GPU (the HF reference keeps them in
+/// the compute dtype, bf16 for Gemma 3).
 ///
 /// Local (sliding-window) layers keep a ring buffer: a query at position p only sees p - window + 1...p
 /// (§1.2), and a batch of n new tokens is written before it attends, so window + maxBatch - 1 slots
@@ -30,8 +31,8 @@ public final class KVCache<Backend: ComputeBackend> {
             let window = type == .sliding && config.slidingWindow < contextLimit ? config.slidingWindow : nil
             let capacity = window.map { min(contextLimit, $0 + maximumBatch - 1) } ?? initialGlobal
             return Layer(
-                keys: backend.makeBuffer(count: capacity * config.kvHeadCount * config.headDimension),
-                values: backend.makeBuffer(count: capacity * config.kvHeadCount * config.headDimension),
+                keys: backend.makeCacheBuffer(count: capacity * config.kvHeadCount * config.headDimension),
+                values: backend.makeCacheBuffer(count: capacity * config.kvHeadCount * config.headDimension),
                 capacity: capacity, window: window)
         }
     }
@@ -42,8 +43,8 @@ public final class KVCache<Backend: ComputeBackend> {
         for i in layers.indices where layers[i].window == nil && layers[i].capacity < positions {
             var capacity = layers[i].capacity
             while capacity < positions { capacity = min(contextLimit, capacity * 2) }
-            let keys = backend.makeBuffer(count: capacity * rowSize)
-            let values = backend.makeBuffer(count: capacity * rowSize)
+            let keys = backend.makeCacheBuffer(count: capacity * rowSize)
+            let values = backend.makeCacheBuffer(count: capacity * rowSize)
             if kept > 0 {
                 // Global layers never wrap (capacity >= positions seen), so slots 0..<kept are positions 0..<kept.
                 backend.copy(layers[i].keys, offset: 0, to: keys, offset: 0, count: kept * rowSize)
@@ -56,7 +57,8 @@ public final class KVCache<Backend: ComputeBackend> {
     }
 
     /// Stores the keys and values of `rows` tokens (from row `sourceRow` of the buffers) at positions
-    /// firstPosition... of `layer`.  keys, values: (sourceRow + rows, kvHeads * headDim)
+    /// firstPosition... of `layer`.  keys, values: (sourceRow + rows, kvHeads * headDim). For backends
+    /// without `attentionBatch` (whose cache type is f32).
     func store(
         layer index: Int, keys: Backend.Buffer, values: Backend.Buffer, sourceRow: Int = 0, rows: Int,
         firstPosition: Int

@@ -57,7 +57,15 @@ struct Serve: AsyncParsableCommand {
         help: "Share of the GPU's memory for weights, KV cache and activations (as vLLM's flag); the KV cache gets what is left, at most --kv-cache-memory.")
     var gpuMemoryUtilization = 0.9
 
+    @Option(
+        name: .customLong("kv-cache-dtype"),
+        help: "What the GPU's KV cache holds: auto (the model's bfloat16), bfloat16 or float32 (twice the memory; the CPU's numbers).")
+    var kvCacheDtype = "auto"
+
     func validate() throws {
+        guard KVCacheType(name: kvCacheDtype) != nil else {
+            throw ValidationError("--kv-cache-dtype takes auto, bfloat16 or float32, not \(kvCacheDtype)")
+        }
         if let port, !(1...65535).contains(port) { throw ValidationError("--port must be in 1...65535") }
         if let maxModelLen, maxModelLen < 1 { throw ValidationError("--max-model-len must be positive") }
         guard maxNumSeqs >= 1, maxNumSeqs <= 256 else { throw ValidationError("--max-num-seqs must be in 1...256") }
@@ -100,6 +108,7 @@ struct Serve: AsyncParsableCommand {
         server.shutdownGraceSeconds = shutdownGrace
         server.device = device
         server.gpuMemoryUtilization = gpuMemoryUtilization
+        server.kvCacheType = kvCacheDtype
         do {
             try await OpenAIServer.run(server)
         } catch {

@@ -58,6 +58,15 @@ import Testing
         }
     }()
 
+    /// The same with an f32 KV cache (the default is bf16), for comparisons with the CPU at f32 bars.
+    static let exactBackend: Result<CUDABackend, Unavailable> = {
+        do {
+            return .success(try CUDABackend(useCUBLAS: false, cache: cache, kvCache: .float32, environment: try environment()))
+        } catch {
+            return .failure(Unavailable(description: "\(error)"))
+        }
+    }()
+
     @Test func theBackendLoadsTheRealCUBINThroughTheDriverAPI() throws {
         let gpu = try Self.backend.get()
         #expect(gpu.context.device.name == "CUDA emulator (CPU)")
@@ -187,7 +196,7 @@ import Testing
     @Test func batchedDecodeMatchesTheCPU() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 77), exactActivations: true)
-        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: try Self.backend.get())
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: try Self.exactBackend.get())
         let gpuRunner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
         let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 3, prefillChunk: 16)
         let prompts = [Array(1...5), (0..<37).map { 2 + ($0 * 37) % 1000 }, (0..<20).map { 900 - $0 * 13 }]
@@ -211,6 +220,17 @@ import Testing
             let chosen = try gpuRunner.decodeGreedy(greedySlots, tokens: next)
             #expect(chosen == g.map(Sampler.argmax), "step \(step)")
             next = c.map(Sampler.argmax)
+        }
+        // The default bf16 cache: keys and values rounded to 8 bits of mantissa, logits within 1%.
+        let half = BatchRunner(
+            model: try Gemma3Model(config: engine.config, weights: engine.weights, backend: try Self.backend.get()),
+            maximumSequences: 3, prefillChunk: 16)
+        #expect(try Self.backend.get().cacheElementBytes == 2)
+        for prompt in prompts {
+            let g = try half.prefill(half.makeSlot(contextLength: 128), prompt)
+            let c = try cpuRunner.prefill(cpuRunner.makeSlot(contextLength: 128), prompt)
+            let error = GPUCheck.relativeError(g, c)
+            #expect(error > 0 && error < 1e-2, "bf16 cache: \(error)")
         }
     }
 
