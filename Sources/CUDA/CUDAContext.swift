@@ -9,7 +9,9 @@ import Foundation
 /// than issued, up to the next call that needs the GPU's results or the host's order (a copy to
 /// the host, a synchronize, an allocation, cuBLAS: `flush`). Recorded work the same as work seen
 /// before (the same kernels, launch shapes, arguments and staging offsets, word for word) is
-/// captured once as a CUDA graph and from then on replayed with one `cuGraphLaunch`: a decode step
+/// captured as a CUDA graph on its second sighting and from then on replayed with one `cuGraphLaunch`
+/// (runs of fewer than 32 launches, such as the pieces cuBLAS splits a prefill into, are always issued
+/// directly, so they never crowd the graph cache): a decode step
 /// of a fixed batch is some 400 launches, which the host would otherwise issue one by one. Step
 /// inputs that change (token ids, positions, row tables) go through the staging area, whose pinned
 /// bytes a replayed copy reads when it runs, so they are not part of what must match. A driver
@@ -336,9 +338,16 @@ public final class CUDAContext: @unchecked Sendable {
     private let tapeLock = NSLock()
     /// The work recorded since the last flush, in `Operation` words.
     private var tape: [UInt64] = []
-    /// Captured graphs by the hash of their tape (the tape itself is compared before a replay).
-    private var graphs: [Int: [(tape: [UInt64], exec: OpaquePointer)]] = [:]
+    /// Launches on the tape: runs too short to gain from a graph (the pieces of a step that cuBLAS
+    /// splits) are issued directly and never captured.
+    private var tapeLaunches = 0
+    /// Captured graphs by the hash of their tape (the tape itself is compared before a replay), with
+    /// when each was last used, for dropping the least recently used one.
+    private var graphs: [Int: [(tape: [UInt64], exec: OpaquePointer, used: Int)]] = [:]
     private var graphCount = 0
+    private var clock = 0
+    /// Fewer launches than this are issued directly.
+    private static let captureMinimum = 32
     /// How often each tape (by hash) was issued directly: the second sighting is captured.
     private var sightings: [Int: Int] = [:]
     private var statistics = GraphStatistics()
@@ -354,9 +363,9 @@ public final class CUDAContext: @unchecked Sendable {
             return recording
         }
         set {
-            flush()
             tapeLock.lock()
             defer { tapeLock.unlock() }
+            flushLocked()
             recording = newValue && graphCalls != nil && (statistics.disabled == nil || statistics.disabled == "turned off")
         }
     }
@@ -373,6 +382,7 @@ public final class CUDAContext: @unchecked Sendable {
         defer { tapeLock.unlock() }
         guard recording else { return false }
         tape += words
+        if words.first == Operation.launch { tapeLaunches += 1 }
         return true
     }
 
@@ -381,16 +391,24 @@ public final class CUDAContext: @unchecked Sendable {
     public func flush() {
         tapeLock.lock()
         defer { tapeLock.unlock() }
+        flushLocked()
+    }
+
+    private func flushLocked() {
         guard !tape.isEmpty else { return }
         let work = tape
+        let launches = tapeLaunches
         tape.removeAll(keepingCapacity: true)
+        tapeLaunches = 0
         makeCurrent()
         var hasher = Hasher()
         hasher.combine(work)
         let key = hasher.finalize()
-        if let calls = graphCalls, recording {
-            if let exec = graphs[key]?.first(where: { $0.tape == work })?.exec {
-                let status = calls.launch(exec, stream)
+        if let calls = graphCalls, recording, launches >= Self.captureMinimum {
+            clock += 1
+            if let index = graphs[key]?.firstIndex(where: { $0.tape == work }) {
+                graphs[key]![index].used = clock
+                let status = calls.launch(graphs[key]![index].exec, stream)
                 if status == 0 {
                     statistics.replayed += 1
                     return
@@ -436,14 +454,17 @@ public final class CUDAContext: @unchecked Sendable {
             disableGraphs("cuGraphLaunch", status)
             return false
         }
-        if graphCount >= Self.graphLimit {
-            // Wait for the GPU before dropping graphs that may still be running.
+        if graphCount >= Self.graphLimit,
+            let oldest = graphs.flatMap({ key, entries in entries.map { (key, $0.exec, $0.used) } }).min(by: { $0.2 < $1.2 })
+        {
+            // The least recently used graph goes; wait for the GPU first, it may still be running.
             _ = synchronizeCall()
-            for entry in graphs.values.joined() where entry.exec != exec { _ = calls.destroyExec(entry.exec) }
-            graphs.removeAll()
-            graphCount = 0
+            _ = calls.destroyExec(oldest.1)
+            graphs[oldest.0]!.removeAll { $0.exec == oldest.1 }
+            if graphs[oldest.0]!.isEmpty { graphs[oldest.0] = nil }
+            graphCount -= 1
         }
-        graphs[key, default: []].append((work, exec))
+        graphs[key, default: []].append((work, exec, clock))
         graphCount += 1
         statistics.captured += 1
         return true

@@ -368,7 +368,7 @@ public enum GemmaKernels {
         }
 
         // Softmax of each row of `n` in place, the maximum subtracted first. Grid: rows; block: 1024.
-        extern "C" __global__ void softmax_rows(float* x, int n) {
+        extern "C" __global__ void __launch_bounds__(1024) softmax_rows(float* x, int n) {
             float* row = x + (u64)blockIdx.x * n;
             float m = NEG_INF;
             for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row[i]);
@@ -400,7 +400,7 @@ public enum GemmaKernels {
             }
         }
 
-        extern "C" __global__ void argmax_rows(const float* logits, int* out, int n) {
+        extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, int* out, int n) {
             const float* row = logits + (u64)blockIdx.x * n;
             float best = NEG_INF;
             int index = 0;  // a row of only -inf or NaN gives 0, as the CPU sampler
@@ -446,6 +446,11 @@ public enum GemmaKernels {
             return softcap > 0.0f ? tanhf(v / softcap) * softcap : v;
         }
 
+        // (logit - max) / T, with the best exactly 0 even when it is +inf (inf - inf would be NaN).
+        __device__ __forceinline__ float scaled(float v, float maximum, float inverse_t) {
+            return v == maximum ? 0.0f : (v - maximum) * inverse_t;
+        }
+
         // The largest key K with weight(keys >= K) >= target, where weight is a count (mass == 0) or
         // the fixed-point probability; only keys >= floor take part. Every thread gets K.
         __device__ u32 radix_select(const float* row, int n, float softcap, float maximum, float inverse_t,
@@ -462,7 +467,7 @@ public enum GemmaKernels {
                     float v = capped(row[i], softcap);
                     u32 key = order_key(v);
                     if (key < floor || (key & mask) != prefix) continue;
-                    u64 w = mass ? (u64)(expf((v - maximum) * inverse_t) * 1099511627776.0f) : 1ull;
+                    u64 w = mass ? (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f) : 1ull;
                     if (w) atomicAdd(&histogram[(key >> shift) & 255u], w);
                 }
                 __syncthreads();
@@ -485,7 +490,7 @@ public enum GemmaKernels {
             return prefix;
         }
 
-        extern "C" __global__ void sample_rows(const float* logits, int* out, int n, float softcap,
+        extern "C" __global__ void __launch_bounds__(1024) sample_rows(const float* logits, int* out, int n, float softcap,
                                                const SampleRow* parameters) {
             const float* row = logits + (u64)blockIdx.x * n;
             SampleRow p = parameters[blockIdx.x];
@@ -509,13 +514,16 @@ public enum GemmaKernels {
                 u64 mine = 0;
                 for (int i = threadIdx.x; i < n; i += blockDim.x) {
                     float v = capped(row[i], softcap);
-                    if (order_key(v) >= floor) mine += (u64)(expf((v - maximum) * inverse_t) * 1099511627776.0f);
+                    if (order_key(v) >= floor) mine += (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f);
                 }
                 atomicAdd(&kept, mine);
                 __syncthreads();
-                u64 target = (u64)ceil((double)p.top_p * (double)kept);
-                if (target == 0) target = 1;
-                floor = radix_select(row, n, softcap, maximum, inverse_t, floor, target, true);
+                // Nothing measurable kept (an infinite logit): top-p leaves the cut as it is.
+                if (kept > 0) {
+                    u64 target = (u64)ceil((double)p.top_p * (double)kept);
+                    if (target == 0) target = 1;
+                    floor = radix_select(row, n, softcap, maximum, inverse_t, floor, target, true);
+                }
             }
             u64 key = mix64(p.seed);
             float best = NEG_INF;
@@ -523,7 +531,7 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < n; i += blockDim.x) {
                 float v = capped(row[i], softcap);
                 if (order_key(v) < floor || v == NEG_INF) continue;
-                float e = (v - maximum) * inverse_t;
+                float e = scaled(v, maximum, inverse_t);
                 if (p.min_p > 0.0f && expf(e) < p.min_p) continue;
                 // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
                 // logf, not __logf, whose error near 1 exceeds -log(u) itself.

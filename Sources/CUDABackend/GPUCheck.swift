@@ -294,9 +294,12 @@ public struct GPUCheck {
                     draws[r].choose(Array(flat[r * 262_144..<(r + 1) * 262_144]), softcap: softcap)
                 }
                 let drawn = gpu.sample(gf, rows: draws.count, columns: 262_144, softcap: softcap, draws: draws)
+                // The GPU's expf/logf/tanhf may differ from the host's by an ulp, which can flip a
+                // near-tie: one row in six may differ; a systematic fault differs in most.
                 let misses = zip(wanted, drawn).filter { $0 != $1 }.count
                 results.append(Result(
-                    name: "sample \(draws.count)x262144\(softcap == nil ? "" : " capped")", error: Double(misses), tolerance: 0))
+                    name: "sample \(draws.count)x262144\(softcap == nil ? "" : " capped") (rows differing)", error: Double(misses),
+                    tolerance: 1))
             }
         }
         try gpu.synchronize()

@@ -76,7 +76,8 @@ public struct TokenDraw: Sendable, Equatable {
             let weights = values.map { Self.mass($0, maximum, inverse) }
             var kept: UInt64 = 0
             for i in 0..<n where keys[i] >= floor { kept &+= weights[i] }
-            let target = max(1, UInt64((Double(topP) * Double(kept)).rounded(.up)))
+            // Nothing measurable kept (an infinite logit): top-p leaves the cut as it is.
+            let target = kept == 0 ? UInt64.max : max(1, UInt64((Double(topP) * Double(kept)).rounded(.up)))
             // The largest key K whose keys >= K (among those >= floor) weigh at least target.
             var above: UInt64 = 0
             let order = (0..<n).filter { keys[$0] >= floor && weights[$0] > 0 }.sorted { keys[$0] > keys[$1] }
@@ -94,7 +95,7 @@ public struct TokenDraw: Sendable, Equatable {
         for i in 0..<n {
             let v = values[i]
             guard keys[i] >= floor, v != -.infinity else { continue }
-            let e = (v - maximum) * inverse
+            let e = Self.scaled(v, maximum, inverse)
             if minP > 0 && Foundation.expf(e) < minP { continue }
             let u = (Float(Self.mix64(noise &+ UInt64(i)) >> 41) + 0.5) * (1 / 8_388_608)
             let g = e - Foundation.logf(-Foundation.logf(u))
@@ -118,9 +119,14 @@ public struct TokenDraw: Sendable, Equatable {
         return softcap > 0 ? Foundation.tanhf(v / softcap) * softcap : v
     }
 
+    /// (logit − max) / T, with the best exactly 0 even when it is +∞ (∞ − ∞ would be NaN).
+    static func scaled(_ v: Float, _ maximum: Float, _ inverse: Float) -> Float {
+        v == maximum ? 0 : (v - maximum) * inverse
+    }
+
     /// A token's probability (unnormalized, the best is 1) in units of 2^-40, as the kernel sums it.
     static func mass(_ v: Float, _ maximum: Float, _ inverse: Float) -> UInt64 {
-        let scaled = Foundation.expf((v - maximum) * inverse) * 1_099_511_627_776
+        let scaled = Foundation.expf(Self.scaled(v, maximum, inverse)) * 1_099_511_627_776
         return scaled.isFinite && scaled >= 0 ? UInt64(scaled) : 0
     }
 

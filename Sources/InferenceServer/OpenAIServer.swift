@@ -20,8 +20,9 @@ public struct ServerOptions: Sendable {
     public var device = DeviceChoice.auto
     /// Share of the GPU's memory the server may fill (weights, KV cache, activations), as vLLM's flag.
     public var gpuMemoryUtilization = 0.9
-    /// What the GPU's KV cache holds (`--kv-cache-dtype`): auto (bf16), bfloat16 or float32.
-    public var kvCacheType = "auto"
+    /// What the GPU's KV cache holds (`--kv-cache-dtype`): auto (bf16), bfloat16 or float32; nil
+    /// leaves it to INFERENCE_KV_CACHE_DTYPE, else bf16.
+    public var kvCacheType: String?
     public var maximumBodyBytes = 4 << 20
     /// After SIGTERM, how long running requests may go on before they are cut (Cloud Run allows 10 s).
     public var shutdownGraceSeconds = 8.0
@@ -81,7 +82,7 @@ struct EngineService: Service {
                 do {
                     let engine = try Engine.load(path: options.modelPath, tokenizerDirectory: options.tokenizerDirectory)
                     var environment = ProcessInfo.processInfo.environment
-                    environment["INFERENCE_KV_CACHE_DTYPE"] = options.kvCacheType
+                    if let type = options.kvCacheType { environment["INFERENCE_KV_CACHE_DTYPE"] = type }
                     let device = try ComputeDevice.open(options.device, environment: environment) { OpenAIServer.log($0) }
                     let served = try ServedModel(
                         engine: engine, names: options.servedModelNames, contextLength: options.contextLength,

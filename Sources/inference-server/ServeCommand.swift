@@ -59,11 +59,11 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .customLong("kv-cache-dtype"),
-        help: "What the GPU's KV cache holds: auto (the model's bfloat16), bfloat16 or float32 (twice the memory; the CPU's numbers).")
-    var kvCacheDtype = "auto"
+        help: "What the GPU's KV cache holds: auto (the model's bfloat16), bfloat16 or float32 (twice the memory; the CPU's numbers). Default: INFERENCE_KV_CACHE_DTYPE, else auto.")
+    var kvCacheDtype: String?
 
     func validate() throws {
-        guard KVCacheType(name: kvCacheDtype) != nil else {
+        if let kvCacheDtype, KVCacheType(name: kvCacheDtype) == nil {
             throw ValidationError("--kv-cache-dtype takes auto, bfloat16 or float32, not \(kvCacheDtype)")
         }
         if let port, !(1...65535).contains(port) { throw ValidationError("--port must be in 1...65535") }

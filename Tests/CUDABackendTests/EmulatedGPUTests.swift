@@ -83,7 +83,7 @@ import Testing
 
     /// `sample_rows` against `TokenDraw.choose` over many small rows with every mix of cuts, on
     /// logits with many ties (the radix selection's hardest case: equal keys at the cut), and rows
-    /// with NaN and -inf.
+    /// with NaN, -inf and +inf.
     @Test func drawsOnTheDeviceMatchTheHostVersion() throws {
         let gpu = try Self.backend.get()
         var generator = Xoshiro256StarStar(seed: 77)
@@ -102,6 +102,7 @@ import Testing
                     topP: [1, 0.95, 0.5, 0.05][(r / 4) % 4], minP: [0, 0.01, 0.2][(r / 3) % 3], seed: generator.next()))
         }
         for c in 0..<columns where c % 3 == 0 { logits[(rows - 2) * columns + c] = .nan }
+        logits[(rows - 3) * columns + 17] = .infinity  // top-p then measures nothing and leaves the cut
         for c in 0..<columns { logits[(rows - 1) * columns + c] = c == 5 ? .nan : -.infinity }
         let buffer = gpu.makeBuffer(count: logits.count)
         gpu.write(logits, to: buffer, offset: 0)

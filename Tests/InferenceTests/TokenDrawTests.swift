@@ -42,6 +42,10 @@ import Testing
         #expect(draw.choose([-.infinity, -.infinity, 0.5]) == 2)
         #expect(draw.choose([.nan, .nan]) == 0)  // nothing to keep: token 0, as the argmax
         #expect(TokenDraw.argmax.choose([.nan, -2, 1]) == 2)
+        // +inf takes all the probability, with or without top-p.
+        for topP: Float in [1, 0.9] {
+            #expect(TokenDraw(temperature: 1, topK: 0, topP: topP, minP: 0, seed: 4).choose([1, .infinity, 2]) == 1)
+        }
     }
 
     @Test func aSeedFixesTheTokenAndSeedsVary() {
