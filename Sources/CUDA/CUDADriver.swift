@@ -27,6 +27,13 @@ public final class CUDADriver: @unchecked Sendable {
     public let version: Int
     public let devices: [Device]
     let library: DynamicLibrary
+
+    /// Whether the driver has the CUDA graph calls the backend replays steps with (CUDA 11.4 and later).
+    public var supportsGraphs: Bool {
+        ["cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuGraphInstantiateWithFlags", "cuGraphLaunch"].allSatisfy {
+            (try? library.symbol($0)) != nil
+        }
+    }
     private let getErrorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let getErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 

@@ -39,6 +39,13 @@ struct Doctor: ParsableCommand {
             let found = try CUDADriver()
             driver = found
             line("driver", "\(found.path), CUDA \(found.versionString)")
+            line(
+                "graphs",
+                found.supportsGraphs
+                    ? (ProcessInfo.processInfo.environment["INFERENCE_CUDA_GRAPHS"] == "off"
+                        ? "turned off (INFERENCE_CUDA_GRAPHS=off): kernels are launched one by one"
+                        : "available: repeated decode steps are captured and replayed as CUDA graphs")
+                    : "not in this driver: kernels are launched one by one")
             for device in found.devices {
                 let memory = (try? found.memoryInfo(ordinal: device.ordinal)).map { " (\(gib($0.free)) free)" } ?? ""
                 line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, about \(Int(device.peakBandwidth / 1e9)) GB/s")
