@@ -289,18 +289,25 @@ public final class CUDAContext: @unchecked Sendable {
         _ kernel: OpaquePointer, grid: (Int, Int, Int), block: Int, sharedBytes: Int = 0, _ arguments: [Argument]
     ) {
         if recording {
-            var words: [UInt64] = [
-                Operation.launch, UInt64(UInt(bitPattern: kernel)), UInt64(grid.0), UInt64(grid.1), UInt64(grid.2),
-                UInt64(block), UInt64(sharedBytes), UInt64(arguments.count),
-            ]
-            for argument in arguments {
-                switch argument {
-                case .pointer(let address): words.append(address)
-                case .int(let value): words.append(UInt64(UInt32(bitPattern: Int32(truncatingIfNeeded: value))))
-                case .float(let value): words.append(UInt64(value.bitPattern))
+            // Straight onto the tape: a decode step records some 400 launches.
+            tapeLock.lock()
+            if recording {
+                tape.append(contentsOf: [
+                    Operation.launch, UInt64(UInt(bitPattern: kernel)), UInt64(grid.0), UInt64(grid.1), UInt64(grid.2),
+                    UInt64(block), UInt64(sharedBytes), UInt64(arguments.count),
+                ])
+                for argument in arguments {
+                    switch argument {
+                    case .pointer(let address): tape.append(address)
+                    case .int(let value): tape.append(UInt64(UInt32(bitPattern: Int32(truncatingIfNeeded: value))))
+                    case .float(let value): tape.append(UInt64(value.bitPattern))
+                    }
                 }
+                tapeLaunches += 1
+                tapeLock.unlock()
+                return
             }
-            if record(words) { return }
+            tapeLock.unlock()
         }
         makeCurrent()
         // Arguments and their pointers on the stack: a decode step makes hundreds of launches.
@@ -401,9 +408,11 @@ public final class CUDAContext: @unchecked Sendable {
         tape.removeAll(keepingCapacity: true)
         tapeLaunches = 0
         makeCurrent()
-        var hasher = Hasher()
-        hasher.combine(work)
-        let key = hasher.finalize()
+        // FNV-1a over the words: cheaper than the standard hasher for a tape of some 4000 words, and
+        // a collision only costs a comparison (tapes are compared in full before a replay).
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for word in work { hash = (hash ^ word) &* 0x100_0000_01b3 }
+        let key = Int(truncatingIfNeeded: hash)
         if let calls = graphCalls, recording, launches >= Self.captureMinimum {
             clock += 1
             if let index = graphs[key]?.firstIndex(where: { $0.tape == work }) {
