@@ -419,7 +419,7 @@ public enum GemmaKernels {
         // point (2^-40 units), so the sums, and with them the tokens, do not depend on the order of
         // the atomic additions. Tokens tied with a cut are all kept.
         // `TokenDraw` (Inference) is the same algorithm on the host; the checks compare them.
-        // Grid: rows; block: 1024.
+        // Grid: rows; block: 512 (SAMPLE_WARPS warps).
         struct SampleRow {
             float temperature;  // <= 0: the argmax
             float top_p;        // 1: off
@@ -451,32 +451,44 @@ public enum GemmaKernels {
             return v == maximum ? 0.0f : (v - maximum) * inverse_t;
         }
 
+        // sample_rows' block: 512 threads, 16 warps (the per-warp histograms fill 32 KB of shared memory).
+        #define SAMPLE_WARPS 16
+
         // The largest key K with weight(keys >= K) >= target, where weight is a count (mass == 0) or
         // the fixed-point probability; only keys >= floor take part. Every thread gets K.
         __device__ u32 radix_select(const float* row, int n, float softcap, float maximum, float inverse_t,
                                     u32 floor, u64 target, bool mass) {
-            __shared__ u64 histogram[256];
+            // One histogram per warp: most keys share a few top bins, and one block-wide histogram
+            // would serialize every warp's atomics on them. Summed per bin in warp order afterwards.
+            __shared__ u64 histogram[SAMPLE_WARPS][256];
             __shared__ u32 chosen_prefix;
             __shared__ u64 chosen_remaining;
+            int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
             u32 prefix = 0, mask = 0;
             u64 remaining = target;
             for (int shift = 24; shift >= 0; shift -= 8) {
-                for (int b = threadIdx.x; b < 256; b += blockDim.x) histogram[b] = 0;
+                for (int b = threadIdx.x; b < SAMPLE_WARPS * 256; b += blockDim.x) histogram[b >> 8][b & 255] = 0;
                 __syncthreads();
                 for (int i = threadIdx.x; i < n; i += blockDim.x) {
                     float v = capped(row[i], softcap);
                     u32 key = order_key(v);
                     if (key < floor || (key & mask) != prefix) continue;
                     u64 w = mass ? (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f) : 1ull;
-                    if (w) atomicAdd(&histogram[(key >> shift) & 255u], w);
+                    if (w) atomicAdd(&histogram[warp][(key >> shift) & 255u], w);
+                }
+                __syncthreads();
+                for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+                    u64 sum = 0;
+                    for (int w = 0; w < warps; w++) sum += histogram[w][b];
+                    histogram[0][b] = sum;
                 }
                 __syncthreads();
                 if (threadIdx.x == 0) {
                     u64 above = 0;
                     int b = 255;
                     for (; b > 0; b--) {
-                        if (above + histogram[b] >= remaining) break;
-                        above += histogram[b];
+                        if (above + histogram[0][b] >= remaining) break;
+                        above += histogram[0][b];
                     }
                     chosen_prefix = prefix | ((u32)b << shift);
                     chosen_remaining = remaining > above ? remaining - above : 1ull;
@@ -490,7 +502,7 @@ public enum GemmaKernels {
             return prefix;
         }
 
-        extern "C" __global__ void __launch_bounds__(1024) sample_rows(const float* logits, int* out, int n, float softcap,
+        extern "C" __global__ void __launch_bounds__(512) sample_rows(const float* logits, int* out, int n, float softcap,
                                                const SampleRow* parameters) {
             const float* row = logits + (u64)blockIdx.x * n;
             SampleRow p = parameters[blockIdx.x];

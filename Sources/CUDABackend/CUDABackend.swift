@@ -462,7 +462,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         let parameters = table.withUnsafeBytes { context.stage($0) }
         context.launch(
-            kernel("sample_rows"), grid: (rows, 1, 1), block: 1024,
+            kernel("sample_rows"), grid: (rows, 1, 1), block: 512,
             [.pointer(x.address), .pointer(out.address), .int(columns), .float(softcap ?? 0), .pointer(parameters)])
         var result = [Int32](repeating: 0, count: rows)
         result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
