@@ -26,7 +26,9 @@ import TestSupport
         // Every extern "C" kernel of the source is in the list the server and doctor check.
         let declared = GemmaKernels.source.split(separator: "\n").compactMap { line -> String? in
             guard line.contains("extern \"C\" __global__ void ") else { return nil }
-            return line.split(separator: "void ")[1].split(separator: "(")[0].trimmingCharacters(in: .whitespaces)
+            var rest = line.split(separator: "void ", maxSplits: 1)[1]
+            if rest.hasPrefix("__launch_bounds__(") { rest = rest.split(separator: ")", maxSplits: 1)[1] }
+            return rest.split(separator: "(")[0].trimmingCharacters(in: .whitespaces)
         }
         #expect(Set(declared) == Set(GemmaKernels.names))
     }
