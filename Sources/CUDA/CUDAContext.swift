@@ -9,14 +9,13 @@ import Foundation
 /// than issued, up to the next call that needs the GPU's results or the host's order (a copy to
 /// the host, a synchronize, an allocation, cuBLAS: `flush`). Recorded work the same as work seen
 /// before (the same kernels, launch shapes, arguments and staging offsets, word for word) is
-/// captured as a CUDA graph on its second sighting and from then on replayed with one `cuGraphLaunch`
-/// (runs of fewer than 32 launches, such as the pieces cuBLAS splits a prefill into, are always issued
-/// directly, so they never crowd the graph cache): a decode step
-/// of a fixed batch is some 400 launches, which the host would otherwise issue one by one. Step
-/// inputs that change (token ids, positions, row tables) go through the staging area, whose pinned
-/// bytes a replayed copy reads when it runs, so they are not part of what must match. A driver
-/// without the graph calls, a failed capture, or `graphs: false` falls back to issuing the work
-/// as it comes.
+/// captured as a CUDA graph on its second sighting and from then on replayed with one
+/// `cuGraphLaunch`: a decode step of a fixed batch is some 400 launches, which the host would
+/// otherwise issue one by one. Runs of fewer than 32 launches (the pieces cuBLAS splits a prefill
+/// into) are always issued directly, so they never crowd the graph cache. Step inputs that change
+/// (token ids, positions, row tables) go through the staging area, whose pinned bytes a replayed
+/// copy reads when it runs, so they are not part of what must match. A driver without the graph
+/// calls, a failed capture, or `graphs: false` falls back to issuing the work as it comes.
 ///
 /// A failing call in the middle of a forward pass cannot be undone, so the non-throwing entry points
 /// (`launch`, `copy`, `read`) stop the process with the driver's message rather than return garbage;
