@@ -14,7 +14,7 @@ public enum GemmaKernels {
     public static let names = [
         "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
-        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_rows",
+        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_rows", "apply_penalties",
     ]
 
     /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
@@ -449,6 +449,32 @@ public enum GemmaKernels {
         // (logit - max) / T, with the best exactly 0 even when it is +inf (inf - inf would be NaN).
         __device__ __forceinline__ float scaled(float v, float maximum, float inverse_t) {
             return v == maximum ? 0.0f : (v - maximum) * inverse_t;
+        }
+
+        // Penalties before a draw, as the host Sampler applies them (TokenPenalties): with a soft cap,
+        // every value of the row is capped first (sample_rows then gets no cap). Each row's entries
+        // are (token id, times generated << 1 | in prompt or output), one per id. Grid: rows; block: 256.
+        struct PenaltyRow { u32 first; u32 count; float presence; float frequency; float repetition; u32 unused; };
+
+        extern "C" __global__ void apply_penalties(float* logits, int n, float softcap, const PenaltyRow* rows,
+                                                   const u32* entries) {
+            float* row = logits + (u64)blockIdx.x * n;
+            if (softcap > 0.0f) {
+                for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = capped(row[i], softcap);
+                __syncthreads();
+            }
+            PenaltyRow p = rows[blockIdx.x];
+            for (u32 e = threadIdx.x; e < p.count; e += blockDim.x) {
+                u32 id = entries[2 * (p.first + e)], packed = entries[2 * (p.first + e) + 1];
+                if (id >= (u32)n) continue;
+                float v = row[id];
+                if (p.repetition != 1.0f && (packed & 1u)) v = v > 0.0f ? v / p.repetition : v * p.repetition;
+                u32 count = packed >> 1;
+                // Rounded as the host rounds (no fused multiply-add).
+                if ((p.presence != 0.0f || p.frequency != 0.0f) && count > 0)
+                    v = v - __fadd_rn(p.presence, __fmul_rn(p.frequency, (float)count));
+                row[id] = v;
+            }
         }
 
         // sample_rows' block: 512 threads, 16 warps (the per-warp histograms fill 32 KB of shared memory).

@@ -448,6 +448,37 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public var drawsOnDevice: Bool { true }
 
+    /// `apply_penalties` on the drawn rows, in place: the per-row table and the (id, count) entries go
+    /// through the staging area, the entries padded to a power of two so that a steady batch keeps
+    /// the same step shape (and its CUDA graph) while the outputs grow.
+    private func applyPenalties(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float, draws: [TokenDraw]) {
+        var table = [UInt8](repeating: 0, count: rows * 24)
+        var entries: [UInt32] = []
+        table.withUnsafeMutableBytes { bytes in
+            for (r, draw) in draws.enumerated() {
+                let p = bytes.baseAddress! + r * 24
+                let penalties = draw.penalties
+                p.storeBytes(of: UInt32(entries.count / 2), toByteOffset: 0, as: UInt32.self)
+                p.storeBytes(of: UInt32(penalties?.entries.count ?? 0), toByteOffset: 4, as: UInt32.self)
+                p.storeBytes(of: penalties?.presence ?? 0, toByteOffset: 8, as: Float.self)
+                p.storeBytes(of: penalties?.frequency ?? 0, toByteOffset: 12, as: Float.self)
+                p.storeBytes(of: penalties?.repetition ?? 1, toByteOffset: 16, as: Float.self)
+                for entry in penalties?.entries ?? [] {
+                    entries.append(UInt32(truncatingIfNeeded: entry.id))
+                    entries.append(UInt32(truncatingIfNeeded: entry.count) << 1 | (entry.seen ? 1 : 0))
+                }
+            }
+        }
+        var padded = 2
+        while padded < entries.count { padded *= 2 }
+        entries += [UInt32](repeating: 0, count: padded - entries.count)
+        let rowTable = table.withUnsafeBytes { context.stage($0) }
+        let list = entries.withUnsafeBytes { context.stage($0) }
+        context.launch(
+            kernel("apply_penalties"), grid: (rows, 1, 1), block: 256,
+            [.pointer(x.address), .int(columns), .float(softcap), .pointer(rowTable), .pointer(list)])
+    }
+
     /// `sample_rows`: each row's cuts and Gumbel-max draw in one block; only the ids come back.
     public func sample(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int] {
         precondition(rows * columns <= x.count && draws.count == rows)
@@ -460,10 +491,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         table.withUnsafeMutableBytes { bytes in
             for (r, draw) in draws.enumerated() { draw.write(to: bytes.baseAddress! + r * TokenDraw.rowBytes) }
         }
+        var cap = softcap ?? 0
+        if draws.contains(where: { $0.penalties != nil }) {
+            applyPenalties(x, rows: rows, columns: columns, softcap: cap, draws: draws)
+            cap = 0  // applied with the penalties
+        }
         let parameters = table.withUnsafeBytes { context.stage($0) }
         context.launch(
             kernel("sample_rows"), grid: (rows, 1, 1), block: 512,
-            [.pointer(x.address), .pointer(out.address), .int(columns), .float(softcap ?? 0), .pointer(parameters)])
+            [.pointer(x.address), .pointer(out.address), .int(columns), .float(cap), .pointer(parameters)])
         var result = [Int32](repeating: 0, count: rows)
         result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
         return result.map(Int.init)

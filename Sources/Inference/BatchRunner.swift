@@ -185,7 +185,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
         /// The argmax token is wanted (`draw` = `.argmax`).
         public var greedy: Bool {
-            get { draw?.isArgmax ?? false }
+            get { draw?.isPlainArgmax ?? false }
             set { draw = newValue ? .argmax : nil }
         }
 

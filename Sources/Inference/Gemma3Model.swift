@@ -224,15 +224,15 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
 
     /// One LM head pass over any rows of `s.hidden` (at most the scratch's logit rows): a token for
     /// each of the first `draws.count` rows, chosen by the backend where the logits are, and the
-    /// logits of the others. All-argmax draws take the plain argmax (the soft cap, tanh, keeps the
-    /// order, so it is not applied).
+    /// logits of the others. Plain argmax draws (no penalties) take the argmax kernel (the soft cap,
+    /// tanh, keeps the order, so it is not applied).
     func head(rows: [Int], draws: [TokenDraw], scratch s: InferenceSession<Backend>.Scratch) -> (tokens: [Int], logits: [[Float]]) {
         precondition(draws.count <= rows.count)
         lmHead(rows: rows, scratch: s)
         let n = draws.count, vocabulary = config.vocabularySize
         let tokens =
             n == 0 ? []
-            : draws.allSatisfy(\.isArgmax) ? backend.argmax(s.logits, rows: n, columns: vocabulary)
+            : draws.allSatisfy(\.isPlainArgmax) ? backend.argmax(s.logits, rows: n, columns: vocabulary)
             : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: config.finalLogitSoftcapping, draws: draws)
         return (tokens, (n..<rows.count).map { readLogits(row: $0, scratch: s) })
     }

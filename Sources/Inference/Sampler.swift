@@ -17,6 +17,17 @@ public struct Sampler: Sendable {
         if parameters.repetitionPenalty != 1 { seen = Set(prompt) }
     }
 
+    /// The penalties to apply before a draw made elsewhere (`TokenDraw`), from what this sampler has
+    /// recorded; nil when the parameters have none.
+    public func penalties() -> TokenPenalties? {
+        let p = parameters
+        guard p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0 else { return nil }
+        let ids = Set(outputCounts.keys).union(seen).sorted()
+        return TokenPenalties(
+            presence: p.presencePenalty, frequency: p.frequencyPenalty, repetition: p.repetitionPenalty,
+            entries: ids.map { .init(id: $0, count: outputCounts[$0] ?? 0, seen: seen.contains($0)) })
+    }
+
     /// A fresh seed from this sampler's generator, for a draw made elsewhere (`TokenDraw`): a seeded
     /// request so gets the same seeds, and tokens, every time.
     public mutating func nextSeed() -> UInt64 { generator.next() }

@@ -23,6 +23,8 @@ public struct TokenDraw: Sendable, Equatable {
     public var minP: Float
     /// The noise's seed; a request's sampler gives a fresh one per step from its own seeded generator.
     public var seed: UInt64
+    /// Repetition, presence and frequency penalties, applied to the (capped) logits first.
+    public var penalties: TokenPenalties?
 
     /// Temperatures below this are the argmax, as vLLM's sampling epsilon: 1 / T would overflow.
     public static let greedyTemperature: Float = 1e-5
@@ -37,13 +39,17 @@ public struct TokenDraw: Sendable, Equatable {
         self.seed = seed
     }
 
-    public init(_ parameters: SamplingParameters, seed: UInt64) {
+    public init(_ parameters: SamplingParameters, seed: UInt64, penalties: TokenPenalties? = nil) {
         self.init(
             temperature: parameters.temperature, topK: parameters.topK, topP: parameters.topP, minP: parameters.minP,
             seed: seed)
+        self.penalties = penalties
     }
 
     public var isArgmax: Bool { temperature == 0 }
+
+    /// The plain argmax of the logits: no temperature and nothing that changes them.
+    public var isPlainArgmax: Bool { isArgmax && penalties == nil }
 
     /// Bytes of one row's parameters as the kernel reads them (`struct SampleRow`: temperature,
     /// top_p, min_p as f32, top_k as i32, seed as u64; little-endian).
@@ -62,7 +68,8 @@ public struct TokenDraw: Sendable, Equatable {
         let n = logits.count
         guard n > 0 else { return 0 }
         let cap = softcap ?? 0
-        let values = logits.map { Self.capped($0, cap) }
+        var values = logits.map { Self.capped($0, cap) }
+        penalties?.apply(to: &values)
         if isArgmax { return Sampler.argmax(values) }
         let maximum = values.max()!
         let inverse = 1 / temperature
@@ -135,5 +142,46 @@ public struct TokenDraw: Sendable, Equatable {
         z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
         z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
         return z ^ (z >> 31)
+    }
+}
+
+/// The penalties of one draw, as `Sampler` applies them: the repetition penalty divides positive
+/// logits and multiplies negative ones of every token in the prompt or output, then each generated
+/// token loses presence + frequency × its count. The CUDA kernel `apply_penalties` is the same.
+public struct TokenPenalties: Sendable, Equatable {
+    public struct Entry: Sendable, Equatable {
+        public var id: Int
+        /// Times generated so far.
+        public var count: Int
+        /// In the prompt or output: the repetition penalty applies.
+        public var seen: Bool
+
+        public init(id: Int, count: Int, seen: Bool) {
+            self.id = id
+            self.count = count
+            self.seen = seen
+        }
+    }
+
+    public var presence: Float
+    public var frequency: Float
+    public var repetition: Float
+    /// One entry per token id, in increasing id order.
+    public var entries: [Entry]
+
+    public init(presence: Float, frequency: Float, repetition: Float, entries: [Entry]) {
+        self.presence = presence
+        self.frequency = frequency
+        self.repetition = repetition
+        self.entries = entries
+    }
+
+    public func apply(to logits: inout [Float]) {
+        for entry in entries where entry.id >= 0 && entry.id < logits.count {
+            var v = logits[entry.id]
+            if repetition != 1 && entry.seen { v = v > 0 ? v / repetition : v * repetition }
+            if (presence != 0 || frequency != 0) && entry.count > 0 { v -= presence + frequency * Float(entry.count) }
+            logits[entry.id] = v
+        }
     }
 }

@@ -93,8 +93,8 @@ final class Job: @unchecked Sendable {
     /// Greedy without penalties or logprobs: the runner picks the token where the logits are, and
     /// on a GPU only its id comes back.
     let argmaxOnly: Bool
-    /// Sampling without penalties or logprobs: on a backend that draws where the logits are (a
-    /// GPU), the runner draws the token there (`TokenDraw`), with a seed from the job's sampler.
+    /// No logprobs wanted: on a backend that draws where the logits are (a GPU), the runner draws
+    /// the token there (`TokenDraw`), with a seed and the penalties from the job's sampler.
     let drawable: Bool
     var lastToken: ContinuousClock.Instant?
 
@@ -104,17 +104,14 @@ final class Job: @unchecked Sendable {
         sampler = Sampler(parameters: request.parameters.sampling, prompt: request.prompt)
         let p = request.parameters
         argmaxOnly = p.sampling.isPlainArgmax && p.topLogprobs == 0 && !p.computeLogprobs
-        let s = p.sampling
-        drawable =
-            s.presencePenalty == 0 && s.frequencyPenalty == 0 && s.repetitionPenalty == 1 && p.topLogprobs == 0
-            && !p.computeLogprobs
+        drawable = p.topLogprobs == 0 && !p.computeLogprobs
     }
 
     /// How the runner should choose this job's next token: nil for the logits (the host `Sampler`).
     func draw(onDevice: Bool) -> TokenDraw? {
         if argmaxOnly { return .argmax }
         guard drawable && onDevice else { return nil }
-        return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed())
+        return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed(), penalties: sampler.penalties())
     }
 
     /// Whether the early stop ended the output normally (a stop string), not a departed client.

@@ -100,6 +100,13 @@ import Testing
                 TokenDraw(
                     temperature: [0, 0.5, 1, 1.7][r % 4], topK: [0, 1, 7, 64, 699, 700][r % 6],
                     topP: [1, 0.95, 0.5, 0.05][(r / 4) % 4], minP: [0, 0.01, 0.2][(r / 3) % 3], seed: generator.next()))
+            if r % 5 == 1 {
+                // Penalties on some rows: a history of up to 40 distinct tokens.
+                let ids = Set((0..<40).map { _ in Int(generator.next() % UInt64(columns + 5)) }).sorted()
+                draws[r].penalties = TokenPenalties(
+                    presence: [0, 0.5][r % 2], frequency: 0.25, repetition: [1, 1.3][(r / 5) % 2],
+                    entries: ids.map { .init(id: $0, count: Int(generator.next() % 4), seen: generator.next() % 3 != 0) })
+            }
         }
         for c in 0..<columns where c % 3 == 0 { logits[(rows - 2) * columns + c] = .nan }
         logits[(rows - 3) * columns + 17] = .infinity  // top-p then measures nothing and leaves the cut
@@ -244,9 +251,11 @@ import Testing
             throw Unavailable(description: "no tokenizer at \(Self.modelFolder): scripts/test fetches it first")
         }
         let engine = try Engine.load(path: folder, tokenizerDirectory: Self.modelFolder, exactActivations: true)
-        let limits = SchedulerLimits(maximumRunning: 5, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        let limits = SchedulerLimits(maximumRunning: 6, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
         let sampledPrompt = Array(40...52)
         let sampled = SamplingParameters(temperature: 6, topK: 40, topP: 0.95, seed: 1234)
+        let penalized = SamplingParameters(
+            temperature: 2, topP: 0.9, repetitionPenalty: 1.5, presencePenalty: 0.5, frequencyPenalty: 0.5, seed: 99)
         var outputs: [[[Int]]] = []
         for device in [ComputeDevice.cpu, .cuda(try Self.backend.get())] {
             let served = try ServedModel(
@@ -264,8 +273,9 @@ import Testing
                 return SequenceRequest(prompt: prompt, parameters: parameters)
             }
             var handles = try [Array(3...9), Array(100...130), [2, 5]].map { try served.scheduler.submit(request($0, greedy)) }
-            // The same seeded sampled request twice, beside the greedy ones.
+            // The same seeded sampled request twice, beside the greedy ones, and one with penalties.
             for _ in 0..<2 { handles.append(try served.scheduler.submit(request(sampledPrompt, sampled))) }
+            handles.append(try served.scheduler.submit(request(sampledPrompt, penalized)))
             var tokens: [[Int]] = []
             for handle in handles {
                 var ids: [Int] = []
@@ -300,5 +310,18 @@ import Testing
         #expect(outputs[1][3] == expected)
         #expect(outputs[1][4] == expected)
         #expect(Set(expected).count > 1, "\(expected)")
+        // With penalties: the request's sampler gives each step's seed and penalties, as the scheduler does.
+        var sampler = Sampler(parameters: penalized, prompt: sampledPrompt)
+        let penalizedSlot = runner.makeSlot(contextLength: 96)
+        var penalizedExpected: [Int] = []
+        item = BatchRunner<CPUBackend>.Work(slot: penalizedSlot, tokens: sampledPrompt)
+        for _ in 0..<6 {
+            item.draw = TokenDraw(penalized, seed: sampler.nextSeed(), penalties: sampler.penalties())
+            guard case .token(let token) = try runner.outputs([item])[0] else { Issue.record("no token"); return }
+            sampler.accept(token)
+            penalizedExpected.append(token)
+            item = .init(slot: penalizedSlot, tokens: [token])
+        }
+        #expect(outputs[1][5] == penalizedExpected)
     }
 }

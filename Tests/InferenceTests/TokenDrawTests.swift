@@ -105,6 +105,27 @@ import Testing
         }
     }
 
+    /// With penalties, the draw's argmax is the host `Sampler`'s greedy choice after the same history.
+    @Test func penaltiesMatchTheSampler() {
+        var generator = Xoshiro256StarStar(seed: 21)
+        let parameters = SamplingParameters(temperature: 0, repetitionPenalty: 1.4, presencePenalty: 0.6, frequencyPenalty: 0.3)
+        for trial in 0..<30 {
+            let prompt = (0..<12).map { _ in Int(generator.next() % 64) }
+            var sampler = Sampler(parameters: parameters, prompt: prompt)
+            for _ in 0..<Int(generator.next() % 20) { sampler.accept(Int(generator.next() % 64)) }
+            // The tokens seen so far lead the logits, so that the penalties decide the winner.
+            var logits = (0..<64).map { _ in Float.random(in: -1...1, using: &generator) }
+            for id in prompt { logits[id] += 3 }
+            let penalties = sampler.penalties()
+            #expect(penalties != nil)
+            #expect(penalties?.entries.map(\.id) == penalties?.entries.map(\.id).sorted())
+            let draw = TokenDraw(parameters, seed: 0, penalties: penalties)
+            #expect(!draw.isPlainArgmax)
+            #expect(draw.choose(logits) == sampler.sample(logits), "trial \(trial)")
+        }
+        #expect(Sampler(parameters: SamplingParameters(temperature: 1)).penalties() == nil)
+    }
+
     @Test func theSoftCapIsAppliedBeforeTheCuts() {
         // Capped at 1, logits 10 and 3 become 0.9999 and 0.995: nearly equal, so with top-k 2 both
         // are drawn; uncapped, 10 would take almost every draw.

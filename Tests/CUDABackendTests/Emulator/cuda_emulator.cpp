@@ -79,6 +79,8 @@ static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // glibc declares __expf and __logf without exporting them: the kernels get expf and logf.
 #define __expf(x) expf(x)
+#define __fadd_rn(a, b) ((a) + (b))
+#define __fmul_rn(a, b) ((a) * (b))
 #define __logf(x) logf(x)
 static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
 // Threads switch only at barriers, so a plain read-modify-write is atomic here.
