@@ -201,6 +201,44 @@ import Testing
         #expect(direct.context.graphStatistics.replayed == 0)
     }
 
+    /// A driver that refuses to capture: the backend turns graphs off, says why, and the steps it
+    /// had recorded still run once, with the logits of a backend that never tried.
+    @Test func aRefusedCaptureFallsBackToDirectLaunches() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 93), exactActivations: true)
+        var results: [[[Float]]] = []
+        var statistics: [CUDAContext.GraphStatistics] = []
+        for refuse in [true, false] {
+            var environment = try Self.environment()
+            if refuse {
+                setenv("CUDA_EMULATOR_REFUSE_CAPTURE", "1", 1)
+            } else {
+                environment["INFERENCE_CUDA_GRAPHS"] = "off"
+            }
+            defer { unsetenv("CUDA_EMULATOR_REFUSE_CAPTURE") }
+            let backend = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 8)
+            let slots = [runner.makeSlot(contextLength: 64), runner.makeSlot(contextLength: 64)]
+            var next = [
+                Sampler.argmax(try runner.prefill(slots[0], Array(5...17))),
+                Sampler.argmax(try runner.prefill(slots[1], Array(30...35))),
+            ]
+            var logits: [[Float]] = []
+            for _ in 0..<4 {
+                let step = try runner.decode(slots, tokens: next)
+                logits += step
+                next = step.map(Sampler.argmax)
+            }
+            results.append(logits)
+            statistics.append(backend.context.graphStatistics)
+        }
+        #expect(results[0] == results[1])
+        #expect(statistics[0].captured == 0 && statistics[0].replayed == 0)
+        #expect(statistics[0].disabled?.contains("cuStreamBeginCapture") == true, "\(statistics[0])")
+        #expect(statistics[1].disabled == "turned off")
+    }
+
     @Test func batchedDecodeMatchesTheCPU() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 77), exactActivations: true)

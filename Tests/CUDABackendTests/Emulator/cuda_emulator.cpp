@@ -340,6 +340,8 @@ CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, u
 }
 CUresult cuStreamCreate(void **stream, unsigned) { *stream = new emu::Stream(); return 0; }
 CUresult cuStreamBeginCapture_v2(void *stream, int) {
+    // For the tests of the backend's fallback: a driver that refuses to capture.
+    if (getenv("CUDA_EMULATOR_REFUSE_CAPTURE")) return 801;  // CUDA_ERROR_NOT_SUPPORTED
     emu::Stream *s = (emu::Stream *)stream;
     if (!s || s->capturing) return 1;
     s->capturing = true;
