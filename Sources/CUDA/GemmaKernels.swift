@@ -12,7 +12,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_rows", "apply_penalties",
     ]
@@ -168,6 +168,61 @@ public enum GemmaKernels {
                 if (t < tokens) {
                     float s = warp_sum(acc[t]);
                     if (lane == 0) out[(u64)t * m + row] = s;
+                }
+            }
+        }
+
+        // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64
+        // tokens per block, 32 columns at a time through shared memory (the weights widened to f32),
+        // each thread 4 × 4 outputs; so a weight is read once per 64 tokens instead of once per 16.
+        // k a multiple of 32. Grid: (ceil(m / 64), ceil(tokens / 64)); block: 256.
+        #define GEMM_TILE 64
+        #define GEMM_DEPTH 32
+        extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const bf16* w, const float* x, float* out, int m, int k,
+                                                                   int tokens) {
+            __shared__ float ws[GEMM_TILE][GEMM_DEPTH + 1];
+            __shared__ float xs[GEMM_TILE][GEMM_DEPTH + 1];
+            int r0 = blockIdx.x * GEMM_TILE, t0 = blockIdx.y * GEMM_TILE;
+            int tr = threadIdx.x / 16, tt = threadIdx.x % 16;  // this thread: rows tr*4.., tokens tt*4..
+            int lr = threadIdx.x / 4, lc = (threadIdx.x % 4) * 8;  // what it loads: a row (or token), 8 columns
+            float acc[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+            for (int k0 = 0; k0 < k; k0 += GEMM_DEPTH) {
+                if (r0 + lr < m) {
+                    uint4 packed = *(const uint4*)(w + (u64)(r0 + lr) * k + k0 + lc);
+                    u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+                    for (int j = 0; j < 4; j++) {
+                        ws[lr][lc + 2 * j] = __uint_as_float(words[j] << 16);
+                        ws[lr][lc + 2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+                    }
+                } else {
+                    for (int j = 0; j < 8; j++) ws[lr][lc + j] = 0.0f;
+                }
+                if (t0 + lr < tokens) {
+                    const float4* xv = (const float4*)(x + (u64)(t0 + lr) * k + k0 + lc);
+                    float4 a = xv[0], b = xv[1];
+                    xs[lr][lc] = a.x; xs[lr][lc + 1] = a.y; xs[lr][lc + 2] = a.z; xs[lr][lc + 3] = a.w;
+                    xs[lr][lc + 4] = b.x; xs[lr][lc + 5] = b.y; xs[lr][lc + 6] = b.z; xs[lr][lc + 7] = b.w;
+                } else {
+                    for (int j = 0; j < 8; j++) xs[lr][lc + j] = 0.0f;
+                }
+                __syncthreads();
+                for (int kk = 0; kk < GEMM_DEPTH; kk++) {
+                    float a[4], b[4];
+                    for (int i = 0; i < 4; i++) a[i] = ws[tr * 4 + i][kk];
+                    for (int j = 0; j < 4; j++) b[j] = xs[tt * 4 + j][kk];
+                    for (int i = 0; i < 4; i++)
+                        for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+                }
+                __syncthreads();
+            }
+            for (int i = 0; i < 4; i++) {
+                int r = r0 + tr * 4 + i;
+                if (r >= m) continue;
+                for (int j = 0; j < 4; j++) {
+                    int t = t0 + tt * 4 + j;
+                    if (t < tokens) out[(u64)t * m + r] = acc[i][j];
                 }
             }
         }

@@ -81,6 +81,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// nil when cuBLAS was not found or not wanted; `cublasProblem` then says why.
     public let cublas: CUBLAS?
     public let cublasProblem: String?
+    /// Products of more than 16 rows go to cuBLAS when it is loaded; false uses the tiled kernel
+    /// (the benchmarks time both: Cloud Run images have no cuBLAS).
+    public var prefillWithCUBLAS: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return cublasEnabled }
+        set { lock.lock(); cublasEnabled = newValue; lock.unlock() }
+    }
+    private var cublasEnabled = true
     public let nvrtcPath: String
     /// What the KV cache holds: bf16 unless `INFERENCE_KV_CACHE_DTYPE` (or the init) says float32.
     public let kvCache: KVCacheType
@@ -242,7 +249,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let m = weight.rows, k = weight.columns
         precondition(weight.storage == .bf16 && rows * k <= x.count && rows * m <= out.count)
         let group = GemmaKernels.gemvMaximumTokens
-        if rows > group, let cublas {
+        if rows > group, prefillWithCUBLAS, let cublas {
             lock.lock()
             defer { lock.unlock() }
             if halfScratch == nil || halfScratch!.count * 2 < rows * k {
@@ -258,6 +265,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             } catch { fatalError("CUDA: \(error)") }
             return
         }
+        if rows > group && k % 32 == 0 {
+            matmulTiled(x, rows: rows, weight: weight, into: out)
+            return
+        }
         var first = 0
         while first < rows {
             let tokens = min(group, rows - first)
@@ -269,6 +280,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 ])
             first += tokens
         }
+    }
+
+    /// Many rows without cuBLAS (Cloud Run images): `gemm_bf16`, 64 rows × 64 tokens per block, so
+    /// each weight is read once per 64 tokens. k must be a multiple of 32.
+    func matmulTiled(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
+        let m = weight.rows, k = weight.columns
+        precondition(weight.storage == .bf16 && k % 32 == 0 && rows * k <= x.count && rows * m <= out.count)
+        context.launch(
+            kernel("gemm_bf16"), grid: (blocks(m, 64), blocks(rows, 64), 1), block: 256,
+            [.pointer(weight.address), .pointer(x.address), .pointer(out.address), .int(m), .int(k), .int(rows)])
     }
 
     public func rmsNorm(

@@ -92,8 +92,9 @@ public struct GPUCheck {
     public mutating func operations() throws -> [Result] {
         var results: [Result] = []
         // Products: gemv (≤ 16 rows, f32 activations) and the many-row path (cuBLAS with bf16
-        // activations when present, else gemv 16 rows at a time).
-        for (m, k) in [(1152, 640), (640, 2048), (4096, 1152)] {
+        // activations when present, else the tiled gemm), and the tiled gemm itself whatever is
+        // present, on shapes that are not whole tiles.
+        for (m, k) in [(1152, 640), (640, 2048), (1000, 1152)] {
             let tensor = try bf16Matrix(rows: m, columns: k, scale: 0.05)
             let cw = try cpu.matrix(tensor), gw = try gpu.matrix(tensor)
             for rows in [1, 3, 8, 16, 21, 64] {
@@ -107,6 +108,17 @@ public struct GPUCheck {
                     name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ" + (manyRows ? " cuBLAS" : ""),
                     error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
                     tolerance: manyRows ? 1e-2 : 1e-5))
+            }
+            for rows in [17, 100] {
+                let (cx, gx) = pair(values(rows * k))
+                let cy = cpu.makeBuffer(count: rows * m)
+                let gy = poisoned(rows * m)
+                cpu.matmul(cx, rows: rows, weight: cw, into: cy)
+                gpu.matmulTiled(gx, rows: rows, weight: gw, into: gy)
+                results.append(Result(
+                    name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ tiled",
+                    error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
+                    tolerance: 1e-5))
             }
         }
         // Embedding rows (bf16 table), scaled.
