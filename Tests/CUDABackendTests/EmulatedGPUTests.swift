@@ -179,7 +179,7 @@ import Testing
         var results: [[[Float]]] = []
         for backend in [graphed, direct] {
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
-            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 8)
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 64)
             // Contexts cross 256 keys (a second attention share) during the steps.
             let slots = [runner.makeSlot(contextLength: 256), runner.makeSlot(contextLength: 256)]
             var next = [
