@@ -523,11 +523,12 @@ public enum GemmaKernels {
                 u32 id = entries[2 * (p.first + e)], packed = entries[2 * (p.first + e) + 1];
                 if (id >= (u32)n) continue;
                 float v = row[id];
-                if (p.repetition != 1.0f && (packed & 1u)) v = v > 0.0f ? v / p.repetition : v * p.repetition;
+                // Each operation rounded on its own, as the host rounds (never fused into a multiply-add).
+                if (p.repetition != 1.0f && (packed & 1u))
+                    v = v > 0.0f ? __fdiv_rn(v, p.repetition) : __fmul_rn(v, p.repetition);
                 u32 count = packed >> 1;
-                // Rounded as the host rounds (no fused multiply-add).
                 if ((p.presence != 0.0f || p.frequency != 0.0f) && count > 0)
-                    v = v - __fadd_rn(p.presence, __fmul_rn(p.frequency, (float)count));
+                    v = __fsub_rn(v, __fadd_rn(p.presence, __fmul_rn(p.frequency, (float)count)));
                 row[id] = v;
             }
         }

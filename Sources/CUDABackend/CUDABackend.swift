@@ -95,6 +95,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let functions: [String: OpaquePointer]
     private let lock = NSLock()
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
+    private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
+    /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
+    /// step's other inputs, and must not wrap within a step.
+    static let stagedPenaltyBytes = 1 << 20
     private var partialScratch: CUDABuffer?  // attention shares of long contexts, merged by attention_combine
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
 
@@ -494,7 +498,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         while padded < entries.count { padded *= 2 }
         entries += [UInt32](repeating: 0, count: padded - entries.count)
         let rowTable = table.withUnsafeBytes { context.stage($0) }
-        let list = entries.withUnsafeBytes { context.stage($0) }
+        let list: CUDAContext.DevicePointer
+        if entries.count * 4 <= Self.stagedPenaltyBytes {
+            list = entries.withUnsafeBytes { context.stage($0) }
+        } else {
+            // A history too long for the staging area (a repetition penalty over very long prompts):
+            // a buffer of its own, uploaded now (this step then runs without its graph).
+            if penaltyScratch == nil || penaltyScratch!.count < entries.count { penaltyScratch = makeBuffer(count: entries.count) }
+            entries.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: penaltyScratch!.address) }
+            list = penaltyScratch!.address
+        }
         context.launch(
             kernel("apply_penalties"), grid: (rows, 1, 1), block: 256,
             [.pointer(x.address), .int(columns), .float(softcap), .pointer(rowTable), .pointer(list)])

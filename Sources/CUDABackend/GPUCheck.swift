@@ -307,6 +307,7 @@ public struct GPUCheck {
             let flat = values(draws.count * 262_144, scale: 4)
             let (_, gf) = pair(flat)
             for softcap: Float? in [nil, 3] {
+                gpu.write(flat, to: gf, offset: 0)  // the penalties are applied in place
                 let wanted = draws.indices.map { r in
                     draws[r].choose(Array(flat[r * 262_144..<(r + 1) * 262_144]), softcap: softcap)
                 }

@@ -75,7 +75,7 @@ public protocol ComputeBackend: Sendable {
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
     /// A token for each row, chosen as `draws[row]` says (`TokenDraw.choose`), where the logits are:
     /// a GPU backend returns only the ids. x: (rows, columns) raw logits; `softcap` is the model's
-    /// final logit cap, applied first.
+    /// final logit cap, applied first. The rows may be overwritten (a GPU applies penalties in place).
     func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int]
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.

@@ -147,14 +147,20 @@ struct GPUCheckCommand: ParsableCommand {
         print(String(format: "prefill     512 tokens in %.2f ms: %.0f tokens/s%@", prefill * 1000, 512 / prefill, gpu.cublas == nil ? " (tiled kernel, no cuBLAS)" : " (cuBLAS)"))
         figures["prefill_tokens_per_second"] = 512 / prefill
         if gpu.cublas != nil {
-            // What a Cloud Run image does: it carries no cuBLAS.
+            // What a Cloud Run image does: it carries no cuBLAS. Graphs off, as with cuBLAS (whose
+            // calls split a prefill into pieces too short to capture) and as for prompts of new lengths.
+            let graphs = gpu.context.graphsEnabled
             gpu.prefillWithCUBLAS = false
+            gpu.context.graphsEnabled = false
+            defer {
+                gpu.prefillWithCUBLAS = true
+                gpu.context.graphsEnabled = graphs
+            }
             var tiled = Double.infinity
             for _ in 0..<3 {
                 slot.reset()
                 tiled = min(tiled, try seconds { _ = try runner.prefill(slot, prompt) })
             }
-            gpu.prefillWithCUBLAS = true
             print(String(format: "            without cuBLAS (the tiled kernel): %.2f ms, %.0f tokens/s", tiled * 1000, 512 / tiled))
             figures["prefill_tiled_tokens_per_second"] = 512 / tiled
         }

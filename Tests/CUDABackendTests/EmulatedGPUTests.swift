@@ -108,12 +108,16 @@ import Testing
                     entries: ids.map { .init(id: $0, count: Int(generator.next() % 4), seen: generator.next() % 3 != 0) })
             }
         }
+        // A history too long for the staging area (more than 1 MiB of entries): its own upload.
+        draws[6].penalties = TokenPenalties(
+            presence: 0.4, frequency: 0.2, repetition: 1.2,
+            entries: (0..<140_000).map { .init(id: $0, count: $0 % 3, seen: $0 % 2 == 0) })
         for c in 0..<columns where c % 3 == 0 { logits[(rows - 2) * columns + c] = .nan }
         logits[(rows - 3) * columns + 17] = .infinity  // top-p then measures nothing and leaves the cut
         for c in 0..<columns { logits[(rows - 1) * columns + c] = c == 5 ? .nan : -.infinity }
         let buffer = gpu.makeBuffer(count: logits.count)
-        gpu.write(logits, to: buffer, offset: 0)
         for softcap: Float? in [nil, 2] {
+            gpu.write(logits, to: buffer, offset: 0)  // the penalties are applied in place
             let drawn = gpu.sample(buffer, rows: rows, columns: columns, softcap: softcap, draws: draws)
             for r in 0..<rows {
                 let wanted = draws[r].choose(Array(logits[r * columns..<(r + 1) * columns]), softcap: softcap)
@@ -210,12 +214,18 @@ import Testing
         var statistics: [CUDAContext.GraphStatistics] = []
         for refuse in [true, false] {
             var environment = try Self.environment()
-            if refuse {
-                setenv("CUDA_EMULATOR_REFUSE_CAPTURE", "1", 1)
-            } else {
-                environment["INFERENCE_CUDA_GRAPHS"] = "off"
+            if !refuse { environment["INFERENCE_CUDA_GRAPHS"] = "off" }
+            // The emulator's switch, found in the library the driver loaded (no environment variable:
+            // other suites run beside this one).
+            let library = dlopen(try Self.emulator.get(), RTLD_NOW)
+            defer { if let library { dlclose(library) } }
+            guard let symbol = dlsym(library, "cudaEmulatorRefuseCapture") else {
+                Issue.record("the emulator has no cudaEmulatorRefuseCapture")
+                return
             }
-            defer { unsetenv("CUDA_EMULATOR_REFUSE_CAPTURE") }
+            let refuseCapture = unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Void).self)
+            refuseCapture(refuse ? 1 : 0)
+            defer { refuseCapture(0) }
             let backend = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
             let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 8)

@@ -79,8 +79,11 @@ static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // glibc declares __expf and __logf without exporting them: the kernels get expf and logf.
 #define __expf(x) expf(x)
+// Built without -mfma (and x86-64's baseline has no FMA), so nothing here is contracted either.
 #define __fadd_rn(a, b) ((a) + (b))
+#define __fsub_rn(a, b) ((a) - (b))
 #define __fmul_rn(a, b) ((a) * (b))
+#define __fdiv_rn(a, b) ((a) / (b))
 #define __logf(x) logf(x)
 static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
 // Threads switch only at barriers, so a plain read-modify-write is atomic here.
@@ -148,6 +151,7 @@ struct Graph {
     std::vector<Operation> work;
 };
 static int capturing = 0;  // streams now capturing
+static bool refuseCapture = false;  // cudaEmulatorRefuseCapture
 static unsigned long graphLaunches = 0;
 
 static int launch(Launcher kernel, dim3 g, dim3 b, void **params);
@@ -341,7 +345,7 @@ CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, u
 CUresult cuStreamCreate(void **stream, unsigned) { *stream = new emu::Stream(); return 0; }
 CUresult cuStreamBeginCapture_v2(void *stream, int) {
     // For the tests of the backend's fallback: a driver that refuses to capture.
-    if (getenv("CUDA_EMULATOR_REFUSE_CAPTURE")) return 801;  // CUDA_ERROR_NOT_SUPPORTED
+    if (emu::refuseCapture) return 801;  // CUDA_ERROR_NOT_SUPPORTED
     emu::Stream *s = (emu::Stream *)stream;
     if (!s || s->capturing) return 1;
     s->capturing = true;
@@ -374,6 +378,7 @@ CUresult cuGraphLaunch(void *exec, void *stream) {
 }
 CUresult cuGraphDestroy(void *graph) { delete (emu::Graph *)graph; return 0; }
 CUresult cuGraphExecDestroy(void *exec) { delete (emu::Graph *)exec; return 0; }
-// For the tests: how many graph launches ran.
+// For the tests: how many graph launches ran, and a driver that refuses to capture.
 unsigned long cudaEmulatorGraphLaunches() { return emu::graphLaunches; }
+void cudaEmulatorRefuseCapture(int refuse) { emu::refuseCapture = refuse != 0; }
 }
