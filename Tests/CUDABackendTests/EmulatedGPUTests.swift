@@ -167,6 +167,22 @@ import Testing
     /// Continuous batching on the device against the CPU: prompts longer than the window and the
     /// prefill chunk, prefilled one by one, then decoded together step by step; every step's logits
     /// agree, and the greedy tokens chosen on the device are the argmax of those logits.
+    /// Every decode step's logits for `prompts` decoded together, greedily, after their prefills.
+    static func decodeLogits(
+        _ model: Gemma3Model<CUDABackend>, prompts: [[Int]], contextLength: Int, prefillChunk: Int, steps: Int
+    ) throws -> [[Float]] {
+        let runner = BatchRunner(model: model, maximumSequences: prompts.count, prefillChunk: prefillChunk)
+        let slots = prompts.map { _ in runner.makeSlot(contextLength: contextLength) }
+        var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
+        var logits: [[Float]] = []
+        for _ in 0..<steps {
+            let step = try runner.decode(slots, tokens: next)
+            logits += step
+            next = step.map(Sampler.argmax)
+        }
+        return logits
+    }
+
     /// Decode steps of a fixed batch are recorded, captured as a CUDA graph on their second
     /// sighting and replayed from then on; the replays give bit for bit the logits of launching each
     /// kernel directly (graphs off), including across a KV cache growth and a new attention split.
@@ -183,20 +199,11 @@ import Testing
         var results: [[[Float]]] = []
         for backend in [graphed, direct] {
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
-            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 64)
             // Contexts cross 256 keys (a second attention share) during the steps.
-            let slots = [runner.makeSlot(contextLength: 256), runner.makeSlot(contextLength: 256)]
-            var next = [
-                Sampler.argmax(try runner.prefill(slots[0], (0..<250).map { 3 + $0 % 900 })),
-                Sampler.argmax(try runner.prefill(slots[1], Array(10...20))),
-            ]
-            var logits: [[Float]] = []
-            for _ in 0..<6 {
-                let step = try runner.decode(slots, tokens: next)
-                logits += step
-                next = step.map(Sampler.argmax)
-            }
-            results.append(logits)
+            results.append(
+                try Self.decodeLogits(
+                    model, prompts: [(0..<250).map { 3 + $0 % 900 }, Array(10...20)], contextLength: 256, prefillChunk: 64,
+                    steps: 6))
         }
         #expect(results[0] == results[1])
         let after = graphed.context.graphStatistics
@@ -228,19 +235,8 @@ import Testing
             defer { refuseCapture(0) }
             let backend = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
-            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 8)
-            let slots = [runner.makeSlot(contextLength: 64), runner.makeSlot(contextLength: 64)]
-            var next = [
-                Sampler.argmax(try runner.prefill(slots[0], Array(5...17))),
-                Sampler.argmax(try runner.prefill(slots[1], Array(30...35))),
-            ]
-            var logits: [[Float]] = []
-            for _ in 0..<4 {
-                let step = try runner.decode(slots, tokens: next)
-                logits += step
-                next = step.map(Sampler.argmax)
-            }
-            results.append(logits)
+            results.append(
+                try Self.decodeLogits(model, prompts: [Array(5...17), Array(30...35)], contextLength: 64, prefillChunk: 8, steps: 4))
             statistics.append(backend.context.graphStatistics)
         }
         #expect(results[0] == results[1])
