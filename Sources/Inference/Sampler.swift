@@ -9,23 +9,33 @@ public struct Sampler: Sendable {
     private var outputCounts: [Int: Int] = [:]
     /// Tokens in the prompt or the output (for the repetition penalty).
     private var seen: Set<Int> = []
+    /// The same history as `TokenPenalties` entries, one per token id, kept up to date by `accept`
+    /// (a draw on the GPU takes it every step; rebuilding it from a long prompt each time would not
+    /// be cheap). nil without penalties.
+    private var penaltyEntries: [TokenPenalties.Entry]?
+    private var entryIndex: [Int: Int] = [:]
 
     public init(parameters: SamplingParameters, prompt: [Int] = []) {
         self.parameters = parameters
         var system = SystemRandomNumberGenerator()
         generator = Xoshiro256StarStar(seed: parameters.seed ?? system.next())
         if parameters.repetitionPenalty != 1 { seen = Set(prompt) }
+        let p = parameters
+        if p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+            let ids = seen.sorted()
+            penaltyEntries = ids.map { .init(id: $0, count: 0, seen: true) }
+            for (index, id) in ids.enumerated() { entryIndex[id] = index }
+        }
     }
 
     /// The penalties to apply before a draw made elsewhere (`TokenDraw`), from what this sampler has
     /// recorded; nil when the parameters have none.
     public func penalties() -> TokenPenalties? {
+        guard let penaltyEntries else { return nil }
         let p = parameters
-        guard p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0 else { return nil }
-        let ids = Set(outputCounts.keys).union(seen).sorted()
         return TokenPenalties(
             presence: p.presencePenalty, frequency: p.frequencyPenalty, repetition: p.repetitionPenalty,
-            entries: ids.map { .init(id: $0, count: outputCounts[$0] ?? 0, seen: seen.contains($0)) })
+            entries: penaltyEntries)
     }
 
     /// A fresh seed from this sampler's generator, for a draw made elsewhere (`TokenDraw`): a seeded
@@ -36,6 +46,16 @@ public struct Sampler: Sendable {
     public mutating func accept(_ token: Int) {
         outputCounts[token, default: 0] += 1
         if parameters.repetitionPenalty != 1 { seen.insert(token) }
+        if penaltyEntries != nil {
+            let seen = parameters.repetitionPenalty != 1
+            if let index = entryIndex[token] {
+                penaltyEntries![index].count += 1
+                penaltyEntries![index].seen = penaltyEntries![index].seen || seen
+            } else {
+                entryIndex[token] = penaltyEntries!.count
+                penaltyEntries!.append(.init(id: token, count: 1, seen: seen))
+            }
+        }
     }
 
     /// The next token for `logits` (vocab), not yet recorded: call `accept` with it.

@@ -166,7 +166,7 @@ public struct TokenPenalties: Sendable, Equatable {
     public var presence: Float
     public var frequency: Float
     public var repetition: Float
-    /// One entry per token id, in increasing id order.
+    /// One entry per token id (the prompt's in increasing id order, then the output's new ones).
     public var entries: [Entry]
 
     public init(presence: Float, frequency: Float, repetition: Float, entries: [Entry]) {

@@ -112,13 +112,21 @@ import Testing
         for trial in 0..<30 {
             let prompt = (0..<12).map { _ in Int(generator.next() % 64) }
             var sampler = Sampler(parameters: parameters, prompt: prompt)
-            for _ in 0..<Int(generator.next() % 20) { sampler.accept(Int(generator.next() % 64)) }
+            let history = (0..<Int(generator.next() % 20)).map { _ in Int(generator.next() % 64) }
+            for token in history { sampler.accept(token) }
             // The tokens seen so far lead the logits, so that the penalties decide the winner.
             var logits = (0..<64).map { _ in Float.random(in: -1...1, using: &generator) }
             for id in prompt { logits[id] += 3 }
             let penalties = sampler.penalties()
             #expect(penalties != nil)
-            #expect(penalties?.entries.map(\.id) == penalties?.entries.map(\.id).sorted())
+            // One entry per token of the prompt or output, each with its count.
+            let ids = penalties?.entries.map(\.id) ?? []
+            #expect(Set(ids).count == ids.count)
+            #expect(Set(ids) == Set(prompt).union(history))
+            for entry in penalties?.entries ?? [] {
+                #expect(entry.count == history.filter { $0 == entry.id }.count)
+                #expect(entry.seen)
+            }
             let draw = TokenDraw(parameters, seed: 0, penalties: penalties)
             #expect(!draw.isPlainArgmax)
             #expect(draw.choose(logits) == sampler.sample(logits), "trial \(trial)")
