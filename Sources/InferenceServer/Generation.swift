@@ -109,6 +109,11 @@ struct GenerationResponder {
             if choices.allSatisfy(\.isDone) { break }
         }
         try Task.checkCancellation()
+        if choices.contains(where: { $0.failure != nil }) && !connection.isOpen {
+            // Stopped because the client left: close rather than answer.
+            connection.closeDeparted()
+            throw CancellationError()
+        }
         if let failed = choices.first(where: { $0.failure != nil }) {
             throw OpenAIError(.serviceUnavailable, "generation failed: \(failed.failure!)", retryAfter: 1)
         }
@@ -168,6 +173,11 @@ struct GenerationResponder {
             guard let event else {
                 let wasDone = choices[index].isDone
                 choices[index].closed()
+                if !wasDone && !connection.isOpen {
+                    // Stopped because the client left: close rather than send an error event.
+                    connection.closeDeparted()
+                    throw CancellationError()
+                }
                 if !wasDone, let failure = choices[index].failure { try await sendError(failure, &writer) }
                 if choices.allSatisfy(\.isDone) { break } else { continue }
             }

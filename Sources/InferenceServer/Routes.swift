@@ -112,6 +112,12 @@ final class ConnectionWatch: ChannelInboundHandler, RemovableChannelHandler, @un
         context.fireChannelInactive()
     }
 
+    /// Closes the connection of a client that has gone (or half-closed): its generation was stopped,
+    /// and there is nothing left to tell it; an error event or a 5xx would only reach a half-closed one.
+    func closeDeparted() {
+        channel?.close(promise: nil)
+    }
+
     /// Takes the watcher out of the pipeline (the connection may serve further requests).
     func stop() {
         if let channel { channel.pipeline.removeHandler(self, promise: nil) }
