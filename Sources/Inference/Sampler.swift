@@ -5,13 +5,9 @@ import Foundation
 public struct Sampler: Sendable {
     public let parameters: SamplingParameters
     private var generator: Xoshiro256StarStar
-    /// How often each token has been generated so far (for presence and frequency penalties).
-    private var outputCounts: [Int: Int] = [:]
-    /// Tokens in the prompt or the output (for the repetition penalty).
-    private var seen: Set<Int> = []
-    /// The same history as `TokenPenalties` entries, one per token id, kept up to date by `accept`
-    /// (a draw on the GPU takes it every step; rebuilding it from a long prompt each time would not
-    /// be cheap). nil without penalties.
+    /// The history the penalties need, one entry per token id: how often it was generated (presence
+    /// and frequency) and whether it is in the prompt or output (repetition). Kept up to date by
+    /// `accept`, so a draw on the GPU takes it as it is every step. nil without penalties.
     private var penaltyEntries: [TokenPenalties.Entry]?
     private var entryIndex: [Int: Int] = [:]
 
@@ -19,10 +15,9 @@ public struct Sampler: Sendable {
         self.parameters = parameters
         var system = SystemRandomNumberGenerator()
         generator = Xoshiro256StarStar(seed: parameters.seed ?? system.next())
-        if parameters.repetitionPenalty != 1 { seen = Set(prompt) }
         let p = parameters
         if p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0 {
-            let ids = seen.sorted()
+            let ids = p.repetitionPenalty != 1 ? Set(prompt).sorted() : []
             penaltyEntries = ids.map { .init(id: $0, count: 0, seen: true) }
             for (index, id) in ids.enumerated() { entryIndex[id] = index }
         }
@@ -44,8 +39,6 @@ public struct Sampler: Sendable {
 
     /// Records a token that became part of the output (whether sampled here or forced).
     public mutating func accept(_ token: Int) {
-        outputCounts[token, default: 0] += 1
-        if parameters.repetitionPenalty != 1 { seen.insert(token) }
         if penaltyEntries != nil {
             let seen = parameters.repetitionPenalty != 1
             if let index = entryIndex[token] {
@@ -61,7 +54,7 @@ public struct Sampler: Sendable {
     /// The next token for `logits` (vocab), not yet recorded: call `accept` with it.
     public mutating func sample(_ logits: [Float]) -> Int {
         var logits = logits
-        applyPenalties(&logits)
+        penalties()?.apply(to: &logits)
         if parameters.isGreedy { return Self.argmax(logits) }
 
         // Probabilities at this temperature, max-subtracted.
@@ -133,20 +126,6 @@ public struct Sampler: Sendable {
                 return sorted(ids)
             }
             cut = cut > 1e-12 ? cut / 100 : 0
-        }
-    }
-
-    private func applyPenalties(_ logits: inout [Float]) {
-        let p = parameters
-        if p.repetitionPenalty != 1 {
-            for id in seen where id < logits.count {
-                logits[id] = logits[id] > 0 ? logits[id] / p.repetitionPenalty : logits[id] * p.repetitionPenalty
-            }
-        }
-        if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
-            for (id, count) in outputCounts where id < logits.count {
-                logits[id] -= p.presencePenalty + p.frequencyPenalty * Float(count)
-            }
         }
     }
 

@@ -105,7 +105,8 @@ import Testing
         }
     }
 
-    /// With penalties, the draw's argmax is the host `Sampler`'s greedy choice after the same history.
+    /// With penalties, the draw's argmax and the host `Sampler`'s greedy choice are the argmax of the
+    /// penalized logits after the same history.
     @Test func penaltiesMatchTheSampler() {
         var generator = Xoshiro256StarStar(seed: 21)
         let parameters = SamplingParameters(temperature: 0, repetitionPenalty: 1.4, presencePenalty: 0.6, frequencyPenalty: 0.3)
@@ -129,7 +130,15 @@ import Testing
             }
             let draw = TokenDraw(parameters, seed: 0, penalties: penalties)
             #expect(!draw.isPlainArgmax)
-            #expect(draw.choose(logits) == sampler.sample(logits), "trial \(trial)")
+            // The penalties written out from their definitions (CTRL's repetition penalty on prompt and
+            // output tokens, then OpenAI's presence and frequency on generated ones).
+            var expected = logits
+            for id in Set(prompt).union(history) {
+                expected[id] = expected[id] > 0 ? expected[id] / 1.4 : expected[id] * 1.4
+            }
+            for id in Set(history) { expected[id] -= 0.6 + 0.3 * Float(history.filter { $0 == id }.count) }
+            #expect(draw.choose(logits) == Sampler.argmax(expected), "trial \(trial)")
+            #expect(sampler.sample(logits) == Sampler.argmax(expected), "trial \(trial)")
         }
         #expect(Sampler(parameters: SamplingParameters(temperature: 1)).penalties() == nil)
     }
