@@ -15,6 +15,7 @@ public enum GemmaKernels {
         "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_rows", "apply_penalties",
+        "row_logprobs",
     ]
 
     /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
@@ -93,7 +94,7 @@ public enum GemmaKernels {
 
         // out[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w, w holding Gemma's 1 + w. Grid: rows
         // (tokens, or tokens x heads for the q/k norms, whose weight is per head dimension). out may be x.
-        extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int n, float eps) {
+        extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* x, const float* w, float* out, int n, float eps) {
             const float* xr = x + (u64)blockIdx.x * n;
             float* orow = out + (u64)blockIdx.x * n;
             float s = 0.0f;
@@ -104,7 +105,7 @@ public enum GemmaKernels {
 
         // residual[r, :] += x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w: Gemma's post-attention and
         // post-feedforward norms with the residual add that follows them. Grid: rows.
-        extern "C" __global__ void rms_norm_add(const float* x, const float* w, float* residual, int n, float eps) {
+        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add(const float* x, const float* w, float* residual, int n, float eps) {
             const float* xr = x + (u64)blockIdx.x * n;
             float* rr = residual + (u64)blockIdx.x * n;
             float s = 0.0f;
@@ -636,6 +637,50 @@ public enum GemmaKernels {
             block_argmax(best, index, out + blockIdx.x);
             // A row of only -inf or NaN keeps nothing: token 0, as the argmax (thread 0 wrote it).
             if (threadIdx.x == 0 && out[blockIdx.x] >= n) out[blockIdx.x] = 0;
+        }
+
+        // Logprobs as the host reports them (`Logprobs.token`): the log-softmax of the soft-capped
+        // logits before any penalty or temperature. Each block takes one row of `copies` (logits
+        // copied before the draw could change them): the drawn token's logprob (its id in
+        // tokens[source[r]]) and the `top` most likely tokens, largest first and the lower id first
+        // on ties, each found by one pass that looks only past the one before it in that order.
+        // out row r: [drawn logprob, (id as bits, logprob) x top]. Grid: rows; block: 512.
+        extern "C" __global__ void __launch_bounds__(512) row_logprobs(const float* copies, int n, float softcap,
+                                                                       const int* source, const int* tokens, int top,
+                                                                       float* out) {
+            __shared__ int picked;
+            const float* row = copies + (u64)blockIdx.x * n;
+            float* o = out + (u64)blockIdx.x * (1 + 2 * top);
+            float maximum = NEG_INF;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) maximum = fmaxf(maximum, capped(row[i], softcap));
+            maximum = block_max(maximum);
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(capped(row[i], softcap) - maximum);
+            float lse = maximum + logf(block_sum(s));
+            int token = tokens[source[blockIdx.x]];
+            if (threadIdx.x == 0) o[0] = (token >= 0 && token < n) ? capped(row[token], softcap) - lse : __int_as_float(0x7fc00000);
+            float previous = __int_as_float(0x7f800000);  // +inf: nothing picked yet
+            int previousIndex = -1;
+            for (int j = 0; j < top; j++) {
+                float best = NEG_INF;
+                int index = n;  // none
+                for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                    float v = capped(row[i], softcap);
+                    bool after = v < previous || (v == previous && i > previousIndex);
+                    if (after && (index == n || v > best)) { best = v; index = i; }
+                }
+                block_argmax(best, index, &picked);
+                __syncthreads();
+                int chosen = picked;
+                __syncthreads();  // picked is written again by the next pass
+                if (chosen >= n) {
+                    if (threadIdx.x == 0) for (int k = j; k < top; k++) { o[1 + 2 * k] = __int_as_float(-1); o[2 + 2 * k] = NEG_INF; }
+                    break;
+                }
+                previous = capped(row[chosen], softcap);
+                previousIndex = chosen;
+                if (threadIdx.x == 0) { o[1 + 2 * j] = __int_as_float(chosen); o[2 + 2 * j] = previous - lse; }
+            }
         }
         """#
 }

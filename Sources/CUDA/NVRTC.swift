@@ -29,8 +29,15 @@ public final class NVRTC: @unchecked Sendable {
     private let errorString: @convention(c) (Int32) -> UnsafePointer<CChar>?
     private let library: DynamicLibrary
 
-    public static func candidates(environment env: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
-        let names = ["libnvrtc.so.12", "libnvrtc.so.13"]
+    /// `driverMajor`: the CUDA major version the driver supports; NVRTC of a later major is not
+    /// looked for, because its CUBINs need a driver of that major (a 535 driver takes CUDA 12 only).
+    public static func candidates(
+        environment env: [String: String] = ProcessInfo.processInfo.environment, driverMajor: Int? = nil
+    ) -> [String] {
+        let names = ["libnvrtc.so.12", "libnvrtc.so.13"].filter { name in
+            guard let driverMajor, let major = Int(name.split(separator: ".").last ?? "") else { return true }
+            return major <= driverMajor
+        }
         var list: [String] = []
         if let given = env["INFERENCE_NVRTC"], !given.isEmpty {
             list += given.hasSuffix(".so") || given.contains(".so.") ? [given] : names.map { given + "/" + $0 }
@@ -80,9 +87,11 @@ public final class NVRTC: @unchecked Sendable {
         return folders
     }
 
-    public init(environment env: [String: String] = ProcessInfo.processInfo.environment) throws {
+    /// `driverMajor` (the driver's CUDA major version), when given, keeps out an NVRTC whose
+    /// CUBINs that driver could not load, with an error that says what to install.
+    public init(environment env: [String: String] = ProcessInfo.processInfo.environment, driverMajor: Int? = nil) throws {
         library = try DynamicLibrary.open(
-            Self.candidates(environment: env), what: "NVRTC (libnvrtc.so.12)",
+            Self.candidates(environment: env, driverMajor: driverMajor), what: "NVRTC (libnvrtc.so.12)",
             hint: "Install it with `pip install nvidia-cuda-nvrtc-cu12==12.2.140`, use an nvidia/cuda:12.2 runtime base image, or set INFERENCE_NVRTC to the library")
         path = library.location(of: "nvrtcVersion")
         createProgram = try library.function("nvrtcCreateProgram", as: type(of: createProgram))
@@ -97,6 +106,11 @@ public final class NVRTC: @unchecked Sendable {
         var major: Int32 = 0, minor: Int32 = 0
         _ = versionCall(&major, &minor)
         version = (Int(major), Int(minor))
+        if let driverMajor, Int(major) > driverMajor {
+            throw CUDAError.invalidSetting(
+                "NVRTC \(major).\(minor) at \(path) makes code for CUDA \(major), but the driver supports CUDA \(driverMajor) at most: "
+                    + "install NVRTC 12 (`pip install nvidia-cuda-nvrtc-cu12==12.2.140`) or point INFERENCE_NVRTC at it")
+        }
         let count = try library.function("nvrtcGetNumSupportedArchs", as: (@convention(c) (UnsafeMutablePointer<Int32>) -> Int32).self)
         let list = try library.function("nvrtcGetSupportedArchs", as: (@convention(c) (UnsafeMutablePointer<Int32>) -> Int32).self)
         var n: Int32 = 0

@@ -96,6 +96,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let lock = NSLock()
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
     private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
+    private var logprobCopies: CUDABuffer?  // rows wanting logprobs, copied before penalties change them
+    private var logprobOut: CUDABuffer?  // row_logprobs' numbers, read back with the ids
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
     /// step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
@@ -124,7 +126,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         let driver = try CUDADriver(environment: env)
         context = try CUDAContext(driver: driver, ordinal: ordinal, graphs: env["INFERENCE_CUDA_GRAPHS"] != "off")
-        let nvrtc = try NVRTC(environment: env)
+        let nvrtc = try NVRTC(environment: env, driverMajor: driver.version / 1000)
         nvrtcPath = nvrtc.path
         kernels = try cache.cubin(
             source: GemmaKernels.source, architecture: context.device.architecture, options: GemmaKernels.options,
@@ -519,6 +521,56 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard rows > 0 else { return [] }
         lock.lock()
         defer { lock.unlock() }
+        let out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
+        return downloadTokens(out, rows: rows)
+    }
+
+    /// The draw as above, and where logprobs are wanted, `row_logprobs` over copies of those rows
+    /// taken before the penalties change them: a few numbers per row come back, not its logits.
+    public func sample(
+        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?]
+    ) -> [GeneratedToken] {
+        precondition(rows * columns <= x.count && draws.count == rows && logprobs.count == rows)
+        let wanted = logprobs.indices.filter { logprobs[$0] != nil }
+        let top = wanted.map { logprobs[$0]! }.max() ?? 0
+        guard rows > 0, !wanted.isEmpty, top <= TokenDraw.maximumLogprobs else {
+            return sampleWithHostLogprobs(x, rows: rows, columns: columns, softcap: softcap, draws: draws, logprobs: logprobs)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if logprobCopies == nil || logprobCopies!.count < wanted.count * columns {
+            logprobCopies = makeBuffer(count: wanted.count * columns)
+        }
+        let copies = logprobCopies!
+        for (k, r) in wanted.enumerated() {
+            context.copy(x.address + UInt64(r * columns * 4), to: copies.address + UInt64(k * columns * 4), bytes: columns * 4)
+        }
+        let out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
+        let width = 1 + 2 * top
+        if logprobOut == nil || logprobOut!.count < wanted.count * width { logprobOut = makeBuffer(count: max(256, wanted.count * width)) }
+        let results = logprobOut!
+        let source = wanted.map { Int32($0) }.withUnsafeBytes { context.stage($0) }
+        context.launch(
+            kernel("row_logprobs"), grid: (wanted.count, 1, 1), block: 512,
+            [.pointer(copies.address), .int(columns), .float(softcap ?? 0), .pointer(source), .pointer(out.address),
+             .int(top), .pointer(results.address)])
+        let ids = downloadTokens(out, rows: rows)
+        var numbers = [Float](repeating: 0, count: wanted.count * width)
+        numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
+        var tokens = ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) }
+        for (k, r) in wanted.enumerated() {
+            let o = k * width
+            tokens[r].logprob = numbers[o]
+            tokens[r].top = (0..<logprobs[r]!).compactMap { j in
+                let id = Int(numbers[o + 1 + 2 * j].bitPattern)
+                return id < columns ? TokenLogprob(id: id, logprob: numbers[o + 2 + 2 * j]) : nil
+            }
+        }
+        return tokens
+    }
+
+    /// Penalties (when any) and `sample_rows`, queued; the ids stay in the returned buffer.
+    private func launchSample(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> CUDABuffer {
         if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
         let out = argmaxOut!
         var table = [UInt8](repeating: 0, count: rows * TokenDraw.rowBytes)
@@ -534,6 +586,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context.launch(
             kernel("sample_rows"), grid: (rows, 1, 1), block: 512,
             [.pointer(x.address), .pointer(out.address), .int(columns), .float(cap), .pointer(parameters)])
+        return out
+    }
+
+    private func downloadTokens(_ out: CUDABuffer, rows: Int) -> [Int] {
         var result = [Int32](repeating: 0, count: rows)
         result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
         return result.map(Int.init)

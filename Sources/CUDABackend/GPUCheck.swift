@@ -319,6 +319,29 @@ public struct GPUCheck {
                     name: "sample \(draws.count)x262144\(softcap == nil ? "" : " capped") (rows differing)", error: Double(misses),
                     tolerance: 1))
             }
+            // Logprobs beside the draw (row_logprobs over copies taken before the penalties): the
+            // drawn token's and the top ones' against the host's log-softmax of the same rows.
+            let wantedLogprobs: [Int?] = [20, 0, 5, nil, 1, 20, 3]
+            for softcap: Float? in [nil, 3] {
+                gpu.write(flat, to: gf, offset: 0)
+                let drawn = gpu.sample(
+                    gf, rows: draws.count, columns: 262_144, softcap: softcap, draws: draws, logprobs: wantedLogprobs)
+                var difference = 0.0
+                for r in draws.indices {
+                    guard let top = wantedLogprobs[r] else { continue }
+                    var row = Array(flat[r * 262_144..<(r + 1) * 262_144])
+                    if let cap = softcap { row = row.map { Foundation.tanh($0 / cap) * cap } }
+                    let host = Logprobs.token(drawn[r].id, of: row, top: top)
+                    // An id out of place (an ulp of tanhf can swap two near-equal logits) counts as
+                    // the gap between their logprobs, which is then within the tolerance anyway.
+                    guard drawn[r].top.count == host.top.count else { difference = .infinity; continue }
+                    difference = max(difference, Double(abs(drawn[r].logprob - host.logprob)))
+                    for (a, b) in zip(drawn[r].top, host.top) { difference = max(difference, Double(abs(a.logprob - b.logprob))) }
+                }
+                results.append(Result(
+                    name: "logprobs \(draws.count)x262144\(softcap == nil ? "" : " capped") (largest difference)",
+                    error: difference, tolerance: 1e-3))
+            }
         }
         try gpu.synchronize()
         return results

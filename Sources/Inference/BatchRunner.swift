@@ -166,7 +166,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
             }
             result += try outputs(work).map {
                 guard case .token(let token) = $0 else { preconditionFailure("a greedy token was asked for") }
-                return token
+                return token.id
             }
             start = range.upperBound
         }
@@ -182,6 +182,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// Only the next token is wanted, not the logits: it is chosen as this says where the logits
         /// are (on a GPU, only the id comes back). Ignored with `everyRow`.
         public var draw: TokenDraw?
+        /// With a `draw`: the drawn token's logprob and this many most likely alternatives are
+        /// wanted too, computed where the logits are (`ComputeBackend.sample(_:...:logprobs:)`).
+        public var logprobs: Int?
 
         /// The argmax token is wanted (`draw` = `.argmax`).
         public var greedy: Bool {
@@ -200,10 +203,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
     public var stepCapacity: Int { prefillChunk + maximumSequences }
 
     /// What a step gives for one work item: the logits after its last token, or, for work with a
-    /// `draw`, the token itself.
+    /// `draw`, the token itself (its logprobs NaN and empty unless the work asked for `logprobs`).
     public enum Output {
         case logits([Float])
-        case token(Int)
+        case token(GeneratedToken)
     }
 
     /// One forward pass over several slots at once, decode tokens and prompt chunks mixed (at most
@@ -243,13 +246,13 @@ public final class BatchRunner<Backend: ComputeBackend> {
         // Rows for the LM head: the last row of each item with a draw (its token only), then every
         // row of chunks that report prompt logprobs, else the last row. Each group of the scratch's
         // logit rows is one LM head pass, its drawn rows first.
-        var drawnRows: [(work: Int, row: Int, draw: TokenDraw)] = []
+        var drawnRows: [(work: Int, row: Int, draw: TokenDraw, logprobs: Int?)] = []
         var wanted: [(work: Int, row: Int, index: Int)] = []
         for (i, (item, segment)) in zip(work, segments).enumerated() {
             if item.everyRow != nil {
                 for k in 0..<segment.count { wanted.append((i, segment.firstRow + k, k)) }
             } else if let draw = item.draw {
-                drawnRows.append((i, segment.firstRow + segment.count - 1, draw))
+                drawnRows.append((i, segment.firstRow + segment.count - 1, draw, item.logprobs))
             } else {
                 wanted.append((i, segment.firstRow + segment.count - 1, segment.count - 1))
             }
@@ -259,7 +262,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
             let drawn = drawnRows[nextDrawn..<min(drawnRows.count, nextDrawn + stepScratch.logitRows)]
             let rest = wanted[nextWanted..<min(wanted.count, nextWanted + stepScratch.logitRows - drawn.count)]
             let (tokens, logits) = model.head(
-                rows: drawn.map(\.row) + rest.map(\.row), draws: drawn.map(\.draw), scratch: stepScratch)
+                rows: drawn.map(\.row) + rest.map(\.row), draws: drawn.map(\.draw), logprobs: drawn.map(\.logprobs),
+                scratch: stepScratch)
             for (entry, token) in zip(drawn, tokens) { results[entry.work] = .token(token) }
             for (entry, row) in zip(rest, logits) {
                 work[entry.work].everyRow?(entry.index, row)

@@ -1,3 +1,4 @@
+import Foundation
 /// The operations the Gemma 3 forward pass needs, in the shapes it needs them. The model code
 /// (`Gemma3Model`, `InferenceSession`) only talks to this protocol, so a GPU backend only has to
 /// provide buffers in its own memory and these kernels; `CPUBackend` is the reference.
@@ -77,6 +78,12 @@ public protocol ComputeBackend: Sendable {
     /// a GPU backend returns only the ids. x: (rows, columns) raw logits; `softcap` is the model's
     /// final logit cap, applied first. The rows may be overwritten (a GPU applies penalties in place).
     func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int]
+    /// `sample`, and for each row whose `logprobs[row]` is set, the drawn token's logprob and that many
+    /// most likely tokens (largest first, the lower id first on ties): the log-softmax of the
+    /// soft-capped logits before any penalty or temperature, as `Sampler.next` reports them. Other
+    /// rows get a NaN logprob and no alternatives. A GPU backend computes them where the logits are
+    /// and returns only those numbers.
+    func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?]) -> [GeneratedToken]
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
@@ -136,6 +143,31 @@ extension ComputeBackend {
     public func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> [Int] {
         precondition(draws.count == rows, "one draw per row")
         return (0..<rows).map { draws[$0].choose(read(x, offset: $0 * columns, count: columns), softcap: softcap) }
+    }
+
+    public func sample(
+        _ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?]
+    ) -> [GeneratedToken] {
+        sampleWithHostLogprobs(x, rows: rows, columns: columns, softcap: softcap, draws: draws, logprobs: logprobs)
+    }
+
+    /// `sample` with logprobs computed on the host: the rows that want them are read (and capped)
+    /// before the draw, which may change them.
+    public func sampleWithHostLogprobs(
+        _ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?]
+    ) -> [GeneratedToken] {
+        precondition(logprobs.count == rows, "one logprobs entry per row")
+        let wanted: [[Float]?] = logprobs.indices.map { r in
+            guard logprobs[r] != nil else { return nil }
+            var row = read(x, offset: r * columns, count: columns)
+            if let cap = softcap { for i in row.indices { row[i] = Foundation.tanh(row[i] / cap) * cap } }
+            return row
+        }
+        let ids = sample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
+        return ids.indices.map { r in
+            guard let top = logprobs[r], let row = wanted[r] else { return GeneratedToken(id: ids[r], logprob: .nan, top: []) }
+            return Logprobs.token(ids[r], of: row, top: top)
+        }
     }
 
     public var drawsOnDevice: Bool { false }

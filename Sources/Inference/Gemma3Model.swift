@@ -226,14 +226,21 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// each of the first `draws.count` rows, chosen by the backend where the logits are, and the
     /// logits of the others. Plain argmax draws (no penalties) take the argmax kernel (the soft cap,
     /// tanh, keeps the order, so it is not applied).
-    func head(rows: [Int], draws: [TokenDraw], scratch s: InferenceSession<Backend>.Scratch) -> (tokens: [Int], logits: [[Float]]) {
-        precondition(draws.count <= rows.count)
+    func head(
+        rows: [Int], draws: [TokenDraw], logprobs: [Int?], scratch s: InferenceSession<Backend>.Scratch
+    ) -> (tokens: [GeneratedToken], logits: [[Float]]) {
+        precondition(draws.count <= rows.count && logprobs.count == draws.count)
         lmHead(rows: rows, scratch: s)
         let n = draws.count, vocabulary = config.vocabularySize
-        let tokens =
+        let softcap = config.finalLogitSoftcapping
+        let tokens: [GeneratedToken] =
             n == 0 ? []
-            : draws.allSatisfy(\.isPlainArgmax) ? backend.argmax(s.logits, rows: n, columns: vocabulary)
-            : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: config.finalLogitSoftcapping, draws: draws)
+            : logprobs.contains(where: { $0 != nil })
+                ? backend.sample(s.logits, rows: n, columns: vocabulary, softcap: softcap, draws: draws, logprobs: logprobs)
+            : (draws.allSatisfy(\.isPlainArgmax)
+                ? backend.argmax(s.logits, rows: n, columns: vocabulary)
+                : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: softcap, draws: draws))
+                .map { GeneratedToken(id: $0, logprob: .nan, top: []) }
         return (tokens, (n..<rows.count).map { readLogits(row: $0, scratch: s) })
     }
 

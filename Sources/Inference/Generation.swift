@@ -82,6 +82,14 @@ public enum Logprobs {
         return logits.withUnsafeBufferPointer { VectorMath.logSumExp($0.baseAddress!, count: $0.count) }
     }
 
+    /// Token `id` with its logprob and the `top` most likely tokens' under `logits` (log-softmax).
+    public static func token(_ id: Int, of logits: [Float], top: Int) -> GeneratedToken {
+        let logSumExp = logSumExp(logits)
+        return GeneratedToken(
+            id: id, logprob: logits[id] - logSumExp,
+            top: self.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) })
+    }
+
     /// The `k` largest logits as (id, logit), largest first, lower id first on ties.
     public static func top(_ logits: [Float], _ k: Int) -> [(id: Int, logit: Float)] {
         guard k > 0 else { return [] }
@@ -105,10 +113,7 @@ extension Sampler {
         let id = sample(logits)
         accept(id)
         guard computeLogprobs || topLogprobs > 0 else { return GeneratedToken(id: id, logprob: .nan, top: []) }
-        let logSumExp = Logprobs.logSumExp(logits)
-        return GeneratedToken(
-            id: id, logprob: logits[id] - logSumExp,
-            top: Logprobs.top(logits, topLogprobs).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) })
+        return Logprobs.token(id, of: logits, top: topLogprobs)
     }
 }
 

@@ -10,8 +10,9 @@ import Foundation
 /// `choose` is the host version of the CUDA kernel `sample_rows`, step for step (the same cuts,
 /// hash and float operations), which is how the checks hold the kernel to it. It differs from
 /// `Sampler` in how it draws (one uniform per token instead of one per step) and in keeping every
-/// token tied with a cut; the distribution is the same. Penalties and logprobs need the logits on
-/// the host and stay with `Sampler`.
+/// token tied with a cut; the distribution is the same. Penalties are applied first, as
+/// `TokenPenalties.apply`; logprobs, when wanted, come from the logits before them
+/// (`ComputeBackend.sample(_:...:logprobs:)`).
 public struct TokenDraw: Sendable, Equatable {
     /// 0: the argmax.
     public var temperature: Float
@@ -28,6 +29,10 @@ public struct TokenDraw: Sendable, Equatable {
 
     /// Temperatures below this are the argmax, as vLLM's sampling epsilon: 1 / T would overflow.
     public static let greedyTemperature: Float = 1e-5
+
+    /// Most alternatives a backend reports beside a drawn token (`ComputeBackend.sample` with
+    /// logprobs); the OpenAI API's own limit. Requests for more take their logits to the host.
+    public static let maximumLogprobs = 20
 
     public static let argmax = TokenDraw(temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0)
 

@@ -93,9 +93,11 @@ final class Job: @unchecked Sendable {
     /// Greedy without penalties or logprobs: the runner picks the token where the logits are, and
     /// on a GPU only its id comes back.
     let argmaxOnly: Bool
-    /// No logprobs wanted: on a backend that draws where the logits are (a GPU), the runner draws
-    /// the token there (`TokenDraw`), with a seed and the penalties from the job's sampler.
-    let drawable: Bool
+    /// The logprobs wanted with each token: the chosen one's and this many alternatives (nil: none).
+    /// On a backend that draws where the logits are (a GPU), the runner draws the token there
+    /// (`TokenDraw`, with a seed and the penalties from the job's sampler) and computes these there
+    /// too, so only a few numbers come back; beyond `TokenDraw.maximumLogprobs` the logits do.
+    let logprobs: Int?
     var lastToken: ContinuousClock.Instant?
 
     init(request: SequenceRequest, continuation: AsyncStream<SequenceEvent>.Continuation) {
@@ -103,14 +105,14 @@ final class Job: @unchecked Sendable {
         self.continuation = continuation
         sampler = Sampler(parameters: request.parameters.sampling, prompt: request.prompt)
         let p = request.parameters
-        argmaxOnly = p.sampling.isPlainArgmax && p.topLogprobs == 0 && !p.computeLogprobs
-        drawable = p.topLogprobs == 0 && !p.computeLogprobs
+        logprobs = p.topLogprobs > 0 || p.computeLogprobs ? p.topLogprobs : nil
+        argmaxOnly = p.sampling.isPlainArgmax && logprobs == nil
     }
 
     /// How the runner should choose this job's next token: nil for the logits (the host `Sampler`).
     func draw(onDevice: Bool) -> TokenDraw? {
         if argmaxOnly { return .argmax }
-        guard drawable && onDevice else { return nil }
+        guard onDevice && (logprobs ?? 0) <= TokenDraw.maximumLogprobs else { return nil }
         return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed(), penalties: sampler.penalties())
     }
 
@@ -342,6 +344,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         for job in running where job.next != nil {
             var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: [job.next!])
             item.draw = job.draw(onDevice: drawsOnDevice)
+            if item.draw != nil { item.logprobs = job.logprobs }
             work.append(item)
             owners.append((job, nil))
         }
@@ -355,6 +358,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             // sampler's seeds do not depend on how the prompt was cut).
             let last = job.prefilled + count == prompt.count
             item.draw = last ? job.draw(onDevice: drawsOnDevice) : .argmax
+            if last && item.draw != nil { item.logprobs = job.logprobs }
             if let top = job.request.promptLogprobs {
                 let offset = job.prefilled
                 item.everyRow = { [job] index, logits in
@@ -408,9 +412,9 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         switch output {
         case .logits(let logits):
             token = job.sampler.next(logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
-        case .token(let id):
-            job.sampler.accept(id)
-            token = GeneratedToken(id: id, logprob: .nan, top: [])
+        case .token(let drawn):
+            job.sampler.accept(drawn.id)
+            token = drawn
         }
         let now = ContinuousClock.now
         if let last = job.lastToken {

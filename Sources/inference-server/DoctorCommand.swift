@@ -68,9 +68,11 @@ struct Doctor: ParsableCommand {
         let cache = KernelCache()
         line("kernel cache", cache.directory)
         do {
-            let nvrtc = try NVRTC()
+            let nvrtc = try NVRTC(driverMajor: driver.map { $0.version / 1000 })
             line("nvrtc", "\(nvrtc.versionString) at \(nvrtc.path); compiles for \(nvrtc.supportedArchitectures.map { "sm_\($0)" }.joined(separator: " "))")
-            if nvrtc.version.major > 12 || (nvrtc.version.major == 12 && nvrtc.version.minor > 2) {
+            if nvrtc.version.major > 12 {
+                line("note", "NVRTC \(nvrtc.versionString) makes CUBINs that only a CUDA \(nvrtc.version.major) driver loads; Cloud Run's driver (535) is CUDA 12.2: images need NVRTC 12")
+            } else if nvrtc.version.major == 12 && nvrtc.version.minor > 2 {
                 line("note", "NVRTC \(nvrtc.versionString) is newer than Cloud Run's driver (535, CUDA 12.2); its CUBINs still load there (minor-version compatibility), PTX would not")
             }
             if compileKernels {

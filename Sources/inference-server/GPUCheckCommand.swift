@@ -204,7 +204,7 @@ struct GPUCheckCommand: ParsableCommand {
                 }
                 next = try runner.outputs(work).map {
                     guard case .token(let token) = $0 else { preconditionFailure("a drawn token was asked for") }
-                    return token
+                    return token.id
                 }
             }
             for _ in 0..<2 { try sampledStep() }

@@ -84,8 +84,9 @@ import Testing
     /// `sample_rows` against `TokenDraw.choose` over many small rows with every mix of cuts, on
     /// logits with many ties (the radix selection's hardest case: equal keys at the cut), and rows
     /// with NaN, -inf and +inf.
-    @Test func drawsOnTheDeviceMatchTheHostVersion() throws {
-        let gpu = try Self.backend.get()
+    /// 48 rows × 700 logits with every mix of cuts, half of them full of ties, some with penalties
+    /// (one with a history too long for the staging area), and rows of NaN, +inf and -inf at the end.
+    static func drawCases() -> (rows: Int, columns: Int, logits: [Float], draws: [TokenDraw]) {
         var generator = Xoshiro256StarStar(seed: 77)
         let rows = 48, columns = 700
         var logits: [Float] = []
@@ -115,6 +116,12 @@ import Testing
         for c in 0..<columns where c % 3 == 0 { logits[(rows - 2) * columns + c] = .nan }
         logits[(rows - 3) * columns + 17] = .infinity  // top-p then measures nothing and leaves the cut
         for c in 0..<columns { logits[(rows - 1) * columns + c] = c == 5 ? .nan : -.infinity }
+        return (rows, columns, logits, draws)
+    }
+
+    @Test func drawsOnTheDeviceMatchTheHostVersion() throws {
+        let gpu = try Self.backend.get()
+        let (rows, columns, logits, draws) = Self.drawCases()
         let buffer = gpu.makeBuffer(count: logits.count)
         for softcap: Float? in [nil, 2] {
             gpu.write(logits, to: buffer, offset: 0)  // the penalties are applied in place
@@ -125,6 +132,42 @@ import Testing
             }
             if softcap == nil { #expect(drawn[rows - 1] == 0) }  // capped, -inf is a finite -2
         }
+    }
+
+    /// Logprobs beside a draw on the device: the drawn token's and the top ones', from the logits
+    /// before the penalties the same step applies, equal to what the host reports (`Logprobs.token`)
+    /// within f32 rounding, with ties ordered by id as on the host.
+    @Test func logprobsOnTheDeviceMatchTheHost() throws {
+        let gpu = try Self.backend.get()
+        let (rows, columns, logits, draws) = Self.drawCases()
+        let wanted: [Int?] = (0..<rows).map { [nil, 0, 1, 5, 20, 3][$0 % 6] }
+        let buffer = gpu.makeBuffer(count: logits.count)
+        for softcap: Float? in [nil, 2] {
+            gpu.write(logits, to: buffer, offset: 0)
+            let drawn = gpu.sample(buffer, rows: rows, columns: columns, softcap: softcap, draws: draws, logprobs: wanted)
+            for r in 0..<rows - 3 {  // the NaN and infinite rows have no meaningful logprobs
+                var row = Array(logits[r * columns..<(r + 1) * columns])
+                let id = draws[r].choose(row, softcap: softcap)
+                #expect(drawn[r].id == id, "row \(r)")
+                guard let top = wanted[r] else {
+                    #expect(drawn[r].logprob.isNaN && drawn[r].top.isEmpty, "row \(r)")
+                    continue
+                }
+                if let cap = softcap { row = row.map { Foundation.tanh($0 / cap) * cap } }
+                let host = Logprobs.token(id, of: row, top: top)
+                #expect(abs(drawn[r].logprob - host.logprob) < 1e-4, "row \(r): \(drawn[r].logprob) vs \(host.logprob)")
+                #expect(drawn[r].top.map(\.id) == host.top.map(\.id), "row \(r), softcap \(softcap ?? 0)")
+                for (a, b) in zip(drawn[r].top, host.top) {
+                    #expect(abs(a.logprob - b.logprob) < 1e-4, "row \(r): \(a) vs \(b)")
+                }
+            }
+        }
+        // More alternatives than the kernel reports: the logits of that step come to the host.
+        gpu.write(logits, to: buffer, offset: 0)
+        let many = gpu.sample(buffer, rows: 2, columns: columns, softcap: nil, draws: Array(draws[0..<2]), logprobs: [21, nil])
+        let first = Array(logits[0..<columns])
+        #expect(many[0] == Logprobs.token(draws[0].choose(first, softcap: nil), of: first, top: 21))
+        #expect(many[1].id == draws[1].choose(Array(logits[columns..<2 * columns]), softcap: nil) && many[1].top.isEmpty)
     }
 
     // MARK: the real Gemma 3 270M
@@ -301,6 +344,7 @@ import Testing
         let penalized = SamplingParameters(
             temperature: 2, topP: 0.9, repetitionPenalty: 1.5, presencePenalty: 0.5, frequencyPenalty: 0.5, seed: 99)
         var outputs: [[[Int]]] = []
+        var scored: [[GeneratedToken]] = []  // per device: the greedy request that wants logprobs
         for device in [ComputeDevice.cpu, .cuda(try Self.backend.get())] {
             let served = try ServedModel(
                 engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
@@ -320,12 +364,20 @@ import Testing
             // The same seeded sampled request twice, beside the greedy ones, and one with penalties.
             for _ in 0..<2 { handles.append(try served.scheduler.submit(request(sampledPrompt, sampled))) }
             handles.append(try served.scheduler.submit(request(sampledPrompt, penalized)))
+            // The first greedy request again, with logprobs (the chosen token's and 3 more).
+            var withLogprobs = request(Array(3...9), greedy)
+            withLogprobs.parameters.computeLogprobs = true
+            withLogprobs.parameters.topLogprobs = 3
+            handles.append(try served.scheduler.submit(withLogprobs))
+            var logprobTokens: [GeneratedToken] = []
             var tokens: [[Int]] = []
             for handle in handles {
                 var ids: [Int] = []
                 for await event in handle.events {
                     switch event {
-                    case .token(let token): ids.append(token.id)
+                    case .token(let token):
+                        ids.append(token.id)
+                        if handle === handles.last { logprobTokens.append(token) }
                     case .failed(let message): Issue.record("failed: \(message)")
                     default: break
                     }
@@ -334,8 +386,19 @@ import Testing
             }
             served.scheduler.stop(reason: "done")
             outputs.append(tokens)
+            scored.append(logprobTokens)
         }
         #expect(outputs[0].allSatisfy { $0.count == 6 })
+        // Logprobs: the device computes them beside its draw; the same greedy tokens, and the same
+        // numbers as the CPU's host sampler within what the bf16 cache moves them.
+        for device in 0..<2 {
+            #expect(outputs[device][6] == outputs[device][0])
+            #expect(scored[device].allSatisfy { $0.top.count == 3 && $0.top[0].id == $0.id && $0.top[0].logprob == $0.logprob })
+        }
+        for (cpu, gpu) in zip(scored[0], scored[1]) {
+            #expect(abs(cpu.logprob - gpu.logprob) < 0.05 && cpu.top.map(\.id) == gpu.top.map(\.id), "\(cpu) vs \(gpu)")
+            for (a, b) in zip(cpu.top, gpu.top) { #expect(abs(a.logprob - b.logprob) < 0.05, "\(a) vs \(b)") }
+        }
         #expect(Array(outputs[1].prefix(3)) == Array(outputs[0].prefix(3)))
         // On the device a sampled request's tokens are drawn there: each step's token is
         // `TokenDraw.choose` of that step's logits with the next seed of the request's generator.
@@ -348,8 +411,8 @@ import Testing
         for _ in 0..<6 {
             item.draw = TokenDraw(sampled, seed: seeds.next())
             guard case .token(let token) = try runner.outputs([item])[0] else { Issue.record("no token"); return }
-            expected.append(token)
-            item = .init(slot: slot, tokens: [token])
+            expected.append(token.id)
+            item = .init(slot: slot, tokens: [token.id])
         }
         #expect(outputs[1][3] == expected)
         #expect(outputs[1][4] == expected)
@@ -362,9 +425,9 @@ import Testing
         for _ in 0..<6 {
             item.draw = TokenDraw(penalized, seed: sampler.nextSeed(), penalties: sampler.penalties())
             guard case .token(let token) = try runner.outputs([item])[0] else { Issue.record("no token"); return }
-            sampler.accept(token)
-            penalizedExpected.append(token)
-            item = .init(slot: penalizedSlot, tokens: [token])
+            sampler.accept(token.id)
+            penalizedExpected.append(token.id)
+            item = .init(slot: penalizedSlot, tokens: [token.id])
         }
         #expect(outputs[1][5] == penalizedExpected)
     }

@@ -73,6 +73,15 @@ import TestSupport
         #expect(candidates.first == "/nonexistent/libnvrtc.so.12")
         #expect(!candidates.contains { $0.contains("stubs") })
         #expect(!CUDADriver.candidates().contains { $0.contains("stubs") }, "the toolkit's stub libcuda fails every call")
+        // A CUDA 12 driver (Cloud Run's 535) cannot load an NVRTC 13 CUBIN: that library is not looked for.
+        #expect(!NVRTC.candidates(environment: nowhere, driverMajor: 12).contains { $0.hasSuffix(".so.13") })
+        #expect(NVRTC.candidates(environment: nowhere, driverMajor: 13).contains { $0.hasSuffix(".so.13") })
+        // One that is found anyway (by its plain name) is refused with what to install.
+        if let newer = try? NVRTC(environment: nowhere), newer.version.major > 12 {
+            #expect { try NVRTC(environment: ["INFERENCE_NVRTC": newer.path], driverMajor: 12) } throws: { error in
+                "\(error)".contains("nvidia-cuda-nvrtc-cu12")
+            }
+        }
     }
 
     @Test func doctorReportsAndCompiles() throws {
