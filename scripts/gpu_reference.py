@@ -146,6 +146,13 @@ def summary(root):
             if graphed and direct:
                 rows.append(f"{shape:>5}  decode, batch {batch}: CUDA graphs {graphed:.2f} ms/step, "
                             f"launched one by one {direct:.2f} ms/step ({direct / graphed:.2f}x)")
+            greedy = ours.get(f"decode_b{batch}_tokens_per_second")
+            drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
+                     for name, key in [("sampled", "sampled"), ("sampled + 5 logprobs", "logprobs"),
+                                       ("logits to the host", "host_logits")]]
+            if greedy and any(rate for _, rate in drawn):
+                rows.append(f"{shape:>5}  decode, batch {batch}: greedy {greedy:.0f} tok/s; "
+                            + ", ".join(f"{name} {rate:.0f} tok/s" for name, rate in drawn if rate))
     device = next((json.load(open(os.path.join(root, s, "ours.json"))).get("device") for s in SHAPES
                    if os.path.exists(os.path.join(root, s, "ours.json"))), "?")
     print(f"GPU figures on {device} (random weights of each shape, bf16; same card, same run):")

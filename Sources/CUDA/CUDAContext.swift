@@ -157,6 +157,9 @@ public final class CUDAContext: @unchecked Sendable {
     public func free(_ address: DevicePointer) {
         flush()  // recorded work may still use it
         makeCurrent()
+        // Queued work (a KV cache's copy into its larger buffer) may still read it: drivers wait in
+        // cuMemFree, but its reference does not promise it, so wait here (frees are rare).
+        _ = synchronizeCall()
         _ = memFree(address)
     }
 

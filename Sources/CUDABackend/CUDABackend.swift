@@ -555,18 +555,53 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             [.pointer(copies.address), .int(columns), .float(softcap ?? 0), .pointer(source), .pointer(out.address),
              .int(top), .pointer(results.address)])
         let ids = downloadTokens(out, rows: rows)
-        var numbers = [Float](repeating: 0, count: wanted.count * width)
-        numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
+        let scored = readLogprobs(results, rows: wanted.count, top: top, ids: wanted.map { ids[$0] }, columns: columns)
         var tokens = ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) }
         for (k, r) in wanted.enumerated() {
-            let o = k * width
-            tokens[r].logprob = numbers[o]
-            tokens[r].top = (0..<logprobs[r]!).compactMap { j in
-                let id = Int(numbers[o + 1 + 2 * j].bitPattern)
-                return id < columns ? TokenLogprob(id: id, logprob: numbers[o + 2 + 2 * j]) : nil
-            }
+            tokens[r] = scored[k]
+            tokens[r].top = Array(scored[k].top.prefix(logprobs[r]!))
         }
         return tokens
+    }
+
+    /// `row_logprobs` straight over the logits (no draw changes them): per row, the given token's
+    /// logprob and `top` alternatives come back.
+    public func logprobs(
+        _ x: CUDABuffer, firstRow: Int, rows: Int, columns: Int, softcap: Float?, tokens: [Int], top: Int
+    ) -> [GeneratedToken] {
+        precondition((firstRow + rows) * columns <= x.count && tokens.count == rows)
+        guard rows > 0 else { return [] }
+        guard top <= TokenDraw.maximumLogprobs else {
+            return hostLogprobs(x, firstRow: firstRow, rows: rows, columns: columns, softcap: softcap, tokens: tokens, top: top)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        let width = 1 + 2 * top
+        if logprobOut == nil || logprobOut!.count < rows * width { logprobOut = makeBuffer(count: max(256, rows * width)) }
+        let results = logprobOut!
+        let source = (0..<Int32(rows)).map { $0 }.withUnsafeBytes { context.stage($0) }
+        let ids = tokens.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
+        context.launch(
+            kernel("row_logprobs"), grid: (rows, 1, 1), block: 512,
+            [.pointer(x.address + UInt64(firstRow * columns * 4)), .int(columns), .float(softcap ?? 0), .pointer(source),
+             .pointer(ids), .int(top), .pointer(results.address)])
+        return readLogprobs(results, rows: rows, top: top, ids: tokens, columns: columns)
+    }
+
+    /// `row_logprobs`' numbers for `rows` rows, as tokens `ids` with `top` alternatives each.
+    private func readLogprobs(_ results: CUDABuffer, rows: Int, top: Int, ids: [Int], columns: Int) -> [GeneratedToken] {
+        let width = 1 + 2 * top
+        var numbers = [Float](repeating: 0, count: rows * width)
+        numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
+        return (0..<rows).map { k in
+            let o = k * width
+            return GeneratedToken(
+                id: ids[k], logprob: numbers[o],
+                top: (0..<top).compactMap { j in
+                    let id = Int(numbers[o + 1 + 2 * j].bitPattern)
+                    return id < columns ? TokenLogprob(id: id, logprob: numbers[o + 2 + 2 * j]) : nil
+                })
+        }
     }
 
     /// Penalties (when any) and `sample_rows`, queued; the ids stay in the returned buffer.

@@ -185,6 +185,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// With a `draw`: the drawn token's logprob and this many most likely alternatives are
         /// wanted too, computed where the logits are (`ComputeBackend.sample(_:...:logprobs:)`).
         public var logprobs: Int?
+        /// Prompt logprobs computed where the logits are: row i of the chunk scores `targets[i]`
+        /// (the prompt token after it) with `top` alternatives, reported in row order. Rows past
+        /// `targets` (the prompt's last token) are not scored. Not with `everyRow`.
+        public var scores: RowScores?
 
         /// The argmax token is wanted (`draw` = `.argmax`).
         public var greedy: Bool {
@@ -201,6 +205,19 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     /// Most rows one mixed step takes: a prefill chunk beside a full batch of decodes.
     public var stepCapacity: Int { prefillChunk + maximumSequences }
+
+    /// What `Work.scores` asks: the token each row predicts, and where each row's logprobs go.
+    public struct RowScores {
+        public var targets: [Int]
+        public var top: Int
+        public var report: (GeneratedToken) -> Void
+
+        public init(targets: [Int], top: Int, report: @escaping (GeneratedToken) -> Void) {
+            self.targets = targets
+            self.top = top
+            self.report = report
+        }
+    }
 
     /// What a step gives for one work item: the logits after its last token, or, for work with a
     /// `draw`, the token itself (its logprobs NaN and empty unless the work asked for `logprobs`).
@@ -248,7 +265,13 @@ public final class BatchRunner<Backend: ComputeBackend> {
         // logit rows is one LM head pass, its drawn rows first.
         var drawnRows: [(work: Int, row: Int, draw: TokenDraw, logprobs: Int?)] = []
         var wanted: [(work: Int, row: Int, index: Int)] = []
+        var scoredRows: [(work: Int, row: Int, target: Int)] = []
         for (i, (item, segment)) in zip(work, segments).enumerated() {
+            if let scores = item.scores, item.everyRow == nil {
+                for k in 0..<min(scores.targets.count, segment.count) {
+                    scoredRows.append((i, segment.firstRow + k, scores.targets[k]))
+                }
+            }
             if item.everyRow != nil {
                 for k in 0..<segment.count { wanted.append((i, segment.firstRow + k, k)) }
             } else if let draw = item.draw {
@@ -257,19 +280,28 @@ public final class BatchRunner<Backend: ComputeBackend> {
                 wanted.append((i, segment.firstRow + segment.count - 1, segment.count - 1))
             }
         }
-        var nextDrawn = 0, nextWanted = 0
-        while nextDrawn < drawnRows.count || nextWanted < wanted.count {
-            let drawn = drawnRows[nextDrawn..<min(drawnRows.count, nextDrawn + stepScratch.logitRows)]
-            let rest = wanted[nextWanted..<min(wanted.count, nextWanted + stepScratch.logitRows - drawn.count)]
-            let (tokens, logits) = model.head(
-                rows: drawn.map(\.row) + rest.map(\.row), draws: drawn.map(\.draw), logprobs: drawn.map(\.logprobs),
-                scratch: stepScratch)
+        var nextDrawn = 0, nextScored = 0, nextWanted = 0
+        while nextDrawn < drawnRows.count || nextScored < scoredRows.count || nextWanted < wanted.count {
+            let room = stepScratch.logitRows
+            let drawn = drawnRows[nextDrawn..<min(drawnRows.count, nextDrawn + room)]
+            let scored = scoredRows[nextScored..<min(scoredRows.count, nextScored + room - drawn.count)]
+            let rest = wanted[nextWanted..<min(wanted.count, nextWanted + room - drawn.count - scored.count)]
+            let top = scored.map { work[$0.work].scores!.top }.max() ?? 0
+            let (tokens, scores, logits) = model.head(
+                rows: drawn.map(\.row) + scored.map(\.row) + rest.map(\.row), draws: drawn.map(\.draw),
+                logprobs: drawn.map(\.logprobs), targets: scored.map(\.target), top: top, scratch: stepScratch)
             for (entry, token) in zip(drawn, tokens) { results[entry.work] = .token(token) }
+            for (entry, var token) in zip(scored, scores) {
+                let wantedTop = work[entry.work].scores!
+                token.top = Array(token.top.prefix(wantedTop.top))
+                wantedTop.report(token)
+            }
             for (entry, row) in zip(rest, logits) {
                 work[entry.work].everyRow?(entry.index, row)
                 if entry.index == work[entry.work].tokens.count - 1 { results[entry.work] = .logits(row) }
             }
             nextDrawn = drawn.endIndex
+            nextScored = scored.endIndex
             nextWanted = rest.endIndex
         }
         return results

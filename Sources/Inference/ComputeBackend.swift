@@ -84,6 +84,10 @@ public protocol ComputeBackend: Sendable {
     /// rows get a NaN logprob and no alternatives. A GPU backend computes them where the logits are
     /// and returns only those numbers.
     func sample(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?]) -> [GeneratedToken]
+    /// For rows firstRow..<firstRow + rows of x (.., columns): the logprob of `tokens[r]` and the `top`
+    /// most likely tokens, as `sample` reports them (prompt logprobs: each prompt token scored under
+    /// the logits before it). A GPU backend computes them where the logits are.
+    func logprobs(_ x: Buffer, firstRow: Int, rows: Int, columns: Int, softcap: Float?, tokens: [Int], top: Int) -> [GeneratedToken]
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
@@ -158,16 +162,36 @@ extension ComputeBackend {
     ) -> [GeneratedToken] {
         precondition(logprobs.count == rows, "one logprobs entry per row")
         let wanted: [[Float]?] = logprobs.indices.map { r in
-            guard logprobs[r] != nil else { return nil }
-            var row = read(x, offset: r * columns, count: columns)
-            if let cap = softcap { for i in row.indices { row[i] = Foundation.tanh(row[i] / cap) * cap } }
-            return row
+            logprobs[r] == nil ? nil : cappedRow(x, r, columns: columns, softcap: softcap)
         }
         let ids = sample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
         return ids.indices.map { r in
             guard let top = logprobs[r], let row = wanted[r] else { return GeneratedToken(id: ids[r], logprob: .nan, top: []) }
             return Logprobs.token(ids[r], of: row, top: top)
         }
+    }
+
+    public func logprobs(
+        _ x: Buffer, firstRow: Int, rows: Int, columns: Int, softcap: Float?, tokens: [Int], top: Int
+    ) -> [GeneratedToken] {
+        hostLogprobs(x, firstRow: firstRow, rows: rows, columns: columns, softcap: softcap, tokens: tokens, top: top)
+    }
+
+    /// `logprobs` on the host: each row read, capped and scored by `Logprobs.token`.
+    public func hostLogprobs(
+        _ x: Buffer, firstRow: Int, rows: Int, columns: Int, softcap: Float?, tokens: [Int], top: Int
+    ) -> [GeneratedToken] {
+        precondition(tokens.count == rows, "one token per row")
+        return (0..<rows).map { r in
+            Logprobs.token(tokens[r], of: cappedRow(x, firstRow + r, columns: columns, softcap: softcap), top: top)
+        }
+    }
+
+    /// Row `r` of x read to the host, soft-capped as the model's logits are reported.
+    private func cappedRow(_ x: Buffer, _ r: Int, columns: Int, softcap: Float?) -> [Float] {
+        var row = read(x, offset: r * columns, count: columns)
+        if let cap = softcap { for i in row.indices { row[i] = Foundation.tanh(row[i] / cap) * cap } }
+        return row
     }
 
     public var drawsOnDevice: Bool { false }

@@ -223,13 +223,15 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     }
 
     /// One LM head pass over any rows of `s.hidden` (at most the scratch's logit rows): a token for
-    /// each of the first `draws.count` rows, chosen by the backend where the logits are, and the
-    /// logits of the others. Plain argmax draws (no penalties) take the argmax kernel (the soft cap,
+    /// each of the first `draws.count` rows, chosen by the backend where the logits are, then the
+    /// logprob of `targets[i]` (and `top` alternatives) for each of the next `targets.count` rows,
+    /// also computed there, and the logits of the others. Plain argmax draws (no penalties) take the argmax kernel (the soft cap,
     /// tanh, keeps the order, so it is not applied).
     func head(
-        rows: [Int], draws: [TokenDraw], logprobs: [Int?], scratch s: InferenceSession<Backend>.Scratch
-    ) -> (tokens: [GeneratedToken], logits: [[Float]]) {
-        precondition(draws.count <= rows.count && logprobs.count == draws.count)
+        rows: [Int], draws: [TokenDraw], logprobs: [Int?], targets: [Int] = [], top: Int = 0,
+        scratch s: InferenceSession<Backend>.Scratch
+    ) -> (tokens: [GeneratedToken], scores: [GeneratedToken], logits: [[Float]]) {
+        precondition(draws.count + targets.count <= rows.count && logprobs.count == draws.count)
         lmHead(rows: rows, scratch: s)
         let n = draws.count, vocabulary = config.vocabularySize
         let softcap = config.finalLogitSoftcapping
@@ -241,7 +243,11 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 ? backend.argmax(s.logits, rows: n, columns: vocabulary)
                 : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: softcap, draws: draws))
                 .map { GeneratedToken(id: $0, logprob: .nan, top: []) }
-        return (tokens, (n..<rows.count).map { readLogits(row: $0, scratch: s) })
+        let scores =
+            targets.isEmpty ? []
+            : backend.logprobs(
+                s.logits, firstRow: n, rows: targets.count, columns: vocabulary, softcap: softcap, tokens: targets, top: top)
+        return (tokens, scores, (n + targets.count..<rows.count).map { readLogits(row: $0, scratch: s) })
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.

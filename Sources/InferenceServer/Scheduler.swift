@@ -360,18 +360,10 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             item.draw = last ? job.draw(onDevice: drawsOnDevice) : .argmax
             if last && item.draw != nil { item.logprobs = job.logprobs }
             if let top = job.request.promptLogprobs {
-                let offset = job.prefilled
-                item.everyRow = { [job] index, logits in
-                    // The logits after prompt token i predict token i + 1.
-                    let i = offset + index
-                    guard i + 1 < prompt.count else { return }
-                    let id = prompt[i + 1]
-                    let logSumExp = Logprobs.logSumExp(logits)
-                    job.promptEntries.append(
-                        GeneratedToken(
-                            id: id, logprob: logits[id] - logSumExp,
-                            top: Logprobs.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) }))
-                }
+                // The logits after prompt token i score token i + 1, where the logits are (on a GPU,
+                // only the numbers come back); the prompt's last token scores nothing.
+                let targets = Array(prompt[job.prefilled + 1..<min(prompt.count, job.prefilled + count + 1)])
+                item.scores = .init(targets: targets, top: top) { [job] in job.promptEntries.append($0) }
             }
             work.append(item)
             owners.append((job, count))

@@ -196,10 +196,11 @@ struct GPUCheckCommand: ParsableCommand {
             }
             // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
             var seeds = Xoshiro256StarStar(seed: 7)
-            func sampledStep() throws {
+            func sampledStep(logprobs: Int? = nil) throws {
                 let work = zip(slots, next).map { slot, token in
                     var item = BatchRunner<CUDABackend>.Work(slot: slot, tokens: [token])
                     item.draw = TokenDraw(temperature: 0.8, topK: 64, topP: 0.95, minP: 0, seed: seeds.next())
+                    item.logprobs = logprobs
                     return item
                 }
                 next = try runner.outputs(work).map {
@@ -211,6 +212,11 @@ struct GPUCheckCommand: ParsableCommand {
             let sampledTime = try seconds { for _ in 0..<steps { try sampledStep() } }
             print(String(format: "            sampled on the device (T 0.8, top-k 64, top-p 0.95): %.2f ms/step, %.0f tokens/s", sampledTime / Double(steps) * 1000, Double(batch * steps) / sampledTime))
             figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
+            // With logprobs (the token's and 5 alternatives), computed beside the draw on the device.
+            try sampledStep(logprobs: 5)
+            let logprobTime = try seconds { for _ in 0..<steps { try sampledStep(logprobs: 5) } }
+            print(String(format: "            sampled with logprobs (5 alternatives) on the device: %.2f ms/step, %.0f tokens/s", logprobTime / Double(steps) * 1000, Double(batch * steps) / logprobTime))
+            figures["decode_b\(batch)_logprobs_tokens_per_second"] = Double(batch * steps) / logprobTime
             // The same steps with every logit brought to the host (what sampling on the CPU costs).
             let hostTime = try seconds {
                 for _ in 0..<min(steps, 32) { next = try runner.decode(slots, tokens: next).map(Sampler.argmax) }

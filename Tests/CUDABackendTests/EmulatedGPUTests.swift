@@ -345,6 +345,7 @@ import Testing
             temperature: 2, topP: 0.9, repetitionPenalty: 1.5, presencePenalty: 0.5, frequencyPenalty: 0.5, seed: 99)
         var outputs: [[[Int]]] = []
         var scored: [[GeneratedToken]] = []  // per device: the greedy request that wants logprobs
+        var promptScores: [[GeneratedToken?]] = []  // per device: a prompt scored in chunks (echo + logprobs)
         for device in [ComputeDevice.cpu, .cuda(try Self.backend.get())] {
             let served = try ServedModel(
                 engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
@@ -370,6 +371,16 @@ import Testing
             withLogprobs.parameters.topLogprobs = 3
             handles.append(try served.scheduler.submit(withLogprobs))
             var logprobTokens: [GeneratedToken] = []
+            // A 31-token prompt scored with 2 alternatives per token, prefilled 16 tokens a step.
+            let scoring = try served.scheduler.submit(
+                SequenceRequest(prompt: Array(100...130), parameters: GenerationParameters(maxTokens: 0), promptLogprobs: 2))
+            for await event in scoring.events {
+                switch event {
+                case .promptLogprobs(let entries): promptScores.append(entries)
+                case .failed(let message): Issue.record("failed: \(message)")
+                default: break
+                }
+            }
             var tokens: [[Int]] = []
             for handle in handles {
                 var ids: [Int] = []
@@ -395,8 +406,17 @@ import Testing
             #expect(outputs[device][6] == outputs[device][0])
             #expect(scored[device].allSatisfy { $0.top.count == 3 && $0.top[0].id == $0.id && $0.top[0].logprob == $0.logprob })
         }
+        #expect(promptScores.count == 2 && promptScores.allSatisfy { $0.count == 31 && $0[0] == nil })
+        for (cpu, gpu) in zip(promptScores[0].dropFirst(), promptScores[1].dropFirst()) {
+            guard let cpu, let gpu else { Issue.record("a prompt token without logprobs"); continue }
+            // Rank by rank: the bf16 cache may swap two alternatives a few thousandths apart.
+            #expect(cpu.id == gpu.id && gpu.top.count == 2 && cpu.top.first?.id == gpu.top.first?.id, "\(cpu) vs \(gpu)")
+            #expect(abs(cpu.logprob - gpu.logprob) < 0.05, "\(cpu) vs \(gpu)")
+            for (a, b) in zip(cpu.top, gpu.top) { #expect(abs(a.logprob - b.logprob) < 0.05, "\(cpu) vs \(gpu)") }
+        }
+        #expect(promptScores[0].dropFirst().map { $0?.id } == Array(101...130))
         for (cpu, gpu) in zip(scored[0], scored[1]) {
-            #expect(abs(cpu.logprob - gpu.logprob) < 0.05 && cpu.top.map(\.id) == gpu.top.map(\.id), "\(cpu) vs \(gpu)")
+            #expect(abs(cpu.logprob - gpu.logprob) < 0.05 && cpu.top.first?.id == gpu.top.first?.id, "\(cpu) vs \(gpu)")
             for (a, b) in zip(cpu.top, gpu.top) { #expect(abs(a.logprob - b.logprob) < 0.05, "\(a) vs \(b)") }
         }
         #expect(Array(outputs[1].prefix(3)) == Array(outputs[0].prefix(3)))

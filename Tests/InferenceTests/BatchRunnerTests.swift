@@ -165,6 +165,40 @@ import Testing
         #expect(a.tokenCount == 8 && b.tokenCount == 9 && c.tokenCount == 4)
     }
 
+    /// Prompt logprobs computed beside the step's other rows (`Work.scores`): each chunk row scores
+    /// the prompt token after it as `Logprobs.token` does on the reference logits, in row order,
+    /// while a drawn row and a plain row of the same pass get their token and logits.
+    @Test func promptScoresMatchTheReference() throws {
+        let dir = try TemporaryDirectory()
+        let (tiny, model) = try tinyModel(dir)
+        let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 8)
+        let a = runner.makeSlot()
+        let b = runner.makeSlot()
+        let c = runner.makeSlot()
+        _ = try runner.prefill(a, Array(tokens[0..<5]))
+        let promptB = Array(tokens[2..<9])
+        var scored: [GeneratedToken] = []
+        var itemA = BatchRunner<CPUBackend>.Work(slot: a, tokens: [3])
+        itemA.greedy = true
+        var itemB = BatchRunner<CPUBackend>.Work(slot: b, tokens: promptB)
+        itemB.scores = .init(targets: Array(promptB.dropFirst()), top: 4) { scored.append($0) }
+        let outputs = try runner.outputs([itemA, itemB, .init(slot: c, tokens: Array(tokens[1..<4]))])
+        let reference = tiny.referenceLogits(promptB)
+        #expect(scored.count == promptB.count - 1)
+        for (i, token) in scored.enumerated() {
+            let expected = Logprobs.token(promptB[i + 1], of: reference[i].map(Float.init), top: 4)
+            #expect(token.id == expected.id && token.top.map(\.id) == expected.top.map(\.id), "row \(i)")
+            #expect(abs(token.logprob - expected.logprob) < 1e-3, "row \(i): \(token.logprob) vs \(expected.logprob)")
+        }
+        guard outputs.count == 3, case .token = outputs[0], case .logits(let lastB) = outputs[1], case .logits(let lastC) = outputs[2]
+        else {
+            Issue.record("outputs: \(outputs.map { "\($0)".prefix(20) })")
+            return
+        }
+        #expect(worst(lastB, reference.last!) < 1e-3)
+        #expect(worst(lastC, tiny.referenceLogits(Array(tokens[1..<4])).last!) < 1e-3)
+    }
+
     @Test func decodeRefusesBadInput() throws {
         let dir = try TemporaryDirectory()
         let (_, model) = try tinyModel(dir)
