@@ -640,46 +640,63 @@ public enum GemmaKernels {
         }
 
         // Logprobs as the host reports them (`Logprobs.token`): the log-softmax of the soft-capped
-        // logits before any penalty or temperature. Each block takes one row of `copies` (logits
-        // copied before the draw could change them): the drawn token's logprob (its id in
-        // tokens[source[r]]) and the `top` most likely tokens, largest first and the lower id first
-        // on ties, each found by one pass that looks only past the one before it in that order.
-        // out row r: [drawn logprob, (id as bits, logprob) x top]. Grid: rows; block: 512.
-        extern "C" __global__ void __launch_bounds__(512) row_logprobs(const float* copies, int n, float softcap,
+        // logits before any penalty or temperature (NaN counts as -inf). Each block takes one row,
+        // rows[r] (logits, or a copy taken before penalties changed them): the logprob of token
+        // tokens[source[r]] and the `top` most likely tokens, largest first and the lower id first on
+        // ties. One pass finds the maximum and each thread's own best `top` (a sorted list); a second
+        // sums the exponentials; the lists are then merged by `top` block argmaxes over their heads.
+        // out row r: [token logprob, (id as bits, logprob) x top]. Grid: rows; block: 512.
+        #define LOGPROBS_MAX_TOP 20
+        __device__ __forceinline__ bool ranks_before(float v, int i, float w, int j) {
+            return v > w || (v == w && i < j);
+        }
+
+        extern "C" __global__ void __launch_bounds__(512) row_logprobs(const u64* rows, int n, float softcap,
                                                                        const int* source, const int* tokens, int top,
                                                                        float* out) {
             __shared__ int picked;
-            const float* row = copies + (u64)blockIdx.x * n;
+            const float* row = (const float*)rows[blockIdx.x];
+            if (top > LOGPROBS_MAX_TOP) top = LOGPROBS_MAX_TOP;
             float* o = out + (u64)blockIdx.x * (1 + 2 * top);
+            float values[LOGPROBS_MAX_TOP];
+            int ids[LOGPROBS_MAX_TOP];
+            int count = 0;
             float maximum = NEG_INF;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) maximum = fmaxf(maximum, capped(row[i], softcap));
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                float v = capped(row[i], softcap);
+                maximum = fmaxf(maximum, v);
+                // i grows, so a tie never displaces an earlier (lower) id.
+                if (top == 0 || (count == top && !ranks_before(v, i, values[top - 1], ids[top - 1]))) continue;
+                int p = count < top ? count++ : top - 1;
+                while (p > 0 && ranks_before(v, i, values[p - 1], ids[p - 1])) {
+                    values[p] = values[p - 1];
+                    ids[p] = ids[p - 1];
+                    p--;
+                }
+                values[p] = v;
+                ids[p] = i;
+            }
             maximum = block_max(maximum);
             float s = 0.0f;
             for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(capped(row[i], softcap) - maximum);
             float lse = maximum + logf(block_sum(s));
             int token = tokens[source[blockIdx.x]];
             if (threadIdx.x == 0) o[0] = (token >= 0 && token < n) ? capped(row[token], softcap) - lse : __int_as_float(0x7fc00000);
-            float previous = __int_as_float(0x7f800000);  // +inf: nothing picked yet
-            int previousIndex = -1;
+            int head = 0;  // this thread's first entry not yet taken
             for (int j = 0; j < top; j++) {
-                float best = NEG_INF;
-                int index = n;  // none
-                for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                    float v = capped(row[i], softcap);
-                    bool after = v < previous || (v == previous && i > previousIndex);
-                    if (after && (index == n || v > best)) { best = v; index = i; }
-                }
-                block_argmax(best, index, &picked);
+                block_argmax(head < count ? values[head] : NEG_INF, head < count ? ids[head] : n, &picked);
                 __syncthreads();
                 int chosen = picked;
-                __syncthreads();  // picked is written again by the next pass
-                if (chosen >= n) {
-                    if (threadIdx.x == 0) for (int k = j; k < top; k++) { o[1 + 2 * k] = __int_as_float(-1); o[2 + 2 * k] = NEG_INF; }
-                    break;
+                __syncthreads();  // picked is written again by the next merge
+                if (chosen >= n) {  // fewer than `top` tokens in the row
+                    if (threadIdx.x == 0) { o[1 + 2 * j] = __int_as_float(-1); o[2 + 2 * j] = NEG_INF; }
+                    continue;
                 }
-                previous = capped(row[chosen], softcap);
-                previousIndex = chosen;
-                if (threadIdx.x == 0) { o[1 + 2 * j] = __int_as_float(chosen); o[2 + 2 * j] = previous - lse; }
+                if (head < count && ids[head] == chosen) {  // ids are distinct: exactly one thread
+                    o[1 + 2 * j] = __int_as_float(chosen);
+                    o[2 + 2 * j] = values[head] - lse;
+                    head++;
+                }
             }
         }
         """#

@@ -96,7 +96,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let lock = NSLock()
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
     private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
-    private var logprobCopies: CUDABuffer?  // rows wanting logprobs, copied before penalties change them
+    private var logprobCopies: CUDABuffer?  // penalized rows wanting logprobs, copied before the penalties
     private var logprobOut: CUDABuffer?  // row_logprobs' numbers, read back with the ids
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
     /// step's other inputs, and must not wrap within a step.
@@ -538,22 +538,22 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         lock.lock()
         defer { lock.unlock() }
-        if logprobCopies == nil || logprobCopies!.count < wanted.count * columns {
-            logprobCopies = makeBuffer(count: wanted.count * columns)
+        // apply_penalties changes rows in place (sample_rows does not): its penalized rows, and with a
+        // soft cap every row, which it caps for sample_rows. Those rows are copied first.
+        let anyPenalties = draws.contains { $0.penalties != nil }
+        let penalized = wanted.filter { anyPenalties && (softcap != nil || draws[$0].penalties != nil) }
+        if !penalized.isEmpty && (logprobCopies == nil || logprobCopies!.count < penalized.count * columns) {
+            logprobCopies = makeBuffer(count: penalized.count * columns)
         }
-        let copies = logprobCopies!
-        for (k, r) in wanted.enumerated() {
-            context.copy(x.address + UInt64(r * columns * 4), to: copies.address + UInt64(k * columns * 4), bytes: columns * 4)
+        var addresses = wanted.map { x.address + UInt64($0 * columns * 4) }
+        for (k, r) in penalized.enumerated() {
+            let copy = logprobCopies!.address + UInt64(k * columns * 4)
+            context.copy(x.address + UInt64(r * columns * 4), to: copy, bytes: columns * 4)
+            addresses[wanted.firstIndex(of: r)!] = copy
         }
         let out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
-        let width = 1 + 2 * top
-        if logprobOut == nil || logprobOut!.count < wanted.count * width { logprobOut = makeBuffer(count: max(256, wanted.count * width)) }
-        let results = logprobOut!
-        let source = wanted.map { Int32($0) }.withUnsafeBytes { context.stage($0) }
-        context.launch(
-            kernel("row_logprobs"), grid: (wanted.count, 1, 1), block: 512,
-            [.pointer(copies.address), .int(columns), .float(softcap ?? 0), .pointer(source), .pointer(out.address),
-             .int(top), .pointer(results.address)])
+        let results = launchLogprobs(
+            rows: addresses, columns: columns, softcap: softcap, source: wanted.map { Int32($0) }, tokens: out.address, top: top)
         let ids = downloadTokens(out, rows: rows)
         let scored = readLogprobs(results, rows: wanted.count, top: top, ids: wanted.map { ids[$0] }, columns: columns)
         var tokens = ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) }
@@ -576,16 +576,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         lock.lock()
         defer { lock.unlock() }
-        let width = 1 + 2 * top
-        if logprobOut == nil || logprobOut!.count < rows * width { logprobOut = makeBuffer(count: max(256, rows * width)) }
-        let results = logprobOut!
-        let source = (0..<Int32(rows)).map { $0 }.withUnsafeBytes { context.stage($0) }
         let ids = tokens.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
-        context.launch(
-            kernel("row_logprobs"), grid: (rows, 1, 1), block: 512,
-            [.pointer(x.address + UInt64(firstRow * columns * 4)), .int(columns), .float(softcap ?? 0), .pointer(source),
-             .pointer(ids), .int(top), .pointer(results.address)])
+        let results = launchLogprobs(
+            rows: (firstRow..<firstRow + rows).map { x.address + UInt64($0 * columns * 4) }, columns: columns,
+            softcap: softcap, source: (0..<Int32(rows)).map { $0 }, tokens: ids, top: top)
         return readLogprobs(results, rows: rows, top: top, ids: tokens, columns: columns)
+    }
+
+    /// Queues `row_logprobs` over the rows at `rows` (device addresses), scoring tokens[source[r]];
+    /// its numbers are in the returned buffer.
+    private func launchLogprobs(
+        rows: [UInt64], columns: Int, softcap: Float?, source: [Int32], tokens: CUDAContext.DevicePointer, top: Int
+    ) -> CUDABuffer {
+        let width = 1 + 2 * top
+        if logprobOut == nil || logprobOut!.count < rows.count * width { logprobOut = makeBuffer(count: max(256, rows.count * width)) }
+        let table = rows.withUnsafeBytes { context.stage($0) }
+        let sources = source.withUnsafeBytes { context.stage($0) }
+        context.launch(
+            kernel("row_logprobs"), grid: (rows.count, 1, 1), block: 512,
+            [.pointer(table), .int(columns), .float(softcap ?? 0), .pointer(sources), .pointer(tokens), .int(top),
+             .pointer(logprobOut!.address)])
+        return logprobOut!
     }
 
     /// `row_logprobs`' numbers for `rows` rows, as tokens `ids` with `top` alternatives each.

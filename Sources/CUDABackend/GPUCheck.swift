@@ -342,6 +342,18 @@ public struct GPUCheck {
                     name: "logprobs \(draws.count)x262144\(softcap == nil ? "" : " capped") (largest difference)",
                     error: difference, tolerance: 1e-3))
             }
+            // Prompt scoring: row_logprobs straight over rows 2..<6 of the logits, against the host's.
+            gpu.write(flat, to: gf, offset: 0)
+            let targets = [0, 1311, 262_143, 77]
+            let device = gpu.logprobs(gf, firstRow: 2, rows: 4, columns: 262_144, softcap: 3, tokens: targets, top: 20)
+            let host = gpu.hostLogprobs(gf, firstRow: 2, rows: 4, columns: 262_144, softcap: 3, tokens: targets, top: 20)
+            var scoreDifference = 0.0
+            for (a, b) in zip(device, host) {
+                guard a.id == b.id && a.top.count == b.top.count else { scoreDifference = .infinity; continue }
+                scoreDifference = max(scoreDifference, Double(abs(a.logprob - b.logprob)))
+                for (x, y) in zip(a.top, b.top) { scoreDifference = max(scoreDifference, Double(abs(x.logprob - y.logprob))) }
+            }
+            results.append(Result(name: "prompt logprobs 4x262144 capped (largest difference)", error: scoreDifference, tolerance: 1e-3))
         }
         try gpu.synchronize()
         return results

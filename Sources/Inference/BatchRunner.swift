@@ -66,15 +66,11 @@ public final class BatchRunner<Backend: ComputeBackend> {
     private let prefillScratch: InferenceSession<Backend>.Scratch
     private let stepScratch: InferenceSession<Backend>.Scratch
 
-    /// Logit rows computed together when every prompt position's logits are wanted (prompt logprobs).
-    private static var promptLogitRows: Int { 8 }
-
     public init(model: Gemma3Model<Backend>, maximumSequences: Int, prefillChunk: Int = 128) {
         self.model = model
         self.maximumSequences = max(1, maximumSequences)
         self.prefillChunk = max(1, prefillChunk)
-        prefillScratch = .init(
-            model.backend, model.config, batch: self.prefillChunk, logitRows: min(Self.promptLogitRows, self.prefillChunk))
+        prefillScratch = .init(model.backend, model.config, batch: self.prefillChunk)
         stepScratch = .init(
             model.backend, model.config, batch: self.prefillChunk + self.maximumSequences, logitRows: self.maximumSequences)
     }
@@ -102,11 +98,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// Appends `tokens` to the slot (in chunks of `prefillChunk`) and returns the logits (vocab) that
-    /// predict the next token. `promptLogits`, when given, sees the logits after each token
-    /// (index into `tokens`, logits), for prompt logprobs.
-    public func prefill(
-        _ slot: Slot, _ tokens: [Int], promptLogits: ((Int, [Float]) -> Void)? = nil
-    ) throws -> [Float] {
+    /// predict the next token.
+    public func prefill(_ slot: Slot, _ tokens: [Int]) throws -> [Float] {
         guard !tokens.isEmpty else { throw InferenceError.invalidArgument("no tokens to process: the prompt is empty") }
         try check(tokens)
         guard slot.tokenCount + tokens.count <= slot.contextLength else {
@@ -119,19 +112,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
             let batch = Array(tokens[start..<min(tokens.count, start + prefillChunk)])
             model.forward(batch, firstPosition: slot.tokenCount, scratch: prefillScratch, cache: slot.cache)
             slot.tokens += batch
-            if let promptLogits {
-                var row = 0
-                while row < batch.count {
-                    let rows = row..<min(batch.count, row + prefillScratch.logitRows)
-                    for (offset, logits) in model.logits(rows: rows, scratch: prefillScratch).enumerated() {
-                        promptLogits(start + rows.lowerBound + offset, logits)
-                        last = logits
-                    }
-                    row = rows.upperBound
-                }
-            } else if start + batch.count == tokens.count {
-                last = model.logits(row: batch.count - 1, scratch: prefillScratch)
-            }
+            if start + batch.count == tokens.count { last = model.logits(row: batch.count - 1, scratch: prefillScratch) }
             start += batch.count
         }
         return last
@@ -177,17 +158,16 @@ public final class BatchRunner<Backend: ComputeBackend> {
     public struct Work {
         public var slot: Slot
         public var tokens: [Int]
-        /// Called with (index into `tokens`, logits) for every token of the chunk (prompt logprobs).
-        public var everyRow: ((Int, [Float]) -> Void)?
         /// Only the next token is wanted, not the logits: it is chosen as this says where the logits
-        /// are (on a GPU, only the id comes back). Ignored with `everyRow`.
+        /// are (on a GPU, only the id comes back).
         public var draw: TokenDraw?
         /// With a `draw`: the drawn token's logprob and this many most likely alternatives are
         /// wanted too, computed where the logits are (`ComputeBackend.sample(_:...:logprobs:)`).
         public var logprobs: Int?
         /// Prompt logprobs computed where the logits are: row i of the chunk scores `targets[i]`
         /// (the prompt token after it) with `top` alternatives, reported in row order. Rows past
-        /// `targets` (the prompt's last token) are not scored. Not with `everyRow`.
+        /// `targets` (the prompt's last token) are not scored. When every row is scored (a chunk
+        /// before the prompt's last), nothing else is computed: the item's output is empty logits.
         public var scores: RowScores?
 
         /// The argmax token is wanted (`draw` = `.argmax`).
@@ -196,10 +176,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
             set { draw = newValue ? .argmax : nil }
         }
 
-        public init(slot: Slot, tokens: [Int], everyRow: ((Int, [Float]) -> Void)? = nil) {
+        public init(slot: Slot, tokens: [Int]) {
             self.slot = slot
             self.tokens = tokens
-            self.everyRow = everyRow
         }
     }
 
@@ -248,6 +227,12 @@ public final class BatchRunner<Backend: ComputeBackend> {
             guard !item.tokens.isEmpty else { throw InferenceError.invalidArgument("no tokens to process") }
             precondition(item.tokens.count <= prefillChunk, "a chunk is larger than the prefill chunk")
             try check(item.tokens)
+            if let targets = item.scores?.targets {
+                guard targets.count <= item.tokens.count else {
+                    throw InferenceError.invalidArgument("more prompt tokens to score than the chunk has rows")
+                }
+                try check(targets)
+            }
             let slot = item.slot
             guard slot.tokenCount + item.tokens.count <= slot.contextLength else {
                 throw InferenceError.contextOverflow(requested: slot.tokenCount + item.tokens.count, limit: slot.contextLength)
@@ -260,24 +245,21 @@ public final class BatchRunner<Backend: ComputeBackend> {
         model.forward(tokens, segments: segments, scratch: stepScratch)
         for item in work { item.slot.tokens += item.tokens }
         var results = [Output](repeating: .logits([]), count: work.count)
-        // Rows for the LM head: the last row of each item with a draw (its token only), then every
-        // row of chunks that report prompt logprobs, else the last row. Each group of the scratch's
-        // logit rows is one LM head pass, its drawn rows first.
+        // Rows for the LM head: the last row of each item with a draw (its token only), the rows
+        // that score prompt tokens (their logprobs only), then the last row of the others (its
+        // logits). Each group of the scratch's logit rows is one LM head pass, in that order.
         var drawnRows: [(work: Int, row: Int, draw: TokenDraw, logprobs: Int?)] = []
-        var wanted: [(work: Int, row: Int, index: Int)] = []
         var scoredRows: [(work: Int, row: Int, target: Int)] = []
+        var wanted: [(work: Int, row: Int)] = []
         for (i, (item, segment)) in zip(work, segments).enumerated() {
-            if let scores = item.scores, item.everyRow == nil {
-                for k in 0..<min(scores.targets.count, segment.count) {
-                    scoredRows.append((i, segment.firstRow + k, scores.targets[k]))
-                }
-            }
-            if item.everyRow != nil {
-                for k in 0..<segment.count { wanted.append((i, segment.firstRow + k, k)) }
+            let targets = item.scores?.targets ?? []
+            for (k, target) in targets.enumerated() { scoredRows.append((i, segment.firstRow + k, target)) }
+            if targets.count == segment.count {
+                continue  // every row scored: no token or logits wanted after the chunk
             } else if let draw = item.draw {
                 drawnRows.append((i, segment.firstRow + segment.count - 1, draw, item.logprobs))
             } else {
-                wanted.append((i, segment.firstRow + segment.count - 1, segment.count - 1))
+                wanted.append((i, segment.firstRow + segment.count - 1))
             }
         }
         var nextDrawn = 0, nextScored = 0, nextWanted = 0
@@ -296,10 +278,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
                 token.top = Array(token.top.prefix(wantedTop.top))
                 wantedTop.report(token)
             }
-            for (entry, row) in zip(rest, logits) {
-                work[entry.work].everyRow?(entry.index, row)
-                if entry.index == work[entry.work].tokens.count - 1 { results[entry.work] = .logits(row) }
-            }
+            for (entry, row) in zip(rest, logits) { results[entry.work] = .logits(row) }
             nextDrawn = drawn.endIndex
             nextScored = scored.endIndex
             nextWanted = rest.endIndex

@@ -225,8 +225,9 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// One LM head pass over any rows of `s.hidden` (at most the scratch's logit rows): a token for
     /// each of the first `draws.count` rows, chosen by the backend where the logits are, then the
     /// logprob of `targets[i]` (and `top` alternatives) for each of the next `targets.count` rows,
-    /// also computed there, and the logits of the others. Plain argmax draws (no penalties) take the argmax kernel (the soft cap,
-    /// tanh, keeps the order, so it is not applied).
+    /// also computed there, and the logits of the others. When no logprobs are wanted and every draw
+    /// is a plain argmax (no penalties), the argmax kernel chooses (the soft cap, tanh, keeps the
+    /// order, so it is not applied).
     func head(
         rows: [Int], draws: [TokenDraw], logprobs: [Int?], targets: [Int] = [], top: Int = 0,
         scratch s: InferenceSession<Backend>.Scratch

@@ -355,7 +355,8 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             budget -= count
             var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: Array(prompt[job.prefilled..<job.prefilled + count]))
             // A chunk before the last one: its token is not used, so only an id comes back (and the
-            // sampler's seeds do not depend on how the prompt was cut).
+            // sampler's seeds do not depend on how the prompt was cut); a scored one (below) asks
+            // for nothing more than its scores.
             let last = job.prefilled + count == prompt.count
             item.draw = last ? job.draw(onDevice: drawsOnDevice) : .argmax
             if last && item.draw != nil { item.logprobs = job.logprobs }

@@ -255,6 +255,74 @@ import Testing
         #expect(direct.context.graphStatistics.replayed == 0)
     }
 
+    /// Decode steps that draw on the device with logprobs (one request with penalties, whose rows are
+    /// copied before them) are captured and replayed like the rest: the same tokens and numbers,
+    /// bit for bit, as launching kernel by kernel; and the scores of a prompt (row_logprobs straight
+    /// over the logits, from a first row past the drawn one) equal the host's.
+    @Test func drawsWithLogprobsReplayLikeDirectLaunches() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 95), exactActivations: true)
+        var environment = try Self.environment()
+        environment["INFERENCE_CUDA_GRAPHS"] = "off"
+        let direct = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
+        let graphed = try Self.backend.get()
+        let before = graphed.context.graphStatistics
+        var results: [[GeneratedToken]] = []
+        for backend in [graphed, direct] {
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 16)
+            let slots = [runner.makeSlot(contextLength: 64), runner.makeSlot(contextLength: 64)]
+            var seeds = Xoshiro256StarStar(seed: 17)
+            var history = [Array(5...12), Array(40...49)]
+            var tokens: [GeneratedToken] = []
+            var next = history
+            for _ in 0..<8 {
+                let work = (0..<2).map { i in
+                    var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: next[i])
+                    item.draw = TokenDraw(temperature: 0.9, topK: 20, topP: 0.9, minP: 0, seed: seeds.next())
+                    if i == 1 {
+                        item.draw!.penalties = TokenPenalties(
+                            presence: 0.5, frequency: 0.5, repetition: 1.3,
+                            entries: Set(history[1]).sorted().map { id in .init(id: id, count: 1, seen: true) })
+                    }
+                    item.logprobs = [3, 0][i]
+                    return item
+                }
+                let drawn = try runner.outputs(work).map { output -> GeneratedToken in
+                    guard case .token(let token) = output else { preconditionFailure("a drawn token was asked for") }
+                    return token
+                }
+                #expect(drawn[0].top.count == 3 && drawn[1].top.isEmpty && drawn.allSatisfy { $0.logprob <= 0 })
+                tokens += drawn
+                next = drawn.map { [$0.id] }
+                for i in 0..<2 { history[i].append(drawn[i].id) }
+            }
+            results.append(tokens)
+        }
+        #expect(results[0] == results[1])
+        #expect(graphed.context.graphStatistics.replayed >= before.replayed + 2)
+        // Prompt scores from row 1 of the logits on: the device's numbers against the host's.
+        let columns = engine.config.vocabularySize
+        var generator = Xoshiro256StarStar(seed: 3)
+        let logits = (0..<4 * columns).map { _ in Float.random(in: -8...8, using: &generator) }
+        let buffer = graphed.makeBuffer(count: logits.count)
+        graphed.write(logits, to: buffer, offset: 0)
+        let targets = [7, columns - 1, 0]
+        let device = graphed.logprobs(buffer, firstRow: 1, rows: 3, columns: columns, softcap: 5, tokens: targets, top: 20)
+        let host = graphed.hostLogprobs(buffer, firstRow: 1, rows: 3, columns: columns, softcap: 5, tokens: targets, top: 20)
+        #expect(device.map(\.id) == targets && device.map { $0.top.map(\.id) } == host.map { $0.top.map(\.id) })
+        for (a, b) in zip(device, host) {
+            #expect(abs(a.logprob - b.logprob) < 1e-4)
+            for (x, y) in zip(a.top, b.top) { #expect(abs(x.logprob - y.logprob) < 1e-4) }
+        }
+        // A row shorter than the alternatives asked for gives what it has; a token outside it, NaN.
+        let short = graphed.makeBuffer(count: 2 * 6)
+        graphed.write([1, 2, 3, 4, 5, 6, 6, 5, 4, 3, 2, 1], to: short, offset: 0)
+        let few = graphed.logprobs(short, firstRow: 0, rows: 2, columns: 6, softcap: nil, tokens: [2, 9], top: 8)
+        #expect(few[0].top.map(\.id) == [5, 4, 3, 2, 1, 0] && few[1].top.map(\.id) == [0, 1, 2, 3, 4, 5])
+        #expect(abs(few[0].logprob - few[0].top[3].logprob) < 1e-6 && few[1].logprob.isNaN)
+    }
+
     /// A driver that refuses to capture: the backend turns graphs off, says why, and the steps it
     /// had recorded still run once, with the logits of a backend that never tried.
     @Test func aRefusedCaptureFallsBackToDirectLaunches() throws {

@@ -31,15 +31,8 @@ import Testing
         let continuations = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16], [17, 18, 19, 20, 21, 22]]
         let slots = prompts.map { _ in runner.makeSlot() }
         for (slot, prompt) in zip(slots, prompts) {
-            var rows: [[Float]] = []
-            let last = try runner.prefill(slot, prompt) { index, logits in
-                #expect(index == rows.count)
-                rows.append(logits)
-            }
-            let expected = tiny.referenceLogits(prompt)
-            #expect(rows.count == prompt.count)
-            for (row, reference) in zip(rows, expected) { #expect(worst(row, reference) < 1e-3) }
-            #expect(worst(last, expected.last!) < 1e-3)
+            let last = try runner.prefill(slot, prompt)
+            #expect(worst(last, tiny.referenceLogits(prompt).last!) < 1e-3)
         }
         for step in 0..<6 {
             let logits = try runner.decode(slots, tokens: continuations.map { $0[step] })
@@ -142,16 +135,20 @@ import Testing
         let promptC = Array(tokens[5..<8])
         // Step 1: A's first chunk alone. Step 2: A's rest, B's first chunk, C whole with every row.
         _ = try runner.step([.init(slot: a, tokens: Array(promptA[0..<4]))])
-        var rowsC: [Int: [Float]] = [:]
+        var scoresC: [GeneratedToken] = []
+        var itemC = BatchRunner<CPUBackend>.Work(slot: c, tokens: promptC)
+        itemC.scores = .init(targets: Array(promptC.dropFirst()), top: 2) { scoresC.append($0) }
         var logits = try runner.step([
-            .init(slot: a, tokens: Array(promptA[4...])), .init(slot: b, tokens: Array(promptB[0..<4])),
-            .init(slot: c, tokens: promptC, everyRow: { rowsC[$0] = $1 }),
+            .init(slot: a, tokens: Array(promptA[4...])), .init(slot: b, tokens: Array(promptB[0..<4])), itemC,
         ])
         #expect(worst(logits[0], tiny.referenceLogits(promptA).last!) < 1e-3)
         #expect(worst(logits[1], tiny.referenceLogits(Array(promptB[0..<4])).last!) < 1e-3)
         let referenceC = tiny.referenceLogits(promptC)
-        #expect(rowsC.count == 3)
-        for (i, row) in rowsC { #expect(worst(row, referenceC[i]) < 1e-3, "C row \(i)") }
+        #expect(worst(logits[2], referenceC.last!) < 1e-3)
+        #expect(scoresC.map(\.id) == Array(promptC.dropFirst()))
+        for (i, score) in scoresC.enumerated() {
+            #expect(abs(score.logprob - Logprobs.token(score.id, of: referenceC[i].map(Float.init), top: 2).logprob) < 1e-3, "C row \(i)")
+        }
         // Step 3: A and C decode while B prefills its next chunk; step 4: B's last token beside them.
         logits = try runner.step([
             .init(slot: a, tokens: [3]), .init(slot: b, tokens: Array(promptB[4..<8])), .init(slot: c, tokens: [9]),
@@ -171,7 +168,7 @@ import Testing
     @Test func promptScoresMatchTheReference() throws {
         let dir = try TemporaryDirectory()
         let (tiny, model) = try tinyModel(dir)
-        let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 8)
+        let runner = BatchRunner(model: model, maximumSequences: 4, prefillChunk: 10)  // steps of up to 14 rows
         let a = runner.makeSlot()
         let b = runner.makeSlot()
         let c = runner.makeSlot()
@@ -182,7 +179,15 @@ import Testing
         itemA.greedy = true
         var itemB = BatchRunner<CPUBackend>.Work(slot: b, tokens: promptB)
         itemB.scores = .init(targets: Array(promptB.dropFirst()), top: 4) { scored.append($0) }
-        let outputs = try runner.outputs([itemA, itemB, .init(slot: c, tokens: Array(tokens[1..<4]))])
+        // D: a chunk before its prompt's last, every row scored: nothing else is computed for it.
+        let d = runner.makeSlot()
+        var scoredD: [GeneratedToken] = []
+        var itemD = BatchRunner<CPUBackend>.Work(slot: d, tokens: Array(tokens[3..<6]))
+        itemD.greedy = true
+        itemD.scores = .init(targets: Array(tokens[4..<7]), top: 1) { scoredD.append($0) }
+        let outputs = try runner.outputs([itemA, itemB, .init(slot: c, tokens: Array(tokens[1..<4])), itemD])
+        #expect(scoredD.map(\.id) == Array(tokens[4..<7]) && scoredD.allSatisfy { $0.top.count == 1 })
+        if case .logits(let none) = outputs[3] { #expect(none.isEmpty) } else { Issue.record("D: \(outputs[3])") }
         let reference = tiny.referenceLogits(promptB)
         #expect(scored.count == promptB.count - 1)
         for (i, token) in scored.enumerated() {
@@ -190,7 +195,7 @@ import Testing
             #expect(token.id == expected.id && token.top.map(\.id) == expected.top.map(\.id), "row \(i)")
             #expect(abs(token.logprob - expected.logprob) < 1e-3, "row \(i): \(token.logprob) vs \(expected.logprob)")
         }
-        guard outputs.count == 3, case .token = outputs[0], case .logits(let lastB) = outputs[1], case .logits(let lastC) = outputs[2]
+        guard outputs.count == 4, case .token = outputs[0], case .logits(let lastB) = outputs[1], case .logits(let lastC) = outputs[2]
         else {
             Issue.record("outputs: \(outputs.map { "\($0)".prefix(20) })")
             return
