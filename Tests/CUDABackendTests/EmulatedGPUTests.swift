@@ -323,6 +323,36 @@ import Testing
         #expect(abs(few[0].logprob - few[0].top[3].logprob) < 1e-6 && few[1].logprob.isNaN)
     }
 
+    /// One of the emulator's switches, found in the library the driver loaded (not an environment
+    /// variable: other suites run beside this one). The library stays loaded with the driver.
+    static func emulatorSwitch(_ name: String) throws -> @convention(c) (Int32) -> Void {
+        let library = dlopen(try emulator.get(), RTLD_NOW)
+        guard let symbol = dlsym(library, name) else { throw Unavailable(description: "the emulator has no \(name)") }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Void).self)
+    }
+
+    /// The kernels with each block's threads run highest index first between barriers: a read of
+    /// what another thread wrote without a barrier between (a missing __syncthreads) gets another
+    /// value in one of the two orders, so the checks that pass in order must pass reversed too.
+    @Test func everyOperationMatchesWithTheThreadsReversed() throws {
+        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        reverse(1)
+        defer { reverse(0) }
+        var check = try GPUCheck(gpu: try Self.backend.get(), seed: 2024)
+        for result in try check.operations() { #expect(result.passed, "\(result.line)") }
+        let gpu = try Self.backend.get()
+        let (rows, columns, logits, draws) = Self.drawCases()
+        let buffer = gpu.makeBuffer(count: logits.count)
+        gpu.write(logits, to: buffer, offset: 0)
+        let wanted: [Int?] = (0..<rows).map { $0 % 2 == 0 ? 20 : nil }
+        let drawn = gpu.sample(buffer, rows: rows, columns: columns, softcap: nil, draws: draws, logprobs: wanted)
+        for r in 0..<rows - 3 {
+            let row = Array(logits[r * columns..<(r + 1) * columns])
+            #expect(drawn[r].id == draws[r].choose(row, softcap: nil), "row \(r)")
+            if wanted[r] != nil { #expect(drawn[r].top.map(\.id) == Logprobs.top(row, 20).map(\.id), "row \(r)") }
+        }
+    }
+
     /// A driver that refuses to capture: the backend turns graphs off, says why, and the steps it
     /// had recorded still run once, with the logits of a backend that never tried.
     @Test func aRefusedCaptureFallsBackToDirectLaunches() throws {
@@ -333,15 +363,7 @@ import Testing
         for refuse in [true, false] {
             var environment = try Self.environment()
             if !refuse { environment["INFERENCE_CUDA_GRAPHS"] = "off" }
-            // The emulator's switch, found in the library the driver loaded (no environment variable:
-            // other suites run beside this one).
-            let library = dlopen(try Self.emulator.get(), RTLD_NOW)
-            defer { if let library { dlclose(library) } }
-            guard let symbol = dlsym(library, "cudaEmulatorRefuseCapture") else {
-                Issue.record("the emulator has no cudaEmulatorRefuseCapture")
-                return
-            }
-            let refuseCapture = unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Void).self)
+            let refuseCapture = try Self.emulatorSwitch("cudaEmulatorRefuseCapture")
             refuseCapture(refuse ? 1 : 0)
             defer { refuseCapture(0) }
             let backend = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)

@@ -9,6 +9,10 @@
 // switched at __syncthreads and at each warp shuffle, so block and warp barriers behave as on the
 // GPU: a barrier releases when every thread of its block (or warp) that has not returned reaches
 // it, and a barrier that can never release (divergence) aborts the launch with a message.
+// Between barriers the threads of a block run one after another, lowest index first, or highest
+// first after cudaEmulatorReverseThreads(1): a kernel that reads what another thread wrote without a
+// barrier between them gets the value in one of the two orders and not in the other, so the checks
+// run both (on a GPU the order is anyone's).
 // Not emulated: races between blocks (blocks run one after another), memory coalescing, timing.
 #include <cmath>
 #include <cstdint>
@@ -152,6 +156,7 @@ struct Graph {
 };
 static int capturing = 0;  // streams now capturing
 static bool refuseCapture = false;  // cudaEmulatorRefuseCapture
+static bool reverseThreads = false;  // cudaEmulatorReverseThreads
 static unsigned long graphLaunches = 0;
 
 static int launch(Launcher kernel, dim3 g, dim3 b, void **params);
@@ -217,8 +222,10 @@ static int launch(Launcher kernel, dim3 g, dim3 b, void **params) {
                     threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
                 }
                 for (;;) {
-                    for (size_t t = 0; t < count; t++)
+                    for (size_t k = 0; k < count; k++) {
+                        size_t t = reverseThreads ? count - 1 - k : k;
                         if (threads[t].state == Ready) run((int)t);
+                    }
                     bool done = true, released = false;
                     for (auto &thread : threads) done = done && thread.state == Done;
                     if (done) break;
@@ -381,4 +388,5 @@ CUresult cuGraphExecDestroy(void *exec) { delete (emu::Graph *)exec; return 0; }
 // For the tests: how many graph launches ran, and a driver that refuses to capture.
 unsigned long cudaEmulatorGraphLaunches() { return emu::graphLaunches; }
 void cudaEmulatorRefuseCapture(int refuse) { emu::refuseCapture = refuse != 0; }
+void cudaEmulatorReverseThreads(int reverse) { emu::reverseThreads = reverse != 0; }
 }
