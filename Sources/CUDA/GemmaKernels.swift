@@ -656,17 +656,18 @@ public enum GemmaKernels {
                                                                        float* out) {
             __shared__ int picked;
             const float* row = (const float*)rows[blockIdx.x];
-            if (top > LOGPROBS_MAX_TOP) top = LOGPROBS_MAX_TOP;
+            top = top < 0 ? 0 : (top > LOGPROBS_MAX_TOP ? LOGPROBS_MAX_TOP : top);
             float* o = out + (u64)blockIdx.x * (1 + 2 * top);
             float values[LOGPROBS_MAX_TOP];
             int ids[LOGPROBS_MAX_TOP];
             int count = 0;
+            float last = NEG_INF;  // values[top - 1] once the list is full
             float maximum = NEG_INF;
             for (int i = threadIdx.x; i < n; i += blockDim.x) {
                 float v = capped(row[i], softcap);
                 maximum = fmaxf(maximum, v);
-                // i grows, so a tie never displaces an earlier (lower) id.
-                if (top == 0 || (count == top && !ranks_before(v, i, values[top - 1], ids[top - 1]))) continue;
+                // i grows, so a tie never displaces an earlier (lower) id: only a larger value enters a full list.
+                if (top == 0 || (count == top && !(v > last))) continue;
                 int p = count < top ? count++ : top - 1;
                 while (p > 0 && ranks_before(v, i, values[p - 1], ids[p - 1])) {
                     values[p] = values[p - 1];
@@ -675,6 +676,7 @@ public enum GemmaKernels {
                 }
                 values[p] = v;
                 ids[p] = i;
+                if (count == top) last = values[top - 1];
             }
             maximum = block_max(maximum);
             float s = 0.0f;

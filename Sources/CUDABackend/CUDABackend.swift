@@ -588,6 +588,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private func launchLogprobs(
         rows: [UInt64], columns: Int, softcap: Float?, source: [Int32], tokens: CUDAContext.DevicePointer, top: Int
     ) -> CUDABuffer {
+        precondition((0...TokenDraw.maximumLogprobs).contains(top), "row_logprobs reports 0 to \(TokenDraw.maximumLogprobs) alternatives")
         let width = 1 + 2 * top
         if logprobOut == nil || logprobOut!.count < rows.count * width { logprobOut = makeBuffer(count: max(256, rows.count * width)) }
         let table = rows.withUnsafeBytes { context.stage($0) }

@@ -207,7 +207,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     /// One forward pass over several slots at once, decode tokens and prompt chunks mixed (at most
     /// `stepCapacity` tokens, `maximumSequences` slots, each chunk at most `prefillChunk`): every
-    /// weight is read once for all of them. Returns, per work item, the logits after its last token.
+    /// weight is read once for all of them. Returns, per work item, the logits after its last token
+    /// (none for an item whose `scores` cover every row).
     public func step(_ work: [Work]) throws -> [[Float]] {
         try outputs(work.map { var item = $0; item.draw = nil; return item }).map {
             guard case .logits(let logits) = $0 else { preconditionFailure("logits were asked for") }
