@@ -1,4 +1,5 @@
 import CPrefetch
+import Foundation
 import _Builtin_intrinsics.intel
 
 /// Products of Q8_0, Q5_0, Q4_K and Q6_K weights with activations quantized to int8, as llama.cpp computes its
@@ -120,14 +121,7 @@ enum Int8Product {
             let ahead = Int8Product.prefetchRows
             for r in range {
                 let w = base + r * rowBytes
-                if r + ahead < range.upperBound {
-                    var line = base + (r + ahead) * rowBytes
-                    let end = line + rowBytes
-                    while line < end {
-                        inference_prefetch(line)
-                        line += 64
-                    }
-                }
+                if r + ahead < range.upperBound { inference_prefetch_range(base + (r + ahead) * rowBytes, rowBytes) }
                 var t = 0
                 while t < n {
                     let g = min(4, n - t)
@@ -151,8 +145,9 @@ enum Int8Product {
     /// streams every weight once and is bound by memory, yet ran at about 12 GB/s where two cores
     /// read 19 here; fetching ahead took `bench-batch` on the 270M Q4_K_M from 28.0-28.9 to
     /// 24.2-25.2 ms per step at batch 1 (2 to 16 rows ahead all gave about this; batch 4, bound by
-    /// arithmetic, did not change).
-    static let prefetchRows = 4
+    /// arithmetic, did not change; checked again as 28.1-28.6 without and 25.0-25.9 with, in
+    /// alternation). INFERENCE_PREFETCH_ROWS overrides it (0: off; experiments).
+    static let prefetchRows = Int(ProcessInfo.processInfo.environment["INFERENCE_PREFETCH_ROWS"] ?? "") ?? 4
 
     @inline(__always) static func group(
         _ kind: Kind, _ tokens: Int, _ w: UnsafeRawPointer, _ xq: UnsafePointer<Int8>, _ xs: UnsafePointer<Float>,
