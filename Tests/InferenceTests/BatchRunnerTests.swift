@@ -122,7 +122,7 @@ import Testing
     }
 
     /// Prompt chunks and decode tokens of different sequences in one pass (continuous batching's
-    /// mixed steps), a prompt split over several steps, and every-row logits for prompt logprobs.
+    /// mixed steps), a prompt split over several steps, and a chunk's prompt scores (`Work.scores`).
     @Test func mixedStepsMatchTheReference() throws {
         let dir = try TemporaryDirectory()
         let (tiny, model) = try tinyModel(dir)
