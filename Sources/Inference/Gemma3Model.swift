@@ -236,14 +236,11 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         lmHead(rows: rows, scratch: s)
         let n = draws.count, vocabulary = config.vocabularySize
         let softcap = config.finalLogitSoftcapping
+        let plain = draws.allSatisfy(\.isPlainArgmax) && logprobs.allSatisfy { $0 == nil }
         let tokens: [GeneratedToken] =
             n == 0 ? []
-            : logprobs.contains(where: { $0 != nil })
-                ? backend.sample(s.logits, rows: n, columns: vocabulary, softcap: softcap, draws: draws, logprobs: logprobs)
-            : (draws.allSatisfy(\.isPlainArgmax)
-                ? backend.argmax(s.logits, rows: n, columns: vocabulary)
-                : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: softcap, draws: draws))
-                .map { GeneratedToken(id: $0, logprob: .nan, top: []) }
+            : plain ? backend.argmax(s.logits, rows: n, columns: vocabulary).map { GeneratedToken(id: $0, logprob: .nan, top: []) }
+            : backend.sample(s.logits, rows: n, columns: vocabulary, softcap: softcap, draws: draws, logprobs: logprobs)
         let scores =
             targets.isEmpty ? []
             : backend.logprobs(

@@ -226,15 +226,21 @@ import Testing
         return logits
     }
 
+    /// A backend of its own that launches kernel by kernel (`INFERENCE_CUDA_GRAPHS=off`): the
+    /// reference a graphed backend's replays must equal bit for bit.
+    static func backendWithoutGraphs() throws -> CUDABackend {
+        var settings = try Self.environment()
+        settings["INFERENCE_CUDA_GRAPHS"] = "off"
+        return try CUDABackend(useCUBLAS: false, cache: cache, environment: settings)
+    }
+
     /// Decode steps of a fixed batch are recorded, captured as a CUDA graph on their second
     /// sighting and replayed from then on; the replays give bit for bit the logits of launching each
     /// kernel directly (graphs off), including across a KV cache growth and a new attention split.
     @Test func repeatedStepsReplayACapturedGraph() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 91), exactActivations: true)
-        var environment = try Self.environment()
-        environment["INFERENCE_CUDA_GRAPHS"] = "off"
-        let direct = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
+        let direct = try Self.backendWithoutGraphs()
         #expect(direct.context.graphStatistics.disabled == "turned off")
         let graphed = try Self.backend.get()
         let before = graphed.context.graphStatistics
@@ -262,9 +268,7 @@ import Testing
     @Test func drawsWithLogprobsReplayLikeDirectLaunches() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 95), exactActivations: true)
-        var environment = try Self.environment()
-        environment["INFERENCE_CUDA_GRAPHS"] = "off"
-        let direct = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: environment)
+        let direct = try Self.backendWithoutGraphs()
         let graphed = try Self.backend.get()
         let before = graphed.context.graphStatistics
         var results: [[GeneratedToken]] = []
