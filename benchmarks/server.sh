@@ -157,10 +157,18 @@ if grep -qiE 'error|warn|fatal|crash' "$work/ours.log"; then
   grep -iE 'error|warn|fatal|crash' "$work/ours.log" | head -n 20 >&2
 fi
 
-python3 - "$work/ours.json" "$work/llama.json" "$DURATION" "$NPROC" "$LLAMA_VERSION" "$MAX_TOKENS" <<'PY'
-import json, sys
+# What the hardware allows, measured now that both servers are stopped: the f32 multiply-add peak
+# and the memory read bandwidth of these cores, and the floors they put under a decode step (one
+# sequence: reading every weight once; N sequences: N tokens' multiply-adds). Informational.
+echo "[${SECONDS}s] measuring this machine's peaks (bench-batch --peak)" >&2
+"$SERVER" bench-batch --model "$GGUF" --tokenizer "$HF" --sizes "$CONCURRENCY" --steps 0 --peak >"$work/peak.txt" 2>&1 \
+  || { echo "bench-batch --peak failed:" >&2; cat "$work/peak.txt" >&2; : >"$work/peak.txt"; }
+
+python3 - "$work/ours.json" "$work/llama.json" "$DURATION" "$NPROC" "$LLAMA_VERSION" "$MAX_TOKENS" "$work/peak.txt" <<'PY'
+import json, re, sys
 ours, llama = (json.load(open(p)) for p in sys.argv[1:3])
 duration, nproc, version, max_tokens = sys.argv[3:7]
+peak = open(sys.argv[7]).read()
 L = {lv["concurrency"]: lv for lv in llama["levels"]}
 O = {lv["concurrency"]: lv for lv in ours["levels"]}
 ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"
@@ -217,6 +225,19 @@ print()
 if 1 in O and 16 in O and O[1]["tok_s"]:
     scale = O[16]["tok_s"] / O[1]["tok_s"]
     print(f"ours 16-stream / ours 1-stream = {scale:.2f}x (target >= 3x: {'met' if scale >= 3 else 'NOT met'})")
+floors = {int(n): float(t) for n, t in re.findall(r"floor batch (\d+): [\d.]+ ms/step, ([\d.]+) tok/s", peak)}
+values = dict(re.findall(r"peak (fma G/s|read GB/s|macs/token|weight MB/step) ([\d.]+)", peak))
+if floors and len(values) == 4:
+    print(f"what these {nproc} cores allow (bench-batch --peak): f32 multiply-adds {values['fma G/s']} G/s, memory read "
+          f"{values['read GB/s']} GB/s; a decoded token is {values['macs/token']} M multiply-adds, a step reads "
+          f"{values['weight MB/step']} MB of weights")
+    for c in sorted(O):
+        if c in floors:
+            print(f"   C={c:<2}: at most {floors[c]:.1f} tok/s (decode steps alone); ours {O[c]['tok_s']:.1f} = "
+                  f"{100 * O[c]['tok_s'] / floors[c]:.0f}% of it")
+    if 1 in floors and 16 in floors:
+        print(f"   an engine at both floors would scale {floors[16] / floors[1]:.2f}x from 1 to 16 streams here: one stream is "
+              f"bound by memory, sixteen by arithmetic")
 ahead = [c for c in sorted(O) if c in L and O[c]["tok_s"] > L[c]["tok_s"]]
 behind = [c for c in sorted(O) if c in L and c not in ahead]
 print(f"ours ahead of llama.cpp at every concurrency: {'met' if not behind else 'NOT met (behind at C=' + ','.join(map(str, behind)) + ')'}")

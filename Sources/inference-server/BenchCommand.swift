@@ -25,10 +25,21 @@ struct BenchBatch: ParsableCommand {
     @Flag(name: .customLong("exact-activations"))
     var exactActivations = false
 
+    @Flag(help: """
+        Also measure this machine's f32 multiply-add peak and print the arithmetic floor of a step \
+        at each size: the size times the model's multiply-adds per token at that peak (a bound no \
+        implementation computing in f32 on these cores can beat). With --steps 0 only these lines are printed.
+        """)
+    var peak = false
+
     func run() throws {
         CPUCheck.requireEngineFeatures()
         let engine = try Engine.load(path: try options.resolvedPath(), tokenizerDirectory: tokenizer, exactActivations: exactActivations)
-        for size in sizes.split(separator: ",").compactMap({ Int($0) }) {
+        let sizes = self.sizes.split(separator: ",").compactMap { Int($0) }
+        if peak {
+            printPeak(multiplyAdds: engine.model.config.multiplyAddsPerToken, bytes: engine.weights.bytesReadPerStep, sizes: sizes)
+        }
+        for size in sizes where steps > 0 {
             let runner = BatchRunner(model: engine.model, maximumSequences: size)
             let slots = (0..<size).map { _ in runner.makeSlot(contextLength: 1024) }
             var next = try slots.enumerated().map { i, slot in Sampler.argmax(try runner.prefill(slot, [2] + (1..<max(2, context)).map { 818 + (i + $0) % 4000 })) }
@@ -37,6 +48,22 @@ struct BenchBatch: ParsableCommand {
             for _ in 0..<steps { next = try runner.decode(slots, tokens: next).map(Sampler.argmax) }
             let seconds = Double((clock.now - start).components.attoseconds) * 1e-18 + Double((clock.now - start).components.seconds)
             print(String(format: "batch %3d: %.1f ms/step, %.1f tok/s", size, seconds / Double(steps) * 1000, Double(size * steps) / seconds))
+        }
+    }
+
+    /// Lines a script can parse: `peak fma G/s <v>`, `peak read GB/s <v>`, `peak macs/token <v>`,
+    /// `peak weight MB/step <v>`, and per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the
+    /// longer of the step's multiply-adds at the FMA peak and its weight reads at the read bandwidth.
+    private func printPeak(multiplyAdds: Int, bytes: Int, sizes: [Int]) {
+        let rate = MachinePeak.fusedMultiplyAddsPerSecond()
+        let bandwidth = MachinePeak.readBytesPerSecond()
+        print(String(format: "peak fma G/s %.2f (f32 multiply-adds per second over %d threads)", rate / 1e9, MachinePeak.threads))
+        print(String(format: "peak read GB/s %.2f (memory read over %d threads)", bandwidth / 1e9, MachinePeak.threads))
+        print(String(format: "peak macs/token %.1f M (weight products of one decoded token)", Double(multiplyAdds) / 1e6))
+        print(String(format: "peak weight MB/step %.1f (weights one decode step reads)", Double(bytes) / 1e6))
+        for size in sizes {
+            let seconds = max(Double(size * multiplyAdds) / rate, Double(bytes) / bandwidth)
+            print(String(format: "floor batch %d: %.1f ms/step, %.1f tok/s", size, seconds * 1000, Double(size) / seconds))
         }
     }
 }

@@ -16,6 +16,8 @@ import Testing
                 && c.vocabularySize == 262_144)
         #expect(c.layerTypes.enumerated().filter { $0.element == .full }.map(\.offset) == [5, 11, 17])
         #expect(c.attentionScale == 0.0625)
+        // 18 layers × (1.64 M attention + 3.93 M MLP) + the 262,144 × 640 head.
+        #expect(c.multiplyAddsPerToken == 268_042_240)
         #expect(c.bfloat16EmbeddingScale == 25.25)
         #expect(abs(c.embeddingScale - 25.298221) < 1e-5)
         #expect(

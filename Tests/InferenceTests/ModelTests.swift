@@ -217,6 +217,19 @@ struct TinyModel {
         for v in 0..<40 { #expect(abs(Double(logits[v]) - expected[v]) < 1e-3) }
     }
 
+    /// The counts `bench-batch --peak` turns into a step's floors, checked against the tensors: every
+    /// product's rows × columns, and every stored byte once (the tied head is the embedding).
+    @Test func multiplyAddsAndBytesPerStepCountEveryWeight() throws {
+        let tiny = TinyModel(seed: 3)
+        let dir = try TemporaryDirectory()
+        let path = try tiny.writeFolder(dir)
+        let config = try Gemma3Config(configFile: path + "/config.json")
+        let weights = try Gemma3Weights(safetensors: try SafetensorsCheckpoint(directory: path), config: config)
+        let products = tiny.tensors.filter { $0.shape.count == 2 }.map { $0.shape[0] * $0.shape[1] }
+        #expect(config.multiplyAddsPerToken == products.reduce(0, +))
+        #expect(weights.bytesReadPerStep == tiny.tensors.map { 4 * $0.values.count }.reduce(0, +))
+    }
+
     @Test func sessionsRefuseBadInput() throws {
         let dir = try TemporaryDirectory()
         let model = try load(try TinyModel(seed: 1).writeFolder(dir))

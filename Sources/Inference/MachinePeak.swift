@@ -1,0 +1,85 @@
+/// What this machine's cores can do at most, for benchmarks that print how far a figure is from it.
+///
+/// A batched decode step is bound by arithmetic: every weight is multiplied with every sequence's
+/// activations once. With the multiply-adds per token (`Gemma3Config.multiplyAddsPerToken`) and
+/// this peak, a benchmark can print the fewest milliseconds a step of N sequences could take here, so
+/// a throughput target can be judged against what the hardware allows rather than guessed at.
+public enum MachinePeak {
+    /// f32 fused multiply-adds per second over all the engine's threads (one per core), measured with
+    /// a register-resident loop of 12 independent SIMD8 chains (enough to hide the FMA latency, as the
+    /// engine's register-blocked kernel does). No product of this engine runs faster.
+    /// The best of `repeats` runs: a run in which another process took a core reads low.
+    public static func fusedMultiplyAddsPerSecond(iterations: Int = 20_000_000, repeats: Int = 3) -> Double {
+        (0..<max(1, repeats)).map { _ in measure(iterations: iterations) }.max()!
+    }
+
+    /// The engine's threads, over which the peak is measured.
+    public static var threads: Int { Parallel.threadCount }
+
+    static func measure(iterations: Int) -> Double {
+        let threads = Parallel.threadCount
+        let results = UnsafeMutablePointer<Float>.allocate(capacity: threads)
+        defer { results.deallocate() }
+        let clock = ContinuousClock()
+        let start = clock.now
+        Parallel.forRanges(threads, minimumChunk: 1) { range in
+            for index in range { results[index] = chains(iterations: iterations) }
+        }
+        let elapsed = clock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        // Read so that the loops are not optimized away; each chain converges to 2.
+        precondition((0..<threads).allSatisfy { results[$0].isFinite }, "the peak loop diverged")
+        return Double(threads * iterations * 12 * 8) / seconds
+    }
+
+    /// Each chain is a = 1 + a·0.5 (a fixed point at 2: no overflow, no denormals), one FMA per step.
+    @inline(never)
+    static func chains(iterations: Int) -> Float {
+        let half = SIMD8<Float>(repeating: 0.5)
+        let one = SIMD8<Float>(repeating: 1)
+        var a0 = SIMD8<Float>(repeating: 0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0
+        var a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0
+        for _ in 0..<iterations {
+            a0 = one.addingProduct(a0, half); a1 = one.addingProduct(a1, half); a2 = one.addingProduct(a2, half)
+            a3 = one.addingProduct(a3, half); a4 = one.addingProduct(a4, half); a5 = one.addingProduct(a5, half)
+            a6 = one.addingProduct(a6, half); a7 = one.addingProduct(a7, half); a8 = one.addingProduct(a8, half)
+            a9 = one.addingProduct(a9, half); a10 = one.addingProduct(a10, half); a11 = one.addingProduct(a11, half)
+        }
+        return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11).sum()
+    }
+
+    /// Bytes per second all threads read from memory together, each summing its own part of a
+    /// buffer much larger than the caches (best of `repeats`). A decode step of one sequence streams
+    /// every weight once and can go no faster than this.
+    public static func readBytesPerSecond(megabytes: Int = 512, repeats: Int = 3) -> Double {
+        let count = megabytes << 20 / MemoryLayout<SIMD8<Float>>.stride
+        let buffer = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: count)
+        defer { buffer.deallocate() }
+        buffer.initialize(repeating: SIMD8<Float>(repeating: 1), count: count)
+        let threads = Parallel.threadCount
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: threads)
+        defer { sums.deallocate() }
+        let clock = ContinuousClock()
+        var best = 0.0
+        for _ in 0..<max(1, repeats) {
+            let start = clock.now
+            Parallel.forRanges(threads, minimumChunk: 1) { range in
+                for index in range {
+                    let part = buffer + count / threads * index
+                    var a = SIMD8<Float>(), b = a, c = a, d = a
+                    var i = 0
+                    while i + 4 <= count / threads {
+                        a += part[i]; b += part[i + 1]; c += part[i + 2]; d += part[i + 3]
+                        i += 4
+                    }
+                    sums[index] = (a + b + c + d).sum()
+                }
+            }
+            let elapsed = clock.now - start
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            precondition((0..<threads).allSatisfy { sums[$0] > 0 }, "the bandwidth loop read nothing")
+            best = max(best, Double(count / threads * threads * MemoryLayout<SIMD8<Float>>.stride) / seconds)
+        }
+        return best
+    }
+}
