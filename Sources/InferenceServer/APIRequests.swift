@@ -41,6 +41,30 @@ struct StopInput: Decodable, Sendable {
 
 struct StreamOptions: Decodable, Sendable {
     var includeUsage: Bool?
+    /// vLLM: usage (so far) in every chunk, not only in the last.
+    var continuousUsageStats: Bool?
+}
+
+/// A field whose presence matters but whose value this server does not read (structured-output and
+/// tool definitions it refuses): any JSON is accepted here.
+struct PresentValue: Decodable, Sendable {
+    init(from decoder: any Decoder) throws {}
+}
+
+/// `response_format`: only its `type` is read ("text" is the default; others need structured output).
+struct ResponseFormat: Decodable, Sendable {
+    var type: String
+}
+
+/// `tool_choice`: "none", "auto", "required", or an object naming a function.
+enum ToolChoice: Decodable, Sendable {
+    case named(String)
+    case function
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let name = try? container.decode(String.self) { self = .named(name) } else { self = .function }
+    }
 }
 
 /// The fields both endpoints take to control sampling and stopping (vLLM's SamplingParams extras included).
@@ -63,12 +87,32 @@ struct SamplingFields: Decodable, Sendable {
     var promptLogprobs: Int?
     var skipSpecialTokens: Bool?
     var user: String?
+    var includeStopStrInOutput: Bool?
+    var truncatePromptTokens: Int?
+    var returnTokensAsTokenIds: Bool?
+    // vLLM fields this server refuses with a 400 rather than ignore: a client that sends them relies
+    // on their effect (`Routes.refuseUnsupported`).
+    var minTokens: Int?
+    var logitBias: [String: Double]?
+    var bestOf: Int?
+    var badWords: [String]?
+    var allowedTokenIds: [Int]?
+    var responseFormat: ResponseFormat?
+    var tools: [PresentValue]?
+    var toolChoice: ToolChoice?
+    var guidedJson: PresentValue?
+    var guidedRegex: PresentValue?
+    var guidedChoice: PresentValue?
+    var guidedGrammar: PresentValue?
+    var structuredOutputs: PresentValue?
 }
 
 /// `POST /v1/completions`.
 struct CompletionRequest: Decodable, Sendable {
     var prompt: PromptInput
     var maxTokens: Int?
+    /// `"max_tokens": null` given: as vLLM, the rest of the context (absent: 16).
+    var maxTokensIsNull = false
     var logprobs: Int?
     var echo: Bool?
     var addSpecialTokens: Bool?
@@ -83,6 +127,7 @@ struct CompletionRequest: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         prompt = try c.decode(PromptInput.self, forKey: .prompt)
         maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens)
+        maxTokensIsNull = try c.contains(.maxTokens) && c.decodeNil(forKey: .maxTokens)
         logprobs = try c.decodeIfPresent(Int.self, forKey: .logprobs)
         echo = try c.decodeIfPresent(Bool.self, forKey: .echo)
         addSpecialTokens = try c.decodeIfPresent(Bool.self, forKey: .addSpecialTokens)
@@ -101,10 +146,12 @@ struct ChatCompletionRequest: Decodable, Sendable {
     var addGenerationPrompt: Bool?
     var continueFinalMessage: Bool?
     var echo: Bool?
+    var chatTemplate: String?
     var sampling: SamplingFields
 
     private enum CodingKeys: String, CodingKey {
-        case messages, maxTokens, maxCompletionTokens, logprobs, topLogprobs, addGenerationPrompt, continueFinalMessage, echo
+        case messages, maxTokens, maxCompletionTokens, logprobs, topLogprobs, addGenerationPrompt, continueFinalMessage, echo,
+            chatTemplate
     }
 
     init(from decoder: any Decoder) throws {
@@ -117,6 +164,7 @@ struct ChatCompletionRequest: Decodable, Sendable {
         addGenerationPrompt = try c.decodeIfPresent(Bool.self, forKey: .addGenerationPrompt)
         continueFinalMessage = try c.decodeIfPresent(Bool.self, forKey: .continueFinalMessage)
         echo = try c.decodeIfPresent(Bool.self, forKey: .echo)
+        chatTemplate = try c.decodeIfPresent(String.self, forKey: .chatTemplate)
         sampling = try SamplingFields(from: decoder)
     }
 }
@@ -128,6 +176,7 @@ struct TokenizeRequest: Decodable, Sendable {
     var messages: [ChatMessage]?
     var addSpecialTokens: Bool?
     var addGenerationPrompt: Bool?
+    var continueFinalMessage: Bool?
     var returnTokenStrs: Bool?
 }
 

@@ -13,6 +13,8 @@ struct ChoiceState {
     private let userStopTokens: Set<Int>
     /// Every token that ends the sequence: it counts as output but its text is left out (vLLM).
     private let stopTokens: Set<Int>
+    /// `include_stop_str_in_output`: the matched stop string ends the text instead of being cut.
+    private let includeStopString: Bool
     private(set) var tokens: [GeneratedToken] = []
     private(set) var text = ""
     private(set) var promptLogprobs: [GeneratedToken?]?
@@ -31,9 +33,10 @@ struct ChoiceState {
 
     init(
         index: Int, promptIndex: Int, handle: SequenceHandle, tokenizer: Tokenizer, stop: [String],
-        skipSpecialTokens: Bool, userStopTokens: Set<Int>, stopTokens: Set<Int>
+        skipSpecialTokens: Bool, userStopTokens: Set<Int>, stopTokens: Set<Int>, includeStopString: Bool = false
     ) {
         self.stopTokens = stopTokens
+        self.includeStopString = includeStopString
         self.index = index
         self.promptIndex = promptIndex
         self.handle = handle
@@ -56,6 +59,7 @@ struct ChoiceState {
                 // A stop string: the text ends before it, and the engine can stop now.
                 finish = .stop
                 stopReason = .string(stop)
+                if includeStopString { update.text += stop }
                 handle.finishEarly()
                 update.finished = true
             }

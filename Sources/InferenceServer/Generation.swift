@@ -28,6 +28,14 @@ struct GenerationPlan: Sendable {
     var echo: Bool
     /// vLLM's `prompt_logprobs`: report them in each choice.
     var reportPromptLogprobs = false
+    /// `include_stop_str_in_output`: a matched stop string stays at the end of the text.
+    var includeStopString = false
+    /// `return_tokens_as_token_ids`: logprobs name tokens as "token_id:N".
+    var tokensAsIDs = false
+    /// `stream_options.continuous_usage_stats`: every chunk carries the usage so far.
+    var continuousUsage = false
+    /// Chat `echo` when the last message is the assistant's: the answer's content starts with it.
+    var echoPrefix: String?
     let id: String
     let created = Int(Date().timeIntervalSince1970)
 
@@ -65,7 +73,7 @@ struct GenerationResponder {
                     ChoiceState(
                         index: index, promptIndex: index / plan.n, handle: handle, tokenizer: served.tokenizer,
                         stop: plan.stop, skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens,
-                        stopTokens: request.parameters.stopTokenIDs))
+                        stopTokens: request.parameters.stopTokenIDs, includeStopString: plan.includeStopString))
             }
         } catch {
             for choice in choices { choice.handle.cancel() }
@@ -158,11 +166,18 @@ struct GenerationResponder {
         func send(_ json: JSON) async throws {
             try await writer.write(ByteBuffer(string: "data: " + json.serialized() + "\n\n"))
         }
+        // A chunk of choices, with the usage so far when the client asked for it in every chunk.
+        func chunk(_ parts: [JSON]) -> JSON {
+            self.chunk(parts, usage: plan.continuousUsage ? usage(choices) : nil)
+        }
         // Text so far per choice, for completion logprobs' text_offset.
         var offsets = Array(repeating: 0, count: choices.count)
         for choice in choices {
             if plan.style == .chat {
                 try await send(chunk([choiceChunk(choice.index, delta: .object([("role", "assistant"), ("content", "")]))]))
+                if let prefix = plan.echoPrefix, !prefix.isEmpty {
+                    try await send(chunk([choiceChunk(choice.index, delta: .object([("content", .string(prefix))]))]))
+                }
             } else if plan.echo {
                 let prompt = plan.promptTexts[choice.promptIndex]
                 offsets[choice.index] = prompt.unicodeScalars.count
@@ -225,12 +240,12 @@ struct GenerationResponder {
 
     private var chunkObject: String { plan.style == .chat ? "chat.completion.chunk" : "text_completion" }
 
-    private func chunk(_ choices: [JSON]) -> JSON {
+    private func chunk(_ choices: [JSON], usage: JSON?) -> JSON {
         var fields: [(String, JSON)] = [
             ("id", .string(plan.id)), ("object", .string(chunkObject)), ("created", .int(plan.created)),
             ("model", .string(plan.model)), ("choices", .array(choices)),
         ]
-        if plan.includeUsage { fields.append(("usage", .null)) }
+        if plan.includeUsage { fields.append(("usage", usage ?? .null)) }
         return .object(fields)
     }
 
@@ -255,7 +270,7 @@ struct GenerationResponder {
             let logprobs = plan.logprobs != nil ? logprobsJSON(choice.tokens, textOffset: &offset) : .null
             fields = [
                 ("index", .int(choice.index)),
-                ("message", .object([("role", "assistant"), ("content", .string(choice.text))])),
+                ("message", .object([("role", "assistant"), ("content", .string((plan.echoPrefix ?? "") + choice.text))])),
                 ("logprobs", logprobs),
                 ("finish_reason", JSON(choice.finish?.rawValue)),
                 ("stop_reason", choice.stopReason),
@@ -325,12 +340,17 @@ struct GenerationResponder {
 
     // MARK: Logprobs
 
+    /// A token as logprobs name it: its text, or "token_id:N" (`return_tokens_as_token_ids`).
+    private func logprobToken(_ id: Int) -> String {
+        plan.tokensAsIDs ? "token_id:\(id)" : served.tokenText(id)
+    }
+
     private func logprobsJSON(_ tokens: [GeneratedToken], textOffset: inout Int) -> JSON {
         switch plan.style {
         case .completion: return completionLogprobs(tokens.map { ($0.id, $0) }, textOffset: &textOffset)
         case .chat:
             func entry(_ id: Int, _ logprob: Float) -> [(String, JSON)] {
-                let text = served.tokenText(id)
+                let text = logprobToken(id)
                 return [("token", .string(text)), ("logprob", JSON(logprob)), ("bytes", .array(text.utf8.map { .int(Int($0)) }))]
             }
             return .object([
@@ -348,7 +368,8 @@ struct GenerationResponder {
     }
 
     /// The legacy completions shape: parallel lists, a dict of alternatives per token, nulls for the
-    /// first prompt token.
+    /// first prompt token. As vLLM and OpenAI's legacy API, each dict holds the token itself beside
+    /// its `logprobs` alternatives (so up to logprobs + 1 entries; with `logprobs: 0`, just the token).
     private func completionLogprobs(_ entries: [(id: Int, token: GeneratedToken?)], textOffset: inout Int) -> JSON {
         var offsets: [JSON] = []
         var logprobs: [JSON] = []
@@ -358,9 +379,13 @@ struct GenerationResponder {
             let text = served.tokenText(id)
             offsets.append(.int(textOffset))
             textOffset += text.unicodeScalars.count
-            tokens.append(.string(text))
+            tokens.append(.string(logprobToken(id)))
             logprobs.append(entry.map { JSON($0.logprob) } ?? .null)
-            tops.append(entry.map { e in .object(e.top.map { (served.tokenText($0.id), JSON($0.logprob)) }) } ?? .null)
+            tops.append(
+                entry.map { e in
+                    let alternatives = e.top.filter { $0.id != e.id }.map { (logprobToken($0.id), JSON($0.logprob)) }
+                    return .object([(logprobToken(e.id), JSON(e.logprob))] + alternatives)
+                } ?? .null)
         }
         return .object([
             ("text_offset", .array(offsets)), ("token_logprobs", .array(logprobs)), ("tokens", .array(tokens)),

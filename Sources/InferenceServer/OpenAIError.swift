@@ -67,7 +67,20 @@ extension OpenAIError {
         func path(_ keys: [any CodingKey]) -> String {
             var out = ""
             for key in keys {
-                if let index = key.intValue { out += "[\(index)]" } else { out += (out.isEmpty ? "" : ".") + key.stringValue }
+                if let index = key.intValue {
+                    out += "[\(index)]"
+                } else {
+                    out += (out.isEmpty ? "" : ".") + snakeCase(key.stringValue)
+                }
+            }
+            return out
+        }
+        // The decoder converts the client's snake_case names to Swift's (`max_tokens` → `maxTokens`);
+        // the message and `param` name the field as the client sent it.
+        func snakeCase(_ name: String) -> String {
+            var out = ""
+            for character in name {
+                if character.isUppercase { out += "_" + character.lowercased() } else { out.append(character) }
             }
             return out
         }

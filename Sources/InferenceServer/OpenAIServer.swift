@@ -41,7 +41,8 @@ public enum OpenAIServer {
     public static func run(_ options: ServerOptions) async throws {
         let metrics = ServerMetrics(modelName: options.servedModelNames[0])
         let state = ModelState()
-        let router = Router(context: ServerContext.self)
+        // HEAD answers like GET without a body (probes and curl -I), as FastAPI/Starlette do for vLLM.
+        let router = Router(context: ServerContext.self, options: .autoGenerateHeadEndpoints)
         Routes(state: state, metrics: metrics, maximumBodyBytes: options.maximumBodyBytes, version: options.version)
             .register(on: router)
         var logger = Logger(label: "inference-server")
@@ -108,6 +109,7 @@ struct EngineService: Service {
         // Wait for SIGTERM/SIGINT (or the group ending), then drain.
         try? await gracefulShutdown()
         let scheduler = served.scheduler
+        state.beginDraining()
         scheduler.beginDraining()
         let inFlight = scheduler.inFlight
         OpenAIServer.log("shutting down: \(inFlight) request\(inFlight == 1 ? "" : "s") in flight, \(options.shutdownGraceSeconds) s grace")

@@ -9,8 +9,25 @@ import Tokenizer
 public final class ModelState: @unchecked Sendable {
     private let lock = NSLock()
     private var served: ServedModel?
+    private var draining = false
 
     public init() {}
+
+    /// After SIGTERM: /health answers 503 like the generation routes, so a load balancer that
+    /// still probes stops sending work.
+    func beginDraining() {
+        lock.lock()
+        draining = true
+        lock.unlock()
+    }
+
+    /// 503 unless the model is loaded and the server is not shutting down.
+    func requireHealthy() throws {
+        _ = try require()
+        lock.lock()
+        defer { lock.unlock() }
+        if draining { throw OpenAIError(.serviceUnavailable, "the server is shutting down", retryAfter: 5) }
+    }
 
     func set(_ model: ServedModel) {
         lock.lock()
@@ -42,6 +59,14 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             response = try await next(request, context)
         } catch let error as OpenAIError {
             response = try error.response(from: request, context: context)
+        } catch let error as any HTTPResponseError where error.status == .notFound && Routes.methods[request.uri.path] != nil {
+            // The path exists with other methods: 405 with Allow, as vLLM (FastAPI) answers.
+            let allowed = Routes.methods[request.uri.path]!
+            var refused = try OpenAIError(
+                .methodNotAllowed, "\(request.method) is not allowed on \(request.uri.path); use \(allowed.joined(separator: " or "))"
+            ).response(from: request, context: context)
+            refused.headers[.allow] = allowed.joined(separator: ", ")
+            response = refused
         } catch let error as any HTTPResponseError {
             let message: String
             switch error.status.code {
@@ -131,14 +156,22 @@ struct Routes {
     let maximumBodyBytes: Int
     let version: String
 
+    /// The methods each path answers (HEAD with every GET): a request with another method gets a 405.
+    static let methods: [String: [String]] = {
+        var table: [String: [String]] = [:]
+        for path in ["/health", "/ping", "/version", "/metrics", "/v1/models"] { table[path] = ["GET", "HEAD"] }
+        for path in ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"] { table[path] = ["POST"] }
+        return table
+    }()
+
     func register(on router: Router<ServerContext>) {
         router.add(middleware: OpenAIErrorMiddleware(metrics: metrics))
         router.get("/health") { _, _ -> Response in
-            _ = try state.require()
+            try state.requireHealthy()
             return Response(status: .ok)
         }
         router.get("/ping") { _, _ -> Response in
-            _ = try state.require()
+            try state.requireHealthy()
             return Response(status: .ok)
         }
         router.get("/version") { _, _ in json(.object([("version", .string(version))])) }
@@ -174,7 +207,9 @@ struct Routes {
             try served.requireName(r.model)
             let ids: [Int] = try await offload {
                 if let messages = r.messages {
-                    return try render(messages, served, addGenerationPrompt: r.addGenerationPrompt ?? true)
+                    return try render(
+                        messages, served, addGenerationPrompt: r.addGenerationPrompt,
+                        continueFinalMessage: r.continueFinalMessage ?? false)
                 } else if let prompt = r.prompt {
                     return served.tokenizer.encode(prompt, addSpecialTokens: r.addSpecialTokens ?? true)
                 }
@@ -251,8 +286,17 @@ struct Routes {
         }
     }
 
-    private func render(_ messages: [ChatMessage], _ served: ServedModel, addGenerationPrompt: Bool) throws -> [Int] {
+    /// The prompt of a conversation. `addGenerationPrompt` defaults to true; `continueFinalMessage`
+    /// ends the prompt inside the last message instead, and (as vLLM) both may not be asked for.
+    private func render(
+        _ messages: [ChatMessage], _ served: ServedModel, addGenerationPrompt: Bool?, continueFinalMessage: Bool
+    ) throws -> [Int] {
         guard !messages.isEmpty else { throw OpenAIError.badRequest("'messages' must not be empty", param: "messages") }
+        if continueFinalMessage && addGenerationPrompt == true {
+            throw OpenAIError.badRequest(
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                param: "continue_final_message")
+        }
         for (i, message) in messages.enumerated() where !["system", "developer", "user", "assistant"].contains(message.role) {
             throw OpenAIError.badRequest(
                 "messages[\(i)].role \(message.role.debugDescription) is not supported: use system, user or assistant",
@@ -264,7 +308,8 @@ struct Routes {
             return m
         }
         do {
-            return try served.tokenizer.encodeChat(normalized, addGenerationPrompt: addGenerationPrompt)
+            return try served.tokenizer.encodeChat(
+                normalized, addGenerationPrompt: addGenerationPrompt ?? true, continueFinalMessage: continueFinalMessage)
         } catch let error as TokenizerError {
             throw OpenAIError.badRequest("\(error)", param: "messages")
         }
@@ -273,14 +318,16 @@ struct Routes {
     // MARK: Requests to plans
 
     /// Checks shared by both endpoints and fills the plan's sampling side.
+    /// `maxTokens` nil: each prompt's completion may use the rest of the context.
     private func fill(
-        _ plan: inout GenerationPlan, _ f: SamplingFields, _ served: ServedModel, maxTokens: Int, topLogprobs: Int,
+        _ plan: inout GenerationPlan, _ f: SamplingFields, _ served: ServedModel, maxTokens: Int?, topLogprobs: Int,
         promptLogprobs: Int?
     ) throws {
         try served.requireName(f.model)
+        try refuseUnsupported(f)
         let n = f.n ?? 1
         guard (1...16).contains(n) else { throw OpenAIError.badRequest("n must be between 1 and 16, got \(n)", param: "n") }
-        guard maxTokens >= 0 else {
+        if let maxTokens, maxTokens < 0 {
             throw OpenAIError.badRequest("max_tokens must be at least 0, got \(maxTokens)", param: "max_tokens")
         }
         if f.streamOptions != nil && f.stream != true {
@@ -293,8 +340,20 @@ struct Routes {
             throw OpenAIError.badRequest("prompt_logprobs is not available when streaming", param: "prompt_logprobs")
         }
         let stop = f.stop?.strings ?? []
-        guard stop.count <= 16, stop.allSatisfy({ $0.utf8.count <= 1024 }) else {
-            throw OpenAIError.badRequest("at most 16 stop strings of at most 1024 bytes", param: "stop")
+        guard stop.count <= 256, stop.allSatisfy({ $0.utf8.count <= 1024 }) else {
+            throw OpenAIError.badRequest("at most 256 stop strings of at most 1024 bytes", param: "stop")
+        }
+        if let keep = f.truncatePromptTokens {
+            // vLLM: keep the last `keep` tokens of each prompt; -1 keeps what the context holds.
+            guard keep == -1 || keep >= 1 else {
+                throw OpenAIError.badRequest(
+                    "truncate_prompt_tokens must be -1 or at least 1, got \(keep)", param: "truncate_prompt_tokens")
+            }
+            let limit = keep == -1 ? served.contextLength : keep
+            for i in plan.prompts.indices where plan.prompts[i].count > limit {
+                plan.prompts[i] = Array(plan.prompts[i].suffix(limit))
+                plan.promptTexts[i] = served.tokenizer.decode(plan.prompts[i])
+            }
         }
         // Bounded per request, so one request cannot fill the queue on its own.
         guard plan.prompts.count * n <= 32 else {
@@ -308,20 +367,50 @@ struct Routes {
         // vLLM: a stream_options object without include_usage means true.
         plan.includeUsage = plan.stream && f.streamOptions.map { $0.includeUsage ?? true } == true
         plan.userStopTokens = Set(f.stopTokenIds ?? [])
+        plan.includeStopString = f.includeStopStrInOutput ?? false
+        plan.tokensAsIDs = f.returnTokensAsTokenIds ?? false
+        plan.continuousUsage = plan.includeUsage && f.streamOptions?.continuousUsageStats == true
         plan.reportPromptLogprobs = f.promptLogprobs != nil
         let stopTokens = try served.stopTokens(f)
         for prompt in plan.prompts {
             guard !prompt.isEmpty else { throw OpenAIError.badRequest("the prompt is empty", param: "prompt") }
             try checkTokens(prompt, served, param: "prompt")
-            try served.checkContext(promptTokens: prompt.count, maxTokens: maxTokens)
+            let budget = try served.completionBudget(
+                promptTokens: prompt.count, maxTokens: maxTokens, param: plan.style == .chat ? "messages" : "prompt")
             for choice in 0..<n {
                 var parameters = GenerationParameters(
-                    maxTokens: maxTokens, sampling: try served.sampling(f, choice: choice), stopTokenIDs: stopTokens,
+                    maxTokens: budget, sampling: try served.sampling(f, choice: choice), stopTokenIDs: stopTokens,
                     topLogprobs: topLogprobs)
                 parameters.computeLogprobs = plan.logprobs != nil
                 plan.requests.append(SequenceRequest(prompt: prompt, parameters: parameters, promptLogprobs: promptLogprobs))
             }
         }
+    }
+
+    /// vLLM request fields whose effect this server does not implement: refused with a 400 that
+    /// names them, since a client sending them relies on that effect and silence would mislead it.
+    private func refuseUnsupported(_ f: SamplingFields) throws {
+        func refuse(_ param: String, _ what: String) -> OpenAIError {
+            .badRequest("\(param) is not supported by this server (\(what)); leave it out", param: param)
+        }
+        if let bias = f.logitBias, !bias.isEmpty { throw refuse("logit_bias", "no logit biasing") }
+        if let minimum = f.minTokens, minimum > 0 { throw refuse("min_tokens", "no minimum length") }
+        if let best = f.bestOf, best > (f.n ?? 1) { throw refuse("best_of", "as in vLLM V1, use n") }
+        if let words = f.badWords, !words.isEmpty { throw refuse("bad_words", "no banned words") }
+        if let ids = f.allowedTokenIds, !ids.isEmpty { throw refuse("allowed_token_ids", "no token masks") }
+        if let format = f.responseFormat, format.type != "text" {
+            throw refuse("response_format", "no structured output; only {\"type\": \"text\"}")
+        }
+        if let tools = f.tools, !tools.isEmpty {
+            if case .named("none")? = f.toolChoice {} else {
+                throw refuse("tools", "no tool calling; send tool_choice \"none\" to keep the definitions in the request")
+            }
+        }
+        let guided: [(String, PresentValue?)] = [
+            ("guided_json", f.guidedJson), ("guided_regex", f.guidedRegex), ("guided_choice", f.guidedChoice),
+            ("guided_grammar", f.guidedGrammar), ("structured_outputs", f.structuredOutputs),
+        ]
+        if let (name, _) = guided.first(where: { $0.1 != nil }) { throw refuse(name, "no structured output") }
     }
 
     func completionPlan(_ r: CompletionRequest, _ served: ServedModel) throws -> GenerationPlan {
@@ -352,17 +441,27 @@ struct Routes {
         // Echo with logprobs scores the prompt: every prompt token's logprob.
         let promptLogprobs = plan.echo && r.logprobs != nil ? r.logprobs : r.sampling.promptLogprobs
         try fill(
-            &plan, r.sampling, served, maxTokens: r.maxTokens ?? 16, topLogprobs: r.logprobs ?? 0,
+            &plan, r.sampling, served, maxTokens: r.maxTokensIsNull ? nil : r.maxTokens ?? 16, topLogprobs: r.logprobs ?? 0,
             promptLogprobs: promptLogprobs)
         return plan
     }
 
     func chatPlan(_ r: ChatCompletionRequest, _ served: ServedModel) throws -> GenerationPlan {
         var plan = GenerationPlan(style: .chat, model: r.sampling.model ?? served.names[0])
-        if r.continueFinalMessage == true {
-            throw OpenAIError.badRequest("continue_final_message is not supported", param: "continue_final_message")
+        if r.chatTemplate != nil {
+            throw OpenAIError.badRequest(
+                "chat_template is not supported by this server (it renders the model's Gemma 3 template); leave it out",
+                param: "chat_template")
         }
-        let prompt = try render(r.messages, served, addGenerationPrompt: r.addGenerationPrompt ?? true)
+        let prompt = try render(
+            r.messages, served, addGenerationPrompt: r.addGenerationPrompt, continueFinalMessage: r.continueFinalMessage ?? false)
+        // vLLM's chat echo: the answer starts with the last message when it is the assistant's own.
+        if r.echo == true, let last = r.messages.last, last.role == "assistant" {
+            switch last.content {
+            case .text(let text): plan.echoPrefix = text
+            case .parts(let parts): plan.echoPrefix = parts.map { if case .text(let t) = $0 { t } else { "" } }.joined()
+            }
+        }
         plan.prompts = [prompt]
         plan.promptTexts = [served.tokenizer.decode(prompt)]
         let top = r.topLogprobs ?? 0
@@ -373,8 +472,8 @@ struct Routes {
             throw OpenAIError.badRequest("top_logprobs needs logprobs set to true", param: "top_logprobs")
         }
         plan.logprobs = r.logprobs == true ? top : nil
-        // vLLM: without a limit, a chat answer may use the rest of the context.
-        let maxTokens = r.maxCompletionTokens ?? r.maxTokens ?? max(0, served.contextLength - prompt.count)
+        // vLLM: without a limit (nil), a chat answer may use the rest of the context.
+        let maxTokens = r.maxCompletionTokens ?? r.maxTokens
         try fill(
             &plan, r.sampling, served, maxTokens: maxTokens, topLogprobs: top, promptLogprobs: r.sampling.promptLogprobs)
         return plan

@@ -93,10 +93,30 @@ public final class ServedModel: Sendable {
         return ids
     }
 
+    /// The completion budget of a prompt: `maxTokens`, or with none given (chat, or completions'
+    /// `"max_tokens": null`) the rest of the context, as vLLM. A prompt that leaves no room for
+    /// one token is refused then; with a budget, prompt plus budget must fit.
+    func completionBudget(promptTokens: Int, maxTokens: Int?, param: String) throws -> Int {
+        if let maxTokens {
+            try checkContext(promptTokens: promptTokens, maxTokens: maxTokens, param: param)
+            return maxTokens
+        }
+        guard promptTokens < contextLength else { throw promptTooLong(promptTokens, param: param) }
+        return contextLength - promptTokens
+    }
+
+    private func promptTooLong(_ promptTokens: Int, param: String) -> OpenAIError {
+        OpenAIError.badRequest(
+            "This model's maximum context length is \(contextLength) tokens. However, the prompt has \(promptTokens) "
+                + "tokens, which leaves no room for the completion. Please reduce the length of the \(param).",
+            param: param)
+    }
+
     /// vLLM's message when prompt plus completion do not fit the context.
-    func checkContext(promptTokens: Int, maxTokens: Int) throws {
+    func checkContext(promptTokens: Int, maxTokens: Int, param: String = "prompt") throws {
         // Compared without adding: max_tokens may be anything up to Int.max.
         guard maxTokens > contextLength - promptTokens else { return }
+        if promptTokens > contextLength { throw promptTooLong(promptTokens, param: param) }
         let (total, overflow) = promptTokens.addingReportingOverflow(maxTokens)
         throw OpenAIError.badRequest(
             "This model's maximum context length is \(contextLength) tokens. However, you requested "

@@ -52,6 +52,12 @@ public struct ChatMessage: Sendable, Equatable, Codable {
             content = .text(text)
             return
         }
+        // An assistant turn that only called tools has `"content": null` or none (OpenAI SDK
+        // histories); as vLLM does, it renders as empty text. Other roles must say something.
+        if role == "assistant", try !container.contains(.content) || container.decodeNil(forKey: .content) {
+            content = .text("")
+            return
+        }
         var list = try container.nestedUnkeyedContainer(forKey: .content)
         var parts: [Part] = []
         while !list.isAtEnd {

@@ -254,8 +254,27 @@ public struct Tokenizer: Sendable {
 
     /// Renders `messages` with the chat template and encodes the prompt. The template writes
     /// `<bos>` itself, so no second one is added.
-    public func encodeChat(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> [Int] {
-        let prompt = try chatTemplate().render(messages, addGenerationPrompt: addGenerationPrompt)
+    ///
+    /// With `continueFinalMessage` the prompt ends inside the last message, right after its text, so
+    /// the model goes on writing it (a prefilled answer). As transformers' `apply_chat_template`:
+    /// render without a generation prompt, then cut after the last occurrence of that text, trimmed.
+    public func encodeChat(_ messages: [ChatMessage], addGenerationPrompt: Bool, continueFinalMessage: Bool = false) throws
+        -> [Int]
+    {
+        var prompt = try chatTemplate().render(messages, addGenerationPrompt: addGenerationPrompt && !continueFinalMessage)
+        if continueFinalMessage, let last = messages.last {
+            let text: String
+            switch last.content {
+            case .text(let value): text = value
+            case .parts(let parts): text = parts.map { if case .text(let t) = $0 { t } else { "" } }.joined()
+            }
+            let final = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !final.isEmpty, let range = prompt.range(of: final, options: .backwards) else {
+                throw TokenizerError.invalidConversation(
+                    "continue_final_message needs a final message with text to continue")
+            }
+            prompt = String(prompt[..<range.upperBound])
+        }
         return encode(prompt, addSpecialTokens: false)
     }
 }

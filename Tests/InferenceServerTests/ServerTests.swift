@@ -84,6 +84,14 @@ import Testing
             ["--base-url", "http://127.0.0.1:\(server.port)", "--model", "gemma", "--prompt", prompt, "--expected", expected])
     }
 
+    /// vLLM's contract beyond the common calls (check_api_contract.py), on a 64-token context so
+    /// that "the rest of the context" and a prompt that fills it can be tested.
+    @Test func theAPIContractMatchesVLLM() throws {
+        let server = try Self.startServer(["--max-model-len", "64"])
+        defer { server.stop() }
+        _ = try script("check_api_contract.py", ["--base-url", "http://127.0.0.1:\(server.port)", "--model", "gemma"])
+    }
+
     @Test func departingClientsAndSIGTERM() throws {
         _ = try script("check_lifecycle.py", ["--binary", try Self.binary(), "--model", try Self.model(), "--grace", "3"])
     }

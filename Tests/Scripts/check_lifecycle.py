@@ -4,7 +4,7 @@
 Starts its own `inference-server serve` (it ends it), then checks:
 1. A client that disconnects stops its generation at once: a long non-streaming request and a long
    stream are abandoned mid-way, and /metrics shows no running request a moment later.
-2. SIGTERM during streaming: new requests get 503 with the OpenAI error body while the server
+2. SIGTERM during streaming: new requests get 503 with the OpenAI error body (and /health 503) while the server
    drains; streams that outlive the grace period end with an error event and `data: [DONE]`; the
    process exits with status 0 soon after the grace period.
 
@@ -135,6 +135,11 @@ def main():
             r = c.getresponse()
             body = json.loads(r.read())
             check(r.status == 503 and body["error"]["code"] == 503, f"during drain: {r.status} {body}")
+            # /health agrees, so a load balancer still probing stops sending work.
+            c.request("GET", "/health")
+            r = c.getresponse()
+            r.read()
+            check(r.status == 503, f"/health during drain: {r.status}")
         except OSError as e:
             check(False, f"the listener stopped answering during the grace period: {e}")
         for s in streams:

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""vLLM's API contract beyond the common calls, against a server started with --max-model-len 64.
+
+What clients and evaluation harnesses rely on and a quick SDK test misses: the token itself in each
+completions logprobs dict, `include_stop_str_in_output`, `max_tokens: null` and chat without a limit
+(the rest of the context; a prompt that fills it is a 400), snake_case names in type errors,
+`content: null` messages, `continue_final_message` (chat and /tokenize), chat `echo`,
+`truncate_prompt_tokens`, `return_tokens_as_token_ids`, `stream_options.continuous_usage_stats`,
+405 with Allow for a wrong method, HEAD on GET routes, and a 400 naming each field whose effect the
+server does not implement (rather than silence).
+
+Usage: check_api_contract.py --base-url http://127.0.0.1:PORT --model NAME
+Exit status 0 when every check passes; otherwise the failures are listed.
+"""
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import openai
+
+failures = []
+CONTEXT = 64  # the server's --max-model-len
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+    return condition
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--model", required=True)
+    args = parser.parse_args()
+    base, model = args.base_url, args.model
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def call(method, path, payload=None):
+        """(status, headers, parsed body or None) without raising on 4xx."""
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                raw = r.read()
+                return r.status, r.headers, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, e.headers, (json.loads(raw) if raw else None)
+
+    def error_param(status_body, expected_status=400):
+        status, _, body = status_body
+        if not check(status == expected_status and isinstance(body, dict) and "error" in body,
+                     f"expected {expected_status} with an error body, got {status} {body}"):
+            return None
+        return body["error"].get("param")
+
+    prompt = "The capital of France is"
+
+    # 1. Each completions logprobs dict holds the token itself beside its alternatives.
+    for k in (0, 1, 3):
+        lp = client.completions.create(model=model, prompt=prompt, max_tokens=6, temperature=2.0, seed=3, logprobs=k,
+                                       extra_body={"ignore_eos": True}).choices[0].logprobs
+        for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+            check(token in top and abs(top[token] - value) < 1e-6, f"logprobs={k}: {token!r} ({value}) not in {top}")
+            check(1 <= len(top) <= k + 1, f"logprobs={k}: {len(top)} entries in {top}")
+    scored = client.completions.create(model=model, prompt=prompt, max_tokens=0, echo=True, logprobs=1).choices[0].logprobs
+    for token, top in zip(scored.tokens[1:], scored.top_logprobs[1:]):
+        check(token in top, f"echoed prompt token {token!r} missing from {top}")
+
+    # 2. include_stop_str_in_output keeps the stop string at the end of the text.
+    full = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    words = full.split()
+    if check(len(words) >= 2, f"greedy text too short: {full!r}"):
+        stop = words[1]
+        cut = full.index(stop)
+        for include, expected in ((True, full[:cut + len(stop)]), (False, full[:cut])):
+            c = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0, stop=[stop],
+                                          extra_body={"ignore_eos": True, "include_stop_str_in_output": include}).choices[0]
+            check(c.text == expected and c.finish_reason == "stop",
+                  f"include_stop_str_in_output={include}: {c.text!r}, expected {expected!r}")
+
+    # 3. No limit means the rest of the context; a prompt that leaves no room is a 400 naming it.
+    status, _, body = call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": None,
+                                                       "temperature": 0, "ignore_eos": True})
+    if check(status == 200, f"max_tokens null: {status} {body}"):
+        u = body["usage"]
+        check(u["prompt_tokens"] + u["completion_tokens"] == CONTEXT and body["choices"][0]["finish_reason"] == "length",
+              f"max_tokens null used {u}, not the rest of the {CONTEXT}-token context")
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Count to ten."}],
+                                          temperature=0, extra_body={"ignore_eos": True})
+    check(chat.usage.prompt_tokens + chat.usage.completion_tokens == CONTEXT,
+          f"chat without max_tokens used {chat.usage}, not the rest of the context")
+    long_text = " ".join(["word"] * 80)
+    param = error_param(call("POST", "/v1/chat/completions",
+                             {"model": model, "messages": [{"role": "user", "content": long_text}]}))
+    check(param == "messages", f"a chat prompt over the context: param {param}")
+    status, _, body = call("POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": long_text}]})
+    check(body and "maximum context length" in body["error"]["message"], f"context message {body}")
+
+    # 4. Type errors name the field as the client spelled it.
+    for payload, name in (({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+                          ({"prompt": "x", "stop_token_ids": "1"}, "stop_token_ids"),
+                          ({"prompt": "x", "stream": True, "stream_options": {"include_usage": 3}}, "stream_options.include_usage")):
+        param = error_param(call("POST", "/v1/completions", dict(payload, model=model)))
+        check(param == name, f"type error param {param!r}, expected {name!r}")
+
+    # 5. An assistant message with content null (a tool-call turn in SDK histories) is empty text.
+    status, _, body = call("POST", "/v1/chat/completions", {
+        "model": model, "max_tokens": 2,
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "Yo"}]})
+    check(status == 200, f"content null: {status} {body}")
+
+    # 6. continue_final_message: the prompt ends inside the last message, in chat and in /tokenize.
+    conversation = [{"role": "user", "content": "Name a city."}, {"role": "assistant", "content": "The capital of France is"}]
+    status, _, tokens = call("POST", "/tokenize", {"model": model, "messages": conversation, "continue_final_message": True,
+                                                   "add_generation_prompt": False})
+    if check(status == 200, f"/tokenize continue_final_message: {status} {tokens}"):
+        _, _, text = call("POST", "/detokenize", {"model": model, "tokens": tokens["tokens"]})
+        check(text["prompt"].endswith("The capital of France is"), f"continued prompt ends {text['prompt'][-40:]!r}")
+        status, _, body = call("POST", "/v1/chat/completions", {"model": model, "messages": conversation, "max_tokens": 3,
+                                                                "temperature": 0, "continue_final_message": True,
+                                                                "add_generation_prompt": False, "ignore_eos": True})
+        check(status == 200 and body["usage"]["prompt_tokens"] == tokens["count"],
+              f"chat continue_final_message: {status} {body}")
+    param = error_param(call("POST", "/v1/chat/completions", {"model": model, "messages": conversation,
+                                                             "continue_final_message": True, "add_generation_prompt": True}))
+    check(param == "continue_final_message", f"both continue_final_message and add_generation_prompt: param {param}")
+
+    # 7. Chat echo: the answer starts with the assistant's last message.
+    status, _, body = call("POST", "/v1/chat/completions", {"model": model, "messages": conversation, "max_tokens": 3,
+                                                            "temperature": 0, "continue_final_message": True, "echo": True})
+    check(status == 200 and body["choices"][0]["message"]["content"].startswith("The capital of France is"),
+          f"chat echo: {status} {body}")
+
+    # 8. truncate_prompt_tokens keeps the last tokens; return_tokens_as_token_ids names tokens by id.
+    r = client.completions.create(model=model, prompt=long_text[:200], max_tokens=1, temperature=0,
+                                  extra_body={"truncate_prompt_tokens": 5})
+    check(r.usage.prompt_tokens == 5, f"truncate_prompt_tokens 5 gave {r.usage.prompt_tokens} prompt tokens")
+    lp = client.completions.create(model=model, prompt=prompt, max_tokens=3, temperature=0, logprobs=1,
+                                   extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs
+    check(all(t.startswith("token_id:") and t[9:].isdigit() for t in lp.tokens), f"token ids as tokens: {lp.tokens}")
+
+    # 9. continuous_usage_stats: every chunk with choices carries the usage so far.
+    counts = []
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, stream=True,
+                                           stream_options={"include_usage": True, "continuous_usage_stats": True},
+                                           extra_body={"ignore_eos": True}):
+        if chunk.choices:
+            check(chunk.usage is not None, "a chunk without usage under continuous_usage_stats")
+            if chunk.usage is not None:
+                counts.append(chunk.usage.completion_tokens)
+    check(counts == sorted(counts) and counts and counts[-1] == 4, f"continuous usage counts {counts}")
+
+    # 10. Wrong methods get 405 with Allow; HEAD answers on GET routes.
+    for method, path, allowed in (("GET", "/v1/completions", "POST"), ("POST", "/v1/models", "GET")):
+        status, headers, body = call(method, path, {} if method == "POST" else None)
+        check(status == 405 and allowed in (headers.get("Allow") or "") and body and body["error"]["code"] == 405,
+              f"{method} {path}: {status} Allow={headers.get('Allow')} {body}")
+    for path in ("/health", "/v1/models"):
+        status, _, _ = call("HEAD", path)
+        check(status == 200, f"HEAD {path}: {status}")
+
+    # 11. Fields whose effect is not implemented are refused, naming them; harmless values pass.
+    for extra, name in (({"logit_bias": {"506": -100}}, "logit_bias"), ({"min_tokens": 4}, "min_tokens"),
+                        ({"response_format": {"type": "json_object"}}, "response_format"),
+                        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+                        ({"guided_json": {"type": "object"}}, "guided_json"), ({"best_of": 3}, "best_of")):
+        param = error_param(call("POST", "/v1/chat/completions", dict(
+            {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}, **extra)))
+        check(param == name, f"{name}: param {param}")
+    for extra in ({"response_format": {"type": "text"}}, {"logit_bias": {}}, {"min_tokens": 0},
+                  {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"}):
+        status, _, body = call("POST", "/v1/chat/completions", dict(
+            {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}, **extra))
+        check(status == 200, f"{extra}: {status} {body}")
+
+    if failures:
+        print(f"{len(failures)} check(s) failed:")
+        for f in failures:
+            print("  -", f)
+        return 1
+    print("all API contract checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
