@@ -509,7 +509,9 @@ public enum GemmaKernels {
 
         // Penalties before a draw, as the host Sampler applies them (TokenPenalties): with a soft cap,
         // every value of the row is capped first (sample_rows then gets no cap). Each row's entries
-        // are (token id, times generated << 1 | in prompt or output), one per id. Grid: rows; block: 256.
+        // are (token id, times generated << 1 | in prompt or output, bias as f32 bits), one per id;
+        // the bias is added before the penalties, as vLLM's logit processors run first. Grid: rows;
+        // block: 256.
         struct PenaltyRow { u32 first; u32 count; float presence; float frequency; float repetition; u32 unused; };
 
         extern "C" __global__ void apply_penalties(float* logits, int n, float softcap, const PenaltyRow* rows,
@@ -521,9 +523,11 @@ public enum GemmaKernels {
             }
             PenaltyRow p = rows[blockIdx.x];
             for (u32 e = threadIdx.x; e < p.count; e += blockDim.x) {
-                u32 id = entries[2 * (p.first + e)], packed = entries[2 * (p.first + e) + 1];
+                u32 id = entries[3 * (p.first + e)], packed = entries[3 * (p.first + e) + 1];
+                float bias = __uint_as_float(entries[3 * (p.first + e) + 2]);
                 if (id >= (u32)n) continue;
                 float v = row[id];
+                if (bias != 0.0f) v = __fadd_rn(v, bias);
                 // Each operation rounded on its own, as the host rounds (never fused into a multiply-add).
                 if (p.repetition != 1.0f && (packed & 1u))
                     v = v > 0.0f ? __fdiv_rn(v, p.repetition) : __fmul_rn(v, p.repetition);

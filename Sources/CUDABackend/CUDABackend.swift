@@ -475,7 +475,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public var drawsOnDevice: Bool { true }
 
-    /// `apply_penalties` on the drawn rows, in place: the per-row table and the (id, count) entries go
+    /// `apply_penalties` on the drawn rows, in place: the per-row table and the (id, count, bias) entries go
     /// through the staging area, the entries padded to a power of two so that a steady batch keeps
     /// the same step shape (and its CUDA graph) while the outputs grow.
     private func applyPenalties(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float, draws: [TokenDraw]) {
@@ -485,7 +485,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             for (r, draw) in draws.enumerated() {
                 let p = bytes.baseAddress! + r * 24
                 let penalties = draw.penalties
-                p.storeBytes(of: UInt32(entries.count / 2), toByteOffset: 0, as: UInt32.self)
+                p.storeBytes(of: UInt32(entries.count / 3), toByteOffset: 0, as: UInt32.self)
                 p.storeBytes(of: UInt32(penalties?.entries.count ?? 0), toByteOffset: 4, as: UInt32.self)
                 p.storeBytes(of: penalties?.presence ?? 0, toByteOffset: 8, as: Float.self)
                 p.storeBytes(of: penalties?.frequency ?? 0, toByteOffset: 12, as: Float.self)
@@ -493,10 +493,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 for entry in penalties?.entries ?? [] {
                     entries.append(UInt32(truncatingIfNeeded: entry.id))
                     entries.append(UInt32(truncatingIfNeeded: entry.count) << 1 | (entry.seen ? 1 : 0))
+                    entries.append(entry.bias.bitPattern)
                 }
             }
         }
-        var padded = 2
+        var padded = 3
         while padded < entries.count { padded *= 2 }
         entries += [UInt32](repeating: 0, count: padded - entries.count)
         let rowTable = table.withUnsafeBytes { context.stage($0) }

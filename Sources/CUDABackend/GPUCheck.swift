@@ -294,7 +294,9 @@ public struct GPUCheck {
             var penalized = TokenDraw(temperature: 0.9, topK: 0, topP: 0.95, minP: 0, seed: 6)
             penalized.penalties = TokenPenalties(
                 presence: 0.5, frequency: 0.3, repetition: 1.3,
-                entries: (0..<200).map { .init(id: $0 * 1311, count: $0 % 3, seen: $0 % 4 != 0) })
+                entries: (0..<200).map {
+                    .init(id: $0 * 1311, count: $0 % 3, seen: $0 % 4 != 0, bias: [0, 1.5, -3, -.infinity][$0 % 4])
+                })
             let draws = [
                 penalized,
                 TokenDraw(temperature: 0.7, topK: 0, topP: 1, minP: 0, seed: 1),

@@ -10,27 +10,46 @@ public struct Sampler: Sendable {
     /// `accept`, so a draw on the GPU takes it as it is every step. nil without penalties.
     private var penaltyEntries: [TokenPenalties.Entry]?
     private var entryIndex: [Int: Int] = [:]
+    /// Tokens accepted so far (for `minTokens`).
+    private var generated = 0
 
     public init(parameters: SamplingParameters, prompt: [Int] = []) {
         self.parameters = parameters
         var system = SystemRandomNumberGenerator()
         generator = Xoshiro256StarStar(seed: parameters.seed ?? system.next())
         let p = parameters
-        if p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+        if p.hasPenalties {
             let ids = p.repetitionPenalty != 1 ? Set(prompt).sorted() : []
             penaltyEntries = ids.map { .init(id: $0, count: 0, seen: true) }
             for (index, id) in ids.enumerated() { entryIndex[id] = index }
+            for (id, bias) in p.logitBias.sorted(by: { $0.key < $1.key }) {
+                if let index = entryIndex[id] {
+                    penaltyEntries![index].bias = bias
+                } else {
+                    entryIndex[id] = penaltyEntries!.count
+                    penaltyEntries!.append(.init(id: id, count: 0, seen: false, bias: bias))
+                }
+            }
         }
     }
 
     /// The penalties to apply before a draw made elsewhere (`TokenDraw`), from what this sampler has
     /// recorded; nil when the parameters have none.
     public func penalties() -> TokenPenalties? {
-        guard let penaltyEntries else { return nil }
+        guard var entries = penaltyEntries else { return nil }
         let p = parameters
+        if generated < p.minTokens {
+            // Too short yet to end: the end tokens are barred (their own bias, if any, is replaced).
+            for id in p.minTokensStopIDs {
+                if let index = entryIndex[id] {
+                    entries[index].bias = -.infinity
+                } else {
+                    entries.append(.init(id: id, count: 0, seen: false, bias: -.infinity))
+                }
+            }
+        }
         return TokenPenalties(
-            presence: p.presencePenalty, frequency: p.frequencyPenalty, repetition: p.repetitionPenalty,
-            entries: penaltyEntries)
+            presence: p.presencePenalty, frequency: p.frequencyPenalty, repetition: p.repetitionPenalty, entries: entries)
     }
 
     /// A fresh seed from this sampler's generator, for a draw made elsewhere (`TokenDraw`): a seeded
@@ -39,6 +58,7 @@ public struct Sampler: Sendable {
 
     /// Records a token that became part of the output (whether sampled here or forced).
     public mutating func accept(_ token: Int) {
+        generated += 1
         if penaltyEntries != nil {
             let seen = parameters.repetitionPenalty != 1
             if let index = entryIndex[token] {

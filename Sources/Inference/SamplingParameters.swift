@@ -16,6 +16,12 @@ public struct SamplingParameters: Sendable, Equatable {
     public var frequencyPenalty: Float = 0
     /// The same seed with the same prompt and parameters gives the same tokens; nil draws a fresh seed.
     public var seed: UInt64? = nil
+    /// Added to the logits of these token ids before the penalties (OpenAI's `logit_bias`, within ±100).
+    public var logitBias: [Int: Float] = [:]
+    /// Until this many tokens are generated, `minTokensStopIDs` cannot be drawn (vLLM's `min_tokens`).
+    public var minTokens: Int = 0
+    /// The tokens that would end the sequence (end of turn, `stop_token_ids`), barred before `minTokens`.
+    public var minTokensStopIDs: [Int] = []
 
     public init(
         temperature: Float = 0, topK: Int = 0, topP: Float = 1, minP: Float = 0, repetitionPenalty: Float = 1,
@@ -35,7 +41,15 @@ public struct SamplingParameters: Sendable, Equatable {
 
     /// Greedy with no penalty: the token is the plain argmax of the logits, which a GPU backend
     /// picks where the logits are (`BatchRunner.Work.greedy`).
-    public var isPlainArgmax: Bool { isGreedy && presencePenalty == 0 && frequencyPenalty == 0 && repetitionPenalty == 1 }
+    public var isPlainArgmax: Bool {
+        isGreedy && !hasPenalties
+    }
+
+    /// Anything that changes the logits before the draw: penalties, biases, a minimum length.
+    public var hasPenalties: Bool {
+        presencePenalty != 0 || frequencyPenalty != 0 || repetitionPenalty != 1 || !logitBias.isEmpty
+            || (minTokens > 0 && !minTokensStopIDs.isEmpty)
+    }
 
     /// Throws `invalidArgument` naming the first value out of its range (vLLM's bounds).
     public func validate() throws {
@@ -55,5 +69,9 @@ public struct SamplingParameters: Sendable, Equatable {
         guard (-2...2).contains(frequencyPenalty) else {
             throw bad("frequency_penalty must be in [-2, 2], got \(frequencyPenalty)")
         }
+        if let (id, value) = logitBias.first(where: { !(-100...100).contains($0.value) || $0.key < 0 }) {
+            throw bad("logit_bias must map token ids to values in [-100, 100], got \(id): \(value)")
+        }
+        guard minTokens >= 0 else { throw bad("min_tokens must be at least 0, got \(minTokens)") }
     }
 }

@@ -14,6 +14,9 @@ public struct TextStream: Sendable {
     public private(set) var text = ""
     /// The stop string that ended the stream, if one did.
     public private(set) var matchedStop: String?
+    /// While false, stop strings are not looked for (`min_tokens`: vLLM checks them only once the
+    /// output is that long); text is released as it comes.
+    public var stopsActive = true
 
     public init(tokenizer: Tokenizer, stopStrings: [String] = [], skipSpecialTokens: Bool = true) {
         self.stopStrings = stopStrings.filter { !$0.isEmpty }
@@ -39,7 +42,7 @@ public struct TextStream: Sendable {
     private mutating func release(final: Bool) -> String {
         // The earliest stop string occurrence ends the stream.
         var earliest: (range: Range<String.Index>, stop: String)?
-        for stop in stopStrings {
+        for stop in stopStrings where stopsActive {
             if let range = held.range(of: stop), earliest.map({ range.lowerBound < $0.range.lowerBound }) ?? true {
                 earliest = (range, stop)
             }
@@ -52,7 +55,7 @@ public struct TextStream: Sendable {
             return out
         }
         var keep = 0
-        if !final {
+        if !final && stopsActive {
             // Hold back the longest tail that some stop string starts with.
             let characters = Array(held)
             let longest = min(characters.count, (stopStrings.map(\.count).max() ?? 1) - 1)

@@ -150,9 +150,10 @@ public struct TokenDraw: Sendable, Equatable {
     }
 }
 
-/// The penalties of one draw, as `Sampler` applies them: the repetition penalty divides positive
-/// logits and multiplies negative ones of every token in the prompt or output, then each generated
-/// token loses presence + frequency × its count. The CUDA kernel `apply_penalties` is the same.
+/// The penalties of one draw, as `Sampler` applies them: a token's bias is added first, then the
+/// repetition penalty divides positive logits and multiplies negative ones of every token in the
+/// prompt or output, then each generated token loses presence + frequency × its count. The CUDA
+/// kernel `apply_penalties` is the same.
 public struct TokenPenalties: Sendable, Equatable {
     public struct Entry: Sendable, Equatable {
         public var id: Int
@@ -160,11 +161,14 @@ public struct TokenPenalties: Sendable, Equatable {
         public var count: Int
         /// In the prompt or output: the repetition penalty applies.
         public var seen: Bool
+        /// Added to the logit before the penalties (`logit_bias`; -inf bars the token, `min_tokens`).
+        public var bias: Float
 
-        public init(id: Int, count: Int, seen: Bool) {
+        public init(id: Int, count: Int, seen: Bool, bias: Float = 0) {
             self.id = id
             self.count = count
             self.seen = seen
+            self.bias = bias
         }
     }
 
@@ -184,6 +188,8 @@ public struct TokenPenalties: Sendable, Equatable {
     public func apply(to logits: inout [Float]) {
         for entry in entries where entry.id >= 0 && entry.id < logits.count {
             var v = logits[entry.id]
+            // As vLLM: logit processors (bias, min_tokens) first, then the penalties.
+            if entry.bias != 0 { v += entry.bias }
             if repetition != 1 && entry.seen { v = v > 0 ? v / repetition : v * repetition }
             if (presence != 0 || frequency != 0) && entry.count > 0 { v -= presence + frequency * Float(entry.count) }
             logits[entry.id] = v

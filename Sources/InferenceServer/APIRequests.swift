@@ -90,10 +90,10 @@ struct SamplingFields: Decodable, Sendable {
     var includeStopStrInOutput: Bool?
     var truncatePromptTokens: Int?
     var returnTokensAsTokenIds: Bool?
-    // vLLM fields this server refuses with a 400 rather than ignore: a client that sends them relies
-    // on their effect (`Routes.refuseUnsupported`).
     var minTokens: Int?
     var logitBias: [String: Double]?
+    // vLLM fields this server refuses with a 400 rather than ignore: a client that sends them relies
+    // on their effect (`Routes.refuseUnsupported`).
     var bestOf: Int?
     var badWords: [String]?
     var allowedTokenIds: [Int]?

@@ -15,6 +15,8 @@ struct ChoiceState {
     private let stopTokens: Set<Int>
     /// `include_stop_str_in_output`: the matched stop string ends the text instead of being cut.
     private let includeStopString: Bool
+    /// `min_tokens`: stop strings count only once the output is this long (vLLM).
+    private let minTokens: Int
     private(set) var tokens: [GeneratedToken] = []
     private(set) var text = ""
     private(set) var promptLogprobs: [GeneratedToken?]?
@@ -33,10 +35,12 @@ struct ChoiceState {
 
     init(
         index: Int, promptIndex: Int, handle: SequenceHandle, tokenizer: Tokenizer, stop: [String],
-        skipSpecialTokens: Bool, userStopTokens: Set<Int>, stopTokens: Set<Int>, includeStopString: Bool = false
+        skipSpecialTokens: Bool, userStopTokens: Set<Int>, stopTokens: Set<Int>, includeStopString: Bool = false,
+        minTokens: Int = 0
     ) {
         self.stopTokens = stopTokens
         self.includeStopString = includeStopString
+        self.minTokens = minTokens
         self.index = index
         self.promptIndex = promptIndex
         self.handle = handle
@@ -54,6 +58,7 @@ struct ChoiceState {
             tokens.append(token)
             update.tokens = [token]
             if stopTokens.contains(token.id) { break }  // the engine stops here; `.finished` follows
+            stream.stopsActive = tokens.count >= minTokens
             update.text = stream.push(token.id)
             if let stop = stream.matchedStop {
                 // A stop string: the text ends before it, and the engine can stop now.

@@ -73,7 +73,8 @@ struct GenerationResponder {
                     ChoiceState(
                         index: index, promptIndex: index / plan.n, handle: handle, tokenizer: served.tokenizer,
                         stop: plan.stop, skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens,
-                        stopTokens: request.parameters.stopTokenIDs, includeStopString: plan.includeStopString))
+                        stopTokens: request.parameters.stopTokenIDs, includeStopString: plan.includeStopString,
+                        minTokens: request.parameters.sampling.minTokens))
             }
         } catch {
             for choice in choices { choice.handle.cancel() }

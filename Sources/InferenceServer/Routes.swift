@@ -377,9 +377,14 @@ struct Routes {
             try checkTokens(prompt, served, param: "prompt")
             let budget = try served.completionBudget(
                 promptTokens: prompt.count, maxTokens: maxTokens, param: plan.style == .chat ? "messages" : "prompt")
+            if let minimum = f.minTokens, minimum > budget {
+                throw OpenAIError.badRequest(
+                    "min_tokens (\(minimum)) must be at most max_tokens (\(budget))", param: "min_tokens")
+            }
             for choice in 0..<n {
                 var parameters = GenerationParameters(
-                    maxTokens: budget, sampling: try served.sampling(f, choice: choice), stopTokenIDs: stopTokens,
+                    maxTokens: budget, sampling: try served.sampling(f, choice: choice, stopTokens: stopTokens),
+                    stopTokenIDs: stopTokens,
                     topLogprobs: topLogprobs)
                 parameters.computeLogprobs = plan.logprobs != nil
                 plan.requests.append(SequenceRequest(prompt: prompt, parameters: parameters, promptLogprobs: promptLogprobs))
@@ -393,8 +398,6 @@ struct Routes {
         func refuse(_ param: String, _ what: String) -> OpenAIError {
             .badRequest("\(param) is not supported by this server (\(what)); leave it out", param: param)
         }
-        if let bias = f.logitBias, !bias.isEmpty { throw refuse("logit_bias", "no logit biasing") }
-        if let minimum = f.minTokens, minimum > 0 { throw refuse("min_tokens", "no minimum length") }
         if let best = f.bestOf, best > (f.n ?? 1) { throw refuse("best_of", "as in vLLM V1, use n") }
         if let words = f.badWords, !words.isEmpty { throw refuse("bad_words", "no banned words") }
         if let ids = f.allowedTokenIds, !ids.isEmpty { throw refuse("allowed_token_ids", "no token masks") }

@@ -55,7 +55,8 @@ public final class ServedModel: Sendable {
     }
 
     /// Sampling settings of a request: its own values, else generation_config.json's, else vLLM's defaults.
-    func sampling(_ f: SamplingFields, choice: Int) throws -> SamplingParameters {
+    /// `stopTokens` (the request's end tokens) are what `min_tokens` holds back.
+    func sampling(_ f: SamplingFields, choice: Int, stopTokens: Set<Int> = []) throws -> SamplingParameters {
         let g = engine.generationConfig
         func float(_ value: Double?, _ name: String) throws -> Float? {
             guard let value else { return nil }
@@ -71,6 +72,16 @@ public final class ServedModel: Sendable {
         p.frequencyPenalty = try float(f.frequencyPenalty, "frequency_penalty") ?? 0
         p.repetitionPenalty = try float(f.repetitionPenalty, "repetition_penalty") ?? 1
         if p.topK == -1 { p.topK = 0 }
+        for (key, value) in f.logitBias ?? [:] {
+            guard let id = Int(key), id >= 0, id < engine.config.vocabularySize else {
+                throw OpenAIError.badRequest("logit_bias: \(key.debugDescription) is not a token id of this model", param: "logit_bias")
+            }
+            guard value.isFinite else { throw OpenAIError.badRequest("logit_bias values must be numbers", param: "logit_bias") }
+            // OpenAI's range; vLLM clamps to it rather than refusing.
+            p.logitBias[id] = Float(min(100, max(-100, value)))
+        }
+        p.minTokens = f.minTokens ?? 0
+        p.minTokensStopIDs = p.minTokens > 0 ? stopTokens.sorted() : []
         // n choices with one seed: each its own stream, all reproducible.
         p.seed = f.seed.map { UInt64(bitPattern: Int64($0)) &+ UInt64(choice) }
         do {

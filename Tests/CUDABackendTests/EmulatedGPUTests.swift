@@ -102,11 +102,17 @@ import Testing
                     temperature: [0, 0.5, 1, 1.7][r % 4], topK: [0, 1, 7, 64, 699, 700][r % 6],
                     topP: [1, 0.95, 0.5, 0.05][(r / 4) % 4], minP: [0, 0.01, 0.2][(r / 3) % 3], seed: generator.next()))
             if r % 5 == 1 {
-                // Penalties on some rows: a history of up to 40 distinct tokens.
+                // Penalties on some rows: a history of up to 40 distinct tokens, some biased (logit_bias;
+                // -inf bars a token, as min_tokens does with the end tokens).
                 let ids = Set((0..<40).map { _ in Int(generator.next() % UInt64(columns + 5)) }).sorted()
+                let biases: [Float] = [0, 0, 2.5, -7.25, 100, -.infinity]
                 draws[r].penalties = TokenPenalties(
                     presence: [0, 0.5][r % 2], frequency: 0.25, repetition: [1, 1.3][(r / 5) % 2],
-                    entries: ids.map { .init(id: $0, count: Int(generator.next() % 4), seen: generator.next() % 3 != 0) })
+                    entries: ids.map {
+                        .init(
+                            id: $0, count: Int(generator.next() % 4), seen: generator.next() % 3 != 0,
+                            bias: biases[Int(generator.next() % 6)])
+                    })
             }
         }
         // A history too long for the staging area (more than 1 MiB of entries): its own upload.

@@ -54,6 +54,30 @@ import Testing
         #expect(negative.sample([-1, -1.5]) == 1)  // a negative logit is multiplied: -2 < -1.5
     }
 
+    @Test func biasesAndMinimumLengthChangeTheDraw() {
+        var biased = SamplingParameters()
+        biased.logitBias = [1: 1.5, 6: -100]
+        #expect(!biased.isPlainArgmax)
+        var sampler = Sampler(parameters: biased)
+        #expect(sampler.sample(logits) == 1)  // 2.0 + 1.5 beats 2.9; 3.0 - 100 is out
+        // Bias first, then the penalties: 2.0 + 1.5 = 3.5, then minus presence 0.7 = 2.8 < 2.9.
+        biased.presencePenalty = 0.7
+        var both = Sampler(parameters: biased)
+        both.accept(1)
+        #expect(both.sample(logits) == 7)
+        // Token 6 ends the sequence: barred for the first two tokens, then free again.
+        var minimum = SamplingParameters()
+        minimum.minTokens = 2
+        minimum.minTokensStopIDs = [6]
+        var short = Sampler(parameters: minimum)
+        #expect(short.sample(logits) == 7)
+        short.accept(7)
+        #expect(short.sample(logits) == 7)
+        short.accept(7)
+        #expect(short.sample(logits) == 6)
+        #expect(short.penalties() == nil || short.penalties()!.entries.allSatisfy { $0.bias == 0 })
+    }
+
     @Test func invalidParametersAreRejected() {
         for bad in [
             SamplingParameters(temperature: -1), SamplingParameters(topK: -2), SamplingParameters(topP: 0),

@@ -6,6 +6,7 @@ completions logprobs dict, `include_stop_str_in_output`, `max_tokens: null` and 
 (the rest of the context; a prompt that fills it is a 400), snake_case names in type errors,
 `content: null` messages, `continue_final_message` (chat and /tokenize), chat `echo`,
 `truncate_prompt_tokens`, `return_tokens_as_token_ids`, `stream_options.continuous_usage_stats`,
+`logit_bias` and `min_tokens`,
 405 with Allow for a wrong method, HEAD on GET routes, and a 400 naming each field whose effect the
 server does not implement (rather than silence).
 
@@ -145,6 +146,31 @@ def main():
                                    extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs
     check(all(t.startswith("token_id:") and t[9:].isdigit() for t in lp.tokens), f"token ids as tokens: {lp.tokens}")
 
+    # 8b. logit_bias moves the greedy choice; min_tokens holds back the end tokens (and stop strings).
+    def first_ids(count, **extra):
+        body = dict({"model": model, "prompt": prompt, "max_tokens": count, "temperature": 0, "logprobs": 0,
+                     "return_tokens_as_token_ids": True}, **extra)
+        status, _, r = call("POST", "/v1/completions", body)
+        if not check(status == 200, f"{extra}: {status} {r}"):
+            return [], None
+        c = r["choices"][0]
+        return [int(t[9:]) for t in c["logprobs"]["tokens"]], c
+    greedy, _ = first_ids(3, ignore_eos=True)
+    if check(len(greedy) == 3, f"greedy ids {greedy}"):
+        barred, _ = first_ids(1, logit_bias={str(greedy[0]): -100})
+        check(barred and barred[0] != greedy[0], f"logit_bias -100 on {greedy[0]} still gave {barred}")
+        forced, _ = first_ids(1, logit_bias={"9259": 100})
+        check(forced == [9259], f"logit_bias +100 on 9259 gave {forced}")
+        stopped, c = first_ids(8, stop_token_ids=[greedy[0]])
+        check(len(stopped) == 1 and c["finish_reason"] == "stop", f"stop_token_ids {greedy[0]}: {stopped}")
+        held, c = first_ids(8, stop_token_ids=[greedy[0]], min_tokens=3)
+        check(len(held) >= 3 and greedy[0] not in held[:3], f"min_tokens 3 with stop token {greedy[0]}: {held}")
+    param = error_param(call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 2, "min_tokens": 3}))
+    check(param == "min_tokens", f"min_tokens over max_tokens: param {param}")
+    param = error_param(call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 2,
+                                                         "logit_bias": {"262144": 1}}))
+    check(param == "logit_bias", f"logit_bias outside the vocabulary: param {param}")
+
     # 9. continuous_usage_stats: every chunk with choices carries the usage so far.
     counts = []
     for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, stream=True,
@@ -166,8 +192,7 @@ def main():
         check(status == 200, f"HEAD {path}: {status}")
 
     # 11. Fields whose effect is not implemented are refused, naming them; harmless values pass.
-    for extra, name in (({"logit_bias": {"506": -100}}, "logit_bias"), ({"min_tokens": 4}, "min_tokens"),
-                        ({"response_format": {"type": "json_object"}}, "response_format"),
+    for extra, name in (({"response_format": {"type": "json_object"}}, "response_format"),
                         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
                         ({"guided_json": {"type": "object"}}, "guided_json"), ({"best_of": 3}, "best_of")):
         param = error_param(call("POST", "/v1/chat/completions", dict(

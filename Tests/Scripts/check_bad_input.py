@@ -536,9 +536,9 @@ def structured_cases(model):
         "include_stop_str_in_output": ["x", 5],
         "truncate_prompt_tokens": [0, -2, "x", 1.5],
         "return_tokens_as_token_ids": ["x", [True]],
+        "min_tokens": [-1, "x", 10**6],
+        "logit_bias": [{"x": 5}, {"1": "a"}, {"999999": 1}, {"-1": 1}, "x", 5],
         # Fields whose effect is not implemented: refused, never silently ignored.
-        "min_tokens": [4, "x"],
-        "logit_bias": [{"1": 5}, "x", 5],
         "best_of": [5, "x"],
         "bad_words": [["x"], 5],
         "allowed_token_ids": [[1], "x"],
