@@ -210,7 +210,10 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         condition.lock()
         defer { condition.unlock() }
         if draining || stopping { throw .shuttingDown }
-        if queued >= limits.maximumWaiting { throw .queueFull(waiting: queued) }
+        // Queued requests that free places in the batch will take at once are not waiting: only
+        // the rest count against maximumWaiting (4 at once with 1 place and 1 waiting: 2 admitted).
+        let waitingAfter = queued - max(0, limits.maximumRunning - runningCount)
+        if waitingAfter >= limits.maximumWaiting { throw .queueFull(waiting: max(0, waitingAfter)) }
         incoming.append(job)
         queued += 1
         metrics.setWaiting(queued)

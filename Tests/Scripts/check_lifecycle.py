@@ -7,6 +7,8 @@ Starts its own `inference-server serve` (it ends it), then checks:
 2. SIGTERM during streaming: new requests get 503 with the OpenAI error body (and /health 503) while the server
    drains; streams that outlive the grace period end with an error event and `data: [DONE]`; the
    process exits with status 0 soon after the grace period.
+3. Admission: with --max-num-seqs 1 --max-waiting 1, four requests at once give two answers and two
+   429s with Retry-After.
 
 Usage: check_lifecycle.py --binary PATH --model DIR [--grace SECONDS]
 """
@@ -35,11 +37,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(binary, model, port, grace):
+def start(binary, model, port, grace, extra=()):
     log = open(f"/tmp/inference-server-lifecycle-{port}.log", "w+")
     process = subprocess.Popen(
         [binary, "serve", "--model", model, "--port", str(port), "--host", "127.0.0.1",
-         "--served-model-name", "gemma", "--shutdown-grace", str(grace)],
+         "--served-model-name", "gemma", "--shutdown-grace", str(grace), *extra],
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -98,6 +100,38 @@ def wait_for_running(port, want, seconds):
             return True
         time.sleep(0.1)
     return False
+
+
+def admission(args):
+    """3. With one place in the batch and one waiting place, four requests at once: two admitted
+    (one runs, one waits), two refused with 429 and Retry-After, however the engine interleaves."""
+    port = free_port()
+    process, log = start(args.binary, args.model, port, args.grace, ["--max-num-seqs", "1", "--max-waiting", "1"])
+    try:
+        sockets = [long_request(port, True) for _ in range(4)]
+        statuses = []
+        for s in sockets:
+            s.settimeout(30)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+            except socket.timeout:
+                pass
+            line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            statuses.append((line.split(" ")[1] if line.count(" ") >= 1 else "none", b"retry-after:" in head.lower()))
+        codes = sorted(code for code, _ in statuses)
+        check(codes == ["200", "200", "429", "429"], f"four requests at --max-num-seqs 1 --max-waiting 1: {statuses}")
+        check(all(retry for code, retry in statuses if code == "429"), f"a 429 without Retry-After: {statuses}")
+        for s in sockets:
+            s.close()
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
 
 
 def main():
@@ -169,6 +203,7 @@ def main():
         if process.poll() is None:
             process.kill()
             process.wait()
+    admission(args)
     if failures:
         log.seek(0)
         print(f"{len(failures)} check(s) failed:")
