@@ -476,7 +476,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public var drawsOnDevice: Bool { true }
 
     /// `apply_penalties` on the drawn rows, in place: the per-row table and the (id, count, bias) entries go
-    /// through the staging area, the entries padded to a power of two so that a steady batch keeps
+    /// through the staging area, the entries padded to 3 × a power of two words so that a steady batch keeps
     /// the same step shape (and its CUDA graph) while the outputs grow.
     private func applyPenalties(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float, draws: [TokenDraw]) {
         var table = [UInt8](repeating: 0, count: rows * 24)

@@ -7,7 +7,10 @@
 public enum MachinePeak {
     /// f32 fused multiply-adds per second over all the engine's threads (one per core), measured with
     /// a register-resident loop of 12 independent SIMD8 chains (enough to hide the FMA latency, as the
-    /// engine's register-blocked kernel does). No product of this engine runs faster.
+    /// engine's register-blocked kernel does). Products of up to `CPUBackend.int8RowLimit` rows use
+    /// int8 instead (`vpmaddubsw` + `vpmaddwd`); without AVX-512 VNNI that does about the same number
+    /// of multiply-adds per cycle (measured on this Zen: 19.2 G/s per core against 19.7 for f32), so
+    /// the bound holds for them here too, though a CPU with VNNI could beat it there.
     /// The best of `repeats` runs: a run in which another process took a core reads low.
     public static func fusedMultiplyAddsPerSecond(iterations: Int = 20_000_000, repeats: Int = 3) -> Double {
         (0..<max(1, repeats)).map { _ in measure(iterations: iterations) }.max()!

@@ -114,6 +114,9 @@ public struct Sampler: Sendable {
 
     /// A draw from `candidates` in proportion to their probabilities.
     private mutating func draw(from candidates: [Int], _ probabilities: [Float]) -> Int {
+        // Nothing survives when every logit is -inf (min_tokens barring every id, say): the argmax
+        // then, as the greedy path and the GPU answer, rather than no token.
+        guard !candidates.isEmpty else { return Self.argmax(probabilities) }
         let mass = candidates.reduce(Double(0)) { $0 + Double(probabilities[$1]) }
         var remaining = Double(generator.next() >> 11) / Double(1 << 53) * mass
         for id in candidates {

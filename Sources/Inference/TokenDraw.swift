@@ -24,7 +24,8 @@ public struct TokenDraw: Sendable, Equatable {
     public var minP: Float
     /// The noise's seed; a request's sampler gives a fresh one per step from its own seeded generator.
     public var seed: UInt64
-    /// Repetition, presence and frequency penalties, applied to the (capped) logits first.
+    /// Logit biases (logit_bias, min_tokens) and the repetition, presence and frequency penalties,
+    /// applied to the (capped) logits first.
     public var penalties: TokenPenalties?
 
     /// Temperatures below this are the argmax, as vLLM's sampling epsilon: 1 / T would overflow.

@@ -15,7 +15,8 @@ struct ChoiceState {
     private let stopTokens: Set<Int>
     /// `include_stop_str_in_output`: the matched stop string ends the text instead of being cut.
     private let includeStopString: Bool
-    /// `min_tokens`: stop strings count only once the output is this long (vLLM).
+    /// `min_tokens`: stop strings count only once the output is longer than this (vLLM V1's
+    /// detokenizer checks them when the output has more than min_tokens tokens).
     private let minTokens: Int
     private(set) var tokens: [GeneratedToken] = []
     private(set) var text = ""
@@ -58,7 +59,7 @@ struct ChoiceState {
             tokens.append(token)
             update.tokens = [token]
             if stopTokens.contains(token.id) { break }  // the engine stops here; `.finished` follows
-            stream.stopsActive = tokens.count >= minTokens
+            stream.stopsActive = tokens.count > minTokens
             update.text = stream.push(token.id)
             if let stop = stream.matchedStop {
                 // A stop string: the text ends before it, and the engine can stop now.

@@ -167,22 +167,23 @@ struct GenerationResponder {
         func send(_ json: JSON) async throws {
             try await writer.write(ByteBuffer(string: "data: " + json.serialized() + "\n\n"))
         }
-        // A chunk of choices, with the usage so far when the client asked for it in every chunk.
-        func chunk(_ parts: [JSON]) -> JSON {
-            self.chunk(parts, usage: plan.continuousUsage ? usage(choices) : nil)
+        // A chunk of choice `index`, with that choice's usage so far when the client asked for it in
+        // every chunk (vLLM: its prompt's tokens and its own completion tokens).
+        func chunk(_ index: Int, _ parts: [JSON]) -> JSON {
+            self.chunk(parts, usage: plan.continuousUsage ? usage(of: choices[index]) : nil)
         }
         // Text so far per choice, for completion logprobs' text_offset.
         var offsets = Array(repeating: 0, count: choices.count)
         for choice in choices {
             if plan.style == .chat {
-                try await send(chunk([choiceChunk(choice.index, delta: .object([("role", "assistant"), ("content", "")]))]))
+                try await send(chunk(choice.index, [choiceChunk(choice.index, delta: .object([("role", "assistant"), ("content", "")]))]))
                 if let prefix = plan.echoPrefix, !prefix.isEmpty {
-                    try await send(chunk([choiceChunk(choice.index, delta: .object([("content", .string(prefix))]))]))
+                    try await send(chunk(choice.index, [choiceChunk(choice.index, delta: .object([("content", .string(prefix))]))]))
                 }
             } else if plan.echo {
                 let prompt = plan.promptTexts[choice.promptIndex]
                 offsets[choice.index] = prompt.unicodeScalars.count
-                try await send(chunk([choiceChunk(choice.index, text: prompt)]))
+                try await send(chunk(choice.index, [choiceChunk(choice.index, text: prompt)]))
             }
         }
         for await (index, event) in mergedEvents(choices.map(\.handle)) {
@@ -207,14 +208,14 @@ struct GenerationResponder {
                 if !update.text.isEmpty || logprobs {
                     let lp = logprobs ? logprobsJSON(update.tokens, textOffset: &offsets[index]) : .null
                     if plan.style == .chat {
-                        try await send(chunk([choiceChunk(index, delta: .object([("content", .string(update.text))]), logprobs: lp)]))
+                        try await send(chunk(index, [choiceChunk(index, delta: .object([("content", .string(update.text))]), logprobs: lp)]))
                     } else {
-                        try await send(chunk([choiceChunk(index, text: update.text, logprobs: lp)]))
+                        try await send(chunk(index, [choiceChunk(index, text: update.text, logprobs: lp)]))
                     }
                 }
                 if update.finished, let finish = choice.finish {
                     try await send(
-                        chunk([
+                        chunk(index, [
                             plan.style == .chat
                                 ? choiceChunk(index, delta: .object([]), finish: finish, stopReason: choice.stopReason)
                                 : choiceChunk(index, text: "", finish: finish, stopReason: choice.stopReason)
@@ -330,6 +331,14 @@ struct GenerationResponder {
             })
     }
 
+    private func usage(of choice: ChoiceState) -> JSON {
+        let prompt = plan.prompts[choice.promptIndex].count
+        return .object([
+            ("prompt_tokens", .int(prompt)), ("total_tokens", .int(prompt + choice.tokens.count)),
+            ("completion_tokens", .int(choice.tokens.count)),
+        ])
+    }
+
     private func usage(_ choices: [ChoiceState]) -> JSON {
         let prompt = plan.prompts.reduce(0) { $0 + $1.count }
         let completion = choices.reduce(0) { $0 + $1.tokens.count }
@@ -384,8 +393,18 @@ struct GenerationResponder {
             logprobs.append(entry.map { JSON($0.logprob) } ?? .null)
             tops.append(
                 entry.map { e in
-                    let alternatives = e.top.filter { $0.id != e.id }.map { (logprobToken($0.id), JSON($0.logprob)) }
-                    return .object([(logprobToken(e.id), JSON(e.logprob))] + alternatives)
+                    // Keyed by text: tokens with the same text (byte pieces that each decode to U+FFFD)
+                    // share one key, the later value winning where it first appeared, as vLLM's dict.
+                    var fields: [(String, JSON)] = []
+                    for (id, logprob) in [(e.id, e.logprob)] + e.top.filter({ $0.id != e.id }).map({ ($0.id, $0.logprob) }) {
+                        let key = logprobToken(id)
+                        if let at = fields.firstIndex(where: { $0.0 == key }) {
+                            fields[at].1 = JSON(logprob)
+                        } else {
+                            fields.append((key, JSON(logprob)))
+                        }
+                    }
+                    return .object(fields)
                 } ?? .null)
         }
         return .object([

@@ -462,7 +462,8 @@ struct Routes {
         if r.echo == true, let last = r.messages.last, last.role == "assistant" {
             switch last.content {
             case .text(let text): plan.echoPrefix = text
-            case .parts(let parts): plan.echoPrefix = parts.map { if case .text(let t) = $0 { t } else { "" } }.joined()
+            case .parts(let parts):
+                plan.echoPrefix = parts.compactMap { if case .text(let t) = $0 { t } else { nil } }.joined(separator: "\n")
             }
         }
         plan.prompts = [prompt]

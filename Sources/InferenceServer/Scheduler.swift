@@ -212,7 +212,11 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         if draining || stopping { throw .shuttingDown }
         // Queued requests that free places in the batch will take at once are not waiting: only
         // the rest count against maximumWaiting (4 at once with 1 place and 1 waiting: 2 admitted).
-        let waitingAfter = queued - max(0, limits.maximumRunning - runningCount)
+        // A place counts only while the KV budget has room for it (sized as this request), since
+        // `admit` leaves requests waiting for memory.
+        let places = max(0, limits.maximumRunning - runningCount)
+        let room = max(runningCount == 0 ? 1 : 0, (limits.cacheBytes - reservedBytes) / max(1, needed))
+        let waitingAfter = queued - min(places, room)
         if waitingAfter >= limits.maximumWaiting { throw .queueFull(waiting: max(0, waitingAfter)) }
         incoming.append(job)
         queued += 1
@@ -235,6 +239,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         return queued + runningCount
     }
     private var runningCount = 0  // under `condition`, mirrors running.count
+    private var reservedBytes = 0  // under `condition`, mirrors usedBytes
 
     /// Ends every sequence (those still going get `failed` with `reason`) and stops the engine thread.
     public func stop(reason: String) {
@@ -275,6 +280,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
 
             condition.lock()
             runningCount = running.count
+            reservedBytes = usedBytes
             queued = waiting.count + incoming.count
             metrics.setWaiting(queued)
             condition.unlock()

@@ -256,24 +256,20 @@ public struct Tokenizer: Sendable {
     /// `<bos>` itself, so no second one is added.
     ///
     /// With `continueFinalMessage` the prompt ends inside the last message, right after its text, so
-    /// the model goes on writing it (a prefilled answer). As transformers' `apply_chat_template`:
-    /// render without a generation prompt, then cut after the last occurrence of that text, trimmed.
+    /// the model goes on writing it (a prefilled answer): transformers' `apply_chat_template` cuts
+    /// after the last occurrence of that text; the Gemma 3 template writes each turn's text and then
+    /// `<end_of_turn>\n`, so leaving out that last trailer is the same cut, without a search that a
+    /// text repeated earlier, or trimmed by the template, could mislead.
     public func encodeChat(_ messages: [ChatMessage], addGenerationPrompt: Bool, continueFinalMessage: Bool = false) throws
         -> [Int]
     {
         var prompt = try chatTemplate().render(messages, addGenerationPrompt: addGenerationPrompt && !continueFinalMessage)
-        if continueFinalMessage, let last = messages.last {
-            let text: String
-            switch last.content {
-            case .text(let value): text = value
-            case .parts(let parts): text = parts.map { if case .text(let t) = $0 { t } else { "" } }.joined()
+        if continueFinalMessage {
+            let trailer = "<end_of_turn>\n"
+            guard prompt.hasSuffix(trailer) else {
+                throw TokenizerError.invalidConversation("continue_final_message: the last turn does not end as Gemma 3's do")
             }
-            let final = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !final.isEmpty, let range = prompt.range(of: final, options: .backwards) else {
-                throw TokenizerError.invalidConversation(
-                    "continue_final_message needs a final message with text to continue")
-            }
-            prompt = String(prompt[..<range.upperBound])
+            prompt.removeLast(trailer.count)
         }
         return encode(prompt, addSpecialTokens: false)
     }

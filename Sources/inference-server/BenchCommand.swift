@@ -26,9 +26,10 @@ struct BenchBatch: ParsableCommand {
     var exactActivations = false
 
     @Flag(help: """
-        Also measure this machine's f32 multiply-add peak and print the arithmetic floor of a step \
-        at each size: the size times the model's multiply-adds per token at that peak (a bound no \
-        implementation computing in f32 on these cores can beat). With --steps 0 only these lines are printed.
+        Also measure this machine's f32 multiply-add peak and memory read bandwidth, and print the \
+        floor of a step at each size: the longer of the size times the model's multiply-adds per \
+        token at that peak, and one read of the weights at that bandwidth (a bound no implementation \
+        computing in f32 on these cores can beat). With --steps 0 only these lines are printed.
         """)
     var peak = false
 

@@ -76,6 +76,13 @@ import Testing
         short.accept(7)
         #expect(short.sample(logits) == 6)
         #expect(short.penalties() == nil || short.penalties()!.entries.allSatisfy { $0.bias == 0 })
+        // Every id barred (stop_token_ids covering the vocabulary): a token all the same, no trap
+        // on an empty candidate list.
+        var everything = SamplingParameters(temperature: 1, topP: 0.9, seed: 1)
+        everything.minTokens = 1
+        everything.minTokensStopIDs = Array(0..<logits.count)
+        var barred = Sampler(parameters: everything)
+        #expect(logits.indices.contains(barred.sample(logits)))
     }
 
     @Test func invalidParametersAreRejected() {

@@ -171,16 +171,20 @@ def main():
                                                          "logit_bias": {"262144": 1}}))
     check(param == "logit_bias", f"logit_bias outside the vocabulary: param {param}")
 
-    # 9. continuous_usage_stats: every chunk with choices carries the usage so far.
-    counts = []
-    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, stream=True,
-                                           stream_options={"include_usage": True, "continuous_usage_stats": True},
+    # 9. continuous_usage_stats: every chunk with a choice carries that choice's usage so far (vLLM:
+    # its prompt's tokens and its own completion tokens, not the request's sums).
+    counts, prompts = {0: [], 1: []}, set()
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=1.0, seed=5, n=2,
+                                           stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True},
                                            extra_body={"ignore_eos": True}):
         if chunk.choices:
             check(chunk.usage is not None, "a chunk without usage under continuous_usage_stats")
             if chunk.usage is not None:
-                counts.append(chunk.usage.completion_tokens)
-    check(counts == sorted(counts) and counts and counts[-1] == 4, f"continuous usage counts {counts}")
+                counts[chunk.choices[0].index].append(chunk.usage.completion_tokens)
+                prompts.add(chunk.usage.prompt_tokens)
+    for index, seen in counts.items():
+        check(seen == sorted(seen) and seen and seen[-1] == 4, f"choice {index}: continuous usage counts {seen}")
+    check(len(prompts) == 1 and list(prompts)[0] < 10, f"continuous usage prompt_tokens {prompts}")
 
     # 10. Wrong methods get 405 with Allow; HEAD answers on GET routes.
     for method, path, allowed in (("GET", "/v1/completions", "POST"), ("POST", "/v1/models", "GET")):
