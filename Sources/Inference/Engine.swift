@@ -64,7 +64,10 @@ public struct Engine: Sendable {
             let gguf = try GGUFFile(path: path)
             let config = try Gemma3Config(gguf: gguf)
             weights = try Gemma3Weights(gguf: gguf, config: config)
-            model = try Gemma3Model(config: config, weights: weights, backend: backend)
+            // The CPU reads Q5_0 matrices faster rewritten as Q8_0 (`withQ5AsQ8`); `weights` stays
+            // as stored, for a GPU backend. INFERENCE_REPACK_Q5=0 keeps Q5_0 (A/B runs).
+            let repack = ProcessInfo.processInfo.environment["INFERENCE_REPACK_Q5"] != "0"
+            model = try Gemma3Model(config: config, weights: repack ? weights.withQ5AsQ8() : weights, backend: backend)
             let eos = [
                 gguf.metadata["tokenizer.ggml.eos_token_id"]?.intValue,
                 gguf.metadata["tokenizer.ggml.eot_token_id"]?.intValue,

@@ -78,6 +78,11 @@ public struct WeightTensor: @unchecked Sendable {
 /// `@unchecked Sendable`: written once in `init`, read-only afterwards.
 final class OwnedBytes: @unchecked Sendable {
     let pointer: UnsafeMutableRawPointer
+    /// `count` bytes, uninitialized, for the caller to fill before any tensor reads them.
+    init(count: Int) {
+        pointer = .allocate(byteCount: max(count, 1), alignment: 64)
+    }
+
     init(_ bytes: [UInt8]) {
         pointer = .allocate(byteCount: max(bytes.count, 1), alignment: 64)
         if !bytes.isEmpty {

@@ -177,6 +177,18 @@ enum ScalarReference {
         }
     }
 
+    /// The CPU engine reads Q5_0 matrices rewritten as Q8_0: the same values, bit for bit.
+    @Test func q5RewrittenAsQ8WidensToTheSameValues() throws {
+        var random = TestRandom(seed: 55)
+        let bytes = (0..<6).flatMap { _ in ScalarReference.randomRow(.q5_0, count: 256, &random) }
+        let q5 = try WeightTensor(name: "w", format: .q5_0, shape: [6, 256], bytes: bytes)
+        let q8 = q5.q5AsQ8()
+        #expect(q8.format == .q8_0 && q8.shape == [6, 256] && q8.byteCount == 6 * 8 * 34)
+        let (a, b) = (q5.floats(), q8.floats())
+        #expect(a.count == b.count && zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern })
+        #expect(Set(a).count > 100, "the random rows should cover many values")
+    }
+
     @Test func oddLengthsUseTheScalarTail() throws {
         // Plain float rows need not be multiples of 8.
         var random = TestRandom(seed: 5)

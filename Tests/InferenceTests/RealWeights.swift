@@ -56,8 +56,10 @@ enum RealWeights {
     static let ggufModel: Result<Gemma3Model<CPUBackend>, Unavailable> = load {
         let file = try GGUFFile(path: gguf)
         let config = try Gemma3Config(gguf: file)
+        // As `Engine` loads it for the CPU: the Q5_0 matrices rewritten as Q8_0.
         return try Gemma3Model(
-            config: config, weights: Gemma3Weights(gguf: file, config: config), backend: CPUBackend(exact: true))
+            config: config, weights: Gemma3Weights(gguf: file, config: config).withQ5AsQ8(),
+            backend: CPUBackend(exact: true))
     }
 
     static let tokenizer: Result<Tokenizer, Unavailable> = {
