@@ -79,18 +79,19 @@ def long_request(port, stream):
 
 
 def read_until(s, marker, seconds=30):
-    """Reads from the socket until `marker` has arrived (True) or the time is up (False)."""
+    """Reads from the socket until `marker` has arrived (what was read: true) or the connection
+    ends or the time is up (b"": false)."""
     s.settimeout(seconds)
     data = b""
     try:
         while marker not in data:
             chunk = s.recv(4096)
             if not chunk:
-                return False
+                return b""
             data += chunk
     except socket.timeout:
-        return False
-    return True
+        return b""
+    return data
 
 
 def wait_for_running(port, want, seconds):
@@ -111,16 +112,7 @@ def admission(args):
         sockets = [long_request(port, True) for _ in range(4)]
         statuses = []
         for s in sockets:
-            s.settimeout(30)
-            head = b""
-            try:
-                while b"\r\n\r\n" not in head:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    head += chunk
-            except socket.timeout:
-                pass
+            head = read_until(s, b"\r\n\r\n")
             line = head.split(b"\r\n", 1)[0].decode(errors="replace")
             statuses.append((line.split(" ")[1] if line.count(" ") >= 1 else "none", b"retry-after:" in head.lower()))
         codes = sorted(code for code, _ in statuses)
