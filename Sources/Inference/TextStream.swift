@@ -15,7 +15,8 @@ public struct TextStream: Sendable {
     /// The stop string that ended the stream, if one did.
     public private(set) var matchedStop: String?
     /// While false, stop strings are not looked for (`min_tokens`: vLLM checks them only once the
-    /// output is that long); text is released as it comes.
+    /// output is long enough). Text that may begin one is still held back, so that a stop string
+    /// ending after the switch is found even when it began before it (vLLM looks back that far).
     public var stopsActive = true
 
     public init(tokenizer: Tokenizer, stopStrings: [String] = [], skipSpecialTokens: Bool = true) {
@@ -55,7 +56,7 @@ public struct TextStream: Sendable {
             return out
         }
         var keep = 0
-        if !final && stopsActive {
+        if !final {
             // Hold back the longest tail that some stop string starts with.
             let characters = Array(held)
             let longest = min(characters.count, (stopStrings.map(\.count).max() ?? 1) - 1)

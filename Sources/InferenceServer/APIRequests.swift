@@ -105,6 +105,8 @@ struct SamplingFields: Decodable, Sendable {
     var guidedChoice: PresentValue?
     var guidedGrammar: PresentValue?
     var structuredOutputs: PresentValue?
+    var structuralTag: PresentValue?
+    var useBeamSearch: Bool?
 }
 
 /// `POST /v1/completions`.

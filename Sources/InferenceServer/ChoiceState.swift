@@ -58,7 +58,12 @@ struct ChoiceState {
         case .token(let token):
             tokens.append(token)
             update.tokens = [token]
-            if stopTokens.contains(token.id) { break }  // the engine stops here; `.finished` follows
+            if stopTokens.contains(token.id) {
+                // The engine stops here; `.finished` follows. The token's text is left out, unless
+                // include_stop_str_in_output asks for it (vLLM).
+                if includeStopString { update.text = stream.push(token.id) }
+                break
+            }
             stream.stopsActive = tokens.count > minTokens
             update.text = stream.push(token.id)
             if let stop = stream.matchedStop {

@@ -63,34 +63,35 @@ struct GenerationResponder {
     /// The client's connection: when it closes, the sequences are cancelled.
     let connection: ConnectionWatch
 
-    /// Submits every choice; if one is refused, the others are cancelled and the refusal is the answer.
+    /// Submits every choice at once (the scheduler takes all or none); a refusal is the answer.
     func submit() throws -> [ChoiceState] {
-        var choices: [ChoiceState] = []
+        let handles: [SequenceHandle]
         do {
-            for (index, request) in plan.requests.enumerated() {
-                let handle = try served.scheduler.submit(request)
-                choices.append(
-                    ChoiceState(
-                        index: index, promptIndex: index / plan.n, handle: handle, tokenizer: served.tokenizer,
-                        stop: plan.stop, skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens,
-                        stopTokens: request.parameters.stopTokenIDs, includeStopString: plan.includeStopString,
-                        minTokens: request.parameters.sampling.minTokens))
-            }
+            handles = try served.scheduler.submit(plan.requests)
         } catch {
-            for choice in choices { choice.handle.cancel() }
             switch error {
             case .queueFull(let waiting):
                 throw OpenAIError(
                     .tooManyRequests, "the server is at capacity (\(waiting) requests waiting); retry later", retryAfter: 1)
             case .shuttingDown:
                 throw OpenAIError(.serviceUnavailable, "the server is shutting down", retryAfter: 5)
+            case .tooManySequences(let requested, let limit):
+                throw OpenAIError.badRequest(
+                    "this request asks for \(requested) sequences (prompts × n) but the server holds at most \(limit) "
+                        + "at once (--max-num-seqs plus --max-waiting); send fewer", param: "n")
             case .exceedsMemory(let needed, let limit):
                 throw OpenAIError.badRequest(
                     "this request needs \(needed >> 20) MiB of KV cache, more than the server's \(limit >> 20) MiB; "
                         + "lower max_tokens or the prompt length", param: "max_tokens")
             }
         }
-        return choices
+        return zip(plan.requests, handles).enumerated().map { index, pair in
+            ChoiceState(
+                index: index, promptIndex: index / plan.n, handle: pair.1, tokenizer: served.tokenizer, stop: plan.stop,
+                skipSpecialTokens: plan.skipSpecialTokens, userStopTokens: plan.userStopTokens,
+                stopTokens: pair.0.parameters.stopTokenIDs, includeStopString: plan.includeStopString,
+                minTokens: pair.0.parameters.sampling.minTokens)
+        }
     }
 
     /// Non-streaming answers wait for every choice: run this in a task that is cancelled when the

@@ -159,7 +159,8 @@ struct Routes {
     /// The methods each path answers (HEAD with every GET): a request with another method gets a 405.
     static let methods: [String: [String]] = {
         var table: [String: [String]] = [:]
-        for path in ["/health", "/ping", "/version", "/metrics", "/v1/models"] { table[path] = ["GET", "HEAD"] }
+        for path in ["/health", "/version", "/metrics", "/v1/models"] { table[path] = ["GET", "HEAD"] }
+        table["/ping"] = ["GET", "HEAD", "POST"]
         for path in ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"] { table[path] = ["POST"] }
         return table
     }()
@@ -170,7 +171,12 @@ struct Routes {
             try state.requireHealthy()
             return Response(status: .ok)
         }
+        // SageMaker's probe (vLLM answers it with GET and POST).
         router.get("/ping") { _, _ -> Response in
+            try state.requireHealthy()
+            return Response(status: .ok)
+        }
+        router.post("/ping") { _, _ -> Response in
             try state.requireHealthy()
             return Response(status: .ok)
         }
@@ -345,9 +351,10 @@ struct Routes {
         }
         if let keep = f.truncatePromptTokens {
             // vLLM: keep the last `keep` tokens of each prompt; -1 keeps what the context holds.
-            guard keep == -1 || keep >= 1 else {
+            guard keep == -1 || (1...served.contextLength).contains(keep) else {
                 throw OpenAIError.badRequest(
-                    "truncate_prompt_tokens must be -1 or at least 1, got \(keep)", param: "truncate_prompt_tokens")
+                    "truncate_prompt_tokens must be -1 or between 1 and the context length (\(served.contextLength)), "
+                        + "got \(keep)", param: "truncate_prompt_tokens")
             }
             let limit = keep == -1 ? served.contextLength : keep
             for i in plan.prompts.indices where plan.prompts[i].count > limit {
@@ -398,7 +405,13 @@ struct Routes {
         func refuse(_ param: String, _ what: String) -> OpenAIError {
             .badRequest("\(param) is not supported by this server (\(what)); leave it out", param: param)
         }
-        if let best = f.bestOf, best > (f.n ?? 1) { throw refuse("best_of", "as in vLLM V1, use n") }
+        if let best = f.bestOf {
+            guard best >= (f.n ?? 1) else {
+                throw OpenAIError.badRequest("best_of must be at least n, got \(best)", param: "best_of")
+            }
+            if best > (f.n ?? 1) { throw refuse("best_of", "as in vLLM V1, use n") }
+        }
+        if f.useBeamSearch == true { throw refuse("use_beam_search", "no beam search") }
         if let words = f.badWords, !words.isEmpty { throw refuse("bad_words", "no banned words") }
         if let ids = f.allowedTokenIds, !ids.isEmpty { throw refuse("allowed_token_ids", "no token masks") }
         if let format = f.responseFormat, format.type != "text" {
@@ -408,10 +421,15 @@ struct Routes {
             if case .named("none")? = f.toolChoice {} else {
                 throw refuse("tools", "no tool calling; send tool_choice \"none\" to keep the definitions in the request")
             }
+        } else if let choice = f.toolChoice {
+            if case .named(let name) = choice, name == "none" || name == "auto" {} else {
+                throw OpenAIError.badRequest("When using `tool_choice`, `tools` must be set.", param: "tool_choice")
+            }
         }
         let guided: [(String, PresentValue?)] = [
             ("guided_json", f.guidedJson), ("guided_regex", f.guidedRegex), ("guided_choice", f.guidedChoice),
             ("guided_grammar", f.guidedGrammar), ("structured_outputs", f.structuredOutputs),
+            ("structural_tag", f.structuralTag),
         ]
         if let (name, _) = guided.first(where: { $0.1 != nil }) { throw refuse(name, "no structured output") }
     }

@@ -33,6 +33,9 @@ public enum AdmissionError: Error, Sendable {
     case shuttingDown
     /// This request alone needs more KV cache than the server may use (400).
     case exceedsMemory(needed: Int, limit: Int)
+    /// This request has more sequences than the server ever holds at once (running plus waiting):
+    /// no retry can succeed (400).
+    case tooManySequences(requested: Int, limit: Int)
 }
 
 /// The limits that keep the server's memory bounded whatever the load.
@@ -145,11 +148,19 @@ public protocol RequestScheduler: AnyObject, Sendable {
     var contextLength: Int { get }
     /// Starts the engine thread.
     func start()
-    func submit(_ request: SequenceRequest) throws(AdmissionError) -> SequenceHandle
+    /// Queues every sequence of one request, or none of them.
+    func submit(_ requests: [SequenceRequest]) throws(AdmissionError) -> [SequenceHandle]
     func beginDraining()
     var inFlight: Int { get }
     func stop(reason: String)
     func cacheBytes(positions: Int) -> Int
+}
+
+extension RequestScheduler {
+    /// Queues one sequence.
+    public func submit(_ request: SequenceRequest) throws(AdmissionError) -> SequenceHandle {
+        try submit([request])[0]
+    }
 }
 
 /// Continuous batching on one engine thread: between decode steps it admits waiting requests
@@ -197,32 +208,42 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
     /// Bytes of KV cache a sequence of `positions` tokens holds.
     public func cacheBytes(positions: Int) -> Int { runner.cacheBytes(positions: positions, contextLength: contextLength) }
 
-    /// Queues a sequence. Throws when the queue is full, the server is draining, or the request
-    /// could never fit in the cache budget.
-    public func submit(_ request: SequenceRequest) throws(AdmissionError) -> SequenceHandle {
-        let positions = request.prompt.count.addingReportingOverflow(request.parameters.maxTokens)
-        let needed = positions.overflow ? Int.max : cacheBytes(positions: positions.partialValue)
-        if needed > limits.cacheBytes { throw .exceedsMemory(needed: needed, limit: limits.cacheBytes) }
-        let (events, continuation) = AsyncStream<SequenceEvent>.makeStream()
-        let job = Job(request: request, continuation: continuation)
-        // A consumer that goes away (client disconnect, task cancelled) stops the sequence.
-        continuation.onTermination = { [weak job] _ in job?.cancel() }
+    /// Queues the sequences of one request (its prompts × n), all or none: a refused request leaves
+    /// nothing behind that would count against the next one. Throws when they would not fit the
+    /// queue now (429), could never fit it or the cache budget (400), or the server is draining.
+    public func submit(_ requests: [SequenceRequest]) throws(AdmissionError) -> [SequenceHandle] {
+        let capacity = limits.maximumRunning + limits.maximumWaiting
+        if requests.count > capacity { throw .tooManySequences(requested: requests.count, limit: capacity) }
+        var largest = 1
+        for request in requests {
+            let positions = request.prompt.count.addingReportingOverflow(request.parameters.maxTokens)
+            let needed = positions.overflow ? Int.max : cacheBytes(positions: positions.partialValue)
+            if needed > limits.cacheBytes { throw .exceedsMemory(needed: needed, limit: limits.cacheBytes) }
+            largest = max(largest, needed)
+        }
         condition.lock()
         defer { condition.unlock() }
         if draining || stopping { throw .shuttingDown }
-        // Queued requests that free places in the batch will take at once are not waiting: only
-        // the rest count against maximumWaiting (4 at once with 1 place and 1 waiting: 2 admitted).
-        // A place counts only while the KV budget has room for it (sized as this request), since
-        // `admit` leaves requests waiting for memory.
+        // Queued sequences that free places in the batch will take at once are not waiting: only
+        // the rest count against maximumWaiting (4 requests at once with 1 place and 1 waiting: 2
+        // admitted). A place counts only while the KV budget has room for it (sized as the largest
+        // of these), since `admit` leaves sequences waiting for memory.
         let places = max(0, limits.maximumRunning - runningCount)
-        let room = max(runningCount == 0 ? 1 : 0, (limits.cacheBytes - reservedBytes) / max(1, needed))
-        let waitingAfter = queued - min(places, room)
-        if waitingAfter >= limits.maximumWaiting { throw .queueFull(waiting: max(0, waitingAfter)) }
-        incoming.append(job)
-        queued += 1
+        let room = max(runningCount == 0 ? 1 : 0, (limits.cacheBytes - reservedBytes) / largest)
+        let waitingAfter = queued + requests.count - min(places, room)
+        if waitingAfter > limits.maximumWaiting { throw .queueFull(waiting: max(0, queued - min(places, room))) }
+        let handles = requests.map { request in
+            let (events, continuation) = AsyncStream<SequenceEvent>.makeStream()
+            let job = Job(request: request, continuation: continuation)
+            // A consumer that goes away (client disconnect, task cancelled) stops the sequence.
+            continuation.onTermination = { [weak job] _ in job?.cancel() }
+            incoming.append(job)
+            return SequenceHandle(events: events, job: job)
+        }
+        queued += requests.count
         metrics.setWaiting(queued)
         condition.signal()
-        return SequenceHandle(events: events, job: job)
+        return handles
     }
 
     /// Stops admitting new requests; running and queued ones go on.

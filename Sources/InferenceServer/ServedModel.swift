@@ -87,7 +87,13 @@ public final class ServedModel: Sendable {
         do {
             try p.validate()
         } catch let error as InferenceError {
-            throw OpenAIError.badRequest(error.description)
+            // The messages start with the field's name ("min_tokens must be at least 0, ...").
+            let fields: Set = [
+                "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+                "logit_bias", "min_tokens",
+            ]
+            let first = error.description.split(separator: " ").first.map(String.init) ?? ""
+            throw OpenAIError.badRequest(error.description, param: fields.contains(first) ? first : nil)
         }
         return p
     }

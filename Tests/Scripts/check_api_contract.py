@@ -165,6 +165,20 @@ def main():
         check(len(stopped) == 1 and c["finish_reason"] == "stop", f"stop_token_ids {greedy[0]}: {stopped}")
         held, c = first_ids(8, stop_token_ids=[greedy[0]], min_tokens=3)
         check(len(held) >= 3 and greedy[0] not in held[:3], f"min_tokens 3 with stop token {greedy[0]}: {held}")
+    # A stop string is found once the output is longer than min_tokens, even when it began earlier
+    # (vLLM looks back); greedy here is "Say| hi|.| mendatang|...".
+    say = [{"role": "user", "content": "Say hi."}]
+    status, _, body = call("POST", "/v1/chat/completions", {"model": model, "messages": say, "max_tokens": 16,
+                                                            "temperature": 0, "stop": ["hi. m"], "min_tokens": 2})
+    check(status == 200 and body["choices"][0]["message"]["content"] == "Say ",
+          f"min_tokens 2 with a stop string begun before it: {status} {body}")
+    # include_stop_str_in_output keeps a stop token's text too ("\n" is token 107).
+    status, _, body = call("POST", "/v1/chat/completions", {"model": model, "messages": say, "max_tokens": 16,
+                                                            "temperature": 0, "stop_token_ids": [107],
+                                                            "include_stop_str_in_output": True})
+    c = body["choices"][0] if status == 200 else {}
+    check(c.get("stop_reason") == 107 and c["message"]["content"].endswith("\n"),
+          f"include_stop_str_in_output with a stop token: {status} {body}")
     param = error_param(call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 2, "min_tokens": 3}))
     check(param == "min_tokens", f"min_tokens over max_tokens: param {param}")
     param = error_param(call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 2,
@@ -186,7 +200,9 @@ def main():
         check(seen == sorted(seen) and seen and seen[-1] == 4, f"choice {index}: continuous usage counts {seen}")
     check(len(prompts) == 1 and list(prompts)[0] < 10, f"continuous usage prompt_tokens {prompts}")
 
-    # 10. Wrong methods get 405 with Allow; HEAD answers on GET routes.
+    # 10. Wrong methods get 405 with Allow; HEAD answers on GET routes; /ping takes POST (SageMaker).
+    status, _, _ = call("POST", "/ping", {})
+    check(status == 200, f"POST /ping: {status}")
     for method, path, allowed in (("GET", "/v1/completions", "POST"), ("POST", "/v1/models", "GET")):
         status, headers, body = call(method, path, {} if method == "POST" else None)
         check(status == 405 and allowed in (headers.get("Allow") or "") and body and body["error"]["code"] == 405,
@@ -198,7 +214,10 @@ def main():
     # 11. Fields whose effect is not implemented are refused, naming them; harmless values pass.
     for extra, name in (({"response_format": {"type": "json_object"}}, "response_format"),
                         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-                        ({"guided_json": {"type": "object"}}, "guided_json"), ({"best_of": 3}, "best_of")):
+                        ({"guided_json": {"type": "object"}}, "guided_json"), ({"best_of": 3}, "best_of"),
+                        ({"best_of": 1, "n": 2}, "best_of"), ({"use_beam_search": True}, "use_beam_search"),
+                        ({"tool_choice": "required"}, "tool_choice"), ({"structural_tag": {}}, "structural_tag"),
+                        ({"truncate_prompt_tokens": 1000}, "truncate_prompt_tokens"), ({"min_tokens": -1}, "min_tokens")):
         param = error_param(call("POST", "/v1/chat/completions", dict(
             {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}, **extra)))
         check(param == name, f"{name}: param {param}")

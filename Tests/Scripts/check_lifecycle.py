@@ -8,7 +8,7 @@ Starts its own `inference-server serve` (it ends it), then checks:
    drains; streams that outlive the grace period end with an error event and `data: [DONE]`; the
    process exits with status 0 soon after the grace period.
 3. Admission: with --max-num-seqs 1 --max-waiting 1, four requests at once give two answers and two
-   429s with Retry-After.
+   429s with Retry-After; a request of three sequences is a 400 (it can never fit), not a 429.
 
 Usage: check_lifecycle.py --binary PATH --model DIR [--grace SECONDS]
 """
@@ -120,6 +120,25 @@ def admission(args):
         check(all(retry for code, retry in statuses if code == "429"), f"a 429 without Retry-After: {statuses}")
         for s in sockets:
             s.close()
+        check(wait_for_running(port, 0.0, 5), "the abandoned requests kept running")
+        deadline = time.time() + 5
+        while time.time() < deadline and metric(port, "vllm:num_requests_waiting") != 0.0:
+            time.sleep(0.1)
+        waiting, running = metric(port, "vllm:num_requests_waiting"), metric(port, "vllm:num_requests_running")
+        check(waiting == 0.0 and running == 0.0, f"abandoned requests left {running} running, {waiting} waiting")
+        # A request with more sequences than running plus waiting places can never fit: a 400, not a
+        # 429 to retry forever; and it leaves nothing queued, so the next request is served.
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 2, "n": 3}),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        body = json.loads(r.read())
+        check(r.status == 400 and body["error"]["param"] == "n", f"n=3 with 2 places in all: {r.status} {body}")
+        c.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 2}),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        check(r.status == 200, f"the request after a refused one: {r.status}")
     finally:
         process.kill()
         process.wait()
@@ -203,7 +222,7 @@ def main():
             print("  -", f)
         print("server log:\n" + log.read())
         return 1
-    print("lifecycle checks passed (client disconnects, SIGTERM drain)")
+    print("lifecycle checks passed (client disconnects, SIGTERM drain, admission)")
     return 0
 
 
