@@ -181,12 +181,14 @@ struct GenerationResponder {
                 if let prefix = plan.echoPrefix, !prefix.isEmpty {
                     try await send(chunk(choice.index, [choiceChunk(choice.index, delta: .object([("content", .string(prefix))]))]))
                 }
-            } else if plan.echo {
+            } else if plan.echo && plan.logprobs == nil {
                 let prompt = plan.promptTexts[choice.promptIndex]
                 offsets[choice.index] = prompt.unicodeScalars.count
                 try await send(chunk(choice.index, [choiceChunk(choice.index, text: prompt)]))
             }
         }
+        // Echo with logprobs: the prompt's chunk waits for its logprobs, the sequence's first event.
+        let echoesScores = plan.style == .completion && plan.echo && plan.logprobs != nil
         for await (index, event) in mergedEvents(choices.map(\.handle)) {
             guard let event else {
                 let wasDone = choices[index].isDone
@@ -199,7 +201,18 @@ struct GenerationResponder {
                 if !wasDone, let failure = choices[index].failure { try await sendError(failure, &writer) }
                 if choices.allSatisfy(\.isDone) { break } else { continue }
             }
-            if case .promptLogprobs = event { _ = choices[index].apply(event); continue }
+            if case .promptLogprobs = event {
+                _ = choices[index].apply(event)
+                if echoesScores {
+                    let choice = choices[index]
+                    let prompt = plan.prompts[choice.promptIndex]
+                    let reported = choice.promptLogprobs ?? []
+                    let entries = prompt.enumerated().map { i, id in (id: id, token: i < reported.count ? reported[i] : nil) }
+                    let lp = completionLogprobs(entries, textOffset: &offsets[index])
+                    try await send(chunk(index, [choiceChunk(index, text: plan.promptTexts[choice.promptIndex], logprobs: lp)]))
+                }
+                continue
+            }
             let update = choices[index].apply(event)
             let choice = choices[index]
             if let failure = choice.failure {

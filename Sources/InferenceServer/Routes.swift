@@ -456,9 +456,6 @@ struct Routes {
         }
         plan.logprobs = r.logprobs
         plan.echo = r.echo ?? false
-        if plan.echo && r.sampling.stream == true && r.logprobs != nil {
-            throw OpenAIError.badRequest("echo with logprobs is not available when streaming", param: "echo")
-        }
         // Echo with logprobs scores the prompt: every prompt token's logprob.
         let promptLogprobs = plan.echo && r.logprobs != nil ? r.logprobs : r.sampling.promptLogprobs
         try fill(

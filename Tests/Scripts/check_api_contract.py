@@ -72,6 +72,24 @@ def main():
     for token, top in zip(scored.tokens[1:], scored.top_logprobs[1:]):
         check(token in top, f"echoed prompt token {token!r} missing from {top}")
 
+    # 1b. Streaming echo with logprobs: the prompt's chunk carries its tokens' logprobs, and the
+    # stream adds up to the non-streaming answer.
+    whole = client.completions.create(model=model, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=1,
+                                      extra_body={"ignore_eos": True}).choices[0]
+    pieces, tokens, values = [], [], []
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=3, temperature=0, echo=True,
+                                           logprobs=1, stream=True, extra_body={"ignore_eos": True}):
+        for c in chunk.choices:
+            pieces.append(c.text)
+            if c.logprobs:
+                tokens += c.logprobs.tokens
+                values += c.logprobs.token_logprobs
+    check("".join(pieces) == whole.text and tokens == whole.logprobs.tokens,
+          f"streamed echo {''.join(pieces)!r} {tokens} != {whole.text!r} {whole.logprobs.tokens}")
+    check(len(values) == len(whole.logprobs.token_logprobs) and values[0] is None
+          and all(abs(a - b) < 1e-4 for a, b in zip(values[1:], whole.logprobs.token_logprobs[1:])),
+          f"streamed echo logprobs {values} != {whole.logprobs.token_logprobs}")
+
     # 2. include_stop_str_in_output keeps the stop string at the end of the text.
     full = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0,
                                      extra_body={"ignore_eos": True}).choices[0].text

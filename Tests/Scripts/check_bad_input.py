@@ -590,7 +590,6 @@ def structured_cases(model):
     combos = [
         (C, {**completion, "stream_options": {"include_usage": True}}),  # stream_options without stream
         (C, {**completion, "stream": True, "prompt_logprobs": 1}),
-        (C, {**completion, "stream": True, "echo": True, "logprobs": 1}),
         (CHAT, {**chat, "top_logprobs": 5}),  # top_logprobs without logprobs
         (CHAT, {**chat, "stream_options": {"include_usage": True}}),
         (C, {**completion, "n": 16, "prompt": ["a"] * 16, "max_tokens": 32768}),
