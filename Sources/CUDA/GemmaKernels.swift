@@ -648,8 +648,9 @@ public enum GemmaKernels {
         // rows[r] (logits, or a copy taken before penalties changed them): the logprob of token
         // tokens[source[r]] and the `top` most likely tokens, largest first and the lower id first on
         // ties. One pass finds the maximum and each thread's own best `top` (a sorted list); a second
-        // sums the exponentials; the lists are then merged by `top` block argmaxes over their heads.
-        // out row r: [token logprob, (id as bits, logprob) x top]. Grid: rows; block: 512.
+        // sums the exponentials and counts the values at least the token's (its rank, as vLLM
+        // counts it); the lists are then merged by `top` block argmaxes over their heads.
+        // out row r: [token logprob, rank as int bits, (id as bits, logprob) x top]. Grid: rows; block: 512.
         #define LOGPROBS_MAX_TOP 20
         __device__ __forceinline__ bool ranks_before(float v, int i, float w, int j) {
             return v > w || (v == w && i < j);
@@ -661,7 +662,7 @@ public enum GemmaKernels {
             __shared__ int picked;
             const float* row = (const float*)rows[blockIdx.x];
             top = top < 0 ? 0 : (top > LOGPROBS_MAX_TOP ? LOGPROBS_MAX_TOP : top);
-            float* o = out + (u64)blockIdx.x * (1 + 2 * top);
+            float* o = out + (u64)blockIdx.x * (2 + 2 * top);
             float values[LOGPROBS_MAX_TOP];
             int ids[LOGPROBS_MAX_TOP];
             int count = 0;
@@ -683,11 +684,21 @@ public enum GemmaKernels {
                 if (count == top) last = values[top - 1];
             }
             maximum = block_max(maximum);
-            float s = 0.0f;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(capped(row[i], softcap) - maximum);
-            float lse = maximum + logf(block_sum(s));
             int token = tokens[source[blockIdx.x]];
-            if (threadIdx.x == 0) o[0] = (token >= 0 && token < n) ? capped(row[token], softcap) - lse : __int_as_float(0x7fc00000);
+            bool valid = token >= 0 && token < n;
+            float target = valid ? capped(row[token], softcap) : __int_as_float(0x7fc00000);
+            float s = 0.0f, at_least = 0.0f;  // a count in f32: exact up to 2^24, past any vocabulary
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                float v = capped(row[i], softcap);
+                s += expf(v - maximum);
+                if (v >= target) at_least += 1.0f;
+            }
+            float lse = maximum + logf(block_sum(s));
+            float rank = block_sum(at_least);
+            if (threadIdx.x == 0) {
+                o[0] = valid ? target - lse : __int_as_float(0x7fc00000);
+                o[1] = __int_as_float((int)rank);
+            }
             int head = 0;  // this thread's first entry not yet taken
             for (int j = 0; j < top; j++) {
                 block_argmax(head < count ? values[head] : NEG_INF, head < count ? ids[head] : n, &picked);
@@ -695,12 +706,12 @@ public enum GemmaKernels {
                 int chosen = picked;
                 __syncthreads();  // picked is written again by the next merge
                 if (chosen >= n) {  // fewer than `top` tokens in the row
-                    if (threadIdx.x == 0) { o[1 + 2 * j] = __int_as_float(-1); o[2 + 2 * j] = NEG_INF; }
+                    if (threadIdx.x == 0) { o[2 + 2 * j] = __int_as_float(-1); o[3 + 2 * j] = NEG_INF; }
                     continue;
                 }
                 if (head < count && ids[head] == chosen) {  // ids are distinct: exactly one thread
-                    o[1 + 2 * j] = __int_as_float(chosen);
-                    o[2 + 2 * j] = values[head] - lse;
+                    o[2 + 2 * j] = __int_as_float(chosen);
+                    o[3 + 2 * j] = values[head] - lse;
                     head++;
                 }
             }

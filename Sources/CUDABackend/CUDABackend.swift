@@ -590,7 +590,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         rows: [UInt64], columns: Int, softcap: Float?, source: [Int32], tokens: CUDAContext.DevicePointer, top: Int
     ) -> CUDABuffer {
         precondition((0...TokenDraw.maximumLogprobs).contains(top), "row_logprobs reports 0 to \(TokenDraw.maximumLogprobs) alternatives")
-        let width = 1 + 2 * top
+        let width = 2 + 2 * top
         if logprobOut == nil || logprobOut!.count < rows.count * width { logprobOut = makeBuffer(count: max(256, rows.count * width)) }
         let table = rows.withUnsafeBytes { context.stage($0) }
         let sources = source.withUnsafeBytes { context.stage($0) }
@@ -603,7 +603,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// `row_logprobs`' numbers for `rows` rows, as tokens `ids` with `top` alternatives each.
     private func readLogprobs(_ results: CUDABuffer, rows: Int, top: Int, ids: [Int], columns: Int) -> [GeneratedToken] {
-        let width = 1 + 2 * top
+        let width = 2 + 2 * top
         var numbers = [Float](repeating: 0, count: rows * width)
         numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
         return (0..<rows).map { k in
@@ -611,9 +611,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return GeneratedToken(
                 id: ids[k], logprob: numbers[o],
                 top: (0..<top).compactMap { j in
-                    let id = Int(numbers[o + 1 + 2 * j].bitPattern)
-                    return id < columns ? TokenLogprob(id: id, logprob: numbers[o + 2 + 2 * j]) : nil
-                })
+                    let id = Int(numbers[o + 2 + 2 * j].bitPattern)
+                    return id < columns ? TokenLogprob(id: id, logprob: numbers[o + 3 + 2 * j]) : nil
+                },
+                rank: Int(Int32(bitPattern: numbers[o + 1].bitPattern)))
         }
     }
 

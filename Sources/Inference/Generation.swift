@@ -38,11 +38,15 @@ public struct GeneratedToken: Sendable, Equatable {
     public var logprob: Float
     /// The most likely tokens at this step, most likely first (as many as `topLogprobs` asked).
     public var top: [TokenLogprob]
+    /// How many tokens score at least as high as this one (1: the most likely), as vLLM ranks the
+    /// token itself in prompt_logprobs; nil where logprobs were not computed.
+    public var rank: Int?
 
-    public init(id: Int, logprob: Float, top: [TokenLogprob]) {
+    public init(id: Int, logprob: Float, top: [TokenLogprob], rank: Int? = nil) {
         self.id = id
         self.logprob = logprob
         self.top = top
+        self.rank = rank
     }
 }
 
@@ -85,9 +89,11 @@ public enum Logprobs {
     /// Token `id` with its logprob and the `top` most likely tokens' under `logits` (log-softmax).
     public static func token(_ id: Int, of logits: [Float], top: Int) -> GeneratedToken {
         let logSumExp = logSumExp(logits)
+        let value = logits[id]
         return GeneratedToken(
-            id: id, logprob: logits[id] - logSumExp,
-            top: self.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) })
+            id: id, logprob: value - logSumExp,
+            top: self.top(logits, top).map { TokenLogprob(id: $0.id, logprob: $0.logit - logSumExp) },
+            rank: logits.reduce(0) { $1 >= value ? $0 + 1 : $0 })
     }
 
     /// The `k` largest logits as (id, logit), largest first, lower id first on ties.

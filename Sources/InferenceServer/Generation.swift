@@ -321,16 +321,18 @@ struct GenerationResponder {
     }
 
     /// vLLM's shape: per prompt token, null for the first, else {token id: {logprob, rank, decoded_token}}
-    /// for the token itself and the most likely alternatives (rank given for the alternatives).
+    /// for the token itself (its rank: how many tokens score at least as high) and the most likely
+    /// alternatives.
     private func promptLogprobs(_ choice: ChoiceState) -> JSON {
         let prompt = plan.prompts[choice.promptIndex]
         let reported = choice.promptLogprobs ?? []
         return .array(
             prompt.indices.map { i in
                 guard i < reported.count, let entry = reported[i] else { return .null }
-                var fields: [(String, JSON)] = [
-                    (String(entry.id), .object([("logprob", JSON(entry.logprob)), ("decoded_token", .string(served.tokenText(entry.id)))]))
-                ]
+                var own: [(String, JSON)] = [("logprob", JSON(entry.logprob))]
+                if let rank = entry.rank { own.append(("rank", .int(rank))) }
+                own.append(("decoded_token", .string(served.tokenText(entry.id))))
+                var fields: [(String, JSON)] = [(String(entry.id), .object(own))]
                 for (rank, alternative) in entry.top.enumerated() where alternative.id != entry.id {
                     fields.append(
                         (

@@ -163,6 +163,7 @@ import Testing
                 let host = Logprobs.token(id, of: row, top: top)
                 #expect(abs(drawn[r].logprob - host.logprob) < 1e-4, "row \(r): \(drawn[r].logprob) vs \(host.logprob)")
                 #expect(drawn[r].top.map(\.id) == host.top.map(\.id), "row \(r), softcap \(softcap ?? 0)")
+                #expect(drawn[r].rank == host.rank, "row \(r): rank \(drawn[r].rank ?? -1) vs \(host.rank ?? -1)")
                 for (a, b) in zip(drawn[r].top, host.top) {
                     #expect(abs(a.logprob - b.logprob) < 1e-4, "row \(r): \(a) vs \(b)")
                 }
@@ -321,6 +322,7 @@ import Testing
         let device = graphed.logprobs(buffer, firstRow: 1, rows: 3, columns: columns, softcap: 5, tokens: targets, top: 20)
         let host = graphed.hostLogprobs(buffer, firstRow: 1, rows: 3, columns: columns, softcap: 5, tokens: targets, top: 20)
         #expect(device.map(\.id) == targets && device.map { $0.top.map(\.id) } == host.map { $0.top.map(\.id) })
+        #expect(device.map(\.rank) == host.map(\.rank) && host.allSatisfy { ($0.rank ?? 0) >= 1 })
         for (a, b) in zip(device, host) {
             #expect(abs(a.logprob - b.logprob) < 1e-4)
             for (x, y) in zip(a.top, b.top) { #expect(abs(x.logprob - y.logprob) < 1e-4) }
@@ -331,6 +333,9 @@ import Testing
         let few = graphed.logprobs(short, firstRow: 0, rows: 2, columns: 6, softcap: nil, tokens: [2, 9], top: 8)
         #expect(few[0].top.map(\.id) == [5, 4, 3, 2, 1, 0] && few[1].top.map(\.id) == [0, 1, 2, 3, 4, 5])
         #expect(abs(few[0].logprob - few[0].top[3].logprob) < 1e-6 && few[1].logprob.isNaN)
+        // Token 2 of [1, 2, 3, 4, 5, 6] (value 3) is outranked by three: rank 3 + itself = 4; an
+        // outside token ranks 0.
+        #expect(few[0].rank == 4 && few[1].rank == 0)
     }
 
     /// One of the emulator's switches, found in the library the driver loaded (not an environment

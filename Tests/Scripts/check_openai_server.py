@@ -166,6 +166,10 @@ def main():
         check(entries[0] is None, "the first prompt token has prompt logprobs")
         for token_id, entry in zip(expected["prompt_ids"][1:], entries[1:]):
             check(str(token_id) in entry and entry[str(token_id)]["logprob"] <= 0, f"prompt_logprobs entry {entry}")
+            own = entry.get(str(token_id), {})
+            ranked_above = [v for k, v in entry.items() if k != str(token_id) and v["logprob"] > own.get("logprob", 0)]
+            check(isinstance(own.get("rank"), int) and own["rank"] >= 1 + len(ranked_above),
+                  f"prompt_logprobs rank of the token itself: {entry}")
             check(len(entry) <= 3, f"more than 2 alternatives: {entry}")
         for got, want in zip(entries[1:], s.logprobs.token_logprobs[1:]):
             check(abs(list(got.values())[0]["logprob"] - want) < 1e-4, "prompt_logprobs disagree with echo logprobs")
