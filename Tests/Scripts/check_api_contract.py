@@ -21,14 +21,9 @@ import urllib.request
 
 import openai
 
-failures = []
+from checks import check, finish
+
 CONTEXT = 64  # the server's --max-model-len
-
-
-def check(condition, message):
-    if not condition:
-        failures.append(message)
-    return condition
 
 
 def main():
@@ -245,13 +240,7 @@ def main():
             {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}, **extra))
         check(status == 200, f"{extra}: {status} {body}")
 
-    if failures:
-        print(f"{len(failures)} check(s) failed:")
-        for f in failures:
-            print("  -", f)
-        return 1
-    print("all API contract checks passed")
-    return 0
+    return finish("all API contract checks passed")
 
 
 if __name__ == "__main__":

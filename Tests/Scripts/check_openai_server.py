@@ -20,13 +20,7 @@ import urllib.request
 
 import openai
 
-failures = []
-
-
-def check(condition, message):
-    if not condition:
-        failures.append(message)
-    return condition
+from checks import check, finish
 
 
 def main():
@@ -239,13 +233,7 @@ def main():
     check(generated and generated[0] >= 5 * args.max_tokens, f"generation_tokens_total {generated}")
     check("version" in json.load(urllib.request.urlopen(args.base_url + "/version", timeout=30)), "/version")
 
-    if failures:
-        print(f"{len(failures)} check(s) failed:")
-        for f in failures:
-            print("  -", f)
-        return 1
-    print("all OpenAI SDK checks passed")
-    return 0
+    return finish("all OpenAI SDK checks passed")
 
 
 if __name__ == "__main__":
