@@ -275,6 +275,7 @@ public final class CUDAContext: @unchecked Sendable {
             var function: OpaquePointer? = nil
             try check("cuModuleGetFunction(\(name))", moduleFunction(&function, module, name))
             functions[name] = function
+            kernelNames[UInt64(UInt(bitPattern: function))] = name
         }
         return functions
     }
@@ -415,6 +416,9 @@ public final class CUDAContext: @unchecked Sendable {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for word in work { hash = (hash ^ word) &* 0x100_0000_01b3 }
         let key = Int(truncatingIfNeeded: hash)
+        if keepingStep, kept == nil, launches >= Self.captureMinimum {
+            kept = (work, Double(DispatchTime.now().uptimeNanoseconds - keepingSince) * 1e-9)
+        }
         if let calls = graphCalls, recording, launches >= Self.captureMinimum {
             clock += 1
             if let index = graphs[key]?.firstIndex(where: { $0.tape == work }) {
@@ -439,27 +443,12 @@ public final class CUDAContext: @unchecked Sendable {
     /// Captures `work` into a graph on the context's stream, keeps it and launches it. False (and
     /// graphs off) when the driver refuses; the work has not run then.
     private func capture(_ work: [UInt64], key: Int, _ calls: GraphCalls) -> Bool {
-        var status = calls.beginCapture(stream, 2)  // CU_STREAM_CAPTURE_MODE_RELAXED
-        guard status == 0 else {
-            disableGraphs("cuStreamBeginCapture", status)
+        let made = instantiate(work, calls)
+        guard let exec = made.exec else {
+            disableGraphs(made.call, made.code)
             return false
         }
-        let issued = issue(work)
-        var graph: OpaquePointer? = nil
-        status = calls.endCapture(stream, &graph)
-        guard issued.code == 0, status == 0, let graph else {
-            if let graph { _ = calls.destroyGraph(graph) }
-            disableGraphs(issued.code != 0 ? issued.call : "cuStreamEndCapture", issued.code != 0 ? issued.code : status)
-            return false
-        }
-        var exec: OpaquePointer? = nil
-        status = calls.instantiate(&exec, graph, 0)
-        _ = calls.destroyGraph(graph)
-        guard status == 0, let exec else {
-            disableGraphs("cuGraphInstantiateWithFlags", status)
-            return false
-        }
-        status = calls.launch(exec, stream)
+        let status = calls.launch(exec, stream)
         guard status == 0 else {
             _ = calls.destroyExec(exec)
             disableGraphs("cuGraphLaunch", status)
@@ -479,6 +468,25 @@ public final class CUDAContext: @unchecked Sendable {
         graphCount += 1
         statistics.captured += 1
         return true
+    }
+
+    /// `work` captured on the context's stream and instantiated, without running it; else the
+    /// failing call and its status.
+    private func instantiate(_ work: [UInt64], _ calls: GraphCalls) -> (exec: OpaquePointer?, call: String, code: Int32) {
+        var status = calls.beginCapture(stream, 2)  // CU_STREAM_CAPTURE_MODE_RELAXED
+        guard status == 0 else { return (nil, "cuStreamBeginCapture", status) }
+        let issued = issue(work)
+        var graph: OpaquePointer? = nil
+        status = calls.endCapture(stream, &graph)
+        guard issued.code == 0, status == 0, let graph else {
+            if let graph { _ = calls.destroyGraph(graph) }
+            return issued.code != 0 ? (nil, issued.call, issued.code) : (nil, "cuStreamEndCapture", status)
+        }
+        var exec: OpaquePointer? = nil
+        status = calls.instantiate(&exec, graph, 0)
+        _ = calls.destroyGraph(graph)
+        guard status == 0, let exec else { return (nil, "cuGraphInstantiateWithFlags", status) }
+        return (exec, "", 0)
     }
 
     /// Turns graphs off for good after a driver error, saying why once; work is issued directly from then on.
@@ -522,6 +530,103 @@ public final class CUDAContext: @unchecked Sendable {
             }
             return ("", 0)
         }
+    }
+
+    // MARK: profiling (gpu-check --bench)
+
+    /// Kernel names by function, for profiles.
+    private var kernelNames: [UInt64: String] = [:]
+    /// While `profileStep` runs: the first tape long enough to be a step, and how long the host took
+    /// to record it.
+    private var keepingStep = false
+    private var keepingSince: UInt64 = 0
+    private var kept: (tape: [UInt64], seconds: Double)?
+
+    /// Where one step's time goes: the host recording it, its graph on the GPU, and each operation.
+    public struct StepProfile: Sendable {
+        public struct Operation: Sendable {
+            /// The kernel's name, or "copy".
+            public var name: String
+            /// Grid and block, e.g. "144x1x1 / 256"; the size for a copy.
+            public var shape: String
+            /// How many times the step runs it with this shape.
+            public var count: Int
+            /// GPU time of all of them, each timed alone (replayed back to back in a graph).
+            public var seconds: Double
+        }
+        /// Host time from the step's start until its work went to the GPU.
+        public var recordSeconds: Double
+        /// The step's graph alone on the GPU (replays queued back to back).
+        public var graphSeconds: Double
+        /// Operations by shape, the most costly first.
+        public var operations: [Operation]
+    }
+
+    /// Runs `step` (work that records one tape of at least 32 launches, such as a decode step) and
+    /// measures it: the host's recording time, the tape's graph replayed alone, and each launch
+    /// and copy of it replayed alone 20 times in a graph. Nil where graphs are off. The replays
+    /// rerun the step's kernels on its buffers (the same KV rows are written again).
+    public func profileStep(_ step: () throws -> Void) rethrows -> StepProfile? {
+        tapeLock.lock()
+        flushLocked()
+        kept = nil
+        keepingStep = true
+        keepingSince = DispatchTime.now().uptimeNanoseconds
+        tapeLock.unlock()
+        defer {
+            tapeLock.lock()
+            keepingStep = false
+            kept = nil
+            tapeLock.unlock()
+        }
+        try step()
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        guard let (work, recordSeconds) = kept, let calls = graphCalls, recording else { return nil }
+        makeCurrent()
+        func timed(_ operations: [UInt64], repeats: Int) -> Double? {
+            guard let exec = instantiate(operations, calls).exec else { return nil }
+            defer { _ = calls.destroyExec(exec) }
+            _ = calls.launch(exec, stream)
+            guard synchronizeCall() == 0 else { return nil }
+            let start = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<repeats { _ = calls.launch(exec, stream) }
+            guard synchronizeCall() == 0 else { return nil }
+            return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(repeats)
+        }
+        guard let graphSeconds = timed(work, repeats: 10) else { return nil }
+        var byShape: [String: StepProfile.Operation] = [:]
+        var order: [String] = []
+        var i = 0
+        while i < work.count {
+            let length = work[i] == Operation.launch ? 8 + Int(work[i + 7]) : 4
+            let words = Array(work[i..<i + length])
+            defer { i += length }
+            let name: String, shape: String
+            switch words[0] {
+            case Operation.launch:
+                name = kernelNames[words[1]] ?? "kernel"
+                shape = "\(words[2])x\(words[3])x\(words[4]) / \(words[5])"
+            case Operation.copy:
+                name = "copy"
+                shape = "\(words[3]) bytes"
+            default:
+                continue  // uploads read pinned memory the step has already copied
+            }
+            let together = 20
+            guard let seconds = timed(Array([[UInt64]](repeating: words, count: together).joined()), repeats: 3) else {
+                return nil
+            }
+            let key = name + " " + shape
+            if byShape[key] == nil {
+                byShape[key] = StepProfile.Operation(name: name, shape: shape, count: 0, seconds: 0)
+                order.append(key)
+            }
+            byShape[key]!.count += 1
+            byShape[key]!.seconds += seconds / Double(together)
+        }
+        let operations = order.map { byShape[$0]! }.sorted { $0.seconds > $1.seconds }
+        return StepProfile(recordSeconds: recordSeconds, graphSeconds: graphSeconds, operations: operations)
     }
 
     // MARK: errors

@@ -22,6 +22,15 @@ public enum GemmaKernels {
     /// 16: a decode step of up to 16 sequences (the server's default batch) reads each weight once,
     /// with f32 activations, so its numerics do not depend on how many sequences run.
     public static let gemvMaximumTokens = 16
+
+    /// Warps per weight row in `gemv_bf16`: doubled (up to 8) while the rows are too few to fill a
+    /// large GPU (4096 warps: an H100 holds 8448) and each lane keeps at least two 16-byte loads. From
+    /// the matrix's shape alone, so a token's result does not depend on the batch.
+    public static func gemvSplits(rows m: Int, columns k: Int) -> Int {
+        var splits = 1
+        while splits < 8 && m * splits < 4096 && k / 8 >= 2 * 32 * (2 * splits) { splits *= 2 }
+        return splits
+    }
     /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
     public static let attentionMaximumDimension = 256
 
@@ -137,40 +146,77 @@ public enum GemmaKernels {
             }
         }
 
-        // out[t, r] = w[r, :] . x[t, :] for up to 16 tokens: one warp per weight row, eight bf16 per lane
-        // per load (16 bytes), so the weight is read once for every token of the step; x stays f32.
-        // k must be a multiple of 8. Grid: ceil(m / warps per block); block: a multiple of 32.
+        // One 16-byte run of a weight row (8 bf16, chunk c) times the same 8 columns of each token's x.
         #define GEMV_MAX_TOKENS 16
-        extern "C" __global__ void gemv_bf16(const bf16* w, const float* x, float* out, int m, int k, int tokens) {
-            int lane = threadIdx.x & 31;
-            int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-            if (row >= m) return;
-            float acc[GEMV_MAX_TOKENS];
-            for (int t = 0; t < GEMV_MAX_TOKENS; t++) acc[t] = 0.0f;
-            const uint4* wr = (const uint4*)(w + (u64)row * k);
-            for (int c = lane; c < k / 8; c += 32) {
-                uint4 packed = wr[c];
-                u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
-                float wv[8];
-                for (int j = 0; j < 4; j++) {
-                    wv[2 * j] = __uint_as_float(words[j] << 16);
-                    wv[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
-                }
-                for (int t = 0; t < GEMV_MAX_TOKENS; t++) {
-                    if (t < tokens) {
-                        const float4* xv = (const float4*)(x + (u64)t * k + 8 * c);
-                        float4 a = xv[0], b = xv[1];
-                        acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w
-                                + wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
-                    }
+        template <int T>
+        __device__ __forceinline__ void gemv_chunk(uint4 packed, const float* x, int k, int c, int tokens, float* acc) {
+            u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+            float wv[8];
+            for (int j = 0; j < 4; j++) {
+                wv[2 * j] = __uint_as_float(words[j] << 16);
+                wv[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+            }
+            for (int t = 0; t < T; t++) {
+                if (t < tokens) {
+                    const float4* xv = (const float4*)(x + (u64)t * k + 8 * c);
+                    float4 a = xv[0], b = xv[1];
+                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w
+                            + wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
                 }
             }
-            for (int t = 0; t < GEMV_MAX_TOKENS; t++) {
+        }
+
+        // The body of gemv_bf16 for at most T tokens (accumulators in registers, T of them).
+        template <int T>
+        __device__ __forceinline__ void gemv_rows(const bf16* w, const float* x, float* out, int m, int k, int tokens,
+                                                  int splits) {
+            __shared__ float partial[8][T];
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            int row = blockIdx.x * (8 / splits) + warp / splits, part = warp % splits;
+            float acc[T];
+            for (int t = 0; t < T; t++) acc[t] = 0.0f;
+            if (row < m) {
+                const uint4* wr = (const uint4*)(w + (u64)row * k);
+                int chunks = k >> 3, stride = 32 * splits, c = part * 32 + lane;
+                // Four loads in flight per lane before any arithmetic: one warp per row waited on
+                // one 16-byte load at a time, and a decode step is nothing but such waits.
+                for (; c + 3 * stride < chunks; c += 4 * stride) {
+                    uint4 p0 = wr[c], p1 = wr[c + stride], p2 = wr[c + 2 * stride], p3 = wr[c + 3 * stride];
+                    gemv_chunk<T>(p0, x, k, c, tokens, acc);
+                    gemv_chunk<T>(p1, x, k, c + stride, tokens, acc);
+                    gemv_chunk<T>(p2, x, k, c + 2 * stride, tokens, acc);
+                    gemv_chunk<T>(p3, x, k, c + 3 * stride, tokens, acc);
+                }
+                for (; c < chunks; c += stride) gemv_chunk<T>(wr[c], x, k, c, tokens, acc);
+            }
+            for (int t = 0; t < T; t++) {
                 if (t < tokens) {
                     float s = warp_sum(acc[t]);
-                    if (lane == 0) out[(u64)t * m + row] = s;
+                    if (lane == 0) partial[warp][t] = s;
                 }
             }
+            __syncthreads();
+            // The row's first warp adds its parts in order (lane t: token t), so a result does not
+            // depend on which warp finished first.
+            if (part == 0 && row < m && lane < tokens) {
+                float s = 0.0f;
+                for (int j = 0; j < splits; j++) s += partial[warp + j][lane];
+                out[(u64)lane * m + row] = s;
+            }
+        }
+
+        // out[t, r] = w[r, :] . x[t, :] for up to 16 tokens, the weight read once for all of them; x
+        // stays f32. A block's 8 warps take 8 / splits rows, `splits` warps to a row, each warp every
+        // splits-th run of 32 chunks of 8 bf16 (16 bytes a lane), so that rows few and long (the
+        // down projection: 1152 rows of 6912) still give the GPU enough loads in flight. splits: 1, 2,
+        // 4 or 8, chosen from m and k alone, so a token's sum is the same whatever the batch.
+        // k a multiple of 8. Grid: ceil(m * splits / 8); block: 256.
+        extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w, const float* x, float* out, int m, int k,
+                                                                   int tokens, int splits) {
+            if (tokens == 1) gemv_rows<1>(w, x, out, m, k, tokens, splits);
+            else if (tokens <= 4) gemv_rows<4>(w, x, out, m, k, tokens, splits);
+            else if (tokens <= 8) gemv_rows<8>(w, x, out, m, k, tokens, splits);
+            else gemv_rows<GEMV_MAX_TOKENS>(w, x, out, m, k, tokens, splits);
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64

@@ -275,14 +275,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             matmulTiled(x, rows: rows, weight: weight, into: out)
             return
         }
+        let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
         var first = 0
         while first < rows {
             let tokens = min(group, rows - first)
             context.launch(
-                kernel("gemv_bf16"), grid: (blocks(m, 8), 1, 1), block: 256,
+                kernel("gemv_bf16"), grid: (blocks(m * splits, 8), 1, 1), block: 256,
                 [
                     .pointer(weight.address), .pointer(x.at(first * k)), .pointer(out.at(first * m)), .int(m), .int(k),
-                    .int(tokens),
+                    .int(tokens), .int(splits),
                 ])
             first += tokens
         }

@@ -194,6 +194,20 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "            without CUDA graphs: %.2f ms/step (graphs %.2fx faster)", directTime / Double(steps) * 1000, directTime / time))
                 figures["decode_b\(batch)_no_graphs_ms_per_step"] = directTime / Double(steps) * 1000
             }
+            // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
+            if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
+                let kernels = profile.operations.reduce(0) { $0 + $1.seconds }
+                print(String(format: "            profile: the host records the step in %.2f ms; its graph alone runs %.2f ms on the GPU; its %d operations one by one sum to %.2f ms", profile.recordSeconds * 1000, profile.graphSeconds * 1000, profile.operations.reduce(0) { $0 + $1.count }, kernels * 1000))
+                for operation in profile.operations.prefix(14) {
+                    let what = operation.name.padding(toLength: 18, withPad: " ", startingAt: 0) + " " + operation.shape.padding(toLength: 18, withPad: " ", startingAt: 0)
+                    print(String(format: "              %7.3f ms  %3d x ", operation.seconds * 1000, operation.count) + what + String(format: " %6.1f us each", operation.seconds / Double(operation.count) * 1e6))
+                }
+                figures["decode_b\(batch)_profile_record_ms"] = profile.recordSeconds * 1000
+                figures["decode_b\(batch)_profile_graph_ms"] = profile.graphSeconds * 1000
+                figures["decode_b\(batch)_profile_operations"] = profile.operations.map {
+                    ["name": $0.name, "shape": $0.shape, "count": $0.count, "ms": $0.seconds * 1000] as [String: Any]
+                }
+            }
             // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
             var seeds = Xoshiro256StarStar(seed: 7)
             func sampledStep(logprobs: Int? = nil) throws {

@@ -434,6 +434,43 @@ import Testing
         }
     }
 
+    /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms
+    /// counted per layer), the step's graph is timed whole, and the replays leave the sequences as
+    /// they were: the tokens after a profiled step are those of a run without one.
+    @Test func aStepProfileTimesEveryOperationAndLeavesTheSequencesAsTheyWere() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 78), exactActivations: true)
+        let gpu = try Self.backend.get()
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        let prompts = [Array(1...5), (0..<20).map { 900 - $0 * 13 }]
+        var runs: [[Int]] = []
+        for profiled in [false, true] {
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 16)
+            let slots = prompts.map { _ in runner.makeSlot(contextLength: 64) }
+            var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
+            var tokens: [Int] = []
+            for step in 0..<5 {
+                if profiled && step == 3 {
+                    let profile = try #require(try gpu.context.profileStep { next = try runner.decodeGreedy(slots, tokens: next) })
+                    let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
+                    let layers = engine.config.layerCount
+                    #expect(count("rms_norm") == 2 * layers + 1)
+                    #expect(count("rms_norm_add") == 2 * layers)
+                    #expect(count("gemv_bf16") == 7 * layers + 1)
+                    #expect(count("attention_rows") == layers)
+                    #expect(count("argmax_rows") == 1)
+                    #expect(profile.operations.allSatisfy { $0.seconds > 0 })
+                    #expect(profile.graphSeconds > 0 && profile.recordSeconds > 0)
+                } else {
+                    next = try runner.decodeGreedy(slots, tokens: next)
+                }
+                tokens += next
+            }
+            runs.append(tokens)
+        }
+        #expect(runs[0] == runs[1])
+    }
+
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
     /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
     @Test func theSchedulerServesFromTheDevice() async throws {
