@@ -11,7 +11,7 @@ import Foundation
 /// before (the same kernels, launch shapes, arguments and staging offsets, word for word) is
 /// captured as a CUDA graph on its second sighting and from then on replayed with one
 /// `cuGraphLaunch`: a decode step of a fixed batch is some 400 launches, which the host would
-/// otherwise issue one by one. Runs of fewer than 32 launches (the pieces cuBLAS splits a prefill
+/// otherwise issue one by one. Runs of fewer than 16 launches (the pieces cuBLAS splits a prefill
 /// into) are always issued directly, so they never crowd the graph cache. Step inputs that change
 /// (token ids, positions, row tables) go through the staging area, whose pinned bytes a replayed
 /// copy reads when it runs, so they are not part of what must match. A driver without the graph
@@ -357,7 +357,7 @@ public final class CUDAContext: @unchecked Sendable {
     private var graphCount = 0
     private var clock = 0
     /// Fewer launches than this are issued directly.
-    private static let captureMinimum = 32
+    private static let captureMinimum = 16
     /// How often each tape (by hash) was issued directly: the second sighting is captured.
     private var sightings: [Int: Int] = [:]
     private var statistics = GraphStatistics()
@@ -558,11 +558,14 @@ public final class CUDAContext: @unchecked Sendable {
         public var recordSeconds: Double
         /// The step's graph alone on the GPU (replays queued back to back).
         public var graphSeconds: Double
+        /// Copies of the step's inputs from pinned memory in it, and the graph without them.
+        public var uploads: Int
+        public var graphWithoutUploadsSeconds: Double
         /// Operations by shape, the most costly first.
         public var operations: [Operation]
     }
 
-    /// Runs `step` (work that records one tape of at least 32 launches, such as a decode step) and
+    /// Runs `step` (work that records one tape of at least 16 launches, such as a decode step) and
     /// measures it: the host's recording time, the tape's graph replayed alone, and each launch
     /// and copy of it replayed alone 20 times in a graph. Nil where graphs are off. The replays
     /// rerun the step's kernels on its buffers (the same KV rows are written again).
@@ -595,6 +598,17 @@ public final class CUDAContext: @unchecked Sendable {
             return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(repeats)
         }
         guard let graphSeconds = timed(work, repeats: 10) else { return nil }
+        // The same without its uploads (the step's small inputs, already on the device): what the
+        // copies from pinned memory cost inside the graph.
+        var launchesAndCopies: [UInt64] = []
+        var uploads = 0
+        var j = 0
+        while j < work.count {
+            let length = work[j] == Operation.launch ? 8 + Int(work[j + 7]) : 4
+            if work[j] == Operation.upload { uploads += 1 } else { launchesAndCopies += work[j..<j + length] }
+            j += length
+        }
+        guard let withoutUploads = timed(launchesAndCopies, repeats: 10) else { return nil }
         var byShape: [String: StepProfile.Operation] = [:]
         var order: [String] = []
         var i = 0
@@ -626,7 +640,9 @@ public final class CUDAContext: @unchecked Sendable {
             byShape[key]!.seconds += seconds / Double(together)
         }
         let operations = order.map { byShape[$0]! }.sorted { $0.seconds > $1.seconds }
-        return StepProfile(recordSeconds: recordSeconds, graphSeconds: graphSeconds, operations: operations)
+        return StepProfile(
+            recordSeconds: recordSeconds, graphSeconds: graphSeconds, uploads: uploads,
+            graphWithoutUploadsSeconds: withoutUploads, operations: operations)
     }
 
     // MARK: errors

@@ -12,9 +12,9 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "norm_rope", "gemv_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_gelu_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
-        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "sample_rows", "apply_penalties",
+        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_rows", "apply_penalties",
         "row_logprobs",
     ]
 
@@ -123,6 +123,27 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] += (xr[i] * inv) * w[i];
         }
 
+        // rms_norm_add, then out[r, :] = the new residual[r, :] * rsqrt(mean(residual[r, :]^2) + eps) * next:
+        // a block's post norm and residual add with the next block's input norm, one launch instead of
+        // two. Each thread keeps its own columns throughout, so out may be x. Grid: rows.
+        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, float* residual,
+                                                                            const float* next, float* out, int n, float eps) {
+            const float* xr = x + (u64)blockIdx.x * n;
+            float* rr = residual + (u64)blockIdx.x * n;
+            float* orow = out + (u64)blockIdx.x * n;
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+            float inv = rsqrtf(block_sum(s) / n + eps);
+            float s2 = 0.0f;
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                float v = rr[i] + (xr[i] * inv) * w[i];
+                rr[i] = v;
+                s2 += v * v;
+            }
+            float inv2 = rsqrtf(block_sum(s2) / n + eps);
+            for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = (rr[i] * inv2) * next[i];
+        }
+
         // q_norm / k_norm then RoPE, in place, for one head of one token per block: heads 0..heads-1
         // of the query row, then kvHeads of the key row. Thread i holds dimensions i and i + dim/2.
         // table row t: cos (dim/2) then sin (dim/2). Grid: (tokens, heads + kvHeads); block: dim/2
@@ -166,29 +187,32 @@ public enum GemmaKernels {
             }
         }
 
-        // The body of gemv_bf16 for at most T tokens (accumulators in registers, T of them).
+        // This warp's part of one weight row (k bf16) times each token's x, added to acc: every
+        // splits-th run of 32 chunks of 8 bf16 (16 bytes a lane), four loads in flight per lane
+        // before any arithmetic (one warp per row waiting on one 16-byte load at a time left a
+        // decode step nothing but waits).
         template <int T>
-        __device__ __forceinline__ void gemv_rows(const bf16* w, const float* x, float* out, int m, int k, int tokens,
-                                                  int splits) {
+        __device__ __forceinline__ void gemv_part(const bf16* row, const float* x, int k, int tokens, int splits, int part,
+                                                  float* acc) {
+            const uint4* wr = (const uint4*)row;
+            int chunks = k >> 3, stride = 32 * splits, c = part * 32 + (threadIdx.x & 31);
+            for (; c + 3 * stride < chunks; c += 4 * stride) {
+                uint4 p0 = wr[c], p1 = wr[c + stride], p2 = wr[c + 2 * stride], p3 = wr[c + 3 * stride];
+                gemv_chunk<T>(p0, x, k, c, tokens, acc);
+                gemv_chunk<T>(p1, x, k, c + stride, tokens, acc);
+                gemv_chunk<T>(p2, x, k, c + 2 * stride, tokens, acc);
+                gemv_chunk<T>(p3, x, k, c + 3 * stride, tokens, acc);
+            }
+            for (; c < chunks; c += stride) gemv_chunk<T>(wr[c], x, k, c, tokens, acc);
+        }
+
+        // The rows' totals: warp w holds part w % splits of the block's row w / splits; lane t of each
+        // row's first warp gets token t's sum of the parts, added in order (so a result does not
+        // depend on which warp finished first); other lanes get 0. Every thread of the block calls it.
+        template <int T>
+        __device__ __forceinline__ float gemv_total(const float* acc, int tokens, int splits) {
             __shared__ float partial[8][T];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-            int row = blockIdx.x * (8 / splits) + warp / splits, part = warp % splits;
-            float acc[T];
-            for (int t = 0; t < T; t++) acc[t] = 0.0f;
-            if (row < m) {
-                const uint4* wr = (const uint4*)(w + (u64)row * k);
-                int chunks = k >> 3, stride = 32 * splits, c = part * 32 + lane;
-                // Four loads in flight per lane before any arithmetic: one warp per row waited on
-                // one 16-byte load at a time, and a decode step is nothing but such waits.
-                for (; c + 3 * stride < chunks; c += 4 * stride) {
-                    uint4 p0 = wr[c], p1 = wr[c + stride], p2 = wr[c + 2 * stride], p3 = wr[c + 3 * stride];
-                    gemv_chunk<T>(p0, x, k, c, tokens, acc);
-                    gemv_chunk<T>(p1, x, k, c + stride, tokens, acc);
-                    gemv_chunk<T>(p2, x, k, c + 2 * stride, tokens, acc);
-                    gemv_chunk<T>(p3, x, k, c + 3 * stride, tokens, acc);
-                }
-                for (; c < chunks; c += stride) gemv_chunk<T>(wr[c], x, k, c, tokens, acc);
-            }
             for (int t = 0; t < T; t++) {
                 if (t < tokens) {
                     float s = warp_sum(acc[t]);
@@ -196,27 +220,80 @@ public enum GemmaKernels {
                 }
             }
             __syncthreads();
-            // The row's first warp adds its parts in order (lane t: token t), so a result does not
-            // depend on which warp finished first.
-            if (part == 0 && row < m && lane < tokens) {
-                float s = 0.0f;
+            float s = 0.0f;
+            if (warp % splits == 0 && lane < tokens)
                 for (int j = 0; j < splits; j++) s += partial[warp + j][lane];
-                out[(u64)lane * m + row] = s;
-            }
+            __syncthreads();  // partial is used again by the next call
+            return s;
         }
 
-        // out[t, r] = w[r, :] . x[t, :] for up to 16 tokens, the weight read once for all of them; x
-        // stays f32. A block's 8 warps take 8 / splits rows, `splits` warps to a row, each warp every
-        // splits-th run of 32 chunks of 8 bf16 (16 bytes a lane), so that rows few and long (the
-        // down projection: 1152 rows of 6912) still give the GPU enough loads in flight. splits: 1, 2,
-        // 4 or 8, chosen from m and k alone, so a token's sum is the same whatever the batch.
-        // k a multiple of 8. Grid: ceil(m * splits / 8); block: 256.
-        extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w, const float* x, float* out, int m, int k,
-                                                                   int tokens, int splits) {
-            if (tokens == 1) gemv_rows<1>(w, x, out, m, k, tokens, splits);
-            else if (tokens <= 4) gemv_rows<4>(w, x, out, m, k, tokens, splits);
-            else if (tokens <= 8) gemv_rows<8>(w, x, out, m, k, tokens, splits);
-            else gemv_rows<GEMV_MAX_TOKENS>(w, x, out, m, k, tokens, splits);
+        // Rows of up to three matrices of the same k (a layer's query, key and value projections),
+        // counted across them: row r of the launch is row r of w0, then of w1, then of w2.
+        template <int T>
+        __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
+                                                  float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
+                                                  int splits) {
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            int r = blockIdx.x * (8 / splits) + warp / splits;
+            const bf16* w = w0;
+            float* out = o0;
+            int m = m0;
+            if (r >= m0) {
+                r -= m0; w = w1; out = o1; m = m1;
+                if (r >= m1) { r -= m1; w = w2; out = o2; m = m2; }
+            }
+            float acc[T];
+            for (int t = 0; t < T; t++) acc[t] = 0.0f;
+            if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
+            float s = gemv_total<T>(acc, tokens, splits);
+            if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
+        }
+
+        // out_i[t, r] = w_i[r, :] . x[t, :] for up to three matrices (m1 = m2 = 0 for one) and up to 16
+        // tokens, each weight read once for all of them; x stays f32. A block's 8 warps take
+        // 8 / splits rows, `splits` warps to a row, so that rows few and long (the down projection:
+        // 1152 rows of 6912) still give the GPU enough loads in flight. splits: 1, 2, 4 or 8, chosen
+        // from the shape alone, so a token's sum is the same whatever the batch. k a multiple of 8.
+        // Grid: ceil((m0 + m1 + m2) * splits / 8); block: 256.
+        extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
+                                                                   float* o0, float* o1, float* o2, int m0, int m1,
+                                                                   int m2, const float* x, int k, int tokens, int splits) {
+            if (tokens == 1) gemv_rows<1>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            else if (tokens <= 4) gemv_rows<4>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            else if (tokens <= 8) gemv_rows<8>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            else gemv_rows<GEMV_MAX_TOKENS>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+        }
+
+        // GELU (tanh approximation) of g, times u: the MLP's gate.
+        __device__ __forceinline__ float gelu_tanh_times(float g, float u) {
+            float v = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+            return g / (1.0f + expf(-2.0f * v)) * u;
+        }
+
+        template <int T>
+        __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
+                                                       int k, int tokens, int splits) {
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            int r = blockIdx.x * (8 / splits) + warp / splits;
+            float g[T], u[T];
+            for (int t = 0; t < T; t++) { g[t] = 0.0f; u[t] = 0.0f; }
+            if (r < m) {
+                gemv_part<T>(gate + (u64)r * k, x, k, tokens, splits, warp % splits, g);
+                gemv_part<T>(up + (u64)r * k, x, k, tokens, splits, warp % splits, u);
+            }
+            float gs = gemv_total<T>(g, tokens, splits);
+            float us = gemv_total<T>(u, tokens, splits);
+            if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = gelu_tanh_times(gs, us);
+        }
+
+        // The MLP's first half in one pass: out[t, r] = gelu_tanh(gate[r, :] . x[t, :]) * (up[r, :] . x[t, :]),
+        // a warp taking row r of both matrices; sums as gemv_bf16's. Grid: ceil(m * splits / 8); block: 256.
+        extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
+                                                                        float* out, int m, int k, int tokens, int splits) {
+            if (tokens == 1) gemv_gelu_rows<1>(gate, up, x, out, m, k, tokens, splits);
+            else if (tokens <= 4) gemv_gelu_rows<4>(gate, up, x, out, m, k, tokens, splits);
+            else if (tokens <= 8) gemv_gelu_rows<8>(gate, up, x, out, m, k, tokens, splits);
+            else gemv_gelu_rows<GEMV_MAX_TOKENS>(gate, up, x, out, m, k, tokens, splits);
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64
@@ -407,18 +484,19 @@ public enum GemmaKernels {
         }
 
         // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
-        // into `splits` contiguous shares, one block each, so that a long context keeps many SMs busy
-        // even for one sequence (flash-decoding): each share goes to partials (rows, heads, splits,
-        // dim + 2) and attention_combine merges them. Grid: (rows, heads, splits); block: 256.
+        // into contiguous shares of `share` keys, one block each, so that even one sequence keeps many
+        // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
+        // attention_combine merges them; a row with fewer keys leaves its last shares empty.
+        // Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
-                                                  int heads, int kvHeads, int dim, float scale, int splits, int half) {
+                                                  int heads, int kvHeads, int dim, float scale, int splits, int share,
+                                                  int half) {
             SegmentRow r = rows[blockIdx.x];
             int h = blockIdx.y, z = blockIdx.z;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
             int lo = oldest_key(r.position, r.window), hi = r.position;
             float* partial = 0;
             if (splits > 1) {
-                int share = (hi - lo + splits) / splits;  // ceil((hi - lo + 1) / splits)
                 lo += z * share;
                 if (lo + share - 1 < hi) hi = lo + share - 1;
                 partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
@@ -458,9 +536,7 @@ public enum GemmaKernels {
         extern "C" __global__ void gelu_tanh_mul(const float* gate, const float* up, float* out, int count) {
             int i = blockIdx.x * blockDim.x + threadIdx.x;
             if (i >= count) return;
-            float g = gate[i];
-            float u = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-            out[i] = g / (1.0f + expf(-2.0f * u)) * up[i];
+            out[i] = gelu_tanh_times(gate[i], up[i]);
         }
 
         // x += y over `count` values.
@@ -481,9 +557,8 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] *= inv;
         }
 
-        // The largest value's index in each row of `n` (the lowest index on ties, as the CPU sampler).
-        // Grid: rows; block: 1024.
-        __device__ void block_argmax(float best, int index, int* out) {
+        // The block's largest value and its index (the lowest index on ties), left in thread 0's.
+        __device__ void block_argmax_reduce(float& best, int& index) {
             __shared__ float values[32];
             __shared__ int indices[32];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -498,16 +573,43 @@ public enum GemmaKernels {
                 int warps = (blockDim.x + 31) >> 5;
                 for (int w = 1; w < warps; w++)
                     if (values[w] > best || (values[w] == best && indices[w] < index)) { best = values[w]; index = indices[w]; }
-                *out = index;
             }
         }
 
-        extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, int* out, int n) {
+        __device__ void block_argmax(float best, int index, int* out) {
+            block_argmax_reduce(best, index);
+            if (threadIdx.x == 0) *out = index;
+        }
+
+        // Each row's largest value in `gridDim.y` slices, one block each: the value and its index
+        // (as float bits) per slice into parts (rows, slices, 2), for argmax_finish: one block a row
+        // left the other SMs idle while it read 262144 logits. Grid: (rows, slices); block: 256.
+        extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, float* parts, int n) {
             const float* row = logits + (u64)blockIdx.x * n;
+            int slice = (n + gridDim.y - 1) / gridDim.y, lo = blockIdx.y * slice;
+            int hi = lo + slice < n ? lo + slice : n;
             float best = NEG_INF;
-            int index = 0;  // a row of only -inf or NaN gives 0, as the CPU sampler
-            for (int i = threadIdx.x; i < n; i += blockDim.x)
+            int index = lo;  // a slice of only -inf or NaN offers its first index: a row of them gives 0
+            for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
                 if (row[i] > best) { best = row[i]; index = i; }
+            block_argmax_reduce(best, index);
+            if (threadIdx.x == 0) {
+                float* out = parts + ((u64)blockIdx.x * gridDim.y + blockIdx.y) * 2;
+                out[0] = best;
+                out[1] = __int_as_float(index);
+            }
+        }
+
+        // The slices' winners merged, the lowest index on ties: out[row]. Grid: rows; block: 32.
+        extern "C" __global__ void argmax_finish(const float* parts, int* out, int slices) {
+            const float* p = parts + (u64)blockIdx.x * slices * 2;
+            float best = NEG_INF;
+            int index = 0x7fffffff;
+            for (int z = threadIdx.x; z < slices; z += blockDim.x) {
+                float v = p[2 * z];
+                int i = __float_as_int(p[2 * z + 1]);
+                if (v > best || (v == best && i < index)) { best = v; index = i; }
+            }
             block_argmax(best, index, out + blockIdx.x);
         }
 

@@ -66,7 +66,8 @@ public struct CUDAMatrix: @unchecked Sendable {
 /// - Activations and the KV cache are f32, as on the CPU, so the two backends agree closely and the
 ///   golden references' f32 bar applies to everything but the weights' rounding.
 /// - Products of up to 16 rows (decode) run in `gemv_bf16`, which reads each weight row once for every
-///   row of the step with f32 activations. Larger products (prefill) go to cuBLAS with bf16
+///   row of the step with f32 activations (q, k and v in one launch; the MLP's gate, up and GELU in
+///   `gemv_gelu_bf16`). Larger products (prefill) go to cuBLAS with bf16
 ///   activations and f32 accumulation, or, without cuBLAS, to `gemv_bf16` 16 rows at a time.
 /// - Only reading results back (`read`, `argmax`) waits for the GPU: everything else is queued on the
 ///   default stream and returns, small per-step inputs included (`CUDAContext.stage`).
@@ -95,6 +96,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let functions: [String: OpaquePointer]
     private let lock = NSLock()
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
+    private var argmaxParts: CUDABuffer?  // each slice's largest logit and its index, for argmax_finish
     private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
     private var logprobCopies: CUDABuffer?  // penalized rows wanting logprobs, copied before the penalties
     private var logprobOut: CUDABuffer?  // row_logprobs' numbers, read back with the ids
@@ -275,18 +277,65 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             matmulTiled(x, rows: rows, weight: weight, into: out)
             return
         }
-        let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
+        gemv(x, rows: rows, weights: [weight], into: [out])
+    }
+
+    /// `gemv_bf16` over up to three matrices of the same k, 16 rows of x at a time.
+    private func gemv(_ x: CUDABuffer, rows: Int, weights: [CUDAMatrix], into outs: [CUDABuffer]) {
+        let k = weights[0].columns
+        precondition((1...3).contains(weights.count) && weights.count == outs.count && k % 8 == 0)
+        precondition(weights.allSatisfy { $0.storage == .bf16 && $0.columns == k } && rows * k <= x.count)
+        precondition(zip(weights, outs).allSatisfy { rows * $0.rows <= $1.count })
+        let total = weights.reduce(0) { $0 + $1.rows }
+        let splits = GemmaKernels.gemvSplits(rows: total, columns: k)
+        let group = GemmaKernels.gemvMaximumTokens
         var first = 0
         while first < rows {
             let tokens = min(group, rows - first)
-            context.launch(
-                kernel("gemv_bf16"), grid: (blocks(m * splits, 8), 1, 1), block: 256,
-                [
-                    .pointer(weight.address), .pointer(x.at(first * k)), .pointer(out.at(first * m)), .int(m), .int(k),
-                    .int(tokens), .int(splits),
-                ])
+            var arguments: [CUDAContext.Argument] = []
+            for i in 0..<3 { arguments.append(.pointer(i < weights.count ? weights[i].address : 0)) }
+            for i in 0..<3 { arguments.append(.pointer(i < outs.count ? outs[i].at(first * weights[i].rows) : 0)) }
+            for i in 0..<3 { arguments.append(.int(i < weights.count ? weights[i].rows : 0)) }
+            arguments += [.pointer(x.at(first * k)), .int(k), .int(tokens), .int(splits)]
+            context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             first += tokens
         }
+    }
+
+    /// A decode step's q, k and v in one launch; more rows (prefill) go one matrix at a time.
+    public func matmul(_ x: CUDABuffer, rows: Int, weights: [CUDAMatrix], into outs: [CUDABuffer]) {
+        let k = weights.first?.columns ?? 0
+        if rows <= GemmaKernels.gemvMaximumTokens, (1...3).contains(weights.count), k % 8 == 0,
+            weights.allSatisfy({ $0.storage == .bf16 && $0.columns == k })
+        {
+            gemv(x, rows: rows, weights: weights, into: outs)
+        } else {
+            precondition(weights.count == outs.count, "one output per matrix")
+            for (weight, out) in zip(weights, outs) { matmul(x, rows: rows, weight: weight, into: out) }
+        }
+    }
+
+    /// A decode step's gate, up and GELU in one launch (`gemv_gelu_bf16`); prefill as three steps.
+    public func gatedMatmul(
+        _ x: CUDABuffer, rows: Int, gate: CUDAMatrix, up: CUDAMatrix, width: Int, into out: CUDABuffer, scratch: CUDABuffer
+    ) {
+        let m = gate.rows, k = gate.columns
+        guard rows <= GemmaKernels.gemvMaximumTokens, up.rows == m, up.columns == k, m == width, k % 8 == 0,
+            gate.storage == .bf16, up.storage == .bf16
+        else {
+            matmul(x, rows: rows, weight: gate, into: out)
+            matmul(x, rows: rows, weight: up, into: scratch)
+            geluMultiply(out, scratch, count: rows * width)
+            return
+        }
+        precondition(rows * k <= x.count && rows * m <= out.count)
+        let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
+        context.launch(
+            kernel("gemv_gelu_bf16"), grid: (blocks(m * splits, 8), 1, 1), block: 256,
+            [
+                .pointer(gate.address), .pointer(up.address), .pointer(x.address), .pointer(out.address), .int(m), .int(k),
+                .int(rows), .int(splits),
+            ])
     }
 
     /// Many rows without cuBLAS (Cloud Run images): `gemm_bf16`, 64 rows × 64 tokens per block, so
@@ -307,6 +356,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context.launch(
             kernel("rms_norm"), grid: (rows, 1, 1), block: threads,
             [.pointer(x.address), .pointer(weight.address), .pointer(out.address), .int(dimension), .float(epsilon)])
+    }
+
+    public func rmsNormAddNorm(
+        _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, next: CUDAMatrix, epsilon: Float,
+        into accumulator: CUDABuffer, normed out: CUDABuffer
+    ) {
+        precondition(weight.storage == .f32 && weight.columns == dimension && next.storage == .f32 && next.columns == dimension)
+        precondition(rows * dimension <= min(x.count, accumulator.count, out.count))
+        context.launch(
+            kernel("rms_norm_add_norm"), grid: (rows, 1, 1), block: warpsFor((dimension + 1) / 2),
+            [
+                .pointer(x.address), .pointer(weight.address), .pointer(accumulator.address), .pointer(next.address),
+                .pointer(out.address), .int(dimension), .float(epsilon),
+            ])
     }
 
     public func rmsNormAdd(
@@ -415,8 +478,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context.launch(
             kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
             [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width), .int(half ? 1 : 0)])
-        // Long contexts are cut into shares of about 256 keys, one block each, then merged.
-        let splits = min(32, max(1, (mostKeys + 255) / 256))
+        // The keys are cut into shares, one block each, then merged. A decode step (a few rows) takes
+        // shares of 32 keys, so that even one sequence spreads over many SMs (a block of 256 keys
+        // took 45 µs on an H200, nearly all of it waiting on loads); a prefill, shares of about 256.
+        // Up to 64 shares (32 for a prefill): past that a share grows by whole multiples. The share
+        // is a round number, not mostKeys / splits, so that a step's launches change only every
+        // `share` keys and its CUDA graph is replayed in between.
+        let decode = rows <= GemmaKernels.gemvMaximumTokens
+        let target = decode ? 32 : 256, most = decode ? 64 : 32
+        let share = target * max(1, (mostKeys + target * most - 1) / (target * most))
+        let splits = max(1, (mostKeys + share - 1) / share)
         var partials: CUDAContext.DevicePointer = 0
         if splits > 1 {
             let count = rows * heads * splits * (headDimension + 2)
@@ -429,7 +500,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             kernel("attention_rows"), grid: (rows, heads, splits), block: 256,
             [
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
-                .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(half ? 1 : 0),
+                .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
             ])
         if splits > 1 {
             context.launch(
@@ -466,9 +537,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         defer { lock.unlock() }
         if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
         let out = argmaxOut!
+        // Long rows in slices of at least 4096, one block each, then merged.
+        let slices = max(1, min(64, columns / 4096))
+        if argmaxParts == nil || argmaxParts!.count < rows * slices * 2 { argmaxParts = makeBuffer(count: max(rows, 16) * 128) }
+        let parts = argmaxParts!
         context.launch(
-            kernel("argmax_rows"), grid: (rows, 1, 1), block: 1024,
-            [.pointer(x.address), .pointer(out.address), .int(columns)])
+            kernel("argmax_rows"), grid: (rows, slices, 1), block: 256,
+            [.pointer(x.address), .pointer(parts.address), .int(columns)])
+        context.launch(
+            kernel("argmax_finish"), grid: (rows, 1, 1), block: 32,
+            [.pointer(parts.address), .pointer(out.address), .int(slices)])
         var result = [Int32](repeating: 0, count: rows)
         result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
         return result.map(Int.init)

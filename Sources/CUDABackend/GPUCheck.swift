@@ -121,6 +121,35 @@ public struct GPUCheck {
                     tolerance: 1e-5))
             }
         }
+        // A decode step's fused products: q, k and v in one launch (rows of a block straddling two
+        // matrices), and gate, up and GELU in one, against the CPU's separate steps.
+        do {
+            let k = 2048
+            let shapes = [500, 130, 130]
+            let tensors = try shapes.map { try bf16Matrix(rows: $0, columns: k, scale: 0.05) }
+            let cws = try tensors.map { try cpu.matrix($0) }, gws = try tensors.map { try gpu.matrix($0) }
+            let gate = try bf16Matrix(rows: 1000, columns: 1152, scale: 0.05), up = try bf16Matrix(rows: 1000, columns: 1152, scale: 0.05)
+            let (cg, cu) = (try cpu.matrix(gate), try cpu.matrix(up)), (gg, gu) = (try gpu.matrix(gate), try gpu.matrix(up))
+            for rows in [1, 5, 16] {
+                let (cx, gx) = pair(values(rows * k))
+                let cys = shapes.map { cpu.makeBuffer(count: rows * $0) }, gys = shapes.map { poisoned(rows * $0) }
+                cpu.matmul(cx, rows: rows, weights: cws, into: cys)
+                gpu.matmul(gx, rows: rows, weights: gws, into: gys)
+                let error = zip(zip(cys, gys), shapes).map { pair, m in
+                    Self.relativeError(gpu.read(pair.1, offset: 0, count: rows * m), cpu.read(pair.0, offset: 0, count: rows * m))
+                }.max()!
+                results.append(Result(name: "matmul \(rows)x\(k) · three matrices (q, k, v)", error: error, tolerance: 1e-5))
+                let (hx, ghx) = pair(values(rows * 1152))
+                let cy = cpu.makeBuffer(count: rows * 1000), cs = cpu.makeBuffer(count: rows * 1000)
+                let gy = poisoned(rows * 1000), gs = poisoned(rows * 1000)
+                cpu.gatedMatmul(hx, rows: rows, gate: cg, up: cu, width: 1000, into: cy, scratch: cs)
+                gpu.gatedMatmul(ghx, rows: rows, gate: gg, up: gu, width: 1000, into: gy, scratch: gs)
+                results.append(Result(
+                    name: "gelu(x · gateᵀ) * (x · upᵀ) \(rows)x1152, 1000 rows",
+                    error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * 1000), cpu.read(cy, offset: 0, count: rows * 1000)),
+                    tolerance: 1e-5))
+            }
+        }
         // Embedding rows (bf16 table), scaled.
         do {
             let table = try bf16Matrix(rows: 1000, columns: 640, scale: 0.1)
@@ -156,6 +185,20 @@ public struct GPUCheck {
             results.append(Result(
                 name: "rms_norm_add 7x1152", error: Self.relativeError(gpu.read(ga, offset: 0, count: ga.count), cpu.read(ca, offset: 0, count: ca.count)),
                 tolerance: 1e-5))
+            // With the next block's input norm, written over x as the model does (fresh inputs: the
+            // CPU's rmsNormAdd may overwrite x).
+            let next = try f32Vector(values(dimension, scale: 2))
+            let (cy, gy) = pair(values(rows * dimension, scale: 3))
+            let (cb, gb) = pair(values(rows * dimension))
+            cpu.rmsNormAddNorm(
+                cy, rows: rows, dimension: dimension, weight: try cpu.matrix(weight), next: try cpu.matrix(next), epsilon: 1e-6,
+                into: cb, normed: cy)
+            gpu.rmsNormAddNorm(
+                gy, rows: rows, dimension: dimension, weight: try gpu.matrix(weight), next: try gpu.matrix(next), epsilon: 1e-6,
+                into: gb, normed: gy)
+            let sums = Self.relativeError(gpu.read(gb, offset: 0, count: gb.count), cpu.read(cb, offset: 0, count: cb.count))
+            let normed = Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count))
+            results.append(Result(name: "rms_norm_add_norm 7x1152", error: max(sums, normed), tolerance: 1e-5))
             let positions = (0..<9).map { 500 + $0 * 611 }
             let frequencies = (0..<128).map { j in Float(1 / pow(1_000_000.0, Double(2 * j) / 256)) }
             let ct = cpu.makeBuffer(count: positions.count * 256), gt = gpu.makeBuffer(count: positions.count * 256)

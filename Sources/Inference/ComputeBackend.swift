@@ -34,6 +34,12 @@ public protocol ComputeBackend: Sendable {
     func embed(_ tokens: [Int], table: Matrix, scale: Float, into out: Buffer)
     /// out = x · weightᵀ.  x: (rows, in), weight: (outDim, in), out: (rows, outDim). Accumulates in f32.
     func matmul(_ x: Buffer, rows: Int, weight: Matrix, into out: Buffer)
+    /// outs[i] = x · weights[i]ᵀ for matrices of the same input (a layer's query, key and value
+    /// projections): a GPU reads x once and launches once.
+    func matmul(_ x: Buffer, rows: Int, weights: [Matrix], into outs: [Buffer])
+    /// out = gelu_tanh(x · gateᵀ) * (x · upᵀ), the MLP's first half; `width` is the matrices' rows,
+    /// `scratch` (rows, width) may be overwritten. A GPU does it in one pass.
+    func gatedMatmul(_ x: Buffer, rows: Int, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer)
     /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight (weight already holds Gemma's 1 + w). In place allowed.
     /// x, out: (rows, dimension); weight: (dimension) f32.
     func rmsNorm(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into out: Buffer)
@@ -59,6 +65,11 @@ public protocol ComputeBackend: Sendable {
     /// accumulator += rmsNorm(x) · weight over `rows` rows: Gemma's post-attention and post-feedforward
     /// norms, which feed the residual stream. x may be overwritten.
     func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer)
+    /// `rmsNormAdd`, then out = rmsNorm(accumulator) with `next`: a block's post norm and residual add
+    /// with the next block's input norm (a GPU: one launch). out may be x.
+    func rmsNormAddNorm(
+        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, next: Matrix, epsilon: Float, into accumulator: Buffer,
+        normed out: Buffer)
     /// The per-head RMS norms of queries and keys (q_norm, k_norm), then RoPE on both, in place.
     /// queries: (rows, heads, headDim); keys: (rows, kvHeads, headDim); table as for `rope`.
     func normRope(
@@ -118,11 +129,30 @@ public struct AttentionSegment<Buffer> {
 extension ComputeBackend {
     public func makeCacheBuffer(count: Int) -> Buffer { makeBuffer(count: count) }
 
+    public func matmul(_ x: Buffer, rows: Int, weights: [Matrix], into outs: [Buffer]) {
+        precondition(weights.count == outs.count, "one output per matrix")
+        for (weight, out) in zip(weights, outs) { matmul(x, rows: rows, weight: weight, into: out) }
+    }
+
+    public func gatedMatmul(_ x: Buffer, rows: Int, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer) {
+        matmul(x, rows: rows, weight: gate, into: out)
+        matmul(x, rows: rows, weight: up, into: scratch)
+        geluMultiply(out, scratch, count: rows * width)
+    }
+
     public var cacheElementBytes: Int { MemoryLayout<Float>.size }
 
     public func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer) {
         rmsNorm(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, into: x)
         add(x, into: accumulator, count: rows * dimension)
+    }
+
+    public func rmsNormAddNorm(
+        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, next: Matrix, epsilon: Float, into accumulator: Buffer,
+        normed out: Buffer
+    ) {
+        rmsNormAdd(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, into: accumulator)
+        rmsNorm(accumulator, rows: rows, dimension: dimension, weight: next, epsilon: epsilon, into: out)
     }
 
     public func normRope(

@@ -164,36 +164,40 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         b.ropeTable(positions: positions, inverseFrequencies: localFrequencies, into: s.localRope)
         b.ropeTable(positions: positions, inverseFrequencies: globalFrequencies, into: s.globalRope)
 
+        // The first layer's input norm; each later one comes with the residual add before it.
+        if let first = layers.first {
+            b.rmsNorm(s.hidden, rows: n, dimension: hidden, weight: first.inputNorm, epsilon: c.rmsNormEpsilon, into: s.normed)
+        }
         for (index, layer) in layers.enumerated() {
-            // Attention block: x = input_layernorm(h); q, k, v projections; q_norm, k_norm before RoPE.
-            // (The post norms below are fused with their residual add: h += norm(x).)
-            b.rmsNorm(
-                s.hidden, rows: n, dimension: hidden, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, into: s.normed
-            )
-            b.matmul(s.normed, rows: n, weight: layer.query, into: s.query)  // (n, heads * headDim)
-            b.matmul(s.normed, rows: n, weight: layer.key, into: s.key)  // (n, kvHeads * headDim)
-            b.matmul(s.normed, rows: n, weight: layer.value, into: s.value)  // (n, kvHeads * headDim)
+            // Attention block: x = input_layernorm(h) (in s.normed); q, k, v projections; q_norm,
+            // k_norm before RoPE. (The post norms below are fused with their residual add, h += norm(x),
+            // and with the next block's input norm.)
+            // q: (n, heads * headDim); k, v: (n, kvHeads * headDim)
+            b.matmul(s.normed, rows: n, weights: [layer.query, layer.key, layer.value], into: [s.query, s.key, s.value])
             b.normRope(
                 queries: s.query, keys: s.key, rows: n, heads: heads, kvHeads: kvHeads, headDimension: headDim,
                 queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
                 table: layer.type == .full ? s.globalRope : s.localRope)
             attend(index)  // (n, heads * headDim) in s.attention
             b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
-            b.rmsNormAdd(
-                s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, epsilon: c.rmsNormEpsilon,
-                into: s.hidden)
+            b.rmsNormAddNorm(
+                s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,
+                epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
 
             // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
-            b.rmsNorm(
-                s.hidden, rows: n, dimension: hidden, weight: layer.preFeedforwardNorm, epsilon: c.rmsNormEpsilon,
-                into: s.normed)
-            b.matmul(s.normed, rows: n, weight: layer.gate, into: s.gate)  // (n, intermediate)
-            b.matmul(s.normed, rows: n, weight: layer.up, into: s.up)  // (n, intermediate)
-            b.geluMultiply(s.gate, s.up, count: n * c.intermediateSize)
+            b.gatedMatmul(
+                s.normed, rows: n, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate, scratch: s.up
+            )  // (n, intermediate)
             b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
-            b.rmsNormAdd(
-                s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
-                into: s.hidden)
+            if index + 1 < layers.count {
+                b.rmsNormAddNorm(
+                    s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, next: layers[index + 1].inputNorm,
+                    epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
+            } else {
+                b.rmsNormAdd(
+                    s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
+                    into: s.hidden)
+            }
         }
     }
 

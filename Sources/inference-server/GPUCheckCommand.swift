@@ -123,6 +123,22 @@ struct GPUCheckCommand: ParsableCommand {
         return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
     }
 
+    /// Prints where a step's time goes (its `top` costliest operations) and returns it for the JSON.
+    private func report(_ profile: CUDAContext.StepProfile, top: Int) -> [String: Any] {
+        let operations = profile.operations.reduce(0) { $0 + $1.count }
+        let sum = profile.operations.reduce(0) { $0 + $1.seconds }
+        print(String(format: "            profile: the host records the step in %.2f ms; its graph alone runs %.2f ms on the GPU (%.2f ms without its %d uploads); its %d operations one by one sum to %.2f ms", profile.recordSeconds * 1000, profile.graphSeconds * 1000, profile.graphWithoutUploadsSeconds * 1000, profile.uploads, operations, sum * 1000))
+        for operation in profile.operations.prefix(top) {
+            let what = operation.name.padding(toLength: 18, withPad: " ", startingAt: 0) + " " + operation.shape.padding(toLength: 18, withPad: " ", startingAt: 0)
+            print(String(format: "              %7.3f ms  %3d x ", operation.seconds * 1000, operation.count) + what + String(format: " %6.1f us each", operation.seconds / Double(operation.count) * 1e6))
+        }
+        return [
+            "record_ms": profile.recordSeconds * 1000, "graph_ms": profile.graphSeconds * 1000,
+            "graph_without_uploads_ms": profile.graphWithoutUploadsSeconds * 1000, "uploads": profile.uploads,
+            "operations": profile.operations.map { ["name": $0.name, "shape": $0.shape, "count": $0.count, "ms": $0.seconds * 1000] as [String: Any] },
+        ]
+    }
+
     private func benchmark(model: Gemma3Model<CUDABackend>, weights: Gemma3Weights, gpu: CUDABackend) throws -> [String: Any] {
         var figures: [String: Any] = [:]
         let bandwidth = try GPUCheck.measuredBandwidth(gpu)
@@ -196,17 +212,7 @@ struct GPUCheckCommand: ParsableCommand {
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
-                let kernels = profile.operations.reduce(0) { $0 + $1.seconds }
-                print(String(format: "            profile: the host records the step in %.2f ms; its graph alone runs %.2f ms on the GPU; its %d operations one by one sum to %.2f ms", profile.recordSeconds * 1000, profile.graphSeconds * 1000, profile.operations.reduce(0) { $0 + $1.count }, kernels * 1000))
-                for operation in profile.operations.prefix(14) {
-                    let what = operation.name.padding(toLength: 18, withPad: " ", startingAt: 0) + " " + operation.shape.padding(toLength: 18, withPad: " ", startingAt: 0)
-                    print(String(format: "              %7.3f ms  %3d x ", operation.seconds * 1000, operation.count) + what + String(format: " %6.1f us each", operation.seconds / Double(operation.count) * 1e6))
-                }
-                figures["decode_b\(batch)_profile_record_ms"] = profile.recordSeconds * 1000
-                figures["decode_b\(batch)_profile_graph_ms"] = profile.graphSeconds * 1000
-                figures["decode_b\(batch)_profile_operations"] = profile.operations.map {
-                    ["name": $0.name, "shape": $0.shape, "count": $0.count, "ms": $0.seconds * 1000] as [String: Any]
-                }
+                figures["decode_b\(batch)_profile"] = report(profile, top: 14)
             }
             // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
             var seeds = Xoshiro256StarStar(seed: 7)
@@ -225,6 +231,9 @@ struct GPUCheckCommand: ParsableCommand {
             for _ in 0..<2 { try sampledStep() }
             let sampledTime = try seconds { for _ in 0..<steps { try sampledStep() } }
             print(String(format: "            sampled on the device (T 0.8, top-k 64, top-p 0.95): %.2f ms/step, %.0f tokens/s", sampledTime / Double(steps) * 1000, Double(batch * steps) / sampledTime))
+            if let profile = try gpu.context.profileStep({ try sampledStep() }) {
+                figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
+            }
             figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
             // With logprobs (the token's and 5 alternatives), computed beside the draw on the device.
             try sampledStep(logprobs: 5)

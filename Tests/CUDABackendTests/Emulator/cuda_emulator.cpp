@@ -80,6 +80,7 @@ struct uint4 { unsigned x, y, z, w; };
 static inline float __uint_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned v; memcpy(&v, &f, 4); return v; }
 static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f; }
+static inline int __float_as_int(float f) { int v; memcpy(&v, &f, 4); return v; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // glibc declares __expf and __logf without exporting them: the kernels get expf and logf.
 #define __expf(x) expf(x)
