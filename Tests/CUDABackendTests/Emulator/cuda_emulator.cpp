@@ -115,6 +115,41 @@ template <typename T> static T __shfl_xor_sync(unsigned, T value, int mask) {
     return result;
 }
 
+// The other warp-wide exchanges, the same way: every lane writes its value, waits for the warp,
+// then reads the lanes it needs.
+template <typename T> static T __shfl_sync(unsigned, T value, int source) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    uint64_t bits = 0;
+    memcpy(&bits, &value, sizeof(T));
+    emu::Thread &self = emu::threads[emu::current];
+    unsigned which = self.shuffles++ & 1;
+    self.slot[which] = bits;
+    emu::wait(emu::AtWarpBarrier);
+    uint64_t theirs = emu::threads[(emu::current & ~31) | (source & 31)].slot[which];
+    T result;
+    memcpy(&result, &theirs, sizeof(T));
+    return result;
+}
+
+// Lanes whose value equals `value` (match == true) or whose value is non-zero (ballot).
+static unsigned emu_warp_mask(uint64_t value, bool match) {
+    emu::Thread &self = emu::threads[emu::current];
+    unsigned which = self.shuffles++ & 1;
+    self.slot[which] = value;
+    emu::wait(emu::AtWarpBarrier);
+    unsigned mask = 0;
+    int first = emu::current & ~31;
+    for (int lane = 0; lane < 32 && first + lane < (int)emu::threads.size(); lane++) {
+        uint64_t theirs = emu::threads[first + lane].slot[which];
+        if (match ? theirs == value : theirs != 0) mask |= 1u << lane;
+    }
+    return mask;
+}
+static unsigned __ballot_sync(unsigned, int predicate) { return emu_warp_mask(predicate != 0, false); }
+static unsigned __match_any_sync(unsigned, unsigned value) { return emu_warp_mask(value, true); }
+static inline int __popc(unsigned x) { return __builtin_popcount(x); }
+static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+
 #include "kernels.cu"
 
 namespace emu {
