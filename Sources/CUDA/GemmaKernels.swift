@@ -14,7 +14,7 @@ public enum GemmaKernels {
     public static let names = [
         "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_gelu_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
-        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_rows", "apply_penalties",
+        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_candidates", "sample_rows", "apply_penalties",
         "row_logprobs",
     ]
 
@@ -31,6 +31,8 @@ public enum GemmaKernels {
         while splits < 8 && m * splits < 4096 && k / 8 >= 2 * 32 * (2 * splits) { splits *= 2 }
         return splits
     }
+    /// Places per slice for `sample_candidates` (SAMPLE_CANDIDATES in the source).
+    public static let sampleCandidatesPerSlice = 512
     /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
     public static let attentionMaximumDimension = 256
 
@@ -613,17 +615,7 @@ public enum GemmaKernels {
             block_argmax(best, index, out + blockIdx.x);
         }
 
-        // A token per row from softmax(logits / temperature) restricted to the top-k tokens, then to
-        // the smallest most likely set holding top_p of their mass, then to tokens at least min_p as
-        // likely as the most likely one (vLLM's order), drawn by the Gumbel-max trick: the argmax of
-        // (logit - max) / T - log(-log(u)) over the kept tokens, u hashed from (the row's seed, token
-        // id), so a seed reproduces its token. Only the id comes back to the host.
-        // The top-k and top-p cuts are found by radix selection over order-preserving keys of the
-        // logits, 8 bits a pass: counts for top-k, and for top-p each token's probability in fixed
-        // point (2^-40 units), so the sums, and with them the tokens, do not depend on the order of
-        // the atomic additions. Tokens tied with a cut are all kept.
-        // `TokenDraw` (Inference) is the same algorithm on the host; the checks compare them.
-        // Grid: rows; block: 512 (SAMPLE_WARPS warps).
+        // A draw's parameters (TokenDraw.write): see sample_rows.
         struct SampleRow {
             float temperature;  // <= 0: the argmax
             float top_p;        // 1: off
@@ -717,16 +709,43 @@ public enum GemmaKernels {
             if (leader) atomicAdd(&histogram[bin], total);
         }
 
+        // Where a draw reads its row: the logits themselves, capped as read (FullRow, a slice of them
+        // for sample_candidates), or the candidates sample_candidates kept (CandidateRow: already
+        // capped, each with its token id; unused places read as -inf). Both give count(), value(j), id(j).
+        struct FullRow {
+            const float* row;
+            int n;
+            float softcap;
+            int first;  // the token id of row[0]
+            __device__ __forceinline__ int count() const { return n; }
+            __device__ __forceinline__ float value(int j) const { return capped(row[j], softcap); }
+            __device__ __forceinline__ int id(int j) const { return first + j; }
+        };
+        #define SAMPLE_CANDIDATES 512      // places per slice
+        #define SAMPLE_CANDIDATE_TOP_K 256  // the largest top_k drawn from candidates
+        struct CandidateRow {
+            const float* values;  // (slices, SAMPLE_CANDIDATES)
+            const int* ids;
+            const int* counts;    // per slice
+            int slices;
+            __device__ __forceinline__ int count() const { return slices * SAMPLE_CANDIDATES; }
+            __device__ __forceinline__ float value(int j) const {
+                return (j % SAMPLE_CANDIDATES) < counts[j / SAMPLE_CANDIDATES] ? values[j] : NEG_INF;
+            }
+            __device__ __forceinline__ int id(int j) const {
+                return (j % SAMPLE_CANDIDATES) < counts[j / SAMPLE_CANDIDATES] ? ids[j] : 0x7fffffff;
+            }
+        };
+
         // The largest key K with weight(keys >= K) >= target, where weight is a count (mass == 0) or
-        // the fixed-point probability; only keys >= floor take part. Every thread gets K.
-        __device__ u32 radix_select(const float* row, int n, float softcap, float maximum, float inverse_t,
-                                    u32 floor, u64 target, bool mass) {
-            // One histogram per warp: most keys share a few top bins, and one block-wide histogram
-            // would serialize every warp's atomics on them. Summed per bin in warp order afterwards.
-            __shared__ u64 histogram[SAMPLE_WARPS][256];
+        // the fixed-point probability; only keys >= floor take part. Every thread gets K. histogram:
+        // the caller's shared SAMPLE_WARPS x 256 (one per warp: summed per bin in warp order).
+        template <typename Row>
+        __device__ u32 radix_select(const Row& src, float maximum, float inverse_t, u32 floor, u64 target, bool mass,
+                                    u64 (*histogram)[256]) {
             __shared__ u32 chosen_prefix;
             __shared__ u64 chosen_remaining;
-            int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+            int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, n = src.count();
             u32 prefix = 0, mask = 0;
             u64 remaining = target;
             for (int shift = 24; shift >= 0; shift -= 8) {
@@ -739,7 +758,7 @@ public enum GemmaKernels {
                     u32 bin = 0;
                     u64 w = 0;
                     if (i < n) {
-                        float v = capped(row[i], softcap);
+                        float v = src.value(i);
                         u32 key = order_key(v);
                         if (key >= floor && (key & mask) == prefix) {
                             w = mass ? (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f) : 1ull;
@@ -775,22 +794,26 @@ public enum GemmaKernels {
             return prefix;
         }
 
-        extern "C" __global__ void __launch_bounds__(512) sample_rows(const float* logits, int* out, int n, float softcap,
-                                               const SampleRow* parameters) {
-            const float* row = logits + (u64)blockIdx.x * n;
-            SampleRow p = parameters[blockIdx.x];
+        // One row's draw (see sample_rows) over `src`, into *out.
+        template <typename Row>
+        __device__ void draw_row(const Row& src, const SampleRow& p, int* out, u64 (*histogram)[256]) {
+            int n = src.count();
             float maximum = NEG_INF;
-            int index = 0;
+            int index = 0x7fffffff;
             for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                float v = capped(row[i], softcap);
-                if (v > maximum) { maximum = v; index = i; }
+                float v = src.value(i);
+                int id = src.id(i);
+                if (v > maximum || (v == maximum && id < index)) { maximum = v; index = id; }
             }
-            if (p.temperature <= 0.0f) { block_argmax(maximum, index, out + blockIdx.x); return; }
+            if (p.temperature <= 0.0f) {
+                block_argmax(maximum, index, out);
+                if (threadIdx.x == 0 && *out == 0x7fffffff) *out = 0;  // only -inf or NaN: token 0
+                return;
+            }
             maximum = block_max(maximum);
             float inverse_t = 1.0f / p.temperature;
             u32 floor = 0;
-            if (p.top_k > 0 && p.top_k < n)
-                floor = radix_select(row, n, softcap, maximum, inverse_t, 0u, (u64)p.top_k, false);
+            if (p.top_k > 0 && p.top_k < n) floor = radix_select(src, maximum, inverse_t, 0u, (u64)p.top_k, false, histogram);
             if (p.top_p < 1.0f) {
                 // The mass top-k kept, as a count of 2^-40 units: top_p applies to it renormalized.
                 __shared__ u64 kept;
@@ -798,7 +821,7 @@ public enum GemmaKernels {
                 __syncthreads();
                 u64 mine = 0;
                 for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                    float v = capped(row[i], softcap);
+                    float v = src.value(i);
                     if (order_key(v) >= floor) mine += (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f);
                 }
                 atomicAdd(&kept, mine);
@@ -807,26 +830,102 @@ public enum GemmaKernels {
                 if (kept > 0) {
                     u64 target = (u64)ceil((double)p.top_p * (double)kept);
                     if (target == 0) target = 1;
-                    floor = radix_select(row, n, softcap, maximum, inverse_t, floor, target, true);
+                    floor = radix_select(src, maximum, inverse_t, floor, target, true, histogram);
                 }
             }
             u64 key = mix64(p.seed);
             float best = NEG_INF;
-            index = n;
+            index = 0x7fffffff;
             for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                float v = capped(row[i], softcap);
+                float v = src.value(i);
                 if (order_key(v) < floor || v == NEG_INF) continue;
                 float e = scaled(v, maximum, inverse_t);
                 if (p.min_p > 0.0f && expf(e) < p.min_p) continue;
+                int id = src.id(i);
                 // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
                 // logf, not __logf, whose error near 1 exceeds -log(u) itself.
-                float u = ((float)(mix64(key + (u64)i) >> 41) + 0.5f) * (1.0f / 8388608.0f);
+                float u = ((float)(mix64(key + (u64)id) >> 41) + 0.5f) * (1.0f / 8388608.0f);
                 float g = e - logf(-logf(u));
-                if (g > best || index == n) { best = g; index = i; }
+                if (index == 0x7fffffff || g > best || (g == best && id < index)) { best = g; index = id; }
             }
-            block_argmax(best, index, out + blockIdx.x);
+            block_argmax(best, index, out);
             // A row of only -inf or NaN keeps nothing: token 0, as the argmax (thread 0 wrote it).
-            if (threadIdx.x == 0 && out[blockIdx.x] >= n) out[blockIdx.x] = 0;
+            if (threadIdx.x == 0 && *out == 0x7fffffff) *out = 0;
+        }
+
+        // Stage one of a draw with a top-k cut (1 <= top_k <= SAMPLE_CANDIDATE_TOP_K, below n): each
+        // slice of a row, one block each, keeps its own top-k (ties at its cut included), capped,
+        // with their ids. The row's top-k is among them, and the rest of the draw (top-p, min-p, the
+        // Gumbel-max) depends on the top-k alone, so sample_rows then reads thousands of candidates
+        // instead of the whole vocabulary on one SM (1.6 ms a step on an H200). counts[row, slice]:
+        // how many; -1 for a row drawn from the whole row (no such cut, or a slice over capacity).
+        // Grid: (rows, slices); block: 512.
+        extern "C" __global__ void __launch_bounds__(512) sample_candidates(const float* logits, int n, float softcap,
+                                                                           const SampleRow* parameters, float* values,
+                                                                           int* ids, int* counts) {
+            __shared__ u64 histogram[SAMPLE_WARPS][256];
+            __shared__ int kept;
+            SampleRow p = parameters[blockIdx.x];
+            int slices = gridDim.y, s = blockIdx.y;
+            int* count = counts + (u64)blockIdx.x * slices + s;
+            if (p.temperature <= 0.0f || p.top_k <= 0 || p.top_k > SAMPLE_CANDIDATE_TOP_K || p.top_k >= n) {
+                if (threadIdx.x == 0) *count = -1;
+                return;
+            }
+            int size = (n + slices - 1) / slices, lo = s * size;
+            int hi = lo + size < n ? lo + size : n;
+            FullRow src = {logits + (u64)blockIdx.x * n + lo, hi > lo ? hi - lo : 0, softcap, lo};
+            u32 floor = 0;
+            if (src.count() > p.top_k) floor = radix_select(src, 0.0f, 1.0f, 0u, (u64)p.top_k, false, histogram);
+            if (threadIdx.x == 0) kept = 0;
+            __syncthreads();
+            u64 at = ((u64)blockIdx.x * slices + s) * SAMPLE_CANDIDATES;
+            for (int j = threadIdx.x; j < src.count(); j += blockDim.x) {
+                float v = src.value(j);
+                if (order_key(v) < floor) continue;
+                int place = atomicAdd(&kept, 1);
+                if (place < SAMPLE_CANDIDATES) {
+                    values[at + place] = v;
+                    ids[at + place] = src.id(j);
+                }
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) *count = kept <= SAMPLE_CANDIDATES ? kept : -1;
+        }
+
+        // A token per row from softmax(logits / temperature) restricted to the top-k tokens, then to
+        // the smallest most likely set holding top_p of their mass, then to tokens at least min_p as
+        // likely as the most likely one (vLLM's order), drawn by the Gumbel-max trick: the argmax of
+        // (logit - max) / T - log(-log(u)) over the kept tokens, u hashed from (the row's seed, token
+        // id), so a seed reproduces its token. Only the id comes back to the host.
+        // The top-k and top-p cuts are found by radix selection over order-preserving keys of the
+        // logits, 8 bits a pass: counts for top-k, and for top-p each token's probability in fixed
+        // point (2^-40 units), so the sums, and with them the tokens, do not depend on the order of
+        // the atomic additions. Tokens tied with a cut are all kept. A row whose every slice kept its
+        // candidates (sample_candidates, counts) is drawn from them; others from the whole row.
+        // `TokenDraw` (Inference) is the same algorithm on the host; the checks compare them.
+        // Grid: rows; block: 512 (SAMPLE_WARPS warps).
+        extern "C" __global__ void __launch_bounds__(512) sample_rows(const float* logits, int* out, int n, float softcap,
+                                                                     const SampleRow* parameters, const float* values,
+                                                                     const int* ids, const int* counts, int slices) {
+            __shared__ u64 histogram[SAMPLE_WARPS][256];
+            __shared__ int whole;
+            SampleRow p = parameters[blockIdx.x];
+            const int* row_counts = counts + (u64)blockIdx.x * slices;
+            if (threadIdx.x == 0) {
+                whole = slices == 0;
+                for (int s = 0; s < slices; s++)
+                    if (row_counts[s] < 0) whole = 1;
+            }
+            __syncthreads();
+            if (whole) {
+                FullRow src = {logits + (u64)blockIdx.x * n, n, softcap, 0};
+                draw_row(src, p, out + blockIdx.x, histogram);
+            } else {
+                u64 at = (u64)blockIdx.x * slices * SAMPLE_CANDIDATES;
+                CandidateRow src = {values + at, ids + at, row_counts, slices};
+                draw_row(src, p, out + blockIdx.x, histogram);
+            }
         }
 
         // Logprobs as the host reports them (`Logprobs.token`): the log-softmax of the soft-capped

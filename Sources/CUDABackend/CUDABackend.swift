@@ -97,6 +97,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private let lock = NSLock()
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
     private var argmaxParts: CUDABuffer?  // each slice's largest logit and its index, for argmax_finish
+    private var candidateValues: CUDABuffer?  // sample_candidates' places: each slice's top-k, capped
+    private var candidateIds: CUDABuffer?  // their token ids (as Int32 bits)
+    private var candidateCounts: CUDABuffer?  // how many per (row, slice); -1: draw from the whole row
     private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
     private var logprobCopies: CUDABuffer?  // penalized rows wanting logprobs, copied before the penalties
     private var logprobOut: CUDABuffer?  // row_logprobs' numbers, read back with the ids
@@ -711,9 +714,28 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             cap = 0  // applied with the penalties
         }
         let parameters = table.withUnsafeBytes { context.stage($0) }
+        // Rows with a top-k cut of at most 256 are drawn from each slice's own top-k
+        // (sample_candidates), slices of at least 4096 logits spread over the SMs.
+        let slices = max(1, min(64, columns / 4096))
+        let places = rows * slices * GemmaKernels.sampleCandidatesPerSlice
+        if candidateValues == nil || candidateValues!.count < places {
+            candidateValues = makeBuffer(count: places)
+            candidateIds = makeBuffer(count: places)
+            candidateCounts = makeBuffer(count: max(rows, 16) * 64)
+        }
+        let values = candidateValues!, ids = candidateIds!, counts = candidateCounts!
+        context.launch(
+            kernel("sample_candidates"), grid: (rows, slices, 1), block: 512,
+            [
+                .pointer(x.address), .int(columns), .float(cap), .pointer(parameters), .pointer(values.address),
+                .pointer(ids.address), .pointer(counts.address),
+            ])
         context.launch(
             kernel("sample_rows"), grid: (rows, 1, 1), block: 512,
-            [.pointer(x.address), .pointer(out.address), .int(columns), .float(cap), .pointer(parameters)])
+            [
+                .pointer(x.address), .pointer(out.address), .int(columns), .float(cap), .pointer(parameters),
+                .pointer(values.address), .pointer(ids.address), .pointer(counts.address), .int(slices),
+            ])
         return out
     }
 

@@ -364,6 +364,22 @@ public struct GPUCheck {
                     name: "sample \(draws.count)x262144\(softcap == nil ? "" : " capped") (rows differing)", error: Double(misses),
                     tolerance: 1))
             }
+            // Ties at a top-k cut past a slice's candidate places (all equal; 3000 equal at the top
+            // of one slice): the draw falls back to the whole row and keeps every tie, as the host.
+            do {
+                var tied = [Float](repeating: 0.5, count: 2 * 262_144)
+                for i in 0..<3000 { tied[262_144 + 5000 + i] = 2 }
+                let tiedDraws = [
+                    TokenDraw(temperature: 1, topK: 10, topP: 1, minP: 0, seed: 8),
+                    TokenDraw(temperature: 1, topK: 5, topP: 0.9, minP: 0, seed: 9),
+                ]
+                let (_, gt) = pair(tied)
+                let wanted = tiedDraws.indices.map { r in tiedDraws[r].choose(Array(tied[r * 262_144..<(r + 1) * 262_144])) }
+                let drawn = gpu.sample(gt, rows: 2, columns: 262_144, softcap: nil, draws: tiedDraws)
+                results.append(Result(
+                    name: "sample 2x262144 with ties past a slice's places (rows differing)",
+                    error: Double(zip(wanted, drawn).filter { $0 != $1 }.count), tolerance: 0))
+            }
             // Logprobs beside the draw (row_logprobs over copies taken before the penalties): the
             // drawn token's and the top ones' against the host's log-softmax of the same rows.
             let wantedLogprobs: [Int?] = [20, 0, 5, nil, 1, 20, 3]
