@@ -208,6 +208,47 @@ public enum GemmaKernels {
             for (; c < chunks; c += stride) gemv_chunk<T>(wr[c], x, k, c, tokens, acc);
         }
 
+        // gemv_chunk for the same chunk of two rows: each x value loaded once for both (a step of
+        // several tokens is bound by these loads, not by the weights).
+        template <int T>
+        __device__ __forceinline__ void gemv_chunk2(uint4 pa, uint4 pb, const float* x, int k, int c, int tokens, float* a,
+                                                    float* b) {
+            u32 wordsA[4] = {pa.x, pa.y, pa.z, pa.w}, wordsB[4] = {pb.x, pb.y, pb.z, pb.w};
+            float wa[8], wb[8];
+            for (int j = 0; j < 4; j++) {
+                wa[2 * j] = __uint_as_float(wordsA[j] << 16);
+                wa[2 * j + 1] = __uint_as_float(wordsA[j] & 0xffff0000u);
+                wb[2 * j] = __uint_as_float(wordsB[j] << 16);
+                wb[2 * j + 1] = __uint_as_float(wordsB[j] & 0xffff0000u);
+            }
+            for (int t = 0; t < T; t++) {
+                if (t < tokens) {
+                    const float4* xv = (const float4*)(x + (u64)t * k + 8 * c);
+                    float4 u = xv[0], v = xv[1];
+                    a[t] += wa[0] * u.x + wa[1] * u.y + wa[2] * u.z + wa[3] * u.w
+                          + wa[4] * v.x + wa[5] * v.y + wa[6] * v.z + wa[7] * v.w;
+                    b[t] += wb[0] * u.x + wb[1] * u.y + wb[2] * u.z + wb[3] * u.w
+                          + wb[4] * v.x + wb[5] * v.y + wb[6] * v.z + wb[7] * v.w;
+                }
+            }
+        }
+
+        // gemv_part for two rows at once, the chunks of each row taken in the same order as
+        // gemv_part takes them, so each row's sum is the same bit for bit.
+        template <int T>
+        __device__ __forceinline__ void gemv_part2(const bf16* rowA, const bf16* rowB, const float* x, int k, int tokens,
+                                                   int splits, int part, float* a, float* b) {
+            const uint4* wa = (const uint4*)rowA;
+            const uint4* wb = (const uint4*)rowB;
+            int chunks = k >> 3, stride = 32 * splits, c = part * 32 + (threadIdx.x & 31);
+            for (; c + stride < chunks; c += 2 * stride) {
+                uint4 a0 = wa[c], b0 = wb[c], a1 = wa[c + stride], b1 = wb[c + stride];
+                gemv_chunk2<T>(a0, b0, x, k, c, tokens, a, b);
+                gemv_chunk2<T>(a1, b1, x, k, c + stride, tokens, a, b);
+            }
+            for (; c < chunks; c += stride) gemv_chunk2<T>(wa[c], wb[c], x, k, c, tokens, a, b);
+        }
+
         // The rows' totals: warp w holds part w % splits of the block's row w / splits; lane t of each
         // row's first warp gets token t's sum of the parts, added in order (so a result does not
         // depend on which warp finished first); other lanes get 0. Every thread of the block calls it.
@@ -229,21 +270,29 @@ public enum GemmaKernels {
             return s;
         }
 
-        // Rows of up to three matrices of the same k (a layer's query, key and value projections),
-        // counted across them: row r of the launch is row r of w0, then of w1, then of w2.
+        // Row r of a launch over up to three matrices of the same k (a layer's query, key and value
+        // projections), counted across them: row r of w0, then of w1, then of w2. Sets the matrix, its
+        // output and rows, and the row within it (>= m past the last matrix).
+        __device__ __forceinline__ void gemv_locate(int r, const bf16* w0, const bf16* w1, const bf16* w2, float* o0,
+                                                    float* o1, float* o2, int m0, int m1, int m2, const bf16*& w,
+                                                    float*& out, int& m, int& row) {
+            w = w0; out = o0; m = m0; row = r;
+            if (row >= m0) {
+                row -= m0; w = w1; out = o1; m = m1;
+                if (row >= m1) { row -= m1; w = w2; out = o2; m = m2; }
+            }
+        }
+
+        // One row per warp part (a step of one token: as many warps as possible).
         template <int T>
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
                                                   int splits) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-            int r = blockIdx.x * (8 / splits) + warp / splits;
-            const bf16* w = w0;
-            float* out = o0;
-            int m = m0;
-            if (r >= m0) {
-                r -= m0; w = w1; out = o1; m = m1;
-                if (r >= m1) { r -= m1; w = w2; out = o2; m = m2; }
-            }
+            const bf16* w;
+            float* out;
+            int m, r;
+            gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
             float acc[T];
             for (int t = 0; t < T; t++) acc[t] = 0.0f;
             if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
@@ -251,19 +300,44 @@ public enum GemmaKernels {
             if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
         }
 
+        // Two rows per warp part (a step of several tokens: each x value loaded once for both).
+        template <int T>
+        __device__ __forceinline__ void gemv_pairs(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
+                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
+                                                   int splits) {
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            int first = 2 * (blockIdx.x * (8 / splits) + warp / splits);
+            const bf16 *wa, *wb;
+            float *oa, *ob;
+            int ma, mb, ra, rb;
+            gemv_locate(first, w0, w1, w2, o0, o1, o2, m0, m1, m2, wa, oa, ma, ra);
+            gemv_locate(first + 1, w0, w1, w2, o0, o1, o2, m0, m1, m2, wb, ob, mb, rb);
+            float a[T], b[T];
+            for (int t = 0; t < T; t++) { a[t] = 0.0f; b[t] = 0.0f; }
+            if (ra < ma && rb < mb) gemv_part2<T>(wa + (u64)ra * k, wb + (u64)rb * k, x, k, tokens, splits, warp % splits, a, b);
+            else if (ra < ma) gemv_part<T>(wa + (u64)ra * k, x, k, tokens, splits, warp % splits, a);
+            float sa = gemv_total<T>(a, tokens, splits);
+            float sb = gemv_total<T>(b, tokens, splits);
+            if (warp % splits == 0 && lane < tokens) {
+                if (ra < ma) oa[(u64)lane * ma + ra] = sa;
+                if (rb < mb) ob[(u64)lane * mb + rb] = sb;
+            }
+        }
+
         // out_i[t, r] = w_i[r, :] . x[t, :] for up to three matrices (m1 = m2 = 0 for one) and up to 16
         // tokens, each weight read once for all of them; x stays f32. A block's 8 warps take
-        // 8 / splits rows, `splits` warps to a row, so that rows few and long (the down projection:
-        // 1152 rows of 6912) still give the GPU enough loads in flight. splits: 1, 2, 4 or 8, chosen
-        // from the shape alone, so a token's sum is the same whatever the batch. k a multiple of 8.
-        // Grid: ceil((m0 + m1 + m2) * splits / 8); block: 256.
+        // 8 / splits rows (two rows each past one token), `splits` warps to a row, so that rows few
+        // and long (the down projection: 1152 rows of 6912) still give the GPU enough loads in flight.
+        // splits: 1, 2, 4 or 8, chosen from the shape alone, so a token's sum is the same whatever
+        // the batch. k a multiple of 8. Grid: ceil((m0 + m1 + m2) * splits / (8 * rows per warp));
+        // block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
                                                                    int m2, const float* x, int k, int tokens, int splits) {
             if (tokens == 1) gemv_rows<1>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
-            else if (tokens <= 4) gemv_rows<4>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
-            else if (tokens <= 8) gemv_rows<8>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
-            else gemv_rows<GEMV_MAX_TOKENS>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            else if (tokens <= 4) gemv_pairs<4>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            else if (tokens <= 8) gemv_pairs<8>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            else gemv_pairs<GEMV_MAX_TOKENS>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
         }
 
         // GELU (tanh approximation) of g, times u: the MLP's gate.
@@ -279,17 +353,14 @@ public enum GemmaKernels {
             int r = blockIdx.x * (8 / splits) + warp / splits;
             float g[T], u[T];
             for (int t = 0; t < T; t++) { g[t] = 0.0f; u[t] = 0.0f; }
-            if (r < m) {
-                gemv_part<T>(gate + (u64)r * k, x, k, tokens, splits, warp % splits, g);
-                gemv_part<T>(up + (u64)r * k, x, k, tokens, splits, warp % splits, u);
-            }
+            if (r < m) gemv_part2<T>(gate + (u64)r * k, up + (u64)r * k, x, k, tokens, splits, warp % splits, g, u);
             float gs = gemv_total<T>(g, tokens, splits);
             float us = gemv_total<T>(u, tokens, splits);
             if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = gelu_tanh_times(gs, us);
         }
 
         // The MLP's first half in one pass: out[t, r] = gelu_tanh(gate[r, :] . x[t, :]) * (up[r, :] . x[t, :]),
-        // a warp taking row r of both matrices; sums as gemv_bf16's. Grid: ceil(m * splits / 8); block: 256.
+        // a warp taking row r of both matrices (each x value loaded once for both); sums as gemv_bf16's. Grid: ceil(m * splits / 8); block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                         float* out, int m, int k, int tokens, int splits) {
             if (tokens == 1) gemv_gelu_rows<1>(gate, up, x, out, m, k, tokens, splits);

@@ -300,7 +300,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             for i in 0..<3 { arguments.append(.pointer(i < outs.count ? outs[i].at(first * weights[i].rows) : 0)) }
             for i in 0..<3 { arguments.append(.int(i < weights.count ? weights[i].rows : 0)) }
             arguments += [.pointer(x.at(first * k)), .int(k), .int(tokens), .int(splits)]
-            context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
+            let rowsPerWarp = tokens == 1 ? 1 : 2  // as gemv_bf16 takes them
+            context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8 * rowsPerWarp), 1, 1), block: 256, arguments)
             first += tokens
         }
     }

@@ -125,7 +125,7 @@ public struct GPUCheck {
         // matrices), and gate, up and GELU in one, against the CPU's separate steps.
         do {
             let k = 2048
-            let shapes = [500, 130, 130]
+            let shapes = [501, 129, 130]  // odd: a warp's two rows straddle two matrices
             let tensors = try shapes.map { try bf16Matrix(rows: $0, columns: k, scale: 0.05) }
             let cws = try tensors.map { try cpu.matrix($0) }, gws = try tensors.map { try gpu.matrix($0) }
             let gate = try bf16Matrix(rows: 1000, columns: 1152, scale: 0.05), up = try bf16Matrix(rows: 1000, columns: 1152, scale: 0.05)
@@ -149,6 +149,19 @@ public struct GPUCheck {
                     error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * 1000), cpu.read(cy, offset: 0, count: rows * 1000)),
                     tolerance: 1e-5))
             }
+        }
+        // A token's products do not depend on the batch: its row alone (one row per warp) and within
+        // 16 (two rows per warp) give the same bits.
+        do {
+            let tensor = try bf16Matrix(rows: 1152, columns: 6912, scale: 0.05)
+            let gw = try gpu.matrix(tensor)
+            let x = values(16 * 6912)
+            let (_, gx) = pair(x)
+            let alone = poisoned(1152), batch = poisoned(16 * 1152)
+            gpu.matmul(gx, rows: 1, weight: gw, into: alone)
+            gpu.matmul(gx, rows: 16, weight: gw, into: batch)
+            let same = gpu.read(alone, offset: 0, count: 1152) == gpu.read(batch, offset: 0, count: 1152)
+            results.append(Result(name: "matmul 1 row alone and among 16: the same bits", error: same ? 0 : 1, tolerance: 0))
         }
         // Embedding rows (bf16 table), scaled.
         do {
