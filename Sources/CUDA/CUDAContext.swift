@@ -416,8 +416,13 @@ public final class CUDAContext: @unchecked Sendable {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for word in work { hash = (hash ^ word) &* 0x100_0000_01b3 }
         let key = Int(truncatingIfNeeded: hash)
-        if keepingStep, kept == nil, launches >= Self.captureMinimum {
-            kept = (work, Double(DispatchTime.now().uptimeNanoseconds - keepingSince) * 1e-9)
+        if keepingStep {
+            // A step may go to the GPU in several pieces (the model submits every few layers).
+            if kept == nil {
+                kept = (work, Double(DispatchTime.now().uptimeNanoseconds - keepingSince) * 1e-9)
+            } else {
+                kept!.tape += work
+            }
         }
         if let calls = graphCalls, recording, launches >= Self.captureMinimum {
             clock += 1
@@ -536,8 +541,8 @@ public final class CUDAContext: @unchecked Sendable {
 
     /// Kernel names by function, for profiles.
     private var kernelNames: [UInt64: String] = [:]
-    /// While `profileStep` runs: the first tape long enough to be a step, and how long the host took
-    /// to record it.
+    /// While `profileStep` runs: the tapes it issues, one after the other, and how long the host took
+    /// to record the first (until the GPU had work).
     private var keepingStep = false
     private var keepingSince: UInt64 = 0
     private var kept: (tape: [UInt64], seconds: Double)?
@@ -554,7 +559,7 @@ public final class CUDAContext: @unchecked Sendable {
             /// GPU time of all of them, each timed alone (replayed back to back in a graph).
             public var seconds: Double
         }
-        /// Host time from the step's start until its work went to the GPU.
+        /// Host time from the step's start until its first work went to the GPU.
         public var recordSeconds: Double
         /// The step's graph alone on the GPU (replays queued back to back).
         public var graphSeconds: Double
@@ -565,10 +570,10 @@ public final class CUDAContext: @unchecked Sendable {
         public var operations: [Operation]
     }
 
-    /// Runs `step` (work that records one tape of at least 16 launches, such as a decode step) and
-    /// measures it: the host's recording time, the tape's graph replayed alone, and each launch
-    /// and copy of it replayed alone 20 times in a graph. Nil where graphs are off. The replays
-    /// rerun the step's kernels on its buffers (the same KV rows are written again).
+    /// Runs `step` (such as a decode step) and measures it: the host's time until the GPU had work,
+    /// the step's work (every tape it issued) replayed alone as one graph, and each launch and copy
+    /// of it replayed alone 20 times in a graph. Nil where graphs are off. The replays rerun the
+    /// step's kernels on its buffers (the same KV rows are written again).
     public func profileStep(_ step: () throws -> Void) rethrows -> StepProfile? {
         tapeLock.lock()
         flushLocked()
@@ -585,7 +590,8 @@ public final class CUDAContext: @unchecked Sendable {
         try step()
         tapeLock.lock()
         defer { tapeLock.unlock() }
-        guard let (work, recordSeconds) = kept, let calls = graphCalls, recording else { return nil }
+        guard let (work, recordSeconds) = kept, let calls = graphCalls, recording, work.contains(Operation.launch)
+        else { return nil }
         makeCurrent()
         func timed(_ operations: [UInt64], repeats: Int) -> Double? {
             guard let exec = instantiate(operations, calls).exec else { return nil }

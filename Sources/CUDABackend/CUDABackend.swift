@@ -558,6 +558,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     public var drawsOnDevice: Bool { true }
 
+    /// The recorded work goes to the GPU now (as a graph once it repeats): the GPU runs the first
+    /// layers of a step while the host records the next ones.
+    public func submit() { context.flush() }
+
     /// `apply_penalties` on the drawn rows, in place: the per-row table and the (id, count, bias) entries go
     /// through the staging area, the entries padded to 3 × a power of two words so that a steady batch keeps
     /// the same step shape (and its CUDA graph) while the outputs grow.

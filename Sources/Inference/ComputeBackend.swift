@@ -99,6 +99,9 @@ public protocol ComputeBackend: Sendable {
     /// most likely tokens, as `sample` reports them (prompt logprobs: each prompt token scored under
     /// the logits before it). A GPU backend computes them where the logits are.
     func logprobs(_ x: Buffer, firstRow: Int, rows: Int, columns: Int, softcap: Float?, tokens: [Int], top: Int) -> [GeneratedToken]
+    /// Hands the work queued so far to the device, so that it runs while the host prepares the
+    /// rest of a step (a GPU that records a step as a graph would otherwise start only at its end).
+    func submit()
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
@@ -225,4 +228,6 @@ extension ComputeBackend {
     }
 
     public var drawsOnDevice: Bool { false }
+
+    public func submit() {}
 }

@@ -33,6 +33,10 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// RoPE inverse frequencies (headDim / 2) of the local and global layers.
     let localFrequencies: [Float]
     let globalFrequencies: [Float]
+    /// A forward pass hands its work to the backend every this many layers (`ComputeBackend.submit`):
+    /// a GPU then runs the first layers while the host records the next. 8: a 26-layer step goes in
+    /// four pieces, each long enough to be replayed as a CUDA graph.
+    public var layersPerSubmission = 8
 
     public init(config: Gemma3Config, weights: Gemma3Weights, backend: Backend) throws {
         self.config = config
@@ -198,6 +202,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                     s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
                     into: s.hidden)
             }
+            if (index + 1) % layersPerSubmission == 0 && index + 1 < layers.count { b.submit() }
         }
     }
 

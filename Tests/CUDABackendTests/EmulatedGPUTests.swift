@@ -436,15 +436,24 @@ import Testing
 
     /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms
     /// counted per layer), the step's graph is timed whole, and the replays leave the sequences as
-    /// they were: the tokens after a profiled step are those of a run without one.
+    /// they were: the tokens after a profiled step are those of a run without one. The profiled run
+    /// submits its steps in pieces of two layers, replayed as their own graphs: the same tokens, and
+    /// the profile still counts the whole step.
     @Test func aStepProfileTimesEveryOperationAndLeavesTheSequencesAsTheyWere() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 78), exactActivations: true)
         let gpu = try Self.backend.get()
-        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
         let prompts = [Array(1...5), (0..<20).map { 900 - $0 * 13 }]
         var runs: [[Int]] = []
         for profiled in [false, true] {
+            var model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            if profiled { model.layersPerSubmission = 2 }
+            let replays = gpu.context.graphStatistics.replayed
+            defer {
+                // The steps' first pieces (two layers) are replayed; the last (one layer and the head) is
+                // too short to capture.
+                if profiled { #expect(gpu.context.graphStatistics.replayed >= replays + 3, "the first pieces replayed") }
+            }
             let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 16)
             let slots = prompts.map { _ in runner.makeSlot(contextLength: 64) }
             var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
