@@ -13,7 +13,6 @@ public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
         "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_gelu_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
-        "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_candidates", "sample_rows", "apply_penalties",
         "row_logprobs",
     ]
@@ -256,6 +255,17 @@ public enum GemmaKernels {
         __device__ __forceinline__ float gemv_total(const float* acc, int tokens, int splits) {
             __shared__ float partial[8][T];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            if (splits == 1) {
+                // A warp holds whole rows: no parts to meet, no barrier (the same for the whole block).
+                float mine = 0.0f;
+                for (int t = 0; t < T; t++) {
+                    if (t < tokens) {
+                        float s = warp_sum(acc[t]);
+                        if (lane == t) mine = s;
+                    }
+                }
+                return mine;
+            }
             for (int t = 0; t < T; t++) {
                 if (t < tokens) {
                     float s = warp_sum(acc[t]);
@@ -448,7 +458,7 @@ public enum GemmaKernels {
         // lives in cache row p % capacity. Query head h reads kv head kvh (GQA). Each warp runs an online
         // softmax over its share of the keys, then the warps' partial results are merged. The result goes
         // to o (normalised) or, when partial is not null, to partial as (max, sum, unnormalised values):
-        // a share of a row's keys, merged later by attention_combine. The block's threads share the call.
+        // a share of a row's keys, merged later by combine_shares. The block's threads share the call.
         // dim a multiple of 32, <= 256; blockDim.x <= 256.
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
@@ -556,37 +566,9 @@ public enum GemmaKernels {
             else store_row<float>(k, v, r, width);
         }
 
-        // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
-        // into contiguous shares of `share` keys, one block each, so that even one sequence keeps many
-        // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
-        // attention_combine merges them; a row with fewer keys leaves its last shares empty.
-        // Grid: (rows, heads, splits); block: 256.
-        extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
-                                                  int heads, int kvHeads, int dim, float scale, int splits, int share,
-                                                  int half) {
-            SegmentRow r = rows[blockIdx.x];
-            int h = blockIdx.y, z = blockIdx.z;
-            u64 at = ((u64)blockIdx.x * heads + h) * dim;
-            int lo = oldest_key(r.position, r.window), hi = r.position;
-            float* partial = 0;
-            if (splits > 1) {
-                lo += z * share;
-                if (lo + share - 1 < hi) hi = lo + share - 1;
-                partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
-            }
-            if (half)
-                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
-                       kvHeads, dim, r.capacity, scale);
-            else
-                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
-                       kvHeads, dim, r.capacity, scale);
-        }
-
-        // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
-        // Grid: (rows, heads); block: 256.
-        extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
-            const float* p = partials + ((u64)blockIdx.x * heads + blockIdx.y) * splits * (dim + 2);
-            float* o = out + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
+        // Merges the shares of a row's attention: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
+        // p: the shares' (m, l, acc[dim]); read through volatile, as other blocks wrote them.
+        __device__ void combine_shares(const volatile float* p, float* o, int dim, int splits) {
             float total_m = NEG_INF;
             for (int z = 0; z < splits; z++) total_m = fmaxf(total_m, p[z * (dim + 2)]);
             float total_l = 0.0f;
@@ -603,6 +585,51 @@ public enum GemmaKernels {
                 o[i] = total_l > 0.0f ? v / total_l : 0.0f;
             }
         }
+
+        // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
+        // into contiguous shares of `share` keys, one block each, so that even one sequence keeps many
+        // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
+        // the last of them to finish merges them (combine_shares); a row with fewer keys leaves its
+        // last shares empty. finished: a count per (row, head), zero between launches.
+        // Grid: (rows, heads, splits); block: 256.
+        extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
+                                                  int* finished, int heads, int kvHeads, int dim, float scale, int splits,
+                                                  int share, int half) {
+            SegmentRow r = rows[blockIdx.x];
+            int h = blockIdx.y, z = blockIdx.z;
+            u64 at = ((u64)blockIdx.x * heads + h) * dim;
+            int lo = oldest_key(r.position, r.window), hi = r.position;
+            float* partial = 0;
+            if (splits > 1) {
+                lo += z * share;
+                if (lo + share - 1 < hi) hi = lo + share - 1;
+                partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
+            }
+            if (half)
+                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
+                       kvHeads, dim, r.capacity, scale);
+            else
+                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
+                       kvHeads, dim, r.capacity, scale);
+            if (splits == 1) return;
+            // The last share of a (row, head) to finish merges them all (one launch less per layer):
+            // each block's partial is made visible before it counts itself done, and the last one
+            // resets the count for the next launch.
+            __shared__ int last;
+            __threadfence();
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                int* count = finished + (u64)blockIdx.x * heads + h;
+                last = atomicAdd(count, 1) == splits - 1;
+                if (last) *count = 0;
+            }
+            __syncthreads();
+            if (last) {
+                __threadfence();
+                combine_shares(partials + ((u64)blockIdx.x * heads + h) * splits * (dim + 2), out + at, dim, splits);
+            }
+        }
+
 
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has
         // no cancellation near 0 (the CPU backend's form). out may be gate.

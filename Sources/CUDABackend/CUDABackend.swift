@@ -106,7 +106,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
     /// step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
-    private var partialScratch: CUDABuffer?  // attention shares of long contexts, merged by attention_combine
+    private var partialScratch: CUDABuffer?  // attention shares, merged by the last share of each row and head
+    private var shareCounts: CUDABuffer?  // how many shares of each row and head have finished (Int32)
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
 
     public var name: String {
@@ -492,25 +493,24 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let target = decode ? 32 : 256, most = decode ? 64 : 32
         let share = target * max(1, (mostKeys + target * most - 1) / (target * most))
         let splits = max(1, (mostKeys + share - 1) / share)
-        var partials: CUDAContext.DevicePointer = 0
+        var partials: CUDAContext.DevicePointer = 0, finished: CUDAContext.DevicePointer = 0
         if splits > 1 {
             let count = rows * heads * splits * (headDimension + 2)
             lock.lock()
             if partialScratch == nil || partialScratch!.count < count { partialScratch = makeBuffer(count: count) }
+            // Zero-filled when made; the kernel leaves every count at zero again.
+            if shareCounts == nil || shareCounts!.count < rows * heads { shareCounts = makeBuffer(count: max(rows * heads, 1024)) }
             partials = partialScratch!.address
+            finished = shareCounts!.address
             lock.unlock()
         }
         context.launch(
             kernel("attention_rows"), grid: (rows, heads, splits), block: 256,
             [
-                .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
-                .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
+                .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials),
+                .pointer(finished), .int(heads), .int(kvHeads), .int(headDimension), .float(scale), .int(splits),
+                .int(share), .int(half ? 1 : 0),
             ])
-        if splits > 1 {
-            context.launch(
-                kernel("attention_combine"), grid: (rows, heads, 1), block: 256,
-                [.pointer(partials), .pointer(out.address), .int(heads), .int(headDimension), .int(splits)])
-        }
         return true
     }
 
