@@ -12,7 +12,8 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_gelu_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_candidates", "sample_rows", "apply_penalties",
         "row_logprobs",
     ]
@@ -334,18 +335,26 @@ public enum GemmaKernels {
             }
         }
 
-        // out_i[t, r] = w_i[r, :] . x[t, :] for up to three matrices (m1 = m2 = 0 for one) and up to 16
-        // tokens, each weight read once for all of them; x stays f32. A block's 8 warps take
-        // 8 / splits rows (two rows each past one token), `splits` warps to a row, so that rows few
-        // and long (the down projection: 1152 rows of 6912) still give the GPU enough loads in flight.
-        // splits: 1, 2, 4 or 8, chosen from the shape alone, so a token's sum is the same whatever
-        // the batch. k a multiple of 8. Grid: ceil((m0 + m1 + m2) * splits / (8 * rows per warp));
-        // block: 256.
+        // out_i[t, r] = w_i[r, :] . x[t, :] for up to three matrices (m1 = m2 = 0 for one), each weight
+        // read once for all tokens; x stays f32. gemv_bf16 takes one token, a row per warp part;
+        // gemv_pairs_bf16 up to 16, two rows per warp part (a kernel of its own: its registers
+        // would lower the one-token kernel's occupancy). A block's 8 warps take 8 / splits rows (or
+        // pairs), `splits` warps to a row, so that rows few and long (the down projection: 1152 rows
+        // of 6912) still give the GPU enough loads in flight. splits: 1, 2, 4 or 8, chosen from the
+        // shape alone, and both kernels take each row's chunks in the same order, so a token's sum
+        // is the same whatever the batch. k a multiple of 8. Grid: ceil((m0 + m1 + m2) * splits / 8)
+        // for gemv_bf16, / 16 for gemv_pairs_bf16; block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
                                                                    int m2, const float* x, int k, int tokens, int splits) {
-            if (tokens == 1) gemv_rows<1>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
-            else if (tokens <= 4) gemv_pairs<4>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
+            gemv_rows<1>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits);
+        }
+
+        extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
+                                                                         float* o0, float* o1, float* o2, int m0, int m1,
+                                                                         int m2, const float* x, int k, int tokens,
+                                                                         int splits) {
+            if (tokens <= 4) gemv_pairs<4>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
             else if (tokens <= 8) gemv_pairs<8>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
             else gemv_pairs<GEMV_MAX_TOKENS>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits);
         }
@@ -458,7 +467,7 @@ public enum GemmaKernels {
         // lives in cache row p % capacity. Query head h reads kv head kvh (GQA). Each warp runs an online
         // softmax over its share of the keys, then the warps' partial results are merged. The result goes
         // to o (normalised) or, when partial is not null, to partial as (max, sum, unnormalised values):
-        // a share of a row's keys, merged later by combine_shares. The block's threads share the call.
+        // a share of a row's keys, merged later by attention_combine. The block's threads share the call.
         // dim a multiple of 32, <= 256; blockDim.x <= 256.
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
@@ -566,35 +575,14 @@ public enum GemmaKernels {
             else store_row<float>(k, v, r, width);
         }
 
-        // Merges the shares of a row's attention: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
-        // p: the shares' (m, l, acc[dim]); read through volatile, as other blocks wrote them.
-        __device__ void combine_shares(const volatile float* p, float* o, int dim, int splits) {
-            float total_m = NEG_INF;
-            for (int z = 0; z < splits; z++) total_m = fmaxf(total_m, p[z * (dim + 2)]);
-            float total_l = 0.0f;
-            for (int z = 0; z < splits; z++) {
-                float mz = p[z * (dim + 2)];
-                if (mz != NEG_INF) total_l += p[z * (dim + 2) + 1] * expf(mz - total_m);
-            }
-            for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-                float v = 0.0f;
-                for (int z = 0; z < splits; z++) {
-                    float mz = p[z * (dim + 2)];
-                    if (mz != NEG_INF) v += p[z * (dim + 2) + 2 + i] * expf(mz - total_m);
-                }
-                o[i] = total_l > 0.0f ? v / total_l : 0.0f;
-            }
-        }
-
         // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
         // into contiguous shares of `share` keys, one block each, so that even one sequence keeps many
         // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
-        // the last of them to finish merges them (combine_shares); a row with fewer keys leaves its
-        // last shares empty. finished: a count per (row, head), zero between launches.
+        // attention_combine merges them; a row with fewer keys leaves its last shares empty.
         // Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
-                                                  int* finished, int heads, int kvHeads, int dim, float scale, int splits,
-                                                  int share, int half) {
+                                                  int heads, int kvHeads, int dim, float scale, int splits, int share,
+                                                  int half) {
             SegmentRow r = rows[blockIdx.x];
             int h = blockIdx.y, z = blockIdx.z;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
@@ -611,25 +599,29 @@ public enum GemmaKernels {
             else
                 attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
                        kvHeads, dim, r.capacity, scale);
-            if (splits == 1) return;
-            // The last share of a (row, head) to finish merges them all (one launch less per layer):
-            // each block's partial is made visible before it counts itself done, and the last one
-            // resets the count for the next launch.
-            __shared__ int last;
-            __threadfence();
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                int* count = finished + (u64)blockIdx.x * heads + h;
-                last = atomicAdd(count, 1) == splits - 1;
-                if (last) *count = 0;
-            }
-            __syncthreads();
-            if (last) {
-                __threadfence();
-                combine_shares(partials + ((u64)blockIdx.x * heads + h) * splits * (dim + 2), out + at, dim, splits);
-            }
         }
 
+        // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
+        // Grid: (rows, heads); block: 256.
+        extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
+            const float* p = partials + ((u64)blockIdx.x * heads + blockIdx.y) * splits * (dim + 2);
+            float* o = out + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
+            float total_m = NEG_INF;
+            for (int z = 0; z < splits; z++) total_m = fmaxf(total_m, p[z * (dim + 2)]);
+            float total_l = 0.0f;
+            for (int z = 0; z < splits; z++) {
+                float mz = p[z * (dim + 2)];
+                if (mz != NEG_INF) total_l += p[z * (dim + 2) + 1] * expf(mz - total_m);
+            }
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+                float v = 0.0f;
+                for (int z = 0; z < splits; z++) {
+                    float mz = p[z * (dim + 2)];
+                    if (mz != NEG_INF) v += p[z * (dim + 2) + 2 + i] * expf(mz - total_m);
+                }
+                o[i] = total_l > 0.0f ? v / total_l : 0.0f;
+            }
+        }
 
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has
         // no cancellation near 0 (the CPU backend's form). out may be gate.

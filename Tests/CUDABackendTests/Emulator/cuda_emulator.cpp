@@ -91,8 +91,6 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 #define __fdiv_rn(a, b) ((a) / (b))
 #define __logf(x) logf(x)
 static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
-// Blocks run one after another: everything a block wrote is seen by the next.
-static inline void __threadfence() {}
 // Threads switch only at barriers, so a plain read-modify-write is atomic here.
 template <typename T> static T atomicAdd(T *address, T value) {
     T old = *address;
