@@ -10,8 +10,9 @@ import Foundation
 /// the host, a synchronize, an allocation, cuBLAS: `flush`). Recorded work the same as work seen
 /// before (the same kernels, launch shapes, arguments and staging offsets, word for word) is
 /// captured as a CUDA graph on its second sighting and from then on replayed with one
-/// `cuGraphLaunch`: a decode step of a fixed batch is some 400 launches, which the host would
-/// otherwise issue one by one. Runs of fewer than 16 launches (the pieces cuBLAS splits a prefill
+/// `cuGraphLaunch`: a decode step of a fixed batch is some 260 launches (for Gemma 3 1B), which the
+/// host would otherwise issue one by one; the model hands them over every few layers (`flush`), each
+/// piece its own graph. Runs of fewer than 16 launches (the pieces cuBLAS splits a prefill
 /// into) are always issued directly, so they never crowd the graph cache. Step inputs that change
 /// (token ids, positions, row tables) go through the staging area, whose pinned bytes a replayed
 /// copy reads when it runs, so they are not part of what must match. A driver without the graph
@@ -292,7 +293,7 @@ public final class CUDAContext: @unchecked Sendable {
         _ kernel: OpaquePointer, grid: (Int, Int, Int), block: Int, sharedBytes: Int = 0, _ arguments: [Argument]
     ) {
         if recording {
-            // Straight onto the tape: a decode step records some 400 launches.
+            // Straight onto the tape: a decode step records some 260 launches.
             tapeLock.lock()
             if recording {
                 tape.append(contentsOf: [
@@ -573,7 +574,7 @@ public final class CUDAContext: @unchecked Sendable {
     /// Runs `step` (such as a decode step) and measures it: the host's time until the GPU had work,
     /// the step's work (every tape it issued) replayed alone as one graph, and each launch and copy
     /// of it replayed alone 20 times in a graph. Nil where graphs are off. The replays rerun the
-    /// step's kernels on its buffers (the same KV rows are written again).
+    /// step's kernels on its buffers; the whole step, replayed last, leaves them as the step did.
     public func profileStep(_ step: () throws -> Void) rethrows -> StepProfile? {
         tapeLock.lock()
         flushLocked()
@@ -603,18 +604,6 @@ public final class CUDAContext: @unchecked Sendable {
             guard synchronizeCall() == 0 else { return nil }
             return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(repeats)
         }
-        guard let graphSeconds = timed(work, repeats: 10) else { return nil }
-        // The same without its uploads (the step's small inputs, already on the device): what the
-        // copies from pinned memory cost inside the graph.
-        var launchesAndCopies: [UInt64] = []
-        var uploads = 0
-        var j = 0
-        while j < work.count {
-            let length = work[j] == Operation.launch ? 8 + Int(work[j + 7]) : 4
-            if work[j] == Operation.upload { uploads += 1 } else { launchesAndCopies += work[j..<j + length] }
-            j += length
-        }
-        guard let withoutUploads = timed(launchesAndCopies, repeats: 10) else { return nil }
         var byShape: [String: StepProfile.Operation] = [:]
         var order: [String] = []
         var i = 0
@@ -645,6 +634,21 @@ public final class CUDAContext: @unchecked Sendable {
             byShape[key]!.count += 1
             byShape[key]!.seconds += seconds / Double(together)
         }
+        // The whole step last: each operation replayed alone left in-place ones (norms added into the
+        // residual, RoPE on the keys) and the KV rows they stored wrong; the step replayed whole
+        // recomputes every one of them from its inputs, so the sequences are as the step left them.
+        guard let graphSeconds = timed(work, repeats: 10) else { return nil }
+        // The same without its uploads (the step's small inputs, already on the device): what the
+        // copies from pinned memory cost inside the graph.
+        var launchesAndCopies: [UInt64] = []
+        var uploads = 0
+        var j = 0
+        while j < work.count {
+            let length = work[j] == Operation.launch ? 8 + Int(work[j + 7]) : 4
+            if work[j] == Operation.upload { uploads += 1 } else { launchesAndCopies += work[j..<j + length] }
+            j += length
+        }
+        guard let withoutUploads = timed(launchesAndCopies, repeats: 10) else { return nil }
         let operations = order.map { byShape[$0]! }.sorted { $0.seconds > $1.seconds }
         return StepProfile(
             recordSeconds: recordSeconds, graphSeconds: graphSeconds, uploads: uploads,

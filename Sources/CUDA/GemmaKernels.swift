@@ -18,7 +18,7 @@ public enum GemmaKernels {
         "row_logprobs",
     ]
 
-    /// Tokens one `gemv_bf16` launch takes (its accumulators are registers).
+    /// Tokens one `gemv_pairs_bf16` or `gemv_gelu_bf16` launch takes (its accumulators are registers).
     /// 16: a decode step of up to 16 sequences (the server's default batch) reads each weight once,
     /// with f32 activations, so its numerics do not depend on how many sequences run.
     public static let gemvMaximumTokens = 16
@@ -169,22 +169,30 @@ public enum GemmaKernels {
             }
         }
 
+        // The 8 bf16 of a 16-byte run of a weight row, widened.
+        __device__ __forceinline__ void unpack8(uint4 packed, float* w) {
+            u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+            for (int j = 0; j < 4; j++) {
+                w[2 * j] = __uint_as_float(words[j] << 16);
+                w[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+            }
+        }
+
+        // w . (u, v): one expression for every gemv, so a row's sum is the same in each kernel.
+        __device__ __forceinline__ float dot8(const float* w, float4 u, float4 v) {
+            return w[0] * u.x + w[1] * u.y + w[2] * u.z + w[3] * u.w + w[4] * v.x + w[5] * v.y + w[6] * v.z + w[7] * v.w;
+        }
+
         // One 16-byte run of a weight row (8 bf16, chunk c) times the same 8 columns of each token's x.
         #define GEMV_MAX_TOKENS 16
         template <int T>
         __device__ __forceinline__ void gemv_chunk(uint4 packed, const float* x, int k, int c, int tokens, float* acc) {
-            u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
-            float wv[8];
-            for (int j = 0; j < 4; j++) {
-                wv[2 * j] = __uint_as_float(words[j] << 16);
-                wv[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
-            }
+            float w[8];
+            unpack8(packed, w);
             for (int t = 0; t < T; t++) {
                 if (t < tokens) {
                     const float4* xv = (const float4*)(x + (u64)t * k + 8 * c);
-                    float4 a = xv[0], b = xv[1];
-                    acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w
-                            + wv[4] * b.x + wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+                    acc[t] += dot8(w, xv[0], xv[1]);
                 }
             }
         }
@@ -213,22 +221,15 @@ public enum GemmaKernels {
         template <int T>
         __device__ __forceinline__ void gemv_chunk2(uint4 pa, uint4 pb, const float* x, int k, int c, int tokens, float* a,
                                                     float* b) {
-            u32 wordsA[4] = {pa.x, pa.y, pa.z, pa.w}, wordsB[4] = {pb.x, pb.y, pb.z, pb.w};
             float wa[8], wb[8];
-            for (int j = 0; j < 4; j++) {
-                wa[2 * j] = __uint_as_float(wordsA[j] << 16);
-                wa[2 * j + 1] = __uint_as_float(wordsA[j] & 0xffff0000u);
-                wb[2 * j] = __uint_as_float(wordsB[j] << 16);
-                wb[2 * j + 1] = __uint_as_float(wordsB[j] & 0xffff0000u);
-            }
+            unpack8(pa, wa);
+            unpack8(pb, wb);
             for (int t = 0; t < T; t++) {
                 if (t < tokens) {
                     const float4* xv = (const float4*)(x + (u64)t * k + 8 * c);
                     float4 u = xv[0], v = xv[1];
-                    a[t] += wa[0] * u.x + wa[1] * u.y + wa[2] * u.z + wa[3] * u.w
-                          + wa[4] * v.x + wa[5] * v.y + wa[6] * v.z + wa[7] * v.w;
-                    b[t] += wb[0] * u.x + wb[1] * u.y + wb[2] * u.z + wb[3] * u.w
-                          + wb[4] * v.x + wb[5] * v.y + wb[6] * v.z + wb[7] * v.w;
+                    a[t] += dot8(wa, u, v);
+                    b[t] += dot8(wb, u, v);
                 }
             }
         }
@@ -379,7 +380,8 @@ public enum GemmaKernels {
         }
 
         // The MLP's first half in one pass: out[t, r] = gelu_tanh(gate[r, :] . x[t, :]) * (up[r, :] . x[t, :]),
-        // a warp taking row r of both matrices (each x value loaded once for both); sums as gemv_bf16's. Grid: ceil(m * splits / 8); block: 256.
+        // a warp (or `splits` warps) taking row r of both matrices, each x value loaded once for both;
+        // sums as gemv_bf16's. Grid: ceil(m * splits / 8); block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                         float* out, int m, int k, int tokens, int splits) {
             if (tokens == 1) gemv_gelu_rows<1>(gate, up, x, out, m, k, tokens, splits);

@@ -65,10 +65,10 @@ public struct CUDAMatrix: @unchecked Sendable {
 ///   rounded to bf16); norm weights stay f32. The model's bytes then live on the GPU, read at HBM speed.
 /// - Activations and the KV cache are f32, as on the CPU, so the two backends agree closely and the
 ///   golden references' f32 bar applies to everything but the weights' rounding.
-/// - Products of up to 16 rows (decode) run in `gemv_bf16`, which reads each weight row once for every
-///   row of the step with f32 activations (q, k and v in one launch; the MLP's gate, up and GELU in
-///   `gemv_gelu_bf16`). Larger products (prefill) go to cuBLAS with bf16
-///   activations and f32 accumulation, or, without cuBLAS, to `gemv_bf16` 16 rows at a time.
+/// - Products of up to 16 rows (decode) run in `gemv_bf16` (one row) or `gemv_pairs_bf16`, which read
+///   each weight row once for every row of the step with f32 activations (q, k and v in one launch;
+///   the MLP's gate, up and GELU in `gemv_gelu_bf16`). Larger products (prefill) go to cuBLAS with
+///   bf16 activations and f32 accumulation, or, without cuBLAS, to the tiled `gemm_bf16`.
 /// - Only reading results back (`read`, `argmax`) waits for the GPU: everything else is queued on the
 ///   default stream and returns, small per-step inputs included (`CUDAContext.stage`).
 public final class CUDABackend: ComputeBackend, @unchecked Sendable {
@@ -488,18 +488,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
             [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width), .int(half ? 1 : 0)])
         // The keys are cut into shares, one block each, then merged. A decode step (a few rows) takes
-        // shares of 32 keys, so that even one sequence spreads over many SMs (a block of 256 keys
-        // took 45 µs on an H200, nearly all of it waiting on loads); a prefill, shares of about 256.
-        // Up to 64 shares (32 for a prefill): past that a share grows by whole multiples. The share
-        // is a round number, not mostKeys / splits, so that a step's launches change only every
-        // `share` keys and its CUDA graph is replayed in between.
+        // 16 shares of 32 keys (or of the next multiple of 32 that covers the longest row), so that
+        // even one sequence spreads over many SMs: a block of 256 keys took 45 µs on an H200, nearly
+        // all of it waiting on loads; shares past a row's keys are empty. A fixed count and a round
+        // share keep the launch (and so the step's CUDA graph) the same for 512 keys at a time. A
+        // prefill takes shares of about 256 keys, up to 32.
         let decode = rows <= GemmaKernels.gemvMaximumTokens
-        let target = decode ? 32 : 256, most = decode ? 64 : 32
-        let share = target * max(1, (mostKeys + target * most - 1) / (target * most))
-        let splits = max(1, (mostKeys + share - 1) / share)
+        let most = decode ? 16 : 32
+        let share = decode ? 32 * max(1, (mostKeys + 32 * most - 1) / (32 * most)) : max(256, (mostKeys + most - 1) / most)
+        let splits = decode ? (mostKeys > 32 ? most : 1) : max(1, (mostKeys + share - 1) / share)
         var partials: CUDAContext.DevicePointer = 0
         if splits > 1 {
-            let count = rows * heads * splits * (headDimension + 2)
+            // A decode step makes room for the most shares at once: the scratch is not regrown (a wait
+            // in the middle of a step) as its contexts grow.
+            let count = rows * heads * (decode ? most : splits) * (headDimension + 2)
             lock.lock()
             if partialScratch == nil || partialScratch!.count < count { partialScratch = makeBuffer(count: count) }
             partials = partialScratch!.address

@@ -35,7 +35,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     let globalFrequencies: [Float]
     /// A forward pass hands its work to the backend every this many layers (`ComputeBackend.submit`):
     /// a GPU then runs the first layers while the host records the next. 8: a 26-layer step goes in
-    /// four pieces, each long enough to be replayed as a CUDA graph.
+    /// four pieces, each long enough to be replayed as a CUDA graph. 0: the step in one piece.
     public var layersPerSubmission = 8
 
     public init(config: Gemma3Config, weights: Gemma3Weights, backend: Backend) throws {
@@ -202,7 +202,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                     s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
                     into: s.hidden)
             }
-            if (index + 1) % layersPerSubmission == 0 && index + 1 < layers.count { b.submit() }
+            if layersPerSubmission > 0 && (index + 1) % layersPerSubmission == 0 && index + 1 < layers.count { b.submit() }
         }
     }
 

@@ -140,6 +140,46 @@ import Testing
         }
     }
 
+    /// Draws of rows long enough to be cut in slices (20000 logits: 4 slices, the last shorter),
+    /// each slice's top-k kept as candidates: the host's tokens exactly, with ties across slices,
+    /// rows mostly -inf, top-k at the largest a candidate draw takes (256), and with top-p and min-p.
+    @Test func candidateDrawsAcrossSlicesMatchTheHost() throws {
+        let gpu = try Self.backend.get()
+        let columns = 20_000
+        var generator = Xoshiro256StarStar(seed: 12)
+        var logits: [Float] = []
+        var draws: [TokenDraw] = []
+        func row(_ values: [Float], _ draw: TokenDraw) {
+            logits += values
+            draws.append(draw)
+        }
+        let random = { (scale: Float) in (0..<columns).map { _ in Float.random(in: -scale...scale, using: &generator) } }
+        row(random(6), TokenDraw(temperature: 1, topK: 256, topP: 1, minP: 0, seed: 1))
+        row(random(3), TokenDraw(temperature: 0.7, topK: 40, topP: 0.9, minP: 0, seed: 2))
+        row(random(8), TokenDraw(temperature: 1.2, topK: 64, topP: 0.95, minP: 0.05, seed: 3))
+        // Values on a coarse grid: many ties at the cut, in every slice.
+        row(random(4).map { ($0 * 2).rounded() / 2 }, TokenDraw(temperature: 1, topK: 30, topP: 1, minP: 0, seed: 4))
+        // Nearly all -inf: the finite few sit in one slice, fewer than top-k.
+        var sparse = [Float](repeating: -.infinity, count: columns)
+        for i in 0..<7 { sparse[15_000 + i * 3] = Float(i) * 0.5 }
+        row(sparse, TokenDraw(temperature: 0.9, topK: 20, topP: 0.8, minP: 0, seed: 5))
+        let rows = draws.count
+        let buffer = gpu.makeBuffer(count: logits.count)
+        for seedShift: UInt64 in [0, 100] {
+            let shifted = draws.map { draw -> TokenDraw in
+                var d = draw
+                d.seed = draw.seed + seedShift
+                return d
+            }
+            gpu.write(logits, to: buffer, offset: 0)
+            let drawn = gpu.sample(buffer, rows: rows, columns: columns, softcap: nil, draws: shifted)
+            for r in 0..<rows {
+                let wanted = shifted[r].choose(Array(logits[r * columns..<(r + 1) * columns]))
+                #expect(drawn[r] == wanted, "row \(r) (\(shifted[r]))")
+            }
+        }
+    }
+
     /// Logprobs beside a draw on the device: the drawn token's and the top ones', from the logits
     /// before the penalties the same step applies, equal to what the host reports (`Logprobs.token`)
     /// within f32 rounding, with ties ordered by id as on the host.
@@ -445,6 +485,7 @@ import Testing
         let gpu = try Self.backend.get()
         let prompts = [Array(1...5), (0..<20).map { 900 - $0 * 13 }]
         var runs: [[Int]] = []
+        var after: [[[Float]]] = []
         for profiled in [false, true] {
             var model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             if profiled { model.layersPerSubmission = 2 }
@@ -481,8 +522,18 @@ import Testing
                 tokens += next
             }
             runs.append(tokens)
+            // The logits of later steps, which read the KV rows of the profiled one, bit for bit.
+            var logits: [[Float]] = []
+            for _ in 0..<3 {
+                let rows = try runner.decode(slots, tokens: next)
+                logits += rows
+                next = rows.map(Sampler.argmax)
+            }
+            after.append(logits)
         }
         #expect(runs[0] == runs[1])
+        let same = after[0] == after[1]  // (not printed in full: 3 steps of logits)
+        #expect(same, "the logits of the steps after the profiled one differ")
     }
 
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU

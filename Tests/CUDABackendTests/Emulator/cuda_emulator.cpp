@@ -98,45 +98,45 @@ template <typename T> static T atomicAdd(T *address, T value) {
     return old;
 }
 
-template <typename T> static T __shfl_xor_sync(unsigned, T value, int mask) {
-    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
-    // One barrier per shuffle: a lane writes slot n % 2, and the barrier of shuffle n + 1 (which every
-    // lane passes only after reading shuffle n) comes before anyone writes that slot again.
-    uint64_t bits = 0;
-    memcpy(&bits, &value, sizeof(T));
+// Warp-wide exchanges: every lane writes its value into a slot, waits for the warp, then reads the
+// lanes it needs. One barrier per exchange: a lane writes slot n % 2, and the barrier of exchange
+// n + 1 (which every lane passes only after reading exchange n) comes before anyone writes that slot
+// again. Returns the slot this exchange used.
+static unsigned emu_exchange(uint64_t bits) {
     emu::Thread &self = emu::threads[emu::current];
     unsigned which = self.shuffles++ & 1;
     self.slot[which] = bits;
     emu::wait(emu::AtWarpBarrier);  // every lane has written its value
-    int me = emu::current, partner = (me & ~31) | ((me & 31) ^ mask);
+    return which;
+}
+
+// Lane `lane`'s value of exchange `which`, as a T.
+template <typename T> static T emu_lane_value(int lane, unsigned which) {
+    uint64_t theirs = emu::threads[(emu::current & ~31) | (lane & 31)].slot[which];
     T result;
-    uint64_t theirs = emu::threads[partner].slot[which];
     memcpy(&result, &theirs, sizeof(T));
     return result;
 }
 
-// The other warp-wide exchanges, the same way: every lane writes its value, waits for the warp,
-// then reads the lanes it needs.
-template <typename T> static T __shfl_sync(unsigned, T value, int source) {
+template <typename T> static uint64_t emu_bits(T value) {
     static_assert(sizeof(T) <= 8, "shuffle of a wide type");
     uint64_t bits = 0;
     memcpy(&bits, &value, sizeof(T));
-    emu::Thread &self = emu::threads[emu::current];
-    unsigned which = self.shuffles++ & 1;
-    self.slot[which] = bits;
-    emu::wait(emu::AtWarpBarrier);
-    uint64_t theirs = emu::threads[(emu::current & ~31) | (source & 31)].slot[which];
-    T result;
-    memcpy(&result, &theirs, sizeof(T));
-    return result;
+    return bits;
+}
+
+template <typename T> static T __shfl_xor_sync(unsigned, T value, int mask) {
+    unsigned which = emu_exchange(emu_bits(value));
+    return emu_lane_value<T>((emu::current & 31) ^ mask, which);
+}
+
+template <typename T> static T __shfl_sync(unsigned, T value, int source) {
+    return emu_lane_value<T>(source, emu_exchange(emu_bits(value)));
 }
 
 // Lanes whose value equals `value` (match == true) or whose value is non-zero (ballot).
 static unsigned emu_warp_mask(uint64_t value, bool match) {
-    emu::Thread &self = emu::threads[emu::current];
-    unsigned which = self.shuffles++ & 1;
-    self.slot[which] = value;
-    emu::wait(emu::AtWarpBarrier);
+    unsigned which = emu_exchange(value);
     unsigned mask = 0;
     int first = emu::current & ~31;
     for (int lane = 0; lane < 32 && first + lane < (int)emu::threads.size(); lane++) {
