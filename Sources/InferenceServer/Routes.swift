@@ -324,7 +324,8 @@ struct Routes {
     // MARK: Requests to plans
 
     /// Checks shared by both endpoints and fills the plan's sampling side.
-    /// `maxTokens` nil: each prompt's completion may use the rest of the context.
+    /// `maxTokens` nil: each prompt's completion may use the rest of the context; 0 only where it
+    /// scores the prompt (completions with `echo`), as vLLM takes it.
     private func fill(
         _ plan: inout GenerationPlan, _ f: SamplingFields, _ served: ServedModel, maxTokens: Int?, topLogprobs: Int,
         promptLogprobs: Int?
@@ -333,8 +334,10 @@ struct Routes {
         try refuseUnsupported(f)
         let n = f.n ?? 1
         guard (1...16).contains(n) else { throw OpenAIError.badRequest("n must be between 1 and 16, got \(n)", param: "n") }
-        if let maxTokens, maxTokens < 0 {
-            throw OpenAIError.badRequest("max_tokens must be at least 0, got \(maxTokens)", param: "max_tokens")
+        if let maxTokens, maxTokens < (plan.echo && plan.style == .completion ? 0 : 1) {
+            throw OpenAIError.badRequest(
+                "max_tokens must be at least 1, got \(maxTokens) (0 is for scoring a prompt: completions with echo)",
+                param: "max_tokens")
         }
         if f.streamOptions != nil && f.stream != true {
             throw OpenAIError.badRequest("Stream options can only be defined when `stream=True`.", param: "stream_options")

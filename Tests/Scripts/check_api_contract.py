@@ -3,7 +3,7 @@
 
 What clients and evaluation harnesses rely on and a quick SDK test misses: the token itself in each
 completions logprobs dict, `include_stop_str_in_output`, `max_tokens: null` and chat without a limit
-(the rest of the context; a prompt that fills it is a 400), snake_case names in type errors,
+(the rest of the context; a prompt that fills it is a 400), `max_tokens: 0` only with echo, snake_case names in type errors,
 `content: null` messages, `continue_final_message` (chat and /tokenize), chat `echo`,
 `truncate_prompt_tokens`, `return_tokens_as_token_ids`, `stream_options.continuous_usage_stats`,
 `logit_bias` and `min_tokens`,
@@ -115,6 +115,12 @@ def main():
     check(param == "messages", f"a chat prompt over the context: param {param}")
     status, _, body = call("POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": long_text}]})
     check(body and "maximum context length" in body["error"]["message"], f"context message {body}")
+
+    # 3b. max_tokens 0 only scores a prompt (completions with echo); otherwise vLLM's 400.
+    for path, payload in (("/v1/completions", {"prompt": prompt, "max_tokens": 0}),
+                          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})):
+        param = error_param(call("POST", path, dict(payload, model=model)))
+        check(param == "max_tokens", f"{path} max_tokens 0 without echo: param {param!r}")
 
     # 4. Type errors name the field as the client spelled it.
     for payload, name in (({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
