@@ -606,11 +606,16 @@ public final class CUDAContext: @unchecked Sendable {
         }
         var byShape: [String: StepProfile.Operation] = [:]
         var order: [String] = []
+        // The step without its uploads (its small inputs, already on the device), timed below: what
+        // the copies from pinned memory cost inside the graph.
+        var launchesAndCopies: [UInt64] = []
+        var uploads = 0
         var i = 0
         while i < work.count {
             let length = work[i] == Operation.launch ? 8 + Int(work[i + 7]) : 4
             let words = Array(work[i..<i + length])
             defer { i += length }
+            if words[0] == Operation.upload { uploads += 1 } else { launchesAndCopies += words }
             let name: String, shape: String
             switch words[0] {
             case Operation.launch:
@@ -638,16 +643,6 @@ public final class CUDAContext: @unchecked Sendable {
         // residual, RoPE on the keys) and the KV rows they stored wrong; the step replayed whole
         // recomputes every one of them from its inputs, so the sequences are as the step left them.
         guard let graphSeconds = timed(work, repeats: 10) else { return nil }
-        // The same without its uploads (the step's small inputs, already on the device): what the
-        // copies from pinned memory cost inside the graph.
-        var launchesAndCopies: [UInt64] = []
-        var uploads = 0
-        var j = 0
-        while j < work.count {
-            let length = work[j] == Operation.launch ? 8 + Int(work[j + 7]) : 4
-            if work[j] == Operation.upload { uploads += 1 } else { launchesAndCopies += work[j..<j + length] }
-            j += length
-        }
         guard let withoutUploads = timed(launchesAndCopies, repeats: 10) else { return nil }
         let operations = order.map { byShape[$0]! }.sorted { $0.seconds > $1.seconds }
         return StepProfile(

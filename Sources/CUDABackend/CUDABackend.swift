@@ -319,8 +319,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         {
             gemv(x, rows: rows, weights: weights, into: outs)
         } else {
-            precondition(weights.count == outs.count, "one output per matrix")
-            for (weight, out) in zip(weights, outs) { matmul(x, rows: rows, weight: weight, into: out) }
+            matmulEach(x, rows: rows, weights: weights, into: outs)
         }
     }
 
@@ -332,9 +331,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard rows <= GemmaKernels.gemvMaximumTokens, up.rows == m, up.columns == k, m == width, k % 8 == 0,
             gate.storage == .bf16, up.storage == .bf16
         else {
-            matmul(x, rows: rows, weight: gate, into: out)
-            matmul(x, rows: rows, weight: up, into: scratch)
-            geluMultiply(out, scratch, count: rows * width)
+            gatedMatmulInSteps(x, rows: rows, gate: gate, up: up, width: width, into: out, scratch: scratch)
             return
         }
         precondition(rows * k <= x.count && rows * m <= out.count)
@@ -550,8 +547,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         defer { lock.unlock() }
         if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
         let out = argmaxOut!
-        // Long rows in slices of at least 4096, one block each, then merged.
-        let slices = max(1, min(64, columns / 4096))
+        // Long rows in slices, one block each, then merged.
+        let slices = Self.logitSlices(columns)
         if argmaxParts == nil || argmaxParts!.count < rows * slices * 2 { argmaxParts = makeBuffer(count: max(rows, 16) * 128) }
         let parts = argmaxParts!
         context.launch(
@@ -566,6 +563,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     public var drawsOnDevice: Bool { true }
+
+    /// Slices a row of logits is cut into for the kernels that spread one row over many SMs (argmax,
+    /// sampling candidates): at least 4096 logits each, at most 64 (262144 logits: 64).
+    static func logitSlices(_ columns: Int) -> Int { max(1, min(64, columns / 4096)) }
 
     /// The recorded work goes to the GPU now (as a graph once it repeats): the GPU runs the first
     /// layers of a step while the host records the next ones.
@@ -729,8 +730,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         let parameters = table.withUnsafeBytes { context.stage($0) }
         // Rows with a top-k cut of at most 256 are drawn from each slice's own top-k
-        // (sample_candidates), slices of at least 4096 logits spread over the SMs.
-        let slices = max(1, min(64, columns / 4096))
+        // (sample_candidates), the slices spread over the SMs.
+        let slices = Self.logitSlices(columns)
         let places = rows * slices * GemmaKernels.sampleCandidatesPerSlice
         if candidateValues == nil || candidateValues!.count < places {
             candidateValues = makeBuffer(count: places)

@@ -133,11 +133,23 @@ extension ComputeBackend {
     public func makeCacheBuffer(count: Int) -> Buffer { makeBuffer(count: count) }
 
     public func matmul(_ x: Buffer, rows: Int, weights: [Matrix], into outs: [Buffer]) {
+        matmulEach(x, rows: rows, weights: weights, into: outs)
+    }
+
+    /// `matmul(_:rows:weights:into:)` one matrix at a time (what a backend does when it cannot fuse).
+    public func matmulEach(_ x: Buffer, rows: Int, weights: [Matrix], into outs: [Buffer]) {
         precondition(weights.count == outs.count, "one output per matrix")
         for (weight, out) in zip(weights, outs) { matmul(x, rows: rows, weight: weight, into: out) }
     }
 
     public func gatedMatmul(_ x: Buffer, rows: Int, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer) {
+        gatedMatmulInSteps(x, rows: rows, gate: gate, up: up, width: width, into: out, scratch: scratch)
+    }
+
+    /// `gatedMatmul` as two products and `geluMultiply` (what a backend does when it cannot fuse).
+    public func gatedMatmulInSteps(
+        _ x: Buffer, rows: Int, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer
+    ) {
         matmul(x, rows: rows, weight: gate, into: out)
         matmul(x, rows: rows, weight: up, into: scratch)
         geluMultiply(out, scratch, count: rows * width)
