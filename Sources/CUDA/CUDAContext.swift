@@ -48,6 +48,13 @@ public final class CUDAContext: @unchecked Sendable {
             OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, OpaquePointer?,
             UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?
         ) -> Int32
+    /// cuLaunchKernelEx (CUDA 12.0 and later): a launch with attributes, here programmatic
+    /// dependent launch (see `dependentLaunch`).
+    private let launchExCall:
+        (@convention(c) (
+            UnsafeRawPointer, OpaquePointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+            UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+        ) -> Int32)?
     private let errorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let errorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 
@@ -103,6 +110,14 @@ public final class CUDAContext: @unchecked Sendable {
         moduleLoad = try lib.function("cuModuleLoadData", as: type(of: moduleLoad))
         moduleFunction = try lib.function("cuModuleGetFunction", as: type(of: moduleFunction))
         launchCall = try lib.function("cuLaunchKernel", as: type(of: launchCall))
+        // Programmatic dependent launch needs sm_90, and a driver that captures it into graphs
+        // (CUDA 12.3); Cloud Run's L4 (sm_89, 12.2) launches as before.
+        launchExCall =
+            device.architecture >= 90 && driver.supportsDependentLaunch
+            ? try? lib.function("cuLaunchKernelEx", as: (@convention(c) (
+                UnsafeRawPointer, OpaquePointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+            ) -> Int32).self) : nil
         errorName = try lib.function("cuGetErrorName", as: type(of: errorName))
         errorString = try lib.function("cuGetErrorString", as: type(of: errorString))
         let deviceGet = try lib.function("cuDeviceGet", as: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
@@ -365,6 +380,66 @@ public final class CUDAContext: @unchecked Sendable {
     /// Graphs kept; more (shapes the server has moved past) are dropped.
     private static let graphLimit = 64
 
+    /// Kernels that may be launched to overlap the kernel before them (programmatic dependent
+    /// launch): each must wait (griddepcontrol.wait) before it reads or writes anything a step
+    /// writes, in every thread before it can return. The launches of a recorded step whose kernel
+    /// is here and whose predecessor on the tape is a launch get the attribute, so the next
+    /// kernel's blocks start (and ask L2 for their weights) while the one before still runs,
+    /// instead of after it has drained: a decode step is some 260 short launches.
+    private var dependentKernels: Set<UInt64> = []
+    /// Whether dependent launches are on now; see `dependentLaunchEnabled`.
+    private var dependentLaunch = false
+    /// Why dependent launches are off, where they are.
+    public private(set) var dependentLaunchProblem: String?
+
+    /// Marks `kernels` as safe to launch dependently (see `dependentKernels`) and turns dependent
+    /// launches on where the device and driver have them and `enabled`.
+    public func allowDependentLaunch(of kernels: [OpaquePointer], enabled: Bool = true) {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        dependentKernels.formUnion(kernels.map { UInt64(UInt(bitPattern: $0)) })
+        if launchExCall == nil {
+            dependentLaunchProblem =
+                device.architecture < 90
+                ? "needs sm_90 or later (this GPU is sm_\(device.architecture))"
+                : "needs a CUDA 12.3 driver or later (cuLaunchKernelEx, captured into graphs)"
+        } else if !enabled {
+            dependentLaunchProblem = "turned off"
+        } else {
+            dependentLaunchProblem = nil
+        }
+        dependentLaunch = launchExCall != nil && enabled
+    }
+
+    /// Whether recorded steps use dependent launches now (the benchmarks time steps both ways).
+    /// Changing it drops the captured graphs, whose edges were made the other way.
+    public var dependentLaunchEnabled: Bool {
+        get {
+            tapeLock.lock()
+            defer { tapeLock.unlock() }
+            return dependentLaunch
+        }
+        set {
+            tapeLock.lock()
+            defer { tapeLock.unlock() }
+            flushLocked()
+            let wanted = newValue && launchExCall != nil && !dependentKernels.isEmpty
+            guard wanted != dependentLaunch else { return }
+            dropGraphsLocked()
+            dependentLaunch = wanted
+        }
+    }
+
+    /// Destroys every captured graph (after the GPU has finished with them) and forgets sightings.
+    private func dropGraphsLocked() {
+        guard let calls = graphCalls else { return }
+        _ = synchronizeCall()
+        for entries in graphs.values { for entry in entries { _ = calls.destroyExec(entry.exec) } }
+        graphs.removeAll()
+        graphCount = 0
+        sightings.removeAll()
+    }
+
     /// Whether work is recorded for graphs now (the benchmarks time steps both ways). Turning it on
     /// does nothing where graphs are unavailable or were turned off by an error.
     public var graphsEnabled: Bool {
@@ -449,7 +524,12 @@ public final class CUDAContext: @unchecked Sendable {
     /// Captures `work` into a graph on the context's stream, keeps it and launches it. False (and
     /// graphs off) when the driver refuses; the work has not run then.
     private func capture(_ work: [UInt64], key: Int, _ calls: GraphCalls) -> Bool {
-        let made = instantiate(work, calls)
+        var made = instantiate(work, calls)
+        if made.exec == nil && dependentLaunch {
+            // A driver that will not capture dependent launches: graphs matter more.
+            turnOffDependentLaunch(made.call, made.code)
+            made = instantiate(work, calls)
+        }
         guard let exec = made.exec else {
             disableGraphs(made.call, made.code)
             return false
@@ -504,18 +584,37 @@ public final class CUDAContext: @unchecked Sendable {
         FileHandle.standardError.write(Data("CUDA graphs are off (launching kernels one by one): \(reason)\n".utf8))
     }
 
+    /// Turns dependent launches off for good after a driver error, saying why once.
+    private func turnOffDependentLaunch(_ call: String, _ status: Int32) {
+        dependentLaunch = false
+        var reason = "\(call) failed"
+        do { try check(call, status) } catch { reason = "\(error)" }
+        dependentLaunchProblem = reason
+        FileHandle.standardError.write(Data("CUDA dependent launches are off: \(reason)\n".utf8))
+    }
+
     /// Issues tape words on the context's stream; the first failing call and its status, or code 0.
     private func issue(_ work: [UInt64]) -> (call: String, code: Int32) {
         var i = 0
+        var afterLaunch = false
         return work.withUnsafeBufferPointer { words in
             while i < words.count {
                 switch words[i] {
                 case Operation.launch:
                     let count = Int(words[i + 7])
+                    let dependent = afterLaunch && dependentLaunch && dependentKernels.contains(words[i + 1])
                     let status = withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(1, count)) {
                         pointers in
                         // The argument words stay where they are; the driver reads the size it needs.
                         for a in 0..<count { pointers[a] = UnsafeMutableRawPointer(mutating: words.baseAddress! + i + 8 + a) }
+                        if dependent, let launchEx = launchExCall {
+                            let shape = (0..<5).map { UInt32(truncatingIfNeeded: words[i + 2 + $0]) }
+                            let status = Self.withDependentLaunchConfig(shape, stream) { config in
+                                launchEx(config, OpaquePointer(bitPattern: UInt(words[i + 1])), pointers.baseAddress, nil)
+                            }
+                            if status == 0 { return status }
+                            turnOffDependentLaunch("cuLaunchKernelEx", status)
+                        }
                         return launchCall(
                             OpaquePointer(bitPattern: UInt(words[i + 1])), UInt32(words[i + 2]), UInt32(words[i + 3]),
                             UInt32(words[i + 4]), UInt32(words[i + 5]), 1, 1, UInt32(words[i + 6]), stream,
@@ -523,18 +622,44 @@ public final class CUDAContext: @unchecked Sendable {
                     }
                     if status != 0 { return ("cuLaunchKernel", status) }
                     i += 8 + count
+                    afterLaunch = true
                 case Operation.upload:
                     let host = UnsafeRawPointer(bitPattern: UInt(words[i + 2]))!
                     let status = copyHtoDAsync(words[i + 1], host, Int(words[i + 3]), stream)
                     if status != 0 { return ("cuMemcpyHtoDAsync", status) }
                     i += 4
+                    afterLaunch = false
                 default:
                     let status = copyDtoD(words[i + 1], words[i + 2], Int(words[i + 3]), stream)
                     if status != 0 { return ("cuMemcpyDtoDAsync", status) }
                     i += 4
+                    afterLaunch = false
                 }
             }
             return ("", 0)
+        }
+    }
+
+    /// A CUlaunchConfig (cuda.h, CUDA 12) for grid x y z, block x and shared bytes (`shape`) on
+    /// `stream`, with one attribute: CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6), on.
+    /// Layouts: the config is 7 unsigned ints, the stream at 32, the attribute array at 40 and
+    /// their count at 48 (56 bytes); an attribute is its id, padded to 8, then a 64-byte value
+    /// union whose first int is programmaticStreamSerializationAllowed (72 bytes).
+    static func withDependentLaunchConfig<R>(
+        _ shape: [UInt32], _ stream: OpaquePointer?, _ body: (UnsafeRawPointer) -> R
+    ) -> R {
+        withUnsafeTemporaryAllocation(byteCount: 56 + 72, alignment: 8) { bytes in
+            let base = bytes.baseAddress!
+            base.initializeMemory(as: UInt8.self, repeating: 0, count: 56 + 72)
+            let dimensions = [shape[0], shape[1], shape[2], shape[3], 1, 1, shape[4]]
+            for (n, value) in dimensions.enumerated() { base.storeBytes(of: value, toByteOffset: 4 * n, as: UInt32.self) }
+            base.storeBytes(of: UInt(bitPattern: stream), toByteOffset: 32, as: UInt.self)
+            let attribute = base + 56
+            base.storeBytes(of: UInt(bitPattern: attribute), toByteOffset: 40, as: UInt.self)
+            base.storeBytes(of: UInt32(1), toByteOffset: 48, as: UInt32.self)
+            attribute.storeBytes(of: UInt32(6), as: UInt32.self)
+            attribute.storeBytes(of: Int32(1), toByteOffset: 8, as: Int32.self)
+            return body(UnsafeRawPointer(base))
         }
     }
 

@@ -55,6 +55,30 @@ public enum GemmaKernels {
             return (bf16)(u >> 16);
         }
 
+        // Programmatic dependent launch (sm_90 and later; the backend asks for it only there, see
+        // CUDAContext): a kernel so launched may start while the one before it still runs. Every kernel
+        // first calls grid_release, which lets the next kernel's blocks start too, then grid_wait,
+        // which returns once the kernel before has finished and its writes are visible; before it, a
+        // kernel may only read what no step writes (the weights: the gemv kernels ask L2 for theirs).
+        // Each thread waits before it can return, so a kernel never ends before the one it follows.
+        // Elsewhere (sm_89, the emulator) both are nothing and launches run one after the other.
+        __device__ __forceinline__ void grid_release() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+        #endif
+        }
+        __device__ __forceinline__ void grid_wait() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            asm volatile("griddepcontrol.wait;" ::: "memory");
+        #endif
+        }
+        // Asks L2 for the 128-byte lines of a weight range (read-only: safe before grid_wait).
+        __device__ __forceinline__ void prefetch_l2(const void* p) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+        #endif
+        }
+
         __device__ __forceinline__ float warp_sum(float v) {
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             return v;
@@ -98,6 +122,8 @@ public enum GemmaKernels {
 
         // out[t, :] = table[ids[t], :] * scale. Grid: tokens.
         extern "C" __global__ void embed_rows(const bf16* table, const int* ids, float* out, int hidden, float scale) {
+            grid_release();
+            grid_wait();
             const bf16* row = table + (u64)ids[blockIdx.x] * hidden;
             float* o = out + (u64)blockIdx.x * hidden;
             for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
@@ -106,6 +132,8 @@ public enum GemmaKernels {
         // out[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w, w holding Gemma's 1 + w. Grid: rows
         // (tokens, or tokens x heads for the q/k norms, whose weight is per head dimension). out may be x.
         extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* x, const float* w, float* out, int n, float eps) {
+            grid_release();
+            grid_wait();
             const float* xr = x + (u64)blockIdx.x * n;
             float* orow = out + (u64)blockIdx.x * n;
             float s = 0.0f;
@@ -117,6 +145,8 @@ public enum GemmaKernels {
         // residual[r, :] += x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w: Gemma's post-attention and
         // post-feedforward norms with the residual add that follows them. Grid: rows.
         extern "C" __global__ void __launch_bounds__(1024) rms_norm_add(const float* x, const float* w, float* residual, int n, float eps) {
+            grid_release();
+            grid_wait();
             const float* xr = x + (u64)blockIdx.x * n;
             float* rr = residual + (u64)blockIdx.x * n;
             float s = 0.0f;
@@ -130,6 +160,8 @@ public enum GemmaKernels {
         // two. Each thread keeps its own columns throughout, so out may be x. Grid: rows.
         extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, float* residual,
                                                                             const float* next, float* out, int n, float eps) {
+            grid_release();
+            grid_wait();
             const float* xr = x + (u64)blockIdx.x * n;
             float* rr = residual + (u64)blockIdx.x * n;
             float* orow = out + (u64)blockIdx.x * n;
@@ -152,6 +184,8 @@ public enum GemmaKernels {
         // rounded up to a multiple of 32.
         extern "C" __global__ void norm_rope(float* q, float* k, const float* qw, const float* kw, const float* table,
                                              int heads, int kvHeads, int dim, float eps) {
+            grid_release();
+            grid_wait();
             int h = blockIdx.y, i = threadIdx.x, half = dim >> 1;
             bool isQuery = h < heads;
             float* v = isQuery ? q + ((u64)blockIdx.x * heads + h) * dim : k + ((u64)blockIdx.x * kvHeads + (h - heads)) * dim;
@@ -195,6 +229,15 @@ public enum GemmaKernels {
                     acc[t] += dot8(w, xv[0], xv[1]);
                 }
             }
+        }
+
+        // The lines of one weight row that gemv_part (or gemv_part2) will read for this warp part,
+        // asked of L2 before grid_wait: one lane in 8 (8 lanes' 16-byte loads share a line).
+        __device__ __forceinline__ void gemv_prefetch(const bf16* row, int k, int splits, int part) {
+            const uint4* wr = (const uint4*)row;
+            int chunks = k >> 3, stride = 32 * splits, lane = threadIdx.x & 31;
+            if (lane & 7) return;
+            for (int c = part * 32 + lane; c < chunks; c += stride) prefetch_l2(wr + c);
         }
 
         // This warp's part of one weight row (k bf16) times each token's x, added to acc: every
@@ -305,6 +348,9 @@ public enum GemmaKernels {
             float* out;
             int m, r;
             gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
+            grid_release();
+            if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
+            grid_wait();
             float acc[T];
             for (int t = 0; t < T; t++) acc[t] = 0.0f;
             if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
@@ -324,6 +370,10 @@ public enum GemmaKernels {
             int ma, mb, ra, rb;
             gemv_locate(first, w0, w1, w2, o0, o1, o2, m0, m1, m2, wa, oa, ma, ra);
             gemv_locate(first + 1, w0, w1, w2, o0, o1, o2, m0, m1, m2, wb, ob, mb, rb);
+            grid_release();
+            if (ra < ma) gemv_prefetch(wa + (u64)ra * k, k, splits, warp % splits);
+            if (rb < mb) gemv_prefetch(wb + (u64)rb * k, k, splits, warp % splits);
+            grid_wait();
             float a[T], b[T];
             for (int t = 0; t < T; t++) { a[t] = 0.0f; b[t] = 0.0f; }
             if (ra < ma && rb < mb) gemv_part2<T>(wa + (u64)ra * k, wb + (u64)rb * k, x, k, tokens, splits, warp % splits, a, b);
@@ -371,6 +421,12 @@ public enum GemmaKernels {
                                                        int k, int tokens, int splits) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             int r = blockIdx.x * (8 / splits) + warp / splits;
+            grid_release();
+            if (r < m) {
+                gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
+                gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
+            }
+            grid_wait();
             float g[T], u[T];
             for (int t = 0; t < T; t++) { g[t] = 0.0f; u[t] = 0.0f; }
             if (r < m) gemv_part2<T>(gate + (u64)r * k, up + (u64)r * k, x, k, tokens, splits, warp % splits, g, u);
@@ -398,6 +454,8 @@ public enum GemmaKernels {
         #define GEMM_DEPTH 32
         extern "C" __global__ void __launch_bounds__(256) gemm_bf16(const bf16* w, const float* x, float* out, int m, int k,
                                                                    int tokens) {
+            grid_release();
+            grid_wait();
             __shared__ float ws[GEMM_TILE][GEMM_DEPTH + 1];
             __shared__ float xs[GEMM_TILE][GEMM_DEPTH + 1];
             int r0 = blockIdx.x * GEMM_TILE, t0 = blockIdx.y * GEMM_TILE;
@@ -447,6 +505,8 @@ public enum GemmaKernels {
 
         // out = bf16(x) over `count` values: the activations cuBLAS multiplies.
         extern "C" __global__ void to_bf16(const float* x, bf16* out, int count) {
+            grid_release();
+            grid_wait();
             int i = blockIdx.x * blockDim.x + threadIdx.x;
             if (i < count) out[i] = f32_to_bf16(x[i]);
         }
@@ -455,6 +515,8 @@ public enum GemmaKernels {
         // holds cos (dim/2) then sin (dim/2) of token t's angles. x: (tokens, heads, dim), in place.
         // Grid: (tokens, heads); block: at least dim/2.
         extern "C" __global__ void rope(float* x, const float* table, int heads, int dim) {
+            grid_release();
+            grid_wait();
             int i = threadIdx.x, half = dim >> 1;
             if (i >= half) return;
             float* v = x + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
@@ -470,58 +532,68 @@ public enum GemmaKernels {
         // softmax over its share of the keys, then the warps' partial results are merged. The result goes
         // to o (normalised) or, when partial is not null, to partial as (max, sum, unnormalised values):
         // a share of a row's keys, merged later by attention_combine. The block's threads share the call.
-        // dim a multiple of 32, <= 256; blockDim.x <= 256.
+        // Lane i holds dimensions 8i..8i+7 (one 16-byte load of a bf16 row), so dim is a multiple of 8,
+        // at most 256; blockDim.x <= 256.
         #define ATT_MAX_DIM 256
         #define ATT_WARPS 8
         #define ATT_GROUP 4
         // The KV cache holds f32 or bf16 (the backend's choice, `KVCacheType`).
-        __device__ __forceinline__ float kv_load(const float* p) { return *p; }
-        __device__ __forceinline__ float kv_load(const bf16* p) { return bf16_to_f32(*p); }
         __device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
         __device__ __forceinline__ void kv_put(bf16* p, float v) { *p = f32_to_bf16(v); }
+        __device__ __forceinline__ void kv_load8(const float* p, float* out) {
+            float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+            out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+            out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+        }
+        __device__ __forceinline__ void kv_load8(const bf16* p, float* out) { unpack8(*(const uint4*)p, out); }
 
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale) {
-            __shared__ float qs[ATT_MAX_DIM];
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-            int width = kvHeads * dim;
-            for (int i = threadIdx.x; i < dim; i += blockDim.x) qs[i] = qv[i];
-            __syncthreads();
-            int per = dim >> 5;  // elements per lane
-            float m = NEG_INF, l = 0.0f, acc[ATT_MAX_DIM / 32];
-            for (int j = 0; j < ATT_MAX_DIM / 32; j++) acc[j] = 0.0f;
-            // Four keys per warp per iteration, their loads issued together: a decode step (one query
-            // row, a handful of blocks) is bound by load latency, not bandwidth.
+            int width = kvHeads * dim, d0 = 8 * lane;
+            bool active = d0 < dim;
+            float q[8], acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+            if (active) kv_load8(qv + d0, q);
+            else for (int j = 0; j < 8; j++) q[j] = 0.0f;
+            float m = NEG_INF, l = 0.0f;
+            // Four keys per warp per iteration, their keys' and values' loads all issued before any
+            // arithmetic: a decode step (one query row, a handful of blocks) is bound by load latency.
             for (int base = lo + ATT_GROUP * warp; base <= hi; base += ATT_GROUP * warps) {
                 int count = hi - base + 1 < ATT_GROUP ? hi - base + 1 : ATT_GROUP;  // the same in every lane
-                u64 rows[ATT_GROUP];
-                float score[ATT_GROUP];
+                float kr[ATT_GROUP][8], vr[ATT_GROUP][8];
                 for (int u = 0; u < ATT_GROUP; u++) {
-                    rows[u] = (u64)((base + (u < count ? u : 0)) % capacity) * width + (u64)kvh * dim;
-                    float dot = 0.0f;
-                    for (int j = 0; j < per; j++) dot += qs[lane + 32 * j] * kv_load(kcache + rows[u] + lane + 32 * j);
-                    score[u] = dot;
+                    u64 row = (u64)((base + (u < count ? u : 0)) % capacity) * width + (u64)kvh * dim + d0;
+                    if (active) {
+                        kv_load8(kcache + row, kr[u]);
+                        kv_load8(vcache + row, vr[u]);
+                    } else {
+                        for (int j = 0; j < 8; j++) { kr[u][j] = 0.0f; vr[u][j] = 0.0f; }
+                    }
                 }
+                float score[ATT_GROUP];
                 float next = m;
                 for (int u = 0; u < ATT_GROUP; u++) {
-                    score[u] = u < count ? warp_sum(score[u]) * scale : NEG_INF;
+                    float dot = 0.0f;
+                    for (int j = 0; j < 8; j++) dot += q[j] * kr[u][j];
+                    score[u] = u < count ? warp_sum(dot) * scale : NEG_INF;
                     next = fmaxf(next, score[u]);
                 }
                 float correction = expf(m - next);
                 l *= correction;
-                for (int j = 0; j < per; j++) acc[j] *= correction;
+                for (int j = 0; j < 8; j++) acc[j] *= correction;
                 for (int u = 0; u < count; u++) {
                     float weight = expf(score[u] - next);
                     l += weight;
-                    for (int j = 0; j < per; j++) acc[j] += weight * kv_load(vcache + rows[u] + lane + 32 * j);
+                    for (int j = 0; j < 8; j++) acc[j] += weight * vr[u][j];
                 }
                 m = next;
             }
             if (lane == 0) { warp_m[warp] = m; warp_l[warp] = l; }
-            for (int j = 0; j < per; j++) warp_acc[warp][lane + 32 * j] = acc[j];
+            if (active) for (int j = 0; j < 8; j++) warp_acc[warp][d0 + j] = acc[j];
             __syncthreads();
             float total_m = NEG_INF;
             for (int w = 0; w < warps; w++) total_m = fmaxf(total_m, warp_m[w]);
@@ -547,6 +619,8 @@ public enum GemmaKernels {
         extern "C" __global__ void attention(const float* q, const float* kcache, const float* vcache, float* out,
                                              int first, int heads, int kvHeads, int dim, int capacity, int window,
                                              float scale) {
+            grid_release();
+            grid_wait();
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
@@ -572,6 +646,8 @@ public enum GemmaKernels {
         // half != 0: the caches hold bf16 (rounded to nearest even), else f32.
         extern "C" __global__ void kv_store_rows(const float* k, const float* v, const SegmentRow* rows, int width,
                                                  int half) {
+            grid_release();
+            grid_wait();
             SegmentRow r = rows[blockIdx.x];
             if (half) store_row<bf16>(k, v, r, width);
             else store_row<float>(k, v, r, width);
@@ -585,6 +661,8 @@ public enum GemmaKernels {
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
                                                   int heads, int kvHeads, int dim, float scale, int splits, int share,
                                                   int half) {
+            grid_release();
+            grid_wait();
             SegmentRow r = rows[blockIdx.x];
             int h = blockIdx.y, z = blockIdx.z;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
@@ -606,6 +684,8 @@ public enum GemmaKernels {
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
         // Grid: (rows, heads); block: 256.
         extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
+            grid_release();
+            grid_wait();
             const float* p = partials + ((u64)blockIdx.x * heads + blockIdx.y) * splits * (dim + 2);
             float* o = out + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
             float total_m = NEG_INF;
@@ -628,6 +708,8 @@ public enum GemmaKernels {
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has
         // no cancellation near 0 (the CPU backend's form). out may be gate.
         extern "C" __global__ void gelu_tanh_mul(const float* gate, const float* up, float* out, int count) {
+            grid_release();
+            grid_wait();
             int i = blockIdx.x * blockDim.x + threadIdx.x;
             if (i >= count) return;
             out[i] = gelu_tanh_times(gate[i], up[i]);
@@ -635,12 +717,16 @@ public enum GemmaKernels {
 
         // x += y over `count` values.
         extern "C" __global__ void add_rows(float* x, const float* y, int count) {
+            grid_release();
+            grid_wait();
             int i = blockIdx.x * blockDim.x + threadIdx.x;
             if (i < count) x[i] += y[i];
         }
 
         // Softmax of each row of `n` in place, the maximum subtracted first. Grid: rows; block: 1024.
         extern "C" __global__ void __launch_bounds__(1024) softmax_rows(float* x, int n) {
+            grid_release();
+            grid_wait();
             float* row = x + (u64)blockIdx.x * n;
             float m = NEG_INF;
             for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row[i]);
@@ -679,6 +765,8 @@ public enum GemmaKernels {
         // (as float bits) per slice into parts (rows, slices, 2), for argmax_finish: one block a row
         // left the other SMs idle while it read 262144 logits. Grid: (rows, slices); block: 256.
         extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, float* parts, int n) {
+            grid_release();
+            grid_wait();
             const float* row = logits + (u64)blockIdx.x * n;
             int slice = (n + gridDim.y - 1) / gridDim.y, lo = blockIdx.y * slice;
             int hi = lo + slice < n ? lo + slice : n;
@@ -696,6 +784,8 @@ public enum GemmaKernels {
 
         // The slices' winners merged, the lowest index on ties: out[row]. Grid: rows; block: 32.
         extern "C" __global__ void argmax_finish(const float* parts, int* out, int slices) {
+            grid_release();
+            grid_wait();
             const float* p = parts + (u64)blockIdx.x * slices * 2;
             float best = NEG_INF;
             int index = 0x7fffffff;
@@ -748,6 +838,8 @@ public enum GemmaKernels {
 
         extern "C" __global__ void apply_penalties(float* logits, int n, float softcap, const PenaltyRow* rows,
                                                    const u32* entries) {
+            grid_release();
+            grid_wait();
             float* row = logits + (u64)blockIdx.x * n;
             if (softcap > 0.0f) {
                 for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = capped(row[i], softcap);
@@ -955,6 +1047,8 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(512) sample_candidates(const float* logits, int n, float softcap,
                                                                            const SampleRow* parameters, float* values,
                                                                            int* ids, int* counts) {
+            grid_release();
+            grid_wait();
             __shared__ u64 histogram[SAMPLE_WARPS][256];
             __shared__ int kept;
             SampleRow p = parameters[blockIdx.x];
@@ -1000,6 +1094,8 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(512) sample_rows(const float* logits, int* out, int n, float softcap,
                                                                      const SampleRow* parameters, const float* values,
                                                                      const int* ids, const int* counts, int slices) {
+            grid_release();
+            grid_wait();
             __shared__ u64 histogram[SAMPLE_WARPS][256];
             __shared__ int whole;
             SampleRow p = parameters[blockIdx.x];
@@ -1036,6 +1132,8 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(512) row_logprobs(const u64* rows, int n, float softcap,
                                                                        const int* source, const int* tokens, int top,
                                                                        float* out) {
+            grid_release();
+            grid_wait();
             __shared__ int picked;
             const float* row = (const float*)rows[blockIdx.x];
             top = top < 0 ? 0 : (top > LOGPROBS_MAX_TOP ? LOGPROBS_MAX_TOP : top);

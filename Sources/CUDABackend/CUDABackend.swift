@@ -137,6 +137,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             source: GemmaKernels.source, architecture: context.device.architecture, options: GemmaKernels.options,
             compiler: nvrtc)
         functions = try context.loadKernels(kernels.cubin, names: GemmaKernels.names)
+        // Every kernel of the module waits for the one before it (grid_wait) before touching a step's data.
+        context.allowDependentLaunch(of: Array(functions.values), enabled: env["INFERENCE_DEPENDENT_LAUNCH"] != "off")
         if !useCUBLAS || env["INFERENCE_CUBLAS"] == "off" {
             cublas = nil
             cublasProblem = "turned off"

@@ -244,12 +244,12 @@ public struct GPUCheck {
                 name: "rope 11 tokens x 4 heads at 30000+", error: Self.relativeError(gpu.read(gx, offset: 0, count: gx.count), cpu.read(cx, offset: 0, count: cx.count)),
                 tolerance: 1e-6))
         }
-        // Attention: a prefill from 0 with a window, a decode row against a wrapped ring, GQA.
-        for (rows, first, capacity, window, heads, kvHeads) in [
-            (37, 0, 64, 16 as Int?, 4, 1), (1, 300, 64, 32 as Int?, 4, 1), (5, 700, 1024, nil as Int?, 8, 2),
-            (128, 128, 1024, nil as Int?, 4, 1),
+        // Attention: a prefill from 0 with a window, a decode row against a wrapped ring, GQA; heads
+        // of 256 (Gemma 3 up to 12B) and of 128 (27B: half the lanes hold none of a row).
+        for (rows, first, capacity, window, heads, kvHeads, dimension) in [
+            (37, 0, 64, 16 as Int?, 4, 1, 256), (1, 300, 64, 32 as Int?, 4, 1, 256), (5, 700, 1024, nil as Int?, 8, 2, 256),
+            (128, 128, 1024, nil as Int?, 4, 1, 256), (9, 40, 64, nil as Int?, 4, 2, 128),
         ] {
-            let dimension = 256
             let (cq, gq) = pair(values(rows * heads * dimension))
             let (ck, gk) = pair(values(capacity * kvHeads * dimension))
             let (cv, gv) = pair(values(capacity * kvHeads * dimension))
@@ -262,7 +262,7 @@ public struct GPUCheck {
                 queries: gq, keys: gk, values: gv, rows: rows, firstPosition: first, heads: heads, kvHeads: kvHeads,
                 headDimension: dimension, capacity: capacity, window: window, scale: 0.0625, into: gy)
             results.append(Result(
-                name: "attention \(rows) rows at \(first), ring \(capacity), window \(window.map(String.init) ?? "-"), \(heads)/\(kvHeads) heads",
+                name: "attention \(rows) rows at \(first), ring \(capacity), window \(window.map(String.init) ?? "-"), \(heads)/\(kvHeads) heads of \(dimension)",
                 error: Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)),
                 tolerance: 1e-5))
         }

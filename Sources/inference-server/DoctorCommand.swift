@@ -46,6 +46,13 @@ struct Doctor: ParsableCommand {
                         ? "turned off (INFERENCE_CUDA_GRAPHS=off): kernels are launched one by one"
                         : "available: repeated decode steps are captured and replayed as CUDA graphs")
                     : "not in this driver: kernels are launched one by one")
+            line(
+                "launches",
+                !found.supportsDependentLaunch
+                    ? "each kernel waits for the one before to finish (dependent launches need a CUDA 12.3 driver)"
+                    : ProcessInfo.processInfo.environment["INFERENCE_DEPENDENT_LAUNCH"] == "off"
+                        ? "dependent launches turned off (INFERENCE_DEPENDENT_LAUNCH=off)"
+                        : "dependent on sm_90 and later: a kernel starts while the one before it drains")
             for device in found.devices {
                 let memory = (try? found.memoryInfo(ordinal: device.ordinal)).map { " (\(gib($0.free)) free)" } ?? ""
                 line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, about \(Int(device.peakBandwidth / 1e9)) GB/s")

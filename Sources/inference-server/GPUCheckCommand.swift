@@ -64,6 +64,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("nvrtc       \(gpu.nvrtcPath); kernels \(gpu.kernels.fromCache ? "from the cache" : "compiled") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s to ready)")
         print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
+        print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
         var figures: [String: Any] = ["device": device.name, "sm": device.architecture]
 
@@ -209,6 +210,18 @@ struct GPUCheckCommand: ParsableCommand {
                 gpu.context.graphsEnabled = true
                 print(String(format: "            without CUDA graphs: %.2f ms/step (graphs %.2fx faster)", directTime / Double(steps) * 1000, directTime / time))
                 figures["decode_b\(batch)_no_graphs_ms_per_step"] = directTime / Double(steps) * 1000
+            }
+            if gpu.context.dependentLaunchEnabled {
+                // The same steps with each launch waiting for the one before to finish: what dependent launches save.
+                gpu.context.dependentLaunchEnabled = false
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                let serialTime = try seconds {
+                    for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                }
+                gpu.context.dependentLaunchEnabled = true
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                print(String(format: "            without dependent launches: %.2f ms/step (dependent launches %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / time))
+                figures["decode_b\(batch)_serial_launch_ms_per_step"] = serialTime / Double(steps) * 1000
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {

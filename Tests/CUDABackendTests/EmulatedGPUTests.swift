@@ -292,6 +292,11 @@ import Testing
         let graphed = try Self.backend.get()
         let before = graphed.context.graphStatistics
         #expect(before.disabled == nil)
+        // The emulator says sm_90 and CUDA 12.4: recorded steps launch dependently (cuLaunchKernelEx,
+        // whose config the emulator reads with cuda.h's layout), launches one by one do not.
+        #expect(graphed.context.dependentLaunchProblem == nil && graphed.context.dependentLaunchEnabled)
+        let dependentLaunches = try Self.emulatorCounter("cudaEmulatorDependentLaunches")
+        let dependentBefore = dependentLaunches()
         var results: [[[Float]]] = []
         for backend in [graphed, direct] {
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: backend)
@@ -302,6 +307,7 @@ import Testing
                     steps: 6))
         }
         #expect(results[0] == results[1])
+        #expect(dependentLaunches() > dependentBefore + 10)
         let after = graphed.context.graphStatistics
         #expect(after.captured > before.captured)
         #expect(after.replayed >= before.replayed + 2)
@@ -384,6 +390,13 @@ import Testing
         let library = dlopen(try emulator.get(), RTLD_NOW)
         guard let symbol = dlsym(library, name) else { throw Unavailable(description: "the emulator has no \(name)") }
         return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Void).self)
+    }
+
+    /// One of the emulator's counters (see `emulatorSwitch`).
+    static func emulatorCounter(_ name: String) throws -> @convention(c) () -> UInt {
+        let library = dlopen(try emulator.get(), RTLD_NOW)
+        guard let symbol = dlsym(library, name) else { throw Unavailable(description: "the emulator has no \(name)") }
+        return unsafeBitCast(symbol, to: (@convention(c) () -> UInt).self)
     }
 
     /// The kernels with each block's threads run highest index first between barriers: a read of

@@ -33,6 +33,33 @@ import TestSupport
         #expect(Set(declared) == Set(GemmaKernels.names))
     }
 
+    /// Every kernel may be launched while the one before it still runs (programmatic dependent
+    /// launch, on sm_90): each must call grid_wait before it touches a step's data, and none may
+    /// return before it, or it reads what the kernel before has not yet written. The first
+    /// statements of each kernel are grid_release and grid_wait, or (the gemv kernels, which ask
+    /// L2 for their weights in between) a helper whose body waits.
+    @Test func everyKernelWaitsForTheOneBeforeIt() throws {
+        let source = GemmaKernels.source
+        func body(after marker: String) -> Substring? {
+            guard let start = source.range(of: marker), let open = source[start.upperBound...].firstIndex(of: "{") else { return nil }
+            return source[source.index(after: open)...].prefix(1200)
+        }
+        let helpers = ["gemv_rows<", "gemv_pairs<", "gemv_gelu_rows<"]
+        for helper in helpers {
+            let definition = "void " + helper.dropLast() + "("
+            let text = try #require(body(after: definition), "\(helper) is defined")
+            let beforeWait = text.components(separatedBy: "grid_wait();")[0]
+            #expect(text.contains("grid_wait();") && !beforeWait.contains("return") && !beforeWait.contains("x["), "\(helper) waits first")
+        }
+        for name in GemmaKernels.names {
+            let text = try #require(body(after: " \(name)("), "\(name) has a body")
+            let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            let waitsFirst = statements == ["grid_release()", "grid_wait()"]
+            let helper = helpers.first { text.prefix(700).contains($0) }
+            #expect(waitsFirst || helper != nil, "\(name) begins with grid_release(); grid_wait(); or calls a helper that does")
+        }
+    }
+
     @Test func compileErrorsCarryNVRTCsLog() throws {
         let nvrtc = try Self.nvrtc.get()
         #expect { try nvrtc.compile("extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }", architecture: 89) } throws: { error in

@@ -299,7 +299,7 @@ typedef uint64_t CUdeviceptr;
 struct Module { int unused; };
 extern "C" {
 CUresult cuInit(unsigned) { return 0; }
-CUresult cuDriverGetVersion(int *v) { *v = 12020; return 0; }
+CUresult cuDriverGetVersion(int *v) { *v = 12040; return 0; }  // 12.4: has dependent launches
 CUresult cuGetErrorName(CUresult code, const char **s) { *s = code == 500 ? "CUDA_ERROR_NOT_FOUND" : code == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : "CUDA_ERROR_EMULATED"; return 0; }
 CUresult cuGetErrorString(CUresult code, const char **s) { *s = code == 500 ? "named symbol not found" : "error in the CUDA emulator"; return 0; }
 CUresult cuDeviceGetCount(int *n) { *n = 1; return 0; }
@@ -385,6 +385,29 @@ CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, u
     }
     return emu::submit(stream, op);
 }
+// cuda.h's layouts (CUDA 12), which the backend builds by hand.
+struct CUlaunchAttribute { unsigned id; char pad[4]; union { char bytes[64]; int programmaticStreamSerializationAllowed; } value; };
+struct CUlaunchConfig {
+    unsigned gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
+    void *hStream;
+    CUlaunchAttribute *attrs;
+    unsigned numAttrs;
+};
+static_assert(sizeof(CUlaunchAttribute) == 72 && sizeof(CUlaunchConfig) == 56, "cuda.h's sizes");
+// Blocks run one after another here, so a dependent launch is an ordinary one; it is counted, and
+// any attribute but programmatic stream serialization (6), on, is refused as a real driver would
+// refuse one it does not know.
+static unsigned long dependentLaunches = 0;
+CUresult cuLaunchKernelEx(const CUlaunchConfig *config, void *function, void **params, void **extra) {
+    for (unsigned a = 0; a < config->numAttrs; a++) {
+        if (config->attrs[a].id != 6 || config->attrs[a].value.programmaticStreamSerializationAllowed != 1) return 1;
+        dependentLaunches++;
+    }
+    if (config->blockDimY != 1 || config->blockDimZ != 1) return 1;
+    return cuLaunchKernel(function, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX, 1, 1,
+                          config->sharedMemBytes, config->hStream, params, extra);
+}
+unsigned long cudaEmulatorDependentLaunches() { return dependentLaunches; }
 CUresult cuStreamCreate(void **stream, unsigned) { *stream = new emu::Stream(); return 0; }
 CUresult cuStreamBeginCapture_v2(void *stream, int) {
     // For the tests of the backend's fallback: a driver that refuses to capture.
