@@ -584,6 +584,32 @@ public final class CUDAContext: @unchecked Sendable {
         FileHandle.standardError.write(Data("CUDA graphs are off (launching kernels one by one): \(reason)\n".utf8))
     }
 
+    /// The span that covers every upload of a tape, when there are two or more, in increasing order,
+    /// each keeping the same distance between its host and device addresses (all from the staging
+    /// area); else nil.
+    static func uploadSpan(_ words: UnsafeBufferPointer<UInt64>) -> (to: UInt64, from: UInt64, bytes: Int)? {
+        var i = 0, count = 0
+        var low = UInt64.max, high: UInt64 = 0, offset: UInt64? = nil
+        while i < words.count {
+            if words[i] == Operation.launch {
+                i += 8 + Int(words[i + 7])
+                continue
+            }
+            if words[i] == Operation.upload {
+                let to = words[i + 1], from = words[i + 2], bytes = words[i + 3]
+                if offset == nil { offset = from &- to }
+                // In the order staged, none overlapping (a staging area that wrapped around is not).
+                guard from &- to == offset, to >= high else { return nil }
+                low = min(low, to)
+                high = to + bytes
+                count += 1
+            }
+            i += 4
+        }
+        guard count > 1, let offset else { return nil }
+        return (low, low &+ offset, Int(high - low))
+    }
+
     /// Turns dependent launches off for good after a driver error, saying why once.
     private func turnOffDependentLaunch(_ call: String, _ status: Int32) {
         dependentLaunch = false
@@ -598,6 +624,15 @@ public final class CUDAContext: @unchecked Sendable {
         var i = 0
         var afterLaunch = false
         return work.withUnsafeBufferPointer { words in
+            // The tape's uploads as one copy ahead of its first launch: each went to a fresh part of the
+            // staging area (nothing reuses one before a download or synchronize, see `stage`) that no
+            // kernel writes, so copying them all first changes nothing a kernel reads, and a decode
+            // step's graph has one copy node a piece instead of one a layer (29 cost 0.07 ms of 1.54).
+            let hoisted = Self.uploadSpan(words)
+            if let hoisted {
+                let status = copyHtoDAsync(hoisted.to, UnsafeRawPointer(bitPattern: UInt(hoisted.from))!, hoisted.bytes, stream)
+                if status != 0 { return ("cuMemcpyHtoDAsync", status) }
+            }
             while i < words.count {
                 switch words[i] {
                 case Operation.launch:
@@ -623,6 +658,8 @@ public final class CUDAContext: @unchecked Sendable {
                     if status != 0 { return ("cuLaunchKernel", status) }
                     i += 8 + count
                     afterLaunch = true
+                case Operation.upload where hoisted != nil:
+                    i += 4
                 case Operation.upload:
                     let host = UnsafeRawPointer(bitPattern: UInt(words[i + 2]))!
                     let status = copyHtoDAsync(words[i + 1], host, Int(words[i + 3]), stream)

@@ -157,25 +157,45 @@ public enum GemmaKernels {
 
         // rms_norm_add, then out[r, :] = the new residual[r, :] * rsqrt(mean(residual[r, :]^2) + eps) * next:
         // a block's post norm and residual add with the next block's input norm, one launch instead of
-        // two. Each thread keeps its own columns throughout, so out may be x. Grid: rows.
+        // two. Each thread keeps its own columns (at most NORM_PER_THREAD) in registers throughout, so
+        // out may be x, and every load goes out at once: the two norm weights before grid_wait (no step
+        // writes them), then x and the residual (a decode step's norm is a chain of load latencies).
+        // n <= NORM_PER_THREAD * blockDim.x. Grid: rows.
+        #define NORM_PER_THREAD 8
         extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, float* residual,
                                                                             const float* next, float* out, int n, float eps) {
             grid_release();
+            float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD], xv[NORM_PER_THREAD], rv[NORM_PER_THREAD];
+            for (int j = 0; j < NORM_PER_THREAD; j++) {
+                int i = threadIdx.x + j * blockDim.x;
+                wv[j] = i < n ? w[i] : 0.0f;
+                nv[j] = i < n ? next[i] : 0.0f;
+            }
             grid_wait();
             const float* xr = x + (u64)blockIdx.x * n;
             float* rr = residual + (u64)blockIdx.x * n;
             float* orow = out + (u64)blockIdx.x * n;
+            for (int j = 0; j < NORM_PER_THREAD; j++) {
+                int i = threadIdx.x + j * blockDim.x;
+                xv[j] = i < n ? xr[i] : 0.0f;
+                rv[j] = i < n ? rr[i] : 0.0f;
+            }
             float s = 0.0f;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+            for (int j = 0; j < NORM_PER_THREAD; j++) s += xv[j] * xv[j];
             float inv = rsqrtf(block_sum(s) / n + eps);
             float s2 = 0.0f;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                float v = rr[i] + (xr[i] * inv) * w[i];
-                rr[i] = v;
-                s2 += v * v;
+            for (int j = 0; j < NORM_PER_THREAD; j++) {
+                rv[j] = rv[j] + (xv[j] * inv) * wv[j];
+                s2 += rv[j] * rv[j];
             }
             float inv2 = rsqrtf(block_sum(s2) / n + eps);
-            for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = (rr[i] * inv2) * next[i];
+            for (int j = 0; j < NORM_PER_THREAD; j++) {
+                int i = threadIdx.x + j * blockDim.x;
+                if (i < n) {
+                    rr[i] = rv[j];
+                    orow[i] = (rv[j] * inv2) * nv[j];
+                }
+            }
         }
 
         // q_norm / k_norm then RoPE, in place, for one head of one token per block: heads 0..heads-1
@@ -370,9 +390,9 @@ public enum GemmaKernels {
             int ma, mb, ra, rb;
             gemv_locate(first, w0, w1, w2, o0, o1, o2, m0, m1, m2, wa, oa, ma, ra);
             gemv_locate(first + 1, w0, w1, w2, o0, o1, o2, m0, m1, m2, wb, ob, mb, rb);
+            // No prefetch: with several tokens the kernel is bound by its activation loads, and asking
+            // L2 for the weights first made it slower (1B, 16 tokens, H100: down 49 -> 58 us).
             grid_release();
-            if (ra < ma) gemv_prefetch(wa + (u64)ra * k, k, splits, warp % splits);
-            if (rb < mb) gemv_prefetch(wb + (u64)rb * k, k, splits, warp % splits);
             grid_wait();
             float a[T], b[T];
             for (int t = 0; t < T; t++) { a[t] = 0.0f; b[t] = 0.0f; }
@@ -422,7 +442,7 @@ public enum GemmaKernels {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             int r = blockIdx.x * (8 / splits) + warp / splits;
             grid_release();
-            if (r < m) {
+            if (r < m && tokens == 1) {  // one token only, as in gemv_pairs
                 gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
                 gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
             }
@@ -547,9 +567,13 @@ public enum GemmaKernels {
         }
         __device__ __forceinline__ void kv_load8(const bf16* p, float* out) { unpack8(*(const uint4*)p, out); }
 
+        // Key position `fresh` (-1: none) is read from kfresh and vfresh (the step's own f32 key and value
+        // of this kv head, rounded as the cache would hold them) rather than from the cache, which
+        // another block of the same launch is storing it into.
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
-                               int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale) {
+                               int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale,
+                               const float* kfresh, const float* vfresh, int fresh) {
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -566,8 +590,17 @@ public enum GemmaKernels {
                 int count = hi - base + 1 < ATT_GROUP ? hi - base + 1 : ATT_GROUP;  // the same in every lane
                 float kr[ATT_GROUP][8], vr[ATT_GROUP][8];
                 for (int u = 0; u < ATT_GROUP; u++) {
-                    u64 row = (u64)((base + (u < count ? u : 0)) % capacity) * width + (u64)kvh * dim + d0;
-                    if (active) {
+                    int key = base + (u < count ? u : 0);
+                    u64 row = (u64)(key % capacity) * width + (u64)kvh * dim + d0;
+                    if (active && key == fresh) {
+                        kv_load8(kfresh + d0, kr[u]);
+                        kv_load8(vfresh + d0, vr[u]);
+                        if (sizeof(T) == 2)
+                            for (int j = 0; j < 8; j++) {
+                                kr[u][j] = bf16_to_f32(f32_to_bf16(kr[u][j]));
+                                vr[u][j] = bf16_to_f32(f32_to_bf16(vr[u][j]));
+                            }
+                    } else if (active) {
                         kv_load8(kcache + row, kr[u]);
                         kv_load8(vcache + row, vr[u]);
                     } else {
@@ -624,7 +657,7 @@ public enum GemmaKernels {
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
-                   kvHeads, dim, capacity, scale);
+                   kvHeads, dim, capacity, scale, 0, 0, -1);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -657,14 +690,18 @@ public enum GemmaKernels {
         // into contiguous shares of `share` keys, one block each, so that even one sequence keeps many
         // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
         // attention_combine merges them; a row with fewer keys leaves its last shares empty.
+        // store != 0 (every row the one new token of its own sequence, as in a decode step): the rows'
+        // keys and values k, v are stored here, by block (r, 0, 0), instead of by kv_store_rows in a
+        // launch before; every block reads its row's new key from k and v, so none reads the cache
+        // row being stored, and the slot it replaces is past every row's window.
         // Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
                                                   int heads, int kvHeads, int dim, float scale, int splits, int share,
-                                                  int half) {
+                                                  int half, const float* k, const float* v, int store) {
             grid_release();
             grid_wait();
             SegmentRow r = rows[blockIdx.x];
-            int h = blockIdx.y, z = blockIdx.z;
+            int h = blockIdx.y, z = blockIdx.z, kvh = h / (heads / kvHeads), width = kvHeads * dim;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
             int lo = oldest_key(r.position, r.window), hi = r.position;
             float* partial = 0;
@@ -673,12 +710,18 @@ public enum GemmaKernels {
                 if (lo + share - 1 < hi) hi = lo + share - 1;
                 partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
             }
+            const float* kfresh = store ? k + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
+            const float* vfresh = store ? v + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
+            if (store && h == 0 && z == 0) {
+                if (half) store_row<bf16>(k, v, r, width);
+                else store_row<float>(k, v, r, width);
+            }
             if (half)
-                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
-                       kvHeads, dim, r.capacity, scale);
+                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1);
             else
-                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, h / (heads / kvHeads),
-                       kvHeads, dim, r.capacity, scale);
+                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).

@@ -372,6 +372,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     ) {
         precondition(weight.storage == .f32 && weight.columns == dimension && next.storage == .f32 && next.columns == dimension)
         precondition(rows * dimension <= min(x.count, accumulator.count, out.count))
+        precondition(dimension <= 8 * 1024, "rms_norm_add_norm keeps at most 8 columns a thread")
         context.launch(
             kernel("rms_norm_add_norm"), grid: (rows, 1, 1), block: warpsFor((dimension + 1) / 2),
             [
@@ -445,8 +446,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
-    /// Every segment's KV store and attention in two launches: a table of (cache addresses,
-    /// position, ring size, window) per row is uploaded, and each block finds its sequence there.
+    /// Every segment's KV store and attention in two or three launches (one or two for a decode
+    /// step): a table of (cache addresses, position, ring size, window) per row is uploaded, and
+    /// each block finds its sequence there.
     public func attentionBatch(
         queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
         kvHeads: Int, headDimension: Int, scale: Float, into out: CUDABuffer
@@ -483,9 +485,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard rows > 0 else { return true }
         precondition(rows * width <= min(keys.count, values.count) && rows * heads * headDimension <= min(queries.count, out.count))
         let rowsTable = table.withUnsafeBytes { context.stage($0) }
-        context.launch(
-            kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
-            [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width), .int(half ? 1 : 0)])
+        // Each row its sequence's one new token (a decode step): attention_rows stores the keys and
+        // values itself, one launch a layer fewer. Rows of one sequence read each other's new keys
+        // from the cache, so those are stored in a launch before.
+        let storeInside = segments.allSatisfy { $0.rows == 1 }
+        if !storeInside {
+            context.launch(
+                kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
+                [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width), .int(half ? 1 : 0)])
+        }
         // The keys are cut into shares, one block each, then merged. A decode step (a few rows) takes
         // 16 shares of 32 keys (or of the next multiple of 32 that covers the longest row), so that
         // even one sequence spreads over many SMs: a block of 256 keys took 45 µs on an H200, nearly
@@ -511,6 +519,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             [
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
+                .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.

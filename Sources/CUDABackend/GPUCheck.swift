@@ -46,6 +46,14 @@ public struct GPUCheck {
     }
 
     /// A KV cache buffer on the GPU holding `values` (as bf16 when `half`).
+    /// A KV cache's values, f32 or bf16 widened.
+    private func cacheContents(_ buffer: CUDABuffer) -> [Float] {
+        guard buffer.elementBytes == 2 else { return gpu.read(buffer, offset: 0, count: buffer.count) }
+        var bits = [UInt16](repeating: 0, count: buffer.count)
+        bits.withUnsafeMutableBytes { gpu.context.download(buffer.address, bytes: $0.count, into: $0.baseAddress!) }
+        return bits.map { Float(bitPattern: UInt32(UInt16(littleEndian: $0)) << 16) }
+    }
+
     private func cache(_ values: [Float], half: Bool) throws -> CUDABuffer {
         let buffer = try CUDABuffer(context: gpu.context, count: values.count, elementBytes: half ? 2 : 4)
         if half {
@@ -269,11 +277,14 @@ public struct GPUCheck {
         // Batched KV store and attention over three sequences: contexts long enough to be cut into
         // shares (and merged), a wrapped sliding ring, a prefill chunk beside decode rows; with f32
         // and with bf16 caches (the reference then holds the same bf16-rounded keys and values).
-        for half in [false, true] {
+        // A decode step (every row its sequence's one new token) stores the keys inside the attention
+        // launch: the caches must then hold exactly what the CPU stored.
+        for (half, decode) in [(false, false), (true, false), (false, true), (true, true)] {
             let heads = 4, kvHeads = 1, dimension = 256, width = kvHeads * dimension
-            let specs: [(capacity: Int, window: Int?, first: Int, rows: Int)] = [
-                (1024, nil, 900, 1), (600, 512, 2000, 1), (1024, nil, 300, 5),
-            ]
+            let specs: [(capacity: Int, window: Int?, first: Int, rows: Int)] =
+                decode
+                ? [(1024, nil, 900, 1), (600, 512, 2000, 1), (64, 32, 300, 1)]
+                : [(1024, nil, 900, 1), (600, 512, 2000, 1), (1024, nil, 300, 5)]
             func stored(_ v: [Float]) -> [Float] {
                 half ? v.map { Float(bitPattern: UInt32(CUDABackend.bfloat16Bits($0)) << 16) } : v
             }
@@ -285,12 +296,14 @@ public struct GPUCheck {
             let (ck, _) = pair(stored(newKeys))
             let (cv, _) = pair(stored(newValues))
             var gpuSegments: [AttentionSegment<CUDABuffer>] = []
+            var cpuCaches: [CPUBackend.Buffer] = []
             let cy = cpu.makeBuffer(count: total * heads * dimension)
             var row = 0
             for spec in specs {
                 let keys = values(spec.capacity * width), cacheValues = values(spec.capacity * width)
                 let (cKeys, _) = pair(stored(keys))
                 let (cValues, _) = pair(stored(cacheValues))
+                cpuCaches += [cKeys, cValues]
                 gpuSegments.append(AttentionSegment(
                     keys: try cache(keys, half: half), values: try cache(cacheValues, half: half), capacity: spec.capacity,
                     window: spec.window, firstPosition: spec.first, firstRow: row, rows: spec.rows))
@@ -313,10 +326,17 @@ public struct GPUCheck {
             let done = gpu.attentionBatch(
                 queries: gq, keys: gk, values: gv, segments: gpuSegments, heads: heads, kvHeads: kvHeads,
                 headDimension: dimension, scale: 0.0625, into: gy)
+            let what = decode ? "3 sequences' decode rows" : "3 sequences"
             results.append(Result(
-                name: "attention of 3 sequences in one step (shares\(half ? ", bf16 cache" : ""))",
+                name: "attention of \(what) in one step (shares\(half ? ", bf16 cache" : ""))",
                 error: done ? Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)) : .infinity,
                 tolerance: 1e-5))
+            let gpuCaches = gpuSegments.flatMap { [$0.keys, $0.values] }
+            let cacheError = zip(gpuCaches, cpuCaches).map { g, c in
+                Self.relativeError(cacheContents(g), cpu.read(c, offset: 0, count: c.count))
+            }.max() ?? .infinity
+            results.append(Result(
+                name: "KV rows stored by the attention of \(what)\(half ? " (bf16 cache)" : "")", error: cacheError, tolerance: 0))
         }
         // Elementwise: gelu_tanh(gate) * up, residual add, softmax.
         do {

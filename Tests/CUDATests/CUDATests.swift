@@ -37,7 +37,8 @@ import TestSupport
     /// launch, on sm_90): each must call grid_wait before it touches a step's data, and none may
     /// return before it, or it reads what the kernel before has not yet written. The first
     /// statements of each kernel are grid_release and grid_wait, or (the gemv kernels, which ask
-    /// L2 for their weights in between) a helper whose body waits.
+    /// L2 for their weights in between) a helper whose body waits; the few kernels that load their
+    /// weights before waiting are named here, their prologue read by hand, and wait before any return.
     @Test func everyKernelWaitsForTheOneBeforeIt() throws {
         let source = GemmaKernels.source
         func body(after marker: String) -> Substring? {
@@ -51,10 +52,16 @@ import TestSupport
             let beforeWait = text.components(separatedBy: "grid_wait();")[0]
             #expect(text.contains("grid_wait();") && !beforeWait.contains("return") && !beforeWait.contains("x["), "\(helper) waits first")
         }
+        let weightPrologues: Set<String> = ["rms_norm_add_norm"]
         for name in GemmaKernels.names {
             let text = try #require(body(after: " \(name)("), "\(name) has a body")
             let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-            let waitsFirst = statements == ["grid_release()", "grid_wait()"]
+            var waitsFirst = statements == ["grid_release()", "grid_wait()"]
+            if weightPrologues.contains(name) {
+                let beforeWait = text.components(separatedBy: "grid_wait();")[0]
+                waitsFirst = statements.first == "grid_release()" && text.contains("grid_wait();") && !beforeWait.contains("return")
+                    && !beforeWait.contains("x[") && !beforeWait.contains("residual")
+            }
             let helper = helpers.first { text.prefix(700).contains($0) }
             #expect(waitsFirst || helper != nil, "\(name) begins with grid_release(); grid_wait(); or calls a helper that does")
         }
