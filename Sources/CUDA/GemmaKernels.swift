@@ -567,37 +567,13 @@ public enum GemmaKernels {
         }
         __device__ __forceinline__ void kv_load8(const bf16* p, float* out) { unpack8(*(const uint4*)p, out); }
 
-        // Gemma's per-head RMS norm (weight w, holding 1 + w), then RoPE, on one head held by a warp:
-        // lane i holds dimensions 8i..8i+7 in x (zeros where !active), so the norm's sum is the warp's
-        // and RoPE's partner of dimension d (d +- dim/2) is in lane i ^ (dim / 16). angles: cos (dim/2)
-        // then sin (dim/2), as norm_rope reads them. dim a power of two, 16 to 256; the whole warp calls.
-        __device__ __forceinline__ void rotate8(float* x, bool active, const float* w, const float* angles, int dim,
-                                                float eps) {
-            int d0 = 8 * (threadIdx.x & 31), half = dim >> 1;
-            float ss = 0.0f;
-            for (int j = 0; j < 8; j++) ss += x[j] * x[j];
-            float inv = rsqrtf(warp_sum(ss) / dim + eps);
-            for (int j = 0; j < 8; j++) x[j] = active ? (x[j] * inv) * w[d0 + j] : 0.0f;
-            float partner[8];
-            for (int j = 0; j < 8; j++) partner[j] = __shfl_xor_sync(0xffffffffu, x[j], half >> 3);
-            if (!active) return;
-            for (int j = 0; j < 8; j++) {
-                int d = d0 + j;
-                if (d < half) x[j] = x[j] * angles[d] - partner[j] * angles[half + d];
-                else x[j] = x[j] * angles[d - half] + partner[j] * angles[d];
-            }
-        }
-
         // Key position `fresh` (-1: none) is read from kfresh and vfresh (the step's own f32 key and value
         // of this kv head, rounded as the cache would hold them) rather than from the cache, which
-        // another block of the same launch is storing it into. With qw (and kw) not null, the query
-        // (and that fresh key) get their norm and RoPE here (rotate8 with angles) instead of in
-        // norm_rope: a decode step's norm_rope launch folded into this one.
+        // another block of the same launch is storing it into.
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale,
-                               const float* kfresh, const float* vfresh, int fresh, const float* qw, const float* kw,
-                               const float* angles, float eps) {
+                               const float* kfresh, const float* vfresh, int fresh) {
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -607,7 +583,6 @@ public enum GemmaKernels {
             for (int j = 0; j < 8; j++) acc[j] = 0.0f;
             if (active) kv_load8(qv + d0, q);
             else for (int j = 0; j < 8; j++) q[j] = 0.0f;
-            if (qw) rotate8(q, active, qw, angles, dim, eps);
             float m = NEG_INF, l = 0.0f;
             // Four keys per warp per iteration, their keys' and values' loads all issued before any
             // arithmetic: a decode step (one query row, a handful of blocks) is bound by load latency.
@@ -617,14 +592,9 @@ public enum GemmaKernels {
                 for (int u = 0; u < ATT_GROUP; u++) {
                     int key = base + (u < count ? u : 0);
                     u64 row = (u64)(key % capacity) * width + (u64)kvh * dim + d0;
-                    if (key == fresh) {  // the same in every lane
-                        if (active) {
-                            kv_load8(kfresh + d0, kr[u]);
-                            kv_load8(vfresh + d0, vr[u]);
-                        } else {
-                            for (int j = 0; j < 8; j++) { kr[u][j] = 0.0f; vr[u][j] = 0.0f; }
-                        }
-                        if (kw) rotate8(kr[u], active, kw, angles, dim, eps);
+                    if (active && key == fresh) {
+                        kv_load8(kfresh + d0, kr[u]);
+                        kv_load8(vfresh + d0, vr[u]);
                         if (sizeof(T) == 2)
                             for (int j = 0; j < 8; j++) {
                                 kr[u][j] = bf16_to_f32(f32_to_bf16(kr[u][j]));
@@ -687,7 +657,7 @@ public enum GemmaKernels {
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
-                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f);
+                   kvHeads, dim, capacity, scale, 0, 0, -1);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -723,41 +693,11 @@ public enum GemmaKernels {
         // store != 0 (every row the one new token of its own sequence, as in a decode step): the rows'
         // keys and values k, v are stored here, by block (r, 0, 0), instead of by kv_store_rows in a
         // launch before; every block reads its row's new key from k and v, so none reads the cache
-        // row being stored, and the slot it replaces is past every row's window. With store, qw, kw
-        // and table not null, q and k are as the q/k projections left them and get their norms and
-        // RoPE here (norm_rope's work; dim a power of two): each block rotates its query head and its
-        // row's new key, and block (r, 0, 0) stores the rotated keys.
+        // row being stored, and the slot it replaces is past every row's window.
         // Grid: (rows, heads, splits); block: 256.
-        template <typename T>
-        __device__ void store_rotated(const float* k, const float* v, const SegmentRow& r, int kvHeads, int dim,
-                                      const float* kw, const float* angles, float eps) {
-            T* kc = (T*)r.keys;
-            T* vc = (T*)r.values;
-            int width = kvHeads * dim, d0 = 8 * (threadIdx.x & 31), warps = blockDim.x >> 5;
-            bool active = d0 < dim;
-            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)blockIdx.x * width;
-            for (int kvh = threadIdx.x >> 5; kvh < kvHeads; kvh += warps) {
-                float x[8], y[8];
-                u64 at = (u64)kvh * dim + d0;
-                if (active) {
-                    kv_load8(k + from + at, x);
-                    kv_load8(v + from + at, y);
-                } else {
-                    for (int j = 0; j < 8; j++) { x[j] = 0.0f; y[j] = 0.0f; }
-                }
-                rotate8(x, active, kw, angles, dim, eps);
-                if (active)
-                    for (int j = 0; j < 8; j++) {
-                        kv_put(kc + to + at + j, x[j]);
-                        kv_put(vc + to + at + j, y[j]);
-                    }
-            }
-        }
-
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
                                                   int heads, int kvHeads, int dim, float scale, int splits, int share,
-                                                  int half, const float* k, const float* v, int store, const float* qw,
-                                                  const float* kw, const float* table, float eps) {
+                                                  int half, const float* k, const float* v, int store) {
             grid_release();
             grid_wait();
             SegmentRow r = rows[blockIdx.x];
@@ -772,22 +712,16 @@ public enum GemmaKernels {
             }
             const float* kfresh = store ? k + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
             const float* vfresh = store ? v + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
-            bool rotate = store && qw;
-            const float* angles = rotate ? table + (u64)blockIdx.x * dim : 0;
             if (store && h == 0 && z == 0) {
-                if (rotate && half) store_rotated<bf16>(k, v, r, kvHeads, dim, kw, angles, eps);
-                else if (rotate) store_rotated<float>(k, v, r, kvHeads, dim, kw, angles, eps);
-                else if (half) store_row<bf16>(k, v, r, width);
+                if (half) store_row<bf16>(k, v, r, width);
                 else store_row<float>(k, v, r, width);
             }
             if (half)
                 attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, rotate ? qw : 0, rotate ? kw : 0, angles,
-                       eps);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1);
             else
                 attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, rotate ? qw : 0, rotate ? kw : 0, angles,
-                       eps);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).

@@ -453,37 +453,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
         kvHeads: Int, headDimension: Int, scale: Float, into out: CUDABuffer
     ) -> Bool {
-        attendRows(
-            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
-            headDimension: headDimension, scale: scale, rotation: nil, into: out)
-    }
-
-    /// A decode step (every row its sequence's one new token, heads of a power-of-two size) takes the
-    /// query and key norms and RoPE inside attention_rows: norm_rope's launch saved in every layer.
-    public func attentionBatch(
-        queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
-        kvHeads: Int, headDimension: Int, scale: Float, rotation: QueryKeyRotation<CUDAMatrix, CUDABuffer>,
-        into out: CUDABuffer
-    ) -> Bool {
-        let rows = segments.reduce(0) { $0 + $1.rows }
-        guard rows > 0, segments.allSatisfy({ $0.rows == 1 }), headDimension >= 16, headDimension & (headDimension - 1) == 0
-        else {
-            return normRopeThenAttend(
-                queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
-                headDimension: headDimension, scale: scale, rotation: rotation, into: out)
-        }
-        precondition(rotation.queryNorm.columns == headDimension && rotation.keyNorm.columns == headDimension)
-        precondition(rows * headDimension <= rotation.table.count)
-        return attendRows(
-            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
-            headDimension: headDimension, scale: scale, rotation: rotation, into: out)
-    }
-
-    private func attendRows(
-        queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
-        kvHeads: Int, headDimension: Int, scale: Float, rotation: QueryKeyRotation<CUDAMatrix, CUDABuffer>?,
-        into out: CUDABuffer
-    ) -> Bool {
         precondition(heads % kvHeads == 0)
         precondition(
             headDimension % 32 == 0 && headDimension <= GemmaKernels.attentionMaximumDimension,
@@ -520,7 +489,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // values itself, one launch a layer fewer. Rows of one sequence read each other's new keys
         // from the cache, so those are stored in a launch before.
         let storeInside = segments.allSatisfy { $0.rows == 1 }
-        precondition(rotation == nil || storeInside, "the norms and RoPE go inside attention only with the store")
         if !storeInside {
             context.launch(
                 kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
@@ -552,8 +520,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
-                .pointer(rotation?.queryNorm.address ?? 0), .pointer(rotation?.keyNorm.address ?? 0),
-                .pointer(rotation?.table.address ?? 0), .float(rotation?.epsilon ?? 0),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.

@@ -82,12 +82,6 @@ public protocol ComputeBackend: Sendable {
     func attentionBatch(
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, into out: Buffer) -> Bool
-    /// `normRope` on the rows' queries and keys with `rotation`, then `attentionBatch` (a GPU decode
-    /// step: the norms and RoPE inside the attention launch). When it returns false the norms and
-    /// RoPE have been applied all the same, in place, and the model attends segment by segment.
-    func attentionBatch(
-        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, rotation: QueryKeyRotation<Matrix, Buffer>, into out: Buffer) -> Bool
     /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
     /// computes it where the logits are and returns only the indices.  x: (rows, columns)
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
@@ -111,23 +105,6 @@ public protocol ComputeBackend: Sendable {
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
-}
-
-/// A layer's per-head query and key norms (q_norm, k_norm) and its RoPE table: what `normRope`
-/// applies before attention.
-public struct QueryKeyRotation<Matrix, Buffer> {
-    public var queryNorm: Matrix
-    public var keyNorm: Matrix
-    public var epsilon: Float
-    /// cos and sin of each row's position, as `ropeTable` writes them.
-    public var table: Buffer
-
-    public init(queryNorm: Matrix, keyNorm: Matrix, epsilon: Float, table: Buffer) {
-        self.queryNorm = queryNorm
-        self.keyNorm = keyNorm
-        self.epsilon = epsilon
-        self.table = table
-    }
 }
 
 /// One sequence's share of a batched step for `attentionBatch`: its layer's cache ring and where its
@@ -207,29 +184,6 @@ extension ComputeBackend {
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, into out: Buffer
     ) -> Bool { false }
-
-    public func attentionBatch(
-        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, rotation: QueryKeyRotation<Matrix, Buffer>, into out: Buffer
-    ) -> Bool {
-        normRopeThenAttend(
-            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
-            headDimension: headDimension, scale: scale, rotation: rotation, into: out)
-    }
-
-    /// The unfused version of `attentionBatch(rotation:)`: `normRope`, then `attentionBatch`.
-    public func normRopeThenAttend(
-        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, rotation: QueryKeyRotation<Matrix, Buffer>, into out: Buffer
-    ) -> Bool {
-        normRope(
-            queries: queries, keys: keys, rows: segments.reduce(0) { $0 + $1.rows }, heads: heads, kvHeads: kvHeads,
-            headDimension: headDimension, queryNorm: rotation.queryNorm, keyNorm: rotation.keyNorm, epsilon: rotation.epsilon,
-            table: rotation.table)
-        return attentionBatch(
-            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
-            headDimension: headDimension, scale: scale, into: out)
-    }
 
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
         (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }

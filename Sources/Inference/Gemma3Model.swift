@@ -78,7 +78,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     ) {
         let c = config
         let n = tokens.count
-        forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index, rotation in
+        forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index in
             let entry = cache.layers[index]
             // A backend with batched attention (a GPU, whose cache may be bf16) stores and attends in one go.
             let one = AttentionSegment(
@@ -86,7 +86,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 firstRow: 0, rows: n)
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
-                headDimension: c.headDimension, scale: c.attentionScale, rotation: rotation, into: s.attention)
+                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention)
             {
                 return
             }
@@ -118,7 +118,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         positions.reserveCapacity(tokens.count)
         for segment in segments { positions += segment.firstPosition..<segment.firstPosition + segment.count }
         precondition(positions.count == tokens.count, "the segments must cover the tokens")
-        forward(tokens, positions: positions, scratch: s) { index, rotation in
+        forward(tokens, positions: positions, scratch: s) { index in
             let batch = segments.map { segment in
                 let entry = segment.cache.layers[index]
                 return AttentionSegment(
@@ -127,7 +127,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             }
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
-                headDimension: c.headDimension, scale: c.attentionScale, rotation: rotation, into: s.attention)
+                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention)
             {
                 return
             }
@@ -152,17 +152,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         }
     }
 
-    /// The layers over `tokens` (row i at `positions[i]`); `attend(layer, rotation)` applies the
-    /// query and key norms and RoPE (`rotation`) to `s.query` and `s.key`, stores the rows' keys and
-    /// values and writes `s.attention`.
+    /// The layers over `tokens` (row i at `positions[i]`); `attend(layer)` stores the rows' keys and
+    /// values (in `s.key`, `s.value`, after norm and RoPE) and writes `s.attention` from `s.query`.
     private func forward(
-        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch,
-        attend: (Int, QueryKeyRotation<Backend.Matrix, Backend.Buffer>) -> Void
+        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, attend: (Int) -> Void
     ) {
         let c = config
         let b = backend
         let n = tokens.count
         let hidden = c.hiddenSize
+        let heads = c.headCount
+        let kvHeads = c.kvHeadCount
+        let headDim = c.headDimension
 
         // h = embed(tokens) * sqrt(hidden) (in the compute precision: see Gemma3Config.embeddingScale).
         b.embed(tokens, table: embedding, scale: c.embeddingScale, into: s.hidden)  // (n, hidden)
@@ -180,10 +181,11 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             // and with the next block's input norm.)
             // q: (n, heads * headDim); k, v: (n, kvHeads * headDim)
             b.matmul(s.normed, rows: n, weights: [layer.query, layer.key, layer.value], into: [s.query, s.key, s.value])
-            let rotation = QueryKeyRotation(
+            b.normRope(
+                queries: s.query, keys: s.key, rows: n, heads: heads, kvHeads: kvHeads, headDimension: headDim,
                 queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
                 table: layer.type == .full ? s.globalRope : s.localRope)
-            attend(index, rotation)  // (n, heads * headDim) in s.attention
+            attend(index)  // (n, heads * headDim) in s.attention
             b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
             b.rmsNormAddNorm(
                 s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,
