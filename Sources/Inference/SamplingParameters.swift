@@ -51,27 +51,33 @@ public struct SamplingParameters: Sendable, Equatable {
             || (minTokens > 0 && !minTokensStopIDs.isEmpty)
     }
 
-    /// Throws `invalidArgument` naming the first value out of its range (vLLM's bounds).
-    public func validate() throws {
-        func bad(_ message: String) -> InferenceError { .invalidArgument(message) }
-        guard temperature >= 0, temperature.isFinite else {
-            throw bad("temperature must be a number >= 0, got \(temperature)")
+    /// The first value out of its range (vLLM's bounds): the request field it came from, and a
+    /// message that starts with that name. Nil when every value is in range.
+    public var firstValueOutOfRange: (field: String, message: String)? {
+        if !(temperature >= 0 && temperature.isFinite) {
+            return ("temperature", "temperature must be a number >= 0, got \(temperature)")
         }
-        guard topK >= -1 else { throw bad("top_k must be -1 (off), 0 (off) or positive, got \(topK)") }
-        guard topP > 0, topP <= 1 else { throw bad("top_p must be in (0, 1], got \(topP)") }
-        guard minP >= 0, minP <= 1 else { throw bad("min_p must be in [0, 1], got \(minP)") }
-        guard repetitionPenalty > 0, repetitionPenalty.isFinite else {
-            throw bad("repetition_penalty must be > 0, got \(repetitionPenalty)")
+        if topK < -1 { return ("top_k", "top_k must be -1 (off), 0 (off) or positive, got \(topK)") }
+        if !(topP > 0 && topP <= 1) { return ("top_p", "top_p must be in (0, 1], got \(topP)") }
+        if !(minP >= 0 && minP <= 1) { return ("min_p", "min_p must be in [0, 1], got \(minP)") }
+        if !(repetitionPenalty > 0 && repetitionPenalty.isFinite) {
+            return ("repetition_penalty", "repetition_penalty must be > 0, got \(repetitionPenalty)")
         }
-        guard (-2...2).contains(presencePenalty) else {
-            throw bad("presence_penalty must be in [-2, 2], got \(presencePenalty)")
+        if !(-2...2).contains(presencePenalty) {
+            return ("presence_penalty", "presence_penalty must be in [-2, 2], got \(presencePenalty)")
         }
-        guard (-2...2).contains(frequencyPenalty) else {
-            throw bad("frequency_penalty must be in [-2, 2], got \(frequencyPenalty)")
+        if !(-2...2).contains(frequencyPenalty) {
+            return ("frequency_penalty", "frequency_penalty must be in [-2, 2], got \(frequencyPenalty)")
         }
         if let (id, value) = logitBias.first(where: { !(-100...100).contains($0.value) || $0.key < 0 }) {
-            throw bad("logit_bias must map token ids to values in [-100, 100], got \(id): \(value)")
+            return ("logit_bias", "logit_bias must map token ids to values in [-100, 100], got \(id): \(value)")
         }
-        guard minTokens >= 0 else { throw bad("min_tokens must be at least 0, got \(minTokens)") }
+        if minTokens < 0 { return ("min_tokens", "min_tokens must be at least 0, got \(minTokens)") }
+        return nil
+    }
+
+    /// Throws `invalidArgument` with `firstValueOutOfRange`'s message.
+    public func validate() throws {
+        if let bad = firstValueOutOfRange { throw InferenceError.invalidArgument(bad.message) }
     }
 }

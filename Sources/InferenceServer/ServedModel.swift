@@ -84,17 +84,7 @@ public final class ServedModel: Sendable {
         p.minTokensStopIDs = p.minTokens > 0 ? stopTokens.sorted() : []
         // n choices with one seed: each its own stream, all reproducible.
         p.seed = f.seed.map { UInt64(bitPattern: Int64($0)) &+ UInt64(choice) }
-        do {
-            try p.validate()
-        } catch let error as InferenceError {
-            // The messages start with the field's name ("min_tokens must be at least 0, ...").
-            let fields: Set = [
-                "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                "logit_bias", "min_tokens",
-            ]
-            let first = error.description.split(separator: " ").first.map(String.init) ?? ""
-            throw OpenAIError.badRequest(error.description, param: fields.contains(first) ? first : nil)
-        }
+        if let bad = p.firstValueOutOfRange { throw OpenAIError.badRequest(bad.message, param: bad.field) }
         return p
     }
 

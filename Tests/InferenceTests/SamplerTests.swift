@@ -85,14 +85,26 @@ import Testing
         #expect(logits.indices.contains(barred.sample(logits)))
     }
 
+    /// Each value out of range is refused, named by its request field (the server's `param`), the
+    /// message starting with that name.
     @Test func invalidParametersAreRejected() {
-        for bad in [
-            SamplingParameters(temperature: -1), SamplingParameters(topK: -2), SamplingParameters(topP: 0),
-            SamplingParameters(minP: 1.5), SamplingParameters(repetitionPenalty: 0),
-            SamplingParameters(presencePenalty: 3),
+        var biased = SamplingParameters()
+        biased.logitBias = [5: 200]
+        var negativeMinimum = SamplingParameters()
+        negativeMinimum.minTokens = -1
+        for (bad, field) in [
+            (SamplingParameters(temperature: -1), "temperature"), (SamplingParameters(temperature: .nan), "temperature"),
+            (SamplingParameters(topK: -2), "top_k"), (SamplingParameters(topP: 0), "top_p"),
+            (SamplingParameters(minP: 1.5), "min_p"), (SamplingParameters(repetitionPenalty: 0), "repetition_penalty"),
+            (SamplingParameters(presencePenalty: 3), "presence_penalty"),
+            (SamplingParameters(frequencyPenalty: -2.5), "frequency_penalty"), (biased, "logit_bias"),
+            (negativeMinimum, "min_tokens"),
         ] {
             #expect(throws: InferenceError.self) { try bad.validate() }
+            #expect(bad.firstValueOutOfRange?.field == field)
+            #expect(bad.firstValueOutOfRange?.message.hasPrefix(field + " ") == true)
         }
+        #expect(SamplingParameters().firstValueOutOfRange == nil)
     }
 
     @Test func logprobHelpers() {

@@ -203,6 +203,12 @@ def main():
     param = error_param(call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 2,
                                                          "logit_bias": {"262144": 1}}))
     check(param == "logit_bias", f"logit_bias outside the vocabulary: param {param}")
+    # Sampling values out of vLLM's ranges: a 400 naming the field.
+    for name, value in (("temperature", -1), ("top_p", 0), ("top_k", -2), ("min_p", 1.5),
+                        ("repetition_penalty", 0), ("presence_penalty", 3), ("frequency_penalty", -2.5)):
+        param = error_param(call("POST", "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 2,
+                                                             name: value}))
+        check(param == name, f"{name} {value}: param {param}")
 
     # 9. continuous_usage_stats: every chunk with a choice carries that choice's usage so far (vLLM:
     # its prompt's tokens and its own completion tokens, not the request's sums).
