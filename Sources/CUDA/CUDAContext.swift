@@ -10,7 +10,7 @@ import Foundation
 /// the host, a synchronize, an allocation, cuBLAS: `flush`). Recorded work the same as work seen
 /// before (the same kernels, launch shapes, arguments and staging offsets, word for word) is
 /// captured as a CUDA graph on its second sighting and from then on replayed with one
-/// `cuGraphLaunch`: a decode step of a fixed batch is some 260 launches (for Gemma 3 1B), which the
+/// `cuGraphLaunch`: a decode step of a fixed batch is some 240 launches (for Gemma 3 1B), which the
 /// host would otherwise issue one by one; the model hands them over every few layers (`flush`), each
 /// piece its own graph. Runs of fewer than 16 launches (the pieces cuBLAS splits a prefill
 /// into) are always issued directly, so they never crowd the graph cache. Step inputs that change
@@ -308,7 +308,7 @@ public final class CUDAContext: @unchecked Sendable {
         _ kernel: OpaquePointer, grid: (Int, Int, Int), block: Int, sharedBytes: Int = 0, _ arguments: [Argument]
     ) {
         if recording {
-            // Straight onto the tape: a decode step records some 260 launches.
+            // Straight onto the tape: a decode step records some 240 launches.
             tapeLock.lock()
             if recording {
                 tape.append(contentsOf: [
@@ -385,12 +385,14 @@ public final class CUDAContext: @unchecked Sendable {
     /// writes, in every thread before it can return. The launches of a recorded step whose kernel
     /// is here and whose predecessor on the tape is a launch get the attribute, so the next
     /// kernel's blocks start (and ask L2 for their weights) while the one before still runs,
-    /// instead of after it has drained: a decode step is some 260 short launches.
+    /// instead of after it has drained: a decode step is some 240 short launches.
     private var dependentKernels: Set<UInt64> = []
     /// Whether dependent launches are on now; see `dependentLaunchEnabled`.
     private var dependentLaunch = false
     /// Why dependent launches are off, where they are.
     public private(set) var dependentLaunchProblem: String?
+    /// Turned off after a driver error: for good, whatever `dependentLaunchEnabled` is set to.
+    private var dependentLaunchBroken = false
 
     /// Marks `kernels` as safe to launch dependently (see `dependentKernels`) and turns dependent
     /// launches on where the device and driver have them and `enabled`.
@@ -423,10 +425,11 @@ public final class CUDAContext: @unchecked Sendable {
             tapeLock.lock()
             defer { tapeLock.unlock() }
             flushLocked()
-            let wanted = newValue && launchExCall != nil && !dependentKernels.isEmpty
-            guard wanted != dependentLaunch else { return }
+            guard launchExCall != nil, !dependentKernels.isEmpty, !dependentLaunchBroken else { return }
+            guard newValue != dependentLaunch else { return }
             dropGraphsLocked()
-            dependentLaunch = wanted
+            dependentLaunch = newValue
+            dependentLaunchProblem = newValue ? nil : "turned off"
         }
     }
 
@@ -526,9 +529,16 @@ public final class CUDAContext: @unchecked Sendable {
     private func capture(_ work: [UInt64], key: Int, _ calls: GraphCalls) -> Bool {
         var made = instantiate(work, calls)
         if made.exec == nil && dependentLaunch {
-            // A driver that will not capture dependent launches: graphs matter more.
-            turnOffDependentLaunch(made.call, made.code)
+            // Perhaps a driver that will not capture dependent launches: graphs matter more. Off only
+            // if the capture then works (else the failure was not theirs).
+            let failed = made
+            dependentLaunch = false
             made = instantiate(work, calls)
+            if made.exec != nil {
+                turnOffDependentLaunch(failed.call, failed.code)
+            } else {
+                dependentLaunch = true
+            }
         }
         guard let exec = made.exec else {
             disableGraphs(made.call, made.code)
@@ -561,7 +571,7 @@ public final class CUDAContext: @unchecked Sendable {
     private func instantiate(_ work: [UInt64], _ calls: GraphCalls) -> (exec: OpaquePointer?, call: String, code: Int32) {
         var status = calls.beginCapture(stream, 2)  // CU_STREAM_CAPTURE_MODE_RELAXED
         guard status == 0 else { return (nil, "cuStreamBeginCapture", status) }
-        let issued = issue(work)
+        let issued = issue(work, capturing: true)
         var graph: OpaquePointer? = nil
         status = calls.endCapture(stream, &graph)
         guard issued.code == 0, status == 0, let graph else {
@@ -613,6 +623,7 @@ public final class CUDAContext: @unchecked Sendable {
     /// Turns dependent launches off for good after a driver error, saying why once.
     private func turnOffDependentLaunch(_ call: String, _ status: Int32) {
         dependentLaunch = false
+        dependentLaunchBroken = true
         var reason = "\(call) failed"
         do { try check(call, status) } catch { reason = "\(error)" }
         dependentLaunchProblem = reason
@@ -620,7 +631,7 @@ public final class CUDAContext: @unchecked Sendable {
     }
 
     /// Issues tape words on the context's stream; the first failing call and its status, or code 0.
-    private func issue(_ work: [UInt64]) -> (call: String, code: Int32) {
+    private func issue(_ work: [UInt64], capturing: Bool = false) -> (call: String, code: Int32) {
         var i = 0
         var afterLaunch = false
         return work.withUnsafeBufferPointer { words in
@@ -647,7 +658,8 @@ public final class CUDAContext: @unchecked Sendable {
                             let status = Self.withDependentLaunchConfig(shape, stream) { config in
                                 launchEx(config, OpaquePointer(bitPattern: UInt(words[i + 1])), pointers.baseAddress, nil)
                             }
-                            if status == 0 { return status }
+                            // In a capture the failed call has spoilt it: `capture` retries without.
+                            if status == 0 || capturing { return status }
                             turnOffDependentLaunch("cuLaunchKernelEx", status)
                         }
                         return launchCall(
@@ -655,7 +667,7 @@ public final class CUDAContext: @unchecked Sendable {
                             UInt32(words[i + 4]), UInt32(words[i + 5]), 1, 1, UInt32(words[i + 6]), stream,
                             pointers.baseAddress, nil)
                     }
-                    if status != 0 { return ("cuLaunchKernel", status) }
+                    if status != 0 { return (dependent && capturing ? "cuLaunchKernelEx" : "cuLaunchKernel", status) }
                     i += 8 + count
                     afterLaunch = true
                 case Operation.upload where hoisted != nil:

@@ -45,7 +45,6 @@ public struct GPUCheck {
         (0..<count).map { _ in (random.unit() * 2 - 1) * scale }
     }
 
-    /// A KV cache buffer on the GPU holding `values` (as bf16 when `half`).
     /// A KV cache's values, f32 or bf16 widened.
     private func cacheContents(_ buffer: CUDABuffer) -> [Float] {
         guard buffer.elementBytes == 2 else { return gpu.read(buffer, offset: 0, count: buffer.count) }
@@ -54,6 +53,7 @@ public struct GPUCheck {
         return bits.map { Float(bitPattern: UInt32(UInt16(littleEndian: $0)) << 16) }
     }
 
+    /// A KV cache buffer on the GPU holding `values` (as bf16 when `half`).
     private func cache(_ values: [Float], half: Bool) throws -> CUDABuffer {
         let buffer = try CUDABuffer(context: gpu.context, count: values.count, elementBytes: half ? 2 : 4)
         if half {
@@ -279,8 +279,12 @@ public struct GPUCheck {
         // and with bf16 caches (the reference then holds the same bf16-rounded keys and values).
         // A decode step (every row its sequence's one new token) stores the keys inside the attention
         // launch: the caches must then hold exactly what the CPU stored.
-        for (half, decode) in [(false, false), (true, false), (false, true), (true, true)] {
-            let heads = 4, kvHeads = 1, dimension = 256, width = kvHeads * dimension
+        // Heads of 128 (Gemma 3 27B), 8 of them over 2 kv heads: half the lanes hold none of a row.
+        for (half, decode, dimension) in [
+            (false, false, 256), (true, false, 256), (false, true, 256), (true, true, 256), (true, false, 128),
+            (true, true, 128),
+        ] {
+            let heads = dimension == 128 ? 8 : 4, kvHeads = dimension == 128 ? 2 : 1, width = kvHeads * dimension
             let specs: [(capacity: Int, window: Int?, first: Int, rows: Int)] =
                 decode
                 ? [(1024, nil, 900, 1), (600, 512, 2000, 1), (64, 32, 300, 1)]
@@ -326,7 +330,7 @@ public struct GPUCheck {
             let done = gpu.attentionBatch(
                 queries: gq, keys: gk, values: gv, segments: gpuSegments, heads: heads, kvHeads: kvHeads,
                 headDimension: dimension, scale: 0.0625, into: gy)
-            let what = decode ? "3 sequences' decode rows" : "3 sequences"
+            let what = (decode ? "3 sequences' decode rows" : "3 sequences") + (dimension == 128 ? ", 8/2 heads of 128" : "")
             results.append(Result(
                 name: "attention of \(what) in one step (shares\(half ? ", bf16 cache" : ""))",
                 error: done ? Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count)) : .infinity,

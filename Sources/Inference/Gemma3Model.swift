@@ -34,8 +34,9 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     let localFrequencies: [Float]
     let globalFrequencies: [Float]
     /// A forward pass hands its work to the backend every this many layers (`ComputeBackend.submit`):
-    /// a GPU then runs the first layers while the host records the next. 8: a 26-layer step goes in
-    /// four pieces, each long enough to be replayed as a CUDA graph. 0: the step in one piece.
+    /// a GPU then runs the first layers while the host records the next. 8 (and a first piece of
+    /// `layersInFirstSubmission`): a 26-layer step goes in five pieces (2, 6, 8, 8, 2 layers), each
+    /// long enough to be replayed as a CUDA graph. 0: the step in one piece.
     public var layersPerSubmission = 8
     /// The first piece is shorter: the GPU, idle since the last step's tokens came back, waits for
     /// the host to record it (8 layers: about 0.06-0.12 ms on an H100 host, 4-7% of a 1B step).

@@ -308,6 +308,7 @@ import Testing
         }
         #expect(results[0] == results[1])
         #expect(dependentLaunches() > dependentBefore + 10)
+        #expect(graphed.context.dependentLaunchProblem == nil, "still on after the steps")
         let after = graphed.context.graphStatistics
         #expect(after.captured > before.captured)
         #expect(after.replayed >= before.replayed + 2)
@@ -399,9 +400,11 @@ import Testing
         return unsafeBitCast(symbol, to: (@convention(c) () -> UInt).self)
     }
 
-    /// The kernels with each block's threads run highest index first between barriers: a read of
-    /// what another thread wrote without a barrier between (a missing __syncthreads) gets another
-    /// value in one of the two orders, so the checks that pass in order must pass reversed too.
+    /// The kernels with each block's threads run highest index first between barriers, and the
+    /// blocks last first: a read of what another thread wrote without a barrier between (a missing
+    /// __syncthreads), or of what another block of the launch writes (the KV rows a decode step's
+    /// attention stores), gets another value in one of the two orders, so the checks that pass in
+    /// order must pass reversed too.
     @Test func everyOperationMatchesWithTheThreadsReversed() throws {
         let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
         reverse(1)

@@ -249,9 +249,12 @@ static int launch(Launcher kernel, dim3 g, dim3 b, void **params) {
     }
     pending = kernel;
     pendingParams = params;
-    for (unsigned bz = 0; bz < g.z; bz++)
-        for (unsigned by = 0; by < g.y; by++)
-            for (unsigned bx = 0; bx < g.x; bx++) {
+    // Reversed, the blocks run last first too: a block that reads what another block of the same
+    // launch writes (no order between blocks on a GPU) then gets the other value.
+    size_t blocks = (size_t)g.x * g.y * g.z;
+    for (size_t n = 0; n < blocks; n++) {
+                size_t linear = reverseThreads ? blocks - 1 - n : n;
+                unsigned bx = (unsigned)(linear % g.x), by = (unsigned)(linear / g.x % g.y), bz = (unsigned)(linear / ((size_t)g.x * g.y));
                 blockIndex = {bx, by, bz};
                 for (size_t t = 0; t < count; t++) {
                     threads[t].state = Ready;
