@@ -39,13 +39,16 @@ def main():
         data = json.dumps(payload).encode() if payload is not None else None
         request = urllib.request.Request(base + path, data=data, method=method,
                                          headers={"Content-Type": "application/json"})
+        def parsed(raw):
+            try:
+                return json.loads(raw) if raw else None
+            except ValueError:  # /metrics answers text
+                return raw.decode(errors="replace")
         try:
             with urllib.request.urlopen(request, timeout=120) as r:
-                raw = r.read()
-                return r.status, r.headers, (json.loads(raw) if raw else None)
+                return r.status, r.headers, parsed(r.read())
         except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, e.headers, (json.loads(raw) if raw else None)
+            return e.code, e.headers, parsed(e.read())
 
     def error_param(status_body, expected_status=400):
         status, _, body = status_body
@@ -232,6 +235,19 @@ def main():
         status, headers, body = call(method, path, {} if method == "POST" else None)
         check(status == 405 and allowed in (headers.get("Allow") or "") and body and body["error"]["code"] == 405,
               f"{method} {path}: {status} Allow={headers.get('Allow')} {body}")
+    # Every route of the surface: its own methods answer (not 404/405), any other gets 405 whose Allow
+    # lists exactly its methods (the server's table of them is kept by hand beside its routes).
+    surface = {"/health": {"GET", "HEAD"}, "/version": {"GET", "HEAD"}, "/metrics": {"GET", "HEAD"},
+               "/v1/models": {"GET", "HEAD"}, "/ping": {"GET", "HEAD", "POST"}, "/v1/completions": {"POST"},
+               "/v1/chat/completions": {"POST"}, "/tokenize": {"POST"}, "/detokenize": {"POST"}}
+    for path, methods in surface.items():
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            status, headers, _ = call(method, path, {} if method in ("POST", "PUT") else None)
+            if method in methods:
+                check(status not in (404, 405), f"{method} {path}: {status}")
+            else:
+                allow = {m.strip() for m in (headers.get("Allow") or "").split(",") if m.strip()}
+                check(status == 405 and allow == methods, f"{method} {path}: {status} Allow={headers.get('Allow')}")
     for path in ("/health", "/v1/models"):
         status, _, _ = call("HEAD", path)
         check(status == 200, f"HEAD {path}: {status}")
