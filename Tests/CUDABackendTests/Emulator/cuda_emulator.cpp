@@ -253,45 +253,45 @@ static int launch(Launcher kernel, dim3 g, dim3 b, void **params) {
     // launch writes (no order between blocks on a GPU) then gets the other value.
     size_t blocks = (size_t)g.x * g.y * g.z;
     for (size_t n = 0; n < blocks; n++) {
-                size_t linear = reverseThreads ? blocks - 1 - n : n;
-                unsigned bx = (unsigned)(linear % g.x), by = (unsigned)(linear / g.x % g.y), bz = (unsigned)(linear / ((size_t)g.x * g.y));
-                blockIndex = {bx, by, bz};
-                for (size_t t = 0; t < count; t++) {
-                    threads[t].state = Ready;
-                    threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
+        size_t linear = reverseThreads ? blocks - 1 - n : n;
+        unsigned bx = (unsigned)(linear % g.x), by = (unsigned)(linear / g.x % g.y), bz = (unsigned)(linear / ((size_t)g.x * g.y));
+        blockIndex = {bx, by, bz};
+        for (size_t t = 0; t < count; t++) {
+            threads[t].state = Ready;
+            threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
+        }
+        for (;;) {
+            for (size_t k = 0; k < count; k++) {
+                size_t t = reverseThreads ? count - 1 - k : k;
+                if (threads[t].state == Ready) run((int)t);
+            }
+            bool done = true, released = false;
+            for (auto &thread : threads) done = done && thread.state == Done;
+            if (done) break;
+            // A block barrier releases when no live thread is anywhere else.
+            bool block = true;
+            for (auto &thread : threads) block = block && (thread.state == Done || thread.state == AtBlockBarrier);
+            if (block) {
+                for (auto &thread : threads) if (thread.state == AtBlockBarrier) thread.state = Ready;
+                continue;
+            }
+            for (size_t w = 0; w < count; w += 32) {
+                bool warp = true, any = false;
+                for (size_t t = w; t < w + 32 && t < count; t++) {
+                    warp = warp && (threads[t].state == Done || threads[t].state == AtWarpBarrier);
+                    any = any || threads[t].state == AtWarpBarrier;
                 }
-                for (;;) {
-                    for (size_t k = 0; k < count; k++) {
-                        size_t t = reverseThreads ? count - 1 - k : k;
-                        if (threads[t].state == Ready) run((int)t);
-                    }
-                    bool done = true, released = false;
-                    for (auto &thread : threads) done = done && thread.state == Done;
-                    if (done) break;
-                    // A block barrier releases when no live thread is anywhere else.
-                    bool block = true;
-                    for (auto &thread : threads) block = block && (thread.state == Done || thread.state == AtBlockBarrier);
-                    if (block) {
-                        for (auto &thread : threads) if (thread.state == AtBlockBarrier) thread.state = Ready;
-                        continue;
-                    }
-                    for (size_t w = 0; w < count; w += 32) {
-                        bool warp = true, any = false;
-                        for (size_t t = w; t < w + 32 && t < count; t++) {
-                            warp = warp && (threads[t].state == Done || threads[t].state == AtWarpBarrier);
-                            any = any || threads[t].state == AtWarpBarrier;
-                        }
-                        if (warp && any) {
-                            for (size_t t = w; t < w + 32 && t < count; t++) if (threads[t].state == AtWarpBarrier) threads[t].state = Ready;
-                            released = true;
-                        }
-                    }
-                    if (!released) {
-                        fprintf(stderr, "cuda emulator: block (%u,%u,%u) deadlocks at a barrier some threads never reach\n", bx, by, bz);
-                        return 999;
-                    }
+                if (warp && any) {
+                    for (size_t t = w; t < w + 32 && t < count; t++) if (threads[t].state == AtWarpBarrier) threads[t].state = Ready;
+                    released = true;
                 }
             }
+            if (!released) {
+                fprintf(stderr, "cuda emulator: block (%u,%u,%u) deadlocks at a barrier some threads never reach\n", bx, by, bz);
+                return 999;
+            }
+        }
+    }
     return 0;
 }
 }  // namespace emu
