@@ -50,11 +50,11 @@ public final class CUDAContext: @unchecked Sendable {
         ) -> Int32
     /// cuLaunchKernelEx (CUDA 12.0 and later): a launch with attributes, here programmatic
     /// dependent launch (see `dependentLaunch`).
-    private let launchExCall:
-        (@convention(c) (
-            UnsafeRawPointer, OpaquePointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
-            UnsafeMutablePointer<UnsafeMutableRawPointer?>?
-        ) -> Int32)?
+    private typealias LaunchEx = @convention(c) (
+        UnsafeRawPointer, OpaquePointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+        UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+    ) -> Int32
+    private let launchExCall: LaunchEx?
     private let errorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let errorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 
@@ -114,10 +114,7 @@ public final class CUDAContext: @unchecked Sendable {
         // (CUDA 12.3); Cloud Run's L4 (sm_89, 12.2) launches as before.
         launchExCall =
             device.architecture >= 90 && driver.supportsDependentLaunch
-            ? try? lib.function("cuLaunchKernelEx", as: (@convention(c) (
-                UnsafeRawPointer, OpaquePointer?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
-                UnsafeMutablePointer<UnsafeMutableRawPointer?>?
-            ) -> Int32).self) : nil
+            ? try? lib.function("cuLaunchKernelEx", as: LaunchEx.self) : nil
         errorName = try lib.function("cuGetErrorName", as: type(of: errorName))
         errorString = try lib.function("cuGetErrorString", as: type(of: errorString))
         let deviceGet = try lib.function("cuDeviceGet", as: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
@@ -654,8 +651,7 @@ public final class CUDAContext: @unchecked Sendable {
                         // The argument words stay where they are; the driver reads the size it needs.
                         for a in 0..<count { pointers[a] = UnsafeMutableRawPointer(mutating: words.baseAddress! + i + 8 + a) }
                         if dependent, let launchEx = launchExCall {
-                            let shape = (0..<5).map { UInt32(truncatingIfNeeded: words[i + 2 + $0]) }
-                            let status = Self.withDependentLaunchConfig(shape, stream) { config in
+                            let status = Self.withDependentLaunchConfig(words, launchAt: i, stream) { config in
                                 launchEx(config, OpaquePointer(bitPattern: UInt(words[i + 1])), pointers.baseAddress, nil)
                             }
                             // In a capture the failed call has spoilt it: `capture` retries without.
@@ -689,19 +685,23 @@ public final class CUDAContext: @unchecked Sendable {
         }
     }
 
-    /// A CUlaunchConfig (cuda.h, CUDA 12) for grid x y z, block x and shared bytes (`shape`) on
-    /// `stream`, with one attribute: CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6), on.
+    /// A CUlaunchConfig (cuda.h, CUDA 12) for the launch at `launchAt` in tape `words` (its grid x y z,
+    /// block x and shared bytes) on `stream`, with one attribute:
+    /// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6), on.
     /// Layouts: the config is 7 unsigned ints, the stream at 32, the attribute array at 40 and
     /// their count at 48 (56 bytes); an attribute is its id, padded to 8, then a 64-byte value
     /// union whose first int is programmaticStreamSerializationAllowed (72 bytes).
     static func withDependentLaunchConfig<R>(
-        _ shape: [UInt32], _ stream: OpaquePointer?, _ body: (UnsafeRawPointer) -> R
+        _ words: UnsafeBufferPointer<UInt64>, launchAt i: Int, _ stream: OpaquePointer?, _ body: (UnsafeRawPointer) -> R
     ) -> R {
         withUnsafeTemporaryAllocation(byteCount: 56 + 72, alignment: 8) { bytes in
             let base = bytes.baseAddress!
             base.initializeMemory(as: UInt8.self, repeating: 0, count: 56 + 72)
-            let dimensions = [shape[0], shape[1], shape[2], shape[3], 1, 1, shape[4]]
-            for (n, value) in dimensions.enumerated() { base.storeBytes(of: value, toByteOffset: 4 * n, as: UInt32.self) }
+            // gridDimX, Y, Z, blockDimX from the tape; blockDimY and Z stay 1; sharedMemBytes.
+            for n in 0..<4 { base.storeBytes(of: UInt32(truncatingIfNeeded: words[i + 2 + n]), toByteOffset: 4 * n, as: UInt32.self) }
+            base.storeBytes(of: UInt32(1), toByteOffset: 16, as: UInt32.self)
+            base.storeBytes(of: UInt32(1), toByteOffset: 20, as: UInt32.self)
+            base.storeBytes(of: UInt32(truncatingIfNeeded: words[i + 6]), toByteOffset: 24, as: UInt32.self)
             base.storeBytes(of: UInt(bitPattern: stream), toByteOffset: 32, as: UInt.self)
             let attribute = base + 56
             base.storeBytes(of: UInt(bitPattern: attribute), toByteOffset: 40, as: UInt.self)
