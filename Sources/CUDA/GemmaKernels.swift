@@ -12,7 +12,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemm_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_candidates", "sample_rows", "apply_penalties",
         "row_logprobs",
@@ -521,6 +521,107 @@ public enum GemmaKernels {
                     if (t < tokens) out[(u64)t * m + r] = acc[i][j];
                 }
             }
+        }
+
+        // d += a · b for one m16n8k16 tile on the tensor cores (mma.sync, bf16 in, f32 accumulation):
+        // a warp-wide operation, each lane holding the PTX ISA's fragments ("Matrix Fragments for
+        // mma.m16n8k16 with floating point type"): with g = lane / 4 and q = lane % 4, a[0..3] are A's
+        // (row g, columns 2q, 2q+1), (g + 8, 2q..), (g, 2q + 8..), (g + 8, 2q + 8..); b[0..1] are B's
+        // (rows 2q, 2q+1, column g) and (2q + 8.., g); d[0..3] are D's (g, 2q), (g, 2q+1), (g + 8, 2q),
+        // (g + 8, 2q+1). Each 32-bit word holds two bf16, the lower column (or row of B) in the low
+        // half. Only sm_80 and later have it; the backend launches gemm_mma_bf16 nowhere else. The
+        // emulator computes the same tile from every lane's fragments.
+        __device__ __forceinline__ void mma_bf16_16816(float* d, const u32* a, const u32* b) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        #elif defined(__CUDA_ARCH__)
+            __trap();
+        #else
+            emu_mma_bf16_16816(d, a, b);
+        #endif
+        }
+
+        // Two f32 as a word of two bf16 parts: hi = bf16(v), lo = bf16(v - hi). hi + lo keeps about 16
+        // bits of v where hi alone keeps 8.
+        __device__ __forceinline__ void split_pair(float v0, float v1, u32& hi, u32& lo) {
+            bf16 h0 = f32_to_bf16(v0), h1 = f32_to_bf16(v1);
+            bf16 l0 = f32_to_bf16(v0 - bf16_to_f32(h0)), l1 = f32_to_bf16(v1 - bf16_to_f32(h1));
+            hi = (u32)h0 | ((u32)h1 << 16);
+            lo = (u32)l0 | ((u32)l1 << 16);
+        }
+
+        // out[t, r] = w[r, :] . x[t, :] for many tokens on the tensor cores (prefill without cuBLAS:
+        // Cloud Run images). 64 rows x 64 tokens per block of 4 warps, each warp 32 rows x 32 tokens
+        // (2 x 4 mma tiles), 32 columns at a time through shared memory. The f32 activations are split
+        // into two bf16 parts (split_pair) and both are multiplied, so a product keeps about 16 bits of
+        // each activation, near the f32 kernels, where cuBLAS's bf16 activations keep 8; the weights
+        // are bf16 already. Shared rows are MMA_ROW words (16 of data, 4 of padding), so the 32 lanes'
+        // fragment loads fall in 32 different banks. k a multiple of 32.
+        // Grid: (ceil(m / 64), ceil(tokens / 64)); block: 128.
+        #define MMA_ROW 20
+        extern "C" __global__ void __launch_bounds__(128) gemm_mma_bf16(const bf16* w, const float* x, float* out, int m, int k,
+                                                                       int tokens) {
+            grid_release();
+            grid_wait();
+            __shared__ uint4 wtile[64 * MMA_ROW / 4], xhi[64 * MMA_ROW / 4], xlo[64 * MMA_ROW / 4];
+            const u32* ws = (const u32*)wtile;
+            const u32* xh = (const u32*)xhi;
+            const u32* xl = (const u32*)xlo;
+            int r0 = blockIdx.x * 64, t0 = blockIdx.y * 64;
+            int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+            int wr = (warp >> 1) * 32, wt = (warp & 1) * 32;  // this warp's rows and tokens in the tile
+            float acc[2][4][4];
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++)
+                    for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+            for (int k0 = 0; k0 < k; k0 += 32) {
+                // 256 runs of 8 columns each for w and for x: thread i stages runs i and i + 128.
+                for (int run = threadIdx.x; run < 256; run += 128) {
+                    int row = run >> 2, part = run & 3, at = row * (MMA_ROW / 4) + part;
+                    uint4 wv = {0u, 0u, 0u, 0u}, hv = {0u, 0u, 0u, 0u}, lv = {0u, 0u, 0u, 0u};
+                    if (r0 + row < m) wv = *(const uint4*)(w + (u64)(r0 + row) * k + k0 + part * 8);
+                    if (t0 + row < tokens) {
+                        const float4* xv = (const float4*)(x + (u64)(t0 + row) * k + k0 + part * 8);
+                        float4 a = xv[0], b = xv[1];
+                        split_pair(a.x, a.y, hv.x, lv.x);
+                        split_pair(a.z, a.w, hv.y, lv.y);
+                        split_pair(b.x, b.y, hv.z, lv.z);
+                        split_pair(b.z, b.w, hv.w, lv.w);
+                    }
+                    wtile[at] = wv;
+                    xhi[at] = hv;
+                    xlo[at] = lv;
+                }
+                __syncthreads();
+                for (int kk = 0; kk < 16; kk += 8) {  // two k16 steps, in words of two columns
+                    u32 a[2][4];
+                    for (int i = 0; i < 2; i++) {
+                        int row = wr + 16 * i + g;
+                        a[i][0] = ws[row * MMA_ROW + kk + q];
+                        a[i][1] = ws[(row + 8) * MMA_ROW + kk + q];
+                        a[i][2] = ws[row * MMA_ROW + kk + 4 + q];
+                        a[i][3] = ws[(row + 8) * MMA_ROW + kk + 4 + q];
+                    }
+                    for (int j = 0; j < 4; j++) {
+                        int token = wt + 8 * j + g;
+                        u32 lo[2] = {xl[token * MMA_ROW + kk + q], xl[token * MMA_ROW + kk + 4 + q]};
+                        u32 hi[2] = {xh[token * MMA_ROW + kk + q], xh[token * MMA_ROW + kk + 4 + q]};
+                        for (int i = 0; i < 2; i++) {
+                            mma_bf16_16816(acc[i][j], a[i], lo);
+                            mma_bf16_16816(acc[i][j], a[i], hi);
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++)
+                    for (int c = 0; c < 4; c++) {
+                        int r = r0 + wr + 16 * i + g + 8 * (c >> 1), t = t0 + wt + 8 * j + 2 * q + (c & 1);
+                        if (r < m && t < tokens) out[(u64)t * m + r] = acc[i][j][c];
+                    }
         }
 
         // out = bf16(x) over `count` values: the activations cuBLAS multiplies.

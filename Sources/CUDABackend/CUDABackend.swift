@@ -68,7 +68,8 @@ public struct CUDAMatrix: @unchecked Sendable {
 /// - Products of up to 16 rows (decode) run in `gemv_bf16` (one row) or `gemv_pairs_bf16`, which read
 ///   each weight row once for every row of the step with f32 activations (q, k and v in one launch;
 ///   the MLP's gate, up and GELU in `gemv_gelu_bf16`). Larger products (prefill) go to cuBLAS with
-///   bf16 activations and f32 accumulation, or, without cuBLAS, to the tiled `gemm_bf16`.
+///   bf16 activations and f32 accumulation, or, without cuBLAS, to the tensor cores (`gemm_mma_bf16`,
+///   sm_80 and later, once it has passed its self-check) or the tiled `gemm_bf16`.
 /// - Only reading results back (`read`, `argmax`) waits for the GPU: everything else is queued on the
 ///   default stream and returns, small per-step inputs included (`CUDAContext.stage`).
 public final class CUDABackend: ComputeBackend, @unchecked Sendable {
@@ -89,6 +90,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); cublasEnabled = newValue; lock.unlock() }
     }
     private var cublasEnabled = true
+    /// Why products of more than 16 rows without cuBLAS do not run on the tensor cores (nil: they do):
+    /// a GPU before sm_80, `INFERENCE_TENSOR_CORES=off`, or a failed self-check at start.
+    public private(set) var tensorCoreProblem: String?
+    /// Products of more than 16 rows that cuBLAS does not take go to `gemm_mma_bf16` (when
+    /// `tensorCoreProblem` is nil) or to the tiled `gemm_bf16` (false; the benchmarks time both).
+    public var prefillWithTensorCores: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return tensorCoresEnabled }
+        set { lock.lock(); tensorCoresEnabled = newValue && tensorCoreProblem == nil; lock.unlock() }
+    }
+    private var tensorCoresEnabled = false
     public let nvrtcPath: String
     /// What the KV cache holds: bf16 unless `INFERENCE_KV_CACHE_DTYPE` (or the init) says float32.
     public let kvCache: KVCacheType
@@ -110,7 +121,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
 
     public var name: String {
-        "cuda (\(context.device.name), sm_\(context.device.architecture)\(cublas == nil ? "" : ", cuBLAS"))"
+        let products = cublas != nil ? ", cuBLAS" : tensorCoreProblem == nil ? ", tensor cores" : ""
+        return "cuda (\(context.device.name), sm_\(context.device.architecture)\(products))"
     }
 
     /// Opens the driver, the GPU `ordinal`, NVRTC (compiling the kernels, or taking them from the
@@ -151,6 +163,52 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 cublasProblem = "\(error)"
             }
         }
+        if context.device.architecture < 80 {
+            tensorCoreProblem = "needs sm_80 or later (this GPU is sm_\(context.device.architecture))"
+        } else if env["INFERENCE_TENSOR_CORES"] == "off" {
+            tensorCoreProblem = "turned off (INFERENCE_TENSOR_CORES=off)"
+        } else {
+            tensorCoreProblem = tensorCoreSelfCheck()
+        }
+        tensorCoresEnabled = tensorCoreProblem == nil
+    }
+
+    /// `gemm_mma_bf16` on a small product whose tiles are partial both ways, against the host in f64:
+    /// nil when it agrees, else what went wrong. The tensor-core kernel has only been checked on an
+    /// emulator that follows the PTX ISA's fragment layout; if a card (or driver) computes otherwise,
+    /// prefill falls back to the tiled kernel's speed instead of giving wrong answers.
+    func tensorCoreSelfCheck() -> String? {
+        let m = 80, k = 96, rows = 70
+        var random = Xoshiro256StarStar(seed: 0x7E45_0C0E)
+        let weights = (0..<m * k).map { _ in Self.bfloat16Bits(random.unit() * 2 - 1) }
+        let x = (0..<rows * k).map { _ in random.unit() * 2 - 1 }
+        let got: [Float]
+        do {
+            let memory = try CUDABuffer(context: context, bytes: m * k * 2)
+            weights.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: memory.address) }
+            let input = try tryMakeBuffer(count: rows * k), output = try tryMakeBuffer(count: rows * m)
+            write(x, to: input, offset: 0)
+            matmulTensorCores(input, rows: rows, weight: CUDAMatrix(storage: .bf16, rows: m, columns: k, memory: memory), into: output)
+            try context.synchronize()
+            got = read(output, offset: 0, count: rows * m)
+        } catch {
+            return "its self-check could not run (\(error))"
+        }
+        // Each activation keeps about 16 bits (split into two bf16), so an element is within a few
+        // 1e-5 of the largest; a wrong layout is off by the size of the elements themselves.
+        var worst = 0.0, largest = 0.0
+        for t in 0..<rows {
+            for r in 0..<m {
+                var sum = 0.0
+                for j in 0..<k { sum += Double(Float(bitPattern: UInt32(weights[r * k + j]) << 16)) * Double(x[t * k + j]) }
+                worst = max(worst, got[t * m + r].isFinite ? abs(Double(got[t * m + r]) - sum) : .infinity)
+                largest = max(largest, abs(sum))
+            }
+        }
+        guard worst <= 1e-4 * largest else {
+            return String(format: "its self-check was off by %.3g (elements up to %.3g): the tiled kernel takes its place", worst, largest)
+        }
+        return nil
     }
 
     private func kernel(_ name: String) -> OpaquePointer {
@@ -279,7 +337,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return
         }
         if rows > group && k % 32 == 0 {
-            matmulTiled(x, rows: rows, weight: weight, into: out)
+            if prefillWithTensorCores {
+                matmulTensorCores(x, rows: rows, weight: weight, into: out)
+            } else {
+                matmulTiled(x, rows: rows, weight: weight, into: out)
+            }
             return
         }
         gemv(x, rows: rows, weights: [weight], into: [out])
@@ -346,13 +408,23 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
-    /// Many rows without cuBLAS (Cloud Run images): `gemm_bf16`, 64 rows × 64 tokens per block, so
+    /// Many rows without cuBLAS on a GPU before sm_80: `gemm_bf16`, 64 rows × 64 tokens per block, so
     /// each weight is read once per 64 tokens. k must be a multiple of 32.
     func matmulTiled(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
         let m = weight.rows, k = weight.columns
         precondition(weight.storage == .bf16 && k % 32 == 0 && rows * k <= x.count && rows * m <= out.count)
         context.launch(
             kernel("gemm_bf16"), grid: (blocks(m, 64), blocks(rows, 64), 1), block: 256,
+            [.pointer(weight.address), .pointer(x.address), .pointer(out.address), .int(m), .int(k), .int(rows)])
+    }
+
+    /// Many rows without cuBLAS (Cloud Run images) on sm_80 and later: `gemm_mma_bf16` on the tensor
+    /// cores, 64 rows × 64 tokens per block, the activations in two bf16 parts. k a multiple of 32.
+    func matmulTensorCores(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
+        let m = weight.rows, k = weight.columns
+        precondition(weight.storage == .bf16 && k % 32 == 0 && rows * k <= x.count && rows * m <= out.count)
+        context.launch(
+            kernel("gemm_mma_bf16"), grid: (blocks(m, 64), blocks(rows, 64), 1), block: 128,
             [.pointer(weight.address), .pointer(x.address), .pointer(out.address), .int(m), .int(k), .int(rows)])
     }
 

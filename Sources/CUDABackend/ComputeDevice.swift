@@ -25,10 +25,10 @@ public enum ComputeDevice: @unchecked Sendable {
         case .cpu:
             return .cpu
         case .cuda:
-            return .cuda(try CUDABackend(environment: environment))
+            return .cuda(noted(try CUDABackend(environment: environment), note))
         case .auto:
             do {
-                return .cuda(try CUDABackend(environment: environment))
+                return .cuda(noted(try CUDABackend(environment: environment), note))
             } catch let error as CUDAError {
                 switch error {
                 case .libraryNotFound(let what, _, _) where what.contains("driver"): break
@@ -39,6 +39,14 @@ public enum ComputeDevice: @unchecked Sendable {
                 return .cpu
             }
         }
+    }
+
+    /// A failed tensor-core self-check is worth a line: prefill then runs slower than it should.
+    private static func noted(_ gpu: CUDABackend, _ note: (String) -> Void) -> CUDABackend {
+        if let problem = gpu.tensorCoreProblem, problem.contains("self-check") {
+            note("prefill products do not use the tensor cores: \(problem)")
+        }
+        return gpu
     }
 
     public var name: String {

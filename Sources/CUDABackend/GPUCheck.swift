@@ -100,8 +100,11 @@ public struct GPUCheck {
     public mutating func operations() throws -> [Result] {
         var results: [Result] = []
         // Products: gemv (≤ 16 rows, f32 activations) and the many-row path (cuBLAS with bf16
-        // activations when present, else the tiled gemm), and the tiled gemm itself whatever is
-        // present, on shapes that are not whole tiles.
+        // activations when present, else the tensor cores or the tiled gemm), and the tensor-core and
+        // tiled gemms themselves whatever is present, on shapes that are not whole tiles.
+        if let problem = gpu.tensorCoreProblem, problem.contains("self-check") {
+            results.append(Result(name: "tensor-core product: \(problem)", error: .infinity, tolerance: 0))
+        }
         for (m, k) in [(1152, 640), (640, 2048), (1000, 1152)] {
             let tensor = try bf16Matrix(rows: m, columns: k, scale: 0.05)
             let cw = try cpu.matrix(tensor), gw = try gpu.matrix(tensor)
@@ -127,6 +130,14 @@ public struct GPUCheck {
                     name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ tiled",
                     error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
                     tolerance: 1e-5))
+                guard gpu.tensorCoreProblem == nil else { continue }
+                // Two bf16 parts per activation: about 16 of its bits, so near the f32 kernels.
+                let gt = poisoned(rows * m)
+                gpu.matmulTensorCores(gx, rows: rows, weight: gw, into: gt)
+                results.append(Result(
+                    name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ tensor cores",
+                    error: Self.relativeError(gpu.read(gt, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
+                    tolerance: 1e-4))
             }
         }
         // A decode step's fused products: q, k and v in one launch (rows of a block straddling two

@@ -72,6 +72,9 @@ import Testing
         #expect(gpu.context.device.name == "CUDA emulator (CPU)")
         #expect(KernelCache.isCUBIN(gpu.kernels.cubin))
         #expect(gpu.name.hasPrefix("cuda ("))
+        // The emulator is an sm_90 that follows the PTX ISA's mma fragments: the self-check passes.
+        #expect(gpu.tensorCoreProblem == nil)
+        #expect(gpu.name.hasSuffix(", tensor cores)"))
     }
 
     @Test func everyOperationMatchesTheCPUBackend() throws {

@@ -36,6 +36,7 @@ struct Thread {
     dim3 index;
     State state = Ready;
     uint64_t slot[2] = {0, 0};  // a shuffle's value, in alternate slots for consecutive shuffles
+    uint32_t fragment[2][6];    // an mma's A and B fragments, in the same alternation
     unsigned shuffles = 0;
 };
 static std::vector<Thread> threads;
@@ -149,6 +150,38 @@ static unsigned __ballot_sync(unsigned, int predicate) { return emu_warp_mask(pr
 static unsigned __match_any_sync(unsigned, unsigned value) { return emu_warp_mask(value, true); }
 static inline int __popc(unsigned x) { return __builtin_popcount(x); }
 static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the warp: every lane gives its A (4 words)
+// and B (2 words) fragments, laid out as the PTX ISA says (see mma_bf16_16816 in the kernels), and
+// adds its own four elements of D. One barrier, with the shuffles' alternation: the next exchange's
+// barrier comes before any lane writes this slot again. The 16 products of an element are summed in
+// f32 in k order (a GPU's order and rounding within the tile are its own: the checks allow for it).
+static void emu_mma_bf16_16816(float *d, const unsigned *a, const unsigned *b) {
+    emu::Thread &self = emu::threads[emu::current];
+    unsigned which = self.shuffles++ & 1;
+    for (int i = 0; i < 4; i++) self.fragment[which][i] = a[i];
+    self.fragment[which][4] = b[0];
+    self.fragment[which][5] = b[1];
+    emu::wait(emu::AtWarpBarrier);
+    int first = emu::current & ~31, lane = emu::current & 31, g = lane >> 2, q = lane & 3;
+    // The bf16 in word `word` of lane `holder`'s fragments, low half for an even column (A) or row (B).
+    auto value = [&](int holder, int word, int odd) {
+        uint32_t bits = emu::threads[first + holder].fragment[which][word];
+        return __uint_as_float((odd ? bits >> 16 : bits & 0xffffu) << 16);
+    };
+    for (int i = 0; i < 4; i++) {
+        int row = g + 8 * (i >> 1), column = 2 * q + (i & 1);
+        float sum = 0.0f;
+        for (int kk = 0; kk < 16; kk++) {
+            // A(row, kk): lane (row % 8) * 4 + (kk % 8) / 2, word (row / 8) + 2 * (kk / 8).
+            float av = value((row & 7) * 4 + ((kk & 7) >> 1), (row >> 3) + 2 * (kk >> 3), kk & 1);
+            // B(kk, column): lane column * 4 + (kk % 8) / 2, word 4 + kk / 8.
+            float bv = value(column * 4 + ((kk & 7) >> 1), 4 + (kk >> 3), kk & 1);
+            sum += av * bv;
+        }
+        d[i] += sum;
+    }
+}
 
 #include "kernels.cu"
 
