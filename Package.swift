@@ -90,7 +90,7 @@ let package = Package(
             name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDA", "Inference", "InferenceServer", "TestSupport"],
             exclude: ["Emulator"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
+        .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "CUDA", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

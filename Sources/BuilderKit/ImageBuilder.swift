@@ -32,6 +32,9 @@ public struct ImageBuilder {
         let model = try ModelSource(path: request.model)
         let server = try ServerBundle(server: FileSystem.absolute(request.server))
         let gpu = try request.nvrtc.map { try GPURuntime(nvrtc: FileSystem.absolute($0), present: Set(server.entries.map(\.path))) }
+        let kernels = try request.nvrtc.map { try KernelBinaries(nvrtc: FileSystem.absolute($0), server: FileSystem.absolute(request.server)) }
+        defer { kernels?.discard() }
+        if let skipped = kernels?.skipped { progress.note("CUDA kernels not compiled ahead: \(skipped)") }
         guard server.architecture == request.platform.architecture else {
             throw BuilderError.invalidOption(
                 "the server is built for \(server.architecture) but the image is for \(request.platform); build the server for \(request.platform.architecture)")
@@ -58,7 +61,7 @@ public struct ImageBuilder {
                 base = (layout, image.manifest, image.config)
                 baseReference = reference
             }
-            var result = try assemble(model: model, server: server, gpu: gpu, base: base, into: output.stagingLayout)
+            var result = try assemble(model: model, server: server, gpu: gpu, kernels: kernels, base: base, into: output.stagingLayout)
             result.baseReference = baseReference
             result.baseLayers = base?.manifest.layers.map(\.digest) ?? []
             try output.publish(mtime: request.sourceDateEpoch)
@@ -82,7 +85,7 @@ public struct ImageBuilder {
     }
 
     private func assemble(
-        model: ModelSource, server: ServerBundle, gpu: GPURuntime? = nil,
+        model: ModelSource, server: ServerBundle, gpu: GPURuntime? = nil, kernels: KernelBinaries? = nil,
         base: (layout: OCILayout, manifest: ImageManifest, config: ImageConfiguration)?, into root: String
     ) throws -> Result {
         let writer = try OCILayoutWriter(root: root)
@@ -103,6 +106,12 @@ public struct ImageBuilder {
             layers.append(try writer.writeLayer(
                 entries: gpu.entries, compression: request.compression, mtime: mtime, progress: progress.make("NVRTC", total: nil)))
             history.append(.init(created: created, createdBy: "builder build: NVRTC for the CUDA kernels (\(gpu.libraries.map { FileSystem.lastComponent($0) }.joined(separator: ", ")))"))
+        }
+        // The kernels compiled ahead for Cloud Run's GPU: they change with the server, so a layer of their own.
+        if let kernels, !kernels.entries.isEmpty {
+            layers.append(try writer.writeLayer(entries: kernels.entries, compression: request.compression, mtime: mtime))
+            let architectures = KernelBinaries.architectures.map { "sm_\($0)" }.joined(separator: ", ")
+            history.append(.init(created: created, createdBy: "builder build: CUDA kernels for \(architectures), compiled by \(kernels.compiler)"))
         }
 
         // 2. The model's small files: config, tokenizer, chat template.
@@ -139,6 +148,7 @@ public struct ImageBuilder {
             env["LD_LIBRARY_PATH"] = (searchPath + [env["LD_LIBRARY_PATH"]].compactMap { $0 }).joined(separator: ":")
         }
         if gpu != nil { for (k, v) in GPURuntime.environment { env[k] = v } }
+        if let kernels, !kernels.entries.isEmpty { env["INFERENCE_KERNEL_CACHE"] = KernelBinaries.imageDirectory }
         for (k, v) in request.env { env[k] = v }
         runConfig.Env = env.entries
         runConfig.Entrypoint = [server.imagePath]

@@ -15,6 +15,12 @@ public struct ProgressFactory: Sendable {
         ProgressFactory(enabled: true, isTTY: isatty(2) == 1, interval: interval)
     }
 
+    /// A line of its own on stderr (nothing when silent): a step that has no bytes to count.
+    public func note(_ text: String) {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\(text)\n".utf8))
+    }
+
     /// A callback taking the bytes done so far; nil when silent.
     public func make(_ label: String, total: Int64?) -> ((Int64) -> Void)? {
         guard enabled else { return nil }

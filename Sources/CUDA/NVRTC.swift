@@ -89,10 +89,20 @@ public final class NVRTC: @unchecked Sendable {
 
     /// `driverMajor` (the driver's CUDA major version), when given, keeps out an NVRTC whose
     /// CUBINs that driver could not load, with an error that says what to install.
-    public init(environment env: [String: String] = ProcessInfo.processInfo.environment, driverMajor: Int? = nil) throws {
-        library = try DynamicLibrary.open(
-            Self.candidates(environment: env, driverMajor: driverMajor), what: "NVRTC (libnvrtc.so.12)",
-            hint: "Install it with `pip install nvidia-cuda-nvrtc-cu12==12.2.140`, use an nvidia/cuda:12.2 runtime base image, or set INFERENCE_NVRTC to the library")
+    public convenience init(environment env: [String: String] = ProcessInfo.processInfo.environment, driverMajor: Int? = nil) throws {
+        try self.init(
+            candidates: Self.candidates(environment: env, driverMajor: driverMajor),
+            hint: "Install it with `pip install nvidia-cuda-nvrtc-cu12==12.2.140`, use an nvidia/cuda:12.2 runtime base image, or set INFERENCE_NVRTC to the library",
+            driverMajor: driverMajor)
+    }
+
+    /// The NVRTC at exactly `path` (`builder build --gpu` compiles with the library it packages).
+    public convenience init(path: String) throws {
+        try self.init(candidates: [path], hint: "Pass --nvrtc the path of libnvrtc.so.12", driverMajor: nil)
+    }
+
+    private init(candidates: [String], hint: String, driverMajor: Int?) throws {
+        library = try DynamicLibrary.open(candidates, what: "NVRTC (libnvrtc.so.12)", hint: hint)
         path = library.location(of: "nvrtcVersion")
         createProgram = try library.function("nvrtcCreateProgram", as: type(of: createProgram))
         compileProgram = try library.function("nvrtcCompileProgram", as: type(of: compileProgram))

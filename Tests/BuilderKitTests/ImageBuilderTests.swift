@@ -1,3 +1,4 @@
+import CUDA
 import Foundation
 import Hashing
 import OCI
@@ -138,6 +139,21 @@ func blobNames(_ layout: String) throws -> [String] {
         request.labels = []
         #expect { try ImageBuilder(request: request).build() } throws: { "\($0)".contains("not an ELF") }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == ["model", "server.sh"])
+    }
+
+    /// Kernels are compiled ahead only for a server that holds this builder's kernel source: one of
+    /// another version looks for other cache names, so it gets none (and compiles at start).
+    @Test func kernelsAreCompiledAheadOnlyForAServerWithTheSameSource() throws {
+        let dir = try TemporaryDirectory()
+        let source = Array(GemmaKernels.source.utf8)
+        let same = try dir.write("same", Array("\u{7F}ELF padding ".utf8) + source + Array(" more".utf8))
+        let other = try dir.write("other", Array("\u{7F}ELF ".utf8) + source.dropLast(40))
+        #expect(KernelBinaries.file(same, contains: GemmaKernels.source))
+        #expect(!KernelBinaries.file(other, contains: GemmaKernels.source))
+        let skipped = try KernelBinaries(nvrtc: "/nonexistent/libnvrtc.so.12", server: other)
+        #expect(skipped.entries.isEmpty && skipped.skipped?.contains("not this builder's") == true)
+        // The built server holds it, so a --gpu build compiles them (see ShipTests' GPU image).
+        #expect(KernelBinaries.file(try builtServer(), contains: GemmaKernels.source))
     }
 
     @Test func aFailureMidwayRemovesTheStagingFolder() throws {

@@ -1,3 +1,4 @@
+import BuilderKit
 import Foundation
 import Hashing
 import OCI
@@ -99,9 +100,10 @@ import TestSupport
         #expect(FileManager.default.isExecutableFile(atPath: dir.path + "/cache/gemma-run/bundles/\(bundles[0])/rootfs/usr/local/bin/inference-server"))
     }
 
-    /// `builder build --gpu`: NVRTC in its own layer and the GPU environment; inside the image (from
-    /// scratch, run by runc) `inference-server doctor` finds NVRTC beside it and compiles every
-    /// kernel for the L4.
+    /// `builder build --gpu`: NVRTC in its own layer, the kernels compiled ahead for the L4 in
+    /// another, and the GPU environment; inside the image (from scratch, run by runc) `inference-server
+    /// doctor` finds NVRTC beside it, takes the L4's kernels from the image's cache without compiling,
+    /// and compiles every kernel for the H100.
     @Test func aGPUImageCompilesTheKernelsInside() throws {
         let dir = try TemporaryDirectory()
         let builder = packageRoot + "/.build/debug/builder"
@@ -114,12 +116,17 @@ import TestSupport
         #expect(env.contains("NVIDIA_VISIBLE_DEVICES=all") && env.contains("NVIDIA_DRIVER_CAPABILITIES=compute,utility"))
         #expect(env.contains { $0.hasPrefix("LD_LIBRARY_PATH=") && $0.contains("/usr/local/nvidia/lib64") }, "\(env)")
         #expect(image.config.history?.contains { $0.created_by?.contains("NVRTC") == true } == true)
+        #expect(env.contains("INFERENCE_KERNEL_CACHE=\(KernelBinaries.imageDirectory)"), "\(env)")
+        #expect(image.config.history?.contains { $0.created_by?.contains("CUDA kernels for sm_89") == true } == true)
         let result = try run([
             "env", "XDG_CACHE_HOME=\(dir.path)/cache", builder, "run", "oci:\(dir.path)/image", "--name", "builder-gpu-\(getpid())",
-            "--", "doctor", "--compile-kernels", "--arch", "sm_89",
+            "--", "doctor", "--compile-kernels", "--arch", "sm_89", "--arch", "sm_90",
         ])
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         #expect(result.stdout.contains("at /usr/local/lib/libnvrtc.so.12"), "\(result.stdout)")
-        #expect(result.stdout.contains("kernels sm_89") && !result.stdout.contains("FAILED"), "\(result.stdout)")
+        #expect(!result.stdout.contains("FAILED"), "\(result.stdout)")
+        let lines = result.stdout.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("kernels sm_89") && $0.contains("from the cache: \(KernelBinaries.imageDirectory)/") }, "\(result.stdout)")
+        #expect(lines.contains { $0.hasPrefix("kernels sm_90") && $0.contains("compiled in") }, "\(result.stdout)")
     }
 }
