@@ -137,10 +137,13 @@ def summary(root):
                 continue
             extra = f"  {100 * a / limit:5.1f}% of the bandwidth limit ({limit:.0f} tok/s)" if key == "decode_b1_tokens_per_second" and limit else ""
             rows.append(f"{shape:>5}  {label:<34} ours {a:9.1f} tok/s   transformers {b:9.1f} tok/s   {a / b:6.2f}x{extra}")
-        tiled, reference = ours.get("prefill_tiled_tokens_per_second"), theirs.get("prefill_tokens_per_second")
-        if tiled and reference:
-            rows.append(f"{shape:>5}  {'prefill, 512 tokens, no cuBLAS':<34} ours {tiled:9.1f} tok/s   "
-                        f"transformers {reference:9.1f} tok/s   {tiled / reference:6.2f}x")
+        reference = theirs.get("prefill_tokens_per_second")
+        for key, label in [("prefill_tensor_cores_tokens_per_second", "prefill, no cuBLAS, tensor cores"),
+                           ("prefill_tiled_tokens_per_second", "prefill, no cuBLAS, tiled kernel")]:
+            built_in = ours.get(key)
+            if built_in and reference:
+                rows.append(f"{shape:>5}  {label:<34} ours {built_in:9.1f} tok/s   "
+                            f"transformers {reference:9.1f} tok/s   {built_in / reference:6.2f}x")
         for batch in (1, 16):
             graphed, direct = ours.get(f"decode_b{batch}_ms_per_step"), ours.get(f"decode_b{batch}_no_graphs_ms_per_step")
             if graphed and direct:

@@ -543,11 +543,17 @@ public enum GemmaKernels {
         #endif
         }
 
+        // What is left of v past its bf16 part h: 0 where h is not finite, so an infinite v stays
+        // infinite instead of becoming inf - inf = NaN.
+        __device__ __forceinline__ float split_rest(float v, bf16 h) {
+            return ((u32)h & 0x7f80u) == 0x7f80u ? 0.0f : v - bf16_to_f32(h);
+        }
+
         // Two f32 as a word of two bf16 parts: hi = bf16(v), lo = bf16(v - hi). hi + lo keeps about 16
         // bits of v where hi alone keeps 8.
         __device__ __forceinline__ void split_pair(float v0, float v1, u32& hi, u32& lo) {
             bf16 h0 = f32_to_bf16(v0), h1 = f32_to_bf16(v1);
-            bf16 l0 = f32_to_bf16(v0 - bf16_to_f32(h0)), l1 = f32_to_bf16(v1 - bf16_to_f32(h1));
+            bf16 l0 = f32_to_bf16(split_rest(v0, h0)), l1 = f32_to_bf16(split_rest(v1, h1));
             hi = (u32)h0 | ((u32)h1 << 16);
             lo = (u32)l0 | ((u32)l1 << 16);
         }

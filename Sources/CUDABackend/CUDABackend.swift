@@ -168,7 +168,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         } else if env["INFERENCE_TENSOR_CORES"] == "off" {
             tensorCoreProblem = "turned off (INFERENCE_TENSOR_CORES=off)"
         } else {
-            tensorCoreProblem = tensorCoreSelfCheck()
+            tensorCoreProblem = try tensorCoreSelfCheck()
         }
         tensorCoresEnabled = tensorCoreProblem == nil
     }
@@ -176,24 +176,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `gemm_mma_bf16` on a small product whose tiles are partial both ways, against the host in f64:
     /// nil when it agrees, else what went wrong. The tensor-core kernel has only been checked on an
     /// emulator that follows the PTX ISA's fragment layout; if a card (or driver) computes otherwise,
-    /// prefill falls back to the tiled kernel's speed instead of giving wrong answers.
-    func tensorCoreSelfCheck() -> String? {
+    /// prefill falls back to the tiled kernel's speed instead of giving wrong answers. A fault while
+    /// it runs throws: it leaves the context unusable, so the backend cannot start at all.
+    func tensorCoreSelfCheck() throws -> String? {
         let m = 80, k = 96, rows = 70
         var random = Xoshiro256StarStar(seed: 0x7E45_0C0E)
         let weights = (0..<m * k).map { _ in Self.bfloat16Bits(random.unit() * 2 - 1) }
         let x = (0..<rows * k).map { _ in random.unit() * 2 - 1 }
-        let got: [Float]
+        let memory: CUDABuffer, input: CUDABuffer, output: CUDABuffer
         do {
-            let memory = try CUDABuffer(context: context, bytes: m * k * 2)
-            weights.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: memory.address) }
-            let input = try tryMakeBuffer(count: rows * k), output = try tryMakeBuffer(count: rows * m)
-            write(x, to: input, offset: 0)
-            matmulTensorCores(input, rows: rows, weight: CUDAMatrix(storage: .bf16, rows: m, columns: k, memory: memory), into: output)
-            try context.synchronize()
-            got = read(output, offset: 0, count: rows * m)
+            memory = try CUDABuffer(context: context, bytes: m * k * 2)
+            input = try tryMakeBuffer(count: rows * k)
+            output = try tryMakeBuffer(count: rows * m)
         } catch {
             return "its self-check could not run (\(error))"
         }
+        weights.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: memory.address) }
+        write(x, to: input, offset: 0)
+        write([Float](repeating: .nan, count: rows * m), to: output, offset: 0)  // an element left unwritten fails
+        matmulTensorCores(input, rows: rows, weight: CUDAMatrix(storage: .bf16, rows: m, columns: k, memory: memory), into: output)
+        try context.synchronize()
+        let got = read(output, offset: 0, count: rows * m)
         // Each activation keeps about 16 bits (split into two bf16), so an element is within a few
         // 1e-5 of the largest; a wrong layout is off by the size of the elements themselves.
         var worst = 0.0, largest = 0.0
@@ -408,8 +411,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
-    /// Many rows without cuBLAS on a GPU before sm_80: `gemm_bf16`, 64 rows × 64 tokens per block, so
-    /// each weight is read once per 64 tokens. k must be a multiple of 32.
+    /// Many rows without cuBLAS or the tensor cores (a GPU before sm_80, `INFERENCE_TENSOR_CORES=off`,
+    /// a failed self-check): `gemm_bf16`, 64 rows × 64 tokens per block, so each weight is read once
+    /// per 64 tokens. k must be a multiple of 32.
     func matmulTiled(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
         let m = weight.rows, k = weight.columns
         precondition(weight.storage == .bf16 && k % 32 == 0 && rows * k <= x.count && rows * m <= out.count)

@@ -14,7 +14,7 @@ struct Doctor: ParsableCommand {
             given (sm_89 is Cloud Run's L4, sm_90 the H100), stores the CUBINs in the kernel cache and, on \
             a GPU, loads them. Environment: INFERENCE_LIBCUDA (the driver library), INFERENCE_NVRTC (NVRTC's \
             library or folder), INFERENCE_KERNEL_CACHE (the cache folder), INFERENCE_CUBLAS (cuBLAS's library, or \
-            off).
+            off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

@@ -63,7 +63,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("device      \(device.name), sm_\(device.architecture), \(device.multiprocessors) SMs, driver CUDA \(gpu.context.driver.versionString)")
         print("nvrtc       \(gpu.nvrtcPath); kernels \(gpu.kernels.fromCache ? "from the cache" : "compiled") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s to ready)")
         print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
-        print("tensor cores \(gpu.tensorCoreProblem.map { "not used: \($0)" } ?? "used for prefill products without cuBLAS (gemm_mma_bf16; self-check passed)")")
+        print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
@@ -165,33 +165,33 @@ struct GPUCheckCommand: ParsableCommand {
         let used = gpu.cublas != nil ? "cuBLAS" : gpu.prefillWithTensorCores ? "tensor cores, no cuBLAS" : "tiled kernel, no cuBLAS"
         print(String(format: "prefill     512 tokens in %.2f ms: %.0f tokens/s (%@)", prefill * 1000, 512 / prefill, used))
         figures["prefill_tokens_per_second"] = 512 / prefill
-        // What a Cloud Run image does (it carries no cuBLAS): the tensor-core kernel, and the tiled one
-        // it replaces. Graphs off, as with cuBLAS (whose calls split a prefill into pieces too short
-        // to capture) and as for prompts of new lengths.
-        var others: [(name: String, key: String, tensorCores: Bool)] = []
-        if gpu.cublas != nil && gpu.tensorCoreProblem == nil {
-            others.append(("without cuBLAS (tensor cores)", "prefill_tensor_cores_tokens_per_second", true))
+        // The built-in kernels, timed alike: the tensor-core one, which a Cloud Run image (no cuBLAS)
+        // runs, and the tiled one it replaced. Graphs off, as with cuBLAS (whose calls split a prefill
+        // into pieces too short to capture) and as for prompts of new lengths.
+        var builtIn: [(name: String, key: String, tensorCores: Bool)] = []
+        if gpu.tensorCoreProblem == nil {
+            builtIn.append(("built-in, tensor cores (no cuBLAS)", "prefill_tensor_cores_tokens_per_second", true))
         }
-        if gpu.cublas != nil || gpu.prefillWithTensorCores {
-            others.append(("without cuBLAS (the tiled kernel)", "prefill_tiled_tokens_per_second", false))
-        }
-        for other in others {
-            let graphs = gpu.context.graphsEnabled
-            gpu.prefillWithCUBLAS = false
-            gpu.prefillWithTensorCores = other.tensorCores
-            gpu.context.graphsEnabled = false
+        builtIn.append(("built-in, tiled kernel (no cuBLAS)", "prefill_tiled_tokens_per_second", false))
+        do {
+            let before = (cublas: gpu.prefillWithCUBLAS, tensorCores: gpu.prefillWithTensorCores, graphs: gpu.context.graphsEnabled)
             defer {
-                gpu.prefillWithCUBLAS = true
-                gpu.prefillWithTensorCores = true
-                gpu.context.graphsEnabled = graphs
+                gpu.prefillWithCUBLAS = before.cublas
+                gpu.prefillWithTensorCores = before.tensorCores
+                gpu.context.graphsEnabled = before.graphs
             }
-            var best = Double.infinity
-            for _ in 0..<3 {
-                slot.reset()
-                best = min(best, try seconds { _ = try runner.prefill(slot, prompt) })
+            gpu.prefillWithCUBLAS = false
+            gpu.context.graphsEnabled = false
+            for kernel in builtIn {
+                gpu.prefillWithTensorCores = kernel.tensorCores
+                var best = Double.infinity
+                for _ in 0..<3 {
+                    slot.reset()
+                    best = min(best, try seconds { _ = try runner.prefill(slot, prompt) })
+                }
+                print(String(format: "            %@: %.2f ms, %.0f tokens/s", kernel.name, best * 1000, 512 / best))
+                figures[kernel.key] = 512 / best
             }
-            print(String(format: "            %@: %.2f ms, %.0f tokens/s", other.name, best * 1000, 512 / best))
-            figures[other.key] = 512 / best
         }
 
         for batch in [1, 16] {

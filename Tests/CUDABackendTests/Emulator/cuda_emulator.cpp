@@ -164,6 +164,13 @@ static void emu_mma_bf16_16816(float *d, const unsigned *a, const unsigned *b) {
     self.fragment[which][5] = b[1];
     emu::wait(emu::AtWarpBarrier);
     int first = emu::current & ~31, lane = emu::current & 31, g = lane >> 2, q = lane & 3;
+    // mma.sync.aligned needs the whole warp: a lane missing or returned would feed stale fragments.
+    for (int other = first; other < first + 32; other++) {
+        if (other >= (int)emu::threads.size() || emu::threads[other].state == emu::Done) {
+            fprintf(stderr, "cuda emulator: mma.sync with lane %d of the warp missing or returned\n", other - first);
+            abort();
+        }
+    }
     // The bf16 in word `word` of lane `holder`'s fragments, low half for an even column (A) or row (B).
     auto value = [&](int holder, int word, int odd) {
         uint32_t bits = emu::threads[first + holder].fragment[which][word];
