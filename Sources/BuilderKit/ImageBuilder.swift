@@ -32,12 +32,18 @@ public struct ImageBuilder {
         let model = try ModelSource(path: request.model)
         let server = try ServerBundle(server: FileSystem.absolute(request.server))
         let gpu = try request.nvrtc.map { try GPURuntime(nvrtc: FileSystem.absolute($0), present: Set(server.entries.map(\.path))) }
-        let kernels = try request.nvrtc.map { try KernelBinaries(nvrtc: FileSystem.absolute($0), server: FileSystem.absolute(request.server)) }
-        defer { kernels?.discard() }
-        if let skipped = kernels?.skipped { progress.note("CUDA kernels not compiled ahead: \(skipped)") }
         guard server.architecture == request.platform.architecture else {
             throw BuilderError.invalidOption(
                 "the server is built for \(server.architecture) but the image is for \(request.platform); build the server for \(request.platform.architecture)")
+        }
+        let kernels = try request.nvrtc.map {
+            try KernelBinaries(
+                nvrtc: FileSystem.absolute($0), server: FileSystem.absolute(request.server), imageArchitecture: request.platform.architecture)
+        }
+        defer { kernels?.discard() }
+        if let skipped = kernels?.skipped { progress.warn("the CUDA kernels are not compiled ahead: \(skipped)") }
+        if kernels?.entries.isEmpty == false, let overridden = ["INFERENCE_PREBUILT_KERNELS", "INFERENCE_NVRTC"].first(where: { request.env.map(\.0).contains($0) }) {
+            progress.warn("--env \(overridden) is set, so the server may not use the kernels compiled ahead")
         }
         let output = try OutputTarget(request.output)
         var pulledBase: String?
@@ -148,7 +154,7 @@ public struct ImageBuilder {
             env["LD_LIBRARY_PATH"] = (searchPath + [env["LD_LIBRARY_PATH"]].compactMap { $0 }).joined(separator: ":")
         }
         if gpu != nil { for (k, v) in GPURuntime.environment { env[k] = v } }
-        if let kernels, !kernels.entries.isEmpty { env["INFERENCE_KERNEL_CACHE"] = KernelBinaries.imageDirectory }
+        if let kernels, !kernels.entries.isEmpty { env["INFERENCE_PREBUILT_KERNELS"] = KernelBinaries.imageDirectory }
         for (k, v) in request.env { env[k] = v }
         runConfig.Env = env.entries
         runConfig.Entrypoint = [server.imagePath]

@@ -15,10 +15,9 @@ public struct ProgressFactory: Sendable {
         ProgressFactory(enabled: true, isTTY: isatty(2) == 1, interval: interval)
     }
 
-    /// A line of its own on stderr (nothing when silent): a step that has no bytes to count.
-    public func note(_ text: String) {
-        guard enabled else { return }
-        FileHandle.standardError.write(Data("\(text)\n".utf8))
+    /// A warning on stderr, even when progress is silent: something the user may want to change.
+    public func warn(_ text: String) {
+        FileHandle.standardError.write(Data("builder: warning: \(text)\n".utf8))
     }
 
     /// A callback taking the bytes done so far; nil when silent.

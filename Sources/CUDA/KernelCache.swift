@@ -8,10 +8,14 @@ import Hashing
 /// one that is not an ELF CUBIN is compiled again.
 public struct KernelCache: Sendable {
     public let directory: String
+    /// A read-only folder of CUBINs made ahead under the same names (`INFERENCE_PREBUILT_KERNELS`:
+    /// `builder build --gpu` puts the L4's there), looked in before `directory`, never written.
+    public let prebuilt: String?
 
     /// `INFERENCE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/inference-server/kernels`, else
     /// `~/.cache/inference-server/kernels`, else (no home, as in a `scratch` image) the temp folder.
     public init(environment env: [String: String] = ProcessInfo.processInfo.environment) {
+        prebuilt = env["INFERENCE_PREBUILT_KERNELS"].flatMap { $0.isEmpty ? nil : $0 }
         if let given = env["INFERENCE_KERNEL_CACHE"], !given.isEmpty {
             directory = given
         } else if let xdg = env["XDG_CACHE_HOME"], !xdg.isEmpty {
@@ -23,7 +27,10 @@ public struct KernelCache: Sendable {
         }
     }
 
-    public init(directory: String) { self.directory = directory }
+    public init(directory: String, prebuilt: String? = nil) {
+        self.directory = directory
+        self.prebuilt = prebuilt
+    }
 
     public struct Entry: Sendable {
         public var cubin: [UInt8]
@@ -41,6 +48,12 @@ public struct KernelCache: Sendable {
     /// the compile).
     public func cubin(source: String, architecture: Int, options: [String], compiler: NVRTC) throws -> Entry {
         let file = path(source: source, architecture: architecture, options: options, compilerVersion: compiler.versionString)
+        if let prebuilt {
+            let made = prebuilt + "/" + (file as NSString).lastPathComponent
+            if let data = FileManager.default.contents(atPath: made), Self.isCUBIN(Array(data)) {
+                return Entry(cubin: Array(data), path: made, fromCache: true)
+            }
+        }
         if let data = FileManager.default.contents(atPath: file), Self.isCUBIN(Array(data)) {
             return Entry(cubin: Array(data), path: file, fromCache: true)
         }

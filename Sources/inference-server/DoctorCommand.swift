@@ -13,7 +13,8 @@ struct Doctor: ParsableCommand {
             --compile-kernels compiles the CUDA kernels with NVRTC for the GPU found, or for each --arch \
             given (sm_89 is Cloud Run's L4, sm_90 the H100), stores the CUBINs in the kernel cache and, on \
             a GPU, loads them. Environment: INFERENCE_LIBCUDA (the driver library), INFERENCE_NVRTC (NVRTC's \
-            library or folder), INFERENCE_KERNEL_CACHE (the cache folder), INFERENCE_CUBLAS (cuBLAS's library, or \
+            library or folder), INFERENCE_KERNEL_CACHE (the cache folder), \
+            INFERENCE_PREBUILT_KERNELS (a read-only folder of CUBINs made ahead, as builder build --gpu adds), INFERENCE_CUBLAS (cuBLAS's library, or \
             off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
@@ -74,6 +75,7 @@ struct Doctor: ParsableCommand {
 
         let cache = KernelCache()
         line("kernel cache", cache.directory)
+        if let prebuilt = cache.prebuilt { line("prebuilt", "\(prebuilt) (kernels made ahead, looked in first)") }
         do {
             let nvrtc = try NVRTC(driverMajor: driver.map { $0.version / 1000 })
             line("nvrtc", "\(nvrtc.versionString) at \(nvrtc.path); compiles for \(nvrtc.supportedArchitectures.map { "sm_\($0)" }.joined(separator: " "))")

@@ -150,10 +150,30 @@ func blobNames(_ layout: String) throws -> [String] {
         let other = try dir.write("other", Array("\u{7F}ELF ".utf8) + source.dropLast(40))
         #expect(KernelBinaries.file(same, contains: GemmaKernels.source))
         #expect(!KernelBinaries.file(other, contains: GemmaKernels.source))
-        let skipped = try KernelBinaries(nvrtc: "/nonexistent/libnvrtc.so.12", server: other)
+        let skipped = try KernelBinaries(nvrtc: "/nonexistent/libnvrtc.so.12", server: other, imageArchitecture: "amd64")
         #expect(skipped.entries.isEmpty && skipped.skipped?.contains("not this builder's") == true)
+        // An image for another CPU: its NVRTC cannot run on this machine.
+        let foreign = try KernelBinaries(nvrtc: "/nonexistent/libnvrtc.so.12", server: same, imageArchitecture: "riscv64")
+        #expect(foreign.entries.isEmpty && foreign.skipped?.contains("cannot run here") == true)
         // The built server holds it, so a --gpu build compiles them (see ShipTests' GPU image).
         #expect(KernelBinaries.file(try builtServer(), contains: GemmaKernels.source))
+        // Edges of the search: at the very end, longer than the file, an empty file.
+        let end = try dir.write("end", Array("xx".utf8) + Array("needle".utf8))
+        #expect(KernelBinaries.file(end, contains: "needle") && !KernelBinaries.file(end, contains: "needles"))
+        #expect(!KernelBinaries.file(try dir.write("empty", []), contains: "n"))
+    }
+
+    /// A compile that fails midway (here: an architecture NVRTC does not know) throws and leaves no
+    /// staging folder behind.
+    @Test func aFailedKernelCompileLeavesNothingBehind() throws {
+        guard let nvrtc = GPURuntime.findNVRTC() else { return }  // scripts/test installs it
+        let dir = try TemporaryDirectory()
+        #expect(throws: (any Error).self) {
+            try KernelBinaries(
+                nvrtc: nvrtc, server: try builtServer(), imageArchitecture: KernelBinaries.hostArchitecture, architectures: [89, 1],
+                temporaryDirectory: dir.path)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).isEmpty)
     }
 
     @Test func aFailureMidwayRemovesTheStagingFolder() throws {

@@ -116,7 +116,7 @@ import TestSupport
         #expect(env.contains("NVIDIA_VISIBLE_DEVICES=all") && env.contains("NVIDIA_DRIVER_CAPABILITIES=compute,utility"))
         #expect(env.contains { $0.hasPrefix("LD_LIBRARY_PATH=") && $0.contains("/usr/local/nvidia/lib64") }, "\(env)")
         #expect(image.config.history?.contains { $0.created_by?.contains("NVRTC") == true } == true)
-        #expect(env.contains("INFERENCE_KERNEL_CACHE=\(KernelBinaries.imageDirectory)"), "\(env)")
+        #expect(env.contains("INFERENCE_PREBUILT_KERNELS=\(KernelBinaries.imageDirectory)"), "\(env)")
         #expect(image.config.history?.contains { $0.created_by?.contains("CUDA kernels for sm_89") == true } == true)
         let result = try run([
             "env", "XDG_CACHE_HOME=\(dir.path)/cache", builder, "run", "oci:\(dir.path)/image", "--name", "builder-gpu-\(getpid())",
