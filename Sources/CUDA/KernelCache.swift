@@ -33,9 +33,13 @@ public struct KernelCache: Sendable {
     }
 
     public struct Entry: Sendable {
+        /// What `cuModuleLoadData` takes: a CUBIN, or NUL-terminated PTX (see `ptxArchitecture`).
         public var cubin: [UInt8]
         public var path: String
         public var fromCache: Bool
+        /// For a GPU newer than the compiler knows: the `compute_` architecture of the PTX `cubin`
+        /// holds, which the driver compiles for the GPU when it loads it; nil for a CUBIN.
+        public var ptxArchitecture: Int? = nil
     }
 
     public func path(source: String, architecture: Int, options: [String], compilerVersion: String) -> String {
@@ -45,25 +49,53 @@ public struct KernelCache: Sendable {
     }
 
     /// The cached CUBIN, or a fresh compile that is then stored (a read-only cache folder only costs
-    /// the compile).
+    /// the compile). For a GPU newer than every architecture the compiler knows (an image's NVRTC
+    /// 12.2 on a Blackwell), PTX for the newest one it knows below it, cached the same way: the
+    /// driver compiles that for the GPU at load, since PTX carries forward to later GPUs.
     public func cubin(source: String, architecture: Int, options: [String], compiler: NVRTC) throws -> Entry {
-        let file = path(source: source, architecture: architecture, options: options, compilerVersion: compiler.versionString)
-        if let prebuilt {
-            let made = prebuilt + "/" + (file as NSString).lastPathComponent
-            if let data = FileManager.default.contents(atPath: made), Self.isCUBIN(Array(data)) {
-                return Entry(cubin: Array(data), path: made, fromCache: true)
+        let known = compiler.supportedArchitectures
+        var virtual: Int? = nil
+        if !known.isEmpty && !known.contains(architecture), let below = known.filter({ $0 < architecture }).max(),
+            below >= Self.lowestPTXArchitecture, architecture > known.max()!
+        {
+            virtual = below
+        }
+        var file = path(source: source, architecture: architecture, options: options, compilerVersion: compiler.versionString)
+        if let virtual { file = (file as NSString).deletingPathExtension + "-compute_\(virtual).ptx" }
+        var candidates = [file]
+        if let prebuilt { candidates.insert(prebuilt + "/" + (file as NSString).lastPathComponent, at: 0) }
+        for candidate in candidates {
+            if let data = FileManager.default.contents(atPath: candidate),
+                virtual == nil ? Self.isCUBIN(Array(data)) : Self.isPTX(Array(data))
+            {
+                return Entry(cubin: Array(data), path: candidate, fromCache: true, ptxArchitecture: virtual)
             }
         }
-        if let data = FileManager.default.contents(atPath: file), Self.isCUBIN(Array(data)) {
-            return Entry(cubin: Array(data), path: file, fromCache: true)
-        }
-        let cubin = try compiler.compile(source, architecture: architecture, options: options)
+        let cubin = try virtual.map { try compiler.compilePTX(source, architecture: $0, options: options) }
+            ?? compiler.compile(source, architecture: architecture, options: options)
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let partial = file + ".\(ProcessInfo.processInfo.processIdentifier).partial"
         if FileManager.default.createFile(atPath: partial, contents: Data(cubin)) {
             if rename(partial, file) != 0 { try? FileManager.default.removeItem(atPath: partial) }
         }
-        return Entry(cubin: cubin, path: file, fromCache: false)
+        return Entry(cubin: cubin, path: file, fromCache: false, ptxArchitecture: virtual)
+    }
+
+    /// The oldest architecture whose PTX the kernels are written for (mma.sync needs sm_80).
+    static let lowestPTXArchitecture = 80
+
+    /// NUL-terminated PTX text (NVRTC's output): what a module of PTX must be for the driver.
+    public static func isPTX(_ bytes: [UInt8]) -> Bool {
+        guard bytes.count > 16, bytes.last == 0 else { return false }
+        let head = String(decoding: bytes.prefix(4096), as: UTF8.self)
+        return head.contains(".version") && head.contains(".target")
+    }
+
+    /// Whether a module image (a CUBIN, or PTX) defines the kernel `name`.
+    public static func module(_ bytes: [UInt8], defines name: String) -> Bool {
+        guard isPTX(bytes) else { return cubin(bytes, defines: name) }
+        let text = String(decoding: bytes, as: UTF8.self)
+        return text.contains(".entry \(name)(")
     }
 
     /// A whole ELF64 file for CUDA (OS/ABI 0x33, machine EM_CUDA = 190) whose section headers, which

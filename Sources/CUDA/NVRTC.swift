@@ -1,8 +1,10 @@
 import Foundation
 
 /// NVRTC, CUDA's run-time compiler, opened with dlopen: CUDA C source in, a CUBIN (machine code for
-/// one GPU architecture) out. Always CUBIN, never PTX: a driver cannot load PTX from a newer
-/// toolchain, and Cloud Run's driver (535) stops at CUDA 12.2.
+/// one GPU architecture) out. CUBIN rather than PTX: a driver cannot load PTX from a newer toolchain,
+/// and Cloud Run's driver (535) stops at CUDA 12.2. Only for a GPU newer than this NVRTC knows,
+/// PTX for the newest architecture it does know (`compilePTX`): that GPU's driver is newer still,
+/// and compiles it at load.
 ///
 /// Where it is looked for: `INFERENCE_NVRTC` (the library or its folder); beside the executable
 /// (how `builder build --gpu` would ship it); the loader's path (CUDA runtime images register
@@ -25,6 +27,8 @@ public final class NVRTC: @unchecked Sendable {
     private let getLog: @convention(c) (Program, UnsafeMutablePointer<CChar>) -> Int32
     private let getCUBINSize: @convention(c) (Program, UnsafeMutablePointer<Int>) -> Int32
     private let getCUBIN: @convention(c) (Program, UnsafeMutableRawPointer) -> Int32
+    private let getPTXSize: @convention(c) (Program, UnsafeMutablePointer<Int>) -> Int32
+    private let getPTX: @convention(c) (Program, UnsafeMutableRawPointer) -> Int32
     private let destroyProgram: @convention(c) (UnsafeMutablePointer<Program>) -> Int32
     private let errorString: @convention(c) (Int32) -> UnsafePointer<CChar>?
     private let library: DynamicLibrary
@@ -110,6 +114,8 @@ public final class NVRTC: @unchecked Sendable {
         getLog = try library.function("nvrtcGetProgramLog", as: type(of: getLog))
         getCUBINSize = try library.function("nvrtcGetCUBINSize", as: type(of: getCUBINSize))
         getCUBIN = try library.function("nvrtcGetCUBIN", as: type(of: getCUBIN))
+        getPTXSize = try library.function("nvrtcGetPTXSize", as: type(of: getPTXSize))
+        getPTX = try library.function("nvrtcGetPTX", as: type(of: getPTX))
         destroyProgram = try library.function("nvrtcDestroyProgram", as: type(of: destroyProgram))
         errorString = try library.function("nvrtcGetErrorString", as: type(of: errorString))
         let versionCall = try library.function("nvrtcVersion", as: (@convention(c) (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Int32).self)
@@ -137,10 +143,24 @@ public final class NVRTC: @unchecked Sendable {
         guard supportedArchitectures.isEmpty || supportedArchitectures.contains(architecture) else {
             throw CUDAError.unsupportedArchitecture("sm_\(architecture)", supported: supportedArchitectures.map { "sm_\($0)" })
         }
+        return try build(source, name: name, target: "sm_\(architecture)", options: options, ptx: false)
+    }
+
+    /// Compiles `source` to PTX for the virtual architecture `compute_<architecture>`, NUL-terminated
+    /// as `cuModuleLoadData` takes it: for a GPU newer than this NVRTC knows, whose driver compiles
+    /// the PTX for it when it loads the module (a driver loads PTX of any earlier ISA version).
+    public func compilePTX(_ source: String, name: String = "kernels.cu", architecture: Int, options: [String] = []) throws -> [UInt8] {
+        guard supportedArchitectures.isEmpty || supportedArchitectures.contains(architecture) else {
+            throw CUDAError.unsupportedArchitecture("compute_\(architecture)", supported: supportedArchitectures.map { "sm_\($0)" })
+        }
+        return try build(source, name: name, target: "compute_\(architecture)", options: options, ptx: true)
+    }
+
+    private func build(_ source: String, name: String, target: String, options: [String], ptx: Bool) throws -> [UInt8] {
         var program: Program = nil
         try check("nvrtcCreateProgram", createProgram(&program, source, name, 0, nil, nil))
         defer { _ = destroyProgram(&program) }
-        let arguments = ["--gpu-architecture=sm_\(architecture)"] + options
+        let arguments = ["--gpu-architecture=\(target)"] + options
         let status = withCStrings(arguments) { compileProgram(program, Int32(arguments.count), $0) }
         guard status == 0 else {
             var size = 0
@@ -148,16 +168,17 @@ public final class NVRTC: @unchecked Sendable {
             var log = [CChar](repeating: 0, count: max(size, 1))
             _ = getLog(program, &log)
             let text = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw CUDAError.compilation(arch: "sm_\(architecture)", log: text.isEmpty ? message(status) : text)
+            throw CUDAError.compilation(arch: target, log: text.isEmpty ? message(status) : text)
         }
+        let (sizeCall, call) = ptx ? ("nvrtcGetPTXSize", "nvrtcGetPTX") : ("nvrtcGetCUBINSize", "nvrtcGetCUBIN")
         var size = 0
-        try check("nvrtcGetCUBINSize", getCUBINSize(program, &size))
+        try check(sizeCall, ptx ? getPTXSize(program, &size) : getCUBINSize(program, &size))
         guard size > 0 else {
-            throw CUDAError.nvrtc(call: "nvrtcGetCUBIN", code: 0, message: "no CUBIN was produced for sm_\(architecture)")
+            throw CUDAError.nvrtc(call: call, code: 0, message: "nothing was produced for \(target)")
         }
-        var cubin = [UInt8](repeating: 0, count: size)
-        try cubin.withUnsafeMutableBytes { try check("nvrtcGetCUBIN", getCUBIN(program, $0.baseAddress!)) }
-        return cubin
+        var output = [UInt8](repeating: 0, count: size)
+        try output.withUnsafeMutableBytes { try check(call, ptx ? getPTX(program, $0.baseAddress!) : getCUBIN(program, $0.baseAddress!)) }
+        return output
     }
 
     private func message(_ code: Int32) -> String {

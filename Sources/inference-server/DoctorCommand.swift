@@ -93,9 +93,12 @@ struct Doctor: ParsableCommand {
                     let started = Date()
                     do {
                         let entry = try cache.cubin(source: GemmaKernels.source, architecture: sm, options: GemmaKernels.options, compiler: nvrtc)
-                        let missing = GemmaKernels.names.filter { !KernelCache.cubin(entry.cubin, defines: $0) }
+                        let missing = GemmaKernels.names.filter { !KernelCache.module(entry.cubin, defines: $0) }
                         let how = entry.fromCache ? "from the cache" : String(format: "compiled in %.2f s", Date().timeIntervalSince(started))
-                        line("kernels sm_\(sm)", "\(GemmaKernels.names.count) kernels, \(entry.cubin.count) bytes of CUBIN, \(how): \(entry.path)")
+                        let what = entry.ptxArchitecture.map {
+                            "PTX for compute_\($0) (newer than NVRTC \(nvrtc.versionString) knows: the driver compiles it for sm_\(sm) at load)"
+                        } ?? "CUBIN"
+                        line("kernels sm_\(sm)", "\(GemmaKernels.names.count) kernels, \(entry.cubin.count) bytes of \(what), \(how): \(entry.path)")
                         if !missing.isEmpty {
                             line("kernels sm_\(sm)", "MISSING \(missing.joined(separator: ", "))")
                             problems += 1

@@ -77,6 +77,29 @@ import Testing
         #expect(gpu.name.hasSuffix(", tensor cores)"))
     }
 
+    /// A GPU newer than NVRTC 12.2 knows (a Blackwell, sm_120): the kernels go as PTX for the newest
+    /// architecture it knows, which the driver compiles at load (the emulator takes the PTX and runs
+    /// the same kernels); the backend starts and its tensor-core self-check (a product against the
+    /// host) passes. Cached like a CUBIN, under a name of its own.
+    @Test func aGPUNewerThanNVRTCGetsPTX() throws {
+        let setArchitecture = try Self.emulatorSwitch("cudaEmulatorSetArchitecture")
+        setArchitecture(120)
+        defer { setArchitecture(90) }
+        let folder = try TemporaryDirectory()
+        let gpu = try CUDABackend(useCUBLAS: false, cache: KernelCache(directory: folder.path), environment: try Self.environment())
+        #expect(gpu.context.device.architecture == 120)
+        let nvrtc = try NVRTC(environment: try Self.environment())
+        guard !nvrtc.supportedArchitectures.contains(120) else { return }  // a newer NVRTC makes a CUBIN
+        let newest = try #require(nvrtc.supportedArchitectures.max())
+        #expect(gpu.kernels.ptxArchitecture == newest && !gpu.kernels.fromCache)
+        #expect(KernelCache.isPTX(gpu.kernels.cubin) && gpu.kernels.path.hasSuffix("-sm_120-compute_\(newest).ptx"))
+        #expect(GemmaKernels.names.allSatisfy { KernelCache.module(gpu.kernels.cubin, defines: $0) })
+        #expect(gpu.tensorCoreProblem == nil)
+        let again = try KernelCache(directory: folder.path).cubin(
+            source: GemmaKernels.source, architecture: 120, options: GemmaKernels.options, compiler: nvrtc)
+        #expect(again.fromCache && again.cubin == gpu.kernels.cubin && again.ptxArchitecture == newest)
+    }
+
     @Test func everyOperationMatchesTheCPUBackend() throws {
         var check = try GPUCheck(gpu: try Self.backend.get(), seed: UInt64.random(in: 0...UInt64.max))
         let results = try check.operations()

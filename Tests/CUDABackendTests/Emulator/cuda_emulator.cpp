@@ -233,6 +233,7 @@ struct Graph {
 static int capturing = 0;  // streams now capturing
 static bool refuseCapture = false;  // cudaEmulatorRefuseCapture
 static bool reverseThreads = false;  // cudaEmulatorReverseThreads
+static int architecture = 90;        // cudaEmulatorSetArchitecture
 static unsigned long graphLaunches = 0;
 
 static int launch(Launcher kernel, dim3 g, dim3 b, void **params);
@@ -351,8 +352,8 @@ CUresult cuDeviceGetName(char *name, int length, int) { snprintf(name, length, "
 CUresult cuDeviceTotalMem_v2(size_t *bytes, int) { *bytes = (size_t)8 << 30; return 0; }
 CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
     switch (attribute) {
-    case 75: *value = 9; break;   // compute capability major: sm_90
-    case 76: *value = 0; break;
+    case 75: *value = emu::architecture / 10; break;  // compute capability: sm_90 unless a test says
+    case 76: *value = emu::architecture % 10; break;
     case 16: *value = 4; break;   // multiprocessors
     case 36: *value = 1000000; break;
     case 37: *value = 256; break;
@@ -401,8 +402,14 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, vo
     op.bytes = bytes;
     return emu::submit(stream, op);
 }
+// A CUBIN (ELF), or PTX text, which a driver compiles for its GPU at load: NVRTC's PTX opens with
+// comments and names its ISA version.
+static bool isModule(const void *image) {
+    const char *text = (const char *)image;
+    return memcmp(image, "\x7f" "ELF", 4) == 0 || (memcmp(text, "//", 2) == 0 && strstr(text, ".version") != nullptr);
+}
 CUresult cuModuleLoadData(void **module, const void *image) {
-    if (memcmp(image, "\x7f" "ELF", 4) != 0) return 200;  // CUDA_ERROR_INVALID_IMAGE
+    if (!isModule(image)) return 200;  // CUDA_ERROR_INVALID_IMAGE
     *module = new Module();
     return 0;
 }
@@ -491,4 +498,6 @@ CUresult cuGraphExecDestroy(void *exec) { delete (emu::Graph *)exec; return 0; }
 unsigned long cudaEmulatorGraphLaunches() { return emu::graphLaunches; }
 void cudaEmulatorRefuseCapture(int refuse) { emu::refuseCapture = refuse != 0; }
 void cudaEmulatorReverseThreads(int reverse) { emu::reverseThreads = reverse != 0; }
+// The compute capability the device reports (major * 10 + minor), for a GPU newer than NVRTC knows.
+void cudaEmulatorSetArchitecture(int sm) { emu::architecture = sm; }
 }
