@@ -1,6 +1,6 @@
 /// The CUDA C source of the Gemma 3 kernels, compiled at start by NVRTC to a CUBIN for the device's
 /// architecture (not PTX: Cloud Run's 535 driver cannot load PTX newer than CUDA 12.2's; only a GPU
-/// newer than NVRTC knows gets PTX, see `KernelCache.cubin`).
+/// NVRTC does not know gets PTX, see `KernelCache.cubin`).
 ///
 /// Kept as a Swift string so the one `inference-server` binary carries it: nothing beside the binary
 /// to package or find at run time. No CUDA header is included (NVRTC has no toolkit headers here):

@@ -1,11 +1,12 @@
 import Foundation
 import Hashing
 
-/// CUBINs on disk, keyed by a hash of the source, the compiler's version and options, and the
-/// architecture: a restart (or the next Cloud Run instance sharing the volume) loads the kernels in
-/// milliseconds instead of compiling them for about a second. A damaged or foreign file is never
-/// trusted: the key covers what produced it, the file is written whole then renamed into place, and
-/// one that is not an ELF CUBIN is compiled again.
+/// CUBINs on disk (or PTX, for a GPU the compiler does not know: see `cubin`), keyed by a hash of the
+/// source, the compiler's version and options, and the architecture: a restart (or the next Cloud
+/// Run instance sharing the volume) loads the kernels in milliseconds instead of compiling them for
+/// about a second. A damaged or foreign file is never trusted: the key covers what produced it, the
+/// file is written whole then renamed into place, and one that is not a whole ELF CUBIN (or PTX
+/// text) is compiled again.
 public struct KernelCache: Sendable {
     public let directory: String
     /// A read-only folder of CUBINs made ahead under the same names (`INFERENCE_PREBUILT_KERNELS`:
@@ -49,14 +50,16 @@ public struct KernelCache: Sendable {
     }
 
     /// The cached CUBIN, or a fresh compile that is then stored (a read-only cache folder only costs
-    /// the compile). For a GPU newer than every architecture the compiler knows (an image's NVRTC
-    /// 12.2 on a Blackwell), PTX for the newest one it knows below it, cached the same way: the
-    /// driver compiles that for the GPU at load, since PTX carries forward to later GPUs.
+    /// the compile). For an architecture the compiler does not know (an image's NVRTC 12.2 on a
+    /// Blackwell, sm_100/sm_120; NVRTC 12.8 on sm_103), PTX for the newest one it knows below it,
+    /// cached the same way: the GPU's driver compiles that at load, since PTX carries forward to
+    /// later GPUs. Not below sm_80 (mma.sync), nor below sm_90 for a GPU of sm_90 or later, whose
+    /// kernels are launched as dependent launches and must hold griddepcontrol.
     public func cubin(source: String, architecture: Int, options: [String], compiler: NVRTC) throws -> Entry {
         let known = compiler.supportedArchitectures
         var virtual: Int? = nil
         if !known.isEmpty && !known.contains(architecture), let below = known.filter({ $0 < architecture }).max(),
-            below >= Self.lowestPTXArchitecture, architecture > known.max()!
+            below >= (architecture >= 90 ? 90 : Self.lowestPTXArchitecture)
         {
             virtual = below
         }

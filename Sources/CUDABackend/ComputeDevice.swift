@@ -42,11 +42,11 @@ public enum ComputeDevice: @unchecked Sendable {
     }
 
     /// Worth a line: a failed tensor-core self-check (prefill then runs slower than it should), and a
-    /// GPU newer than NVRTC knows (its kernels go as PTX, which the driver compiles at each start).
+    /// GPU NVRTC does not know (its kernels go as PTX, which the driver compiles at load and caches).
     private static func noted(_ gpu: CUDABackend, _ note: (String) -> Void) -> CUDABackend {
         if let virtual = gpu.kernels.ptxArchitecture {
             note(
-                "this GPU (sm_\(gpu.context.device.architecture)) is newer than the NVRTC at \(gpu.nvrtcPath) knows: the kernels "
+                "the NVRTC at \(gpu.nvrtcPath) does not know this GPU (sm_\(gpu.context.device.architecture)): the kernels "
                     + "go as PTX for compute_\(virtual), which the driver compiles at load; a newer NVRTC (INFERENCE_NVRTC) makes a CUBIN")
         }
         if let problem = gpu.tensorCoreProblem, problem.contains("self-check") {

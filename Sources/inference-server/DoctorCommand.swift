@@ -96,7 +96,7 @@ struct Doctor: ParsableCommand {
                         let missing = GemmaKernels.names.filter { !KernelCache.module(entry.cubin, defines: $0) }
                         let how = entry.fromCache ? "from the cache" : String(format: "compiled in %.2f s", Date().timeIntervalSince(started))
                         let what = entry.ptxArchitecture.map {
-                            "PTX for compute_\($0) (newer than NVRTC \(nvrtc.versionString) knows: the driver compiles it for sm_\(sm) at load)"
+                            "PTX for compute_\($0) (NVRTC \(nvrtc.versionString) does not know sm_\(sm): the driver compiles it at load)"
                         } ?? "CUBIN"
                         line("kernels sm_\(sm)", "\(GemmaKernels.names.count) kernels, \(entry.cubin.count) bytes of \(what), \(how): \(entry.path)")
                         if !missing.isEmpty {

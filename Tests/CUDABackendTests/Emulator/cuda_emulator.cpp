@@ -498,6 +498,6 @@ CUresult cuGraphExecDestroy(void *exec) { delete (emu::Graph *)exec; return 0; }
 unsigned long cudaEmulatorGraphLaunches() { return emu::graphLaunches; }
 void cudaEmulatorRefuseCapture(int refuse) { emu::refuseCapture = refuse != 0; }
 void cudaEmulatorReverseThreads(int reverse) { emu::reverseThreads = reverse != 0; }
-// The compute capability the device reports (major * 10 + minor), for a GPU newer than NVRTC knows.
+// The compute capability the device reports (major * 10 + minor), for a GPU NVRTC does not know.
 void cudaEmulatorSetArchitecture(int sm) { emu::architecture = sm; }
 }
