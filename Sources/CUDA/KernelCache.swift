@@ -38,7 +38,7 @@ public struct KernelCache: Sendable {
         public var cubin: [UInt8]
         public var path: String
         public var fromCache: Bool
-        /// For a GPU newer than the compiler knows: the `compute_` architecture of the PTX `cubin`
+        /// For a GPU the compiler does not know: the `compute_` architecture of the PTX `cubin`
         /// holds, which the driver compiles for the GPU when it loads it; nil for a CUBIN.
         public var ptxArchitecture: Int? = nil
     }

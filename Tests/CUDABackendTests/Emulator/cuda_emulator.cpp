@@ -402,14 +402,23 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, vo
     op.bytes = bytes;
     return emu::submit(stream, op);
 }
-// A CUBIN (ELF), or PTX text, which a driver compiles for its GPU at load: NVRTC's PTX opens with
-// comments and names its ISA version.
-static bool isModule(const void *image) {
+// A CUBIN (ELF) for this GPU's architecture exactly (the low byte of e_flags), or PTX text, which a
+// driver compiles for its GPU at load, for this architecture or an earlier one (NVRTC's PTX opens
+// with comments and names its ISA version and target). 200: CUDA_ERROR_INVALID_IMAGE; 209:
+// CUDA_ERROR_NO_BINARY_FOR_GPU, what a driver says to a module for another GPU.
+static CUresult checkModule(const void *image) {
     const char *text = (const char *)image;
-    return memcmp(image, "\x7f" "ELF", 4) == 0 || (memcmp(text, "//", 2) == 0 && strstr(text, ".version") != nullptr);
+    if (memcmp(image, "\x7f" "ELF", 4) == 0) {
+        unsigned char sm = ((const unsigned char *)image)[48];
+        return sm == emu::architecture ? 0 : 209;
+    }
+    if (memcmp(text, "//", 2) != 0 || strstr(text, ".version") == nullptr) return 200;
+    const char *target = strstr(text, ".target sm_");
+    if (target == nullptr) return 200;
+    return atoi(target + strlen(".target sm_")) <= emu::architecture ? 0 : 209;
 }
 CUresult cuModuleLoadData(void **module, const void *image) {
-    if (!isModule(image)) return 200;  // CUDA_ERROR_INVALID_IMAGE
+    if (CUresult status = checkModule(image)) return status;
     *module = new Module();
     return 0;
 }
