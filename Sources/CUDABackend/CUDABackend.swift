@@ -194,7 +194,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         weights.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: memory.address) }
         write(x, to: input, offset: 0)
         write([Float](repeating: .nan, count: rows * m), to: output, offset: 0)  // an element left unwritten fails
-        matmulTensorCores(input, rows: rows, weight: CUDAMatrix(storage: .bf16, rows: m, columns: k, memory: memory), into: output)
+        matmulBuiltIn(
+            input, rows: rows, weight: CUDAMatrix(storage: .bf16, rows: m, columns: k, memory: memory), into: output, tensorCores: true)
         try context.synchronize()
         let got = read(output, offset: 0, count: rows * m)
         // Each activation keeps about 16 bits (split into two bf16), so an element is within a few
@@ -340,11 +341,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return
         }
         if rows > group && k % 32 == 0 {
-            if prefillWithTensorCores {
-                matmulTensorCores(x, rows: rows, weight: weight, into: out)
-            } else {
-                matmulTiled(x, rows: rows, weight: weight, into: out)
-            }
+            matmulBuiltIn(x, rows: rows, weight: weight, into: out, tensorCores: prefillWithTensorCores)
             return
         }
         gemv(x, rows: rows, weights: [weight], into: [out])
@@ -411,24 +408,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
-    /// Many rows without cuBLAS or the tensor cores (a GPU before sm_80, `INFERENCE_TENSOR_CORES=off`,
-    /// a failed self-check): `gemm_bf16`, 64 rows × 64 tokens per block, so each weight is read once
-    /// per 64 tokens. k must be a multiple of 32.
-    func matmulTiled(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
+    /// Many rows without cuBLAS (Cloud Run images), 64 rows × 64 tokens per block, so each weight is
+    /// read once per 64 tokens: on the tensor cores (`gemm_mma_bf16`, sm_80 and later, the activations
+    /// in two bf16 parts), or else in f32 (`gemm_bf16`: a GPU before sm_80,
+    /// `INFERENCE_TENSOR_CORES=off`, a failed self-check). k must be a multiple of 32.
+    func matmulBuiltIn(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer, tensorCores: Bool) {
         let m = weight.rows, k = weight.columns
         precondition(weight.storage == .bf16 && k % 32 == 0 && rows * k <= x.count && rows * m <= out.count)
         context.launch(
-            kernel("gemm_bf16"), grid: (blocks(m, 64), blocks(rows, 64), 1), block: 256,
-            [.pointer(weight.address), .pointer(x.address), .pointer(out.address), .int(m), .int(k), .int(rows)])
-    }
-
-    /// Many rows without cuBLAS (Cloud Run images) on sm_80 and later: `gemm_mma_bf16` on the tensor
-    /// cores, 64 rows × 64 tokens per block, the activations in two bf16 parts. k a multiple of 32.
-    func matmulTensorCores(_ x: CUDABuffer, rows: Int, weight: CUDAMatrix, into out: CUDABuffer) {
-        let m = weight.rows, k = weight.columns
-        precondition(weight.storage == .bf16 && k % 32 == 0 && rows * k <= x.count && rows * m <= out.count)
-        context.launch(
-            kernel("gemm_mma_bf16"), grid: (blocks(m, 64), blocks(rows, 64), 1), block: 128,
+            kernel(tensorCores ? "gemm_mma_bf16" : "gemm_bf16"), grid: (blocks(m, 64), blocks(rows, 64), 1),
+            block: tensorCores ? 128 : 256,
             [.pointer(weight.address), .pointer(x.address), .pointer(out.address), .int(m), .int(k), .int(rows)])
     }
 

@@ -127,7 +127,7 @@ public struct GPUCheck {
                 let cy = cpu.makeBuffer(count: rows * m)
                 let gy = poisoned(rows * m)
                 cpu.matmul(cx, rows: rows, weight: cw, into: cy)
-                gpu.matmulTiled(gx, rows: rows, weight: gw, into: gy)
+                gpu.matmulBuiltIn(gx, rows: rows, weight: gw, into: gy, tensorCores: false)
                 results.append(Result(
                     name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ tiled",
                     error: Self.relativeError(gpu.read(gy, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
@@ -135,7 +135,7 @@ public struct GPUCheck {
                 guard gpu.tensorCoreProblem == nil else { continue }
                 // Two bf16 parts per activation: about 16 of its bits, so near the f32 kernels.
                 let gt = poisoned(rows * m)
-                gpu.matmulTensorCores(gx, rows: rows, weight: gw, into: gt)
+                gpu.matmulBuiltIn(gx, rows: rows, weight: gw, into: gt, tensorCores: true)
                 results.append(Result(
                     name: "matmul \(rows)x\(k) · (\(m)x\(k))ᵀ tensor cores",
                     error: Self.relativeError(gpu.read(gt, offset: 0, count: rows * m), cpu.read(cy, offset: 0, count: rows * m)),
