@@ -18,7 +18,9 @@ extension CPUBackend {
         let inner = weight.columns
         let outer = weight.rows
         precondition(rows * inner <= x.count && rows * outer <= out.count, "matmul shapes do not fit the buffers")
-        if !exact && rows <= Self.int8RowLimit && Int8Product.covers(weight.format) {
+        if let tiles = weight.tiles, !exact {
+            tiles.product(x.pointer, rows, out.pointer)
+        } else if !exact && rows <= Self.int8RowLimit && Int8Product.covers(weight.format) {
             Int8Product.matmul(x.pointer, rows, weight, out.pointer)
         } else if rows == 1 {
             Self.matvec(x.pointer, weight, out.pointer)

@@ -7,7 +7,9 @@ public struct CPUBackend: ComputeBackend {
     public typealias Buffer = CPUBuffer
     public typealias Matrix = WeightTensor
 
-    public var name: String { "cpu (\(Parallel.threadCount) threads)" }
+    public var name: String {
+        "cpu (\(Parallel.threadCount) threads\(!exact && Int8Tiles.available ? ", AVX-512 VNNI" : ""))"
+    }
 
     /// When true, activations stay f32 in every product; when false (the default, as llama.cpp),
     /// products of few rows with Q8_0/Q5_0/Q4_K/Q6_K weights quantize the activations to int8 (`Int8Product`).
@@ -39,7 +41,14 @@ public struct CPUBackend: ComputeBackend {
         (destination.pointer + destinationOffset).update(from: source.pointer + sourceOffset, count: count)
     }
 
-    public func matrix(_ tensor: WeightTensor) throws -> WeightTensor { tensor }
+    /// The tensor itself (it is read in place), with a packed copy for the AVX-512 VNNI products
+    /// when this CPU has them and activations may be int8 (`Int8Tiles`).
+    public func matrix(_ tensor: WeightTensor) throws -> WeightTensor {
+        guard !exact && Int8Tiles.available && Int8Tiles.covers(tensor.format) && tensor.shape.count == 2 else { return tensor }
+        var packed = tensor
+        packed.tiles = Int8Tiles(tensor)
+        return packed
+    }
 
     public func embed(_ tokens: [Int], table: WeightTensor, scale: Float, into out: CPUBuffer) {
         let dimension = table.columns
