@@ -1,7 +1,7 @@
 import CInt8
 import Foundation
 
-/// A Q8_0 or Q5_0 matrix repacked for AVX-512 VNNI (`vpdpbusd`: 64 byte products summed into 16
+/// A Q8_0, Q5_0, Q4_K or Q6_K matrix repacked for AVX-512 VNNI (`vpdpbusd`: 64 byte products summed into 16
 /// int32 lanes in one instruction), multiplied with activations quantized to int8 per 32-value
 /// block as `Int8Product` quantizes them (the layout is in CInt8's int8_tiles.h).
 ///
@@ -12,7 +12,8 @@ import Foundation
 /// matrix is one sequential 576-byte tile, so a group of rows is read once however many tokens.
 ///
 /// The packed copy is made when the model loads (`CPUBackend.matrix`), only on CPUs with AVX-512
-/// VNNI, and is resident beside the mapped file: 1.125 bytes per weight.
+/// VNNI, and is resident beside the mapped file: 1.125 bytes per weight (Q8_0, Q5_0), 0.75 (Q4_K,
+/// whose q stay nibbles) or 1.25 (Q6_K).
 ///
 /// `@unchecked Sendable`: the tiles are written once in `init` and only read afterwards.
 final class Int8Tiles: @unchecked Sendable {
@@ -21,54 +22,63 @@ final class Int8Tiles: @unchecked Sendable {
     static let available: Bool =
         ProcessInfo.processInfo.environment["INFERENCE_INT8_TILES"] != "off" && int8_tiles_available() != 0
 
-    /// Formats whose values are exactly int8 times one scale per 32 columns.
-    static func covers(_ format: WeightFormat) -> Bool { format == .q8_0 || format == .q5_0 }
+    /// Formats whose values are small integers times a scale (less a minimum) per 16 or 32 columns:
+    /// all of a Gemma 3 Q4_K_M file.
+    static func covers(_ format: WeightFormat) -> Bool { tileFormat(format) != nil }
+
+    static func tileFormat(_ format: WeightFormat) -> int8_tiles_format? {
+        switch format {
+        case .q8_0: INT8_TILES_Q8_0
+        case .q5_0: INT8_TILES_Q5_0
+        case .q4_K: INT8_TILES_Q4_K
+        case .q6_K: INT8_TILES_Q6_K
+        default: nil
+        }
+    }
 
     let rows: Int
     let columns: Int
+    private let format: int8_tiles_format
     private let groups: Int
     private let storage: OwnedBytes
 
     init(_ tensor: WeightTensor) {
-        precondition(Self.covers(tensor.format) && tensor.columns % 32 == 0)
+        guard let format = Self.tileFormat(tensor.format) else { preconditionFailure("no tiles for \(tensor.format)") }
+        self.format = format
         rows = tensor.rows
         columns = tensor.columns
         groups = (rows + 15) / 16
-        storage = OwnedBytes(count: groups * (columns / 32) * INT8_TILE_BYTES)
+        byteCount = groups * (columns / 32) * int8_tiles_tile_bytes(format)
+        storage = OwnedBytes(count: byteCount)
         let packed = storage.pointer
-        let q8 = tensor.format == .q8_0
         Parallel.forRanges(groups, minimumChunk: 64) { range in
-            let (source, rowBytes, rows, columns) = (tensor.data, tensor.rowBytes, tensor.rows, tensor.columns)
-            let r0 = 16 * range.lowerBound, r1 = 16 * range.upperBound
-            if q8 {
-                int8_tiles_pack_q8_0(source, rowBytes, rows, columns, r0, r1, packed)
-            } else {
-                int8_tiles_pack_q5_0(source, rowBytes, rows, columns, r0, r1, packed)
-            }
+            int8_tiles_pack(
+                format, tensor.data, tensor.rowBytes, tensor.rows, tensor.columns, 16 * range.lowerBound,
+                16 * range.upperBound, packed)
         }
     }
 
-    /// Bytes of the packed copy.
-    var byteCount: Int { groups * (columns / 32) * INT8_TILE_BYTES }
+    /// Bytes of the packed copy (what a product reads).
+    let byteCount: Int
 
     /// out[t, r] = W[r, :] · x[t, :] for t < n (out rows `rows` apart).
     func product(_ x: UnsafePointer<Float>, _ n: Int, _ out: UnsafeMutablePointer<Float>) {
         let blocks = columns / 32
         let values = UnsafeMutablePointer<Int8>.allocate(capacity: n * columns)
         let scales = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks)
-        let bias = UnsafeMutablePointer<Int32>.allocate(capacity: n * blocks)
+        let sums = UnsafeMutablePointer<Int32>.allocate(capacity: n * 2 * blocks)
         defer {
             values.deallocate()
             scales.deallocate()
-            bias.deallocate()
+            sums.deallocate()
         }
-        int8_tiles_quantize(x, n, columns, values, scales, bias)
-        let (packed, rows, columns) = (UnsafeRawPointer(storage.pointer), rows, columns)
+        int8_tiles_quantize(x, n, columns, values, scales, sums)
+        let (packed, rows, columns, format) = (UnsafeRawPointer(storage.pointer), rows, columns, format)
         // Chunks of at least 4 groups (64 rows): the smallest products (256 rows, one token) are a
         // few microseconds, where handing out more chunks costs more than it spreads.
         Parallel.forRanges(groups, minimumChunk: 4) { range in
             int8_tiles_product(
-                packed, rows, columns, range.lowerBound, range.upperBound, values, scales, bias, n, out, rows)
+                format, packed, rows, columns, range.lowerBound, range.upperBound, values, scales, sums, n, out, rows)
         }
     }
 }

@@ -56,10 +56,10 @@ import Testing
     /// The AVX-512 VNNI tiles, reached as the engine reaches them (`CPUBackend.matrix`, then `matmul`):
     /// 37 rows (two whole groups of 16 and a partial one) and token counts that take every tile
     /// width (1...8) and the split of more than 8 tokens into tiles.
-    @Test(.enabled(if: Int8Tiles.available, "this CPU has no AVX-512 VNNI"), arguments: [WeightFormat.q8_0, .q5_0])
+    @Test(.enabled(if: Int8Tiles.available, "this CPU has no AVX-512 VNNI"), arguments: [WeightFormat.q8_0, .q5_0, .q4_K, .q6_K])
     func tilesEqualTheQuantizedReference(format: WeightFormat) throws {
         var random = TestRandom(seed: UInt64(format.ggmlType) + 11)
-        let k = 640
+        let k = format.blockElements == 256 ? 768 : 640
         let m = 37
         var bytes: [UInt8] = []
         var weights: [[Float]] = []

@@ -1,16 +1,20 @@
-// Int8 weight tiles for AVX-512 VNNI: the engine's products of Q8_0 and Q5_0 weights with int8
-// activations, written in C because Swift cannot reach these instructions (`_mm512_dpbusd_epi32`
-// is a macro over a builtin Swift does not import) and because the rest of the engine is compiled
-// for haswell: only the functions below are compiled for AVX-512, and callers check
-// `int8_tiles_available()` before calling the product.
+// Int8 weight tiles for AVX-512 VNNI: the engine's products of Q8_0, Q5_0, Q4_K and Q6_K weights
+// with int8 activations, written in C because Swift cannot reach these instructions
+// (`_mm512_dpbusd_epi32` is a macro over a builtin Swift does not import) and because the rest of
+// the engine is compiled for haswell: only the product below is compiled for AVX-512, and callers
+// check `int8_tiles_available()` before calling it.
 //
-// Layout of a packed matrix (rows padded to a multiple of 16 with zero weights): for each group of
-// 16 rows, for each 32-column block, 576 bytes:
-//   values: 8 chunks of 64 bytes; chunk c holds, for lane l = 0..15, the 4 bytes of row 16g + l at
-//           columns 32b + 4c ..< 32b + 4c + 4, each stored as (int8 value + 128), an unsigned byte,
-//           so that one `vpdpbusd` multiplies 16 rows by 4 columns of one token;
-//   scales: 16 floats, the block scale of each of the 16 rows.
-// A group's blocks follow each other, so a group is one sequential stream of bytes.
+// A packed matrix is its rows in groups of 16 (the last padded with zero weights), each group its
+// 32-column blocks in order, one tile per block, so a group is one sequential stream of bytes. A
+// tile holds the 16 rows x 32 columns as 8 chunks of 64 bytes: chunk c holds, for lane l = 0..15,
+// the 4 unsigned bytes of row 16g + l at columns 32b + 4c ..< 32b + 4c + 4, so that one `vpdpbusd`
+// multiplies 16 rows by 4 columns of one token. What the bytes mean, by format:
+//   Q8_0, Q5_0 (576 bytes): value + 128, then the 16 rows' scales (f32);
+//   Q4_K (384 bytes):       the chunks in nibbles, chunk c low and chunk c + 4 high in 4 vectors of
+//                           64 bytes (q in 0...15, value = scale * q - minimum), then 16 scales
+//                           (d * sc) and 16 minimums (dmin * m);
+//   Q6_K (640 bytes):       q in 0...63 (value = scale * (q - 32)), then 16 scales of columns 0..<16
+//                           and 16 of columns 16..<32 (d * sc).
 #pragma once
 #include <stdint.h>
 
@@ -18,32 +22,37 @@
 extern "C" {
 #endif
 
-enum {
-    INT8_TILE_ROWS = 16,
-    INT8_TILE_BLOCK = 32,
-    INT8_TILE_BYTES = 16 * 32 + 16 * 4,
+/// The weight formats packed into tiles (their GGML names).
+enum int8_tiles_format {
+    INT8_TILES_Q8_0 = 0,
+    INT8_TILES_Q5_0 = 1,
+    INT8_TILES_Q4_K = 2,
+    INT8_TILES_Q6_K = 3,
 };
 
 /// 1 when this CPU and its operating system run AVX-512 F, BW, VL and VNNI instructions.
 int int8_tiles_available(void);
 
-/// Packs rows [r0, r1) of a Q8_0 matrix (34-byte blocks: fp16 scale, 32 int8) or a Q5_0 matrix
-/// (22-byte blocks: fp16 scale, 32 fifth bits, 16 bytes of nibbles; value = q - 16). r0 is a
-/// multiple of 16; rows past `rows` up to r1 are padding (zero weights). `packed` is the whole
-/// packed matrix.
-void int8_tiles_pack_q8_0(const void *source, long rowBytes, long rows, long columns, long r0, long r1, void *packed);
-void int8_tiles_pack_q5_0(const void *source, long rowBytes, long rows, long columns, long r0, long r1, void *packed);
+/// Bytes of one tile (16 rows x 32 columns) of a format.
+long int8_tiles_tile_bytes(enum int8_tiles_format format);
 
-/// Quantizes n rows of k floats (k a multiple of 32) per 32-value block, as Q8_0: values in
-/// -127...127, scale = max |x| / 127, rounded to nearest even. `bias` gets -128 times each block's
-/// sum of values (what the +128 of the packed weights adds to the integer sums).
-void int8_tiles_quantize(const float *x, long n, long k, int8_t *values, float *scales, int32_t *bias);
+/// Packs rows [r0, r1) of a matrix in GGML's layout of `format` (`rowBytes` bytes a row; columns a
+/// multiple of the format's block). r0 is a multiple of 16; rows past `rows` up to r1 are padding.
+/// `packed` is the whole packed matrix.
+void int8_tiles_pack(
+    enum int8_tiles_format format, const void *source, long rowBytes, long rows, long columns, long r0, long r1,
+    void *packed);
+
+/// Quantizes n rows of k floats (k a multiple of 32) per 32-value block as Q8_0 does: values in
+/// -127...127, scale = max |x| / 127, rounded to nearest even. `sums` gets the sum of the values of
+/// each 16 (n x k/16).
+void int8_tiles_quantize(const float *x, long n, long k, int8_t *values, float *scales, int32_t *sums);
 
 /// out[t * ldo + r] = sum over j of W[r, j] * x[t, j], for the rows of groups [g0, g1) that exist
-/// (r < rows) and t < n; x given by `int8_tiles_quantize`. Needs `int8_tiles_available()`.
+/// (r < rows) and t < n; x as `int8_tiles_quantize` gives it. Needs `int8_tiles_available()`.
 void int8_tiles_product(
-    const void *packed, long rows, long columns, long g0, long g1, const int8_t *values, const float *scales,
-    const int32_t *bias, long n, float *out, long ldo);
+    enum int8_tiles_format format, const void *packed, long rows, long columns, long g0, long g1,
+    const int8_t *values, const float *scales, const int32_t *sums, long n, float *out, long ldo);
 
 #ifdef __cplusplus
 }
