@@ -157,9 +157,10 @@ if grep -qiE 'error|warn|fatal|crash' "$work/ours.log"; then
   grep -iE 'error|warn|fatal|crash' "$work/ours.log" | head -n 20 >&2
 fi
 
-# What the hardware allows, measured now that both servers are stopped: the f32 multiply-add peak
-# and the memory read bandwidth of these cores, and the floors they put under a decode step (one
-# sequence: reading every weight once; N sequences: N tokens' multiply-adds). Informational.
+# What the hardware allows, measured now that both servers are stopped: the f32 multiply-add peak,
+# the int8 one (vpdpbusd, on CPUs with AVX-512 VNNI, where the engine uses it) and the memory read
+# bandwidth of these cores, and the floors they put under a decode step (the longer of reading every
+# weight once and N tokens' multiply-adds at their instructions' peaks). Informational.
 echo "[${SECONDS}s] measuring this machine's peaks (bench-batch --peak)" >&2
 "$SERVER" bench-batch --model "$GGUF" --tokenizer "$HF" --sizes "$CONCURRENCY" --steps 0 --peak >"$work/peak.txt" 2>&1 \
   || { echo "bench-batch --peak failed:" >&2; cat "$work/peak.txt" >&2; : >"$work/peak.txt"; }
@@ -226,18 +227,20 @@ if 1 in O and 16 in O and O[1]["tok_s"]:
     scale = O[16]["tok_s"] / O[1]["tok_s"]
     print(f"ours 16-stream / ours 1-stream = {scale:.2f}x (target >= 3x: {'met' if scale >= 3 else 'NOT met'})")
 floors = {int(n): float(t) for n, t in re.findall(r"floor batch (\d+): [\d.]+ ms/step, ([\d.]+) tok/s", peak)}
-values = dict(re.findall(r"peak (fma G/s|read GB/s|macs/token|weight MB/step) ([\d.]+)", peak))
-if floors and len(values) == 4:
-    print(f"what these {nproc} cores allow (bench-batch --peak): f32 multiply-adds {values['fma G/s']} G/s, memory read "
-          f"{values['read GB/s']} GB/s; a decoded token is {values['macs/token']} M multiply-adds, a step reads "
-          f"{values['weight MB/step']} MB of weights")
+values = dict(re.findall(r"peak (fma G/s|int8 G/s|read GB/s|macs/token|int8 macs/token|weight MB/step) ([\d.]+)", peak))
+if floors and all(k in values for k in ("fma G/s", "read GB/s", "macs/token", "weight MB/step")):
+    int8 = (f", int8 (AVX-512 VNNI) multiply-adds {values['int8 G/s']} G/s" if "int8 G/s" in values else "")
+    print(f"what these {nproc} cores allow (bench-batch --peak): f32 multiply-adds {values['fma G/s']} G/s{int8}, memory read "
+          f"{values['read GB/s']} GB/s; a decoded token is {values['macs/token']} M multiply-adds"
+          + (f" ({values['int8 macs/token']} M of them int8)" if "int8 macs/token" in values else "")
+          + f", a step reads {values['weight MB/step']} MB of weights as loaded")
     for c in sorted(O):
         if c in floors:
             print(f"   C={c:<2}: at most {floors[c]:.1f} tok/s (decode steps alone); ours {O[c]['tok_s']:.1f} = "
                   f"{100 * O[c]['tok_s'] / floors[c]:.0f}% of it")
     if 1 in floors and 16 in floors:
-        print(f"   an engine at both floors would scale {floors[16] / floors[1]:.2f}x from 1 to 16 streams here: one stream is "
-              f"bound by memory, sixteen by arithmetic")
+        print(f"   an engine at both floors would scale {floors[16] / floors[1]:.2f}x from 1 to 16 streams here (a step's floor: "
+              f"the longer of its multiply-adds at their peaks and one read of the weights)")
 ahead = [c for c in sorted(O) if c in L and O[c]["tok_s"] > L[c]["tok_s"]]
 behind = [c for c in sorted(O) if c in L and c not in ahead]
 print(f"ours ahead of llama.cpp at every concurrency: {'met' if not behind else 'NOT met (behind at C=' + ','.join(map(str, behind)) + ')'}")

@@ -315,3 +315,26 @@ VNNI void int8_tiles_product(enum int8_tiles_format format, const void *packed, 
         }
     }
 }
+
+VNNI int int8_tiles_peak(long iterations, const void *seed) {
+    __m512i w = _mm512_loadu_si512(seed), x = _mm512_loadu_si512(seed);
+    __m512i a0 = w, a1 = w, a2 = w, a3 = w, a4 = w, a5 = w, a6 = w, a7 = w, a8 = w, a9 = w, a10 = w, a11 = w;
+    for (long i = 0; i < iterations; i++) {
+        a0 = _mm512_dpbusd_epi32(a0, w, x);
+        a1 = _mm512_dpbusd_epi32(a1, w, x);
+        a2 = _mm512_dpbusd_epi32(a2, w, x);
+        a3 = _mm512_dpbusd_epi32(a3, w, x);
+        a4 = _mm512_dpbusd_epi32(a4, w, x);
+        a5 = _mm512_dpbusd_epi32(a5, w, x);
+        a6 = _mm512_dpbusd_epi32(a6, w, x);
+        a7 = _mm512_dpbusd_epi32(a7, w, x);
+        a8 = _mm512_dpbusd_epi32(a8, w, x);
+        a9 = _mm512_dpbusd_epi32(a9, w, x);
+        a10 = _mm512_dpbusd_epi32(a10, w, x);
+        a11 = _mm512_dpbusd_epi32(a11, w, x);
+    }
+    __m512i all = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                   _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+    all = _mm512_add_epi32(all, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
+    return _mm512_reduce_add_epi32(all);
+}

@@ -64,9 +64,12 @@ public struct Engine: Sendable {
             let gguf = try GGUFFile(path: path)
             let config = try Gemma3Config(gguf: gguf)
             weights = try Gemma3Weights(gguf: gguf, config: config)
-            // The CPU reads Q5_0 matrices faster rewritten as Q8_0 (`withQ5AsQ8`); `weights` stays
-            // as stored, for a GPU backend. INFERENCE_REPACK_Q5=0 keeps Q5_0 (A/B runs).
-            let repack = ProcessInfo.processInfo.environment["INFERENCE_REPACK_Q5"] != "0"
+            // The CPU reads Q5_0 matrices faster rewritten as Q8_0 (`withQ5AsQ8`), unless it packs
+            // them into int8 tiles (those are made from the Q5_0 itself: a Q8_0 copy would only
+            // take memory); `weights` stays as stored, for a GPU backend. INFERENCE_REPACK_Q5=0
+            // keeps Q5_0 (A/B runs).
+            let tiles = !exactActivations && Int8Tiles.available
+            let repack = !tiles && ProcessInfo.processInfo.environment["INFERENCE_REPACK_Q5"] != "0"
             model = try Gemma3Model(config: config, weights: repack ? weights.withQ5AsQ8() : weights, backend: backend)
             let eos = [
                 gguf.metadata["tokenizer.ggml.eos_token_id"]?.intValue,

@@ -25,17 +25,6 @@ public struct Gemma3Weights: Sendable {
     public var finalNorm: WeightTensor  // (hidden)
     public var layers: [Layer]
 
-    /// Bytes of weights one decode step reads whatever its batch: every layer's tensors, the final
-    /// norm and the LM head (one embedding row per token besides, left out). A step of one sequence
-    /// is bound by reading these, so over the memory bandwidth this is that step's floor.
-    public var bytesReadPerStep: Int {
-        let perLayer = layers.reduce(0) { total, l in
-            total + [l.inputNorm, l.query, l.key, l.value, l.queryNorm, l.keyNorm, l.output, l.postAttentionNorm,
-                     l.preFeedforwardNorm, l.gate, l.up, l.down, l.postFeedforwardNorm].reduce(0) { $0 + $1.byteCount }
-        }
-        return perLayer + finalNorm.byteCount + lmHead.byteCount
-    }
-
     /// Names of one layer's tensors in each file format (§3.3).
     enum Role: CaseIterable {
         case inputNorm, query, key, value, queryNorm, keyNorm, output, postAttentionNorm, preFeedforwardNorm, gate, up,

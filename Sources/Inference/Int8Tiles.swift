@@ -1,5 +1,6 @@
 import CInt8
 import Foundation
+import Synchronization
 
 /// A Q8_0, Q5_0, Q4_K or Q6_K matrix repacked for AVX-512 VNNI (`vpdpbusd`: 64 byte products summed into 16
 /// int32 lanes in one instruction), multiplied with activations quantized to int8 per 32-value
@@ -11,11 +12,11 @@ import Foundation
 /// per instruction on int8, and the weights need no widening. Each 16 rows × 32 columns of the
 /// matrix is one sequential 576-byte tile, so a group of rows is read once however many tokens.
 ///
-/// The packed copy is made when the model loads (`CPUBackend.matrix`), only on CPUs with AVX-512
-/// VNNI, and is resident beside the mapped file: 1.125 bytes per weight (Q8_0, Q5_0), 0.75 (Q4_K,
-/// whose q stay nibbles) or 1.25 (Q6_K).
+/// `CPUBackend.matrix` attaches one to each such matrix on CPUs with AVX-512 VNNI; the packed copy
+/// is made by the first product (`Gemma3Model.packTiles()` makes them all up front) and takes
+/// 1.125 bytes per weight (Q8_0, Q5_0), 0.75 (Q4_K, whose q stay nibbles) or 1.25 (Q6_K).
 ///
-/// `@unchecked Sendable`: the tiles are written once in `init` and only read afterwards.
+/// `@unchecked Sendable`: the packed copy is made once, under the mutex, and only read afterwards.
 final class Int8Tiles: @unchecked Sendable {
     /// Whether this CPU runs the kernels (AVX-512 F/BW/VL/VNNI, and an OS that saves their state).
     /// INFERENCE_INT8_TILES=off turns them off (comparisons, and a way out if they misbehave).
@@ -40,26 +41,44 @@ final class Int8Tiles: @unchecked Sendable {
     let columns: Int
     private let format: int8_tiles_format
     private let groups: Int
-    private let storage: OwnedBytes
+    /// The matrix as stored, until it is packed.
+    private let source: WeightTensor
+    /// The packed copy, made by the first product (or `pack()`): on a machine where the model runs on
+    /// a GPU, the CPU model is loaded but never multiplies, and should cost neither the time nor the memory.
+    private let packed = Mutex<OwnedBytes?>(nil)
 
     init(_ tensor: WeightTensor) {
         guard let format = Self.tileFormat(tensor.format) else { preconditionFailure("no tiles for \(tensor.format)") }
         self.format = format
+        source = tensor
         rows = tensor.rows
         columns = tensor.columns
         groups = (rows + 15) / 16
         byteCount = groups * (columns / 32) * int8_tiles_tile_bytes(format)
-        storage = OwnedBytes(count: byteCount)
-        let packed = storage.pointer
-        Parallel.forRanges(groups, minimumChunk: 64) { range in
-            int8_tiles_pack(
-                format, tensor.data, tensor.rowBytes, tensor.rows, tensor.columns, 16 * range.lowerBound,
-                16 * range.upperBound, packed)
-        }
     }
 
     /// Bytes of the packed copy (what a product reads).
     let byteCount: Int
+
+    /// The packed copy, made now if it was not yet. Once it is made, the stored matrix's pages are
+    /// dropped from this process's memory (a mapped file's pages are read again if the matrix is:
+    /// the tied embedding is, a row per token), so the model is not resident twice.
+    @discardableResult
+    func pack() -> UnsafeRawPointer {
+        packed.withLock { storage in
+            if let storage { return UnsafeRawPointer(storage.pointer) }
+            let bytes = OwnedBytes(count: byteCount)
+            let (format, tensor, destination) = (format, source, bytes.pointer)
+            Parallel.forRanges(groups, minimumChunk: 64) { range in
+                int8_tiles_pack(
+                    format, tensor.data, tensor.rowBytes, tensor.rows, tensor.columns, 16 * range.lowerBound,
+                    16 * range.upperBound, destination)
+            }
+            (source.owner as? MappedFile)?.dropPages(source.data, count: source.byteCount)
+            storage = bytes
+            return UnsafeRawPointer(bytes.pointer)
+        }
+    }
 
     /// out[t, r] = W[r, :] · x[t, :] for t < n (out rows `rows` apart).
     func product(_ x: UnsafePointer<Float>, _ n: Int, _ out: UnsafeMutablePointer<Float>) {
@@ -73,7 +92,7 @@ final class Int8Tiles: @unchecked Sendable {
             sums.deallocate()
         }
         int8_tiles_quantize(x, n, columns, values, scales, sums)
-        let (packed, rows, columns, format) = (UnsafeRawPointer(storage.pointer), rows, columns, format)
+        let (packed, rows, columns, format) = (pack(), rows, columns, format)
         // Chunks of at least 4 groups (64 rows): the smallest products (256 rows, one token) are a
         // few microseconds, where handing out more chunks costs more than it spreads.
         Parallel.forRanges(groups, minimumChunk: 4) { range in

@@ -1,3 +1,5 @@
+import CInt8
+
 /// What this machine's cores can do at most, for benchmarks that print how far a figure is from it.
 ///
 /// A batched decode step is bound by arithmetic: every weight is multiplied with every sequence's
@@ -7,13 +9,39 @@
 public enum MachinePeak {
     /// f32 fused multiply-adds per second over all the engine's threads (one per core), measured with
     /// a register-resident loop of 12 independent SIMD8 chains (enough to hide the FMA latency, as the
-    /// engine's register-blocked kernel does). Products of up to `CPUBackend.int8RowLimit` rows use
-    /// int8 instead (`vpmaddubsw` + `vpmaddwd`); without AVX-512 VNNI that does about the same number
-    /// of multiply-adds per cycle (measured on this Zen: 19.2 G/s per core against 19.7 for f32), so
-    /// the bound holds for them here too, though a CPU with VNNI could beat it there.
+    /// engine's register-blocked kernel does). Without AVX-512 VNNI, products of up to
+    /// `CPUBackend.int8RowLimit` rows use int8 (`vpmaddubsw` + `vpmaddwd`), which does about the
+    /// same number of multiply-adds per cycle (measured on a Zen 2: 19.2 G/s per core against 19.7
+    /// for f32), so this bound holds for them too. With VNNI, see `int8MultiplyAddsPerSecond`.
     /// The best of `repeats` runs: a run in which another process took a core reads low.
     public static func fusedMultiplyAddsPerSecond(iterations: Int = 20_000_000, repeats: Int = 3) -> Double {
         (0..<max(1, repeats)).map { _ in measure(iterations: iterations) }.max()!
+    }
+
+    /// Int8 multiply-adds per second of `vpdpbusd` over all the engine's threads (12 independent
+    /// chains on 512-bit registers, 64 products each), best of `repeats`; nil on a CPU without AVX-512
+    /// VNNI (or with `Int8Tiles` turned off). The bound for the products of `Int8Tiles`.
+    public static func int8MultiplyAddsPerSecond(iterations: Int = 5_000_000, repeats: Int = 3) -> Double? {
+        guard Int8Tiles.available else { return nil }
+        let threads = Parallel.threadCount
+        let seed = [UInt8](repeating: 1, count: 64)
+        let results = UnsafeMutablePointer<Int32>.allocate(capacity: threads)
+        defer { results.deallocate() }
+        let clock = ContinuousClock()
+        var best = 0.0
+        for _ in 0..<max(1, repeats) {
+            let start = clock.now
+            seed.withUnsafeBytes { bytes in
+                let pointer = bytes.baseAddress!
+                Parallel.forRanges(threads, minimumChunk: 1) { range in
+                    for index in range { results[index] = int8_tiles_peak(iterations, pointer) }
+                }
+            }
+            let elapsed = clock.now - start
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            best = max(best, Double(threads * iterations * 12 * 64) / seconds)
+        }
+        return best
     }
 
     /// The engine's threads, over which the peak is measured.
@@ -84,5 +112,69 @@ public enum MachinePeak {
             best = max(best, Double(count / threads * threads * MemoryLayout<SIMD8<Float>>.stride) / seconds)
         }
         return best
+    }
+}
+
+/// What the weight products of one decoded token cost on the CPU backend as loaded: multiply-adds
+/// by the instructions that do them, and bytes of weights read (the packed tiles where there are).
+public struct ProductCost: Sendable {
+    /// Multiply-adds of matrices without int8 tiles (f32 FMA, or int8 without VNNI at about its rate).
+    public var f32MultiplyAdds = 0
+    /// Multiply-adds of matrices with `Int8Tiles` (`vpdpbusd`).
+    public var int8MultiplyAdds = 0
+    /// Bytes of weights one decode step reads.
+    public var bytes = 0
+
+    /// The fewest seconds a step of `size` tokens can take at these rates: the longer of its
+    /// multiply-adds at their instructions' peaks and one read of its weights at `bandwidth`.
+    public func floorSeconds(size: Int, fma: Double, int8: Double?, bandwidth: Double) -> Double {
+        let arithmetic = Double(f32MultiplyAdds) / fma + Double(int8MultiplyAdds) / (int8 ?? fma)
+        return max(Double(size) * arithmetic, Double(bytes) / bandwidth)
+    }
+}
+
+extension Gemma3Model where Backend == CPUBackend {
+    /// The products of one decoded token: every layer's projections and the LM head, plus the norm
+    /// weights read (the embedding row of the token is left out: one row).
+    public var productCost: ProductCost {
+        var cost = ProductCost()
+        for matrix in productMatrices { cost.add(matrix) }
+        for layer in layers {
+            for norm in [layer.inputNorm, layer.queryNorm, layer.keyNorm, layer.postAttentionNorm, layer.preFeedforwardNorm,
+                         layer.postFeedforwardNorm] {
+                cost.bytes += norm.byteCount
+            }
+        }
+        cost.bytes += finalNorm.byteCount
+        return cost
+    }
+
+    /// Every matrix a decoded token is multiplied with: each layer's projections, then the LM head.
+    var productMatrices: [WeightTensor] {
+        layers.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.gate, $0.up, $0.down] } + [lmHead]
+    }
+
+    /// Packs every matrix's int8 tiles now rather than in the first products (`Int8Tiles.pack`), so
+    /// that a server is ready when it says so and timings leave it out. Returns the bytes packed
+    /// (0 without AVX-512 VNNI, or with exact activations).
+    @discardableResult
+    public func packTiles() -> Int {
+        productMatrices.reduce(0) { total, matrix in
+            guard let tiles = matrix.tiles else { return total }
+            tiles.pack()
+            return total + tiles.byteCount
+        }
+    }
+}
+
+extension ProductCost {
+    mutating func add(_ matrix: WeightTensor) {
+        if let tiles = matrix.tiles {
+            int8MultiplyAdds += matrix.rows * matrix.columns
+            bytes += tiles.byteCount
+        } else {
+            f32MultiplyAdds += matrix.rows * matrix.columns
+            bytes += matrix.byteCount
+        }
     }
 }

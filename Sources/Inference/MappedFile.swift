@@ -17,6 +17,8 @@ public final class MappedFile: @unchecked Sendable {
     public let base: UnsafeRawPointer
     /// The file size in bytes (at least 1: empty files are rejected).
     public let size: Int
+    /// A mapping of the file itself, not a copy of bytes.
+    private let fileBacked: Bool
 
     public init(path: String) throws {
         self.path = path
@@ -41,6 +43,7 @@ public final class MappedFile: @unchecked Sendable {
         }
         self.base = UnsafeRawPointer(mapped)
         self.size = size
+        fileBacked = true
     }
 
     /// An anonymous read-only mapping holding a copy of `bytes`, named `path` in messages: lets tests
@@ -56,9 +59,22 @@ public final class MappedFile: @unchecked Sendable {
         self.path = path
         self.base = UnsafeRawPointer(mapped)
         self.size = bytes.count
+        fileBacked = false
     }
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+
+    /// Drops the whole pages inside [start, start + count) from this process's resident memory. The
+    /// mapping stays valid: a page touched again is read back from the page cache or the file. For a
+    /// copy (`init(copying:)`, anonymous memory) it does nothing, since dropping would zero the bytes.
+    func dropPages(_ start: UnsafeRawPointer, count: Int) {
+        guard fileBacked else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let first = (Int(bitPattern: start) + page - 1) / page * page
+        let end = (Int(bitPattern: start) + count) / page * page
+        guard end > first, start >= base, start + count <= base + size else { return }
+        madvise(UnsafeMutableRawPointer(bitPattern: first), end - first, Int32(MADV_DONTNEED))
+    }
 
     /// The bytes `range` of the file; the caller has checked that the range lies inside it.
     public func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer {

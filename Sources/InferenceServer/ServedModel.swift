@@ -16,6 +16,8 @@ public final class ServedModel: Sendable {
     /// Prompt plus output tokens may not exceed this (vLLM's max_model_len).
     public let contextLength: Int
     public let created = Int(Date().timeIntervalSince1970)
+    /// On the CPU, the bytes of int8 tiles packed at start for AVX-512 VNNI (`Gemma3Model.packTiles`) and the seconds it took.
+    public let packedTiles: (bytes: Int, seconds: Double)
 
     /// On a GPU the weights are copied to the device here, and the KV cache budget is what
     /// `gpuMemoryUtilization` of the card leaves (at most `limits.cacheBytes`); too little for one
@@ -32,8 +34,13 @@ public final class ServedModel: Sendable {
         deviceName = device.name
         switch device {
         case .cpu:
+            // Before the server says it is ready: the first requests should not pay for it.
+            let start = ContinuousClock.now
+            let bytes = engine.model.packTiles()
+            packedTiles = (bytes, (ContinuousClock.now - start) / .seconds(1))
             scheduler = Scheduler(model: engine.model, contextLength: length, limits: limits, metrics: metrics)
         case .cuda(let gpu):
+            packedTiles = (0, 0)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             var limits = limits
             // Measured while a runner like the scheduler's holds its scratch (activations, logits),

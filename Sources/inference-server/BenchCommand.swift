@@ -26,10 +26,12 @@ struct BenchBatch: ParsableCommand {
     var exactActivations = false
 
     @Flag(help: """
-        Also measure this machine's f32 multiply-add peak and memory read bandwidth, and print the \
-        floor of a step at each size: the longer of the size times the model's multiply-adds per \
-        token at that peak, and one read of the weights at that bandwidth (a bound no implementation \
-        computing in f32 on these cores can beat). With --steps 0 only these lines are printed.
+        Also measure this machine's f32 multiply-add peak, its int8 VNNI peak (where the CPU has \
+        AVX-512 VNNI) and its memory read bandwidth, and print the floor of a step at each size: the \
+        longer of the size times the model's multiply-adds per token at the peak of the instructions \
+        that do them, and one read of the weights as loaded at that bandwidth (a bound no \
+        implementation using these instructions on these cores can beat). With --steps 0 only these \
+        lines are printed.
         """)
     var peak = false
 
@@ -37,8 +39,9 @@ struct BenchBatch: ParsableCommand {
         CPUCheck.requireEngineFeatures()
         let engine = try Engine.load(path: try options.resolvedPath(), tokenizerDirectory: tokenizer, exactActivations: exactActivations)
         let sizes = self.sizes.split(separator: ",").compactMap { Int($0) }
+        engine.model.packTiles()
         if peak {
-            printPeak(multiplyAdds: engine.model.config.multiplyAddsPerToken, bytes: engine.weights.bytesReadPerStep, sizes: sizes)
+            printPeak(engine.model.productCost, sizes: sizes)
         }
         for size in sizes where steps > 0 {
             let runner = BatchRunner(model: engine.model, maximumSequences: size)
@@ -52,18 +55,28 @@ struct BenchBatch: ParsableCommand {
         }
     }
 
-    /// Lines a script can parse: `peak fma G/s <v>`, `peak read GB/s <v>`, `peak macs/token <v>`,
-    /// `peak weight MB/step <v>`, and per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the
-    /// longer of the step's multiply-adds at the FMA peak and its weight reads at the read bandwidth.
-    private func printPeak(multiplyAdds: Int, bytes: Int, sizes: [Int]) {
+    /// Lines a script can parse: `peak fma G/s <v>`, `peak int8 G/s <v>` (with VNNI), `peak read GB/s
+    /// <v>`, `peak macs/token <v>` (of which `peak int8 macs/token <v>` are int8 tiles), `peak weight
+    /// MB/step <v>`, and per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the longer of the
+    /// step's multiply-adds at their peaks and its weight reads at the read bandwidth.
+    private func printPeak(_ cost: ProductCost, sizes: [Int]) {
         let rate = MachinePeak.fusedMultiplyAddsPerSecond()
+        let int8 = MachinePeak.int8MultiplyAddsPerSecond()
         let bandwidth = MachinePeak.readBytesPerSecond()
-        print(String(format: "peak fma G/s %.2f (f32 multiply-adds per second over %d threads)", rate / 1e9, MachinePeak.threads))
-        print(String(format: "peak read GB/s %.2f (memory read over %d threads)", bandwidth / 1e9, MachinePeak.threads))
-        print(String(format: "peak macs/token %.1f M (weight products of one decoded token)", Double(multiplyAdds) / 1e6))
-        print(String(format: "peak weight MB/step %.1f (weights one decode step reads)", Double(bytes) / 1e6))
+        let threads = MachinePeak.threads
+        print(String(format: "peak fma G/s %.2f (f32 multiply-adds per second over %d threads)", rate / 1e9, threads))
+        if let int8 {
+            print(String(format: "peak int8 G/s %.2f (vpdpbusd byte multiply-adds per second over %d threads)", int8 / 1e9, threads))
+        }
+        print(String(format: "peak read GB/s %.2f (memory read over %d threads)", bandwidth / 1e9, threads))
+        let total = cost.f32MultiplyAdds + cost.int8MultiplyAdds
+        print(String(format: "peak macs/token %.1f M (weight products of one decoded token)", Double(total) / 1e6))
+        if int8 != nil {
+            print(String(format: "peak int8 macs/token %.1f M (of those, in int8 tiles)", Double(cost.int8MultiplyAdds) / 1e6))
+        }
+        print(String(format: "peak weight MB/step %.1f (weights one decode step reads, as loaded)", Double(cost.bytes) / 1e6))
         for size in sizes {
-            let seconds = max(Double(size * multiplyAdds) / rate, Double(bytes) / bandwidth)
+            let seconds = cost.floorSeconds(size: size, fma: rate, int8: int8, bandwidth: bandwidth)
             print(String(format: "floor batch %d: %.1f ms/step, %.1f tok/s", size, seconds * 1000, Double(size) / seconds))
         }
     }

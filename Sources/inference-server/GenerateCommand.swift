@@ -136,6 +136,7 @@ struct Generate: ParsableCommand {
         let result: GenerationResult
         switch try ComputeDevice.open(device, note: { FileHandle.standardError.write(Data("inference-server: \($0)\n".utf8)) }) {
         case .cpu:
+            engine.model.packTiles()  // not in the prefill's time
             result = try generate(engine.makeSession(contextLength: context))
         case .cuda(let gpu):
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)

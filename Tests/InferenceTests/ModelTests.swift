@@ -223,11 +223,33 @@ struct TinyModel {
         let tiny = TinyModel(seed: 3)
         let dir = try TemporaryDirectory()
         let path = try tiny.writeFolder(dir)
-        let config = try Gemma3Config(configFile: path + "/config.json")
-        let weights = try Gemma3Weights(safetensors: try SafetensorsCheckpoint(directory: path), config: config)
+        let model = try load(path)
         let products = tiny.tensors.filter { $0.shape.count == 2 }.map { $0.shape[0] * $0.shape[1] }
-        #expect(config.multiplyAddsPerToken == products.reduce(0, +))
-        #expect(weights.bytesReadPerStep == tiny.tensors.map { 4 * $0.values.count }.reduce(0, +))
+        #expect(model.config.multiplyAddsPerToken == products.reduce(0, +))
+        let cost = model.productCost
+        #expect(cost.f32MultiplyAdds == products.reduce(0, +) && cost.int8MultiplyAdds == 0)
+        #expect(cost.bytes == tiny.tensors.map { 4 * $0.values.count }.reduce(0, +))
+    }
+
+    /// The real Q4_K_M as the engine loads it: with AVX-512 VNNI every product is in int8 tiles and
+    /// the bytes are the tiles' (Q8_0 and Q5_0 1.125 bytes a weight, Q4_K 0.75, Q6_K 1.25).
+    @Test(.enabled(if: Int8Tiles.available, "this CPU has no AVX-512 VNNI"))
+    func theQ4KMModelIsAllInTiles() throws {
+        try RealWeights.require()
+        let engine = try Engine.load(path: RealWeights.gguf, tokenizerDirectory: RealWeights.folder)
+        let cost = engine.model.productCost
+        #expect(cost.f32MultiplyAdds == 0 && cost.int8MultiplyAdds == engine.config.multiplyAddsPerToken)
+        var bytes = 0
+        for layer in engine.weights.layers {
+            for m in [layer.query, layer.key, layer.value, layer.output, layer.gate, layer.up, layer.down] {
+                let perWeight = m.format == .q4_K ? 0.75 : m.format == .q6_K ? 1.25 : 1.125
+                bytes += Int(perWeight * Double(m.elementCount))
+            }
+            bytes += [layer.inputNorm, layer.queryNorm, layer.keyNorm, layer.postAttentionNorm, layer.preFeedforwardNorm,
+                      layer.postFeedforwardNorm].reduce(0) { $0 + $1.byteCount }
+        }
+        bytes += Int(1.125 * Double(engine.weights.lmHead.elementCount)) + engine.weights.finalNorm.byteCount
+        #expect(cost.bytes == bytes)
     }
 
     @Test func sessionsRefuseBadInput() throws {

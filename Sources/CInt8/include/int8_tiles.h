@@ -54,6 +54,11 @@ void int8_tiles_product(
     enum int8_tiles_format format, const void *packed, long rows, long columns, long g0, long g1,
     const int8_t *values, const float *scales, const int32_t *sums, long n, float *out, long ldo);
 
+/// Runs `iterations` rounds of 12 independent `vpdpbusd` chains on 512-bit registers (64 byte
+/// multiply-adds each) and returns a checksum: the peak of the instruction, for benchmarks.
+/// `seed` points to 64 bytes, so that the compiler cannot fold the work away.
+int int8_tiles_peak(long iterations, const void *seed);
+
 #ifdef __cplusplus
 }
 #endif
