@@ -171,6 +171,9 @@ void int8_tiles_quantize(const float *x, long n, long k, int8_t *values, float *
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));
         float scale = _mm_cvtss_f32(h) / 127;
+        // Below FLT_MIN, 1 / scale would overflow to inf and the block's integers be garbage: such a
+        // block is all but zero, and is taken as zero.
+        if (scale < 1.17549435e-38f) scale = 0;
         __m256 inverse = _mm256_set1_ps(scale == 0 ? 0 : 1 / scale);
         __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inverse)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inverse)),
                 i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inverse)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inverse));
@@ -318,7 +321,11 @@ VNNI void int8_tiles_product(enum int8_tiles_format format, const void *packed, 
 
 VNNI int int8_tiles_peak(long iterations, const void *seed) {
     __m512i w = _mm512_loadu_si512(seed), x = _mm512_loadu_si512(seed);
-    __m512i a0 = w, a1 = w, a2 = w, a3 = w, a4 = w, a5 = w, a6 = w, a7 = w, a8 = w, a9 = w, a10 = w, a11 = w;
+    // Chains that start apart, so that the compiler cannot merge them into one (latency-bound) chain.
+#define START(i) _mm512_add_epi32(w, _mm512_set1_epi32(i))
+    __m512i a0 = START(0), a1 = START(1), a2 = START(2), a3 = START(3), a4 = START(4), a5 = START(5), a6 = START(6),
+            a7 = START(7), a8 = START(8), a9 = START(9), a10 = START(10), a11 = START(11);
+#undef START
     for (long i = 0; i < iterations; i++) {
         a0 = _mm512_dpbusd_epi32(a0, w, x);
         a1 = _mm512_dpbusd_epi32(a1, w, x);

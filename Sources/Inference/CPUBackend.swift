@@ -12,7 +12,8 @@ public struct CPUBackend: ComputeBackend {
     }
 
     /// When true, activations stay f32 in every product; when false (the default, as llama.cpp),
-    /// products of few rows with Q8_0/Q5_0/Q4_K/Q6_K weights quantize the activations to int8 (`Int8Product`).
+    /// products with Q8_0/Q5_0/Q4_K/Q6_K weights quantize the activations to int8: all of them on a
+    /// CPU with AVX-512 VNNI (`Int8Tiles`), those of few rows elsewhere (`Int8Product`).
     public let exact: Bool
 
     /// Refuses to run on a CPU without the instructions the kernels were compiled with.

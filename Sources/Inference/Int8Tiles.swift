@@ -10,7 +10,8 @@ import Synchronization
 /// `CPUBackend.gemm`, 16 multiply-adds per cycle per core, after widening each weight to f32), and
 /// the 270M model's LM head alone is 168 M of its 268 M multiply-adds per token. `vpdpbusd` does 64
 /// per instruction on int8, and the weights need no widening. Each 16 rows × 32 columns of the
-/// matrix is one sequential 576-byte tile, so a group of rows is read once however many tokens.
+/// matrix is one tile (576, 384 or 640 bytes by format) and a group of 16 rows is one sequential
+/// stream of them, read from memory once per product and from cache for each further 8 tokens.
 ///
 /// `CPUBackend.matrix` attaches one to each such matrix on CPUs with AVX-512 VNNI; the packed copy
 /// is made by the first product (`Gemma3Model.packTiles()` makes them all up front) and takes
@@ -49,6 +50,8 @@ final class Int8Tiles: @unchecked Sendable {
 
     init(_ tensor: WeightTensor) {
         guard let format = Self.tileFormat(tensor.format) else { preconditionFailure("no tiles for \(tensor.format)") }
+        // Whole blocks per row (GGUF loading checks it; a tensor built from bytes checks only the total).
+        precondition(tensor.columns % tensor.format.blockElements == 0, "rows of \(tensor.format) must be whole blocks")
         self.format = format
         source = tensor
         rows = tensor.rows
@@ -60,9 +63,10 @@ final class Int8Tiles: @unchecked Sendable {
     /// Bytes of the packed copy (what a product reads).
     let byteCount: Int
 
-    /// The packed copy, made now if it was not yet. Once it is made, the stored matrix's pages are
-    /// dropped from this process's memory (a mapped file's pages are read again if the matrix is:
-    /// the tied embedding is, a row per token), so the model is not resident twice.
+    /// The packed copy, made now if it was not yet. Once it is made, a mapped file's pages of the
+    /// stored matrix are dropped from this process's resident memory (they stay in the page cache,
+    /// reclaimable, and are read again if the matrix is: the tied embedding is, a row per token), so
+    /// the process does not hold the model twice.
     @discardableResult
     func pack() -> UnsafeRawPointer {
         packed.withLock { storage in

@@ -237,6 +237,14 @@ struct TinyModel {
     func theQ4KMModelIsAllInTiles() throws {
         try RealWeights.require()
         let engine = try Engine.load(path: RealWeights.gguf, tokenizerDirectory: RealWeights.folder)
+        // Packing drops the mapped file's pages of each matrix: read again, they are the same bytes.
+        let embedding = engine.weights.embedding
+        let rows = [0, 2, 818, embedding.rows - 1]
+        let before = rows.map { Array(UnsafeRawBufferPointer(start: embedding.row($0), count: embedding.rowBytes)) }
+        let down = engine.weights.layers[3].down.floats()
+        #expect(engine.model.packTiles() > 0)
+        #expect(rows.map { Array(UnsafeRawBufferPointer(start: embedding.row($0), count: embedding.rowBytes)) } == before)
+        #expect(engine.weights.layers[3].down.floats() == down)
         let cost = engine.model.productCost
         #expect(cost.f32MultiplyAdds == 0 && cost.int8MultiplyAdds == engine.config.multiplyAddsPerToken)
         var bytes = 0

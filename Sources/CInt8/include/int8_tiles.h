@@ -1,8 +1,9 @@
 // Int8 weight tiles for AVX-512 VNNI: the engine's products of Q8_0, Q5_0, Q4_K and Q6_K weights
-// with int8 activations, written in C because Swift cannot reach these instructions
-// (`_mm512_dpbusd_epi32` is a macro over a builtin Swift does not import) and because the rest of
-// the engine is compiled for haswell: only the product below is compiled for AVX-512, and callers
-// check `int8_tiles_available()` before calling it.
+// with int8 activations, written in C because Swift cannot reach these instructions: the engine is
+// compiled for haswell, so that one binary runs on every x86-64 with AVX2, and Swift has no
+// per-function target attribute with which to call `_mm512_dpbusd_epi32` (an inline function of
+// clang's headers that needs avx512vnni). Only the product and the peak below are compiled for
+// AVX-512, and callers check `int8_tiles_available()` before calling them.
 //
 // A packed matrix is its rows in groups of 16 (the last padded with zero weights), each group its
 // 32-column blocks in order, one tile per block, so a group is one sequential stream of bytes. A
