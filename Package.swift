@@ -47,12 +47,12 @@ let package = Package(
         // The engine. Optimized even in debug builds (real weights are unusable at -Onone, about
         // 300x slower) and for AVX2/FMA/F16C, which SIMD code needs to run at memory speed.
         .target(name: "CPrefetch"),
-        // Int8 products with AVX-512 VNNI, which Swift cannot reach: optimized in debug builds too, for
-        // haswell like the engine; its AVX-512 functions carry their own target and are called only
-        // on CPUs that have it.
-        .target(name: "CInt8", cSettings: [.unsafeFlags(["-O2", "-march=haswell"])]),
+        // Products with AVX-512 VNNI (int8) and AVX-512 BF16, which Swift cannot reach: optimized in
+        // debug builds too, for haswell like the engine; the AVX-512 functions carry their own target
+        // and are called only on CPUs that have it.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2", "-march=haswell"])]),
         .target(
-            name: "Inference", dependencies: ["Tokenizer", "CPrefetch", "CInt8"],
+            name: "Inference", dependencies: ["Tokenizer", "CPrefetch", "CKernels"],
             swiftSettings: [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
         ),
         // The OpenAI API over the engine: routes, request decoding, SSE, the batching scheduler, metrics.

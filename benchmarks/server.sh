@@ -158,7 +158,8 @@ if grep -qiE 'error|warn|fatal|crash' "$work/ours.log"; then
 fi
 
 # What the hardware allows, measured now that both servers are stopped: the f32 multiply-add peak,
-# the int8 one (vpdpbusd, on CPUs with AVX-512 VNNI, where the engine uses it) and the memory read
+# the int8 and bf16 ones (vpdpbusd, vdpbf16ps, on CPUs with AVX-512 VNNI and BF16, where the engine
+# uses them) and the memory read
 # bandwidth of these cores, and the floors they put under a decode step (the longer of reading every
 # weight once and N tokens' multiply-adds at their instructions' peaks). Informational.
 echo "[${SECONDS}s] measuring this machine's peaks (bench-batch --peak)" >&2
@@ -227,12 +228,14 @@ if 1 in O and 16 in O and O[1]["tok_s"]:
     scale = O[16]["tok_s"] / O[1]["tok_s"]
     print(f"ours 16-stream / ours 1-stream = {scale:.2f}x (target >= 3x: {'met' if scale >= 3 else 'NOT met'})")
 floors = {int(n): float(t) for n, t in re.findall(r"floor batch (\d+): [\d.]+ ms/step, ([\d.]+) tok/s", peak)}
-values = dict(re.findall(r"peak (fma G/s|int8 G/s|read GB/s|macs/token|int8 macs/token|weight MB/step) ([\d.]+)", peak))
+values = dict(re.findall(r"peak (fma G/s|int8 G/s|bf16 G/s|read GB/s|macs/token|int8 macs/token|bf16 macs/token|weight MB/step) ([\d.]+)", peak))
 if floors and all(k in values for k in ("fma G/s", "read GB/s", "macs/token", "weight MB/step")):
     int8 = (f", int8 (AVX-512 VNNI) multiply-adds {values['int8 G/s']} G/s" if "int8 G/s" in values else "")
+    int8 += (f", bf16 (AVX-512 BF16) multiply-adds {values['bf16 G/s']} G/s" if "bf16 G/s" in values else "")
     print(f"what these {nproc} cores allow (bench-batch --peak): f32 multiply-adds {values['fma G/s']} G/s{int8}, memory read "
           f"{values['read GB/s']} GB/s; a decoded token is {values['macs/token']} M multiply-adds"
           + (f" ({values['int8 macs/token']} M of them int8)" if "int8 macs/token" in values else "")
+          + (f" ({values['bf16 macs/token']} M of them bf16)" if float(values.get("bf16 macs/token", 0)) > 0 else "")
           + f", a step reads {values['weight MB/step']} MB of weights as loaded")
     for c in sorted(O):
         if c in floors:

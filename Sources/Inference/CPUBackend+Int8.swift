@@ -9,7 +9,7 @@ import _Builtin_intrinsics.intel
 /// f32; this does a block in a handful of instructions, so the product runs at memory speed.
 ///
 /// The activations lose precision (int8 per block, about 0.4% relative). On CPUs without AVX-512
-/// VNNI (with it, `Int8Tiles` does every product of these formats) the path is used for products of
+/// VNNI (with it, `WeightTiles` does every product of these formats) the path is used for products of
 /// up to `CPUBackend.int8RowLimit` rows (decode of a few sequences); it can be turned off
 /// (`CPUBackend(exact:)`); the golden tests use the exact path. Each row of x is quantized on its
 /// own, so a sequence gets the same numbers alone or among up to that many, but not in a larger batch,

@@ -8,12 +8,16 @@ public struct CPUBackend: ComputeBackend {
     public typealias Matrix = WeightTensor
 
     public var name: String {
-        "cpu (\(Parallel.threadCount) threads\(!exact && Int8Tiles.available ? ", AVX-512 VNNI" : ""))"
+        var parts = ["\(Parallel.threadCount) threads"]
+        if !exact && WeightTiles.int8Available { parts.append("AVX-512 VNNI") }
+        if !exact && WeightTiles.bf16Available { parts.append("AVX-512 BF16") }
+        return "cpu (" + parts.joined(separator: ", ") + ")"
     }
 
     /// When true, activations stay f32 in every product; when false (the default, as llama.cpp),
     /// products with Q8_0/Q5_0/Q4_K/Q6_K weights quantize the activations to int8: all of them on a
-    /// CPU with AVX-512 VNNI (`Int8Tiles`), those of few rows elsewhere (`Int8Product`).
+    /// CPU with AVX-512 VNNI (`WeightTiles`), those of few rows elsewhere (`Int8Product`); on a CPU with
+    /// AVX-512 BF16, products with bf16 weights round the activations to bf16 (`WeightTiles`).
     public let exact: Bool
 
     /// Refuses to run on a CPU without the instructions the kernels were compiled with.
@@ -43,11 +47,11 @@ public struct CPUBackend: ComputeBackend {
     }
 
     /// The tensor itself (it is read in place), with a packed copy for the AVX-512 VNNI products
-    /// when this CPU has them and activations may be int8 (`Int8Tiles`).
+    /// when this CPU has them and activations need not be exact (`WeightTiles`).
     public func matrix(_ tensor: WeightTensor) throws -> WeightTensor {
-        guard !exact && Int8Tiles.available && Int8Tiles.covers(tensor.format) && tensor.shape.count == 2 else { return tensor }
+        guard !exact, let tiles = WeightTiles(tensor) else { return tensor }
         var packed = tensor
-        packed.tiles = Int8Tiles(tensor)
+        packed.tiles = tiles
         return packed
     }
 

@@ -68,7 +68,7 @@ public struct Engine: Sendable {
             // them into int8 tiles (those are made from the Q5_0 itself: a Q8_0 copy would only
             // take memory); `weights` stays as stored, for a GPU backend. INFERENCE_REPACK_Q5=0
             // keeps Q5_0 (A/B runs).
-            let tiles = !exactActivations && Int8Tiles.available
+            let tiles = !exactActivations && WeightTiles.int8Available
             let repack = !tiles && ProcessInfo.processInfo.environment["INFERENCE_REPACK_Q5"] != "0"
             model = try Gemma3Model(config: config, weights: repack ? weights.withQ5AsQ8() : weights, backend: backend)
             let eos = [

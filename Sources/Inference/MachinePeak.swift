@@ -1,4 +1,4 @@
-import CInt8
+import CKernels
 
 /// What this machine's cores can do at most, for benchmarks that print how far a figure is from it.
 ///
@@ -12,7 +12,8 @@ public enum MachinePeak {
     /// engine's register-blocked kernel does). Without AVX-512 VNNI, products of up to
     /// `CPUBackend.int8RowLimit` rows use int8 (`vpmaddubsw` + `vpmaddwd`), which does about the
     /// same number of multiply-adds per cycle (measured on a Zen 2: 19.2 G/s per core against 19.7
-    /// for f32), so this bound holds for them too. With VNNI, see `int8MultiplyAddsPerSecond`.
+    /// for f32), so this bound holds for them too. With AVX-512 VNNI or BF16, see
+    /// `int8MultiplyAddsPerSecond` and `bf16MultiplyAddsPerSecond`.
     /// The best of `repeats` runs: a run in which another process took a core reads low.
     public static func fusedMultiplyAddsPerSecond(iterations: Int = 20_000_000, repeats: Int = 3) -> Double {
         (0..<max(1, repeats)).map { _ in measure(iterations: iterations) }.max()!
@@ -20,12 +21,31 @@ public enum MachinePeak {
 
     /// Int8 multiply-adds per second of `vpdpbusd` over all the engine's threads (12 independent
     /// chains on 512-bit registers, 64 products each), best of `repeats`; nil on a CPU without AVX-512
-    /// VNNI (or with `Int8Tiles` turned off). The bound for the products of `Int8Tiles`.
+    /// VNNI (or with its tiles turned off). The bound for the products of int8 `WeightTiles`.
     public static func int8MultiplyAddsPerSecond(iterations: Int = 5_000_000, repeats: Int = 3) -> Double? {
-        guard Int8Tiles.available else { return nil }
+        guard WeightTiles.int8Available else { return nil }
+        return instructionPeak(productsPerInstruction: 64, iterations: iterations, repeats: repeats) {
+            Float(int8_tiles_peak($0, $1))
+        }
+    }
+
+    /// bf16 multiply-adds per second of `vdpbf16ps` (32 products each), as `int8MultiplyAddsPerSecond`;
+    /// nil on a CPU without AVX-512 BF16. The bound for the products of bf16 `WeightTiles`.
+    public static func bf16MultiplyAddsPerSecond(iterations: Int = 5_000_000, repeats: Int = 3) -> Double? {
+        guard WeightTiles.bf16Available else { return nil }
+        return instructionPeak(productsPerInstruction: 32, iterations: iterations, repeats: repeats) {
+            bf16_tiles_peak($0, $1)
+        }
+    }
+
+    /// Runs `chains(iterations, seed)` (12 chains of one instruction) on every thread; the best of
+    /// `repeats` rates. The seed is 64 bytes of 0x01 (int8 ones; bf16 2.4e-38: no overflow).
+    private static func instructionPeak(
+        productsPerInstruction: Int, iterations: Int, repeats: Int, _ chains: (Int, UnsafeRawPointer) -> Float
+    ) -> Double {
         let threads = Parallel.threadCount
         let seed = [UInt8](repeating: 1, count: 64)
-        let results = UnsafeMutablePointer<Int32>.allocate(capacity: threads)
+        let results = UnsafeMutablePointer<Float>.allocate(capacity: threads)
         defer { results.deallocate() }
         let clock = ContinuousClock()
         var best = 0.0
@@ -34,12 +54,12 @@ public enum MachinePeak {
             seed.withUnsafeBytes { bytes in
                 let pointer = bytes.baseAddress!
                 Parallel.forRanges(threads, minimumChunk: 1) { range in
-                    for index in range { results[index] = int8_tiles_peak(iterations, pointer) }
+                    for index in range { results[index] = chains(iterations, pointer) }
                 }
             }
             let elapsed = clock.now - start
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-            best = max(best, Double(threads * iterations * 12 * 64) / seconds)
+            best = max(best, Double(threads * iterations * 12 * productsPerInstruction) / seconds)
         }
         return best
     }
@@ -118,17 +138,21 @@ public enum MachinePeak {
 /// What the weight products of one decoded token cost on the CPU backend as loaded: multiply-adds
 /// by the instructions that do them, and bytes of weights read (the packed tiles where there are).
 public struct ProductCost: Sendable {
-    /// Multiply-adds of matrices without int8 tiles (f32 FMA, or int8 without VNNI at about its rate).
+    /// Multiply-adds of matrices without tiles (f32 FMA, or int8 without VNNI at about its rate).
     public var f32MultiplyAdds = 0
-    /// Multiply-adds of matrices with `Int8Tiles` (`vpdpbusd`).
+    /// Multiply-adds of matrices with int8 tiles (`vpdpbusd`).
     public var int8MultiplyAdds = 0
+    /// Multiply-adds of matrices with bf16 tiles (`vdpbf16ps`).
+    public var bf16MultiplyAdds = 0
     /// Bytes of weights one decode step reads.
     public var bytes = 0
 
-    /// The fewest seconds a step of `size` tokens can take at these rates: the longer of its
+    /// The fewest seconds a step of `size` tokens can take at these rates (multiply-adds per second;
+    /// nil where the CPU lacks the instruction, whose products then have none): the longer of its
     /// multiply-adds at their instructions' peaks and one read of its weights at `bandwidth`.
-    public func floorSeconds(size: Int, fma: Double, int8: Double?, bandwidth: Double) -> Double {
-        let arithmetic = Double(f32MultiplyAdds) / fma + Double(int8MultiplyAdds) / (int8 ?? fma)
+    public func floorSeconds(size: Int, fma: Double, int8: Double?, bf16: Double?, bandwidth: Double) -> Double {
+        let arithmetic =
+            Double(f32MultiplyAdds) / fma + Double(int8MultiplyAdds) / (int8 ?? fma) + Double(bf16MultiplyAdds) / (bf16 ?? fma)
         return max(Double(size) * arithmetic, Double(bytes) / bandwidth)
     }
 }
@@ -154,9 +178,9 @@ extension Gemma3Model where Backend == CPUBackend {
         layers.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.gate, $0.up, $0.down] } + [lmHead]
     }
 
-    /// Packs every matrix's int8 tiles now rather than in the first products (`Int8Tiles.pack`), so
+    /// Packs every matrix's tiles now rather than in the first products (`WeightTiles.pack`), so
     /// that a server is ready when it says so and timings leave it out. Returns the bytes packed
-    /// (0 without AVX-512 VNNI, or with exact activations).
+    /// (0 on a CPU without the instructions, or with exact activations).
     @discardableResult
     public func packTiles() -> Int {
         productMatrices.reduce(0) { total, matrix in
@@ -169,12 +193,12 @@ extension Gemma3Model where Backend == CPUBackend {
 
 extension ProductCost {
     mutating func add(_ matrix: WeightTensor) {
-        if let tiles = matrix.tiles {
-            int8MultiplyAdds += matrix.rows * matrix.columns
-            bytes += tiles.byteCount
-        } else {
-            f32MultiplyAdds += matrix.rows * matrix.columns
-            bytes += matrix.byteCount
+        let products = matrix.rows * matrix.columns
+        switch matrix.tiles?.kind {
+        case .int8: int8MultiplyAdds += products
+        case .bf16: bf16MultiplyAdds += products
+        case nil: f32MultiplyAdds += products
         }
+        bytes += matrix.tiles?.byteCount ?? matrix.byteCount
     }
 }

@@ -17,8 +17,8 @@ public struct WeightTensor: @unchecked Sendable {
     public let rowBytes: Int
     /// Keeps the mapping (or buffer) behind `data` alive.
     let owner: AnyObject
-    /// The same matrix repacked for AVX-512 VNNI products, when the CPU backend made one (`CPUBackend.matrix`).
-    var tiles: Int8Tiles?
+    /// The same matrix repacked for AVX-512 dot products, when the CPU backend made one (`CPUBackend.matrix`).
+    var tiles: WeightTiles?
 
     init(name: String, format: WeightFormat, shape: [Int], data: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
         self.name = name

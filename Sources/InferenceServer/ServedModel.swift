@@ -16,7 +16,7 @@ public final class ServedModel: Sendable {
     /// Prompt plus output tokens may not exceed this (vLLM's max_model_len).
     public let contextLength: Int
     public let created = Int(Date().timeIntervalSince1970)
-    /// On the CPU, the bytes of int8 tiles packed at start for AVX-512 VNNI (`Gemma3Model.packTiles`) and the seconds it took.
+    /// On the CPU, the bytes of tiles packed at start for AVX-512 VNNI or BF16 (`Gemma3Model.packTiles`) and the seconds it took.
     public let packedTiles: (bytes: Int, seconds: Double)
 
     /// On a GPU the weights are copied to the device here, and the KV cache budget is what

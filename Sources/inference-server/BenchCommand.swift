@@ -26,8 +26,8 @@ struct BenchBatch: ParsableCommand {
     var exactActivations = false
 
     @Flag(help: """
-        Also measure this machine's f32 multiply-add peak, its int8 VNNI peak (where the CPU has \
-        AVX-512 VNNI) and its memory read bandwidth, and print the floor of a step at each size: the \
+        Also measure this machine's f32 multiply-add peak, its int8 and bf16 peaks (where the CPU \
+        has AVX-512 VNNI and BF16) and its memory read bandwidth, and print the floor of a step at each size: the \
         longer of the size times the model's multiply-adds per token at the peak of the instructions \
         that do them, and one read of the weights as loaded at that bandwidth (a bound no \
         implementation using these instructions on these cores can beat). With --steps 0 only these \
@@ -55,28 +55,36 @@ struct BenchBatch: ParsableCommand {
         }
     }
 
-    /// Lines a script can parse: `peak fma G/s <v>`, `peak int8 G/s <v>` (with VNNI), `peak read GB/s
-    /// <v>`, `peak macs/token <v>` (of which `peak int8 macs/token <v>` are int8 tiles), `peak weight
-    /// MB/step <v>`, and per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the longer of the
+    /// Lines a script can parse: `peak fma G/s <v>`, `peak int8 G/s <v>` (with VNNI), `peak bf16 G/s
+    /// <v>` (with AVX-512 BF16), `peak read GB/s <v>`, `peak macs/token <v>` (of which `peak int8
+    /// macs/token <v>` and `peak bf16 macs/token <v>` are in tiles), `peak weight MB/step <v>`, and
+    /// per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the longer of the
     /// step's multiply-adds at their peaks and its weight reads at the read bandwidth.
     private func printPeak(_ cost: ProductCost, sizes: [Int]) {
         let rate = MachinePeak.fusedMultiplyAddsPerSecond()
         let int8 = MachinePeak.int8MultiplyAddsPerSecond()
+        let bf16 = MachinePeak.bf16MultiplyAddsPerSecond()
         let bandwidth = MachinePeak.readBytesPerSecond()
         let threads = MachinePeak.threads
         print(String(format: "peak fma G/s %.2f (f32 multiply-adds per second over %d threads)", rate / 1e9, threads))
         if let int8 {
             print(String(format: "peak int8 G/s %.2f (vpdpbusd byte multiply-adds per second over %d threads)", int8 / 1e9, threads))
         }
+        if let bf16 {
+            print(String(format: "peak bf16 G/s %.2f (vdpbf16ps multiply-adds per second over %d threads)", bf16 / 1e9, threads))
+        }
         print(String(format: "peak read GB/s %.2f (memory read over %d threads)", bandwidth / 1e9, threads))
-        let total = cost.f32MultiplyAdds + cost.int8MultiplyAdds
+        let total = cost.f32MultiplyAdds + cost.int8MultiplyAdds + cost.bf16MultiplyAdds
         print(String(format: "peak macs/token %.1f M (weight products of one decoded token)", Double(total) / 1e6))
         if int8 != nil {
             print(String(format: "peak int8 macs/token %.1f M (of those, in int8 tiles)", Double(cost.int8MultiplyAdds) / 1e6))
         }
+        if bf16 != nil {
+            print(String(format: "peak bf16 macs/token %.1f M (of those, in bf16 tiles)", Double(cost.bf16MultiplyAdds) / 1e6))
+        }
         print(String(format: "peak weight MB/step %.1f (weights one decode step reads, as loaded)", Double(cost.bytes) / 1e6))
         for size in sizes {
-            let seconds = cost.floorSeconds(size: size, fma: rate, int8: int8, bandwidth: bandwidth)
+            let seconds = cost.floorSeconds(size: size, fma: rate, int8: int8, bf16: bf16, bandwidth: bandwidth)
             print(String(format: "floor batch %d: %.1f ms/step, %.1f tok/s", size, seconds * 1000, Double(size) / seconds))
         }
     }

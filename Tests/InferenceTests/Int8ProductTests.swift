@@ -52,44 +52,4 @@ import Testing
             }
         }
     }
-
-    /// The AVX-512 VNNI tiles, reached as the engine reaches them (`CPUBackend.matrix`, then `matmul`):
-    /// 37 rows (two whole groups of 16 and a partial one) and token counts that take every tile
-    /// width (1...8) and the split of more than 8 tokens into tiles.
-    @Test(.enabled(if: Int8Tiles.available, "this CPU has no AVX-512 VNNI"), arguments: [WeightFormat.q8_0, .q5_0, .q4_K, .q6_K])
-    func tilesEqualTheQuantizedReference(format: WeightFormat) throws {
-        var random = TestRandom(seed: UInt64(format.ggmlType) + 11)
-        let k = format.blockElements == 256 ? 768 : 640
-        let m = 37
-        var bytes: [UInt8] = []
-        var weights: [[Float]] = []
-        for _ in 0..<m {
-            let row = ScalarReference.randomRow(format, count: k, &random)
-            bytes += row
-            weights.append(ScalarReference.dequantize(format, row, count: k))
-        }
-        let backend = try CPUBackend()
-        let tensor = try backend.matrix(WeightTensor(name: "w", format: format, shape: [m, k], bytes: bytes))
-        #expect(tensor.tiles != nil, "the backend did not pack a \(format) matrix")
-        for n in [1, 2, 3, 4, 5, 6, 7, 8, 11, 17] {
-            let x = (0..<n).map { _ in random.floats(k) }
-            let input = backend.makeBuffer(count: n * k)
-            backend.write(x.flatMap { $0 }, to: input, offset: 0)
-            let output = backend.makeBuffer(count: n * m)
-            backend.write([Float](repeating: .nan, count: n * m), to: output, offset: 0)
-            backend.matmul(input, rows: n, weight: tensor, into: output)
-            let out = backend.read(output, offset: 0, count: n * m)
-            for t in 0..<n {
-                let q = Self.quantized(x[t])
-                for r in 0..<m {
-                    let exact = zip(weights[r], q).reduce(Double(0)) { $0 + Double($1.0) * Double($1.1) }
-                    let full = zip(weights[r], x[t]).reduce(Double(0)) { $0 + Double($1.0) * Double($1.1) }
-                    let magnitude = zip(weights[r], x[t]).reduce(Double(0)) { $0 + abs(Double($1.0) * Double($1.1)) }
-                    let got = Double(out[t * m + r])
-                    #expect(abs(got - exact) <= 1e-5 * magnitude, "\(format) n \(n) token \(t) row \(r): \(got) vs \(exact)")
-                    #expect(abs(got - full) <= 2e-2 * magnitude, "\(format) n \(n) token \(t) row \(r): \(got) vs f32 \(full)")
-                }
-            }
-        }
-    }
 }

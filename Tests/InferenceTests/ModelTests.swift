@@ -233,7 +233,7 @@ struct TinyModel {
 
     /// The real Q4_K_M as the engine loads it: with AVX-512 VNNI every product is in int8 tiles and
     /// the bytes are the tiles' (Q8_0 and Q5_0 1.125 bytes a weight, Q4_K 0.75, Q6_K 1.25).
-    @Test(.enabled(if: Int8Tiles.available, "this CPU has no AVX-512 VNNI"))
+    @Test(.enabled(if: WeightTiles.int8Available, "this CPU has no AVX-512 VNNI"))
     func theQ4KMModelIsAllInTiles() throws {
         try RealWeights.require()
         let engine = try Engine.load(path: RealWeights.gguf, tokenizerDirectory: RealWeights.folder)
