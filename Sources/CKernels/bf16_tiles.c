@@ -31,16 +31,17 @@ void bf16_tiles_pack(const uint16_t *source, long rows, long columns, long r0, l
     }
 }
 
-BF16 void bf16_tiles_convert(const float *x, long n, long k, uint16_t *out) {
-    long count = n * k, i = 0;
-    for (; i + 32 <= count; i += 32) {
-        __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
-        _mm512_storeu_si512((void *)(out + i), (__m512i)pair);
-    }
-    for (; i < count; i += 16) {
+BF16 void bf16_tiles_convert(const float *x, long n, long k, uint16_t *high, uint16_t *low) {
+    long count = n * k;
+    for (long i = 0; i < count; i += 16) {
         __mmask16 m = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
-        __m256bh half = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
-        _mm256_mask_storeu_epi16(out + i, m, (__m256i)half);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m256bh h = _mm512_cvtneps_pbh(v);
+        // h back in f32 (a bf16 is the top half of an f32), and what it leaves of v.
+        __m512 hv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+        __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hv));
+        _mm256_mask_storeu_epi16(high + i, m, (__m256i)h);
+        _mm256_mask_storeu_epi16(low + i, m, (__m256i)l);
     }
 }
 
@@ -50,15 +51,15 @@ INLINE BF16 __m512bh broadcast2(const uint16_t *p) {
     return (__m512bh)_mm512_set1_epi32(pair);
 }
 
-// One group of 16 rows against T tokens (constant after inlining). Two sums per token, taking
-// alternate chunks, so that even one token keeps two vdpbf16ps in flight.
-INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint16_t *x, long k, float *out, long ldo,
-                      __mmask16 valid, const uint8_t *ahead) {
-    __m512 even[8], odd[8];
-    for (int t = 0; t < T; t++) even[t] = odd[t] = _mm512_setzero_ps();
+// One group of 16 rows against T tokens (constant after inlining). Two sums per token, of the high
+// and of the low parts of x, so that even one token keeps two vdpbf16ps in flight.
+INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint16_t *x, const uint16_t *xlow, long k,
+                      float *out, long ldo, __mmask16 valid, const uint8_t *ahead) {
+    __m512 high[8], low[8];
+    for (int t = 0; t < T; t++) high[t] = low[t] = _mm512_setzero_ps();
     for (long b = 0; b < blocks; b++) {
         const uint8_t *tile = group + b * 1024;
-        const uint16_t *xb = x + 32 * b;
+        const uint16_t *xb = x + 32 * b, *xl = xlow + 32 * b;
         for (int c = 0; c < 16; c += 2) {
             if (ahead) {
                 _mm_prefetch((const char *)(ahead + b * 1024 + 64 * c), _MM_HINT_T0);
@@ -67,21 +68,23 @@ INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint
             __m512bh w0 = (__m512bh)_mm512_load_si512((const void *)(tile + 64 * c));
             __m512bh w1 = (__m512bh)_mm512_load_si512((const void *)(tile + 64 * c + 64));
             for (int t = 0; t < T; t++) {
-                even[t] = _mm512_dpbf16_ps(even[t], w0, broadcast2(xb + t * k + 2 * c));
-                odd[t] = _mm512_dpbf16_ps(odd[t], w1, broadcast2(xb + t * k + 2 * c + 2));
+                high[t] = _mm512_dpbf16_ps(high[t], w0, broadcast2(xb + t * k + 2 * c));
+                low[t] = _mm512_dpbf16_ps(low[t], w0, broadcast2(xl + t * k + 2 * c));
+                high[t] = _mm512_dpbf16_ps(high[t], w1, broadcast2(xb + t * k + 2 * c + 2));
+                low[t] = _mm512_dpbf16_ps(low[t], w1, broadcast2(xl + t * k + 2 * c + 2));
             }
         }
     }
-    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(out + t * ldo, valid, _mm512_add_ps(even[t], odd[t]));
+    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(out + t * ldo, valid, _mm512_add_ps(high[t], low[t]));
 }
 
 #define TOKENS(T)                                                                                               \
-    BF16 static void tile##T(const uint8_t *g, long blocks, const uint16_t *x, long k, float *out, long ldo,   \
-                             __mmask16 valid, const uint8_t *ahead) {                                          \
+    BF16 static void tile##T(const uint8_t *g, long blocks, const uint16_t *x, const uint16_t *xl, long k,      \
+                             float *out, long ldo, __mmask16 valid, const uint8_t *ahead) {                    \
         if (ahead)                                                                                              \
-            tile(T, g, blocks, x, k, out, ldo, valid, ahead);                                                   \
+            tile(T, g, blocks, x, xl, k, out, ldo, valid, ahead);                                               \
         else                                                                                                    \
-            tile(T, g, blocks, x, k, out, ldo, valid, 0);                                                       \
+            tile(T, g, blocks, x, xl, k, out, ldo, valid, 0);                                                   \
     }
 
 TOKENS(1)
@@ -93,8 +96,8 @@ TOKENS(6)
 TOKENS(7)
 TOKENS(8)
 
-BF16 void bf16_tiles_product(const void *packed, long rows, long columns, long g0, long g1, const uint16_t *x, long n,
-                             float *out, long ldo) {
+BF16 void bf16_tiles_product(const void *packed, long rows, long columns, long g0, long g1, const uint16_t *x,
+                             const uint16_t *xlow, long n, float *out, long ldo) {
     long blocks = columns / 32;
     for (long g = g0; g < g1; g++) {
         const uint8_t *group = (const uint8_t *)packed + g * blocks * 1024;
@@ -106,17 +109,17 @@ BF16 void bf16_tiles_product(const void *packed, long rows, long columns, long g
             // of its time; 47 -> 41 ms a 270M step), where with fewer it is ahead (1 token: 13 -> 18 ms
             // with the prefetches).
             const uint8_t *ahead = n > 8 && t == 0 && g + 1 < g1 ? group + blocks * 1024 : 0;
-            const uint16_t *xt = x + t * columns;
+            const uint16_t *xt = x + t * columns, *xl = xlow + t * columns;
             float *o = out + t * ldo + 16 * g;
             switch (n - t < 8 ? n - t : 8) {
-            case 1: tile1(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            case 2: tile2(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            case 3: tile3(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            case 4: tile4(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            case 5: tile5(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            case 6: tile6(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            case 7: tile7(group, blocks, xt, columns, o, ldo, valid, ahead); break;
-            default: tile8(group, blocks, xt, columns, o, ldo, valid, ahead); break;
+            case 1: tile1(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            case 2: tile2(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            case 3: tile3(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            case 4: tile4(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            case 5: tile5(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            case 6: tile6(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            case 7: tile7(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
+            default: tile8(group, blocks, xt, xl, columns, o, ldo, valid, ahead); break;
             }
         }
     }

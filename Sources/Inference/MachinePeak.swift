@@ -142,7 +142,7 @@ public struct ProductCost: Sendable {
     public var f32MultiplyAdds = 0
     /// Multiply-adds of matrices with int8 tiles (`vpdpbusd`).
     public var int8MultiplyAdds = 0
-    /// Multiply-adds of matrices with bf16 tiles (`vdpbf16ps`).
+    /// Multiply-adds of matrices with bf16 tiles (`vdpbf16ps`, two products each: x's high and low parts).
     public var bf16MultiplyAdds = 0
     /// Bytes of weights one decode step reads.
     public var bytes = 0
@@ -152,7 +152,7 @@ public struct ProductCost: Sendable {
     /// multiply-adds at their instructions' peaks and one read of its weights at `bandwidth`.
     public func floorSeconds(size: Int, fma: Double, int8: Double?, bf16: Double?, bandwidth: Double) -> Double {
         let arithmetic =
-            Double(f32MultiplyAdds) / fma + Double(int8MultiplyAdds) / (int8 ?? fma) + Double(bf16MultiplyAdds) / (bf16 ?? fma)
+            Double(f32MultiplyAdds) / fma + Double(int8MultiplyAdds) / (int8 ?? fma) + Double(2 * bf16MultiplyAdds) / (bf16 ?? fma)
         return max(Double(size) * arithmetic, Double(bytes) / bandwidth)
     }
 }

@@ -10,19 +10,22 @@ import Synchronization
 ///   does. Tiles of 576, 384 or 640 bytes: 1.125 bytes per weight (Q8_0, Q5_0), 0.75 (Q4_K, whose q
 ///   stay nibbles) or 1.25 (Q6_K).
 /// - **bf16** (a checkpoint's bf16; AVX-512 BF16): `vdpbf16ps` sums 32 bf16 products into 16 f32
-///   lanes; the activations are rounded to bf16, as llama.cpp does for bf16 weights, and every sum
-///   stays f32. Tiles of 1024 bytes: the weights' own 2 bytes.
+///   lanes; each activation is split into two bf16 parts, both multiplied, so a product keeps about
+///   16 bits of it and the golden tests' f32 bar holds (x rounded to bf16 alone, as llama.cpp does,
+///   moved the 270M's logits by up to 0.2); every sum stays f32. Tiles of 1024 bytes: the weights'
+///   own 2 bytes.
 ///
 /// Why: a decode step of many sequences was bound by f32 multiply-adds (the register-blocked
 /// `CPUBackend.gemm`, after widening each weight to f32): on the 270M, 16 sequences took 69 ms a
 /// step from Q4_K_M and 72 ms from bf16, where the weights take 8-17 ms to read. These instructions
-/// do 4x (int8) and 2x (bf16) the f32 rate on the Zen 4 we measure on, need no widening, and a
+/// do 4x (int8) and 2x (bf16, so 1x with both parts of x) the f32 rate on the Zen 4 we measure
+/// on, need no widening, and a
 /// broadcast of 4 (2) columns of one token multiplies 16 rows at once, so there is nothing to
 /// reduce across lanes. A group is read from memory once per product (row by row, 16 rows read
 /// side by side, it streamed at half the speed) and from cache for each further 8 tokens.
 ///
-/// Each row of x is quantized (rounded) on its own, so a sequence gets the same numbers alone or
-/// in any batch. `CPUBackend.matrix` attaches tiles to each such matrix unless activations are
+/// Each row of x is quantized (split) on its own, so a sequence gets the same numbers alone or in
+/// any batch. `CPUBackend.matrix` attaches tiles to each such matrix unless activations are
 /// exact; the packed copy is made by the first product (`Gemma3Model.packTiles()` makes them all
 /// up front).
 ///
@@ -131,11 +134,12 @@ final class WeightTiles: @unchecked Sendable {
                     format, packed, rows, columns, range.lowerBound, range.upperBound, values, scales, sums, n, out, rows)
             }
         case .bf16:
-            let rounded = UnsafeMutablePointer<UInt16>.allocate(capacity: n * columns)
-            defer { rounded.deallocate() }
-            bf16_tiles_convert(x, n, columns, rounded)
+            let high = UnsafeMutablePointer<UInt16>.allocate(capacity: 2 * n * columns)
+            defer { high.deallocate() }
+            let low = high + n * columns
+            bf16_tiles_convert(x, n, columns, high, low)
             Parallel.forRanges(groups, minimumChunk: 4) { range in
-                bf16_tiles_product(packed, rows, columns, range.lowerBound, range.upperBound, rounded, n, out, rows)
+                bf16_tiles_product(packed, rows, columns, range.lowerBound, range.upperBound, high, low, n, out, rows)
             }
         }
     }

@@ -80,7 +80,7 @@ struct BenchBatch: ParsableCommand {
             print(String(format: "peak int8 macs/token %.1f M (of those, in int8 tiles)", Double(cost.int8MultiplyAdds) / 1e6))
         }
         if bf16 != nil {
-            print(String(format: "peak bf16 macs/token %.1f M (of those, in bf16 tiles)", Double(cost.bf16MultiplyAdds) / 1e6))
+            print(String(format: "peak bf16 macs/token %.1f M (of those, in bf16 tiles: two vdpbf16ps products each)", Double(cost.bf16MultiplyAdds) / 1e6))
         }
         print(String(format: "peak weight MB/step %.1f (weights one decode step reads, as loaded)", Double(cost.bytes) / 1e6))
         for size in sizes {

@@ -55,6 +55,8 @@ import Tokenizer
         return result
     }
 
+    /// The default activations (`CPUBackend()`): on a CPU with AVX-512 BF16 this is the bf16 tiles'
+    /// path (`WeightTiles`), held to the same bar.
     @Test(arguments: caseNames)
     func safetensorsMatchesTransformers(name: String) throws {
         try RealWeights.require()

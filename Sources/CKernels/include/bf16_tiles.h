@@ -1,7 +1,9 @@
 // bf16 weight tiles for AVX-512 BF16 (`vdpbf16ps`: 32 bf16 products summed pairwise into 16 f32
 // lanes in one instruction), in C for the reason int8_tiles.h gives: products of a checkpoint's
-// bf16 weights with activations rounded to bf16 (to nearest even, as llama.cpp does for bf16
-// weights), every sum kept in f32.
+// bf16 weights with f32 activations, each split into two bf16 parts (high = bf16(x), low =
+// bf16(x - high)) that are both multiplied, so that a product keeps about 16 bits of x (rounding x
+// to bf16 alone, as llama.cpp does, moved the 270M's logits by up to 0.2 from transformers' f32;
+// the GPU's tensor-core kernel splits x the same way). Every sum is kept in f32.
 //
 // A packed matrix is its rows in groups of 16 (the last padded with zeros), each group its
 // 32-column blocks in order, one 1024-byte tile per block: 16 chunks of 64 bytes, chunk c holding,
@@ -21,13 +23,15 @@ int bf16_tiles_available(void);
 /// r0 is a multiple of 16, rows past `rows` up to r1 are padding. `packed` is the whole packed matrix.
 void bf16_tiles_pack(const uint16_t *source, long rows, long columns, long r0, long r1, void *packed);
 
-/// x (n x k floats) rounded to bf16 (to nearest even) into `out`. Needs `bf16_tiles_available()`.
-void bf16_tiles_convert(const float *x, long n, long k, uint16_t *out);
+/// x (n x k floats) split into bf16 `high` (x rounded to nearest even) and `low` (x - high, rounded),
+/// n x k each. Needs `bf16_tiles_available()`.
+void bf16_tiles_convert(const float *x, long n, long k, uint16_t *high, uint16_t *low);
 
 /// out[t * ldo + r] = sum over j of W[r, j] * x[t, j], for the rows of groups [g0, g1) that exist
-/// (r < rows) and t < n; x as `bf16_tiles_convert` gives it. Needs `bf16_tiles_available()`.
+/// (r < rows) and t < n; x as `bf16_tiles_convert` gives it (`high`, `low`). Needs `bf16_tiles_available()`.
 void bf16_tiles_product(
-    const void *packed, long rows, long columns, long g0, long g1, const uint16_t *x, long n, float *out, long ldo);
+    const void *packed, long rows, long columns, long g0, long g1, const uint16_t *high, const uint16_t *low, long n,
+    float *out, long ldo);
 
 /// Runs `iterations` rounds of 12 independent `vdpbf16ps` chains on 512-bit registers (32
 /// multiply-adds each) and returns a checksum: the peak of the instruction, for benchmarks.
