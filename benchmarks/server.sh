@@ -234,7 +234,7 @@ if floors and all(k in values for k in ("fma G/s", "read GB/s", "macs/token", "w
     int8 += (f", bf16 (AVX-512 BF16) multiply-adds {values['bf16 G/s']} G/s" if "bf16 G/s" in values else "")
     print(f"what these {nproc} cores allow (bench-batch --peak): f32 multiply-adds {values['fma G/s']} G/s{int8}, memory read "
           f"{values['read GB/s']} GB/s; a decoded token is {values['macs/token']} M multiply-adds"
-          + (f" ({values['int8 macs/token']} M of them int8)" if "int8 macs/token" in values else "")
+          + (f" ({values['int8 macs/token']} M of them int8)" if float(values.get("int8 macs/token", 0)) > 0 else "")
           + (f" ({values['bf16 macs/token']} M of them bf16)" if float(values.get("bf16 macs/token", 0)) > 0 else "")
           + f", a step reads {values['weight MB/step']} MB of weights as loaded")
     for c in sorted(O):

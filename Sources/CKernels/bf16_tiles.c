@@ -14,7 +14,7 @@ int bf16_tiles_available(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
 
-void bf16_tiles_pack(const uint16_t *source, long rows, long columns, long r0, long r1, void *packed) {
+void bf16_tiles_pack(const void *source, long rows, long columns, long r0, long r1, void *packed) {
     long blocks = columns / 32;
     for (long r = r0; r < r1; r++) {
         uint8_t *group = (uint8_t *)packed + (r / 16) * blocks * 1024;
@@ -23,8 +23,8 @@ void bf16_tiles_pack(const uint16_t *source, long rows, long columns, long r0, l
             uint8_t *tile = group + b * 1024;
             for (int c = 0; c < 16; c++) {
                 uint32_t pair = 0;
-                // Unaligned: a safetensors tensor may start at any byte.
-                if (r < rows) memcpy(&pair, source + r * columns + 32 * b + 2 * c, 4);
+                // Bytes: a safetensors tensor may start at any byte.
+                if (r < rows) memcpy(&pair, (const uint8_t *)source + 2 * (r * columns + 32 * b + 2 * c), 4);
                 memcpy(tile + 64 * c + 4 * lane, &pair, 4);
             }
         }

@@ -17,7 +17,7 @@ public struct CPUBackend: ComputeBackend {
     /// When true, activations stay f32 in every product; when false (the default, as llama.cpp),
     /// products with Q8_0/Q5_0/Q4_K/Q6_K weights quantize the activations to int8: all of them on a
     /// CPU with AVX-512 VNNI (`WeightTiles`), those of few rows elsewhere (`Int8Product`); on a CPU with
-    /// AVX-512 BF16, products with bf16 weights round the activations to bf16 (`WeightTiles`).
+    /// AVX-512 BF16, products with bf16 weights split each activation into two bf16 parts (`WeightTiles`).
     public let exact: Bool
 
     /// Refuses to run on a CPU without the instructions the kernels were compiled with.

@@ -173,6 +173,15 @@ extension Gemma3Model where Backend == CPUBackend {
         return cost
     }
 
+    /// The instructions this model's tiles use ("AVX-512 VNNI", "AVX-512 BF16"), empty without tiles.
+    public var tileInstructions: [String] {
+        let kinds = productMatrices.compactMap { $0.tiles?.kind }
+        var names: [String] = []
+        if kinds.contains(where: { $0 != .bf16 }) { names.append("AVX-512 VNNI") }
+        if kinds.contains(.bf16) { names.append("AVX-512 BF16") }
+        return names
+    }
+
     /// Every matrix a decoded token is multiplied with: each layer's projections, then the LM head.
     var productMatrices: [WeightTensor] {
         layers.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.gate, $0.up, $0.down] } + [lmHead]

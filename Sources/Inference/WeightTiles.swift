@@ -102,8 +102,7 @@ final class WeightTiles: @unchecked Sendable {
                 case .int8(let format):
                     int8_tiles_pack(format, tensor.data, tensor.rowBytes, tensor.rows, tensor.columns, r0, r1, destination)
                 case .bf16:
-                    let values = UnsafePointer<UInt16>(OpaquePointer(tensor.data))  // read unaligned in C
-                    bf16_tiles_pack(values, tensor.rows, tensor.columns, r0, r1, destination)
+                    bf16_tiles_pack(tensor.data, tensor.rows, tensor.columns, r0, r1, destination)
                 }
             }
             (source.owner as? MappedFile)?.dropPages(source.data, count: source.byteCount)

@@ -104,7 +104,8 @@ struct EngineService: Service {
             "loaded \(options.modelPath) (\(served.engine.format.rawValue), \(served.engine.config.layerCount) layers) on \(served.deviceName) "
                 + "in \(String(format: "%.2f", served.engine.loadSeconds)) s as \(served.names.joined(separator: ", ")); "
                 + (served.packedTiles.bytes > 0
-                    ? "weights packed for AVX-512 (\(served.engine.model.backend.name)): \(served.packedTiles.bytes >> 20) MiB in "
+                    ? "weights packed for \(served.engine.model.tileInstructions.joined(separator: " and ")): "
+                        + "\(served.packedTiles.bytes >> 20) MiB in "
                         + "\(String(format: "%.2f", served.packedTiles.seconds)) s; " : "")
                 + "context \(served.contextLength), up to \(l.maximumRunning) running and \(l.maximumWaiting) waiting requests, "
                 + "KV cache budget \(l.cacheBytes >> 20) MiB")

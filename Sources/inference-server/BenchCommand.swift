@@ -55,15 +55,16 @@ struct BenchBatch: ParsableCommand {
         }
     }
 
-    /// Lines a script can parse: `peak fma G/s <v>`, `peak int8 G/s <v>` (with VNNI), `peak bf16 G/s
-    /// <v>` (with AVX-512 BF16), `peak read GB/s <v>`, `peak macs/token <v>` (of which `peak int8
-    /// macs/token <v>` and `peak bf16 macs/token <v>` are in tiles), `peak weight MB/step <v>`, and
-    /// per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the longer of the
+    /// Lines a script can parse: `peak fma G/s <v>`, `peak int8 G/s <v>` and `peak bf16 G/s <v>`
+    /// (where the model has tiles of that kind), `peak read GB/s <v>`, `peak macs/token <v>` (of
+    /// which `peak int8 macs/token <v>` and `peak bf16 macs/token <v>` are in tiles), `peak weight
+    /// MB/step <v>`, and per size `floor batch <N>: <ms> ms/step, <tok/s> tok/s`: the longer of the
     /// step's multiply-adds at their peaks and its weight reads at the read bandwidth.
     private func printPeak(_ cost: ProductCost, sizes: [Int]) {
         let rate = MachinePeak.fusedMultiplyAddsPerSecond()
-        let int8 = MachinePeak.int8MultiplyAddsPerSecond()
-        let bf16 = MachinePeak.bf16MultiplyAddsPerSecond()
+        // The tiles' peaks where the model has tiles of the kind (nil otherwise: nothing runs on them).
+        let int8 = cost.int8MultiplyAdds > 0 ? MachinePeak.int8MultiplyAddsPerSecond() : nil
+        let bf16 = cost.bf16MultiplyAdds > 0 ? MachinePeak.bf16MultiplyAddsPerSecond() : nil
         let bandwidth = MachinePeak.readBytesPerSecond()
         let threads = MachinePeak.threads
         print(String(format: "peak fma G/s %.2f (f32 multiply-adds per second over %d threads)", rate / 1e9, threads))

@@ -74,7 +74,7 @@ struct Generate: ParsableCommand {
 
     @Flag(
         name: .customLong("exact-activations"),
-        help: "Keep activations in f32 in every product (slower decode on Q8_0/Q5_0/Q4_K/Q6_K weights; for numeric comparisons).")
+        help: "Keep activations in f32 in every product (slower on Q8_0/Q5_0/Q4_K/Q6_K weights, and on bf16 weights on CPUs with AVX-512 BF16; for numeric comparisons).")
     var exactActivations = false
 
     @Flag(help: "Print one JSON object instead of the text.")

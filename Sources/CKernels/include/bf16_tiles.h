@@ -21,7 +21,7 @@ int bf16_tiles_available(void);
 
 /// Packs rows [r0, r1) of a bf16 matrix (rows `columns` elements apart; columns a multiple of 32);
 /// r0 is a multiple of 16, rows past `rows` up to r1 are padding. `packed` is the whole packed matrix.
-void bf16_tiles_pack(const uint16_t *source, long rows, long columns, long r0, long r1, void *packed);
+void bf16_tiles_pack(const void *source, long rows, long columns, long r0, long r1, void *packed);
 
 /// x (n x k floats) split into bf16 `high` (x rounded to nearest even) and `low` (x - high, rounded),
 /// n x k each. Needs `bf16_tiles_available()`.
