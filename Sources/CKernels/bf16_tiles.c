@@ -1,18 +1,12 @@
 // See bf16_tiles.h. Only the functions marked BF16 are compiled for AVX-512.
 #include "bf16_tiles.h"
+#include "avx512.h"
 
 #include <immintrin.h>
 #include <string.h>
 
 #define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-#define INLINE __attribute__((always_inline)) static inline
-
-int bf16_tiles_available(void) {
-    __builtin_cpu_init();
-    // __builtin_cpu_supports also checks (through XGETBV) that the OS saves the AVX-512 state.
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-}
+int bf16_tiles_available(void) { return avx512_base_available() && __builtin_cpu_supports("avx512bf16"); }
 
 void bf16_tiles_pack(const void *source, long rows, long columns, long r0, long r1, void *packed) {
     long blocks = columns / 32;
@@ -126,28 +120,12 @@ BF16 void bf16_tiles_product(const void *packed, long rows, long columns, long g
 }
 
 BF16 float bf16_tiles_peak(long iterations, const void *seed) {
-    __m512bh w = (__m512bh)_mm512_loadu_si512(seed), x = w;
+    __m512bh w = (__m512bh)_mm512_loadu_si512(seed);
+    __m512 chain[12], all = _mm512_setzero_ps();
     // Chains that start apart, so that the compiler cannot merge them into one (latency-bound) chain.
-#define START(i) _mm512_set1_ps((float)(i))
-    __m512 a0 = START(0), a1 = START(1), a2 = START(2), a3 = START(3), a4 = START(4), a5 = START(5), a6 = START(6),
-           a7 = START(7), a8 = START(8), a9 = START(9), a10 = START(10), a11 = START(11);
-#undef START
-    for (long i = 0; i < iterations; i++) {
-        a0 = _mm512_dpbf16_ps(a0, w, x);
-        a1 = _mm512_dpbf16_ps(a1, w, x);
-        a2 = _mm512_dpbf16_ps(a2, w, x);
-        a3 = _mm512_dpbf16_ps(a3, w, x);
-        a4 = _mm512_dpbf16_ps(a4, w, x);
-        a5 = _mm512_dpbf16_ps(a5, w, x);
-        a6 = _mm512_dpbf16_ps(a6, w, x);
-        a7 = _mm512_dpbf16_ps(a7, w, x);
-        a8 = _mm512_dpbf16_ps(a8, w, x);
-        a9 = _mm512_dpbf16_ps(a9, w, x);
-        a10 = _mm512_dpbf16_ps(a10, w, x);
-        a11 = _mm512_dpbf16_ps(a11, w, x);
-    }
-    __m512 all = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                               _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    all = _mm512_add_ps(all, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    for (int j = 0; j < 12; j++) chain[j] = _mm512_set1_ps((float)j);
+    for (long i = 0; i < iterations; i++)
+        for (int j = 0; j < 12; j++) chain[j] = _mm512_dpbf16_ps(chain[j], w, w);
+    for (int j = 0; j < 12; j++) all = _mm512_add_ps(all, chain[j]);
     return _mm512_reduce_add_ps(all);
 }

@@ -1,19 +1,13 @@
 // See int8_tiles.h for the layout. Only the functions marked VNNI are compiled for AVX-512; the
 // rest is compiled for haswell (AVX2, FMA, F16C), as the Swift engine is (Package.swift).
 #include "int8_tiles.h"
+#include "avx512.h"
 
 #include <immintrin.h>
 #include <string.h>
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-#define INLINE __attribute__((always_inline)) static inline
-
-int int8_tiles_available(void) {
-    __builtin_cpu_init();
-    // __builtin_cpu_supports also checks (through XGETBV) that the OS saves the AVX-512 state.
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-}
+int int8_tiles_available(void) { return avx512_base_available() && __builtin_cpu_supports("avx512vnni"); }
 
 long int8_tiles_tile_bytes(enum int8_tiles_format format) {
     switch (format) {
@@ -320,28 +314,11 @@ VNNI void int8_tiles_product(enum int8_tiles_format format, const void *packed, 
 }
 
 VNNI int int8_tiles_peak(long iterations, const void *seed) {
-    __m512i w = _mm512_loadu_si512(seed), x = _mm512_loadu_si512(seed);
+    __m512i w = _mm512_loadu_si512(seed), chain[12], all = _mm512_setzero_si512();
     // Chains that start apart, so that the compiler cannot merge them into one (latency-bound) chain.
-#define START(i) _mm512_add_epi32(w, _mm512_set1_epi32(i))
-    __m512i a0 = START(0), a1 = START(1), a2 = START(2), a3 = START(3), a4 = START(4), a5 = START(5), a6 = START(6),
-            a7 = START(7), a8 = START(8), a9 = START(9), a10 = START(10), a11 = START(11);
-#undef START
-    for (long i = 0; i < iterations; i++) {
-        a0 = _mm512_dpbusd_epi32(a0, w, x);
-        a1 = _mm512_dpbusd_epi32(a1, w, x);
-        a2 = _mm512_dpbusd_epi32(a2, w, x);
-        a3 = _mm512_dpbusd_epi32(a3, w, x);
-        a4 = _mm512_dpbusd_epi32(a4, w, x);
-        a5 = _mm512_dpbusd_epi32(a5, w, x);
-        a6 = _mm512_dpbusd_epi32(a6, w, x);
-        a7 = _mm512_dpbusd_epi32(a7, w, x);
-        a8 = _mm512_dpbusd_epi32(a8, w, x);
-        a9 = _mm512_dpbusd_epi32(a9, w, x);
-        a10 = _mm512_dpbusd_epi32(a10, w, x);
-        a11 = _mm512_dpbusd_epi32(a11, w, x);
-    }
-    __m512i all = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-                                   _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
-    all = _mm512_add_epi32(all, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
+    for (int j = 0; j < 12; j++) chain[j] = _mm512_add_epi32(w, _mm512_set1_epi32(j));
+    for (long i = 0; i < iterations; i++)
+        for (int j = 0; j < 12; j++) chain[j] = _mm512_dpbusd_epi32(chain[j], w, w);
+    for (int j = 0; j < 12; j++) all = _mm512_add_epi32(all, chain[j]);
     return _mm512_reduce_add_epi32(all);
 }

@@ -16,7 +16,9 @@ public enum MachinePeak {
     /// `int8MultiplyAddsPerSecond` and `bf16MultiplyAddsPerSecond`.
     /// The best of `repeats` runs: a run in which another process took a core reads low.
     public static func fusedMultiplyAddsPerSecond(iterations: Int = 20_000_000, repeats: Int = 3) -> Double {
-        (0..<max(1, repeats)).map { _ in measure(iterations: iterations) }.max()!
+        instructionPeak(productsPerInstruction: 8, iterations: iterations, repeats: repeats) { iterations, _ in
+            chains(iterations: iterations)
+        }
     }
 
     /// Int8 multiply-adds per second of `vpdpbusd` over all the engine's threads (12 independent
@@ -47,41 +49,33 @@ public enum MachinePeak {
         let seed = [UInt8](repeating: 1, count: 64)
         let results = UnsafeMutablePointer<Float>.allocate(capacity: threads)
         defer { results.deallocate() }
-        let clock = ContinuousClock()
-        var best = 0.0
-        for _ in 0..<max(1, repeats) {
-            let start = clock.now
+        return bestRate(repeats: repeats) {
             seed.withUnsafeBytes { bytes in
                 let pointer = bytes.baseAddress!
                 Parallel.forRanges(threads, minimumChunk: 1) { range in
                     for index in range { results[index] = chains(iterations, pointer) }
                 }
             }
-            let elapsed = clock.now - start
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-            best = max(best, Double(threads * iterations * 12 * productsPerInstruction) / seconds)
+            // Read so that the loops are not optimized away.
+            precondition((0..<threads).allSatisfy { results[$0].isFinite }, "the peak loop diverged")
+            return Double(threads * iterations * 12 * productsPerInstruction)
+        }
+    }
+
+    /// The best of `repeats` rates of `body`, which works on every thread and returns how much it did.
+    private static func bestRate(repeats: Int, _ body: () -> Double) -> Double {
+        let clock = ContinuousClock()
+        var best = 0.0
+        for _ in 0..<max(1, repeats) {
+            let start = clock.now
+            let work = body()
+            best = max(best, work / ((clock.now - start) / .seconds(1)))
         }
         return best
     }
 
     /// The engine's threads, over which the peak is measured.
     public static var threads: Int { Parallel.threadCount }
-
-    static func measure(iterations: Int) -> Double {
-        let threads = Parallel.threadCount
-        let results = UnsafeMutablePointer<Float>.allocate(capacity: threads)
-        defer { results.deallocate() }
-        let clock = ContinuousClock()
-        let start = clock.now
-        Parallel.forRanges(threads, minimumChunk: 1) { range in
-            for index in range { results[index] = chains(iterations: iterations) }
-        }
-        let elapsed = clock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-        // Read so that the loops are not optimized away; each chain converges to 2.
-        precondition((0..<threads).allSatisfy { results[$0].isFinite }, "the peak loop diverged")
-        return Double(threads * iterations * 12 * 8) / seconds
-    }
 
     /// Each chain is a = 1 + a·0.5 (a fixed point at 2: no overflow, no denormals), one FMA per step.
     @inline(never)
@@ -110,10 +104,7 @@ public enum MachinePeak {
         let threads = Parallel.threadCount
         let sums = UnsafeMutablePointer<Float>.allocate(capacity: threads)
         defer { sums.deallocate() }
-        let clock = ContinuousClock()
-        var best = 0.0
-        for _ in 0..<max(1, repeats) {
-            let start = clock.now
+        return bestRate(repeats: repeats) {
             Parallel.forRanges(threads, minimumChunk: 1) { range in
                 for index in range {
                     let part = buffer + count / threads * index
@@ -126,12 +117,9 @@ public enum MachinePeak {
                     sums[index] = (a + b + c + d).sum()
                 }
             }
-            let elapsed = clock.now - start
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
             precondition((0..<threads).allSatisfy { sums[$0] > 0 }, "the bandwidth loop read nothing")
-            best = max(best, Double(count / threads * threads * MemoryLayout<SIMD8<Float>>.stride) / seconds)
+            return Double(count / threads * threads * MemoryLayout<SIMD8<Float>>.stride)
         }
-        return best
     }
 }
 

@@ -109,6 +109,20 @@ enum ScalarReference {
     }
 
     /// Random blocks whose fp16 scales are finite and modest, so products stay comparable.
+    /// `rows` random rows of `format` (`randomRow`): their bytes, and each row dequantized.
+    static func randomMatrix(_ format: WeightFormat, rows: Int, columns: Int, _ random: inout TestRandom) -> (
+        bytes: [UInt8], weights: [[Float]]
+    ) {
+        var bytes: [UInt8] = []
+        var weights: [[Float]] = []
+        for _ in 0..<rows {
+            let row = randomRow(format, count: columns, &random)
+            bytes += row
+            weights.append(dequantize(format, row, count: columns))
+        }
+        return (bytes, weights)
+    }
+
     static func randomRow(_ format: WeightFormat, count: Int, _ random: inout TestRandom) -> [UInt8] {
         var bytes = random.bytes(format.byteCount(elements: count)!)
         func putHalf(_ at: Int, _ value: Float) {

@@ -23,14 +23,8 @@ import Testing
         var random = TestRandom(seed: UInt64(format.ggmlType) + 7)
         let k = format.blockElements == 256 ? 1024 : 640
         let m = 37
-        var bytes: [UInt8] = []
-        var weights: [[Float]] = []
         // The same rows for every group size.
-        for _ in 0..<m {
-            let row = ScalarReference.randomRow(format, count: k, &random)
-            bytes += row
-            weights.append(ScalarReference.dequantize(format, row, count: k))
-        }
+        let (bytes, weights) = ScalarReference.randomMatrix(format, rows: m, columns: k, &random)
         for n in [1, 2, 7] {  // groups of one, two, four and three tokens
             let x = (0..<n).map { _ in random.floats(k) }
             var out = [Float](repeating: .nan, count: n * m)
