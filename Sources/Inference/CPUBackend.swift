@@ -46,8 +46,8 @@ public struct CPUBackend: ComputeBackend {
         (destination.pointer + destinationOffset).update(from: source.pointer + sourceOffset, count: count)
     }
 
-    /// The tensor itself (it is read in place), with a packed copy for the AVX-512 VNNI products
-    /// when this CPU has them and activations need not be exact (`WeightTiles`).
+    /// The tensor itself (it is read in place), with tiles for the AVX-512 VNNI or BF16 products when
+    /// this CPU has them and activations need not be exact (`WeightTiles`; packed on first use).
     public func matrix(_ tensor: WeightTensor) throws -> WeightTensor {
         guard !exact, let tiles = WeightTiles(tensor) else { return tensor }
         var packed = tensor
