@@ -133,9 +133,10 @@ final class WeightTiles: @unchecked Sendable {
                     format, packed, rows, columns, range.lowerBound, range.upperBound, values, scales, sums, n, out, rows)
             }
         case .bf16:
-            let high = UnsafeMutablePointer<UInt16>.allocate(capacity: 2 * n * columns)
+            let stride = bf16_tiles_stride(columns)
+            let high = UnsafeMutablePointer<UInt16>.allocate(capacity: 2 * n * stride)
             defer { high.deallocate() }
-            let low = high + n * columns
+            let low = high + n * stride
             bf16_tiles_convert(x, n, columns, high, low)
             Parallel.forRanges(groups, minimumChunk: 4) { range in
                 bf16_tiles_product(packed, rows, columns, range.lowerBound, range.upperBound, high, low, n, out, rows)

@@ -23,8 +23,11 @@ int bf16_tiles_available(void);
 /// r0 is a multiple of 16, rows past `rows` up to r1 are padding. `packed` is the whole packed matrix.
 void bf16_tiles_pack(const void *source, long rows, long columns, long r0, long r1, void *packed);
 
+/// Elements from one token's row of `high` (or `low`) to the next: a little more than k.
+long bf16_tiles_stride(long k);
+
 /// x (n x k floats) split into bf16 `high` (x rounded to nearest even) and `low` (x - high, rounded),
-/// n x k each. Needs `bf16_tiles_available()`.
+/// each n rows `bf16_tiles_stride(k)` elements apart. Needs `bf16_tiles_available()`.
 void bf16_tiles_convert(const float *x, long n, long k, uint16_t *high, uint16_t *low);
 
 /// out[t * ldo + r] = sum over j of W[r, j] * x[t, j], for the rows of groups [g0, g1) that exist
