@@ -86,10 +86,10 @@ final class WeightTiles: @unchecked Sendable {
         byteCount = groups * (columns / 32) * tileBytes
     }
 
-    /// The packed copy, made now if it was not yet. Once it is made, a mapped file's pages of the
-    /// stored matrix are dropped from this process's resident memory (they stay in the page cache,
-    /// reclaimable, and are read again if the matrix is: the tied embedding is, a row per token), so
-    /// the process does not hold the model twice.
+    /// The packed copy, made now if it was not yet. As each part is packed, a mapped file's whole
+    /// pages of its rows are dropped from this process's resident memory (they stay in the page
+    /// cache, reclaimable, and are read again if the matrix is: the tied embedding is, a row per
+    /// token), so the process does not hold the model twice.
     @discardableResult
     func pack() -> UnsafeRawPointer {
         packed.withLock { storage in

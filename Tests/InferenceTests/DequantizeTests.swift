@@ -108,7 +108,6 @@ enum ScalarReference {
         return y
     }
 
-    /// Random blocks whose fp16 scales are finite and modest, so products stay comparable.
     /// `rows` random rows of `format` (`randomRow`): their bytes, and each row dequantized.
     static func randomMatrix(_ format: WeightFormat, rows: Int, columns: Int, _ random: inout TestRandom) -> (
         bytes: [UInt8], weights: [[Float]]
@@ -123,6 +122,7 @@ enum ScalarReference {
         return (bytes, weights)
     }
 
+    /// Random blocks whose fp16 scales are finite and modest, so products stay comparable.
     static func randomRow(_ format: WeightFormat, count: Int, _ random: inout TestRandom) -> [UInt8] {
         var bytes = random.bytes(format.byteCount(elements: count)!)
         func putHalf(_ at: Int, _ value: Float) {
