@@ -121,10 +121,15 @@ def admission(args):
         for s in sockets:
             s.close()
         check(wait_for_running(port, 0.0, 5), "the abandoned requests kept running")
-        deadline = time.time() + 5
-        while time.time() < deadline and metric(port, "vllm:num_requests_waiting") != 0.0:
+        # The waiting one is admitted once the running one is cut, and runs until the engine finds
+        # its client gone: wait until neither is left (reading both once waiting had drained read
+        # that admitted request as still running on a loaded machine).
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            waiting, running = metric(port, "vllm:num_requests_waiting"), metric(port, "vllm:num_requests_running")
+            if waiting == 0.0 and running == 0.0:
+                break
             time.sleep(0.1)
-        waiting, running = metric(port, "vllm:num_requests_waiting"), metric(port, "vllm:num_requests_running")
         check(waiting == 0.0 and running == 0.0, f"abandoned requests left {running} running, {waiting} waiting")
         # A request with more sequences than running plus waiting places can never fit: a 400, not a
         # 429 to retry forever; and it leaves nothing queued, so the next request is served.
