@@ -6,6 +6,7 @@
 #include <string.h>
 
 #define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
 int bf16_tiles_available(void) { return avx512_base_available() && __builtin_cpu_supports("avx512bf16"); }
 
 void bf16_tiles_pack(const void *source, long rows, long columns, long r0, long r1, void *packed) {
@@ -54,10 +55,11 @@ INLINE BF16 __m512bh broadcast2(const uint16_t *p) {
     return (__m512bh)_mm512_set1_epi32(pair);
 }
 
-// One group of 16 rows against T tokens (constant after inlining). Two sums per token, of the high
-// and of the low parts of x, so that even one token keeps two vdpbf16ps in flight.
-INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint16_t *x, const uint16_t *xlow, long k,
-                      float *out, long ldo, __mmask16 valid, const uint8_t *ahead) {
+// One group of 16 rows against T tokens (constant after inlining), x's rows `stride` apart. Two
+// sums per token, of the high and of the low parts of x, so that even one token keeps two
+// vdpbf16ps in flight.
+INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint16_t *x, const uint16_t *xlow,
+                      long stride, float *out, long ldo, __mmask16 valid, const uint8_t *ahead) {
     __m512 high[8], low[8];
     for (int t = 0; t < T; t++) high[t] = low[t] = _mm512_setzero_ps();
     for (long b = 0; b < blocks; b++) {
@@ -71,10 +73,10 @@ INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint
             __m512bh w0 = (__m512bh)_mm512_load_si512((const void *)(tile + 64 * c));
             __m512bh w1 = (__m512bh)_mm512_load_si512((const void *)(tile + 64 * c + 64));
             for (int t = 0; t < T; t++) {
-                high[t] = _mm512_dpbf16_ps(high[t], w0, broadcast2(xb + t * k + 2 * c));
-                low[t] = _mm512_dpbf16_ps(low[t], w0, broadcast2(xl + t * k + 2 * c));
-                high[t] = _mm512_dpbf16_ps(high[t], w1, broadcast2(xb + t * k + 2 * c + 2));
-                low[t] = _mm512_dpbf16_ps(low[t], w1, broadcast2(xl + t * k + 2 * c + 2));
+                high[t] = _mm512_dpbf16_ps(high[t], w0, broadcast2(xb + t * stride + 2 * c));
+                low[t] = _mm512_dpbf16_ps(low[t], w0, broadcast2(xl + t * stride + 2 * c));
+                high[t] = _mm512_dpbf16_ps(high[t], w1, broadcast2(xb + t * stride + 2 * c + 2));
+                low[t] = _mm512_dpbf16_ps(low[t], w1, broadcast2(xl + t * stride + 2 * c + 2));
             }
         }
     }
@@ -82,12 +84,12 @@ INLINE BF16 void tile(const int T, const uint8_t *group, long blocks, const uint
 }
 
 #define TOKENS(T)                                                                                               \
-    BF16 static void tile##T(const uint8_t *g, long blocks, const uint16_t *x, const uint16_t *xl, long k,      \
+    BF16 static void tile##T(const uint8_t *g, long blocks, const uint16_t *x, const uint16_t *xl, long stride, \
                              float *out, long ldo, __mmask16 valid, const uint8_t *ahead) {                    \
         if (ahead)                                                                                              \
-            tile(T, g, blocks, x, xl, k, out, ldo, valid, ahead);                                               \
+            tile(T, g, blocks, x, xl, stride, out, ldo, valid, ahead);                                          \
         else                                                                                                    \
-            tile(T, g, blocks, x, xl, k, out, ldo, valid, 0);                                                   \
+            tile(T, g, blocks, x, xl, stride, out, ldo, valid, 0);                                              \
     }
 
 TOKENS(1)

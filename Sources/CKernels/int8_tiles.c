@@ -7,6 +7,7 @@
 #include <string.h>
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
 int int8_tiles_available(void) { return avx512_base_available() && __builtin_cpu_supports("avx512vnni"); }
 
 long int8_tiles_tile_bytes(enum int8_tiles_format format) {

@@ -19,9 +19,8 @@ import Synchronization
 /// `CPUBackend.gemm`, after widening each weight to f32): on the 270M, 16 sequences took 69 ms a
 /// step from Q4_K_M and 72 ms from bf16, where the weights take 8-17 ms to read. These instructions
 /// do 4x (int8) and 2x (bf16, so 1x with both parts of x) the f32 rate on the Zen 4 we measure
-/// on, need no widening, and a
-/// broadcast of 4 (2) columns of one token multiplies 16 rows at once, so there is nothing to
-/// reduce across lanes. A group is read from memory once per product (row by row, 16 rows read
+/// on, need no widening, and a broadcast of 4 (2) columns of one token multiplies 16 rows at once,
+/// so there is nothing to reduce across lanes. A group is read from memory once per product (row by row, 16 rows read
 /// side by side, it streamed at half the speed) and from cache for each further 8 tokens.
 ///
 /// Each row of x is quantized (split) on its own, so a sequence gets the same numbers alone or in
@@ -145,6 +144,34 @@ final class WeightTiles: @unchecked Sendable {
             Parallel.forRanges(groups, minimumChunk: 4) { range in
                 bf16_tiles_product(packed, rows, columns, range.lowerBound, range.upperBound, high, low, n, out, rows)
             }
+        }
+    }
+}
+
+extension Gemma3Model where Backend == CPUBackend {
+    /// The instructions this model's tiles use ("AVX-512 VNNI", "AVX-512 BF16"), empty without tiles.
+    public var tileInstructions: [String] {
+        let kinds = productMatrices.compactMap { $0.tiles?.kind }
+        var names: [String] = []
+        if kinds.contains(where: { $0 != .bf16 }) { names.append("AVX-512 VNNI") }
+        if kinds.contains(.bf16) { names.append("AVX-512 BF16") }
+        return names
+    }
+
+    /// Every matrix a decoded token is multiplied with: each layer's projections, then the LM head.
+    var productMatrices: [WeightTensor] {
+        layers.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.gate, $0.up, $0.down] } + [lmHead]
+    }
+
+    /// Packs every matrix's tiles now rather than in the first products (`WeightTiles.pack`), so
+    /// that a server is ready when it says so and timings leave it out. Returns the bytes packed
+    /// (0 on a CPU without the instructions, or with exact activations).
+    @discardableResult
+    public func packTiles() -> Int {
+        productMatrices.reduce(0) { total, matrix in
+            guard let tiles = matrix.tiles else { return total }
+            tiles.pack()
+            return total + tiles.byteCount
         }
     }
 }
