@@ -149,6 +149,10 @@ def summary(root):
             if graphed and direct:
                 rows.append(f"{shape:>5}  decode, batch {batch}: CUDA graphs {graphed:.2f} ms/step, "
                             f"launched one by one {direct:.2f} ms/step ({direct / graphed:.2f}x)")
+            unfused = ours.get("decode_b1_unfused_norms_ms_per_step") if batch == 1 else None
+            if graphed and unfused:
+                rows.append(f"{shape:>5}  decode, batch 1: residual norms fused {graphed:.2f} ms/step, "
+                            f"in launches of their own {unfused:.2f} ms/step ({unfused / graphed:.2f}x)")
             greedy = ours.get(f"decode_b{batch}_tokens_per_second")
             drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
                      for name, key in [("sampled", "sampled"), ("sampled + 5 logprobs", "logprobs"),

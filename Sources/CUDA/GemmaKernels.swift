@@ -13,7 +13,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_candidates", "sample_rows", "apply_penalties",
         "row_logprobs",
@@ -32,6 +32,9 @@ public enum GemmaKernels {
         while splits < 8 && m * splits < 4096 && k / 8 >= 2 * 32 * (2 * splits) { splits *= 2 }
         return splits
     }
+    /// Most columns of a residual norm that `gemv_norm_bf16` and `gemv_gelu_norm_bf16` take
+    /// (NORM_FUSED_MAX in the source: 8 a thread of their 256).
+    public static let fusedNormMaximum = 2048
     /// Places per slice for `sample_candidates` (SAMPLE_CANDIDATES in the source).
     public static let sampleCandidatesPerSlice = 512
     /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
@@ -156,26 +159,26 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] += (xr[i] * inv) * w[i];
         }
 
-        // rms_norm_add, then out[r, :] = the new residual[r, :] * rsqrt(mean(residual[r, :]^2) + eps) * next:
-        // a block's post norm and residual add with the next block's input norm, one launch instead of
-        // two. Each thread keeps its own columns (at most NORM_PER_THREAD) in registers throughout, so
-        // out may be x, and every load goes out at once: the two norm weights before grid_wait (no step
-        // writes them), then x and the residual (a decode step's norm is a chain of load latencies).
-        // n <= NORM_PER_THREAD * blockDim.x. Grid: rows.
+        // A block's post norm, its residual add and the next block's input norm for one row of n columns,
+        // over the block's threads (thread i holds columns i, i + blockDim.x, ..., at most NORM_PER_THREAD):
+        // rv = residual + x * rsqrt(mean(x^2) + eps) * w, then ov = rv * rsqrt(mean(rv^2) + eps) * next.
+        // wv and nv hold the norm weights' columns (norm_weights: loaded before grid_wait, since no step
+        // writes them); x and the residual are loaded at once (a decode step's norm is a chain of load
+        // latencies). rms_norm_add_norm and the gemv kernels that fuse the norm share it, so a row's
+        // normed values are the same bits either way for the same block size (the backend gives
+        // rms_norm_add_norm the gemv kernels' 256 threads up to NORM_FUSED_MAX columns).
         #define NORM_PER_THREAD 8
-        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, float* residual,
-                                                                            const float* next, float* out, int n, float eps) {
-            grid_release();
-            float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD], xv[NORM_PER_THREAD], rv[NORM_PER_THREAD];
+        #define NORM_FUSED_MAX (256 * NORM_PER_THREAD)
+        __device__ __forceinline__ void norm_weights(const float* w, const float* next, int n, float* wv, float* nv) {
             for (int j = 0; j < NORM_PER_THREAD; j++) {
                 int i = threadIdx.x + j * blockDim.x;
                 wv[j] = i < n ? w[i] : 0.0f;
                 nv[j] = i < n ? next[i] : 0.0f;
             }
-            grid_wait();
-            const float* xr = x + (u64)blockIdx.x * n;
-            float* rr = residual + (u64)blockIdx.x * n;
-            float* orow = out + (u64)blockIdx.x * n;
+        }
+        __device__ __forceinline__ void residual_norm(const float* xr, const float* rr, const float* wv, const float* nv, int n,
+                                                      float eps, float* rv, float* ov) {
+            float xv[NORM_PER_THREAD];
             for (int j = 0; j < NORM_PER_THREAD; j++) {
                 int i = threadIdx.x + j * blockDim.x;
                 xv[j] = i < n ? xr[i] : 0.0f;
@@ -190,12 +193,60 @@ public enum GemmaKernels {
                 s2 += rv[j] * rv[j];
             }
             float inv2 = rsqrtf(block_sum(s2) / n + eps);
+            for (int j = 0; j < NORM_PER_THREAD; j++) ov[j] = (rv[j] * inv2) * nv[j];
+        }
+
+        // rms_norm_add, then out[r, :] = the new residual[r, :] * rsqrt(mean(residual[r, :]^2) + eps) * next:
+        // a block's post norm and residual add with the next block's input norm, one launch instead of
+        // two. Each thread keeps its own columns in registers throughout, so out may be x.
+        // n <= NORM_PER_THREAD * blockDim.x. Grid: rows.
+        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, float* residual,
+                                                                            const float* next, float* out, int n, float eps) {
+            grid_release();
+            float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD], rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
+            norm_weights(w, next, n, wv, nv);
+            grid_wait();
+            float* rr = residual + (u64)blockIdx.x * n;
+            float* orow = out + (u64)blockIdx.x * n;
+            residual_norm(x + (u64)blockIdx.x * n, rr, wv, nv, n, eps, rv, ov);
             for (int j = 0; j < NORM_PER_THREAD; j++) {
                 int i = threadIdx.x + j * blockDim.x;
                 if (i < n) {
                     rr[i] = rv[j];
-                    orow[i] = (rv[j] * inv2) * nv[j];
+                    orow[i] = ov[j];
                 }
+            }
+        }
+
+        // The residual norm of a one-token gemv launch (gemv_norm_bf16, gemv_gelu_norm_bf16), which saves
+        // a decode step of one sequence the norm's own launch: every block computes the row's norm
+        // itself, into xs (shared memory) for its rows to read. The launch's x is in the model the normed
+        // row's own buffer (out may be x), and every block reads x and the residual; so only the last
+        // block to have read them, counted on `ticket` (a zeroed word, zeroed again by that block),
+        // writes the new residual and the normed row. Its count comes after block_sum's barriers, which
+        // every thread reaches only with its loads of x and the residual returned. n <= NORM_FUSED_MAX;
+        // the launch's blocks take 256 threads.
+        struct ResidualNorm { const float* w; const float* next; float* residual; float* normed; float eps; u32* ticket; };
+        __device__ __forceinline__ void fused_residual_norm(const float* x, const ResidualNorm& norm, const float* wv,
+                                                            const float* nv, int n, float* xs) {
+            __shared__ int last;
+            float rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
+            residual_norm(x, norm.residual, wv, nv, n, norm.eps, rv, ov);
+            for (int j = 0; j < NORM_PER_THREAD; j++) {
+                int i = threadIdx.x + j * blockDim.x;
+                if (i < n) xs[i] = ov[j];
+            }
+            if (threadIdx.x == 0) last = atomicAdd(norm.ticket, 1u) == gridDim.x - 1;
+            __syncthreads();  // xs and last, for every thread
+            if (last) {
+                for (int j = 0; j < NORM_PER_THREAD; j++) {
+                    int i = threadIdx.x + j * blockDim.x;
+                    if (i < n) {
+                        norm.residual[i] = rv[j];
+                        norm.normed[i] = ov[j];
+                    }
+                }
+                if (threadIdx.x == 0) *norm.ticket = 0u;
             }
         }
 
@@ -359,11 +410,12 @@ public enum GemmaKernels {
             }
         }
 
-        // One row per warp part (a step of one token: as many warps as possible).
-        template <int T>
+        // One row per warp part (a step of one token: as many warps as possible). NORM: x is the row
+        // before `norm` (fused_residual_norm), and the product reads its normed values.
+        template <int T, bool NORM>
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
-                                                  int splits) {
+                                                  int splits, const ResidualNorm& norm) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             const bf16* w;
             float* out;
@@ -371,7 +423,16 @@ public enum GemmaKernels {
             gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
             grid_release();
             if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
-            grid_wait();
+            if constexpr (NORM) {
+                __shared__ float4 normed[NORM_FUSED_MAX / 4];  // float4: the chunks' 16-byte loads
+                float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
+                norm_weights(norm.w, norm.next, k, wv, nv);
+                grid_wait();
+                fused_residual_norm(x, norm, wv, nv, k, (float*)normed);
+                x = (const float*)normed;
+            } else {
+                grid_wait();
+            }
             float acc[T];
             for (int t = 0; t < T; t++) acc[t] = 0.0f;
             if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
@@ -419,7 +480,19 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
                                                                    int m2, const float* x, int k, int tokens, int splits) {
-            gemv_rows<1>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits);
+            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{});
+        }
+
+        // gemv_bf16 after rms_norm_add_norm's work on x (one row of k columns, k <= NORM_FUSED_MAX): the
+        // new residual and normed row are written as that kernel writes them, and the product reads
+        // the normed row. A decode step of one sequence: the norm's launch is saved.
+        extern "C" __global__ void __launch_bounds__(256) gemv_norm_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
+                                                                        float* o0, float* o1, float* o2, int m0, int m1,
+                                                                        int m2, const float* x, int k, int splits,
+                                                                        const float* w, const float* next, float* residual,
+                                                                        float* normed, float eps, u32* ticket) {
+            gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,
+                               ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
@@ -437,9 +510,9 @@ public enum GemmaKernels {
             return g / (1.0f + expf(-2.0f * v)) * u;
         }
 
-        template <int T>
+        template <int T, bool NORM>
         __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
-                                                       int k, int tokens, int splits) {
+                                                       int k, int tokens, int splits, const ResidualNorm& norm) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             int r = blockIdx.x * (8 / splits) + warp / splits;
             grid_release();
@@ -447,7 +520,16 @@ public enum GemmaKernels {
                 gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
                 gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
             }
-            grid_wait();
+            if constexpr (NORM) {  // as in gemv_rows
+                __shared__ float4 normed[NORM_FUSED_MAX / 4];
+                float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
+                norm_weights(norm.w, norm.next, k, wv, nv);
+                grid_wait();
+                fused_residual_norm(x, norm, wv, nv, k, (float*)normed);
+                x = (const float*)normed;
+            } else {
+                grid_wait();
+            }
             float g[T], u[T];
             for (int t = 0; t < T; t++) { g[t] = 0.0f; u[t] = 0.0f; }
             if (r < m) gemv_part2<T>(gate + (u64)r * k, up + (u64)r * k, x, k, tokens, splits, warp % splits, g, u);
@@ -461,10 +543,20 @@ public enum GemmaKernels {
         // sums as gemv_bf16's. Grid: ceil(m * splits / 8); block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                         float* out, int m, int k, int tokens, int splits) {
-            if (tokens == 1) gemv_gelu_rows<1>(gate, up, x, out, m, k, tokens, splits);
-            else if (tokens <= 4) gemv_gelu_rows<4>(gate, up, x, out, m, k, tokens, splits);
-            else if (tokens <= 8) gemv_gelu_rows<8>(gate, up, x, out, m, k, tokens, splits);
-            else gemv_gelu_rows<GEMV_MAX_TOKENS>(gate, up, x, out, m, k, tokens, splits);
+            ResidualNorm none{};
+            if (tokens == 1) gemv_gelu_rows<1, false>(gate, up, x, out, m, k, tokens, splits, none);
+            else if (tokens <= 4) gemv_gelu_rows<4, false>(gate, up, x, out, m, k, tokens, splits, none);
+            else if (tokens <= 8) gemv_gelu_rows<8, false>(gate, up, x, out, m, k, tokens, splits, none);
+            else gemv_gelu_rows<GEMV_MAX_TOKENS, false>(gate, up, x, out, m, k, tokens, splits, none);
+        }
+
+        // gemv_gelu_bf16 of one token after rms_norm_add_norm's work on x, as gemv_norm_bf16.
+        extern "C" __global__ void __launch_bounds__(256) gemv_gelu_norm_bf16(const bf16* gate, const bf16* up, const float* x,
+                                                                             float* out, int m, int k, int splits,
+                                                                             const float* w, const float* next,
+                                                                             float* residual, float* normed, float eps,
+                                                                             u32* ticket) {
+            gemv_gelu_rows<1, true>(gate, up, x, out, m, k, 1, splits, ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64

@@ -117,6 +117,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
     /// step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
+    /// A one-token decode step's residual norms go inside the product after them (`gemv_norm_bf16`,
+    /// `gemv_gelu_norm_bf16`: a launch fewer each) unless `INFERENCE_FUSED_NORMS=off` or this is false
+    /// (gpu-check times both).
+    public var fusedNorms: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return fusedNormsEnabled }
+        set { lock.lock(); fusedNormsEnabled = newValue; lock.unlock() }
+    }
+    private var fusedNormsEnabled = true
+    /// The fused norm's count of blocks that have read their row (one word, zero between launches;
+    /// one for the backend, since its launches run one after another on one stream).
+    private let normTicket: CUDABuffer
     private var partialScratch: CUDABuffer?  // attention shares, merged by attention_combine
     private var halfScratch: CUDABuffer?  // bf16 activations for cuBLAS (two per f32 slot)
 
@@ -149,6 +160,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             source: GemmaKernels.source, architecture: context.device.architecture, options: GemmaKernels.options,
             compiler: nvrtc)
         functions = try context.loadKernels(kernels.cubin, names: GemmaKernels.names)
+        normTicket = try CUDABuffer(context: context, count: 1)
         // Every kernel of the module waits for the one before it (grid_wait) before touching a step's data.
         context.allowDependentLaunch(of: Array(functions.values), enabled: env["INFERENCE_DEPENDENT_LAUNCH"] != "off")
         if !useCUBLAS || env["INFERENCE_CUBLAS"] == "off" {
@@ -171,6 +183,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             tensorCoreProblem = try tensorCoreSelfCheck()
         }
         tensorCoresEnabled = tensorCoreProblem == nil
+        fusedNormsEnabled = env["INFERENCE_FUSED_NORMS"] != "off"
     }
 
     /// `gemm_mma_bf16` on a small product whose tiles are partial both ways, against the host in f64:
@@ -408,6 +421,65 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
+    /// The arguments of `norm` for a fused launch, when it can go inside the one-token product of k
+    /// columns after it: one row of at most `GemmaKernels.fusedNormMaximum` columns, f32 weights.
+    private func fusedArguments(_ norm: ResidualNorm<CUDABuffer, CUDAMatrix>, columns k: Int) -> [CUDAContext.Argument]? {
+        guard fusedNorms, norm.rows == 1, norm.dimension == k, k <= GemmaKernels.fusedNormMaximum,
+            norm.weight.storage == .f32, norm.weight.columns == k, norm.next.storage == .f32, norm.next.columns == k,
+            k <= min(norm.x.count, norm.accumulator.count, norm.normed.count)
+        else { return nil }
+        return [
+            .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(norm.accumulator.address),
+            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(normTicket.address),
+        ]
+    }
+
+    /// A one-token step's residual norm and q, k, v in one launch (`gemv_norm_bf16`); otherwise the
+    /// norm's own launch, then `matmul`.
+    public func matmul(after norm: ResidualNorm<CUDABuffer, CUDAMatrix>, weights: [CUDAMatrix], into outs: [CUDABuffer]) {
+        let k = norm.dimension
+        guard (1...3).contains(weights.count), weights.count == outs.count, k % 8 == 0,
+            weights.allSatisfy({ $0.storage == .bf16 && $0.columns == k }),
+            zip(weights, outs).allSatisfy({ $0.rows <= $1.count }),
+            let fused = fusedArguments(norm, columns: k)
+        else {
+            rmsNormAddNorm(norm)
+            matmul(norm.normed, rows: norm.rows, weights: weights, into: outs)
+            return
+        }
+        let total = weights.reduce(0) { $0 + $1.rows }
+        let splits = GemmaKernels.gemvSplits(rows: total, columns: k)
+        var arguments: [CUDAContext.Argument] = []
+        for i in 0..<3 { arguments.append(.pointer(i < weights.count ? weights[i].address : 0)) }
+        for i in 0..<3 { arguments.append(.pointer(i < outs.count ? outs[i].address : 0)) }
+        for i in 0..<3 { arguments.append(.int(i < weights.count ? weights[i].rows : 0)) }
+        arguments += [.pointer(norm.x.address), .int(k), .int(splits)] + fused
+        context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
+    }
+
+    /// A one-token step's residual norm, gate, up and GELU in one launch (`gemv_gelu_norm_bf16`);
+    /// otherwise the norm's own launch, then `gatedMatmul`.
+    public func gatedMatmul(
+        after norm: ResidualNorm<CUDABuffer, CUDAMatrix>, gate: CUDAMatrix, up: CUDAMatrix, width: Int, into out: CUDABuffer,
+        scratch: CUDABuffer
+    ) {
+        let m = gate.rows, k = norm.dimension
+        guard gate.columns == k, up.rows == m, up.columns == k, m == width, k % 8 == 0, gate.storage == .bf16,
+            up.storage == .bf16, m <= out.count, let fused = fusedArguments(norm, columns: k)
+        else {
+            rmsNormAddNorm(norm)
+            gatedMatmul(norm.normed, rows: norm.rows, gate: gate, up: up, width: width, into: out, scratch: scratch)
+            return
+        }
+        let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
+        context.launch(
+            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8), 1, 1), block: 256,
+            [
+                .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
+                .int(k), .int(splits),
+            ] + fused)
+    }
+
     /// Many rows without cuBLAS (Cloud Run images), 64 rows × 64 tokens per block, so each weight is
     /// read once per 64 tokens: on the tensor cores (`gemm_mma_bf16`, sm_80 and later, the activations
     /// in two bf16 parts), or else in f32 (`gemm_bf16`: a GPU before sm_80,
@@ -438,8 +510,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         precondition(weight.storage == .f32 && weight.columns == dimension && next.storage == .f32 && next.columns == dimension)
         precondition(rows * dimension <= min(x.count, accumulator.count, out.count))
         precondition(dimension <= 8 * 1024, "rms_norm_add_norm keeps at most 8 columns a thread")
+        // The fused gemv kernels' 256 threads where they take the norm: the same sums, so a token's
+        // normed row is the same bits in a step of one sequence (fused) as among several.
+        let threads = dimension <= GemmaKernels.fusedNormMaximum ? 256 : warpsFor((dimension + 1) / 2)
         context.launch(
-            kernel("rms_norm_add_norm"), grid: (rows, 1, 1), block: warpsFor((dimension + 1) / 2),
+            kernel("rms_norm_add_norm"), grid: (rows, 1, 1), block: threads,
             [
                 .pointer(x.address), .pointer(weight.address), .pointer(accumulator.address), .pointer(next.address),
                 .pointer(out.address), .int(dimension), .float(epsilon),

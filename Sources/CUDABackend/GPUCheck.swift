@@ -251,6 +251,59 @@ public struct GPUCheck {
             let k = Self.relativeError(gpu.read(gk, offset: 0, count: gk.count), cpu.read(ck, offset: 0, count: ck.count))
             results.append(Result(name: "norm_rope 9 tokens, 4 + 1 heads", error: max(q, k), tolerance: 1e-5))
         }
+        // A one-token step's residual norm inside the product after it (gemv_norm_bf16,
+        // gemv_gelu_norm_bf16), written over x as the model does, against the CPU's separate steps;
+        // and the same bits as the norm's own launch, so a token's numbers do not depend on whether
+        // its step fused the norm. Two rows take the norm's own launch.
+        for (rows, dimension) in [(1, 640), (1, 2048), (2, 1152)] {
+            let weight = try f32Vector(values(dimension, scale: 2)), next = try f32Vector(values(dimension, scale: 2))
+            let (cw, cn, gw, gn) = (try cpu.matrix(weight), try cpu.matrix(next), try gpu.matrix(weight), try gpu.matrix(next))
+            let shapes = [257, 64, 64]
+            let tensors = try shapes.map { try bf16Matrix(rows: $0, columns: dimension, scale: 0.05) }
+            let cws = try tensors.map { try cpu.matrix($0) }, gws = try tensors.map { try gpu.matrix($0) }
+            let gate = try bf16Matrix(rows: 300, columns: dimension, scale: 0.05), up = try bf16Matrix(rows: 300, columns: dimension, scale: 0.05)
+            let (cg, cu, gg, gu) = (try cpu.matrix(gate), try cpu.matrix(up), try gpu.matrix(gate), try gpu.matrix(up))
+            let x = values(rows * dimension, scale: 3), residual = values(rows * dimension)
+            for gated in [false, true] {
+                let (cx, ca) = (pair(x).0, pair(residual).0)
+                let widths = gated ? [300] : shapes
+                let cys = widths.map { cpu.makeBuffer(count: rows * $0) }
+                let cpuNorm = ResidualNorm(cx, rows: rows, dimension: dimension, weight: cw, next: cn, epsilon: 1e-6, into: ca, normed: cx)
+                if gated {
+                    cpu.gatedMatmul(after: cpuNorm, gate: cg, up: cu, width: 300, into: cys[0], scratch: cpu.makeBuffer(count: rows * 300))
+                } else {
+                    cpu.matmul(after: cpuNorm, weights: cws, into: cys)
+                }
+                var outputs: [[[Float]]] = []  // per run: the products, the residual, the normed row
+                for fused in [true, false] {
+                    let (gx, ga) = (pair(x).1, pair(residual).1)
+                    let gys = widths.map { poisoned(rows * $0) }
+                    let norm = ResidualNorm(gx, rows: rows, dimension: dimension, weight: gw, next: gn, epsilon: 1e-6, into: ga, normed: gx)
+                    gpu.fusedNorms = fused
+                    if gated {
+                        gpu.gatedMatmul(after: norm, gate: gg, up: gu, width: 300, into: gys[0], scratch: poisoned(rows * 300))
+                    } else {
+                        gpu.matmul(after: norm, weights: gws, into: gys)
+                    }
+                    gpu.fusedNorms = true
+                    outputs.append(zip(gys, widths).map { gpu.read($0, offset: 0, count: rows * $1) } + [
+                        gpu.read(ga, offset: 0, count: ga.count), gpu.read(gx, offset: 0, count: gx.count),
+                    ])
+                }
+                let expected = zip(cys, widths).map { cpu.read($0, offset: 0, count: rows * $1) } + [
+                    cpu.read(ca, offset: 0, count: rows * dimension), cpu.read(cx, offset: 0, count: rows * dimension),
+                ]
+                let error = zip(outputs[0], expected).map { Self.relativeError($0, $1) }.max()!
+                let name = gated ? "gelu(x · gateᵀ) * (x · upᵀ)" : "q, k, v"
+                results.append(Result(
+                    name: "residual norm + \(name) \(rows)x\(dimension)\(rows == 1 ? " fused" : "")", error: error, tolerance: 1e-5))
+                if rows == 1 {
+                    results.append(Result(
+                        name: "residual norm + \(name) 1x\(dimension): fused, the same bits", error: outputs[0] == outputs[1] ? 0 : 1,
+                        tolerance: 0))
+                }
+            }
+        }
         // RoPE at late positions (large angles).
         do {
             let positions = (0..<11).map { 30_000 + $0 * 37 }

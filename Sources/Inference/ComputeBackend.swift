@@ -70,6 +70,12 @@ public protocol ComputeBackend: Sendable {
     func rmsNormAddNorm(
         _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, next: Matrix, epsilon: Float, into accumulator: Buffer,
         normed out: Buffer)
+    /// `rmsNormAddNorm(norm)`, then `matmul` of its normed rows: a block's post norm and residual add,
+    /// the next block's input norm and the product that reads it (a GPU: one launch for one token).
+    func matmul(after norm: ResidualNorm<Buffer, Matrix>, weights: [Matrix], into outs: [Buffer])
+    /// `rmsNormAddNorm(norm)`, then `gatedMatmul` of its normed rows, as `matmul(after:weights:into:)`.
+    func gatedMatmul(
+        after norm: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer)
     /// The per-head RMS norms of queries and keys (q_norm, k_norm), then RoPE on both, in place.
     /// queries: (rows, heads, headDim); keys: (rows, kvHeads, headDim); table as for `rope`.
     func normRope(
@@ -105,6 +111,33 @@ public protocol ComputeBackend: Sendable {
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
+}
+
+/// What `rmsNormAddNorm` takes, handed to the product that reads its normed rows (`matmul(after:)`,
+/// `gatedMatmul(after:)`), so that a backend may do both in one pass.
+public struct ResidualNorm<Buffer, Matrix> {
+    public var x: Buffer
+    public var rows: Int
+    public var dimension: Int
+    public var weight: Matrix
+    public var next: Matrix
+    public var epsilon: Float
+    public var accumulator: Buffer
+    public var normed: Buffer
+
+    public init(
+        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, next: Matrix, epsilon: Float, into accumulator: Buffer,
+        normed: Buffer
+    ) {
+        self.x = x
+        self.rows = rows
+        self.dimension = dimension
+        self.weight = weight
+        self.next = next
+        self.epsilon = epsilon
+        self.accumulator = accumulator
+        self.normed = normed
+    }
 }
 
 /// One sequence's share of a batched step for `attentionBatch`: its layer's cache ring and where its
@@ -168,6 +201,25 @@ extension ComputeBackend {
     ) {
         rmsNormAdd(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, into: accumulator)
         rmsNorm(accumulator, rows: rows, dimension: dimension, weight: next, epsilon: epsilon, into: out)
+    }
+
+    /// `rmsNormAddNorm` of what `norm` holds.
+    public func rmsNormAddNorm(_ norm: ResidualNorm<Buffer, Matrix>) {
+        rmsNormAddNorm(
+            norm.x, rows: norm.rows, dimension: norm.dimension, weight: norm.weight, next: norm.next, epsilon: norm.epsilon,
+            into: norm.accumulator, normed: norm.normed)
+    }
+
+    public func matmul(after norm: ResidualNorm<Buffer, Matrix>, weights: [Matrix], into outs: [Buffer]) {
+        rmsNormAddNorm(norm)
+        matmul(norm.normed, rows: norm.rows, weights: weights, into: outs)
+    }
+
+    public func gatedMatmul(
+        after norm: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer
+    ) {
+        rmsNormAddNorm(norm)
+        gatedMatmul(norm.normed, rows: norm.rows, gate: gate, up: up, width: width, into: out, scratch: scratch)
     }
 
     public func normRope(

@@ -176,29 +176,37 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         if let first = layers.first {
             b.rmsNorm(s.hidden, rows: n, dimension: hidden, weight: first.inputNorm, epsilon: c.rmsNormEpsilon, into: s.normed)
         }
+        // The last layer's post-feedforward norm with its residual add and this layer's input norm,
+        // handed to this layer's first product.
+        var pending: ResidualNorm<Backend.Buffer, Backend.Matrix>?
         for (index, layer) in layers.enumerated() {
             // Attention block: x = input_layernorm(h) (in s.normed); q, k, v projections; q_norm,
             // k_norm before RoPE. (The post norms below are fused with their residual add, h += norm(x),
-            // and with the next block's input norm.)
+            // with the next block's input norm and with the product that reads it.)
             // q: (n, heads * headDim); k, v: (n, kvHeads * headDim)
-            b.matmul(s.normed, rows: n, weights: [layer.query, layer.key, layer.value], into: [s.query, s.key, s.value])
+            let qkv = [layer.query, layer.key, layer.value]
+            if let norm = pending {
+                b.matmul(after: norm, weights: qkv, into: [s.query, s.key, s.value])
+            } else {
+                b.matmul(s.normed, rows: n, weights: qkv, into: [s.query, s.key, s.value])
+            }
             b.normRope(
                 queries: s.query, keys: s.key, rows: n, heads: heads, kvHeads: kvHeads, headDimension: headDim,
                 queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
                 table: layer.type == .full ? s.globalRope : s.localRope)
             attend(index)  // (n, heads * headDim) in s.attention
             b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
-            b.rmsNormAddNorm(
+            let postAttention = ResidualNorm(
                 s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,
                 epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
 
             // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
             b.gatedMatmul(
-                s.normed, rows: n, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate, scratch: s.up
+                after: postAttention, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate, scratch: s.up
             )  // (n, intermediate)
             b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
             if index + 1 < layers.count {
-                b.rmsNormAddNorm(
+                pending = ResidualNorm(
                     s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, next: layers[index + 1].inputNorm,
                     epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
             } else {

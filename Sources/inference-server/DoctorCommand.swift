@@ -15,7 +15,8 @@ struct Doctor: ParsableCommand {
             a GPU, loads them. Environment: INFERENCE_LIBCUDA (the driver library), INFERENCE_NVRTC (NVRTC's \
             library or folder), INFERENCE_KERNEL_CACHE (the cache folder), \
             INFERENCE_PREBUILT_KERNELS (a read-only folder of CUBINs made ahead, as builder build --gpu adds), INFERENCE_CUBLAS (cuBLAS's library, or \
-            off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel).
+            off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel), \
+            INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

@@ -235,6 +235,18 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "            without dependent launches: %.2f ms/step (dependent launches %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / time))
                 figures["decode_b\(batch)_serial_launch_ms_per_step"] = serialTime / Double(steps) * 1000
             }
+            if batch == 1 && gpu.fusedNorms {
+                // The same steps with each residual norm in a launch of its own: what fusing them saves.
+                gpu.fusedNorms = false
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                let unfusedTime = try seconds {
+                    for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                }
+                gpu.fusedNorms = true
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                print(String(format: "            without fused residual norms: %.2f ms/step (fused %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
+                figures["decode_b1_unfused_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
+            }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
                 figures["decode_b\(batch)_profile"] = report(profile, top: 14)
