@@ -153,6 +153,11 @@ def summary(root):
             if graphed and unfused:
                 rows.append(f"{shape:>5}  decode, batch 1: residual norms fused {graphed:.2f} ms/step, "
                             f"in launches of their own {unfused:.2f} ms/step ({unfused / graphed:.2f}x)")
+            ahead = sorted((int(k.split("_")[3][:-3]), v) for k, v in ours.items()
+                           if batch == 1 and k.startswith("decode_b1_prefetch_") and k.endswith("mib_ms_per_step"))
+            if ahead:
+                rows.append(f"{shape:>5}  decode, batch 1, prefetch ahead: "
+                            + ", ".join(f"{mib} MiB {ms:.3f} ms/step" for mib, ms in ahead))
             greedy = ours.get(f"decode_b{batch}_tokens_per_second")
             drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
                      for name, key in [("sampled", "sampled"), ("sampled + 5 logprobs", "logprobs"),

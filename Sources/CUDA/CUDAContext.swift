@@ -298,6 +298,8 @@ public final class CUDAContext: @unchecked Sendable {
         case pointer(DevicePointer)
         case int(Int)
         case float(Float)
+        /// A kernel's u64 (a byte count).
+        case u64(UInt64)
     }
 
     /// Queues `kernel` (or records it, see Step graphs). The driver copies the arguments before returning.
@@ -314,7 +316,7 @@ public final class CUDAContext: @unchecked Sendable {
                 ])
                 for argument in arguments {
                     switch argument {
-                    case .pointer(let address): tape.append(address)
+                    case .pointer(let address), .u64(let address): tape.append(address)
                     case .int(let value): tape.append(UInt64(UInt32(bitPattern: Int32(truncatingIfNeeded: value))))
                     case .float(let value): tape.append(UInt64(value.bitPattern))
                     }
@@ -332,7 +334,7 @@ public final class CUDAContext: @unchecked Sendable {
                 for (i, argument) in arguments.enumerated() {
                     let slot = storage.baseAddress! + 8 * i
                     switch argument {
-                    case .pointer(let address): slot.storeBytes(of: address, as: UInt64.self)
+                    case .pointer(let address), .u64(let address): slot.storeBytes(of: address, as: UInt64.self)
                     case .int(let value): slot.storeBytes(of: Int32(truncatingIfNeeded: value), as: Int32.self)
                     case .float(let value): slot.storeBytes(of: value, as: Float.self)
                     }

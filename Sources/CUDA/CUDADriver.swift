@@ -15,6 +15,8 @@ public final class CUDADriver: @unchecked Sendable {
         public var multiprocessors: Int
         public var memoryClockKHz: Int
         public var memoryBusWidthBits: Int
+        /// Bytes of L2 cache (0 where the driver does not say).
+        public var l2CacheBytes: Int = 0
 
         /// The SM number NVRTC compiles for: 89 for an L4, 90 for an H100.
         public var architecture: Int { computeCapability.major * 10 + computeCapability.minor }
@@ -81,7 +83,8 @@ public final class CUDADriver: @unchecked Sendable {
             try check("cuDeviceGetName", deviceName(&name, 256, device))
             var memory = 0
             try check("cuDeviceTotalMem", totalMemory(&memory, device))
-            // CU_DEVICE_ATTRIBUTE_*: 75/76 compute capability, 16 SMs, 36 memory clock (kHz), 37 bus width.
+            // CU_DEVICE_ATTRIBUTE_*: 75/76 compute capability, 16 SMs, 36 memory clock (kHz), 37 bus width,
+            // 38 L2 cache bytes.
             func value(_ id: Int32) throws -> Int {
                 var out: Int32 = 0
                 try check("cuDeviceGetAttribute(\(id))", attribute(&out, id, device))
@@ -90,7 +93,7 @@ public final class CUDADriver: @unchecked Sendable {
             found.append(Device(
                 ordinal: Int(ordinal), name: String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
                 computeCapability: (try value(75), try value(76)), totalMemory: memory, multiprocessors: try value(16),
-                memoryClockKHz: try value(36), memoryBusWidthBits: try value(37)))
+                memoryClockKHz: try value(36), memoryBusWidthBits: try value(37), l2CacheBytes: try value(38)))
         }
         devices = found
     }

@@ -83,6 +83,20 @@ public enum GemmaKernels {
         #endif
         }
 
+        // Asks L2 for this block's share of `bytes` of weights from p (contiguous slices of 128-byte lines,
+        // one per block of the launch), for a product that comes later: a latency-bound kernel (a decode
+        // step's attention) leaves memory idle, and the weights it asks for are then read from L2.
+        // A hint only; sm_80 and later.
+        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            u64 lines = (bytes + 127) >> 7, blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
+            u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+            u64 last = lines * (b + 1) / blocks;
+            for (u64 l = lines * b / blocks + threadIdx.x; l < last; l += blockDim.x)
+                asm volatile("prefetch.global.L2 [%0];" :: "l"(p + (l << 7)));
+        #endif
+        }
+
         __device__ __forceinline__ float warp_sum(float v) {
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             return v;
@@ -894,11 +908,18 @@ public enum GemmaKernels {
         // keys and values k, v are stored here, by block (r, 0, 0), instead of by kv_store_rows in a
         // launch before; every block reads its row's new key from k and v, so none reads the cache
         // row being stored, and the slot it replaces is past every row's window.
+        // aheadN, bytesN: up to three ranges of the weights the products after it read, asked of L2
+        // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
         // Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
                                                   int heads, int kvHeads, int dim, float scale, int splits, int share,
-                                                  int half, const float* k, const float* v, int store) {
+                                                  int half, const float* k, const float* v, int store,
+                                                  const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1,
+                                                  const char* ahead2, u64 bytes2) {
             grid_release();
+            prefetch_ahead(ahead0, bytes0);
+            prefetch_ahead(ahead1, bytes1);
+            prefetch_ahead(ahead2, bytes2);
             grid_wait();
             SegmentRow r = rows[blockIdx.x];
             int h = blockIdx.y, z = blockIdx.z, kvh = h / (heads / kvHeads), width = kvHeads * dim;

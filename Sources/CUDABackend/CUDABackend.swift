@@ -125,6 +125,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); fusedNormsEnabled = newValue; lock.unlock() }
     }
     private var fusedNormsEnabled = true
+    /// Bytes of the next products' weights that a one-sequence decode step's attention asks L2 for
+    /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
+    /// projection's and the MLP's weights can be on their way. Half the GPU's L2 unless
+    /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several.
+    public var prefetchAheadBytes: Int {
+        get { lock.lock(); defer { lock.unlock() }; return prefetchAhead }
+        set { lock.lock(); prefetchAhead = max(0, newValue); lock.unlock() }
+    }
+    private var prefetchAhead = 0
     /// The fused norm's count of blocks that have read their row (one word, zero between launches;
     /// one for the backend, since its launches run one after another on one stream).
     private let normTicket: CUDABuffer
@@ -184,6 +193,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         tensorCoresEnabled = tensorCoreProblem == nil
         fusedNormsEnabled = env["INFERENCE_FUSED_NORMS"] != "off"
+        if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
+            guard setting == "off" || Int(setting).map({ $0 >= 0 }) == true else {
+                throw CUDAError.invalidSetting("INFERENCE_PREFETCH_AHEAD is \(setting); use a number of MiB, or off")
+            }
+            prefetchAhead = (Int(setting) ?? 0) << 20
+        } else {
+            prefetchAhead = context.device.l2CacheBytes / 2
+        }
     }
 
     /// `gemm_mma_bf16` on a small product whose tiles are partial both ways, against the host in f64:
@@ -591,7 +608,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// each block finds its sequence there.
     public func attentionBatch(
         queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
-        kvHeads: Int, headDimension: Int, scale: Float, into out: CUDABuffer
+        kvHeads: Int, headDimension: Int, scale: Float, into out: CUDABuffer, prefetching next: [CUDAMatrix]
     ) -> Bool {
         precondition(heads % kvHeads == 0)
         precondition(
@@ -660,7 +677,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
-            ])
+            ] + prefetchRanges(next, rows: rows))
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.
         if splits > 1 {
@@ -670,6 +687,28 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 [.pointer(partials), .pointer(out.address), .int(heads), .int(headDimension), .int(splits)])
         }
         return true
+    }
+
+    /// attention_rows' three (address, bytes) ranges to ask L2 for (`CUDABackend.prefetchShares`); none
+    /// in a step of several rows (their products are bound by activation loads, and asking L2 for the
+    /// weights slowed them before, see gemv_pairs).
+    private func prefetchRanges(_ next: [CUDAMatrix], rows: Int) -> [CUDAContext.Argument] {
+        let bytes = Self.prefetchShares(next.prefix(3).map(\.bytes), budget: rows == 1 ? prefetchAheadBytes : 0)
+        var ranges: [CUDAContext.Argument] = []
+        for i in 0..<3 {
+            let share = i < bytes.count ? bytes[i] : 0
+            ranges += [.pointer(share > 0 ? next[i].address : 0), .u64(UInt64(share))]
+        }
+        return ranges
+    }
+
+    /// How many of the first bytes of each matrix to ask L2 for, within `budget`: the same share of
+    /// each (so the MLP's gate and up, read side by side, find the same rows in L2), whole 128-byte
+    /// lines, all of each where they fit.
+    static func prefetchShares(_ sizes: [Int], budget: Int) -> [Int] {
+        let total = sizes.reduce(0, +)
+        let share = total > 0 ? min(1, Double(budget) / Double(total)) : 0
+        return sizes.map { share >= 1 ? $0 : Int(Double($0) * share) / 128 * 128 }
     }
 
     public func geluMultiply(_ gate: CUDABuffer, _ up: CUDABuffer, count: Int) {

@@ -85,9 +85,11 @@ public protocol ComputeBackend: Sendable {
     /// all segments in one go, when the backend can (a GPU: two launches instead of several per
     /// sequence). Returns false when it cannot; the model then does it segment by segment.
     /// queries, out: (rows, heads, headDim); keys, values: (rows, kvHeads, headDim), rows in segment order.
+    /// `next`: the weights the products after it read (the output projection's, then the MLP's), which
+    /// a GPU may ask its cache for while attention, bound by latency, leaves memory idle.
     func attentionBatch(
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, into out: Buffer) -> Bool
+        headDimension: Int, scale: Float, into out: Buffer, prefetching next: [Matrix]) -> Bool
     /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
     /// computes it where the logits are and returns only the indices.  x: (rows, columns)
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
@@ -234,8 +236,18 @@ extension ComputeBackend {
 
     public func attentionBatch(
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, into out: Buffer
+        headDimension: Int, scale: Float, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool { false }
+
+    /// `attentionBatch` with nothing to prefetch.
+    public func attentionBatch(
+        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
+        headDimension: Int, scale: Float, into out: Buffer
+    ) -> Bool {
+        attentionBatch(
+            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
+            headDimension: headDimension, scale: scale, into: out, prefetching: [])
+    }
 
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
         (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }

@@ -87,7 +87,8 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 firstRow: 0, rows: n)
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
-                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention)
+                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention,
+                prefetching: weightsAfterAttention(index))
             {
                 return
             }
@@ -97,6 +98,11 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension, capacity: entry.capacity,
                 window: entry.window, scale: c.attentionScale, into: s.attention)  // (n, heads * headDim)
         }
+    }
+
+    /// The weights a layer's products read after its attention, in order.
+    private func weightsAfterAttention(_ index: Int) -> [Backend.Matrix] {
+        [layers[index].output, layers[index].gate, layers[index].up]
     }
 
     /// Where one sequence's rows sit in a mixed forward pass: `count` consecutive rows from `firstRow`,
@@ -128,7 +134,8 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             }
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
-                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention)
+                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention,
+                prefetching: weightsAfterAttention(index))
             {
                 return
             }

@@ -16,7 +16,9 @@ struct Doctor: ParsableCommand {
             library or folder), INFERENCE_KERNEL_CACHE (the cache folder), \
             INFERENCE_PREBUILT_KERNELS (a read-only folder of CUBINs made ahead, as builder build --gpu adds), INFERENCE_CUBLAS (cuBLAS's library, or \
             off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel), \
-            INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own).
+            INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own), \
+            INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
+            default half the L2, off: none).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

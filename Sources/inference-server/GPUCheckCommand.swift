@@ -247,6 +247,24 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "            without fused residual norms: %.2f ms/step (fused %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
                 figures["decode_b1_unfused_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
             }
+            if batch == 1 {
+                // The same steps with the attention asking L2 for more or less of the next products'
+                // weights (prefetch_ahead; 0: none), to find what this card's L2 holds best.
+                let chosen = gpu.prefetchAheadBytes
+                var sweep: [String] = []
+                for mib in [0, 8, 16, 24, 32, 40] {
+                    gpu.prefetchAheadBytes = mib << 20
+                    for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                    let aheadTime = try seconds {
+                        for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                    }
+                    sweep.append(String(format: "%d MiB %.3f", mib, aheadTime / Double(steps) * 1000))
+                    figures["decode_b1_prefetch_\(mib)mib_ms_per_step"] = aheadTime / Double(steps) * 1000
+                }
+                gpu.prefetchAheadBytes = chosen
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.joined(separator: ", "))
+            }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
                 figures["decode_b\(batch)_profile"] = report(profile, top: 14)

@@ -614,6 +614,18 @@ import Testing
         #expect(same, "the logits with fused residual norms differ from those with the norms' own launches")
     }
 
+    /// What a one-sequence step's attention asks L2 for: all of the next products' weights where they
+    /// fit, else the same share of each in whole lines, within the budget.
+    @Test func prefetchSharesFitTheBudget() {
+        let sizes = [2_359_296, 15_925_248, 15_925_248]  // 1B: the output projection, gate, up
+        #expect(CUDABackend.prefetchShares(sizes, budget: 64 << 20) == sizes)
+        #expect(CUDABackend.prefetchShares(sizes, budget: 0) == [0, 0, 0])
+        let half = CUDABackend.prefetchShares(sizes, budget: 17_104_896)
+        #expect(half.allSatisfy { $0 % 128 == 0 } && half.reduce(0, +) <= 17_104_896)
+        #expect(half[1] == half[2] && abs(Double(half[0]) / Double(sizes[0]) - 0.5) < 1e-3)
+        #expect(CUDABackend.prefetchShares([], budget: 1 << 20) == [])
+    }
+
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
     /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
     @Test func theSchedulerServesFromTheDevice() async throws {
