@@ -86,15 +86,19 @@ public enum GemmaKernels {
         // Asks L2 for this block's share of `bytes` of weights from p (contiguous slices of 128-byte lines,
         // one per block of the launch), for a product that comes later: a latency-bound kernel (a decode
         // step's attention) leaves memory idle, and the weights it asks for are then read from L2.
-        // A hint only; sm_80 and later.
-        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes) {
+        // A hint only; sm_80 and later (the emulator counts and checks them).
+        __device__ __forceinline__ void prefetch_line(const char* p) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+        #elif defined(CUDA_EMULATOR)
+            emu_prefetch(p);
+        #endif
+        }
+        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes) {
             u64 lines = (bytes + 127) >> 7, blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
             u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
             u64 last = lines * (b + 1) / blocks;
-            for (u64 l = lines * b / blocks + threadIdx.x; l < last; l += blockDim.x)
-                asm volatile("prefetch.global.L2 [%0];" :: "l"(p + (l << 7)));
-        #endif
+            for (u64 l = lines * b / blocks + threadIdx.x; l < last; l += blockDim.x) prefetch_line(p + (l << 7));
         }
 
         __device__ __forceinline__ float warp_sum(float v) {
@@ -250,7 +254,13 @@ public enum GemmaKernels {
                 int i = threadIdx.x + j * blockDim.x;
                 if (i < n) xs[i] = ov[j];
             }
-            if (threadIdx.x == 0) last = atomicAdd(norm.ticket, 1u) == gridDim.x - 1;
+            // The fences order this block's reads before its count, and the last block's count before
+            // its writes, for the whole GPU (the barrier alone orders them within the block).
+            if (threadIdx.x == 0) {
+                __threadfence();
+                last = atomicAdd(norm.ticket, 1u) == gridDim.x - 1;
+                __threadfence();
+            }
             __syncthreads();  // xs and last, for every thread
             if (last) {
                 for (int j = 0; j < NORM_PER_THREAD; j++) {

@@ -127,13 +127,22 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var fusedNormsEnabled = true
     /// Bytes of the next products' weights that a one-sequence decode step's attention asks L2 for
     /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
-    /// projection's and the MLP's weights can be on their way. Half the GPU's L2 unless
-    /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several.
+    /// projection's and the MLP's weights can be on their way. By default what the GPU's memory
+    /// reads in 10 µs (about that idle time on an H100), at most half its L2; `INFERENCE_PREFETCH_AHEAD`
+    /// gives MiB (0 or off: none); gpu-check times several.
     public var prefetchAheadBytes: Int {
         get { lock.lock(); defer { lock.unlock() }; return prefetchAhead }
-        set { lock.lock(); prefetchAhead = max(0, newValue); lock.unlock() }
+        set { lock.lock(); prefetchAhead = min(max(0, newValue), Self.mostPrefetchAhead); lock.unlock() }
     }
     private var prefetchAhead = 0
+    static let mostPrefetchAhead = 4096 << 20
+    /// How many launches took a residual norm inside their product (for checks that the fused path ran).
+    public var fusedNormLaunches: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return fusedLaunches
+    }
+    private var fusedLaunches = 0
     /// The fused norm's count of blocks that have read their row (one word, zero between launches;
     /// one for the backend, since its launches run one after another on one stream).
     private let normTicket: CUDABuffer
@@ -194,12 +203,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         tensorCoresEnabled = tensorCoreProblem == nil
         fusedNormsEnabled = env["INFERENCE_FUSED_NORMS"] != "off"
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
-            guard setting == "off" || Int(setting).map({ $0 >= 0 }) == true else {
-                throw CUDAError.invalidSetting("INFERENCE_PREFETCH_AHEAD is \(setting); use a number of MiB, or off")
+            guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
+                throw CUDAError.invalidSetting(
+                    "INFERENCE_PREFETCH_AHEAD is \(setting); use a number of MiB up to \(Self.mostPrefetchAhead >> 20), or off")
             }
             prefetchAhead = (Int(setting) ?? 0) << 20
         } else {
-            prefetchAhead = context.device.l2CacheBytes / 2
+            let device = context.device
+            prefetchAhead = min(device.l2CacheBytes / 2, Int(device.peakBandwidth * 10e-6))
         }
     }
 
@@ -472,6 +483,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         for i in 0..<3 { arguments.append(.int(i < weights.count ? weights[i].rows : 0)) }
         arguments += [.pointer(norm.x.address), .int(k), .int(splits)] + fused
         context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
+        countFusedLaunch()
     }
 
     /// A one-token step's residual norm, gate, up and GELU in one launch (`gemv_gelu_norm_bf16`);
@@ -495,6 +507,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),
             ] + fused)
+        countFusedLaunch()
+    }
+
+    private func countFusedLaunch() {
+        lock.lock()
+        fusedLaunches += 1
+        lock.unlock()
     }
 
     /// Many rows without cuBLAS (Cloud Run images), 64 rows × 64 tokens per block, so each weight is

@@ -18,7 +18,7 @@ struct Doctor: ParsableCommand {
             off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel), \
             INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own), \
             INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
-            default half the L2, off: none).
+            default what memory reads in 10 µs, at most half the L2; off: none).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)
@@ -59,7 +59,7 @@ struct Doctor: ParsableCommand {
                         : "dependent on sm_90 and later: a kernel starts while the one before it drains")
             for device in found.devices {
                 let memory = (try? found.memoryInfo(ordinal: device.ordinal)).map { " (\(gib($0.free)) free)" } ?? ""
-                line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, about \(Int(device.peakBandwidth / 1e9)) GB/s")
+                line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, \(device.l2CacheBytes >> 20) MiB L2, about \(Int(device.peakBandwidth / 1e9)) GB/s")
             }
         } catch {
             line("driver", "none: \(error)")

@@ -579,13 +579,21 @@ import Testing
     }
 
     /// A step of one sequence takes its residual norms inside the products after them (two launches a
-    /// layer fewer), and its logits are the same bits as with each norm launched on its own.
+    /// layer fewer), and its logits are the same bits as with each norm launched on its own. Its
+    /// attention asks L2 for the budget's share of each layer's output, gate and up weights, and for
+    /// nothing outside them.
     @Test func aOneSequenceStepFusesItsResidualNorms() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 79), exactActivations: true)
         let gpu = try Self.backend.get()
         defer { gpu.fusedNorms = true }
         let layers = engine.config.layerCount
+        let c = engine.config
+        let sizes = [c.hiddenSize * c.headCount * c.headDimension * 2] + [Int](repeating: c.intermediateSize * c.hiddenSize * 2, count: 2)
+        let shares = CUDABackend.prefetchShares(sizes, budget: gpu.prefetchAheadBytes)
+        #expect(shares.reduce(0, +) > 0 && shares.reduce(0, +) < sizes.reduce(0, +), "the emulator's L2 budget cuts")
+        let prefetched = try Self.emulatorCounter("cudaEmulatorPrefetchedLines")
+        let strays = try Self.emulatorCounter("cudaEmulatorStrayPrefetches")
         var runs: [[[Float]]] = []
         for fused in [true, false] {
             gpu.fusedNorms = fused
@@ -593,7 +601,10 @@ import Testing
             let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
             let slot = runner.makeSlot(contextLength: 64)
             var next = [Sampler.argmax(try runner.prefill(slot, (0..<11).map { 700 - $0 * 17 }))]
+            let (lines, stray) = (prefetched(), strays())
             next = try runner.decodeGreedy([slot], tokens: next)
+            #expect(Int(prefetched() - lines) == layers * shares.map { ($0 + 127) / 128 }.reduce(0, +))
+            #expect(strays() == stray, "a prefetch outside the weights")
             let profile = try #require(try gpu.context.profileStep { next = try runner.decodeGreedy([slot], tokens: next) })
             let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
             // The first layer's input norm and the final norm stay rms_norm, the last post norm rms_norm_add.

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <setjmp.h>
 #include <ucontext.h>
@@ -92,6 +93,8 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 #define __fdiv_rn(a, b) ((a) / (b))
 #define __logf(x) logf(x)
 static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
+// Blocks run one after another and threads switch only at barriers: every write is seen already.
+static inline void __threadfence() {}
 // Threads switch only at barriers, so a plain read-modify-write is atomic here.
 template <typename T> static T atomicAdd(T *address, T value) {
     T old = *address;
@@ -190,6 +193,22 @@ static void emu_mma_bf16_16816(float *d, const unsigned *a, const unsigned *b) {
     }
 }
 
+// The kernels' L2 prefetches (prefetch_line): counted, and each checked to fall inside memory
+// cuMemAlloc gave (a real GPU would not fault on a stray one, and it would go unnoticed).
+namespace emu {
+static std::map<uintptr_t, size_t> allocations;  // start -> bytes
+static std::mutex allocationLock;                 // the backend may allocate on another thread
+static unsigned long prefetchedLines = 0, strayPrefetches = 0;
+}
+static void emu_prefetch(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    std::lock_guard<std::mutex> hold(emu::allocationLock);
+    auto next = emu::allocations.upper_bound(a);
+    bool inside = next != emu::allocations.begin() && a < std::prev(next)->first + std::prev(next)->second;
+    emu::prefetchedLines++;
+    if (!inside) emu::strayPrefetches++;
+}
+#define CUDA_EMULATOR 1
 #include "kernels.cu"
 
 namespace emu {
@@ -357,7 +376,7 @@ CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
     case 16: *value = 4; break;   // multiprocessors
     case 36: *value = 1000000; break;
     case 37: *value = 256; break;
-    case 38: *value = 4 << 20; break;  // L2 bytes: less than a test model's next products, so the cut shows
+    case 38: *value = 256 << 10; break;  // L2 bytes: half is less than a small test model's next products
     default: *value = 0;
     }
     return 0;
@@ -371,9 +390,18 @@ CUresult cuMemAlloc_v2(CUdeviceptr *address, size_t bytes) {
     void *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!p) return 2;
     *address = (CUdeviceptr)p;
+    std::lock_guard<std::mutex> hold(emu::allocationLock);
+    emu::allocations[(uintptr_t)p] = bytes;
     return 0;
 }
-CUresult cuMemFree_v2(CUdeviceptr address) { free((void *)address); return 0; }
+CUresult cuMemFree_v2(CUdeviceptr address) {
+    {
+        std::lock_guard<std::mutex> hold(emu::allocationLock);
+        emu::allocations.erase((uintptr_t)address);
+    }
+    free((void *)address);
+    return 0;
+}
 CUresult cuMemsetD32_v2(CUdeviceptr address, unsigned value, size_t count) {
     for (size_t i = 0; i < count; i++) ((unsigned *)address)[i] = value;
     return 0;
@@ -510,4 +538,7 @@ void cudaEmulatorRefuseCapture(int refuse) { emu::refuseCapture = refuse != 0; }
 void cudaEmulatorReverseThreads(int reverse) { emu::reverseThreads = reverse != 0; }
 // The compute capability the device reports (major * 10 + minor), for a GPU NVRTC does not know.
 void cudaEmulatorSetArchitecture(int sm) { emu::architecture = sm; }
+// The 128-byte lines the kernels asked L2 for, and how many of them fell outside every allocation.
+unsigned long cudaEmulatorPrefetchedLines() { return emu::prefetchedLines; }
+unsigned long cudaEmulatorStrayPrefetches() { return emu::strayPrefetches; }
 }
