@@ -14,7 +14,8 @@ long int8_tiles_tile_bytes(enum int8_tiles_format format) {
     switch (format) {
     case INT8_TILES_Q4_K: return 256 + 2 * 64;
     case INT8_TILES_Q6_K: return 512 + 2 * 64;
-    default: return 512 + 64;
+    case INT8_TILES_Q5_0: return 256 + 64 + 32;
+    default: return 512 + 32;
     }
 }
 
@@ -36,7 +37,8 @@ static void read_q8_0(const uint8_t *row, long columns, uint8_t *stored, float *
     }
 }
 
-// Q5_0: { half d; uint8 qh[4]; uint8 qs[16] }: q = nibble | fifth bit << 4, value = d * (q - 16).
+// Q5_0: { half d; uint8 qh[4]; uint8 qs[16] }: q = nibble | fifth bit << 4 (stored as is, 0...31),
+// value = d * (q - 16).
 static void read_q5_0(const uint8_t *row, long columns, uint8_t *stored, float *scale16, float *minimum) {
     for (long b = 0; b < columns / 32; b++) {
         const uint8_t *p = row + 22 * b;
@@ -46,8 +48,7 @@ static void read_q5_0(const uint8_t *row, long columns, uint8_t *stored, float *
         memcpy(&qh, p + 2, 4);
         for (int j = 0; j < 32; j++) {
             int nibble = j < 16 ? (p[6 + j] & 0x0F) : (p[6 + j - 16] >> 4);
-            int q = nibble | (int)((qh >> j) & 1) << 4;
-            stored[32 * b + j] = (uint8_t)(q - 16 + 128);
+            stored[32 * b + j] = (uint8_t)(nibble | (int)((qh >> j) & 1) << 4);
         }
     }
 }
@@ -104,6 +105,12 @@ static void read_q6_K(const uint8_t *row, long columns, uint8_t *stored, float *
     }
 }
 
+// A scale that came from a half in the file, back to its half (exact).
+static void put_half(uint8_t *to, float value) {
+    _Float16 h = (_Float16)value;
+    memcpy(to, &h, 2);
+}
+
 // Row `lane` of a group into every tile of the group.
 static void put_row(enum int8_tiles_format format, uint8_t *group, long lane, long columns, const uint8_t *stored,
                     const float *scale16, const float *minimum) {
@@ -111,16 +118,35 @@ static void put_row(enum int8_tiles_format format, uint8_t *group, long lane, lo
     for (long b = 0; b < columns / 32; b++) {
         uint8_t *tile = group + b * bytes;
         const uint8_t *v = stored + 32 * b;
-        if (format == INT8_TILES_Q4_K) {
+        if (format == INT8_TILES_Q4_K || format == INT8_TILES_Q5_0) {
             for (int c = 0; c < 4; c++)
-                for (int j = 0; j < 4; j++) tile[64 * c + 4 * lane + j] = (uint8_t)(v[4 * c + j] | v[16 + 4 * c + j] << 4);
-            memcpy(tile + 256 + 4 * lane, &scale16[2 * b], 4);
-            memcpy(tile + 320 + 4 * lane, &minimum[b], 4);
+                for (int j = 0; j < 4; j++)
+                    tile[64 * c + 4 * lane + j] = (uint8_t)((v[4 * c + j] & 0x0F) | (v[16 + 4 * c + j] & 0x0F) << 4);
+            if (format == INT8_TILES_Q4_K) {
+                memcpy(tile + 256 + 4 * lane, &scale16[2 * b], 4);
+                memcpy(tile + 320 + 4 * lane, &minimum[b], 4);
+            } else {
+                // Chunk c's fifth bits: bit 4 lane + j of mask c (c < 4: columns 4c + j; else 16 + 4(c - 4) + j).
+                for (int c = 0; c < 8; c++) {
+                    uint64_t mask;
+                    memcpy(&mask, tile + 256 + 8 * c, 8);
+                    for (int j = 0; j < 4; j++) {
+                        uint64_t bit = (uint64_t)1 << (4 * lane + j);
+                        mask = (v[4 * c + j] & 0x10) ? (mask | bit) : (mask & ~bit);
+                    }
+                    memcpy(tile + 256 + 8 * c, &mask, 8);
+                }
+                put_half(tile + 320 + 2 * lane, scale16[2 * b]);
+            }
         } else {
             for (int c = 0; c < 8; c++)
                 for (int j = 0; j < 4; j++) tile[64 * c + 4 * lane + j] = v[4 * c + j];
-            memcpy(tile + 512 + 4 * lane, &scale16[2 * b], 4);
-            if (format == INT8_TILES_Q6_K) memcpy(tile + 576 + 4 * lane, &scale16[2 * b + 1], 4);
+            if (format == INT8_TILES_Q6_K) {
+                memcpy(tile + 512 + 4 * lane, &scale16[2 * b], 4);
+                memcpy(tile + 576 + 4 * lane, &scale16[2 * b + 1], 4);
+            } else {
+                put_half(tile + 512 + 2 * lane, scale16[2 * b]);
+            }
         }
     }
 }
@@ -199,7 +225,10 @@ INLINE VNNI __m512i broadcast4(const int8_t *p) {
 INLINE VNNI void tile(const enum int8_tiles_format format, const int T, const uint8_t *group, long blocks,
                       const int8_t *x, long k, const float *xs, const int32_t *xsum, float *out, long ldo,
                       __mmask16 valid) {
-    const long bytes = format == INT8_TILES_Q4_K ? 384 : format == INT8_TILES_Q6_K ? 640 : 576;
+    const long bytes = format == INT8_TILES_Q4_K ? 384
+                       : format == INT8_TILES_Q6_K ? 640
+                       : format == INT8_TILES_Q5_0 ? 352
+                                                   : 544;
     __m512 sum[8];
     for (int t = 0; t < T; t++) sum[t] = _mm512_setzero_ps();
     for (long b = 0; b < blocks; b++) {
@@ -250,18 +279,45 @@ INLINE VNNI void tile(const enum int8_tiles_format format, const int T, const ui
                                            _mm512_mul_ps(_mm512_cvtepi32_ps(hi[t]), second));
                 sum[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(xs[t * blocks + b]), sum[t]);
             }
+        } else if (format == INT8_TILES_Q5_0) {
+            // q = nibble + 16 where the chunk's mask has the lane's bit, value = scale * (q - 16): each
+            // sum starts at -16 times the token's block sum of x. Tiles of 352 bytes: unaligned loads.
+            __m512i acc[8];
+            for (int t = 0; t < T; t++) {
+                const int32_t *s = xsum + t * 2 * blocks + 2 * b;
+                acc[t] = _mm512_set1_epi32(-16 * (s[0] + s[1]));
+            }
+            const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10);
+            for (int c = 0; c < 4; c++) {
+                __m512i v = _mm512_loadu_si512((const void *)(tile + 64 * c));
+                __mmask64 mlo, mhi;
+                memcpy(&mlo, tile + 256 + 8 * c, 8);
+                memcpy(&mhi, tile + 256 + 8 * (c + 4), 8);
+                __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                lo = _mm512_mask_add_epi8(lo, mlo, lo, fifth);
+                hi = _mm512_mask_add_epi8(hi, mhi, hi, fifth);
+                for (int t = 0; t < T; t++) {
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], lo, broadcast4(xb + t * k + 4 * c));
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], hi, broadcast4(xb + t * k + 16 + 4 * c));
+                }
+            }
+            __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(tile + 320)));
+            for (int t = 0; t < T; t++)
+                sum[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), scale),
+                                         _mm512_set1_ps(xs[t * blocks + b]), sum[t]);
         } else {
-            // Bytes are value + 128: each sum starts at -128 times the token's block sum of x.
+            // Q8_0: bytes are value + 128: each sum starts at -128 times the token's block sum of x.
+            // Tiles of 544 bytes: unaligned loads.
             __m512i acc[8];
             for (int t = 0; t < T; t++) {
                 const int32_t *s = xsum + t * 2 * blocks + 2 * b;
                 acc[t] = _mm512_set1_epi32(-128 * (s[0] + s[1]));
             }
             for (int c = 0; c < 8; c++) {
-                __m512i w = _mm512_load_si512((const void *)(tile + 64 * c));
+                __m512i w = _mm512_loadu_si512((const void *)(tile + 64 * c));
                 for (int t = 0; t < T; t++) acc[t] = _mm512_dpbusd_epi32(acc[t], w, broadcast4(xb + t * k + 4 * c));
             }
-            __m512 scale = _mm512_load_ps((const void *)(tile + 512));
+            __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(tile + 512)));
             for (int t = 0; t < T; t++)
                 sum[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), scale),
                                          _mm512_set1_ps(xs[t * blocks + b]), sum[t]);
@@ -287,6 +343,7 @@ INLINE VNNI void tile(const enum int8_tiles_format format, const int T, const ui
     }
 
 TILES(tiles_q8, INT8_TILES_Q8_0)
+TILES(tiles_q5, INT8_TILES_Q5_0)
 TILES(tiles_q4_K, INT8_TILES_Q4_K)
 TILES(tiles_q6_K, INT8_TILES_Q6_K)
 
@@ -308,6 +365,7 @@ VNNI void int8_tiles_product(enum int8_tiles_format format, const void *packed, 
             switch (format) {
             case INT8_TILES_Q4_K: tiles_q4_K(T, group, blocks, x, columns, xs, xsum, o, ldo, valid); break;
             case INT8_TILES_Q6_K: tiles_q6_K(T, group, blocks, x, columns, xs, xsum, o, ldo, valid); break;
+            case INT8_TILES_Q5_0: tiles_q5(T, group, blocks, x, columns, xs, xsum, o, ldo, valid); break;
             default: tiles_q8(T, group, blocks, x, columns, xs, xsum, o, ldo, valid); break;
             }
         }

@@ -7,8 +7,9 @@ import Synchronization
 ///
 /// - **int8** (Q8_0, Q5_0, Q4_K, Q6_K; AVX-512 VNNI): `vpdpbusd` sums 64 byte products into 16 int32
 ///   lanes per instruction; the activations are quantized to int8 per 32 values as `Int8Product`
-///   does. Tiles of 576, 384 or 640 bytes: 1.125 bytes per weight (Q8_0, Q5_0), 0.75 (Q4_K, whose q
-///   stay nibbles) or 1.25 (Q6_K).
+///   does. Tiles of 544, 352, 384 or 640 bytes: 1.0625 bytes per weight (Q8_0) and 0.6875 (Q5_0,
+///   whose q stay nibbles and a bit mask), as the file holds them, 0.75 (Q4_K, nibbles) or 1.25
+///   (Q6_K).
 /// - **bf16** (a checkpoint's bf16; AVX-512 BF16): `vdpbf16ps` sums 32 bf16 products into 16 f32
 ///   lanes; each activation is split into two bf16 parts, both multiplied, so a product keeps about
 ///   16 bits of it and the golden tests' f32 bar holds (x rounded to bf16 alone, as llama.cpp does,

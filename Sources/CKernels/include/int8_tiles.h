@@ -10,7 +10,12 @@
 // tile holds the 16 rows x 32 columns as 8 chunks of 64 bytes: chunk c holds, for lane l = 0..15,
 // the 4 unsigned bytes of row 16g + l at columns 32b + 4c ..< 32b + 4c + 4, so that one `vpdpbusd`
 // multiplies 16 rows by 4 columns of one token. What the bytes mean, by format:
-//   Q8_0, Q5_0 (576 bytes): value + 128, then the 16 rows' scales (f32);
+//   Q8_0 (544 bytes):       value + 128, then the 16 rows' scales (f16, as the file holds them): the
+//                           file's 1.0625 bytes a weight;
+//   Q5_0 (352 bytes):       the low 4 bits of q (0...31, value = scale * (q - 16)) in nibbles as
+//                           Q4_K's, then 8 masks of 64 bits, mask c the fifth bits of chunk c (bit
+//                           4 l + j: lane l, column 4c + j), then 16 scales (f16): the file's 0.6875
+//                           bytes a weight;
 //   Q4_K (384 bytes):       the chunks in nibbles, chunk c low and chunk c + 4 high in 4 vectors of
 //                           64 bytes (q in 0...15, value = scale * q - minimum), then 16 scales
 //                           (d * sc) and 16 minimums (dmin * m);
