@@ -41,8 +41,9 @@ public enum ComputeDevice: @unchecked Sendable {
         }
     }
 
-    /// Worth a line: a failed tensor-core self-check (prefill then runs slower than it should), and a
-    /// GPU NVRTC does not know (its kernels go as PTX, which the driver compiles at load and caches).
+    /// Worth a line: a failed tensor-core or fused-norm self-check (prefill or decode then runs slower
+    /// than it should), and a GPU NVRTC does not know (its kernels go as PTX, which the driver
+    /// compiles at load and caches).
     private static func noted(_ gpu: CUDABackend, _ note: (String) -> Void) -> CUDABackend {
         if let virtual = gpu.kernels.ptxArchitecture {
             note(
@@ -51,6 +52,9 @@ public enum ComputeDevice: @unchecked Sendable {
         }
         if let problem = gpu.tensorCoreProblem, problem.contains("self-check") {
             note("prefill products do not use the tensor cores: \(problem)")
+        }
+        if let problem = gpu.fusedNormProblem, problem.contains("self-check") {
+            note("decode steps of one sequence do not fuse their residual norms: \(problem)")
         }
         return gpu
     }

@@ -64,6 +64,8 @@ struct GPUCheckCommand: ParsableCommand {
         print("nvrtc       \(gpu.nvrtcPath); kernels \(gpu.kernels.fromCache ? "from the cache" : "compiled") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s to ready)")
         print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
+        print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? "fused into the next product in one-sequence steps (self-check passed)")")
+        print("prefetch    \(gpu.prefetchAheadBytes >> 20) MiB of the next products' weights asked of L2 during a one-sequence step's attention (L2 \(gpu.context.device.l2CacheBytes >> 20) MiB)")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0

@@ -586,6 +586,7 @@ import Testing
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 79), exactActivations: true)
         let gpu = try Self.backend.get()
+        #expect(gpu.fusedNormProblem == nil, "the fused norms' self-check at start")
         defer { gpu.fusedNorms = true }
         let layers = engine.config.layerCount
         let c = engine.config
