@@ -118,15 +118,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
     /// A one-token decode step's residual norms go inside the product after them (`gemv_norm_bf16`,
-    /// `gemv_gelu_norm_bf16`: a launch fewer each) unless this is false (gpu-check times both); never
-    /// where `fusedNormProblem` says why not.
+    /// `gemv_gelu_norm_bf16`: a launch fewer each) unless this is false (`INFERENCE_FUSED_NORMS=off`
+    /// at start; gpu-check times both); never where `fusedNormProblem` says why not.
     public var fusedNorms: Bool {
         get { lock.lock(); defer { lock.unlock() }; return fusedNormsEnabled }
         set { lock.lock(); fusedNormsEnabled = newValue && fusedNormProblem == nil; lock.unlock() }
     }
     private var fusedNormsEnabled = false
-    /// Why one-sequence steps launch each residual norm on its own (nil: they fuse it):
-    /// `INFERENCE_FUSED_NORMS=off`, or a self-check at start that did not give the norm's own bits.
+    /// Why one-sequence steps cannot fuse their residual norms (nil: they may): a self-check at start
+    /// that did not give the norm's own bits.
     public private(set) var fusedNormProblem: String?
     /// Bytes of the next products' weights that a one-sequence decode step's attention asks L2 for
     /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
@@ -204,13 +204,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             tensorCoreProblem = try tensorCoreSelfCheck()
         }
         tensorCoresEnabled = tensorCoreProblem == nil
-        if env["INFERENCE_FUSED_NORMS"] == "off" {
-            fusedNormProblem = "turned off (INFERENCE_FUSED_NORMS=off)"
-        } else {
-            fusedNormsEnabled = true
-            fusedNormProblem = try fusedNormSelfCheck()
-        }
-        fusedNormsEnabled = fusedNormProblem == nil
+        // Checked even when turned off, so that gpu-check may still time and check the fused kernels.
+        fusedNormProblem = try fusedNormSelfCheck()
+        fusedNormsEnabled = fusedNormProblem == nil && env["INFERENCE_FUSED_NORMS"] != "off"
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -272,12 +268,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// show a race between them); a GPU that computes otherwise runs one launch a norm instead of
     /// giving other numbers than a batch of several sequences would.
     func fusedNormSelfCheck() throws -> String? {
-        let k = 640, widths = [72, 40, 40, 96, 96]  // q, k, v; gate, up
+        // Shapes of the 1B's order (grids of some 200 blocks, so that their blocks overlap as a
+        // model's do), run fused three times.
+        let k = 1152, widths = [512, 128, 128, 1024, 1024]  // q, k, v; gate, up
         var random = Xoshiro256StarStar(seed: 0xF05E_D0A1)
         func values(_ count: Int) -> [Float] { (0..<count).map { _ in random.unit() * 2 - 1 } }
         var matrices: [CUDAMatrix] = []
         var norms: [CUDAMatrix] = []
         let x = values(k), residual = values(k)
+        var runs: [[Float]] = []
+        var fusedLaunchesSeen = 0
+        defer {
+            lock.lock()
+            fusedLaunches = 0
+            lock.unlock()
+        }
         do {
             for m in widths {
                 let bits = values(m * k).map(Self.bfloat16Bits)
@@ -290,34 +295,42 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 write(values(k).map { 1 + $0 }, to: memory, offset: 0)
                 norms.append(CUDAMatrix(storage: .f32, rows: 1, columns: k, memory: memory))
             }
-        } catch {
-            return "its self-check could not run (\(error))"
+            // Each run: q, k, v, the residual and the normed row after one norm; gate/up after another.
+            for fused in [false, true, true, true] {
+                lock.lock()
+                fusedNormsEnabled = fused
+                let launches = fusedLaunches
+                lock.unlock()
+                let input = try tryMakeBuffer(count: k), accumulator = try tryMakeBuffer(count: k)
+                let outs = try widths.map { try tryMakeBuffer(count: $0) }
+                write(x, to: input, offset: 0)
+                write(residual, to: accumulator, offset: 0)
+                for out in outs { write([Float](repeating: .nan, count: out.count), to: out, offset: 0) }
+                let norm = ResidualNorm(
+                    input, rows: 1, dimension: k, weight: norms[0], next: norms[1], epsilon: 1e-6, into: accumulator,
+                    normed: input)
+                matmul(after: norm, weights: Array(matrices[0..<3]), into: Array(outs[0..<3]))
+                gatedMatmul(after: norm, gate: matrices[3], up: matrices[4], width: widths[3], into: outs[3], scratch: outs[4])
+                try context.synchronize()
+                runs.append(
+                    outs[0..<4].flatMap { read($0, offset: 0, count: $0.count) } + read(accumulator, offset: 0, count: k)
+                        + read(input, offset: 0, count: k))
+                lock.lock()
+                if fused { fusedLaunchesSeen += fusedLaunches - launches }
+                lock.unlock()
+            }
+        } catch let error as CUDAError {
+            if case .outOfMemory = error { return "its self-check could not run (\(error))" }
+            throw error
         }
-        // Each way: q, k, v and the residual and normed rows after one norm; gate/up after another.
-        var runs: [[Float]] = []
-        for fused in [false, true] {
-            lock.lock()
-            fusedNormsEnabled = fused
-            lock.unlock()
-            let input = try tryMakeBuffer(count: k), accumulator = try tryMakeBuffer(count: k)
-            let outs = try widths.map { try tryMakeBuffer(count: $0) }
-            write(x, to: input, offset: 0)
-            write(residual, to: accumulator, offset: 0)
-            for out in outs { write([Float](repeating: .nan, count: out.count), to: out, offset: 0) }
-            let norm = ResidualNorm(
-                input, rows: 1, dimension: k, weight: norms[0], next: norms[1], epsilon: 1e-6, into: accumulator, normed: input)
-            matmul(after: norm, weights: Array(matrices[0..<3]), into: Array(outs[0..<3]))
-            gatedMatmul(
-                after: norm, gate: matrices[3], up: matrices[4], width: widths[3], into: outs[3], scratch: outs[4])
-            try context.synchronize()
-            runs.append(outs[0..<4].flatMap { read($0, offset: 0, count: $0.count) } + read(accumulator, offset: 0, count: k) + read(input, offset: 0, count: k))
+        guard fusedLaunchesSeen == 6 else {
+            return "its self-check could not run (the fused kernels were not taken: \(fusedLaunchesSeen) of 6 launches)"
         }
-        lock.lock()
-        fusedNormsEnabled = true
-        lock.unlock()
-        let differing = zip(runs[0], runs[1]).filter { $0.bitPattern != $1.bitPattern }.count
-        guard differing == 0 else {
-            return "its self-check gave \(differing) of \(runs[0].count) numbers other than the norm's own launch: each norm takes a launch of its own"
+        for run in runs.dropFirst() {
+            let differing = zip(runs[0], run).filter { $0.bitPattern != $1.bitPattern }.count
+            guard differing == 0 else {
+                return "its self-check gave \(differing) of \(run.count) numbers other than the norm's own launch: each norm takes a launch of its own"
+            }
         }
         return nil
     }

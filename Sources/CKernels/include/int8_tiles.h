@@ -43,7 +43,9 @@ int int8_tiles_available(void);
 long int8_tiles_tile_bytes(enum int8_tiles_format format);
 
 /// Packs rows [r0, r1) of a matrix in GGML's layout of `format` (`rowBytes` bytes a row; columns a
-/// multiple of the format's block). r0 is a multiple of 16; rows past `rows` up to r1 are padding.
+/// multiple of the format's block). r0 and r1 are multiples of 16 (whole groups: a Q5_0 tile's masks
+/// are shared by its 16 rows, so two calls must not pack parts of one group at once); rows past
+/// `rows` up to r1 are padding.
 /// `packed` is the whole packed matrix.
 void int8_tiles_pack(
     enum int8_tiles_format format, const void *source, long rowBytes, long rows, long columns, long r0, long r1,
