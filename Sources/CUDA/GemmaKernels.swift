@@ -434,6 +434,24 @@ public enum GemmaKernels {
             }
         }
 
+        // grid_wait, then the x a gemv reads: x itself, or (NORM) the normed row of x after `norm`, which
+        // fused_residual_norm leaves in shared memory (float4: the chunks' 16-byte loads); the norm's
+        // weights are loaded before the wait (no step writes them).
+        template <bool NORM>
+        __device__ __forceinline__ const float* wait_for_x(const float* x, const ResidualNorm& norm, int k) {
+            if constexpr (NORM) {
+                __shared__ float4 normed[NORM_FUSED_MAX / 4];
+                float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
+                norm_weights(norm.w, norm.next, k, wv, nv);
+                grid_wait();
+                fused_residual_norm(x, norm, wv, nv, k, (float*)normed);
+                return (const float*)normed;
+            } else {
+                grid_wait();
+                return x;
+            }
+        }
+
         // One row per warp part (a step of one token: as many warps as possible). NORM: x is the row
         // before `norm` (fused_residual_norm), and the product reads its normed values.
         template <int T, bool NORM>
@@ -447,16 +465,7 @@ public enum GemmaKernels {
             gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
             grid_release();
             if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
-            if constexpr (NORM) {
-                __shared__ float4 normed[NORM_FUSED_MAX / 4];  // float4: the chunks' 16-byte loads
-                float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
-                norm_weights(norm.w, norm.next, k, wv, nv);
-                grid_wait();
-                fused_residual_norm(x, norm, wv, nv, k, (float*)normed);
-                x = (const float*)normed;
-            } else {
-                grid_wait();
-            }
+            x = wait_for_x<NORM>(x, norm, k);
             float acc[T];
             for (int t = 0; t < T; t++) acc[t] = 0.0f;
             if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
@@ -544,16 +553,7 @@ public enum GemmaKernels {
                 gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
                 gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
             }
-            if constexpr (NORM) {  // as in gemv_rows
-                __shared__ float4 normed[NORM_FUSED_MAX / 4];
-                float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
-                norm_weights(norm.w, norm.next, k, wv, nv);
-                grid_wait();
-                fused_residual_norm(x, norm, wv, nv, k, (float*)normed);
-                x = (const float*)normed;
-            } else {
-                grid_wait();
-            }
+            x = wait_for_x<NORM>(x, norm, k);
             float g[T], u[T];
             for (int t = 0; t < T; t++) { g[t] = 0.0f; u[t] = 0.0f; }
             if (r < m) gemv_part2<T>(gate + (u64)r * k, up + (u64)r * k, x, k, tokens, splits, warp % splits, g, u);

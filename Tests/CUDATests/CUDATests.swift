@@ -49,11 +49,20 @@ import TestSupport
         for helper in helpers {
             let definition = "void " + helper.dropLast() + "("
             let text = try #require(body(after: definition), "\(helper) is defined")
-            let beforeWait = text.components(separatedBy: "grid_wait();")[0]
+            // Waits itself, or through wait_for_x (checked below).
+            let wait = text.contains("= wait_for_x<") ? "= wait_for_x<" : "grid_wait();"
+            let beforeWait = text.components(separatedBy: wait)[0]
             let touches = [
                 "return", "gemv_part", "x[", "x +", "out[", "fused_residual_norm", "residual_norm(", "ticket", "norm.residual",
             ].filter { beforeWait.contains($0) }
-            #expect(text.contains("grid_wait();") && touches.isEmpty, "\(helper) waits before \(touches)")
+            #expect(text.contains(wait) && touches.isEmpty, "\(helper) waits before \(touches)")
+        }
+        // wait_for_x: in each branch, grid_wait before the fused norm reads x or the residual.
+        let waitForX = try #require(body(after: "const float* wait_for_x("), "wait_for_x is defined")
+            .components(separatedBy: "// One row per warp part")[0]
+        for branch in waitForX.components(separatedBy: "} else {") {
+            let beforeWait = branch.components(separatedBy: "grid_wait();")[0]
+            #expect(branch.contains("grid_wait();") && !beforeWait.contains("fused_residual_norm") && !beforeWait.contains("return"))
         }
         // Kernels that read weights before grid_wait, and what of a step's data they must not touch
         // there; attention_rows may only ask L2 for the next products' weights.
