@@ -76,7 +76,10 @@ public enum GemmaKernels {
             asm volatile("griddepcontrol.wait;" ::: "memory");
         #endif
         }
-        // Asks L2 for the 128-byte lines of a weight range (read-only: safe before grid_wait).
+        // Asks L2 for the 128-byte lines of a weight range (read-only: safe before grid_wait): a gemv's
+        // own rows, only on sm_90, where a dependent launch waits for the kernel before it meanwhile
+        // (elsewhere the rows would be asked for just before they are read). prefetch_line below asks
+        // for the weights of products further ahead.
         __device__ __forceinline__ void prefetch_l2(const void* p) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
             asm volatile("prefetch.global.L2 [%0];" :: "l"(p));

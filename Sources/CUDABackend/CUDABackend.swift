@@ -117,22 +117,23 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
     /// step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
-    /// A one-token decode step's residual norms go inside the product after them (`gemv_norm_bf16`,
-    /// `gemv_gelu_norm_bf16`: a launch fewer each) unless this is false (`INFERENCE_FUSED_NORMS=off`
-    /// at start; gpu-check times both); never where `fusedNormProblem` says why not.
+    /// A one-token decode step's residual norms (of up to `GemmaKernels.fusedNormMaximum` columns) go
+    /// inside the product after them (`gemv_norm_bf16`, `gemv_gelu_norm_bf16`: a launch fewer each)
+    /// unless this is false (gpu-check times both); never where `fusedNormProblem` says why not.
     public var fusedNorms: Bool {
         get { lock.lock(); defer { lock.unlock() }; return fusedNormsEnabled }
         set { lock.lock(); fusedNormsEnabled = newValue && fusedNormProblem == nil; lock.unlock() }
     }
     private var fusedNormsEnabled = false
-    /// Why one-sequence steps cannot fuse their residual norms (nil: they may): a self-check at start
-    /// that did not give the norm's own bits.
+    /// Why one-sequence steps cannot fuse their residual norms (nil: they may):
+    /// `INFERENCE_FUSED_NORMS=off`, or a self-check at start that did not give the norm's own bits.
     public private(set) var fusedNormProblem: String?
     /// Bytes of the next products' weights that a one-sequence decode step's attention asks L2 for
     /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
     /// projection's and the MLP's weights can be on their way. By default what the GPU's memory
-    /// reads in 10 µs (about that idle time on an H100), at most half its L2; `INFERENCE_PREFETCH_AHEAD`
-    /// gives MiB (0 or off: none); gpu-check times several.
+    /// reads in 10 µs (about that idle time on an H100), at most half its L2: 25 MiB on an H100, 3 MB
+    /// on an L4; `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each
+    /// step also cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
     public var prefetchAheadBytes: Int {
         get { lock.lock(); defer { lock.unlock() }; return prefetchAhead }
         set { lock.lock(); prefetchAhead = min(max(0, newValue), Self.mostPrefetchAhead); lock.unlock() }
@@ -204,9 +205,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             tensorCoreProblem = try tensorCoreSelfCheck()
         }
         tensorCoresEnabled = tensorCoreProblem == nil
-        // Checked even when turned off, so that gpu-check may still time and check the fused kernels.
-        fusedNormProblem = try fusedNormSelfCheck()
-        fusedNormsEnabled = fusedNormProblem == nil && env["INFERENCE_FUSED_NORMS"] != "off"
+        // Turned off, the fused kernels do not run at all, not even in the self-check: the way out
+        // should they fault on some GPU.
+        fusedNormProblem = env["INFERENCE_FUSED_NORMS"] == "off" ? "turned off (INFERENCE_FUSED_NORMS=off)" : try fusedNormSelfCheck()
+        fusedNormsEnabled = fusedNormProblem == nil
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -528,10 +530,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
-    /// The arguments of `norm` for a fused launch, when it can go inside the one-token product of k
-    /// columns after it: one row of at most `GemmaKernels.fusedNormMaximum` columns, f32 weights.
-    private func fusedArguments(_ norm: ResidualNorm<CUDABuffer, CUDAMatrix>, columns k: Int) -> [CUDAContext.Argument]? {
-        guard fusedNorms, norm.rows == 1, norm.dimension == k, k <= GemmaKernels.fusedNormMaximum,
+    /// The arguments of `norm` for a fused launch, when it can go inside the one-token product after
+    /// it: one row of at most `GemmaKernels.fusedNormMaximum` columns, f32 weights.
+    private func fusedArguments(_ norm: ResidualNorm<CUDABuffer, CUDAMatrix>) -> [CUDAContext.Argument]? {
+        let k = norm.dimension
+        guard fusedNorms, norm.rows == 1, k <= GemmaKernels.fusedNormMaximum,
             norm.weight.storage == .f32, norm.weight.columns == k, norm.next.storage == .f32, norm.next.columns == k,
             k <= min(norm.x.count, norm.accumulator.count, norm.normed.count)
         else { return nil }
@@ -548,7 +551,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         guard (1...3).contains(weights.count), weights.count == outs.count, k % 8 == 0,
             weights.allSatisfy({ $0.storage == .bf16 && $0.columns == k }),
             zip(weights, outs).allSatisfy({ $0.rows <= $1.count }),
-            let fused = fusedArguments(norm, columns: k)
+            let fused = fusedArguments(norm)
         else {
             rmsNormAddNorm(norm)
             matmul(norm.normed, rows: norm.rows, weights: weights, into: outs)
@@ -573,7 +576,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     ) {
         let m = gate.rows, k = norm.dimension
         guard gate.columns == k, up.rows == m, up.columns == k, m == width, k % 8 == 0, gate.storage == .bf16,
-            up.storage == .bf16, m <= out.count, let fused = fusedArguments(norm, columns: k)
+            up.storage == .bf16, m <= out.count, let fused = fusedArguments(norm)
         else {
             rmsNormAddNorm(norm)
             gatedMatmul(norm.normed, rows: norm.rows, gate: gate, up: up, width: width, into: out, scratch: scratch)
@@ -775,7 +778,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
-            ] + prefetchRanges(next, rows: rows))
+            ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits))
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.
         if splits > 1 {
@@ -790,8 +793,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// attention_rows' three (address, bytes) ranges to ask L2 for (`CUDABackend.prefetchShares`); none
     /// in a step of several rows (their products are bound by activation loads, and asking L2 for the
     /// weights slowed them before, see gemv_pairs).
-    private func prefetchRanges(_ next: [CUDAMatrix], rows: Int) -> [CUDAContext.Argument] {
-        let bytes = Self.prefetchShares(next.prefix(3).map(\.bytes), budget: rows == 1 ? prefetchAheadBytes : 0)
+    private func prefetchRanges(_ next: [CUDAMatrix], rows: Int, blocks: Int) -> [CUDAContext.Argument] {
+        let budget = rows == 1 ? Self.prefetchBudget(prefetchAheadBytes, blocks: blocks) : 0
+        let bytes = Self.prefetchShares(next.prefix(3).map(\.bytes), budget: budget)
         var ranges: [CUDAContext.Argument] = []
         for i in 0..<3 {
             let share = i < bytes.count ? bytes[i] : 0
@@ -799,6 +803,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         return ranges
     }
+
+    /// `budget`, cut to 16 lines a thread of attention_rows' `blocks` blocks (512 KiB a block): a short
+    /// context's attention has few blocks (4 for the 1B below 33 keys), and each prefetch its
+    /// threads issue comes before its own loads.
+    static func prefetchBudget(_ budget: Int, blocks: Int) -> Int { min(budget, blocks * 256 * 16 * 128) }
 
     /// How many of the first bytes of each matrix to ask L2 for, within `budget`: the same share of
     /// each (so the MLP's gate and up, read side by side, find the same rows in L2), whole 128-byte

@@ -301,10 +301,10 @@ public struct GPUCheck {
                 let name = gated ? "gelu(x · gateᵀ) * (x · upᵀ)" : "q, k, v"
                 results.append(Result(
                     name: "residual norm + \(name) \(rows)x\(dimension)"
-                        + (rows > 1 ? "" : gpu.fusedNormProblem == nil ? " fused" : " (not fused: its self-check failed)"),
+                        + (rows > 1 ? "" : gpu.fusedNormProblem == nil ? " fused" : " (not fused: \(gpu.fusedNormProblem!))"),
                     error: error, tolerance: 1e-5))
                 if rows == 1 {
-                    // (Only where the fused kernel ran: else both runs took the norm's own launch.)
+                    // Fails unless the fused kernel ran (else both runs took the norm's own launch).
                     results.append(Result(
                         name: "residual norm + \(name) 1x\(dimension): fused, the same bits",
                         error: outputs[0] == outputs[1] && fusedRuns == 1 ? 0 : 1, tolerance: 0))
@@ -402,7 +402,7 @@ public struct GPUCheck {
             let gy = poisoned(total * heads * dimension)
             let done = gpu.attentionBatch(
                 queries: gq, keys: gk, values: gv, segments: gpuSegments, heads: heads, kvHeads: kvHeads,
-                headDimension: dimension, scale: 0.0625, into: gy)
+                headDimension: dimension, scale: 0.0625, into: gy, prefetching: [])
             let what = (decode ? "3 sequences' decode rows" : "3 sequences") + (dimension == 128 ? ", 8/2 heads of 128" : "")
             results.append(Result(
                 name: "attention of \(what) in one step (shares\(half ? ", bf16 cache" : ""))",

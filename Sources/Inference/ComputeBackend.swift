@@ -239,16 +239,6 @@ extension ComputeBackend {
         headDimension: Int, scale: Float, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool { false }
 
-    /// `attentionBatch` with nothing to prefetch.
-    public func attentionBatch(
-        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, into out: Buffer
-    ) -> Bool {
-        attentionBatch(
-            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
-            headDimension: headDimension, scale: scale, into: out, prefetching: [])
-    }
-
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
         (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }
     }

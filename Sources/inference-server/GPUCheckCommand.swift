@@ -64,8 +64,8 @@ struct GPUCheckCommand: ParsableCommand {
         print("nvrtc       \(gpu.nvrtcPath); kernels \(gpu.kernels.fromCache ? "from the cache" : "compiled") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s to ready)")
         print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
-        print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? "fused into the next product in one-sequence steps (self-check passed)")")
-        print("prefetch    \(gpu.prefetchAheadBytes >> 20) MiB of the next products' weights asked of L2 during a one-sequence step's attention (L2 \(gpu.context.device.l2CacheBytes >> 20) MiB)")
+        print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
+        print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention (at most 512 KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
@@ -251,7 +251,8 @@ struct GPUCheckCommand: ParsableCommand {
             }
             if batch == 1 {
                 // The same steps with the attention asking L2 for more or less of the next products'
-                // weights (prefetch_ahead; 0: none), to find what this card's L2 holds best.
+                // weights (prefetch_ahead; 0: none), to find what this card's L2 holds best (each step
+                // at most 512 KiB a block of its attention: 32 MiB for 16 shares of 4 heads).
                 let chosen = gpu.prefetchAheadBytes
                 var sweep: [String] = []
                 for mib in [0, 8, 16, 24, 32, 40] {

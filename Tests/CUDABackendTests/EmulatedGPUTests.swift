@@ -636,6 +636,10 @@ import Testing
         #expect(half.allSatisfy { $0 % 128 == 0 } && half.reduce(0, +) <= 17_104_896)
         #expect(half[1] == half[2] && abs(Double(half[0]) / Double(sizes[0]) - 0.5) < 1e-3)
         #expect(CUDABackend.prefetchShares([], budget: 1 << 20) == [])
+        // A short context's attention (4 blocks) asks for 2 MiB at most; 16 shares of 4 heads, 32 MiB.
+        #expect(CUDABackend.prefetchBudget(25 << 20, blocks: 4) == 2 << 20)
+        #expect(CUDABackend.prefetchBudget(40 << 20, blocks: 64) == 32 << 20)
+        #expect(CUDABackend.prefetchBudget(3 << 20, blocks: 64) == 3 << 20)
     }
 
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
