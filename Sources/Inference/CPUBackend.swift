@@ -33,6 +33,12 @@ public struct CPUBackend: ComputeBackend {
         return Array(UnsafeBufferPointer(start: buffer.pointer + offset, count: count))
     }
 
+    /// Each row's argmax where it lies (no copy of its 1 MB).
+    public func argmax(_ x: CPUBuffer, rows: Int, columns: Int) -> [Int] {
+        precondition(rows * columns <= x.count)
+        return (0..<rows).map { Sampler.argmax(x.pointer + $0 * columns, count: columns) }
+    }
+
     public func write(_ values: [Float], to buffer: CPUBuffer, offset: Int) {
         precondition(offset >= 0 && offset + values.count <= buffer.count)
         values.withUnsafeBufferPointer { (buffer.pointer + offset).update(from: $0.baseAddress!, count: values.count) }

@@ -154,9 +154,45 @@ public struct Sampler: Sendable {
 
     /// The index of the largest logit; the first one on ties, as torch.argmax.
     public static func argmax(_ logits: [Float]) -> Int {
-        var best = 0
-        for i in logits.indices where logits[i] > logits[best] { best = i }
-        return best
+        logits.withUnsafeBufferPointer { argmax($0.baseAddress, count: $0.count) }
+    }
+
+    /// `argmax` of `count` floats from `values`: the index that `best = 0; for i where values[i] >
+    /// values[best] { best = i }` gives, the first of the largest (a NaN never wins, save at index 0,
+    /// which nothing then beats). Eight lanes at a time, each starting from values[0] at index 0 and
+    /// taking a value only when it is greater, so that each lane holds its first largest; then the
+    /// largest of the lanes, the lowest index on ties, and the tail one by one. A greedy step of 16
+    /// sequences scans 16 rows of 262,144.
+    public static func argmax(_ values: UnsafePointer<Float>?, count: Int) -> Int {
+        guard let values, count > 1, !values[0].isNaN else { return 0 }
+        var best = SIMD8<Float>(repeating: values[0])
+        var index = SIMD8<Int32>(repeating: 0)
+        var lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
+        var i = 0
+        if count < Int(Int32.max) - 8 {
+            let raw = UnsafeRawPointer(values)
+            while i + 8 <= count {
+                let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                let greater = v .> best
+                best.replace(with: v, where: greater)
+                index.replace(with: lanes, where: greater)
+                lanes &+= 8
+                i += 8
+            }
+        }
+        var top = best[0], at = Int(index[0])
+        for l in 1..<8 where best[l] > top || (best[l] == top && Int(index[l]) < at) {
+            top = best[l]
+            at = Int(index[l])
+        }
+        while i < count {
+            if values[i] > top {
+                top = values[i]
+                at = i
+            }
+            i += 1
+        }
+        return at
     }
 }
 

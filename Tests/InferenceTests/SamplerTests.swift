@@ -12,6 +12,30 @@ import Testing
         #expect(Sampler.argmax([1, 5, 5, 2]) == 1)
     }
 
+    /// The vector argmax against the loop that defines it: rows of every length up to 40 and of
+    /// 262,144, with ties (values from a few), NaNs (also first), infinities and signed zeros.
+    @Test func argmaxIsTheFirstOfTheLargest() {
+        func reference(_ v: [Float]) -> Int {
+            var best = 0
+            for i in v.indices where v[i] > v[best] { best = i }
+            return best
+        }
+        var random = Xoshiro256StarStar(seed: 99)
+        let specials: [Float] = [.nan, .infinity, -.infinity, 0, -0.0, 3, 3, -3]
+        for length in Array(0...40) + [262_144] {
+            for trial in 0..<12 {
+                var v = (0..<length).map { _ in Float(Int(random.next() % 5)) - 2 }
+                if trial % 3 == 1 { v = v.map { $0 * 1.5 + Float(random.next() % 1000) / 997 } }
+                for _ in 0..<(trial % 4) where length > 0 {
+                    v[Int(random.next() % UInt64(length))] = specials[Int(random.next() % UInt64(specials.count))]
+                }
+                if trial == 5 && length > 0 { v[0] = .nan }
+                if trial == 6 && length > 0 { v[length - 1] = .infinity }
+                #expect(Sampler.argmax(v) == reference(v), "length \(length) trial \(trial)")
+            }
+        }
+    }
+
     @Test func aSeedReproducesTheDraws() {
         let parameters = SamplingParameters(temperature: 1, seed: 1234)
         func draws() -> [Int] {
