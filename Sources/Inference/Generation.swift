@@ -121,6 +121,29 @@ extension Sampler {
         guard computeLogprobs || topLogprobs > 0 else { return GeneratedToken(id: id, logprob: .nan, top: []) }
         return Logprobs.token(id, of: logits, top: topLogprobs)
     }
+
+    /// `next` for several samplers at once, sampler i on `logits[i]` (a server step's sequences that
+    /// sample on the host), spread over the cores: a row of 262,144 logits takes about 1.5 ms here,
+    /// which 16 sequences otherwise spent one after another while the cores that ran the step
+    /// waited. Each sampler draws and records exactly what `next` alone would.
+    public static func next(
+        _ samplers: inout [Sampler], logits: [[Float]], topLogprobs: [Int], computeLogprobs: [Bool]
+    ) -> [GeneratedToken] {
+        let count = samplers.count
+        precondition(logits.count == count && topLogprobs.count == count && computeLogprobs.count == count)
+        var tokens = [GeneratedToken](repeating: GeneratedToken(id: 0, logprob: .nan, top: []), count: count)
+        samplers.withUnsafeMutableBufferPointer { samplers in
+            tokens.withUnsafeMutableBufferPointer { tokens in
+                // Each index is written by one chunk only.
+                Parallel.forRanges(count) { range in
+                    for i in range {
+                        tokens[i] = samplers[i].next(logits[i], topLogprobs: topLogprobs[i], computeLogprobs: computeLogprobs[i])
+                    }
+                }
+            }
+        }
+        return tokens
+    }
 }
 
 extension InferenceSession {

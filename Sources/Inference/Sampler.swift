@@ -79,7 +79,7 @@ public struct Sampler: Sendable {
 
         // Probabilities at this temperature, max-subtracted.
         let inverseTemperature = 1 / parameters.temperature
-        let maximum = logits.max() ?? 0
+        let maximum = Self.largest(logits)
         var probabilities = logits.map { Foundation.exp(($0 - maximum) * inverseTemperature) }
         let total = probabilities.reduce(0, +)
         for i in probabilities.indices { probabilities[i] /= total }
@@ -134,7 +134,7 @@ public struct Sampler: Sendable {
         func sorted(_ ids: [Int]) -> [Int] {
             ids.sorted { probabilities[$0] > probabilities[$1] || (probabilities[$0] == probabilities[$1] && $0 < $1) }
         }
-        let maximum = probabilities.max() ?? 0
+        let maximum = Self.largest(probabilities)
         var cut = parameters.minP > 0 ? parameters.minP * maximum : maximum * 1e-4
         while true {
             var ids: [Int] = []
@@ -151,6 +151,11 @@ public struct Sampler: Sendable {
             cut = cut > 1e-12 ? cut / 100 : 0
         }
     }
+
+    /// `values.max() ?? 0`, the same element (both keep the first of the largest, and a NaN only at
+    /// index 0), found eight lanes at a time: the generic `max()` took 6% of a server's time when
+    /// 16 sequences sampled.
+    static func largest(_ values: [Float]) -> Float { values.isEmpty ? 0 : values[argmax(values)] }
 
     /// The index of the largest logit; the first one on ties, as torch.argmax.
     public static func argmax(_ logits: [Float]) -> Int {

@@ -407,10 +407,35 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             for owner in owners { release(owner.job, failure: "\(error)") }
             return
         }
-        for (owner, row) in zip(owners, outputs) {
+        // The rows that came back as logits (a backend that does not draw, the CPU) are sampled here,
+        // all of the step's at once over the cores; each job's own sampler draws what it would alone.
+        var drawn = [GeneratedToken?](repeating: nil, count: outputs.count)
+        var sampled: [(row: Int, logits: [Float])] = []
+        for (row, (owner, output)) in zip(owners, outputs).enumerated() {
+            guard case .logits(let logits) = output else { continue }
+            let job = owner.job
+            if let chunk = owner.chunk,
+                job.prefilled + chunk != job.request.prompt.count || job.request.parameters.maxTokens == 0
+            {
+                continue  // not chosen from (below)
+            }
+            sampled.append((row, logits))
+        }
+        if sampled.count > 1 {
+            var samplers = sampled.map { owners[$0.row].job.sampler }
+            let parameters = sampled.map { owners[$0.row].job.request.parameters }
+            let tokens = Sampler.next(
+                &samplers, logits: sampled.map(\.logits), topLogprobs: parameters.map(\.topLogprobs),
+                computeLogprobs: parameters.map(\.computeLogprobs))
+            for (i, entry) in sampled.enumerated() {
+                owners[entry.row].job.sampler = samplers[i]
+                drawn[entry.row] = tokens[i]
+            }
+        }
+        for (index, (owner, row)) in zip(owners, outputs).enumerated() {
             let job = owner.job
             guard let chunk = owner.chunk else {
-                choose(job, from: row)
+                choose(job, from: row, drawn: drawn[index])
                 continue
             }
             job.prefilled += chunk
@@ -420,21 +445,21 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             if job.request.parameters.maxTokens == 0 {
                 release(job, finish: .length)
             } else {
-                choose(job, from: row)
+                choose(job, from: row, drawn: drawn[index])
             }
         }
     }
 
     private var drawsOnDevice: Bool { runner.model.backend.drawsOnDevice }
 
-    /// Samples the job's next token from the step's logits (or takes the token the runner chose),
-    /// reports it, and retires the job if it is done.
-    private func choose(_ job: Job, from output: BatchRunner<Backend>.Output) {
+    /// Samples the job's next token from the step's logits (or takes the token the runner chose, or
+    /// the one `step` drew already), reports it, and retires the job if it is done.
+    private func choose(_ job: Job, from output: BatchRunner<Backend>.Output, drawn: GeneratedToken? = nil) {
         let parameters = job.request.parameters
         let token: GeneratedToken
         switch output {
         case .logits(let logits):
-            token = job.sampler.next(logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
+            token = drawn ?? job.sampler.next(logits, topLogprobs: parameters.topLogprobs, computeLogprobs: parameters.computeLogprobs)
         case .token(let drawn):
             job.sampler.accept(drawn.id)
             token = drawn

@@ -32,6 +32,8 @@ import Testing
                 if trial == 5 && length > 0 { v[0] = .nan }
                 if trial == 6 && length > 0 { v[length - 1] = .infinity }
                 #expect(Sampler.argmax(v) == reference(v), "length \(length) trial \(trial)")
+                let maximum = v.max() ?? 0
+                #expect(Sampler.largest(v).bitPattern == maximum.bitPattern, "length \(length) trial \(trial)")
             }
         }
     }
