@@ -44,6 +44,9 @@
 #   SKIP_BUILD=1     use the existing .build-bench release binary (else: swift build -c release
 #                    --product inference-server --scratch-path .build-bench)
 #   KEEP=DIR         keep the server logs and per-server JSON results in DIR
+#   SAMPLING=JSON    sampling fields for every request of both servers instead of greedy decoding,
+#                    e.g. '{"temperature": 0.8, "top_k": 64, "top_p": 0.95}' (texts then differ from
+#                    request to request; on the CPU our server draws on the host, as vLLM does)
 # Time: llama-cpp-python serves the 16-stream requests one by one, so its C=16 window is followed
 # by a drain of up to ~16 requests (about 16 x 64 / its single-stream tok/s seconds); requests still
 # running 300 s after a window are a failure.
@@ -57,6 +60,7 @@ source benchmarks/lib.sh
 DURATION=${DURATION:-20}
 CONCURRENCY=${CONCURRENCY:-1,4,16}
 MAX_TOKENS=${MAX_TOKENS:-64}
+SAMPLING=${SAMPLING:-}
 MODELS=${MODELS:-models}
 NPROC=$(nproc)
 [ -d /opt/swift/usr/bin ] && export PATH="/opt/swift/usr/bin:$PATH"
@@ -135,7 +139,7 @@ PID=$!
 wait_for ours /health "$PORT" "$work/ours.log"
 echo "[${SECONDS}s] ours is ready" >&2
 "${LOAD[@]}" --port "$PORT" --label ours --out "$work/ours.json" --ignore-eos --include-usage --metrics \
-  --server-pid "$PID"
+  --server-pid "$PID" --extra "${SAMPLING:-{\}}"
 stop_server
 
 # 2. llama.cpp (llama-cpp-python's server).
@@ -148,7 +152,7 @@ PID=$!
 wait_for llama.cpp /v1/models "$PORT" "$work/llama.log"
 echo "[${SECONDS}s] llama.cpp is ready" >&2
 "${LOAD[@]}" --port "$PORT" --label llama.cpp --out "$work/llama.json" --server-pid "$PID" \
-  --extra '{"repeat_penalty": 1.0}'
+  --extra "$(python3 -c 'import json, sys; print(json.dumps({"repeat_penalty": 1.0, **json.loads(sys.argv[1] or "{}")}))' "$SAMPLING")"
 stop_server
 
 # Anything our server logged (errors, warnings) is worth seeing.
@@ -166,7 +170,7 @@ echo "[${SECONDS}s] measuring this machine's peaks (bench-batch --peak)" >&2
 "$SERVER" bench-batch --model "$GGUF" --tokenizer "$HF" --sizes "$CONCURRENCY" --steps 0 --peak >"$work/peak.txt" 2>&1 \
   || { echo "bench-batch --peak failed:" >&2; cat "$work/peak.txt" >&2; : >"$work/peak.txt"; }
 
-python3 - "$work/ours.json" "$work/llama.json" "$DURATION" "$NPROC" "$LLAMA_VERSION" "$MAX_TOKENS" "$work/peak.txt" <<'PY'
+python3 - "$work/ours.json" "$work/llama.json" "$DURATION" "$NPROC" "$LLAMA_VERSION" "$MAX_TOKENS" "$work/peak.txt" "$SAMPLING" <<'PY'
 import json, re, sys
 ours, llama = (json.load(open(p)) for p in sys.argv[1:3])
 duration, nproc, version, max_tokens = sys.argv[3:7]
@@ -174,7 +178,8 @@ peak = open(sys.argv[7]).read()
 L = {lv["concurrency"]: lv for lv in llama["levels"]}
 O = {lv["concurrency"]: lv for lv in ours["levels"]}
 ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"
-print(f"Gemma 3 270M Q4_K_M, streaming /v1/completions, max_tokens {max_tokens}, temperature 0, "
+sampling = sys.argv[8] if len(sys.argv) > 8 and sys.argv[8] else "temperature 0"
+print(f"Gemma 3 270M Q4_K_M, streaming /v1/completions, max_tokens {max_tokens}, {sampling}, "
       f"{duration} s per concurrency, {nproc} cores; llama.cpp = llama-cpp-python {version} server "
       f"(one request at a time)")
 print(f"prompt: {ours['prompt']!r}")
