@@ -521,10 +521,11 @@ public enum GemmaKernels {
 
         // gemv_bf16 after rms_norm_add_norm's work on x (one row of k columns, k <= NORM_FUSED_MAX): the
         // new residual and normed row are written as that kernel writes them, and the product reads
-        // the normed row. A decode step of one sequence: the norm's launch is saved.
+        // the normed row. A decode step of one sequence: the norm's launch is saved. gemv_bf16's
+        // arguments (tokens is 1), then the norm's.
         extern "C" __global__ void __launch_bounds__(256) gemv_norm_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                         float* o0, float* o1, float* o2, int m0, int m1,
-                                                                        int m2, const float* x, int k, int splits,
+                                                                        int m2, const float* x, int k, int tokens, int splits,
                                                                         const float* w, const float* next, float* residual,
                                                                         float* normed, float eps, u32* ticket) {
             gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,

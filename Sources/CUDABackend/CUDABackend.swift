@@ -264,7 +264,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// The fused residual norm (`gemv_norm_bf16`, `gemv_gelu_norm_bf16`) against the norm's own launch
-    /// and the plain products, on one row of 640 columns: nil when every output, the residual and the
+    /// and the plain products, on one row of 1152 columns: nil when every output, the residual and the
     /// normed row are the same bits, else what differed. Like the tensor-core kernel, the fused
     /// kernels have been checked on the emulator only (it runs blocks one after another, so it cannot
     /// show a race between them); a GPU that computes otherwise runs one launch a norm instead of
@@ -470,7 +470,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
 
     /// `gemv_bf16` over up to three matrices of the same k, 16 rows of x at a time.
-    private func gemv(_ x: CUDABuffer, rows: Int, weights: [CUDAMatrix], into outs: [CUDABuffer]) {
+    /// With `norm` (the arguments of a residual norm, `fusedArguments`; one row), `gemv_norm_bf16`.
+    private func gemv(
+        _ x: CUDABuffer, rows: Int, weights: [CUDAMatrix], into outs: [CUDABuffer], norm: [CUDAContext.Argument]? = nil
+    ) {
         let k = weights[0].columns
         precondition((1...3).contains(weights.count) && weights.count == outs.count && k % 8 == 0)
         precondition(weights.allSatisfy { $0.storage == .bf16 && $0.columns == k } && rows * k <= x.count)
@@ -488,7 +491,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             arguments += [.pointer(x.at(first * k)), .int(k), .int(tokens), .int(splits)]
             // One token: a row per warp part; more: two rows (gemv_pairs_bf16, a kernel of its own so
             // that its registers do not lower the one-token kernel's occupancy).
-            if tokens == 1 {
+            if let norm {
+                precondition(rows == 1, "a residual norm goes inside the product of one row only")
+                context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
+                countFusedLaunch()
+            } else if tokens == 1 {
                 context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
@@ -557,15 +564,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             matmul(norm.normed, rows: norm.rows, weights: weights, into: outs)
             return
         }
-        let total = weights.reduce(0) { $0 + $1.rows }
-        let splits = GemmaKernels.gemvSplits(rows: total, columns: k)
-        var arguments: [CUDAContext.Argument] = []
-        for i in 0..<3 { arguments.append(.pointer(i < weights.count ? weights[i].address : 0)) }
-        for i in 0..<3 { arguments.append(.pointer(i < outs.count ? outs[i].address : 0)) }
-        for i in 0..<3 { arguments.append(.int(i < weights.count ? weights[i].rows : 0)) }
-        arguments += [.pointer(norm.x.address), .int(k), .int(splits)] + fused
-        context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
-        countFusedLaunch()
+        gemv(norm.x, rows: 1, weights: weights, into: outs, norm: fused)
     }
 
     /// A one-token step's residual norm, gate, up and GELU in one launch (`gemv_gelu_norm_bf16`);

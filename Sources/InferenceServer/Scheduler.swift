@@ -407,35 +407,12 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             for owner in owners { release(owner.job, failure: "\(error)") }
             return
         }
-        // The rows that came back as logits (a backend that does not draw, the CPU) are sampled here,
-        // all of the step's at once over the cores; each job's own sampler draws what it would alone.
-        var drawn = [GeneratedToken?](repeating: nil, count: outputs.count)
-        var sampled: [(row: Int, logits: [Float])] = []
-        for (row, (owner, output)) in zip(owners, outputs).enumerated() {
-            guard case .logits(let logits) = output else { continue }
-            let job = owner.job
-            if let chunk = owner.chunk,
-                job.prefilled + chunk != job.request.prompt.count || job.request.parameters.maxTokens == 0
-            {
-                continue  // not chosen from (below)
-            }
-            sampled.append((row, logits))
-        }
-        if sampled.count > 1 {
-            var samplers = sampled.map { owners[$0.row].job.sampler }
-            let parameters = sampled.map { owners[$0.row].job.request.parameters }
-            let tokens = Sampler.next(
-                &samplers, logits: sampled.map(\.logits), topLogprobs: parameters.map(\.topLogprobs),
-                computeLogprobs: parameters.map(\.computeLogprobs))
-            for (i, entry) in sampled.enumerated() {
-                owners[entry.row].job.sampler = samplers[i]
-                drawn[entry.row] = tokens[i]
-            }
-        }
-        for (index, (owner, row)) in zip(owners, outputs).enumerated() {
+        // The rows a token is chosen from: every decoding sequence's, and a prompt's last chunk's.
+        var choices: [(job: Job, output: BatchRunner<Backend>.Output)] = []
+        for (owner, row) in zip(owners, outputs) {
             let job = owner.job
             guard let chunk = owner.chunk else {
-                choose(job, from: row, drawn: drawn[index])
+                choices.append((job, row))
                 continue
             }
             job.prefilled += chunk
@@ -445,16 +422,40 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             if job.request.parameters.maxTokens == 0 {
                 release(job, finish: .length)
             } else {
-                choose(job, from: row, drawn: drawn[index])
+                choices.append((job, row))
             }
         }
+        let drawn = drawTogether(choices)
+        for (choice, token) in zip(choices, drawn) { choose(choice.job, from: choice.output, drawn: token) }
+    }
+
+    /// The tokens of the choices that came back as logits (a backend that does not draw, the CPU),
+    /// all drawn at once over the cores; each job's own sampler draws what it would alone. nil for
+    /// the others, and for all when fewer than two would be drawn here (`choose` draws those).
+    private func drawTogether(_ choices: [(job: Job, output: BatchRunner<Backend>.Output)]) -> [GeneratedToken?] {
+        var drawn = [GeneratedToken?](repeating: nil, count: choices.count)
+        let rows = choices.enumerated().compactMap { index, choice -> (index: Int, logits: [Float])? in
+            guard case .logits(let logits) = choice.output else { return nil }
+            return (index, logits)
+        }
+        guard rows.count > 1 else { return drawn }
+        var samplers = rows.map { choices[$0.index].job.sampler }
+        let parameters = rows.map { choices[$0.index].job.request.parameters }
+        let tokens = Sampler.next(
+            &samplers, logits: rows.map(\.logits), topLogprobs: parameters.map(\.topLogprobs),
+            computeLogprobs: parameters.map(\.computeLogprobs))
+        for (i, row) in rows.enumerated() {
+            choices[row.index].job.sampler = samplers[i]
+            drawn[row.index] = tokens[i]
+        }
+        return drawn
     }
 
     private var drawsOnDevice: Bool { runner.model.backend.drawsOnDevice }
 
     /// Samples the job's next token from the step's logits (or takes the token the runner chose, or
-    /// the one `step` drew already), reports it, and retires the job if it is done.
-    private func choose(_ job: Job, from output: BatchRunner<Backend>.Output, drawn: GeneratedToken? = nil) {
+    /// the one `drawTogether` drew), reports it, and retires the job if it is done.
+    private func choose(_ job: Job, from output: BatchRunner<Backend>.Output, drawn: GeneratedToken?) {
         let parameters = job.request.parameters
         let token: GeneratedToken
         switch output {
