@@ -1,3 +1,5 @@
+import Foundation
+
 /// The `model` of tokenizer.json: byte-pair encoding as the library's `BPE` model does it.
 ///
 /// A word starts as one symbol per Unicode scalar (vocabulary id, else `<0xNN>` byte tokens with
@@ -5,7 +7,7 @@
 /// leftmost first on ties, until no pair merges. This mirrors `Word::merge_all`: a binary heap of
 /// candidate merges over a linked list of symbols, O(n log n) in the word length.
 struct BPEModel: Sendable {
-    let vocab: [TokenKey: Int32]
+    let vocab: Vocabulary
     let merges: MergeTable
     let unknownID: Int32?
     let fuseUnknown: Bool
@@ -41,47 +43,25 @@ struct BPEModel: Sendable {
         guard let vocabObject = try json.require("vocab").objectValue else {
             throw json.invalid("vocab", "an object of token -> id")
         }
-        var vocab: [TokenKey: Int32] = [:]
-        vocab.reserveCapacity(vocabObject.entries.count)
+        var vocab = Vocabulary(minimumCapacity: vocabObject.entries.count)
         for (token, value) in vocabObject.entries {
             guard let id = value.intValue, id >= 0, id < Int(Int32.max) else {
                 throw TokenizerError.invalidField(
                     file: json.file, path: "\(json.pathTo("vocab")).\(token.debugDescription)",
                     expected: "a non-negative integer id")
             }
-            vocab[TokenKey(token)] = Int32(id)
+            vocab.set(Int32(id), for: token)
         }
 
         var merges = MergeTable(minimumCapacity: 0)
         if let mergeList = json.value("merges") {
             guard let list = mergeList.arrayValue else { throw json.invalid("merges", "an array") }
-            merges = MergeTable(minimumCapacity: list.count)
-            // The rank is the position in the list, as in `BpeBuilder::build`. Paths for error
-            // messages are only formatted on failure: there are half a million merges.
-            let path = { (rank: Int) in "\(json.pathTo("merges"))[\(rank)]" }
-            for (rank, entry) in list.enumerated() {
-                guard let (left, right) = Self.mergePair(entry) else {
-                    throw TokenizerError.invalidField(
-                        file: json.file, path: path(rank),
-                        expected: "a pair [\"left\", \"right\"] or a string \"left right\"")
-                }
-                guard let leftID = vocab[TokenKey(left)] else {
-                    throw TokenizerError.tokenNotInVocabulary(token: left, usedBy: path(rank))
-                }
-                guard let rightID = vocab[TokenKey(right)] else {
-                    throw TokenizerError.tokenNotInVocabulary(token: right, usedBy: path(rank))
-                }
-                // No continuing_subword_prefix is allowed, so the merged token is the plain concatenation.
-                guard let mergedID = vocab[TokenKey(left + right)] else {
-                    throw TokenizerError.tokenNotInVocabulary(token: left + right, usedBy: path(rank))
-                }
-                merges.insert(left: leftID, right: rightID, rank: UInt32(rank), merged: mergedID)
-            }
+            merges = try Self.mergeTable(list, vocab: vocab, path: { "\(json.pathTo("merges"))[\($0)]" }, file: json.file)
         }
 
         var unknownID: Int32?
         if let unk = try json.optionalString("unk_token") {
-            guard let id = vocab[TokenKey(unk)] else {
+            guard let id = vocab[unk] else {
                 throw TokenizerError.tokenNotInVocabulary(token: unk, usedBy: json.pathTo("unk_token"))
             }
             unknownID = id
@@ -93,20 +73,65 @@ struct BPEModel: Sendable {
             ignoreMerges: try json.bool("ignore_merges", default: false))
     }
 
-    init(vocab: [TokenKey: Int32], merges: MergeTable, unknownID: Int32?, fuseUnknown: Bool, byteFallback: Bool, ignoreMerges: Bool) {
+    /// The merge list as a table: the rank is the position in the list, as in `BpeBuilder::build`.
+    /// The list's ids are looked up on every core (each lookup waits on memory: the vocabulary's
+    /// table is megabytes), then placed in rank order, so a pair listed twice keeps its last rank.
+    /// A bad entry throws the error the first one in the list would; paths for error messages are
+    /// only formatted on failure (there are half a million merges).
+    static func mergeTable(_ list: [JSONValue], vocab: Vocabulary, path: (Int) -> String, file: String) throws -> MergeTable {
+        let count = list.count
+        var resolved = [Int32](repeating: 0, count: count * 3)
+        let chunks = max(1, min(ProcessInfo.processInfo.activeProcessorCount, count / 16384, 16))
+        var firstBad = [Int](repeating: Int.max, count: chunks)
+        resolved.withUnsafeMutableBufferPointer { ids in
+            firstBad.withUnsafeMutableBufferPointer { bad in
+                let out = UncheckedSendable(ids), failures = UncheckedSendable(bad)
+                DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
+                    for rank in (count * chunk / chunks)..<(count * (chunk + 1) / chunks) {
+                        guard let (left, right) = mergePair(list[rank]), let l = vocab[left], let r = vocab[right],
+                            let merged = vocab.id(concatenating: left, right)
+                        else {
+                            failures.value[chunk] = rank
+                            return
+                        }
+                        out.value[3 * rank] = l
+                        out.value[3 * rank + 1] = r
+                        out.value[3 * rank + 2] = merged
+                    }
+                }
+            }
+        }
+        if let rank = firstBad.min(), rank != Int.max {
+            guard let (left, right) = mergePair(list[rank]) else {
+                throw TokenizerError.invalidField(
+                    file: file, path: path(rank), expected: "a pair [\"left\", \"right\"] or a string \"left right\"")
+            }
+            // No continuing_subword_prefix is allowed, so the merged token is the plain concatenation.
+            let missing = vocab[left] == nil ? left : vocab[right] == nil ? right : left + right
+            throw TokenizerError.tokenNotInVocabulary(token: missing, usedBy: path(rank))
+        }
+        var merges = MergeTable(minimumCapacity: count)
+        for rank in 0..<count {
+            merges.insert(
+                left: resolved[3 * rank], right: resolved[3 * rank + 1], rank: UInt32(rank), merged: resolved[3 * rank + 2])
+        }
+        return merges
+    }
+
+    init(vocab: Vocabulary, merges: MergeTable, unknownID: Int32?, fuseUnknown: Bool, byteFallback: Bool, ignoreMerges: Bool) {
         // `merge_word` looks each scalar up as a one-scalar string; precomputing those ids turns
         // the lookup into an array load for the BMP.
         var basic = [Int32](repeating: -1, count: 0x10000)
         var other: [UInt32: Int32] = [:]
         var bytes = [Int32](repeating: -1, count: 256)
-        for (token, id) in vocab {
-            var scalars = token.text.unicodeScalars.makeIterator()
+        for (token, id) in vocab.entries {
+            var scalars = token.unicodeScalars.makeIterator()
             if let first = scalars.next(), scalars.next() == nil {
                 if first.value < 0x10000 { basic[Int(first.value)] = id } else { other[first.value] = id }
             }
         }
         for byte in 0..<256 {
-            bytes[byte] = vocab[TokenKey(Self.byteTokenName(UInt8(byte)))] ?? -1
+            bytes[byte] = vocab[Self.byteTokenName(UInt8(byte))] ?? -1
         }
 
         self.vocab = vocab
@@ -149,7 +174,7 @@ struct BPEModel: Sendable {
     func tokenize(_ word: ArraySlice<UInt8>, into output: inout [Int32]) {
         guard !word.isEmpty else { return }
         // `ignore_merges` (Llama 3 style): a word that is itself a token skips BPE entirely.
-        if ignoreMerges, let id = vocab[TokenKey(word)] {
+        if ignoreMerges, let id = vocab[word] {
             output.append(id)
             return
         }
@@ -256,4 +281,10 @@ struct BPEModel: Sendable {
         }
         return ids
     }
+}
+
+/// A value handed to the threads of `DispatchQueue.concurrentPerform`, which write disjoint parts of it.
+private struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

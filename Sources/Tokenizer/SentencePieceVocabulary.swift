@@ -59,9 +59,8 @@ extension Tokenizer {
             texts[i] = texts[i].replacingOccurrences(of: " ", with: "\u{2581}")
             userDefinedSpaces[i] = true
         }
-        var vocab: [TokenKey: Int32] = [:]
-        vocab.reserveCapacity(count)
-        for (i, text) in texts.enumerated() where vocab[TokenKey(text)] == nil { vocab[TokenKey(text)] = Int32(i) }
+        var vocab = Vocabulary(minimumCapacity: count)
+        for (i, text) in texts.enumerated() { vocab.setIfAbsent(Int32(i), for: text) }
 
         // Merge ranks: pieces in rank order, then each piece's splits into two known pieces.
         let mergeable = (0..<count).filter { v.types[$0] == .normal || v.types[$0] == .userDefined }
@@ -77,7 +76,7 @@ extension Tokenizer {
             let bytes = Array(texts[id].utf8)
             guard bytes.count > 1 else { continue }
             for cut in 1..<bytes.count where bytes[cut] & 0xC0 != 0x80 {
-                guard let left = vocab[TokenKey(bytes[..<cut])], let right = vocab[TokenKey(bytes[cut...])] else { continue }
+                guard let left = vocab[bytes[..<cut]], let right = vocab[bytes[cut...]] else { continue }
                 merges.insert(left: left, right: right, rank: rank, merged: Int32(id))
                 rank += 1
             }

@@ -5,11 +5,14 @@ struct TokenTable: Sendable {
     private let offsets: [Int32]
     private let present: [Bool]
 
-    /// Ids need not be contiguous; gaps become holes so any id indexes directly.
-    init(tokens: [Int32: String]) {
-        let count = Int(tokens.keys.max() ?? -1) + 1
+    /// The vocabulary's tokens by id, with `overrides`' texts for their ids instead (a text set
+    /// twice for one id: the later). Ids need not be contiguous; gaps become holes so any id
+    /// indexes directly.
+    init(_ vocabulary: Vocabulary, replacing overrides: [Int32: String]) {
+        let count = Int(max(vocabulary.ids.max() ?? -1, overrides.keys.max() ?? -1)) + 1
         var texts = [String?](repeating: nil, count: count)
-        for (id, token) in tokens { texts[Int(id)] = token }
+        for (token, id) in vocabulary.entries { texts[Int(id)] = token }
+        for (id, token) in overrides { texts[Int(id)] = token }
         var bytes: [UInt8] = []
         var offsets: [Int32] = [0]
         offsets.reserveCapacity(count + 1)

@@ -77,7 +77,7 @@ public struct Tokenizer: Sendable {
         var addedIDs: [TokenKey: Int] = [:]
         for (index, token) in declared.enumerated() {
             let key = TokenKey(token.content)
-            let id = model.vocab[key].map(Int.init) ?? addedIDs[key] ?? token.id
+            let id = model.vocab[token.content].map(Int.init) ?? addedIDs[key] ?? token.id
             guard id >= 0 && id < Int(Int32.max) else {
                 throw TokenizerError.invalidField(file: file, path: "added_tokens[\(index)].id", expected: "a token id")
             }
@@ -90,8 +90,6 @@ public struct Tokenizer: Sendable {
         self.addedVocabulary = AddedVocabulary(tokens: added, normalizer: normalizer)
 
         var table: [Int32: String] = [:]
-        table.reserveCapacity(model.vocab.count)
-        for (token, id) in model.vocab { table[id] = token.text }
         // Since tokenizers 0.22, decoding shows a `normalized: true` added token in its normalized
         // form (`normalized_cache`), so the decoder can undo the normalization.
         for token in added {
@@ -102,18 +100,18 @@ public struct Tokenizer: Sendable {
                 table[Int32(token.id)] = token.content
             }
         }
-        self.tokens = TokenTable(tokens: table)
+        self.tokens = TokenTable(model.vocab, replacing: table)
         self.specialIDs = Set(added.filter(\.special).map(\.id))
         self.addedIDs = addedIDs
 
         // Token names from the config must exist; the Gemma defaults are optional.
         let lookup: (String?, String) throws -> Int? = { name, usedBy in
             guard let name else { return nil }
-            if let id = addedIDs[TokenKey(name)] ?? model.vocab[TokenKey(name)].map(Int.init) { return id }
+            if let id = addedIDs[TokenKey(name)] ?? model.vocab[name].map(Int.init) { return id }
             throw TokenizerError.tokenNotInVocabulary(token: name, usedBy: usedBy)
         }
         let optionalLookup: (String) -> Int? = { name in
-            addedIDs[TokenKey(name)] ?? model.vocab[TokenKey(name)].map(Int.init)
+            addedIDs[TokenKey(name)] ?? model.vocab[name].map(Int.init)
         }
         let bos =
             try config?.bosToken.map { try lookup($0, "tokenizer_config.json bos_token") } ?? optionalLookup("<bos>")
@@ -178,7 +176,7 @@ public struct Tokenizer: Sendable {
 
     /// The id of a token's exact text (`"<end_of_turn>"`, `"▁the"`), if it is in the vocabulary.
     public func id(forToken token: String) -> Int? {
-        addedIDs[TokenKey(token)] ?? model.vocab[TokenKey(token)].map(Int.init)
+        addedIDs[TokenKey(token)] ?? model.vocab[token].map(Int.init)
     }
 
     /// The text of a token id, as stored in the vocabulary (with `▁` for spaces).

@@ -94,6 +94,30 @@ import Tokenizer
         #expect(failures[0]?.description.contains("Regex") == true)
     }
 
+    /// A list long enough to be resolved on several threads reports its first bad entry, whichever
+    /// thread met which, and keeps a pair listed twice at its last rank.
+    @Test func aLongMergeListReportsItsFirstBadEntry() throws {
+        var merges: [Any] = Array(repeating: ["a", "b"], count: 70_000)
+        merges[60_000] = ["a", "c"]
+        merges[50_000] = ["b", "a"]  // "ba" is not in the vocabulary
+        merges[40_000] = ["a"]
+        #expect(
+            error(loading: try replacingInModel("merges", with: merges))
+                == .invalidField(
+                    file: "tokenizer.json", path: "model.merges[40000]",
+                    expected: "a pair [\"left\", \"right\"] or a string \"left right\""))
+        merges[40_000] = "a b"
+        #expect(
+            error(loading: try replacingInModel("merges", with: merges))
+                == .tokenNotInVocabulary(token: "ba", usedBy: "model.merges[50000]"))
+        merges[50_000] = ["a", "b"]
+        #expect(
+            error(loading: try replacingInModel("merges", with: merges))
+                == .tokenNotInVocabulary(token: "c", usedBy: "model.merges[60000]"))
+        merges[60_000] = ["a", "b"]
+        #expect(error(loading: try replacingInModel("merges", with: merges)) == nil)
+    }
+
     @Test func inconsistentModelsAreRejected() throws {
         #expect(
             error(loading: try replacingInModel("merges", with: [["a", "c"]]))
