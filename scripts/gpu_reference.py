@@ -153,6 +153,10 @@ def summary(root):
             if graphed and unfused:
                 rows.append(f"{shape:>5}  decode, batch 1: residual norms fused {graphed:.2f} ms/step, "
                             f"in launches of their own {unfused:.2f} ms/step ({unfused / graphed:.2f}x)")
+            unfused = ours.get(f"decode_b{batch}_unfused_head_norms_ms_per_step")
+            if graphed and unfused:
+                rows.append(f"{shape:>5}  decode, batch {batch}: q/k norms and RoPE inside attention {graphed:.2f} ms/step, "
+                            f"in norm_rope's launch {unfused:.2f} ms/step ({unfused / graphed:.2f}x)")
             ahead = sorted((int(k.split("_")[3][:-3]), v) for k, v in ours.items()
                            if batch == 1 and k.startswith("decode_b1_prefetch_") and k.endswith("mib_ms_per_step"))
             if ahead:

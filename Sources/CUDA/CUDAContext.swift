@@ -371,8 +371,10 @@ public final class CUDAContext: @unchecked Sendable {
     private var graphs: [Int: [(tape: [UInt64], exec: OpaquePointer, used: Int)]] = [:]
     private var graphCount = 0
     private var clock = 0
-    /// Fewer launches than this are issued directly.
-    private static let captureMinimum = 16
+    /// Fewer launches than this are issued directly. A decode step's first piece (two layers, see
+    /// `Gemma3Model.layersInFirstSubmission`) is 14 launches with the one-token fusions, and must
+    /// still be replayed.
+    private static let captureMinimum = 8
     /// How often each tape (by hash) was issued directly: the second sighting is captured.
     private var sightings: [Int: Int] = [:]
     private var statistics = GraphStatistics()

@@ -277,31 +277,6 @@ public enum GemmaKernels {
             }
         }
 
-        // q_norm / k_norm then RoPE, in place, for one head of one token per block: heads 0..heads-1
-        // of the query row, then kvHeads of the key row. Thread i holds dimensions i and i + dim/2.
-        // table row t: cos (dim/2) then sin (dim/2). Grid: (tokens, heads + kvHeads); block: dim/2
-        // rounded up to a multiple of 32.
-        extern "C" __global__ void norm_rope(float* q, float* k, const float* qw, const float* kw, const float* table,
-                                             int heads, int kvHeads, int dim, float eps) {
-            grid_release();
-            grid_wait();
-            int h = blockIdx.y, i = threadIdx.x, half = dim >> 1;
-            bool isQuery = h < heads;
-            float* v = isQuery ? q + ((u64)blockIdx.x * heads + h) * dim : k + ((u64)blockIdx.x * kvHeads + (h - heads)) * dim;
-            const float* w = isQuery ? qw : kw;
-            float a = 0.0f, b = 0.0f;
-            if (i < half) { a = v[i]; b = v[i + half]; }
-            float inv = rsqrtf(block_sum(a * a + b * b) / dim + eps);
-            if (i < half) {
-                a = (a * inv) * w[i];
-                b = (b * inv) * w[i + half];
-                const float* angles = table + (u64)blockIdx.x * dim;
-                float c = angles[i], s = angles[half + i];
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
-            }
-        }
-
         // The 8 bf16 of a 16-byte run of a weight row, widened.
         __device__ __forceinline__ void unpack8(uint4 packed, float* w) {
             u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
@@ -795,13 +770,60 @@ public enum GemmaKernels {
         }
         __device__ __forceinline__ void kv_load8(const bf16* p, float* out) { unpack8(*(const uint4*)p, out); }
 
+        // q_norm / k_norm then RoPE of one head held by one warp as attend holds a row: lane i has
+        // dimensions 8i..8i+7 in v (zeros past dim). The RMS over the head, times the weight w, then
+        // dimension d < dim/2 rotated with d + dim/2, which sits dim/16 lanes further; table row
+        // `angles`: cos (dim/2) then sin (dim/2). norm_rope and the attention that fuses it
+        // (attention_rows) both go through here, so a head's numbers are the same bits either way.
+        // Every lane of the warp calls it (shuffles). dim a multiple of 16, at most 256.
+        __device__ __forceinline__ void head_norm_rope(float* v, const float* w, const float* angles, int dim, float eps) {
+            int lane = threadIdx.x & 31, d0 = 8 * lane, half = dim >> 1;
+            bool active = d0 < dim, low = d0 < half;
+            float squares = 0.0f;
+            for (int j = 0; j < 8; j++) squares += v[j] * v[j];
+            float inv = rsqrtf(warp_sum(squares) / dim + eps);
+            float x[8];
+            for (int j = 0; j < 8; j++) x[j] = active ? (v[j] * inv) * w[d0 + j] : 0.0f;
+            int partner = !active ? lane : (low ? lane + (half >> 3) : lane - (half >> 3));
+            int d = low ? d0 : d0 - half;  // the pair's index into the cos and sin halves
+            for (int j = 0; j < 8; j++) {
+                float other = __shfl_sync(0xffffffffu, x[j], partner);
+                if (active) {
+                    float c = angles[d + j], s = angles[half + d + j];
+                    v[j] = low ? x[j] * c - other * s : x[j] * c + other * s;
+                }
+            }
+        }
+
+        // q_norm / k_norm then RoPE, in place, one head of one token per block (head_norm_rope):
+        // heads 0..heads-1 of the query row, then kvHeads of the key row. table row t: cos (dim/2)
+        // then sin (dim/2). Grid: (tokens, heads + kvHeads); block: 32.
+        extern "C" __global__ void norm_rope(float* q, float* k, const float* qw, const float* kw, const float* table,
+                                             int heads, int kvHeads, int dim, float eps) {
+            grid_release();
+            grid_wait();
+            int h = blockIdx.y, d0 = 8 * (threadIdx.x & 31);
+            bool isQuery = h < heads;
+            float* v = isQuery ? q + ((u64)blockIdx.x * heads + h) * dim : k + ((u64)blockIdx.x * kvHeads + (h - heads)) * dim;
+            float x[8];
+            if (d0 < dim) kv_load8(v + d0, x);
+            else for (int j = 0; j < 8; j++) x[j] = 0.0f;
+            head_norm_rope(x, isQuery ? qw : kw, table + (u64)blockIdx.x * dim, dim, eps);
+            if (d0 < dim)
+                for (int j = 0; j < 8; j++) v[d0 + j] = x[j];
+        }
+
         // Key position `fresh` (-1: none) is read from kfresh and vfresh (the step's own f32 key and value
         // of this kv head, rounded as the cache would hold them) rather than from the cache, which
         // another block of the same launch is storing it into.
+        // qw not null: the query and the fresh key are as the qkv product left them, and get q_norm
+        // (qw) / k_norm (kw) and RoPE (`angles`, the row's table row) here (head_norm_rope), as
+        // norm_rope would have given them.
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale,
-                               const float* kfresh, const float* vfresh, int fresh) {
+                               const float* kfresh, const float* vfresh, int fresh,
+                               const float* qw, const float* kw, const float* angles, float eps) {
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -811,6 +833,22 @@ public enum GemmaKernels {
             for (int j = 0; j < 8; j++) acc[j] = 0.0f;
             if (active) kv_load8(qv + d0, q);
             else for (int j = 0; j < 8; j++) q[j] = 0.0f;
+            if (qw) head_norm_rope(q, qw, angles, dim, eps);
+            float kf[8], vf[8];  // the fresh key and value, as the cache holds them
+            if (fresh >= 0) {
+                if (active) {
+                    kv_load8(kfresh + d0, kf);
+                    kv_load8(vfresh + d0, vf);
+                } else {
+                    for (int j = 0; j < 8; j++) { kf[j] = 0.0f; vf[j] = 0.0f; }
+                }
+                if (qw) head_norm_rope(kf, kw, angles, dim, eps);
+                if (sizeof(T) == 2)
+                    for (int j = 0; j < 8; j++) {
+                        kf[j] = bf16_to_f32(f32_to_bf16(kf[j]));
+                        vf[j] = bf16_to_f32(f32_to_bf16(vf[j]));
+                    }
+            }
             float m = NEG_INF, l = 0.0f;
             // Four keys per warp per iteration, their keys' and values' loads all issued before any
             // arithmetic: a decode step (one query row, a handful of blocks) is bound by load latency.
@@ -821,13 +859,7 @@ public enum GemmaKernels {
                     int key = base + (u < count ? u : 0);
                     u64 row = (u64)(key % capacity) * width + (u64)kvh * dim + d0;
                     if (active && key == fresh) {
-                        kv_load8(kfresh + d0, kr[u]);
-                        kv_load8(vfresh + d0, vr[u]);
-                        if (sizeof(T) == 2)
-                            for (int j = 0; j < 8; j++) {
-                                kr[u][j] = bf16_to_f32(f32_to_bf16(kr[u][j]));
-                                vr[u][j] = bf16_to_f32(f32_to_bf16(vr[u][j]));
-                            }
+                        for (int j = 0; j < 8; j++) { kr[u][j] = kf[j]; vr[u][j] = vf[j]; }
                     } else if (active) {
                         kv_load8(kcache + row, kr[u]);
                         kv_load8(vcache + row, vr[u]);
@@ -885,7 +917,7 @@ public enum GemmaKernels {
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
-                   kvHeads, dim, capacity, scale, 0, 0, -1);
+                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -902,6 +934,26 @@ public enum GemmaKernels {
                 kv_put(kc + to + i, k[from + i]);
                 kv_put(vc + to + i, v[from + i]);
             }
+        }
+
+        // store_row with k_norm and RoPE applied to the keys on the way (head_norm_rope, kw and
+        // the row's table row `angles`): one warp a kv head.
+        template <typename T>
+        __device__ void store_row_normed(const float* k, const float* v, const SegmentRow& r, int kvHeads, int dim,
+                                         const float* kw, const float* angles, float eps) {
+            T* kc = (T*)r.keys;
+            T* vc = (T*)r.values;
+            int width = kvHeads * dim, d0 = 8 * (threadIdx.x & 31);
+            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)blockIdx.x * width;
+            for (int kh = threadIdx.x >> 5; kh < kvHeads; kh += blockDim.x >> 5) {
+                float x[8];
+                if (d0 < dim) kv_load8(k + from + (u64)kh * dim + d0, x);
+                else for (int j = 0; j < 8; j++) x[j] = 0.0f;
+                head_norm_rope(x, kw, angles, dim, eps);
+                if (d0 < dim)
+                    for (int j = 0; j < 8; j++) kv_put(kc + to + (u64)kh * dim + d0 + j, x[j]);
+            }
+            for (int i = threadIdx.x; i < width; i += blockDim.x) kv_put(vc + to + i, v[from + i]);
         }
 
         // half != 0: the caches hold bf16 (rounded to nearest even), else f32.
@@ -924,12 +976,15 @@ public enum GemmaKernels {
         // row being stored, and the slot it replaces is past every row's window.
         // aheadN, bytesN: up to three ranges of the weights the products after it read, asked of L2
         // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
+        // qw not null (with store): q and k are as the qkv product left them; q_norm (qw), k_norm (kw)
+        // and RoPE (table, a row per row) are applied here, as norm_rope would (one launch fewer).
         // Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
                                                   int heads, int kvHeads, int dim, float scale, int splits, int share,
                                                   int half, const float* k, const float* v, int store,
                                                   const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1,
-                                                  const char* ahead2, u64 bytes2) {
+                                                  const char* ahead2, u64 bytes2, const float* qw, const float* kw,
+                                                  const float* table, float eps) {
             grid_release();
             prefetch_ahead(ahead0, bytes0);
             prefetch_ahead(ahead1, bytes1);
@@ -947,16 +1002,19 @@ public enum GemmaKernels {
             }
             const float* kfresh = store ? k + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
             const float* vfresh = store ? v + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
+            const float* angles = qw ? table + (u64)blockIdx.x * dim : 0;
             if (store && h == 0 && z == 0) {
-                if (half) store_row<bf16>(k, v, r, width);
+                if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps);
+                else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps);
+                else if (half) store_row<bf16>(k, v, r, width);
                 else store_row<float>(k, v, r, width);
             }
             if (half)
                 attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
             else
                 attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).

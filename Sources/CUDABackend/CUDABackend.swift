@@ -140,6 +140,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var prefetchAhead = 0
     static let mostPrefetchAhead = 4096 << 20
+    /// A decode step's q/k norms and RoPE go inside its attention (`attention_rows`: norm_rope's
+    /// launch fewer) unless this is false (gpu-check times both) or `INFERENCE_FUSED_NORMS=off`.
+    public var fusedHeadNorms: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return headNormsFused }
+        set { lock.lock(); headNormsFused = newValue; lock.unlock() }
+    }
+    private var headNormsFused = true
+    /// How many attention launches applied the q/k norms and RoPE themselves (for checks that the fused path ran).
+    public var fusedHeadNormLaunches: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return headNormsInside
+    }
+    private var headNormsInside = 0
     /// How many launches took a residual norm inside their product (for checks that the fused path ran).
     public var fusedNormLaunches: Int {
         lock.lock()
@@ -209,6 +223,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // should they fault on some GPU.
         fusedNormProblem = env["INFERENCE_FUSED_NORMS"] == "off" ? "turned off (INFERENCE_FUSED_NORMS=off)" : try fusedNormSelfCheck()
         fusedNormsEnabled = fusedNormProblem == nil
+        headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -653,15 +668,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         queries: CUDABuffer, keys: CUDABuffer, rows: Int, heads: Int, kvHeads: Int, headDimension: Int,
         queryNorm: CUDAMatrix, keyNorm: CUDAMatrix, epsilon: Float, table: CUDABuffer
     ) {
-        precondition(queryNorm.columns == headDimension && keyNorm.columns == headDimension && headDimension % 2 == 0)
         precondition(rows * heads * headDimension <= queries.count && rows * kvHeads * headDimension <= keys.count)
-        precondition(rows * headDimension <= table.count && headDimension / 2 <= 1024)
+        Self.checkHeadNorms(queryNorm, keyNorm, table, rows: rows, headDimension: headDimension)
         context.launch(
-            kernel("norm_rope"), grid: (rows, heads + kvHeads, 1), block: warpsFor(headDimension / 2),
+            kernel("norm_rope"), grid: (rows, heads + kvHeads, 1), block: 32,
             [
                 .pointer(queries.address), .pointer(keys.address), .pointer(queryNorm.address), .pointer(keyNorm.address),
                 .pointer(table.address), .int(heads), .int(kvHeads), .int(headDimension), .float(epsilon),
             ])
+    }
+
+    /// What head_norm_rope needs: one warp holds a head, 8 dimensions a lane.
+    private static func checkHeadNorms(_ queryNorm: CUDAMatrix, _ keyNorm: CUDAMatrix, _ table: CUDABuffer, rows: Int, headDimension: Int) {
+        precondition(queryNorm.columns == headDimension && keyNorm.columns == headDimension && rows * headDimension <= table.count)
+        precondition(
+            headDimension % 16 == 0 && headDimension <= 256, "the CUDA q/k norm takes head dimensions that are multiples of 16 up to 256")
     }
 
     public func ropeTable(positions: [Int], inverseFrequencies: [Float], into table: CUDABuffer) {
@@ -708,7 +729,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// each block finds its sequence there.
     public func attentionBatch(
         queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
-        kvHeads: Int, headDimension: Int, scale: Float, into out: CUDABuffer, prefetching next: [CUDAMatrix]
+        kvHeads: Int, headDimension: Int, scale: Float, norms: HeadNorms<CUDABuffer, CUDAMatrix>?, into out: CUDABuffer,
+        prefetching next: [CUDAMatrix]
     ) -> Bool {
         precondition(heads % kvHeads == 0)
         precondition(
@@ -746,6 +768,21 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // values itself, one launch a layer fewer. Rows of one sequence read each other's new keys
         // from the cache, so those are stored in a launch before.
         let storeInside = segments.allSatisfy { $0.rows == 1 }
+        // Each row's own q/k norms and RoPE inside the attention when it stores the keys too (a
+        // decode step): the launch of norm_rope fewer. Otherwise norm_rope first.
+        let inside = storeInside && fusedHeadNorms ? norms : nil
+        if let norms {
+            if inside != nil {
+                Self.checkHeadNorms(norms.queryNorm, norms.keyNorm, norms.table, rows: rows, headDimension: headDimension)
+                lock.lock()
+                headNormsInside += 1
+                lock.unlock()
+            } else {
+                normRope(
+                    queries: queries, keys: keys, rows: rows, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
+                    queryNorm: norms.queryNorm, keyNorm: norms.keyNorm, epsilon: norms.epsilon, table: norms.table)
+            }
+        }
         if !storeInside {
             context.launch(
                 kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
@@ -777,7 +814,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
-            ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits))
+            ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits) + [
+                .pointer(inside?.queryNorm.address ?? 0), .pointer(inside?.keyNorm.address ?? 0),
+                .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0),
+            ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.
         if splits > 1 {

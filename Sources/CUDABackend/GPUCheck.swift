@@ -402,7 +402,7 @@ public struct GPUCheck {
             let gy = poisoned(total * heads * dimension)
             let done = gpu.attentionBatch(
                 queries: gq, keys: gk, values: gv, segments: gpuSegments, heads: heads, kvHeads: kvHeads,
-                headDimension: dimension, scale: 0.0625, into: gy, prefetching: [])
+                headDimension: dimension, scale: 0.0625, norms: nil, into: gy, prefetching: [])
             let what = (decode ? "3 sequences' decode rows" : "3 sequences") + (dimension == 128 ? ", 8/2 heads of 128" : "")
             results.append(Result(
                 name: "attention of \(what) in one step (shares\(half ? ", bf16 cache" : ""))",
@@ -414,6 +414,56 @@ public struct GPUCheck {
             }.max() ?? .infinity
             results.append(Result(
                 name: "KV rows stored by the attention of \(what)\(half ? " (bf16 cache)" : "")", error: cacheError, tolerance: 0))
+        }
+        // A decode step's q/k norms and RoPE inside its attention (attention_rows with the norms),
+        // against norm_rope then the same attention: the same bits in the output and in the stored
+        // keys, so a token's numbers do not depend on which ran (norm_rope is held to the CPU above).
+        for (half, dimension) in [(true, 256), (false, 256), (true, 128)] {
+            let heads = dimension == 128 ? 8 : 4, kvHeads = dimension == 128 ? 2 : 1, width = kvHeads * dimension
+            let specs: [(capacity: Int, window: Int?, first: Int)] = [(1024, nil, 900), (600, 512, 2000), (64, 32, 300)]
+            let positions = specs.map(\.first)
+            let frequencies = (0..<dimension / 2).map { j in Float(1 / pow(10_000.0, Double(2 * j) / Double(dimension))) }
+            let table = gpu.makeBuffer(count: positions.count * dimension)
+            gpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: table)
+            let norms = HeadNorms(
+                queryNorm: try gpu.matrix(try f32Vector(values(dimension, scale: 2))),
+                keyNorm: try gpu.matrix(try f32Vector(values(dimension, scale: 2))), epsilon: 1e-6, table: table)
+            let queries = values(specs.count * heads * dimension, scale: 3), keys = values(specs.count * width, scale: 3)
+            let newValues = values(specs.count * width)
+            let caches = try specs.map { _ in (values(1024 * width), values(1024 * width)) }
+            var outputs: [[Float]] = [], stored: [[Float]] = []
+            for fused in [false, true] {
+                let (_, gq) = pair(queries)
+                let (_, gk) = pair(keys)
+                let (_, gv) = pair(newValues)
+                let segments = try zip(specs, caches).enumerated().map { row, item in
+                    AttentionSegment(
+                        keys: try cache(item.1.0, half: half), values: try cache(item.1.1, half: half), capacity: item.0.capacity,
+                        window: item.0.window, firstPosition: item.0.first, firstRow: row, rows: 1)
+                }
+                if !fused {
+                    gpu.normRope(
+                        queries: gq, keys: gk, rows: specs.count, heads: heads, kvHeads: kvHeads, headDimension: dimension,
+                        queryNorm: norms.queryNorm, keyNorm: norms.keyNorm, epsilon: norms.epsilon, table: table)
+                }
+                let setting = gpu.fusedHeadNorms
+                let before = gpu.fusedHeadNormLaunches
+                gpu.fusedHeadNorms = true
+                let gy = poisoned(specs.count * heads * dimension)
+                _ = gpu.attentionBatch(
+                    queries: gq, keys: gk, values: gv, segments: segments, heads: heads, kvHeads: kvHeads,
+                    headDimension: dimension, scale: 0.0625, norms: fused ? norms : nil, into: gy, prefetching: [])
+                gpu.fusedHeadNorms = setting
+                // The fused path must have run (else this compares norm_rope with itself).
+                let ran = gpu.fusedHeadNormLaunches - before == (fused ? 1 : 0)
+                outputs.append(ran ? gpu.read(gy, offset: 0, count: gy.count) : [])
+                stored.append(segments.flatMap { cacheContents($0.keys) + cacheContents($0.values) })
+            }
+            let same = outputs[0].count > 0 && outputs[1].count > 0 && zip(outputs[0], outputs[1]).allSatisfy { $0.bitPattern == $1.bitPattern }
+            let sameCache = zip(stored[0], stored[1]).allSatisfy { $0.bitPattern == $1.bitPattern }
+            results.append(Result(
+                name: "q/k norms and RoPE inside a decode step's attention (\(heads)/\(kvHeads) heads of \(dimension)\(half ? ", bf16 cache" : "")), against norm_rope: same bits",
+                error: same && sameCache ? 0 : .infinity, tolerance: 0))
         }
         // Elementwise: gelu_tanh(gate) * up, residual add, softmax.
         do {

@@ -85,11 +85,16 @@ public protocol ComputeBackend: Sendable {
     /// all segments in one go, when the backend can (a GPU: two launches instead of several per
     /// sequence). Returns false when it cannot; the model then does it segment by segment.
     /// queries, out: (rows, heads, headDim); keys, values: (rows, kvHeads, headDim), rows in segment order.
+    /// `norms`: when given, the queries and keys are as the projections left them, and the backend
+    /// applies `normRope` with these first, or as attention reads them (a GPU, in a decode step: one
+    /// launch a layer fewer); the stored keys get them too. When it returns false it has changed
+    /// nothing, and the caller applies them.
     /// `next`: the weights the products after it read (the output projection's, then the MLP's), which
     /// a GPU may ask its cache for while attention, bound by latency, leaves memory idle.
     func attentionBatch(
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, into out: Buffer, prefetching next: [Matrix]) -> Bool
+        headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, prefetching next: [Matrix]
+    ) -> Bool
     /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
     /// computes it where the logits are and returns only the indices.  x: (rows, columns)
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
@@ -113,6 +118,23 @@ public protocol ComputeBackend: Sendable {
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
+}
+
+/// What `normRope` takes besides the rows: a layer's q_norm and k_norm and the step's RoPE table (a
+/// row per row), handed to `attentionBatch` so that a backend may apply them where attention reads
+/// the queries and keys.
+public struct HeadNorms<Buffer, Matrix> {
+    public var queryNorm: Matrix
+    public var keyNorm: Matrix
+    public var epsilon: Float
+    public var table: Buffer
+
+    public init(queryNorm: Matrix, keyNorm: Matrix, epsilon: Float, table: Buffer) {
+        self.queryNorm = queryNorm
+        self.keyNorm = keyNorm
+        self.epsilon = epsilon
+        self.table = table
+    }
 }
 
 /// What `rmsNormAddNorm` takes, handed to the product that reads its normed rows (`matmul(after:)`,
@@ -236,7 +258,7 @@ extension ComputeBackend {
 
     public func attentionBatch(
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
-        headDimension: Int, scale: Float, into out: Buffer, prefetching next: [Matrix]
+        headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool { false }
 
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {

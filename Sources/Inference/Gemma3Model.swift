@@ -79,7 +79,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     ) {
         let c = config
         let n = tokens.count
-        forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index in
+        forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index, norms in
             let entry = cache.layers[index]
             // A backend with batched attention (a GPU, whose cache may be bf16) stores and attends in one go.
             let one = AttentionSegment(
@@ -87,17 +87,26 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 firstRow: 0, rows: n)
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
-                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention,
+                headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
                 prefetching: weightsAfterAttention(index))
             {
                 return
             }
+            normRope(norms, rows: n, scratch: s)
             cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
             backend.attention(
                 queries: s.query, keys: entry.keys, values: entry.values, rows: n, firstPosition: p0,
                 heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension, capacity: entry.capacity,
                 window: entry.window, scale: c.attentionScale, into: s.attention)  // (n, heads * headDim)
         }
+    }
+
+    /// q_norm, k_norm and RoPE over the step's rows of `s.query` and `s.key`, where attention did not take them.
+    private func normRope(_ norms: HeadNorms<Backend.Buffer, Backend.Matrix>, rows: Int, scratch s: InferenceSession<Backend>.Scratch) {
+        backend.normRope(
+            queries: s.query, keys: s.key, rows: rows, heads: config.headCount, kvHeads: config.kvHeadCount,
+            headDimension: config.headDimension, queryNorm: norms.queryNorm, keyNorm: norms.keyNorm,
+            epsilon: norms.epsilon, table: norms.table)
     }
 
     /// The weights a layer's products read after its attention, in order.
@@ -125,7 +134,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         positions.reserveCapacity(tokens.count)
         for segment in segments { positions += segment.firstPosition..<segment.firstPosition + segment.count }
         precondition(positions.count == tokens.count, "the segments must cover the tokens")
-        forward(tokens, positions: positions, scratch: s) { index in
+        forward(tokens, positions: positions, scratch: s) { index, norms in
             let batch = segments.map { segment in
                 let entry = segment.cache.layers[index]
                 return AttentionSegment(
@@ -134,11 +143,12 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             }
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
-                headDimension: c.headDimension, scale: c.attentionScale, into: s.attention,
+                headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
                 prefetching: weightsAfterAttention(index))
             {
                 return
             }
+            normRope(norms, rows: tokens.count, scratch: s)
             for segment in segments {
                 segment.cache.store(
                     layer: index, keys: s.key, values: s.value, sourceRow: segment.firstRow, rows: segment.count,
@@ -160,18 +170,17 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         }
     }
 
-    /// The layers over `tokens` (row i at `positions[i]`); `attend(layer)` stores the rows' keys and
-    /// values (in `s.key`, `s.value`, after norm and RoPE) and writes `s.attention` from `s.query`.
+    /// The layers over `tokens` (row i at `positions[i]`); `attend(layer, norms)` applies the layer's
+    /// q/k norms and RoPE (`norms`) to `s.query` and `s.key` as the projections left them, stores the
+    /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`.
     private func forward(
-        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, attend: (Int) -> Void
+        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch,
+        attend: (Int, HeadNorms<Backend.Buffer, Backend.Matrix>) -> Void
     ) {
         let c = config
         let b = backend
         let n = tokens.count
         let hidden = c.hiddenSize
-        let heads = c.headCount
-        let kvHeads = c.kvHeadCount
-        let headDim = c.headDimension
 
         // h = embed(tokens) * sqrt(hidden) (in the compute precision: see Gemma3Config.embeddingScale).
         b.embed(tokens, table: embedding, scale: c.embeddingScale, into: s.hidden)  // (n, hidden)
@@ -197,11 +206,10 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             } else {
                 b.matmul(s.normed, rows: n, weights: qkv, into: [s.query, s.key, s.value])
             }
-            b.normRope(
-                queries: s.query, keys: s.key, rows: n, heads: heads, kvHeads: kvHeads, headDimension: headDim,
+            let norms = HeadNorms(
                 queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
                 table: layer.type == .full ? s.globalRope : s.localRope)
-            attend(index)  // (n, heads * headDim) in s.attention
+            attend(index, norms)  // (n, heads * headDim) in s.attention
             b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
             let postAttention = ResidualNorm(
                 s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,

@@ -65,6 +65,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("cublas      \(gpu.cublas?.path ?? "not used: \(gpu.cublasProblem ?? "")")")
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
+        print("head norms  \(gpu.fusedHeadNorms ? "q/k norms and RoPE inside the attention of decode steps" : "q/k norms and RoPE in norm_rope's launch (turned off)")")
         print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention (at most 512 KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
@@ -248,6 +249,18 @@ struct GPUCheckCommand: ParsableCommand {
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
                 print(String(format: "            without fused residual norms: %.2f ms/step (fused %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
                 figures["decode_b1_unfused_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
+            }
+            if gpu.fusedHeadNorms {
+                // The same steps with the q/k norms and RoPE in norm_rope's launch: what fusing them into attention saves.
+                gpu.fusedHeadNorms = false
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                let unfusedTime = try seconds {
+                    for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                }
+                gpu.fusedHeadNorms = true
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                print(String(format: "            without q/k norms inside attention: %.2f ms/step (inside %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
+                figures["decode_b\(batch)_unfused_head_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
             }
             if batch == 1 {
                 // The same steps with the attention asking L2 for more or less of the next products'

@@ -579,15 +579,18 @@ import Testing
     }
 
     /// A step of one sequence takes its residual norms inside the products after them (two launches a
-    /// layer fewer), and its logits are the same bits as with each norm launched on its own. Its
-    /// attention asks L2 for the budget's share of each layer's output, gate and up weights, and for
-    /// nothing outside them.
-    @Test func aOneSequenceStepFusesItsResidualNorms() throws {
+    /// layer fewer) and its q/k norms and RoPE inside its attention (one fewer), and its logits are
+    /// the same bits as with each norm launched on its own. Its attention asks L2 for the budget's
+    /// share of each layer's output, gate and up weights, and for nothing outside them.
+    @Test func aOneSequenceStepFusesItsNorms() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 79), exactActivations: true)
         let gpu = try Self.backend.get()
         #expect(gpu.fusedNormProblem == nil, "the fused norms' self-check at start")
-        defer { gpu.fusedNorms = true }
+        defer {
+            gpu.fusedNorms = true
+            gpu.fusedHeadNorms = true
+        }
         let layers = engine.config.layerCount
         let c = engine.config
         let sizes = [c.hiddenSize * c.headCount * c.headDimension * 2] + [Int](repeating: c.intermediateSize * c.hiddenSize * 2, count: 2)
@@ -598,6 +601,7 @@ import Testing
         var runs: [[[Float]]] = []
         for fused in [true, false] {
             gpu.fusedNorms = fused
+            gpu.fusedHeadNorms = fused
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
             let slot = runner.makeSlot(contextLength: 64)
@@ -614,6 +618,8 @@ import Testing
             #expect(count("gemv_norm_bf16") == (fused ? layers - 1 : 0))
             #expect(count("gemv_gelu_norm_bf16") == (fused ? layers : 0))
             #expect(count("gemv_gelu_bf16") == (fused ? 0 : layers))
+            #expect(count("norm_rope") == (fused ? 0 : layers))
+            #expect(count("attention_rows") == layers)
             var logits: [[Float]] = []
             for _ in 0..<4 {
                 let rows = try runner.decode([slot], tokens: next)
@@ -623,7 +629,7 @@ import Testing
             runs.append(logits)
         }
         let same = runs[0] == runs[1]  // (not printed in full: 4 steps of logits)
-        #expect(same, "the logits with fused residual norms differ from those with the norms' own launches")
+        #expect(same, "the logits with fused norms differ from those with the norms' own launches")
     }
 
     /// What a one-sequence step's attention asks L2 for: all of the next products' weights where they
