@@ -1,3 +1,5 @@
+import Foundation
+
 /// A strict RFC 8259 parser for the tokenizer files.
 ///
 /// Foundation's `JSONSerialization` builds bridged objects and takes seconds on the 33 MB Gemma
@@ -8,7 +10,16 @@ struct JSONParser {
     static let maximumDepth = 512
 
     static func parse(_ bytes: [UInt8], file: String) throws -> JSONValue {
-        try bytes.withUnsafeBufferPointer { buffer in
+        try bytes.withUnsafeBufferPointer { try parse($0, file: file) }
+    }
+
+    /// The document in `data`, read where it is (a mapped file is not copied first).
+    static func parse(_ data: Data, file: String) throws -> JSONValue {
+        try data.withUnsafeBytes { try parse($0.bindMemory(to: UInt8.self), file: file) }
+    }
+
+    static func parse(_ buffer: UnsafeBufferPointer<UInt8>, file: String) throws -> JSONValue {
+        do {
             var parser = Cursor(bytes: buffer, file: file)
             let validLength = UTF8Bytes.validPrefixLength(buffer)
             if validLength != buffer.count {

@@ -35,7 +35,7 @@ public struct Tokenizer: Sendable {
     /// Builds the tokenizer from the bytes of a `tokenizer.json`.
     public init(tokenizerJSON: Data, config: TokenizerConfig? = nil) throws {
         let file = "tokenizer.json"
-        guard let object = try JSONParser.parse([UInt8](tokenizerJSON), file: file).objectValue else {
+        guard let object = try JSONParser.parse(tokenizerJSON, file: file).objectValue else {
             throw TokenizerError.invalidField(file: file, path: "(top level)", expected: "an object")
         }
         let json = JSONFields(object, file: file, path: "")

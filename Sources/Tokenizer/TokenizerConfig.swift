@@ -32,7 +32,7 @@ public struct TokenizerConfig: Sendable, Equatable {
     /// take precedence as they do in transformers' `from_pretrained`.
     public init(tokenizerConfig: Data, specialTokensMap: Data? = nil) throws {
         let file = "tokenizer_config.json"
-        guard let object = try JSONParser.parse([UInt8](tokenizerConfig), file: file).objectValue else {
+        guard let object = try JSONParser.parse(tokenizerConfig, file: file).objectValue else {
             throw TokenizerError.invalidField(file: file, path: "(top level)", expected: "an object")
         }
         let json = JSONFields(object, file: file, path: "")
@@ -44,7 +44,7 @@ public struct TokenizerConfig: Sendable, Equatable {
         // transformers reads special_tokens_map.json after the config and lets it override.
         guard let specialTokensMap else { return }
         let mapFile = "special_tokens_map.json"
-        guard let mapObject = try JSONParser.parse([UInt8](specialTokensMap), file: mapFile).objectValue else {
+        guard let mapObject = try JSONParser.parse(specialTokensMap, file: mapFile).objectValue else {
             throw TokenizerError.invalidField(file: mapFile, path: "(top level)", expected: "an object")
         }
         let map = JSONFields(mapObject, file: mapFile, path: "")
