@@ -1262,6 +1262,16 @@ public enum GemmaKernels {
                 return (j % SAMPLE_CANDIDATES) < counts[j / SAMPLE_CANDIDATES] ? ids[j] : 0x7fffffff;
             }
         };
+        // The candidates that can still be drawn, gathered into shared memory by sample_rows.
+        #define SAMPLE_GATHERED 1536
+        struct GatheredRow {
+            const float* values;
+            const int* ids;
+            int n;
+            __device__ __forceinline__ int count() const { return n; }
+            __device__ __forceinline__ float value(int j) const { return values[j]; }
+            __device__ __forceinline__ int id(int j) const { return ids[j]; }
+        };
 
         // The largest key K with weight(keys >= K) >= target, where weight is a count (mass == 0) or
         // the fixed-point probability; only keys >= floor take part. Every thread gets K. histogram:
@@ -1271,6 +1281,7 @@ public enum GemmaKernels {
                                     u64 (*histogram)[256]) {
             __shared__ u32 chosen_prefix;
             __shared__ u64 chosen_remaining;
+            __shared__ u64 warp_totals[8];
             int warp = threadIdx.x >> 5, warps = blockDim.x >> 5, n = src.count();
             u32 prefix = 0, mask = 0;
             u64 remaining = target;
@@ -1301,15 +1312,32 @@ public enum GemmaKernels {
                     histogram[0][b] = sum;
                 }
                 __syncthreads();
-                if (threadIdx.x == 0) {
-                    u64 above = 0;
-                    int b = 255;
-                    for (; b > 0; b--) {
-                        if (above + histogram[0][b] >= remaining) break;
-                        above += histogram[0][b];
+                // The highest bin b whose weight with every bin above it reaches `remaining` (bin 0
+                // if none does), and the weight above it: a running sum over the bins from the top,
+                // 256 threads at once (warp scans, then the warps' totals), where one thread's loop
+                // over the bins took a few microseconds a pass.
+                u64 through = 0;  // thread t: the weight of bins 255 - t and above
+                if (threadIdx.x < 256) {
+                    int lane = threadIdx.x & 31;
+                    through = histogram[0][255 - threadIdx.x];
+                    for (int o = 1; o < 32; o <<= 1) {
+                        u64 below = __shfl_up_sync(0xffffffffu, through, o);
+                        if (lane >= o) through += below;
                     }
-                    chosen_prefix = prefix | ((u32)b << shift);
-                    chosen_remaining = remaining > above ? remaining - above : 1ull;
+                    if (lane == 31) warp_totals[warp] = through;
+                }
+                __syncthreads();
+                if (threadIdx.x < 256) {
+                    for (int w = 0; w < warp; w++) through += warp_totals[w];
+                    int b = 255 - (int)threadIdx.x;
+                    u64 above = through - histogram[0][b];
+                    // Exactly one thread: the first bin from the top that reaches it, or bin 0.
+                    bool reaches = through >= remaining || b == 0;
+                    bool before = above >= remaining && b < 255;  // a bin above already reached it
+                    if (reaches && !before) {
+                        chosen_prefix = prefix | ((u32)b << shift);
+                        chosen_remaining = remaining > above ? remaining - above : 1ull;
+                    }
                 }
                 __syncthreads();
                 prefix = chosen_prefix;
@@ -1454,7 +1482,49 @@ public enum GemmaKernels {
             } else {
                 u64 at = (u64)blockIdx.x * slices * SAMPLE_CANDIDATES;
                 CandidateRow src = {values + at, ids + at, row_counts, slices};
-                draw_row(src, p, out + blockIdx.x, histogram);
+                // The row's k-th largest value is at least each slice's (that slice alone holds k at
+                // or above it), so a candidate below the largest of the slices' cuts is never drawn,
+                // nor counted by a cut: the draw reads the others, gathered into shared memory, in a
+                // few places a thread instead of every slice's 512 each pass. The same token.
+                __shared__ u32 slice_cut[64];  // per slice: its smallest kept key, if it kept top_k
+                __shared__ float gathered_values[SAMPLE_GATHERED];
+                __shared__ int gathered_ids[SAMPLE_GATHERED];
+                __shared__ int gathered;
+                int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+                for (int sl = warp; sl < slices; sl += blockDim.x >> 5) {
+                    int c = row_counts[sl];
+                    u32 smallest = 0xffffffffu;
+                    for (int j = lane; j < c; j += 32) {
+                        u32 key = order_key(values[at + (u64)sl * SAMPLE_CANDIDATES + j]);
+                        smallest = key < smallest ? key : smallest;
+                    }
+                    for (int o = 16; o > 0; o >>= 1) {
+                        u32 other = __shfl_xor_sync(0xffffffffu, smallest, o);
+                        smallest = other < smallest ? other : smallest;
+                    }
+                    if (lane == 0) slice_cut[sl] = c >= p.top_k ? smallest : 0u;
+                }
+                if (threadIdx.x == 0) gathered = 0;
+                __syncthreads();
+                u32 cut = 0;
+                for (int sl = 0; sl < slices; sl++) cut = slice_cut[sl] > cut ? slice_cut[sl] : cut;
+                for (int j = threadIdx.x; j < slices * SAMPLE_CANDIDATES; j += blockDim.x) {
+                    if (j % SAMPLE_CANDIDATES >= row_counts[j / SAMPLE_CANDIDATES]) continue;
+                    float v = values[at + j];
+                    if (order_key(v) < cut) continue;
+                    int place = atomicAdd(&gathered, 1);
+                    if (place < SAMPLE_GATHERED) {
+                        gathered_values[place] = v;
+                        gathered_ids[place] = ids[at + j];
+                    }
+                }
+                __syncthreads();
+                if (gathered <= SAMPLE_GATHERED) {
+                    GatheredRow kept = {gathered_values, gathered_ids, gathered};
+                    draw_row(kept, p, out + blockIdx.x, histogram);
+                } else {
+                    draw_row(src, p, out + blockIdx.x, histogram);  // many ties at the cut
+                }
             }
         }
 

@@ -167,8 +167,9 @@ import Testing
     }
 
     /// Draws of rows long enough to be cut in slices (20000 logits: 4 slices, the last shorter),
-    /// each slice's top-k kept as candidates: the host's tokens exactly, with ties across slices,
-    /// rows mostly -inf, top-k at the largest a candidate draw takes (256), and with top-p and min-p.
+    /// each slice's top-k kept as candidates and those that can still be drawn gathered: the host's
+    /// tokens exactly, with ties across slices, rows mostly -inf, top-k at the largest a candidate
+    /// draw takes (256), too many ties to gather, and with top-p and min-p.
     @Test func candidateDrawsAcrossSlicesMatchTheHost() throws {
         let gpu = try Self.backend.get()
         let columns = 20_000
@@ -189,9 +190,14 @@ import Testing
         var sparse = [Float](repeating: -.infinity, count: columns)
         for i in 0..<7 { sparse[15_000 + i * 3] = Float(i) * 0.5 }
         row(sparse, TokenDraw(temperature: 0.9, topK: 20, topP: 0.8, minP: 0, seed: 5))
+        // 500 ties at the top of each slice: within a slice's 512 places, but more in all than
+        // sample_rows gathers past the slices' cuts (1536), so it reads the slices' places instead.
+        var tied = random(3)
+        for i in stride(from: 0, to: columns, by: 10) { tied[i] = 4 }
+        row(tied, TokenDraw(temperature: 1, topK: 200, topP: 0.9, minP: 0, seed: 6))
         let rows = draws.count
         let buffer = gpu.makeBuffer(count: logits.count)
-        for seedShift: UInt64 in [0, 100] {
+        for seedShift: UInt64 in [0, 100, 200, 300, 400, 500] {
             let shifted = draws.map { draw -> TokenDraw in
                 var d = draw
                 d.seed = draw.seed + seedShift

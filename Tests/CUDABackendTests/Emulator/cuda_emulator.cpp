@@ -138,6 +138,13 @@ template <typename T> static T __shfl_sync(unsigned, T value, int source) {
     return emu_lane_value<T>(source, emu_exchange(emu_bits(value)));
 }
 
+// Lane - delta's value; a lane below delta keeps its own (as the GPU's, width 32).
+template <typename T> static T __shfl_up_sync(unsigned, T value, unsigned delta) {
+    unsigned which = emu_exchange(emu_bits(value));
+    int lane = emu::current & 31;
+    return lane >= (int)delta ? emu_lane_value<T>(lane - (int)delta, which) : value;
+}
+
 // Lanes whose value equals `value` (match == true) or whose value is non-zero (ballot).
 static unsigned emu_warp_mask(uint64_t value, bool match) {
     unsigned which = emu_exchange(value);
