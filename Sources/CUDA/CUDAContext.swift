@@ -363,8 +363,8 @@ public final class CUDAContext: @unchecked Sendable {
     private let tapeLock = NSLock()
     /// The work recorded since the last flush, in `Operation` words.
     private var tape: [UInt64] = []
-    /// Launches on the tape: runs too short to gain from a graph (the pieces of a step that cuBLAS
-    /// splits) are issued directly and never captured.
+    /// Launches on the tape: runs too short to gain from a graph (fewer than `captureMinimum`, such
+    /// as the pieces of a step that cuBLAS splits) are issued directly and never captured.
     private var tapeLaunches = 0
     /// Captured graphs by the hash of their tape (the tape itself is compared before a replay), with
     /// when each was last used, for dropping the least recently used one.

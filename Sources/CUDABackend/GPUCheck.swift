@@ -250,6 +250,23 @@ public struct GPUCheck {
             let q = Self.relativeError(gpu.read(gq, offset: 0, count: gq.count), cpu.read(cq, offset: 0, count: cq.count))
             let k = Self.relativeError(gpu.read(gk, offset: 0, count: gk.count), cpu.read(ck, offset: 0, count: ck.count))
             results.append(Result(name: "norm_rope 9 tokens, 4 + 1 heads", error: max(q, k), tolerance: 1e-5))
+            // Heads of 128 (Gemma 3 27B): a head on 16 lanes, each dimension's RoPE partner 8 lanes away.
+            let frequencies128 = (0..<64).map { j in Float(1 / pow(10_000.0, Double(2 * j) / 128)) }
+            let ct128 = cpu.makeBuffer(count: positions.count * 128), gt128 = gpu.makeBuffer(count: positions.count * 128)
+            cpu.ropeTable(positions: positions, inverseFrequencies: frequencies128, into: ct128)
+            gpu.ropeTable(positions: positions, inverseFrequencies: frequencies128, into: gt128)
+            let qw128 = try f32Vector(values(128, scale: 2)), kw128 = try f32Vector(values(128, scale: 2))
+            let (cq128, gq128) = pair(values(positions.count * 8 * 128, scale: 2))
+            let (ck128, gk128) = pair(values(positions.count * 2 * 128, scale: 2))
+            cpu.normRope(
+                queries: cq128, keys: ck128, rows: positions.count, heads: 8, kvHeads: 2, headDimension: 128,
+                queryNorm: try cpu.matrix(qw128), keyNorm: try cpu.matrix(kw128), epsilon: 1e-6, table: ct128)
+            gpu.normRope(
+                queries: gq128, keys: gk128, rows: positions.count, heads: 8, kvHeads: 2, headDimension: 128,
+                queryNorm: try gpu.matrix(qw128), keyNorm: try gpu.matrix(kw128), epsilon: 1e-6, table: gt128)
+            let q128 = Self.relativeError(gpu.read(gq128, offset: 0, count: gq128.count), cpu.read(cq128, offset: 0, count: cq128.count))
+            let k128 = Self.relativeError(gpu.read(gk128, offset: 0, count: gk128.count), cpu.read(ck128, offset: 0, count: ck128.count))
+            results.append(Result(name: "norm_rope 9 tokens, 8 + 2 heads of 128", error: max(q128, k128), tolerance: 1e-5))
         }
         // A one-token step's residual norm inside the product after it (gemv_norm_bf16,
         // gemv_gelu_norm_bf16), written over x as the model does, against the CPU's separate steps;

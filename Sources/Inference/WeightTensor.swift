@@ -107,7 +107,9 @@ final class OwnedBytes: @unchecked Sendable {
 
     deinit {
         if let mapping {
-            munmap(mapping.start, mapping.length)
+            #if os(Linux)
+                munmap(mapping.start, mapping.length)
+            #endif
         } else {
             pointer.deallocate()
         }
@@ -120,6 +122,9 @@ final class OwnedBytes: @unchecked Sendable {
     /// page per 2 MiB instead of per 4 KiB, and decode, which reads every weight each step, walks
     /// far fewer TLB entries. nil if the mapping fails (the heap is used then).
     private static func mapHuge(_ count: Int) -> (pointer: UnsafeMutableRawPointer, start: UnsafeMutableRawPointer, length: Int)? {
+        #if !os(Linux)
+            return nil  // transparent huge pages are Linux's
+        #else
         let length = count + hugePage
         guard let start = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
             start != MAP_FAILED
@@ -130,5 +135,6 @@ final class OwnedBytes: @unchecked Sendable {
         // 60 MB over the 270M's matrices). Advice only: 4 KiB pages if refused.
         _ = madvise(pointer, count / hugePage * hugePage, Int32(MADV_HUGEPAGE))
         return (pointer, start, length)
+        #endif
     }
 }
