@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(
             name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDA", "Inference", "InferenceServer", "TestSupport"],
             exclude: ["Emulator"]),
-        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BuilderKitTests", dependencies: ["BuilderKit", "CUDA", "OCI", "Hashing", "Registry", "HTTP", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

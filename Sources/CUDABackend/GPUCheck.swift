@@ -233,40 +233,28 @@ public struct GPUCheck {
             let sums = Self.relativeError(gpu.read(gb, offset: 0, count: gb.count), cpu.read(cb, offset: 0, count: cb.count))
             let normed = Self.relativeError(gpu.read(gy, offset: 0, count: gy.count), cpu.read(cy, offset: 0, count: cy.count))
             results.append(Result(name: "rms_norm_add_norm 7x1152", error: max(sums, normed), tolerance: 1e-5))
+            // Heads of 256 (the 270M's and 1B's) and of 128 (Gemma 3 27B: a head on 16 lanes, each
+            // dimension's RoPE partner 8 lanes away).
             let positions = (0..<9).map { 500 + $0 * 611 }
-            let frequencies = (0..<128).map { j in Float(1 / pow(1_000_000.0, Double(2 * j) / 256)) }
-            let ct = cpu.makeBuffer(count: positions.count * 256), gt = gpu.makeBuffer(count: positions.count * 256)
-            cpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: ct)
-            gpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: gt)
-            let qw = try f32Vector(values(256, scale: 2)), kw = try f32Vector(values(256, scale: 2))
-            let (cq, gq) = pair(values(positions.count * 4 * 256, scale: 2))
-            let (ck, gk) = pair(values(positions.count * 1 * 256, scale: 2))
-            cpu.normRope(
-                queries: cq, keys: ck, rows: positions.count, heads: 4, kvHeads: 1, headDimension: 256,
-                queryNorm: try cpu.matrix(qw), keyNorm: try cpu.matrix(kw), epsilon: 1e-6, table: ct)
-            gpu.normRope(
-                queries: gq, keys: gk, rows: positions.count, heads: 4, kvHeads: 1, headDimension: 256,
-                queryNorm: try gpu.matrix(qw), keyNorm: try gpu.matrix(kw), epsilon: 1e-6, table: gt)
-            let q = Self.relativeError(gpu.read(gq, offset: 0, count: gq.count), cpu.read(cq, offset: 0, count: cq.count))
-            let k = Self.relativeError(gpu.read(gk, offset: 0, count: gk.count), cpu.read(ck, offset: 0, count: ck.count))
-            results.append(Result(name: "norm_rope 9 tokens, 4 + 1 heads", error: max(q, k), tolerance: 1e-5))
-            // Heads of 128 (Gemma 3 27B): a head on 16 lanes, each dimension's RoPE partner 8 lanes away.
-            let frequencies128 = (0..<64).map { j in Float(1 / pow(10_000.0, Double(2 * j) / 128)) }
-            let ct128 = cpu.makeBuffer(count: positions.count * 128), gt128 = gpu.makeBuffer(count: positions.count * 128)
-            cpu.ropeTable(positions: positions, inverseFrequencies: frequencies128, into: ct128)
-            gpu.ropeTable(positions: positions, inverseFrequencies: frequencies128, into: gt128)
-            let qw128 = try f32Vector(values(128, scale: 2)), kw128 = try f32Vector(values(128, scale: 2))
-            let (cq128, gq128) = pair(values(positions.count * 8 * 128, scale: 2))
-            let (ck128, gk128) = pair(values(positions.count * 2 * 128, scale: 2))
-            cpu.normRope(
-                queries: cq128, keys: ck128, rows: positions.count, heads: 8, kvHeads: 2, headDimension: 128,
-                queryNorm: try cpu.matrix(qw128), keyNorm: try cpu.matrix(kw128), epsilon: 1e-6, table: ct128)
-            gpu.normRope(
-                queries: gq128, keys: gk128, rows: positions.count, heads: 8, kvHeads: 2, headDimension: 128,
-                queryNorm: try gpu.matrix(qw128), keyNorm: try gpu.matrix(kw128), epsilon: 1e-6, table: gt128)
-            let q128 = Self.relativeError(gpu.read(gq128, offset: 0, count: gq128.count), cpu.read(cq128, offset: 0, count: cq128.count))
-            let k128 = Self.relativeError(gpu.read(gk128, offset: 0, count: gk128.count), cpu.read(ck128, offset: 0, count: ck128.count))
-            results.append(Result(name: "norm_rope 9 tokens, 8 + 2 heads of 128", error: max(q128, k128), tolerance: 1e-5))
+            for (heads, kvHeads, dimension, base) in [(4, 1, 256, 1_000_000.0), (8, 2, 128, 10_000.0)] {
+                let frequencies = (0..<dimension / 2).map { j in Float(1 / pow(base, Double(2 * j) / Double(dimension))) }
+                let ct = cpu.makeBuffer(count: positions.count * dimension), gt = gpu.makeBuffer(count: positions.count * dimension)
+                cpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: ct)
+                gpu.ropeTable(positions: positions, inverseFrequencies: frequencies, into: gt)
+                let qw = try f32Vector(values(dimension, scale: 2)), kw = try f32Vector(values(dimension, scale: 2))
+                let (cq, gq) = pair(values(positions.count * heads * dimension, scale: 2))
+                let (ck, gk) = pair(values(positions.count * kvHeads * dimension, scale: 2))
+                cpu.normRope(
+                    queries: cq, keys: ck, rows: positions.count, heads: heads, kvHeads: kvHeads, headDimension: dimension,
+                    queryNorm: try cpu.matrix(qw), keyNorm: try cpu.matrix(kw), epsilon: 1e-6, table: ct)
+                gpu.normRope(
+                    queries: gq, keys: gk, rows: positions.count, heads: heads, kvHeads: kvHeads, headDimension: dimension,
+                    queryNorm: try gpu.matrix(qw), keyNorm: try gpu.matrix(kw), epsilon: 1e-6, table: gt)
+                let q = Self.relativeError(gpu.read(gq, offset: 0, count: gq.count), cpu.read(cq, offset: 0, count: cq.count))
+                let k = Self.relativeError(gpu.read(gk, offset: 0, count: gk.count), cpu.read(ck, offset: 0, count: ck.count))
+                let shape = dimension == 256 ? "\(heads) + \(kvHeads) heads" : "\(heads) + \(kvHeads) heads of \(dimension)"
+                results.append(Result(name: "norm_rope 9 tokens, \(shape)", error: max(q, k), tolerance: 1e-5))
+            }
         }
         // A one-token step's residual norm inside the product after it (gemv_norm_bf16,
         // gemv_gelu_norm_bf16), written over x as the model does, against the CPU's separate steps;

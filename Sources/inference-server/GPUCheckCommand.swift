@@ -226,39 +226,33 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "            without CUDA graphs: %.2f ms/step (graphs %.2fx faster)", directTime / Double(steps) * 1000, directTime / time))
                 figures["decode_b\(batch)_no_graphs_ms_per_step"] = directTime / Double(steps) * 1000
             }
-            if gpu.context.dependentLaunchEnabled {
-                // The same steps with each launch waiting for the one before to finish: what dependent launches save.
-                gpu.context.dependentLaunchEnabled = false
+            // The same steps with a setting off (warmed up first: it changes the step's graph), then
+            // on again: seconds for `steps` steps.
+            func timedWithout(_ set: (Bool) -> Void) throws -> Double {
+                set(false)
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                let serialTime = try seconds {
+                let without = try seconds {
                     for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
                 }
-                gpu.context.dependentLaunchEnabled = true
+                set(true)
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                return without
+            }
+            if gpu.context.dependentLaunchEnabled {
+                // Each launch waiting for the one before to finish: what dependent launches save.
+                let serialTime = try timedWithout { gpu.context.dependentLaunchEnabled = $0 }
                 print(String(format: "            without dependent launches: %.2f ms/step (dependent launches %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / time))
                 figures["decode_b\(batch)_serial_launch_ms_per_step"] = serialTime / Double(steps) * 1000
             }
             if batch == 1 && gpu.fusedNorms {
-                // The same steps with each residual norm in a launch of its own: what fusing them saves.
-                gpu.fusedNorms = false
-                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                let unfusedTime = try seconds {
-                    for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
-                }
-                gpu.fusedNorms = true
-                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                // Each residual norm in a launch of its own: what fusing them saves.
+                let unfusedTime = try timedWithout { gpu.fusedNorms = $0 }
                 print(String(format: "            without fused residual norms: %.2f ms/step (fused %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
                 figures["decode_b1_unfused_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
             }
             if gpu.fusedHeadNorms {
-                // The same steps with the q/k norms and RoPE in norm_rope's launch: what fusing them into attention saves.
-                gpu.fusedHeadNorms = false
-                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                let unfusedTime = try seconds {
-                    for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
-                }
-                gpu.fusedHeadNorms = true
-                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                // The q/k norms and RoPE in norm_rope's launch: what applying them inside attention saves.
+                let unfusedTime = try timedWithout { gpu.fusedHeadNorms = $0 }
                 print(String(format: "            without q/k norms inside attention: %.2f ms/step (inside %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
                 figures["decode_b\(batch)_unfused_head_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
             }

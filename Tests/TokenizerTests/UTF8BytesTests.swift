@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 @testable import Tokenizer
@@ -22,7 +23,7 @@ import Testing
     }
 
     @Test func itAgreesWithTheStandardDecoder() {
-        var generator = SplitMix(seed: 3)
+        var generator = TestRandom(seed: 3)
         let pieces: [[UInt8]] = [
             Array("abcdefgh".utf8), Array("é".utf8), Array("ख़".utf8), Array("😀".utf8), [0x7B],
             [0xFF], [0xC0, 0x80], [0xED, 0xA0, 0x80], [0xE2, 0x82], [0xF4, 0x90, 0x80, 0x80], [0x80],
@@ -40,18 +41,5 @@ import Testing
             #expect(found == Self.reference(bytes), "\(bytes)")
         }
         #expect([UInt8]().withUnsafeBufferPointer { UTF8Bytes.validPrefixLength($0) } == 0)
-    }
-}
-
-/// SplitMix64: a small seeded generator for the cases above.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
