@@ -153,6 +153,7 @@ struct BPEModel: Sendable {
 
     /// A merge is `["a", "b"]` in current files and `"a b"` in older ones (split at the one space).
     private static func mergePair(_ entry: JSONValue) -> (String, String)? {
+        if case .stringPair(let left, let right) = entry { return (left, right) }
         if let pair = entry.arrayValue, pair.count == 2, let left = pair[0].stringValue, let right = pair[1].stringValue
         {
             return (left, right)

@@ -147,15 +147,30 @@ struct JSONParser {
                 index += 1
                 return .array(elements)
             }
+            // The first two values wait in locals: an array of exactly two strings (each of Gemma's
+            // half million merges) becomes a `stringPair`, without an array of its own.
+            var first: JSONValue?
+            var second: JSONValue?
             while true {
-                elements.append(try parseValue(depth: depth))
+                let value = try parseValue(depth: depth)
+                if first == nil {
+                    first = value
+                } else if second == nil && elements.isEmpty {
+                    second = value
+                } else {
+                    if elements.isEmpty { elements = [first!, second!] }
+                    elements.append(value)
+                }
                 skipWhitespace()
                 guard index < bytes.count else { throw error("unexpected end of input in an array") }
                 if bytes[index] == UInt8(ascii: ",") {
                     index += 1
                 } else if bytes[index] == UInt8(ascii: "]") {
                     index += 1
-                    return .array(elements)
+                    if !elements.isEmpty { return .array(elements) }
+                    guard let second else { return .array([first!]) }
+                    if case .string(let a) = first!, case .string(let b) = second { return .stringPair(a, b) }
+                    return .array([first!, second])
                 } else {
                     throw error("expected ',' or ']'")
                 }

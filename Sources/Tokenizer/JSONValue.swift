@@ -6,6 +6,8 @@ enum JSONValue: Sendable {
     case number(Double)
     case string(String)
     case array([JSONValue])
+    /// An array of exactly two strings, kept without an array of its own (`arrayValue` gives it as one).
+    case stringPair(String, String)
     case object(JSONObject)
 
     // The accessors below return nil on a type mismatch; `JSONFields` turns that into an error.
@@ -28,6 +30,7 @@ enum JSONValue: Sendable {
 
     var arrayValue: [JSONValue]? {
         if case .array(let a) = self { return a }
+        if case .stringPair(let a, let b) = self { return [.string(a), .string(b)] }
         return nil
     }
 

@@ -29,6 +29,30 @@ import Testing
         #expect(utf8(value.stringValue ?? "") == utf8("q\" b\\ s/ \u{8}\u{C}\n\r\t é 😀 ▁ raw é"))
     }
 
+    /// Arrays of every length up to four, of strings and not: exactly two strings are kept as a
+    /// `stringPair`, and every array reads back its elements in order.
+    @Test func arraysOfEveryShortLength() throws {
+        let texts = ["[]", #"["a"]"#, #"["a", "b"]"#, #"["a", "b", "c"]"#, #"["a", 1]"#, #"[1, "b"]"#, #"[["a", "b"], "c"]"#,
+            #"["a", "b", "c", "d"]"#, "[1, 2]"]
+        let shapes: [[String]] = [[], ["a"], ["a", "b"], ["a", "b", "c"], ["a", "1"], ["1", "b"], ["[a, b]", "c"],
+            ["a", "b", "c", "d"], ["1", "2"]]
+        func shape(_ value: JSONValue) -> String {
+            if let s = value.stringValue { return s }
+            if let n = value.intValue { return String(n) }
+            if let a = value.arrayValue { return "[" + a.map(shape).joined(separator: ", ") + "]" }
+            return "?"
+        }
+        for (text, expected) in zip(texts, shapes) {
+            let value = try parse(text)
+            #expect(try #require(value.arrayValue).map(shape) == expected, "\(text)")
+            if case .stringPair = value { #expect(text == #"["a", "b"]"#, "\(text)") }
+        }
+        guard case .stringPair("a", "b") = try parse(#"["a", "b"]"#) else {
+            Issue.record("two strings are a stringPair")
+            return
+        }
+    }
+
     @Test func byteOrderMarkIsTolerated() throws {
         #expect(try JSONParser.parse([0xEF, 0xBB, 0xBF] + Array("[1]".utf8), file: "x").arrayValue?.count == 1)
     }
