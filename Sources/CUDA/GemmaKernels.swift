@@ -1262,7 +1262,9 @@ public enum GemmaKernels {
                 return (j % SAMPLE_CANDIDATES) < counts[j / SAMPLE_CANDIDATES] ? ids[j] : 0x7fffffff;
             }
         };
-        // The candidates that can still be drawn, gathered into shared memory by sample_rows.
+        // The candidates that can still be drawn, gathered into shared memory by sample_rows. With
+        // radix_select's histograms that is about 45 KB of sample_rows' 48 KB of static shared
+        // memory: much more than 1900 would not load.
         #define SAMPLE_GATHERED 1536
         struct GatheredRow {
             const float* values;
@@ -1276,6 +1278,7 @@ public enum GemmaKernels {
         // The largest key K with weight(keys >= K) >= target, where weight is a count (mass == 0) or
         // the fixed-point probability; only keys >= floor take part. Every thread gets K. histogram:
         // the caller's shared SAMPLE_WARPS x 256 (one per warp: summed per bin in warp order).
+        // blockDim.x >= 256 (the bins' running sum takes a thread each); the callers launch 512.
         template <typename Row>
         __device__ u32 radix_select(const Row& src, float maximum, float inverse_t, u32 floor, u64 target, bool mass,
                                     u64 (*histogram)[256]) {
