@@ -57,7 +57,7 @@ public struct Engine: Sendable {
             throw InferenceError.tokenizerUnavailable("\(tokenizerDirectory) has no tokenizer.json")
         }
         let loadingTokenizer = tokenizerFolder.map { directory in
-            Background { try Tokenizer(directory: URL(fileURLWithPath: directory)) }
+            (directory, Background { try Tokenizer(directory: URL(fileURLWithPath: directory)) })
         }
         if isFolder {
             format = .safetensors
@@ -91,9 +91,9 @@ public struct Engine: Sendable {
 
         var tokenizer: Tokenizer? = nil
         var tokenizerSource: String? = nil
-        if let loadingTokenizer, let tokenizerFolder {
-            tokenizer = try loadingTokenizer.value()
-            tokenizerSource = tokenizerFolder + "/tokenizer.json"
+        if let (directory, loading) = loadingTokenizer {
+            tokenizer = try loading.value()
+            tokenizerSource = directory + "/tokenizer.json"
         } else if let ggufFile, let vocabulary = try sentencePieceVocabulary(ggufFile) {
             // Read only when there is no tokenizer.json: one given or beside the GGUF wins, even
             // over damaged embedded metadata.

@@ -255,7 +255,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         let b = backend
         let n = rows.count
         precondition(n <= s.logitRows, "more logit rows than the scratch holds")
-        if rows == Array(0..<n) {
+        if rows.elementsEqual(0..<n) {
             // The rows are already in place (every row of a decode step): normed straight from s.hidden,
             // without a copy each (on a GPU, a copy node each in the step's graph).
             b.rmsNorm(s.hidden, rows: n, dimension: c.hiddenSize, weight: finalNorm, epsilon: c.rmsNormEpsilon, into: s.last)
