@@ -164,7 +164,8 @@ def summary(root):
                             + ", ".join(f"{mib} MiB {ms:.3f} ms/step" for mib, ms in ahead))
             greedy = ours.get(f"decode_b{batch}_tokens_per_second")
             drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
-                     for name, key in [("sampled", "sampled"), ("sampled + 5 logprobs", "logprobs"),
+                     for name, key in [("sampled", "sampled"), ("temperature only", "temperature_only"),
+                                       ("top-p only", "top_p_only"), ("sampled + 5 logprobs", "logprobs"),
                                        ("logits to the host", "host_logits")]]
             if greedy and any(rate for _, rate in drawn):
                 rows.append(f"{shape:>5}  decode, batch {batch}: greedy {greedy:.0f} tok/s; "

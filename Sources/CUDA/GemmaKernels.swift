@@ -109,6 +109,22 @@ public enum GemmaKernels {
             return v;
         }
 
+        __device__ __forceinline__ u32 warp_min_u32(u32 v) {
+            for (int o = 16; o > 0; o >>= 1) {
+                u32 other = __shfl_xor_sync(0xffffffffu, v, o);
+                v = other < v ? other : v;
+            }
+            return v;
+        }
+
+        __device__ __forceinline__ u32 warp_max_u32(u32 v) {
+            for (int o = 16; o > 0; o >>= 1) {
+                u32 other = __shfl_xor_sync(0xffffffffu, v, o);
+                v = other > v ? other : v;
+            }
+            return v;
+        }
+
         // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
         __device__ float block_sum(float v) {
             __shared__ float partial[32];
@@ -1266,6 +1282,7 @@ public enum GemmaKernels {
         // radix_select's histograms that is about 45 KB of sample_rows' 48 KB of static shared
         // memory: much more than 1900 would not load.
         #define SAMPLE_GATHERED 1536
+        #define SAMPLE_SLICE_TOPS 8  // per slice, toward sample_rows' cut; 64 slices x 8 <= its 512 threads
         struct GatheredRow {
             const float* values;
             const int* ids;
@@ -1485,40 +1502,68 @@ public enum GemmaKernels {
             } else {
                 u64 at = (u64)blockIdx.x * slices * SAMPLE_CANDIDATES;
                 CandidateRow src = {values + at, ids + at, row_counts, slices};
-                // The row's k-th largest value is at least each slice's (that slice alone holds k at
-                // or above it), so a candidate below the largest of the slices' cuts is never drawn,
-                // nor counted by a cut: the draw reads the others, gathered into shared memory, in a
-                // few places a thread instead of every slice's 512 each pass. The same token.
+                // A candidate below the row's k-th largest value is never drawn, nor counted by a
+                // cut, so the draw reads only those at or above a cut known to be at most that value,
+                // gathered into shared memory, instead of every slice's 512 places each pass. Two such
+                // cuts (keys), the larger taken: the largest of the slices' own top-k cuts (that slice
+                // alone holds k at or above it), and the k-th largest of the slices' 8 largest distinct
+                // keys each (k of the row's values are at or above it). The second is the row's k-th
+                // largest itself unless one slice holds more than 8 of the row's top k; the first
+                // alone let thousands through when k spans slices (1B, k 64: over SAMPLE_GATHERED, so
+                // every pass read the places, 170 µs a draw on an H100). The same token either way.
                 __shared__ u32 slice_cut[64];  // per slice: its smallest kept key, if it kept top_k
+                __shared__ u32 tops[64 * SAMPLE_SLICE_TOPS];  // per slice: its largest distinct keys, 0 past them
+                __shared__ u32 tight;
+                __shared__ int gathered;
                 __shared__ float gathered_values[SAMPLE_GATHERED];
                 __shared__ int gathered_ids[SAMPLE_GATHERED];
-                __shared__ int gathered;
-                int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-                for (int sl = warp; sl < slices; sl += blockDim.x >> 5) {
+                int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+                if (threadIdx.x == 0) { gathered = 0; tight = 0u; }
+                for (int sl = warp; sl < slices; sl += warps) {
                     int c = row_counts[sl];
+                    const float* sv = values + at + (u64)sl * SAMPLE_CANDIDATES;
+                    u32 keys[SAMPLE_CANDIDATES / 32];  // a lane's places: lane, lane + 32, ...
                     u32 smallest = 0xffffffffu;
-                    for (int j = lane; j < c; j += 32) {
-                        u32 key = order_key(values[at + (u64)sl * SAMPLE_CANDIDATES + j]);
-                        smallest = key < smallest ? key : smallest;
+                    for (int i = 0; i < SAMPLE_CANDIDATES / 32; i++) {
+                        int j = lane + 32 * i;
+                        keys[i] = j < c ? order_key(sv[j]) : 0u;  // no value's key is 0 (order_key)
+                        if (j < c) smallest = keys[i] < smallest ? keys[i] : smallest;
                     }
-                    for (int o = 16; o > 0; o >>= 1) {
-                        u32 other = __shfl_xor_sync(0xffffffffu, smallest, o);
-                        smallest = other < smallest ? other : smallest;
-                    }
+                    smallest = warp_min_u32(smallest);
                     if (lane == 0) slice_cut[sl] = c >= p.top_k ? smallest : 0u;
+                    u32 below = 0xffffffffu;  // each round: the largest key under the last round's
+                    for (int t = 0; t < SAMPLE_SLICE_TOPS; t++) {
+                        u32 best = 0u;
+                        for (int i = 0; i < SAMPLE_CANDIDATES / 32; i++)
+                            if (keys[i] < below && keys[i] > best) best = keys[i];
+                        best = warp_max_u32(best);
+                        if (lane == 0) tops[sl * SAMPLE_SLICE_TOPS + t] = best;
+                        below = best;
+                    }
                 }
-                if (threadIdx.x == 0) gathered = 0;
                 __syncthreads();
                 u32 cut = 0;
                 for (int sl = 0; sl < slices; sl++) cut = slice_cut[sl] > cut ? slice_cut[sl] : cut;
-                for (int j = threadIdx.x; j < slices * SAMPLE_CANDIDATES; j += blockDim.x) {
-                    if (j % SAMPLE_CANDIDATES >= row_counts[j / SAMPLE_CANDIDATES]) continue;
-                    float v = values[at + j];
-                    if (order_key(v) < cut) continue;
-                    int place = atomicAdd(&gathered, 1);
-                    if (place < SAMPLE_GATHERED) {
-                        gathered_values[place] = v;
-                        gathered_ids[place] = ids[at + j];
+                int listed = slices * SAMPLE_SLICE_TOPS;  // <= blockDim.x
+                if (threadIdx.x < listed) {
+                    u32 mine = tops[threadIdx.x];
+                    int at_least = 0;
+                    for (int j = 0; j < listed; j++) at_least += tops[j] >= mine;
+                    if (mine != 0u && at_least >= p.top_k) atomicMax(&tight, mine);
+                }
+                __syncthreads();
+                if (tight > cut) cut = tight;
+                for (int sl = warp; sl < slices; sl += warps) {
+                    int c = row_counts[sl];
+                    u64 from = at + (u64)sl * SAMPLE_CANDIDATES;
+                    for (int j = lane; j < c; j += 32) {
+                        float v = values[from + j];
+                        if (order_key(v) < cut) continue;
+                        int place = atomicAdd(&gathered, 1);
+                        if (place < SAMPLE_GATHERED) {
+                            gathered_values[place] = v;
+                            gathered_ids[place] = ids[from + j];
+                        }
                     }
                 }
                 __syncthreads();

@@ -130,10 +130,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public private(set) var fusedNormProblem: String?
     /// Bytes of the next products' weights that a one-sequence decode step's attention asks L2 for
     /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
-    /// projection's and the MLP's weights can be on their way. By default what the GPU's memory
-    /// reads in 10 µs (about that idle time on an H100), at most half its L2: 25 MiB on an H100, 3 MB
-    /// on an L4; `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each
-    /// step also cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
+    /// projection's and the MLP's weights could be on their way. None by default: timed on an H100
+    /// (gpu-check, 1B shape, batch 1) a step took 1.59 ms without and 1.62 to 1.73 ms with 8 to 40
+    /// MiB (the prefetches' reads delay the attention's own), and the 270M's did not change.
+    /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each step also
+    /// cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
     public var prefetchAheadBytes: Int {
         get { lock.lock(); defer { lock.unlock() }; return prefetchAhead }
         set { lock.lock(); prefetchAhead = min(max(0, newValue), Self.mostPrefetchAhead); lock.unlock() }
@@ -230,9 +231,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                     "INFERENCE_PREFETCH_AHEAD is \(setting); use a number of MiB up to \(Self.mostPrefetchAhead >> 20), or off")
             }
             prefetchAhead = (Int(setting) ?? 0) << 20
-        } else {
-            let device = context.device
-            prefetchAhead = min(device.l2CacheBytes / 2, Int(device.peakBandwidth * 10e-6))
         }
     }
 

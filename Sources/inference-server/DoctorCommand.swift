@@ -18,7 +18,7 @@ struct Doctor: ParsableCommand {
             off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel), \
             INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own), \
             INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
-            default what memory reads in 10 µs, at most half the L2; off: none).
+            default none, as off).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

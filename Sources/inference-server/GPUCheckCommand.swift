@@ -66,7 +66,11 @@ struct GPUCheckCommand: ParsableCommand {
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
         print("head norms  \(gpu.fusedHeadNorms ? "q/k norms and RoPE inside the attention of decode steps" : "q/k norms and RoPE in norm_rope's launch (turned off)")")
-        print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention (at most 512 KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
+        if gpu.prefetchAheadBytes == 0 {
+            print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
+        } else {
+            print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention (at most 512 KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
+        }
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
@@ -202,8 +206,10 @@ struct GPUCheckCommand: ParsableCommand {
             var next = try slots.enumerated().map { i, slot in
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
             }
-            // Two warm-up steps: the second captures the step's CUDA graph.
-            for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+            // Warm-up steps: the second captures the step's CUDA graph, and the rest bring the card's
+            // clocks up (the 270M's first timing on an H100 read 0.90 ms a step against 0.71 ms for
+            // every later one of the same steps).
+            for _ in 0..<48 { next = try runner.decodeGreedy(slots, tokens: next) }
             // Greedy on the device: only token ids come back.
             let graphsBefore = gpu.context.graphStatistics
             let time = try seconds {
@@ -259,21 +265,22 @@ struct GPUCheckCommand: ParsableCommand {
             if batch == 1 {
                 // The same steps with the attention asking L2 for more or less of the next products'
                 // weights (prefetch_ahead; 0: none), to find what this card's L2 holds best (each step
-                // at most 512 KiB a block of its attention: 32 MiB for 16 shares of 4 heads).
+                // at most 512 KiB a block of its attention: 32 MiB for 16 shares of 4 heads). Timed
+                // out of order, so that a drift of the card's clocks does not read as a trend.
                 let chosen = gpu.prefetchAheadBytes
-                var sweep: [String] = []
-                for mib in [0, 8, 16, 24, 32, 40] {
+                var sweep: [(mib: Int, line: String)] = []
+                for mib in [24, 0, 40, 8, 32, 16] {
                     gpu.prefetchAheadBytes = mib << 20
                     for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
                     let aheadTime = try seconds {
                         for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
                     }
-                    sweep.append(String(format: "%d MiB %.3f", mib, aheadTime / Double(steps) * 1000))
+                    sweep.append((mib, String(format: "%d MiB %.3f", mib, aheadTime / Double(steps) * 1000)))
                     figures["decode_b1_prefetch_\(mib)mib_ms_per_step"] = aheadTime / Double(steps) * 1000
                 }
                 gpu.prefetchAheadBytes = chosen
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.joined(separator: ", "))
+                print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.sorted { $0.mib < $1.mib }.map(\.line).joined(separator: ", "))
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
@@ -281,10 +288,10 @@ struct GPUCheckCommand: ParsableCommand {
             }
             // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
             var seeds = Xoshiro256StarStar(seed: 7)
-            func sampledStep(logprobs: Int? = nil) throws {
+            func sampledStep(logprobs: Int? = nil, temperature: Float = 0.8, topK: Int = 64, topP: Float = 0.95) throws {
                 let work = zip(slots, next).map { slot, token in
                     var item = BatchRunner<CUDABackend>.Work(slot: slot, tokens: [token])
-                    item.draw = TokenDraw(temperature: 0.8, topK: 64, topP: 0.95, minP: 0, seed: seeds.next())
+                    item.draw = TokenDraw(temperature: temperature, topK: topK, topP: topP, minP: 0, seed: seeds.next())
                     item.logprobs = logprobs
                     return item
                 }
@@ -300,6 +307,14 @@ struct GPUCheckCommand: ParsableCommand {
                 figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
             }
             figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
+            // Without a top-k cut, each row's draw reads the whole vocabulary in one block: what a
+            // client that sets only the temperature (OpenAI's default, 1) or only top_p gets.
+            for (label, key, topP) in [("temperature only (T 1)", "temperature_only", Float(1)), ("top-p only (T 1, top-p 0.9)", "top_p_only", 0.9)] {
+                try sampledStep(temperature: 1, topK: 0, topP: topP)
+                let time = try seconds { for _ in 0..<steps { try sampledStep(temperature: 1, topK: 0, topP: topP) } }
+                print(String(format: "            sampled on the device, %@: %.2f ms/step, %.0f tokens/s", label, time / Double(steps) * 1000, Double(batch * steps) / time))
+                figures["decode_b\(batch)_\(key)_tokens_per_second"] = Double(batch * steps) / time
+            }
             // With logprobs (the token's and 5 alternatives), computed beside the draw on the device.
             try sampledStep(logprobs: 5)
             let logprobTime = try seconds { for _ in 0..<steps { try sampledStep(logprobs: 5) } }

@@ -195,6 +195,14 @@ import Testing
         var tied = random(3)
         for i in stride(from: 0, to: columns, by: 10) { tied[i] = 4 }
         row(tied, TokenDraw(temperature: 1, topK: 200, topP: 0.9, minP: 0, seed: 6))
+        // Small cuts across the slices, hot enough that the k-th token is often the one drawn: a cut
+        // sample_rows takes from the slices' largest keys that drops it changes the token.
+        row(random(1), TokenDraw(temperature: 4, topK: 3, topP: 1, minP: 0, seed: 7))
+        row(random(1), TokenDraw(temperature: 4, topK: 8, topP: 1, minP: 0, seed: 8))
+        // The row's top 20 all in one slice: more than the 8 keys it lists toward the cut.
+        var crowded = random(1)
+        for i in 0..<30 { crowded[100 + i] = 2 + Float(i) * 0.001 }
+        row(crowded, TokenDraw(temperature: 1, topK: 20, topP: 1, minP: 0, seed: 9))
         let rows = draws.count
         let buffer = gpu.makeBuffer(count: logits.count)
         for seedShift: UInt64 in [0, 100, 200, 300, 400, 500] {
@@ -593,13 +601,17 @@ import Testing
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 79), exactActivations: true)
         let gpu = try Self.backend.get()
         #expect(gpu.fusedNormProblem == nil, "the fused norms' self-check at start")
+        let chosenPrefetch = gpu.prefetchAheadBytes
+        #expect(chosenPrefetch == 0, "no prefetch by default")
         defer {
             gpu.fusedNorms = true
             gpu.fusedHeadNorms = true
+            gpu.prefetchAheadBytes = chosenPrefetch
         }
         let layers = engine.config.layerCount
         let c = engine.config
         let sizes = [c.hiddenSize * c.headCount * c.headDimension * 2] + [Int](repeating: c.intermediateSize * c.hiddenSize * 2, count: 2)
+        gpu.prefetchAheadBytes = sizes.reduce(0, +) / 2
         let shares = CUDABackend.prefetchShares(sizes, budget: gpu.prefetchAheadBytes)
         #expect(shares.reduce(0, +) > 0 && shares.reduce(0, +) < sizes.reduce(0, +), "the emulator's L2 budget cuts")
         let prefetched = try Self.emulatorCounter("cudaEmulatorPrefetchedLines")

@@ -101,6 +101,11 @@ template <typename T> static T atomicAdd(T *address, T value) {
     *address = old + value;
     return old;
 }
+template <typename T> static T atomicMax(T *address, T value) {
+    T old = *address;
+    if (value > old) *address = value;
+    return old;
+}
 
 // Warp-wide exchanges: every lane writes its value into a slot, waits for the warp, then reads the
 // lanes it needs. One barrier per exchange: a lane writes slot n % 2, and the barrier of exchange
