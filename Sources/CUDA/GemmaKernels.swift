@@ -15,7 +15,7 @@ public enum GemmaKernels {
     public static let names = [
         "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
-        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_candidates", "sample_rows", "apply_penalties",
+        "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "row_logprobs",
     ]
 
@@ -1177,6 +1177,11 @@ public enum GemmaKernels {
             return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
         }
 
+        // The value whose order_key is `key` (NaN's is -inf's).
+        __device__ __forceinline__ float key_value(u32 key) {
+            return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+        }
+
         __device__ __forceinline__ float capped(float v, float softcap) {
             if (v != v) return NEG_INF;
             return softcap > 0.0f ? tanhf(v / softcap) * softcap : v;
@@ -1368,9 +1373,39 @@ public enum GemmaKernels {
             return prefix;
         }
 
-        // One row's draw (see sample_rows) over `src`, into *out.
+        // A token's probability before normalizing, in 2^-40 units (top-p's fixed-point masses).
+        __device__ __forceinline__ u64 token_mass(float v, float maximum, float inverse_t) {
+            return (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f);
+        }
+
+        // The Gumbel-max over src's keys at or above `floor` (min-p applied): each thread's best
+        // (g, id), the lowest id on ties; block_argmax_reduce then gives the block's.
         template <typename Row>
-        __device__ void draw_row(const Row& src, const SampleRow& p, int* out, u64 (*histogram)[256]) {
+        __device__ __forceinline__ void gumbel_best(const Row& src, const SampleRow& p, float maximum, float inverse_t,
+                                                    u32 floor, float& best, int& index) {
+            u64 key = mix64(p.seed);
+            best = NEG_INF;
+            index = 0x7fffffff;
+            for (int i = threadIdx.x; i < src.count(); i += blockDim.x) {
+                float v = src.value(i);
+                if (order_key(v) < floor || v == NEG_INF) continue;
+                float e = scaled(v, maximum, inverse_t);
+                if (p.min_p > 0.0f && expf(e) < p.min_p) continue;
+                int id = src.id(i);
+                // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
+                // logf, not __logf, whose error near 1 exceeds -log(u) itself.
+                float u = ((float)(mix64(key + (u64)id) >> 41) + 0.5f) * (1.0f / 8388608.0f);
+                float g = e - logf(-logf(u));
+                if (index == 0x7fffffff || g > best || (g == best && id < index)) { best = g; index = id; }
+            }
+        }
+
+        // One row's draw (see sample_rows) over `src`, into *out. whole_mass (0: none): src is part of
+        // a row with no top-k cut, whose mass is whole_mass, holding every value of the row at or
+        // above some key and at least top_p of that mass there (so top-p's cut is the same in both).
+        template <typename Row>
+        __device__ void draw_row(const Row& src, const SampleRow& p, int* out, u64 (*histogram)[256],
+                                 u64 whole_mass = 0) {
             int n = src.count();
             float maximum = NEG_INF;
             int index = 0x7fffffff;
@@ -1391,40 +1426,54 @@ public enum GemmaKernels {
             if (p.top_p < 1.0f) {
                 // The mass top-k kept, as a count of 2^-40 units: top_p applies to it renormalized.
                 __shared__ u64 kept;
-                if (threadIdx.x == 0) kept = 0;
-                __syncthreads();
-                u64 mine = 0;
-                for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                    float v = src.value(i);
-                    if (order_key(v) >= floor) mine += (u64)(expf(scaled(v, maximum, inverse_t)) * 1099511627776.0f);
+                if (whole_mass == 0) {
+                    if (threadIdx.x == 0) kept = 0;
+                    __syncthreads();
+                    u64 mine = 0;
+                    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                        float v = src.value(i);
+                        if (order_key(v) >= floor) mine += token_mass(v, maximum, inverse_t);
+                    }
+                    atomicAdd(&kept, mine);
+                    __syncthreads();
                 }
-                atomicAdd(&kept, mine);
-                __syncthreads();
+                u64 mass = whole_mass ? whole_mass : kept;
                 // Nothing measurable kept (an infinite logit): top-p leaves the cut as it is.
-                if (kept > 0) {
-                    u64 target = (u64)ceil((double)p.top_p * (double)kept);
+                if (mass > 0) {
+                    u64 target = (u64)ceil((double)p.top_p * (double)mass);
                     if (target == 0) target = 1;
                     floor = radix_select(src, maximum, inverse_t, floor, target, true, histogram);
                 }
             }
-            u64 key = mix64(p.seed);
-            float best = NEG_INF;
-            index = 0x7fffffff;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                float v = src.value(i);
-                if (order_key(v) < floor || v == NEG_INF) continue;
-                float e = scaled(v, maximum, inverse_t);
-                if (p.min_p > 0.0f && expf(e) < p.min_p) continue;
-                int id = src.id(i);
-                // 23 random bits: u stays strictly inside (0, 1) (24 could round up to 1.0), and
-                // logf, not __logf, whose error near 1 exceeds -log(u) itself.
-                float u = ((float)(mix64(key + (u64)id) >> 41) + 0.5f) * (1.0f / 8388608.0f);
-                float g = e - logf(-logf(u));
-                if (index == 0x7fffffff || g > best || (g == best && id < index)) { best = g; index = id; }
-            }
+            float best;
+            gumbel_best(src, p, maximum, inverse_t, floor, best, index);
             block_argmax(best, index, out);
             // A row of only -inf or NaN keeps nothing: token 0, as the argmax (thread 0 wrote it).
             if (threadIdx.x == 0 && *out == 0x7fffffff) *out = 0;
+        }
+
+        // A row with no top-k cut (and a temperature): drawn from its whole vocabulary.
+        __device__ __forceinline__ bool uncut(const SampleRow& p, int n) {
+            return p.temperature > 0.0f && !(p.top_k > 0 && p.top_k < n);
+        }
+
+        // Each slice's largest capped value, for rows without a top-k cut, which sample_candidates
+        // then draws from the whole row on many blocks at once instead of on one: maxima[row, slice].
+        // Launched only in steps with such rows. Grid: (rows, slices); block: 512.
+        extern "C" __global__ void __launch_bounds__(512) sample_maxima(const float* logits, int n, float softcap,
+                                                                       const SampleRow* parameters, float* maxima) {
+            grid_release();
+            grid_wait();
+            SampleRow p = parameters[blockIdx.x];
+            if (!uncut(p, n)) return;
+            int slices = gridDim.y, s = blockIdx.y;
+            int size = (n + slices - 1) / slices, lo = s * size;
+            int hi = lo + size < n ? lo + size : n;
+            const float* row = logits + (u64)blockIdx.x * n;
+            float m = NEG_INF;
+            for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) m = fmaxf(m, capped(row[i], softcap));
+            m = block_max(m);
+            if (threadIdx.x == 0) maxima[(u64)blockIdx.x * slices + s] = m;
         }
 
         // Stage one of a draw with a top-k cut (1 <= top_k <= SAMPLE_CANDIDATE_TOP_K, below n): each
@@ -1433,31 +1482,62 @@ public enum GemmaKernels {
         // Gumbel-max) depends on the top-k alone, so sample_rows then reads thousands of candidates
         // instead of the whole vocabulary on one SM (1.6 ms a step on an H200). counts[row, slice]:
         // how many; -1 for a row drawn from the whole row (no such cut, or a slice over capacity).
+        // With `maxima` (sample_maxima's), a row with no top-k cut whose largest value is finite is
+        // drawn on the slices too. Without top-p: each slice's own Gumbel-max (the argmax over the
+        // row is the argmax of the slices', and the maximum the draw subtracts is the row's), as
+        // (g, id) in its first place, count 1 (0: nothing drawable). With top-p: each slice's top
+        // SAMPLE_CANDIDATE_TOP_K as for a cut, and its whole mass in masses[row, slice].
         // Grid: (rows, slices); block: 512.
         extern "C" __global__ void __launch_bounds__(512) sample_candidates(const float* logits, int n, float softcap,
                                                                            const SampleRow* parameters, float* values,
-                                                                           int* ids, int* counts) {
+                                                                           int* ids, int* counts, const float* maxima,
+                                                                           u64* masses) {
             grid_release();
             grid_wait();
             __shared__ u64 histogram[SAMPLE_WARPS][256];
             __shared__ int kept;
+            __shared__ u64 slice_mass;
             SampleRow p = parameters[blockIdx.x];
             int slices = gridDim.y, s = blockIdx.y;
             int* count = counts + (u64)blockIdx.x * slices + s;
-            if (p.temperature <= 0.0f || p.top_k <= 0 || p.top_k > SAMPLE_CANDIDATE_TOP_K || p.top_k >= n) {
+            bool cut = p.temperature > 0.0f && p.top_k > 0 && p.top_k <= SAMPLE_CANDIDATE_TOP_K && p.top_k < n;
+            bool whole_row = maxima && uncut(p, n);
+            float maximum = NEG_INF;
+            if (whole_row) {
+                for (int j = 0; j < slices; j++) maximum = fmaxf(maximum, maxima[(u64)blockIdx.x * slices + j]);
+                // Else (an infinite value, or only -inf and NaN) the one-block draw, as the host's.
+                whole_row = (__float_as_uint(maximum) & 0x7f800000u) != 0x7f800000u;
+            }
+            if (!cut && !whole_row) {
                 if (threadIdx.x == 0) *count = -1;
                 return;
             }
             int size = (n + slices - 1) / slices, lo = s * size;
             int hi = lo + size < n ? lo + size : n;
             FullRow src = {logits + (u64)blockIdx.x * n + lo, hi > lo ? hi - lo : 0, softcap, lo};
-            u32 floor = 0;
-            if (src.count() > p.top_k) floor = radix_select(src, 0.0f, 1.0f, 0u, (u64)p.top_k, false, histogram);
-            if (threadIdx.x == 0) kept = 0;
-            __syncthreads();
             u64 at = ((u64)blockIdx.x * slices + s) * SAMPLE_CANDIDATES;
+            float inverse_t = 1.0f / p.temperature;
+            if (whole_row && p.top_p >= 1.0f) {
+                float best;
+                int index;
+                gumbel_best(src, p, maximum, inverse_t, 0u, best, index);
+                block_argmax_reduce(best, index);
+                if (threadIdx.x == 0) {
+                    values[at] = best;
+                    ids[at] = index;
+                    *count = index == 0x7fffffff ? 0 : 1;
+                }
+                return;
+            }
+            int k = cut ? p.top_k : SAMPLE_CANDIDATE_TOP_K;
+            u32 floor = 0;
+            if (src.count() > k) floor = radix_select(src, 0.0f, 1.0f, 0u, (u64)k, false, histogram);
+            if (threadIdx.x == 0) { kept = 0; slice_mass = 0; }
+            __syncthreads();
+            u64 mine = 0;
             for (int j = threadIdx.x; j < src.count(); j += blockDim.x) {
                 float v = src.value(j);
+                if (whole_row) mine += token_mass(v, maximum, inverse_t);
                 if (order_key(v) < floor) continue;
                 int place = atomicAdd(&kept, 1);
                 if (place < SAMPLE_CANDIDATES) {
@@ -1465,8 +1545,12 @@ public enum GemmaKernels {
                     ids[at + place] = src.id(j);
                 }
             }
+            if (whole_row) atomicAdd(&slice_mass, mine);
             __syncthreads();
-            if (threadIdx.x == 0) *count = kept <= SAMPLE_CANDIDATES ? kept : -1;
+            if (threadIdx.x == 0) {
+                *count = kept <= SAMPLE_CANDIDATES ? kept : -1;
+                if (whole_row) masses[(u64)blockIdx.x * slices + s] = slice_mass;
+            }
         }
 
         // A token per row from softmax(logits / temperature) restricted to the top-k tokens, then to
@@ -1483,7 +1567,8 @@ public enum GemmaKernels {
         // Grid: rows; block: 512 (SAMPLE_WARPS warps).
         extern "C" __global__ void __launch_bounds__(512) sample_rows(const float* logits, int* out, int n, float softcap,
                                                                      const SampleRow* parameters, const float* values,
-                                                                     const int* ids, const int* counts, int slices) {
+                                                                     const int* ids, const int* counts, int slices,
+                                                                     const float* maxima, const u64* masses) {
             grid_release();
             grid_wait();
             __shared__ u64 histogram[SAMPLE_WARPS][256];
@@ -1496,29 +1581,50 @@ public enum GemmaKernels {
                     if (row_counts[s] < 0) whole = 1;
             }
             __syncthreads();
+            bool nucleus = maxima && uncut(p, n);  // no top-k cut, drawn on the slices (sample_candidates)
+            u64 at = (u64)blockIdx.x * slices * SAMPLE_CANDIDATES;
             if (whole) {
                 FullRow src = {logits + (u64)blockIdx.x * n, n, softcap, 0};
                 draw_row(src, p, out + blockIdx.x, histogram);
+            } else if (nucleus && p.top_p >= 1.0f) {
+                // No cut at all: the row's Gumbel-max is the best of its slices' (the lowest id on ties).
+                float best = NEG_INF;
+                int index = 0x7fffffff;
+                for (int sl = threadIdx.x; sl < slices; sl += blockDim.x) {
+                    if (row_counts[sl] == 0) continue;
+                    float g = values[at + (u64)sl * SAMPLE_CANDIDATES];
+                    int id = ids[at + (u64)sl * SAMPLE_CANDIDATES];
+                    if (index == 0x7fffffff || g > best || (g == best && id < index)) { best = g; index = id; }
+                }
+                block_argmax(best, index, out + blockIdx.x);
+                if (threadIdx.x == 0 && out[blockIdx.x] == 0x7fffffff) out[blockIdx.x] = 0;
             } else {
-                u64 at = (u64)blockIdx.x * slices * SAMPLE_CANDIDATES;
                 CandidateRow src = {values + at, ids + at, row_counts, slices};
-                // A candidate below the row's k-th largest value is never drawn, nor counted by a
-                // cut, so the draw reads only those at or above a cut known to be at most that value,
-                // gathered into shared memory, instead of every slice's 512 places each pass. Two such
-                // cuts (keys), the larger taken: the largest of the slices' own top-k cuts (that slice
-                // alone holds k at or above it), and the k-th largest of the slices' 8 largest distinct
-                // keys each (k of the row's values are at or above it). The second is the row's k-th
-                // largest itself unless one slice holds more than 8 of the row's top k; the first
-                // alone let thousands through when k spans slices (1B, k 64: over SAMPLE_GATHERED, so
-                // every pass read the places, 170 µs a draw on an H100). The same token either way.
-                __shared__ u32 slice_cut[64];  // per slice: its smallest kept key, if it kept top_k
+                // A candidate below the row's final cut is never drawn, nor counted by a cut, so the
+                // draw reads only those at or above a cut known to be at most that one, gathered into
+                // shared memory, instead of every slice's 512 places each pass.
+                // With a top-k cut, two such cuts (keys), the larger taken: the largest of the slices'
+                // own top-k cuts (that slice alone holds k at or above it), and the k-th largest of the
+                // slices' 8 largest distinct keys each (k of the row's values are at or above it). The
+                // second is the row's k-th largest itself unless one slice holds more than 8 of the
+                // row's top k; the first alone let thousands through when k spans slices (1B, k 64:
+                // over SAMPLE_GATHERED, so every pass read the places, 170 µs a draw on an H100).
+                // With top-p and no top-k (nucleus): the largest key whose listed keys at or above it
+                // hold top_p of the row's mass (masses), and the largest slice cut, below which a
+                // slice's values are not among the candidates. The gathered values are then every
+                // value of the row at or above the cut; if they hold top_p of its mass, the row's
+                // top-p cut is among them, else the draw takes the whole row on this block.
+                // The same token either way.
+                int k = nucleus ? SAMPLE_CANDIDATE_TOP_K : p.top_k;
+                __shared__ u32 slice_cut[64];  // per slice: its smallest kept key, if it kept k
                 __shared__ u32 tops[64 * SAMPLE_SLICE_TOPS];  // per slice: its largest distinct keys, 0 past them
                 __shared__ u32 tight;
                 __shared__ int gathered;
+                __shared__ u64 gathered_mass;
                 __shared__ float gathered_values[SAMPLE_GATHERED];
                 __shared__ int gathered_ids[SAMPLE_GATHERED];
                 int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-                if (threadIdx.x == 0) { gathered = 0; tight = 0u; }
+                if (threadIdx.x == 0) { gathered = 0; gathered_mass = 0; tight = 0u; }
                 for (int sl = warp; sl < slices; sl += warps) {
                     int c = row_counts[sl];
                     const float* sv = values + at + (u64)sl * SAMPLE_CANDIDATES;
@@ -1530,7 +1636,7 @@ public enum GemmaKernels {
                         if (j < c) smallest = keys[i] < smallest ? keys[i] : smallest;
                     }
                     smallest = warp_min_u32(smallest);
-                    if (lane == 0) slice_cut[sl] = c >= p.top_k ? smallest : 0u;
+                    if (lane == 0) slice_cut[sl] = c >= k ? smallest : 0u;
                     u32 below = 0xffffffffu;  // each round: the largest key under the last round's
                     for (int t = 0; t < SAMPLE_SLICE_TOPS; t++) {
                         u32 best = 0u;
@@ -1541,24 +1647,49 @@ public enum GemmaKernels {
                         below = best;
                     }
                 }
+                float maximum = NEG_INF, inverse_t = 1.0f / p.temperature;
+                u64 whole_mass = 0, target = 0;
+                if (nucleus) {
+                    for (int sl = 0; sl < slices; sl++) {
+                        maximum = fmaxf(maximum, maxima[(u64)blockIdx.x * slices + sl]);
+                        whole_mass += masses[(u64)blockIdx.x * slices + sl];
+                    }
+                    target = (u64)ceil((double)p.top_p * (double)whole_mass);  // as draw_row's
+                    if (target == 0) target = 1;
+                }
                 __syncthreads();
                 u32 cut = 0;
                 for (int sl = 0; sl < slices; sl++) cut = slice_cut[sl] > cut ? slice_cut[sl] : cut;
                 int listed = slices * SAMPLE_SLICE_TOPS;  // <= blockDim.x
+                // The listed keys' masses, in the histogram's first 512 places (free until the draw).
+                u64* listed_mass = &histogram[0][0];
+                if (nucleus && threadIdx.x < listed) {
+                    u32 key = tops[threadIdx.x];
+                    listed_mass[threadIdx.x] = key ? token_mass(key_value(key), maximum, inverse_t) : 0;
+                }
+                __syncthreads();
                 if (threadIdx.x < listed) {
                     u32 mine = tops[threadIdx.x];
-                    int at_least = 0;
-                    for (int j = 0; j < listed; j++) at_least += tops[j] >= mine;
-                    if (mine != 0u && at_least >= p.top_k) atomicMax(&tight, mine);
+                    if (nucleus) {
+                        u64 above = 0;
+                        for (int j = 0; j < listed; j++) above += tops[j] >= mine ? listed_mass[j] : 0;
+                        if (mine != 0u && above >= target) atomicMax(&tight, mine);
+                    } else {
+                        int at_least = 0;
+                        for (int j = 0; j < listed; j++) at_least += tops[j] >= mine;
+                        if (mine != 0u && at_least >= k) atomicMax(&tight, mine);
+                    }
                 }
                 __syncthreads();
                 if (tight > cut) cut = tight;
+                u64 mine = 0;
                 for (int sl = warp; sl < slices; sl += warps) {
                     int c = row_counts[sl];
                     u64 from = at + (u64)sl * SAMPLE_CANDIDATES;
                     for (int j = lane; j < c; j += 32) {
                         float v = values[from + j];
                         if (order_key(v) < cut) continue;
+                        if (nucleus) mine += token_mass(v, maximum, inverse_t);
                         int place = atomicAdd(&gathered, 1);
                         if (place < SAMPLE_GATHERED) {
                             gathered_values[place] = v;
@@ -1566,9 +1697,17 @@ public enum GemmaKernels {
                         }
                     }
                 }
+                if (nucleus) atomicAdd(&gathered_mass, mine);
                 __syncthreads();
-                if (gathered <= SAMPLE_GATHERED) {
-                    GatheredRow kept = {gathered_values, gathered_ids, gathered};
+                GatheredRow kept = {gathered_values, gathered_ids, gathered};
+                if (nucleus) {
+                    if (gathered <= SAMPLE_GATHERED && gathered_mass >= target) {
+                        draw_row(kept, p, out + blockIdx.x, histogram, whole_mass);
+                    } else {
+                        FullRow row = {logits + (u64)blockIdx.x * n, n, softcap, 0};
+                        draw_row(row, p, out + blockIdx.x, histogram);  // a wide nucleus
+                    }
+                } else if (gathered <= SAMPLE_GATHERED) {
                     draw_row(kept, p, out + blockIdx.x, histogram);
                 } else {
                     draw_row(src, p, out + blockIdx.x, histogram);  // many ties at the cut

@@ -109,6 +109,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var argmaxOut: CUDABuffer?  // the chosen ids, read back at once
     private var argmaxParts: CUDABuffer?  // each slice's largest logit and its index, for argmax_finish
     private var candidateValues: CUDABuffer?  // sample_candidates' places: each slice's top-k, capped
+    private var candidateMaxima: CUDABuffer?  // sample_maxima's: each slice's largest value
+    private var candidateMasses: CUDABuffer?  // sample_candidates': each slice's mass (u64), for top-p
     private var candidateIds: CUDABuffer?  // their token ids (as Int32 bits)
     private var candidateCounts: CUDABuffer?  // how many per (row, slice); -1: draw from the whole row
     private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
@@ -1074,17 +1076,33 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             candidateCounts = makeBuffer(count: max(rows, 16) * 64)
         }
         let values = candidateValues!, ids = candidateIds!, counts = candidateCounts!
+        // Rows without a top-k cut (a client that sets only the temperature, or only top_p) are
+        // drawn on the slices too, once each slice's maximum is known (sample_maxima): on one block
+        // they took 0.46 ms (temperature only) and 1.2 ms (top-p 0.9) a step on an H100, 1B shape.
+        var maxima: CUDAContext.DevicePointer = 0, masses: CUDAContext.DevicePointer = 0
+        if draws.contains(where: { $0.temperature > 0 && !($0.topK > 0 && $0.topK < columns) }) {
+            if candidateMaxima == nil || candidateMaxima!.count < rows * slices {
+                candidateMaxima = makeBuffer(count: max(rows, 16) * 64)
+                candidateMasses = makeBuffer(count: max(rows, 16) * 64 * 2)  // u64 each
+            }
+            maxima = candidateMaxima!.address
+            masses = candidateMasses!.address
+            context.launch(
+                kernel("sample_maxima"), grid: (rows, slices, 1), block: 512,
+                [.pointer(x.address), .int(columns), .float(cap), .pointer(parameters), .pointer(maxima)])
+        }
         context.launch(
             kernel("sample_candidates"), grid: (rows, slices, 1), block: 512,
             [
                 .pointer(x.address), .int(columns), .float(cap), .pointer(parameters), .pointer(values.address),
-                .pointer(ids.address), .pointer(counts.address),
+                .pointer(ids.address), .pointer(counts.address), .pointer(maxima), .pointer(masses),
             ])
         context.launch(
             kernel("sample_rows"), grid: (rows, 1, 1), block: 512,
             [
                 .pointer(x.address), .pointer(out.address), .int(columns), .float(cap), .pointer(parameters),
                 .pointer(values.address), .pointer(ids.address), .pointer(counts.address), .int(slices),
+                .pointer(maxima), .pointer(masses),
             ])
         return out
     }

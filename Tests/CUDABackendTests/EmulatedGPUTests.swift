@@ -203,6 +203,27 @@ import Testing
         var crowded = random(1)
         for i in 0..<30 { crowded[100 + i] = 2 + Float(i) * 0.001 }
         row(crowded, TokenDraw(temperature: 1, topK: 20, topP: 1, minP: 0, seed: 9))
+        // No top-k cut, drawn on the slices: the temperature alone (with min-p, and a top-k of the
+        // whole row, which is none), then top-p: a peaked row (a nucleus of a few), a flat one (too
+        // wide: the whole row on one block), and one whose nucleus crowds one slice, past the 256
+        // it lists, at top-p 0.3 (within them) and 0.9 (past them: the whole row).
+        row(random(6), TokenDraw(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 10))
+        row(random(6), TokenDraw(temperature: 0.7, topK: columns, topP: 1, minP: 0.1, seed: 11))
+        row(random(12), TokenDraw(temperature: 0.5, topK: 0, topP: 0.9, minP: 0, seed: 12))
+        row(random(0.5), TokenDraw(temperature: 1, topK: 0, topP: 0.9, minP: 0, seed: 13))
+        row(random(4), TokenDraw(temperature: 1, topK: 0, topP: 0.5, minP: 0.02, seed: 14))
+        var crowdedNucleus = random(1)
+        for i in 0..<400 { crowdedNucleus[2000 + i] = 9 + Float(i % 97) * 0.01 }
+        row(crowdedNucleus, TokenDraw(temperature: 1, topK: 0, topP: 0.3, minP: 0, seed: 15))
+        row(crowdedNucleus, TokenDraw(temperature: 1, topK: 0, topP: 0.9, minP: 0, seed: 16))
+        // An infinite logit: the one-block draw, as the host's. NaNs count as -inf, on the slices.
+        var infinite = random(2)
+        infinite[12_345] = .infinity
+        row(infinite, TokenDraw(temperature: 1, topK: 0, topP: 0.8, minP: 0, seed: 17))
+        var holes = random(5)
+        for i in stride(from: 3, to: columns, by: 7) { holes[i] = .nan }
+        row(holes, TokenDraw(temperature: 1.3, topK: 0, topP: 1, minP: 0, seed: 18))
+        row(holes, TokenDraw(temperature: 1.3, topK: 0, topP: 0.7, minP: 0, seed: 19))
         let rows = draws.count
         let buffer = gpu.makeBuffer(count: logits.count)
         for seedShift: UInt64 in [0, 100, 200, 300, 400, 500] {
