@@ -165,7 +165,8 @@ def summary(root):
             greedy = ours.get(f"decode_b{batch}_tokens_per_second")
             drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
                      for name, key in [("sampled", "sampled"), ("temperature only", "temperature_only"),
-                                       ("top-p only", "top_p_only"), ("sampled + 5 logprobs", "logprobs"),
+                                       ("top-p only", "top_p_only"), ("top-p only at T 0.3", "top_p_only_cold"),
+                                       ("sampled + 5 logprobs", "logprobs"),
                                        ("logits to the host", "host_logits")]]
             if greedy and any(rate for _, rate in drawn):
                 rows.append(f"{shape:>5}  decode, batch {batch}: greedy {greedy:.0f} tok/s; "

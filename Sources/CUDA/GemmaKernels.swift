@@ -16,7 +16,7 @@ public enum GemmaKernels {
         "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
-        "row_logprobs",
+        "logprob_slices", "logprob_merge",
     ]
 
     /// Tokens one `gemv_pairs_bf16` or `gemv_gelu_bf16` launch takes (its accumulators are registers).
@@ -1716,33 +1716,49 @@ public enum GemmaKernels {
         }
 
         // Logprobs as the host reports them (`Logprobs.token`): the log-softmax of the soft-capped
-        // logits before any penalty or temperature (NaN counts as -inf). Each block takes one row,
-        // rows[r] (logits, or a copy taken before penalties changed them): the logprob of token
-        // tokens[source[r]] and the `top` most likely tokens, largest first and the lower id first on
-        // ties. One pass finds the maximum and each thread's own best `top` (a sorted list); a second
-        // sums the exponentials and counts the values at least the token's (its rank, as vLLM
-        // counts it); the lists are then merged by `top` block argmaxes over their heads.
-        // out row r: [token logprob, rank as int bits, (id as bits, logprob) x top]. Grid: rows; block: 512.
+        // logits before any penalty or temperature (NaN counts as -inf). Row r is rows[r] (logits, or a
+        // copy taken before penalties changed them); its token is tokens[source[r]]. Two launches, so
+        // that a row spreads over many SMs (on one block each, a row of 262,144 took 0.43 ms a step on
+        // an H100): logprob_slices, one block per slice of a row, finds the slice's maximum, its sum of
+        // exponentials from that maximum, how many of its values are at least the token's (its rank
+        // is how many in all, as vLLM counts it) and its own `top` most likely tokens, largest first and
+        // the lower id first on ties; logprob_merge adds the sums up from the row's maximum and merges
+        // the slices' lists by `top` block argmaxes over their heads. So the ids and ranks are the host's
+        // exactly, and the logprobs within f32 rounding of its sum.
+        // parts (rows, slices, LOGPROB_PART): [maximum, sum, count, (id as bits, value) x top].
+        // out row r: [token logprob, rank as int bits, (id as bits, logprob) x top].
         #define LOGPROBS_MAX_TOP 20
+        #define LOGPROB_PART (3 + 2 * LOGPROBS_MAX_TOP)
         __device__ __forceinline__ bool ranks_before(float v, int i, float w, int j) {
             return v > w || (v == w && i < j);
         }
 
-        extern "C" __global__ void __launch_bounds__(512) row_logprobs(const u64* rows, int n, float softcap,
-                                                                       const int* source, const int* tokens, int top,
-                                                                       float* out) {
+        // The value of row r's token, capped (NaN when the token is out of range, as the host's).
+        __device__ __forceinline__ float token_value(const float* row, int n, float softcap, const int* source,
+                                                     const int* tokens, bool& valid) {
+            int token = tokens[source[blockIdx.x]];
+            valid = token >= 0 && token < n;
+            return valid ? capped(row[token], softcap) : __int_as_float(0x7fc00000);
+        }
+
+        // Grid: (rows, slices); block: 512.
+        extern "C" __global__ void __launch_bounds__(512) logprob_slices(const u64* rows, int n, float softcap,
+                                                                         const int* source, const int* tokens, int top,
+                                                                         float* parts) {
             grid_release();
             grid_wait();
             __shared__ int picked;
             const float* row = (const float*)rows[blockIdx.x];
+            int slices = gridDim.y, size = (n + slices - 1) / slices, lo = blockIdx.y * size;
+            int hi = lo + size < n ? lo + size : n;
             top = top < 0 ? 0 : (top > LOGPROBS_MAX_TOP ? LOGPROBS_MAX_TOP : top);
-            float* o = out + (u64)blockIdx.x * (2 + 2 * top);
+            float* o = parts + ((u64)blockIdx.x * slices + blockIdx.y) * LOGPROB_PART;
             float values[LOGPROBS_MAX_TOP];
             int ids[LOGPROBS_MAX_TOP];
             int count = 0;
             float last = NEG_INF;  // values[top - 1] once the list is full
             float maximum = NEG_INF;
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
                 float v = capped(row[i], softcap);
                 maximum = fmaxf(maximum, v);
                 // i grows, so a tie never displaces an earlier (lower) id: only a larger value enters a full list.
@@ -1758,24 +1774,72 @@ public enum GemmaKernels {
                 if (count == top) last = values[top - 1];
             }
             maximum = block_max(maximum);
-            int token = tokens[source[blockIdx.x]];
-            bool valid = token >= 0 && token < n;
-            float target = valid ? capped(row[token], softcap) : __int_as_float(0x7fc00000);
+            bool valid;
+            float target = token_value(row, n, softcap, source, tokens, valid);
             float s = 0.0f, at_least = 0.0f;  // a count in f32: exact up to 2^24, past any vocabulary
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
                 float v = capped(row[i], softcap);
-                s += expf(v - maximum);
+                if (maximum != NEG_INF) s += expf(v - maximum);  // a slice of only -inf adds nothing
                 if (v >= target) at_least += 1.0f;
             }
-            float lse = maximum + logf(block_sum(s));
-            float rank = block_sum(at_least);
+            s = block_sum(s);
+            at_least = block_sum(at_least);
+            if (threadIdx.x == 0) { o[0] = maximum; o[1] = s; o[2] = at_least; }
+            int head = 0;  // this thread's first entry not yet taken
+            for (int j = 0; j < top; j++) {
+                block_argmax(head < count ? values[head] : NEG_INF, head < count ? ids[head] : n, &picked);
+                __syncthreads();
+                int chosen = picked;
+                __syncthreads();  // picked is written again by the next merge
+                if (chosen >= n) {  // fewer than `top` tokens in the slice
+                    if (threadIdx.x == 0) { o[3 + 2 * j] = __int_as_float(n); o[4 + 2 * j] = NEG_INF; }
+                    continue;
+                }
+                if (head < count && ids[head] == chosen) {  // ids are distinct: exactly one thread
+                    o[3 + 2 * j] = __int_as_float(chosen);
+                    o[4 + 2 * j] = values[head];
+                    head++;
+                }
+            }
+        }
+
+        // Grid: rows; block: 512 (slices <= 512).
+        extern "C" __global__ void __launch_bounds__(512) logprob_merge(const u64* rows, int n, float softcap,
+                                                                        const int* source, const int* tokens, int top,
+                                                                        const float* parts, int slices, float* out) {
+            grid_release();
+            grid_wait();
+            __shared__ int picked;
+            const float* row = (const float*)rows[blockIdx.x];
+            top = top < 0 ? 0 : (top > LOGPROBS_MAX_TOP ? LOGPROBS_MAX_TOP : top);
+            const float* part = parts + (u64)blockIdx.x * slices * LOGPROB_PART;
+            float* o = out + (u64)blockIdx.x * (2 + 2 * top);
+            float maximum = NEG_INF;
+            for (int sl = 0; sl < slices; sl++) maximum = fmaxf(maximum, part[sl * LOGPROB_PART]);
+            float s = 0.0f, rank = 0.0f;
+            for (int sl = 0; sl < slices; sl++) {
+                float m = part[sl * LOGPROB_PART];
+                if (m != NEG_INF) s += part[sl * LOGPROB_PART + 1] * expf(m - maximum);
+                rank += part[sl * LOGPROB_PART + 2];
+            }
+            float lse = maximum + logf(s);
+            bool valid;
+            float target = token_value(row, n, softcap, source, tokens, valid);
             if (threadIdx.x == 0) {
                 o[0] = valid ? target - lse : __int_as_float(0x7fc00000);
                 o[1] = __int_as_float((int)rank);
             }
-            int head = 0;  // this thread's first entry not yet taken
+            // Thread t holds slice t's list; its head is the slice's best not yet taken.
+            const float* list = part + (u64)threadIdx.x * LOGPROB_PART + 3;
+            int head = 0;
             for (int j = 0; j < top; j++) {
-                block_argmax(head < count ? values[head] : NEG_INF, head < count ? ids[head] : n, &picked);
+                float v = NEG_INF;
+                int id = n;
+                if (threadIdx.x < slices && head < top) {
+                    id = __float_as_int(list[2 * head]);
+                    v = id < n ? list[2 * head + 1] : NEG_INF;
+                }
+                block_argmax(v, id, &picked);
                 __syncthreads();
                 int chosen = picked;
                 __syncthreads();  // picked is written again by the next merge
@@ -1783,9 +1847,9 @@ public enum GemmaKernels {
                     if (threadIdx.x == 0) { o[2 + 2 * j] = __int_as_float(-1); o[3 + 2 * j] = NEG_INF; }
                     continue;
                 }
-                if (head < count && ids[head] == chosen) {  // ids are distinct: exactly one thread
+                if (threadIdx.x < slices && head < top && id == chosen) {  // ids are distinct: exactly one thread
                     o[2 + 2 * j] = __int_as_float(chosen);
-                    o[3 + 2 * j] = values[head] - lse;
+                    o[3 + 2 * j] = v - lse;
                     head++;
                 }
             }

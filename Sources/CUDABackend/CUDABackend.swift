@@ -115,7 +115,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var candidateCounts: CUDABuffer?  // how many per (row, slice); -1: draw from the whole row
     private var penaltyScratch: CUDABuffer?  // penalty entries too many for the staging area
     private var logprobCopies: CUDABuffer?  // penalized rows wanting logprobs, copied before the penalties
-    private var logprobOut: CUDABuffer?  // row_logprobs' numbers, read back with the ids
+    private var logprobOut: CUDABuffer?  // logprob_merge's numbers, read back with the ids
+    private var logprobParts: CUDABuffer?  // logprob_slices': each slice's maximum, sum, count and top
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
     /// step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
@@ -960,7 +961,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return downloadTokens(out, rows: rows)
     }
 
-    /// The draw as above, and where logprobs are wanted, `row_logprobs` over copies of those rows
+    /// The draw as above, and where logprobs are wanted, `logprob_slices` and `logprob_merge` over copies of those rows
     /// taken before the penalties change them: a few numbers per row come back, not its logits.
     public func sample(
         _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?]
@@ -999,7 +1000,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return tokens
     }
 
-    /// `row_logprobs` straight over the logits (no draw changes them): per row, the given token's
+    /// The logprobs' launches straight over the logits (no draw changes them): per row, the given token's
     /// logprob and `top` alternatives come back.
     public func logprobs(
         _ x: CUDABuffer, firstRow: Int, rows: Int, columns: Int, softcap: Float?, tokens: [Int], top: Int
@@ -1018,24 +1019,33 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return readLogprobs(results, rows: rows, top: top, ids: tokens, columns: columns)
     }
 
-    /// Queues `row_logprobs` over the rows at `rows` (device addresses), scoring tokens[source[r]];
+    /// Queues `logprob_slices` and `logprob_merge` over the rows at `rows` (device addresses), scoring tokens[source[r]];
     /// its numbers are in the returned buffer.
     private func launchLogprobs(
         rows: [UInt64], columns: Int, softcap: Float?, source: [Int32], tokens: CUDAContext.DevicePointer, top: Int
     ) -> CUDABuffer {
-        precondition((0...TokenDraw.maximumLogprobs).contains(top), "row_logprobs reports 0 to \(TokenDraw.maximumLogprobs) alternatives")
+        precondition((0...TokenDraw.maximumLogprobs).contains(top), "the logprob kernels report 0 to \(TokenDraw.maximumLogprobs) alternatives")
         let width = 2 + 2 * top
         if logprobOut == nil || logprobOut!.count < rows.count * width { logprobOut = makeBuffer(count: max(256, rows.count * width)) }
+        let slices = Self.logitSlices(columns)
+        let partWidth = 3 + 2 * TokenDraw.maximumLogprobs  // LOGPROB_PART
+        if logprobParts == nil || logprobParts!.count < rows.count * slices * partWidth {
+            logprobParts = makeBuffer(count: max(16, rows.count) * slices * partWidth)
+        }
         let table = rows.withUnsafeBytes { context.stage($0) }
         let sources = source.withUnsafeBytes { context.stage($0) }
+        let common: [CUDAContext.Argument] = [
+            .pointer(table), .int(columns), .float(softcap ?? 0), .pointer(sources), .pointer(tokens), .int(top),
+        ]
         context.launch(
-            kernel("row_logprobs"), grid: (rows.count, 1, 1), block: 512,
-            [.pointer(table), .int(columns), .float(softcap ?? 0), .pointer(sources), .pointer(tokens), .int(top),
-             .pointer(logprobOut!.address)])
+            kernel("logprob_slices"), grid: (rows.count, slices, 1), block: 512, common + [.pointer(logprobParts!.address)])
+        context.launch(
+            kernel("logprob_merge"), grid: (rows.count, 1, 1), block: 512,
+            common + [.pointer(logprobParts!.address), .int(slices), .pointer(logprobOut!.address)])
         return logprobOut!
     }
 
-    /// `row_logprobs`' numbers for `rows` rows, as tokens `ids` with `top` alternatives each.
+    /// `logprob_merge`'s numbers for `rows` rows, as tokens `ids` with `top` alternatives each.
     private func readLogprobs(_ results: CUDABuffer, rows: Int, top: Int, ids: [Int], columns: Int) -> [GeneratedToken] {
         let width = 2 + 2 * top
         var numbers = [Float](repeating: 0, count: rows * width)

@@ -545,7 +545,7 @@ public struct GPUCheck {
                     name: "sample 2x262144 with ties past a slice's places (rows differing)",
                     error: Double(zip(wanted, drawn).filter { $0 != $1 }.count), tolerance: 0))
             }
-            // Logprobs beside the draw (row_logprobs over copies taken before the penalties): the
+            // Logprobs beside the draw (the logprob kernels over copies taken before the penalties): the
             // drawn token's and the top ones' against the host's log-softmax of the same rows.
             let wantedLogprobs: [Int?] = [20, 0, 5, nil, 1, 20, 3]
             for softcap: Float? in [nil, 3] {
@@ -568,7 +568,7 @@ public struct GPUCheck {
                     name: "logprobs \(draws.count)x262144\(softcap == nil ? "" : " capped") (largest difference)",
                     error: difference, tolerance: 1e-3))
             }
-            // Prompt scoring: row_logprobs straight over rows 2..<6 of the logits, against the host's.
+            // Prompt scoring: the logprob kernels straight over rows 2..<6 of the logits, against the host's.
             gpu.write(flat, to: gf, offset: 0)
             let targets = [0, 1311, 262_143, 77]
             let device = gpu.logprobs(gf, firstRow: 2, rows: 4, columns: 262_144, softcap: 3, tokens: targets, top: 20)

@@ -278,6 +278,38 @@ import Testing
         #expect(many[1].id == draws[1].choose(Array(logits[columns..<2 * columns]), softcap: nil) && many[1].top.isEmpty)
     }
 
+    /// Logprobs of rows cut into several slices (logprob_slices, then logprob_merge): ids and ranks
+    /// as the host's, logprobs within f32 rounding, with ties that span slices ordered by id, a
+    /// slice of only -inf, and the top list drawn from every slice.
+    @Test func logprobsAcrossSlicesMatchTheHost() throws {
+        let gpu = try Self.backend.get()
+        let columns = 20_000  // 4 slices
+        #expect(CUDABackend.logitSlices(columns) == 4)
+        var generator = Xoshiro256StarStar(seed: 31)
+        let random = { (scale: Float) in (0..<columns).map { _ in Float.random(in: -scale...scale, using: &generator) } }
+        var rows: [[Float]] = [random(5), random(3).map { ($0 * 2).rounded() / 2 }]
+        var quiet = random(4)
+        for i in 0..<5_000 { quiet[i] = -.infinity }  // the first slice
+        rows.append(quiet)
+        var spread = random(1)
+        for (k, i) in [3, 5_100, 10_002, 19_999, 7, 15_000].enumerated() { spread[i] = 6 - Float(k % 3) }
+        rows.append(spread)
+        let tokens = [17, 4_999, 2_500, 10_002]
+        let buffer = gpu.makeBuffer(count: rows.count * columns)
+        gpu.write(rows.flatMap { $0 }, to: buffer, offset: 0)
+        for top in [0, 1, 5, 20] {
+            let scored = gpu.logprobs(buffer, firstRow: 0, rows: rows.count, columns: columns, softcap: nil, tokens: tokens, top: top)
+            for (r, row) in rows.enumerated() {
+                let host = Logprobs.token(tokens[r], of: row, top: top)
+                let same = { (a: Float, b: Float) in a == b || abs(a - b) < 1e-4 }
+                #expect(same(scored[r].logprob, host.logprob), "row \(r): \(scored[r].logprob) vs \(host.logprob)")
+                #expect(scored[r].rank == host.rank, "row \(r), top \(top)")
+                #expect(scored[r].top.map(\.id) == host.top.map(\.id), "row \(r), top \(top)")
+                for (a, b) in zip(scored[r].top, host.top) { #expect(same(a.logprob, b.logprob), "row \(r): \(a) vs \(b)") }
+            }
+        }
+    }
+
     // MARK: the real Gemma 3 270M
 
     static var modelFolder: String { root + "/models/gemma-3-270m" }
@@ -378,7 +410,7 @@ import Testing
 
     /// Decode steps that draw on the device with logprobs (one request with penalties, whose rows are
     /// copied before them) are captured and replayed like the rest: the same tokens and numbers,
-    /// bit for bit, as launching kernel by kernel; and the scores of a prompt (row_logprobs straight
+    /// bit for bit, as launching kernel by kernel; and the scores of a prompt (the logprob kernels straight
     /// over the logits, from a first row past the drawn one) equal the host's.
     @Test func drawsWithLogprobsReplayLikeDirectLaunches() throws {
         let directory = try TemporaryDirectory()
