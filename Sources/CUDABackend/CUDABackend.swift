@@ -599,7 +599,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
         context.launch(
-            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8), 1, 1), block: 256,
+            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8 * GemmaKernels.geluNormGroups), 1, 1), block: 256,
             [
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),

@@ -72,7 +72,7 @@ struct uint4 { unsigned x, y, z, w; };
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(threads)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define threadIdx (emu::threads[emu::current].index)
 #define blockIdx (emu::blockIndex)
