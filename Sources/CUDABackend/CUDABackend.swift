@@ -133,9 +133,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public private(set) var fusedNormProblem: String?
     /// Bytes of the next products' weights that a one-sequence decode step's attention asks L2 for
     /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
-    /// projection's and the MLP's weights could be on their way. None by default: timed on an H100
-    /// (gpu-check, 1B shape, batch 1) a step took 1.59 ms without and 1.62 to 1.73 ms with 8 to 40
-    /// MiB (the prefetches' reads delay the attention's own), and the 270M's did not change.
+    /// projection's and the MLP's weights could be on their way. None by default: in each of four
+    /// gpu-check runs on an H100 (1B shape, batch 1) a step was fastest without (the last: 1.445 ms,
+    /// against 1.485 to 1.537 ms with 8 to 40 MiB; the prefetches' reads delay the attention's own).
     /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each step also
     /// cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
     public var prefetchAheadBytes: Int {
