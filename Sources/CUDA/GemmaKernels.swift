@@ -1301,8 +1301,8 @@ public enum GemmaKernels {
             }
         };
         // The candidates that can still be drawn, gathered into shared memory by sample_rows. With
-        // radix_select's histograms that is about 45 KB of sample_rows' 48 KB of static shared
-        // memory: much more than 1900 would not load.
+        // radix_select's histograms and the slices' listed keys that is about 47 KB of sample_rows'
+        // 48 KB of static shared memory: there is no room for more.
         #define SAMPLE_GATHERED 1536
         #define SAMPLE_SLICE_TOPS 8  // per slice, toward sample_rows' cut; 64 slices x 8 <= its 512 threads
         struct GatheredRow {
@@ -1630,18 +1630,19 @@ public enum GemmaKernels {
                 // hold top_p of the row's mass (masses), and the largest slice cut, below which a
                 // slice's values are not among the candidates. The gathered values are then every
                 // value of the row at or above the cut; if they hold top_p of its mass, the row's
-                // top-p cut is among them, else the draw takes the whole row on this block.
-                // The same token either way.
+                // top-p cut is among them. Else, if the candidates at or above the largest slice cut
+                // hold it (a nucleus too wide to gather), the draw reads the slices' places; else
+                // the whole row, on this block. The same token either way.
                 int k = nucleus ? SAMPLE_CANDIDATE_TOP_K : p.top_k;
                 __shared__ u32 slice_cut[64];  // per slice: its smallest kept key, if it kept k
                 __shared__ u32 tops[64 * SAMPLE_SLICE_TOPS];  // per slice: its largest distinct keys, 0 past them
                 __shared__ u32 tight;
                 __shared__ int gathered;
-                __shared__ u64 gathered_mass;
+                __shared__ u64 gathered_mass, wide_mass;
                 __shared__ float gathered_values[SAMPLE_GATHERED];
                 __shared__ int gathered_ids[SAMPLE_GATHERED];
                 int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-                if (threadIdx.x == 0) { gathered = 0; gathered_mass = 0; tight = 0u; }
+                if (threadIdx.x == 0) { gathered = 0; gathered_mass = 0; wide_mass = 0; tight = 0u; }
                 for (int sl = warp; sl < slices; sl += warps) {
                     int c = row_counts[sl];
                     const float* sv = values + at + (u64)sl * SAMPLE_CANDIDATES;
@@ -1698,15 +1699,21 @@ public enum GemmaKernels {
                     }
                 }
                 __syncthreads();
+                u32 widest = cut;  // the largest slice cut: every value of the row above it is a candidate
                 if (tight > cut) cut = tight;
-                u64 mine = 0;
+                u64 mine = 0, mine_wide = 0;
                 for (int sl = warp; sl < slices; sl += warps) {
                     int c = row_counts[sl];
                     u64 from = at + (u64)sl * SAMPLE_CANDIDATES;
                     for (int j = lane; j < c; j += 32) {
                         float v = values[from + j];
-                        if (order_key(v) < cut) continue;
-                        if (nucleus) mine += token_mass(v, maximum, inverse_t);
+                        u32 key = order_key(v);
+                        if (nucleus && key >= widest) {
+                            u64 w = token_mass(v, maximum, inverse_t);
+                            mine_wide += w;
+                            if (key >= cut) mine += w;
+                        }
+                        if (key < cut) continue;
                         int place = atomicAdd(&gathered, 1);
                         if (place < SAMPLE_GATHERED) {
                             gathered_values[place] = v;
@@ -1714,12 +1721,17 @@ public enum GemmaKernels {
                         }
                     }
                 }
-                if (nucleus) atomicAdd(&gathered_mass, mine);
+                if (nucleus) {
+                    atomicAdd(&gathered_mass, mine);
+                    atomicAdd(&wide_mass, mine_wide);
+                }
                 __syncthreads();
                 GatheredRow kept = {gathered_values, gathered_ids, gathered};
                 if (nucleus) {
                     if (gathered <= SAMPLE_GATHERED && gathered_mass >= target) {
                         draw_row(kept, p, out + blockIdx.x, histogram, whole_mass);
+                    } else if (wide_mass >= target) {
+                        draw_row(src, p, out + blockIdx.x, histogram, whole_mass);
                     } else {
                         FullRow row = {logits + (u64)blockIdx.x * n, n, softcap, 0};
                         draw_row(row, p, out + blockIdx.x, histogram);  // a wide nucleus

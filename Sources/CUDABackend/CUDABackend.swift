@@ -1079,6 +1079,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // Rows with a top-k cut of at most 256 are drawn from each slice's own top-k
         // (sample_candidates), the slices spread over the SMs.
         let slices = Self.logitSlices(columns)
+        precondition(slices <= 64, "sample_rows lists at most 64 slices of a row")
         let places = rows * slices * GemmaKernels.sampleCandidatesPerSlice
         if candidateValues == nil || candidateValues!.count < places {
             candidateValues = makeBuffer(count: places)

@@ -529,6 +529,23 @@ public struct GPUCheck {
                     name: "sample \(draws.count)x262144\(softcap == nil ? "" : " capped") (rows differing)", error: Double(misses),
                     tolerance: 1))
             }
+            // Peaked rows (a trained model's, more often than flat ones): a small top-k, and top-p or
+            // the temperature alone with no top-k, whose nucleus the draw gathers from the slices.
+            do {
+                let peakedDraws = [
+                    TokenDraw(temperature: 0.3, topK: 0, topP: 0.9, minP: 0, seed: 11),
+                    TokenDraw(temperature: 1, topK: 0, topP: 0.5, minP: 0, seed: 12),
+                    TokenDraw(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 13),
+                    TokenDraw(temperature: 2, topK: 3, topP: 1, minP: 0, seed: 14),
+                ]
+                let peaked = values(peakedDraws.count * 262_144, scale: 20)
+                let (_, gp) = pair(peaked)
+                let wanted = peakedDraws.indices.map { r in peakedDraws[r].choose(Array(peaked[r * 262_144..<(r + 1) * 262_144])) }
+                let drawn = gpu.sample(gp, rows: peakedDraws.count, columns: 262_144, softcap: nil, draws: peakedDraws)
+                results.append(Result(
+                    name: "sample \(peakedDraws.count)x262144 peaked (rows differing)",
+                    error: Double(zip(wanted, drawn).filter { $0 != $1 }.count), tolerance: 1))
+            }
             // Ties at a top-k cut past a slice's candidate places (all equal; 3000 equal at the top
             // of one slice): the draw falls back to the whole row and keeps every tie, as the host.
             do {

@@ -202,7 +202,8 @@ struct GPUCheckCommand: ParsableCommand {
         }
 
         for batch in [1, 16] {
-            let slots = (0..<batch).map { _ in runner.makeSlot(contextLength: 4096) }
+            // Room for every timed variant below: about 16 steps' worth of --steps and some warm-up.
+            let slots = (0..<batch).map { _ in runner.makeSlot(contextLength: max(4096, 20 * steps + 1024)) }
             var next = try slots.enumerated().map { i, slot in
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
             }

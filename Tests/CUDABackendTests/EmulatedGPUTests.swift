@@ -204,12 +204,14 @@ import Testing
         for i in 0..<30 { crowded[100 + i] = 2 + Float(i) * 0.001 }
         row(crowded, TokenDraw(temperature: 1, topK: 20, topP: 1, minP: 0, seed: 9))
         // No top-k cut, drawn on the slices: the temperature alone (with min-p, and a top-k of the
-        // whole row, which is none), then top-p: a peaked row (a nucleus of a few), a flat one (too
-        // wide: the whole row on one block), and one whose nucleus crowds one slice, past the 256
-        // it lists, at top-p 0.3 (within them) and 0.9 (past them: the whole row).
+        // whole row, which is none), then top-p: a narrower row (a nucleus of about a thousand), a
+        // peaked one (a few: the cut from the slices' listed keys), a flat one (too wide: the whole
+        // row on one block), and one whose nucleus crowds one slice, past the 256 it lists, at top-p
+        // 0.3 (within them) and 0.9 (past them: the whole row).
         row(random(6), TokenDraw(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 10))
         row(random(6), TokenDraw(temperature: 0.7, topK: columns, topP: 1, minP: 0.1, seed: 11))
         row(random(12), TokenDraw(temperature: 0.5, topK: 0, topP: 0.9, minP: 0, seed: 12))
+        row(random(20), TokenDraw(temperature: 0.3, topK: 0, topP: 0.9, minP: 0, seed: 20))
         row(random(0.5), TokenDraw(temperature: 1, topK: 0, topP: 0.9, minP: 0, seed: 13))
         row(random(4), TokenDraw(temperature: 1, topK: 0, topP: 0.5, minP: 0.02, seed: 14))
         var crowdedNucleus = random(1)
@@ -278,6 +280,25 @@ import Testing
         #expect(many[1].id == draws[1].choose(Array(logits[columns..<2 * columns]), softcap: nil) && many[1].top.isEmpty)
     }
 
+    /// A top-p nucleus too wide to gather (about 1,700 tokens spread over 8 slices, each of whose
+    /// 256 candidates holds all of its share): the draw reads the slices' places with the row's mass,
+    /// and gives the host's token.
+    @Test func wideNucleusDrawsMatchTheHost() throws {
+        let gpu = try Self.backend.get()
+        let columns = 32_768  // 8 slices
+        #expect(CUDABackend.logitSlices(columns) == 8)
+        var generator = Xoshiro256StarStar(seed: 41)
+        var logits = (0..<columns).map { _ in Float.random(in: -1...1, using: &generator) }
+        for i in 0..<2_000 { logits[i * 16 + 3] = 2 + Float.random(in: -0.5...0.5, using: &generator) }
+        let buffer = gpu.makeBuffer(count: columns)
+        for seed: UInt64 in 1...8 {
+            let draw = TokenDraw(temperature: 1, topK: 0, topP: 0.25, minP: 0, seed: seed)
+            gpu.write(logits, to: buffer, offset: 0)
+            let drawn = gpu.sample(buffer, rows: 1, columns: columns, softcap: nil, draws: [draw])
+            #expect(drawn == [draw.choose(logits)], "seed \(seed)")
+        }
+    }
+
     /// Logprobs of rows cut into several slices (logprob_slices, then logprob_merge): ids and ranks
     /// as the host's, logprobs within f32 rounding, with ties that span slices ordered by id, a
     /// slice of only -inf, and the top list drawn from every slice.
@@ -294,7 +315,11 @@ import Testing
         var spread = random(1)
         for (k, i) in [3, 5_100, 10_002, 19_999, 7, 15_000].enumerated() { spread[i] = 6 - Float(k % 3) }
         rows.append(spread)
-        let tokens = [17, 4_999, 2_500, 10_002]
+        // Fewer finite values than the top list: the rest are -inf, reported by the lowest ids.
+        var sparse = [Float](repeating: -.infinity, count: columns)
+        for i in 0..<7 { sparse[12_000 + i * 997] = Float(i) * 0.5 }
+        rows.append(sparse)
+        let tokens = [17, 4_999, 2_500, 10_002, 12_997]
         let buffer = gpu.makeBuffer(count: rows.count * columns)
         gpu.write(rows.flatMap { $0 }, to: buffer, offset: 0)
         for top in [0, 1, 5, 20] {
@@ -655,7 +680,9 @@ import Testing
         let gpu = try Self.backend.get()
         #expect(gpu.fusedNormProblem == nil, "the fused norms' self-check at start")
         let chosenPrefetch = gpu.prefetchAheadBytes
-        #expect(chosenPrefetch == 0, "no prefetch by default")
+        if ProcessInfo.processInfo.environment["INFERENCE_PREFETCH_AHEAD"] == nil {
+            #expect(chosenPrefetch == 0, "no prefetch by default")
+        }
         defer {
             gpu.fusedNorms = true
             gpu.fusedHeadNorms = true
