@@ -308,10 +308,10 @@ struct GPUCheckCommand: ParsableCommand {
                 figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
             }
             figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
-            // Without a top-k cut, each row's draw reads the whole vocabulary in one block: what a
-            // client that sets only the temperature (OpenAI's default, 1) or only top_p gets.
-            // (Random weights give flat rows, whose nucleus at T 1 is too wide for the candidates;
-            // at T 0.3 it is narrower, as a trained model's usually is.)
+            // Draws without a top-k cut, as a client that sets only the temperature (OpenAI's default,
+            // 1) or only top_p sends: drawn on the slices (sample_maxima first), top-p from each
+            // slice's top 256 unless the nucleus is wider (then one block reads the whole row). At
+            // T 0.3 the nucleus is narrower, as a trained model's usually is.
             let uncut: [(String, String, Float, Float)] = [
                 ("temperature only (T 1)", "temperature_only", 1, 1), ("top-p only (T 1, top-p 0.9)", "top_p_only", 1, 0.9),
                 ("top-p only (T 0.3, top-p 0.9)", "top_p_only_cold", 0.3, 0.9),
