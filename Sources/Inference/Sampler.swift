@@ -80,11 +80,14 @@ public struct Sampler: Sendable {
         // Weights at this temperature, max-subtracted (the largest is 1).
         let inverseTemperature = 1 / parameters.temperature
         let maximum = Self.largest(logits)
-        var (probabilities, total) = Self.exponentials(logits, maximum: maximum, scale: inverseTemperature)
+        let (weights, total) = Self.exponentials(logits, maximum: maximum, scale: inverseTemperature)
 
         let filtered = parameters.topK > 0 || parameters.topP < 1 || parameters.minP > 0
         // Every token: from the weights as they are, a block of them at a time.
-        guard filtered else { return drawAll(probabilities, logits: logits) }
+        guard filtered else { return drawAll(weights, logits: logits) }
+        // An infinite logit, a NaN or only -inf: no distribution to filter; the argmax, as drawAll.
+        guard total > 0, total.isFinite else { return Self.argmax(logits) }
+        var probabilities = weights
         probabilities.withUnsafeMutableBufferPointer { p in
             for i in p.indices { p[i] /= total }
         }
@@ -130,28 +133,31 @@ public struct Sampler: Sendable {
 
     /// A draw over every token in proportion to `weights` (not normalized), as `draw` walks them,
     /// but by blocks of 256 whose sums come first: the walk skips whole blocks, where one subtraction
-    /// a token (each waiting on the last) was a pass over all 262,144 for a token near the end.
-    /// Weights that are all 0 or hold a NaN (an infinite logit, or only -inf): the argmax of the logits.
+    /// a token (each waiting on the last) was a pass over all 262,144 for a token near the end. The
+    /// sums are in Double, four of them at once, as the walk subtracts; what rounding leaves over at
+    /// a block's end walks on into the next. Weights that are all 0 or hold a NaN (an infinite
+    /// logit, a NaN or only -inf): the argmax of the logits.
     private mutating func drawAll(_ weights: [Float], logits: [Float]) -> Int {
         let block = 256
         let n = weights.count
         var sums = [Double](repeating: 0, count: (n + block - 1) / block)
         weights.withUnsafeBufferPointer { w in
-            let raw = UnsafeRawPointer(w.baseAddress)
             for b in sums.indices {
                 let start = b * block, end = min(n, start + block)
-                var lanes = SIMD8<Float>()
+                var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
                 var i = start
-                while i + 8 <= end {
-                    lanes += raw!.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-                    i += 8
+                while i + 4 <= end {
+                    s0 += Double(w[i])
+                    s1 += Double(w[i + 1])
+                    s2 += Double(w[i + 2])
+                    s3 += Double(w[i + 3])
+                    i += 4
                 }
-                var sum = Double(lanes.sum())
                 while i < end {
-                    sum += Double(w[i])
+                    s0 += Double(w[i])
                     i += 1
                 }
-                sums[b] = sum
+                sums[b] = (s0 + s1) + (s2 + s3)
             }
         }
         let mass = sums.reduce(0, +)
@@ -162,15 +168,14 @@ public struct Sampler: Sendable {
                 remaining -= sums[b]
                 continue
             }
-            let start = b * block, end = min(n, start + block)
-            for id in start..<end {
+            for id in (b * block)..<n {
                 remaining -= Double(weights[id])
                 if remaining < 0 { return id }
             }
-            // Rounding left a little over: the block's last token with any weight.
-            return (start..<end).last(where: { weights[$0] > 0 }) ?? Self.argmax(logits)
+            break
         }
-        return Self.argmax(logits)
+        // Rounding left a little over at the end: the last token with any weight.
+        return weights.indices.last(where: { weights[$0] > 0 }) ?? Self.argmax(logits)
     }
 
     /// e^((x - maximum) * scale) for each x of `logits`, and their sum: eight lanes at a time

@@ -48,10 +48,19 @@ import Testing
             let e = Sampler.exponential8(x)
             for l in 0..<8 {
                 let want = Foundation.exp(x[l])
+                #expect(!e[l].isNaN, "e^\(x[l])")
                 worst = max(worst, abs(e[l] - want) / want)
             }
         }
         #expect(worst < 2.5e-7, "worst relative error \(worst)")
+        // At the cutoffs, and where x / ln 2 is a half-integer (the rounding's ties).
+        let cut: Float = -87.336_54
+        let ln2: Float = 0.693_147_18
+        let ties: [Float] = [-0.5 * ln2, 2.5 * ln2, -100.5 * ln2, 1]
+        let edges = Sampler.exponential8(SIMD8(cut, cut.nextDown, 88, Float(88).nextUp, ties[0], ties[1], ties[2], ties[3]))
+        #expect(edges[0] >= .leastNormalMagnitude && edges[1] == 0)
+        #expect(edges[2].isFinite && edges[3] == .infinity)
+        for (l, x) in zip(4..<8, ties) { #expect(abs(edges[l] - Foundation.exp(x)) <= 2.5e-7 * edges[l], "e^\(x)") }
         let special = Sampler.exponential8(SIMD8(0, -.infinity, .nan, -87.4, -100, 88.5, .infinity, -0.0))
         #expect(special[0] == 1 && special[7] == 1)
         #expect(special[1] == 0 && special[3] == 0 && special[4] == 0)
@@ -62,14 +71,21 @@ import Testing
         let want = logits.map { Foundation.exp($0 * 1.5) }
         #expect(zip(values, want).allSatisfy { abs($0 - $1) <= 2.5e-7 * $1 })
         #expect(abs(total - want.reduce(0, +)) < 1e-5)
+        // A maximum that is not 0, and -inf logits (in the lanes and in the tail).
+        let shifted: [Float] = (0..<11).map { $0 % 4 == 1 ? -.infinity : 3 - Float($0) * 0.5 }
+        let (weights, sum) = Sampler.exponentials(shifted, maximum: 3, scale: 0.8)
+        #expect(weights[0] == 1)
+        #expect(zip(weights, shifted).allSatisfy { w, x in x == -.infinity ? w == 0 : abs(w - Foundation.exp((x - 3) * 0.8)) <= 2.5e-7 * w })
+        #expect(abs(sum - weights.reduce(0, +)) < 1e-6)
     }
 
-    /// A draw over every token (no filter) follows the softmax: over a row of 3,000 with a few
-    /// heavy tokens past the first blocks, each token's share of 200,000 draws is within 4 standard
-    /// deviations of its probability, and a token at -inf is never drawn.
+    /// A draw over every token (no filter) follows the softmax: over a row of 3,000 (blocks of 256,
+    /// the last partial) with heavy tokens on both sides of block edges, each token's share of
+    /// 200,000 draws is within 4 standard deviations of its probability, and a token at -inf is never
+    /// drawn.
     @Test func aDrawOverEveryTokenFollowsTheSoftmax() {
         var logits = (0..<3_000).map { Float($0 % 7) * 0.1 }
-        for id in [700, 1_999, 2_999] { logits[id] = 6 }
+        for id in [255, 256, 700, 1_999, 2_816, 2_999] { logits[id] = 6 }
         logits[2_998] = -.infinity
         var sampler = Sampler(parameters: SamplingParameters(temperature: 1, seed: 21))
         var counts = [Int](repeating: 0, count: logits.count)
@@ -77,16 +93,25 @@ import Testing
         for _ in 0..<draws { counts[sampler.sample(logits)] += 1 }
         let weights = logits.map { Foundation.exp(Double($0) - 6) }
         let total = weights.reduce(0, +)
-        for id in [0, 6, 700, 1_999, 2_999, 1_500] {
+        for id in [0, 6, 255, 256, 700, 1_999, 2_816, 2_999, 1_500] {
             let p = weights[id] / total
             let sigma = (p * (1 - p) * Double(draws)).squareRoot()
             #expect(abs(Double(counts[id]) - p * Double(draws)) < 4 * sigma + 1, "token \(id): \(counts[id]) of \(draws), p \(p)")
         }
         #expect(counts[2_998] == 0)
-        // Only -inf, or an infinite logit: the argmax, as the greedy path.
-        var edge = Sampler(parameters: SamplingParameters(temperature: 1, seed: 3))
-        #expect(edge.sample([-.infinity, -.infinity, -.infinity]) == 0)
-        #expect(edge.sample([1, .infinity, 2]) == 1)
+        // Only -inf, an infinite logit or a NaN: the argmax, as the greedy path, with or without a
+        // filter; an empty row: 0. A last block of only -inf is never reached.
+        for topP: Float in [1, 0.9] {
+            var edge = Sampler(parameters: SamplingParameters(temperature: 1, topP: topP, seed: 3))
+            #expect(edge.sample([-.infinity, -.infinity, -.infinity]) == 0)
+            #expect(edge.sample([1, .infinity, 2]) == 1)
+            #expect(edge.sample([-.infinity, 2, .nan, 5, 1]) == 3)
+            #expect(edge.sample([]) == 0)
+        }
+        var tail = (0..<600).map { Float($0 % 5) * 0.2 }
+        for id in 512..<600 { tail[id] = -.infinity }
+        var tailSampler = Sampler(parameters: SamplingParameters(temperature: 1, seed: 8))
+        #expect((0..<2_000).allSatisfy { _ in tailSampler.sample(tail) < 512 })
     }
 
     @Test func aSeedReproducesTheDraws() {
