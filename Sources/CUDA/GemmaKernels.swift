@@ -1136,6 +1136,14 @@ public enum GemmaKernels {
             if (threadIdx.x == 0) *out = index;
         }
 
+        // Block y's share of a row of n cut into gridDim.y slices (the last may be short or empty):
+        // [lo, hi). argmax_rows, the draws and the logprobs cut a row alike.
+        __device__ __forceinline__ void slice_bounds(int n, int& lo, int& hi) {
+            int size = (n + gridDim.y - 1) / gridDim.y;
+            lo = blockIdx.y * size;
+            hi = lo + size < n ? lo + size : n;
+        }
+
         // Each row's largest value in `gridDim.y` slices, one block each: the value and its index
         // (as float bits) per slice into parts (rows, slices, 2), for argmax_finish: one block a row
         // left the other SMs idle while it read 262144 logits. Grid: (rows, slices); block: 256.
@@ -1143,8 +1151,8 @@ public enum GemmaKernels {
             grid_release();
             grid_wait();
             const float* row = logits + (u64)blockIdx.x * n;
-            int slice = (n + gridDim.y - 1) / gridDim.y, lo = blockIdx.y * slice;
-            int hi = lo + slice < n ? lo + slice : n;
+            int lo, hi;
+            slice_bounds(n, lo, hi);
             float best = NEG_INF;
             int index = lo;  // a slice of only -inf or NaN offers its first index: a row of them gives 0
             for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
@@ -1483,14 +1491,13 @@ public enum GemmaKernels {
             grid_wait();
             SampleRow p = parameters[blockIdx.x];
             if (!uncut(p, n)) return;
-            int slices = gridDim.y, s = blockIdx.y;
-            int size = (n + slices - 1) / slices, lo = s * size;
-            int hi = lo + size < n ? lo + size : n;
+            int slices = gridDim.y, lo, hi;
+            slice_bounds(n, lo, hi);
             const float* row = logits + (u64)blockIdx.x * n;
             float m = NEG_INF;
             for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) m = fmaxf(m, capped(row[i], softcap));
             m = block_max(m);
-            if (threadIdx.x == 0) maxima[(u64)blockIdx.x * slices + s] = m;
+            if (threadIdx.x == 0) maxima[(u64)blockIdx.x * slices + blockIdx.y] = m;
         }
 
         // Stage one of a draw with a top-k cut (1 <= top_k <= SAMPLE_CANDIDATE_TOP_K, below n): each
@@ -1529,8 +1536,8 @@ public enum GemmaKernels {
                 if (threadIdx.x == 0) *count = -1;
                 return;
             }
-            int size = (n + slices - 1) / slices, lo = s * size;
-            int hi = lo + size < n ? lo + size : n;
+            int lo, hi;
+            slice_bounds(n, lo, hi);
             FullRow src = {logits + (u64)blockIdx.x * n + lo, hi > lo ? hi - lo : 0, softcap, lo};
             u64 at = ((u64)blockIdx.x * slices + s) * SAMPLE_CANDIDATES;
             float inverse_t = 1.0f / p.temperature;
@@ -1604,14 +1611,13 @@ public enum GemmaKernels {
                 FullRow src = {logits + (u64)blockIdx.x * n, n, softcap, 0};
                 draw_row(src, p, out + blockIdx.x, histogram);
             } else if (nucleus && p.top_p >= 1.0f) {
-                // No cut at all: the row's Gumbel-max is the best of its slices' (the lowest id on ties).
+                // No cut at all: the row's Gumbel-max is the best of its slices' (the lowest id on
+                // ties), a slice a thread (slices <= 64).
                 float best = NEG_INF;
                 int index = 0x7fffffff;
-                for (int sl = threadIdx.x; sl < slices; sl += blockDim.x) {
-                    if (row_counts[sl] == 0) continue;
-                    float g = values[at + (u64)sl * SAMPLE_CANDIDATES];
-                    int id = ids[at + (u64)sl * SAMPLE_CANDIDATES];
-                    if (index == 0x7fffffff || g > best || (g == best && id < index)) { best = g; index = id; }
+                if (threadIdx.x < slices && row_counts[threadIdx.x] > 0) {
+                    best = values[at + (u64)threadIdx.x * SAMPLE_CANDIDATES];
+                    index = ids[at + (u64)threadIdx.x * SAMPLE_CANDIDATES];
                 }
                 block_argmax(best, index, out + blockIdx.x);
                 if (threadIdx.x == 0 && out[blockIdx.x] == 0x7fffffff) out[blockIdx.x] = 0;
@@ -1734,7 +1740,7 @@ public enum GemmaKernels {
                         draw_row(src, p, out + blockIdx.x, histogram, whole_mass);
                     } else {
                         FullRow row = {logits + (u64)blockIdx.x * n, n, softcap, 0};
-                        draw_row(row, p, out + blockIdx.x, histogram);  // a wide nucleus
+                        draw_row(row, p, out + blockIdx.x, histogram);  // past the candidates
                     }
                 } else if (gathered <= SAMPLE_GATHERED) {
                     draw_row(kept, p, out + blockIdx.x, histogram);
@@ -1778,8 +1784,8 @@ public enum GemmaKernels {
             grid_wait();
             __shared__ int picked;
             const float* row = (const float*)rows[blockIdx.x];
-            int slices = gridDim.y, size = (n + slices - 1) / slices, lo = blockIdx.y * size;
-            int hi = lo + size < n ? lo + size : n;
+            int slices = gridDim.y, lo, hi;
+            slice_bounds(n, lo, hi);
             top = top < 0 ? 0 : (top > LOGPROBS_MAX_TOP ? LOGPROBS_MAX_TOP : top);
             float* o = parts + ((u64)blockIdx.x * slices + blockIdx.y) * LOGPROB_PART;
             float values[LOGPROBS_MAX_TOP];

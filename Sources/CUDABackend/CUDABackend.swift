@@ -1091,7 +1091,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // drawn on the slices too, once each slice's maximum is known (sample_maxima): on one block
         // they took 0.46 ms (temperature only) and 1.2 ms (top-p 0.9) a step on an H100, 1B shape.
         var maxima: CUDAContext.DevicePointer = 0, masses: CUDAContext.DevicePointer = 0
-        if draws.contains(where: { $0.temperature > 0 && !($0.topK > 0 && $0.topK < columns) }) {
+        if draws.contains(where: { $0.temperature > 0 && !($0.topK > 0 && $0.topK < columns) }) {  // the kernels' uncut()
             if candidateMaxima == nil || candidateMaxima!.count < rows * slices {
                 candidateMaxima = makeBuffer(count: max(rows, 16) * 64)
                 candidateMasses = makeBuffer(count: max(rows, 16) * 64 * 2)  // u64 each

@@ -118,7 +118,7 @@ public struct Sampler: Sendable {
     }
 
     /// A draw from `candidates` in proportion to their probabilities.
-    private mutating func draw<Candidates: BidirectionalCollection<Int>>(from candidates: Candidates, _ probabilities: [Float]) -> Int {
+    private mutating func draw(from candidates: [Int], _ probabilities: [Float]) -> Int {
         // Nothing survives when every logit is -inf (min_tokens barring every id, say): the argmax
         // then, as the greedy path and the GPU answer, rather than no token.
         guard !candidates.isEmpty else { return Self.argmax(probabilities) }
