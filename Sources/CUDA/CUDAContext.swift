@@ -306,6 +306,11 @@ public final class CUDAContext: @unchecked Sendable {
     public func launch(
         _ kernel: OpaquePointer, grid: (Int, Int, Int), block: Int, sharedBytes: Int = 0, _ arguments: [Argument]
     ) {
+        if !skippedKernels.isEmpty, let name = kernelNames[UInt64(UInt(bitPattern: kernel))],
+            skippedKernels.contains(name) || skippedKernels.contains("\(name)@\(grid.0)")
+        {
+            return
+        }
         if recording {
             // Straight onto the tape: a decode step records some 240 launches.
             tapeLock.lock()
@@ -720,6 +725,10 @@ public final class CUDAContext: @unchecked Sendable {
 
     /// Kernel names by function, for profiles.
     private var kernelNames: [UInt64: String] = [:]
+    /// Kernels whose launches are dropped, by name or as name@grid-x (one launch shape of it): what a
+    /// kernel costs inside a step is the step's time without it (gpu-check --decode-sweep). The
+    /// results are then wrong; nothing else sets it. Set between steps only.
+    public var skippedKernels: Set<String> = []
     /// While `profileStep` runs: the tapes it issues, one after the other, and how long the host took
     /// to record the first (until the GPU had work).
     private var keepingStep = false

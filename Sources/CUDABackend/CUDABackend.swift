@@ -151,6 +151,29 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); headNormsFused = newValue; lock.unlock() }
     }
     private var headNormsFused = true
+    /// A decode step's attention reads its row table and first keys before waiting for the qkv
+    /// product (`attention_rows`' early), unless this is false (gpu-check times both) or
+    /// `INFERENCE_ATTENTION_EARLY=off`.
+    public var attentionEarlyLoads: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return attentionEarly }
+        set { lock.lock(); attentionEarly = newValue; lock.unlock() }
+    }
+    private var attentionEarly = true
+    /// A fused residual norm's blocks count themselves on its ticket after their product rather than
+    /// before it (the kernels' `late`), unless this is false (gpu-check times both) or
+    /// `INFERENCE_LATE_NORM_COUNT=off`.
+    public var lateNormCount: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return normCountLate }
+        set { lock.lock(); normCountLate = newValue; lock.unlock() }
+    }
+    private var normCountLate = true
+    /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
+    /// sweep times others).
+    public var decodeShares: Int {
+        get { lock.lock(); defer { lock.unlock() }; return attentionShares }
+        set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
+    }
+    private var attentionShares = 16
     /// How many attention launches applied the q/k norms and RoPE themselves (for checks that the fused path ran).
     public var fusedHeadNormLaunches: Int {
         lock.lock()
@@ -228,6 +251,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormProblem = env["INFERENCE_FUSED_NORMS"] == "off" ? "turned off (INFERENCE_FUSED_NORMS=off)" : try fusedNormSelfCheck()
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
+        attentionEarly = env["INFERENCE_ATTENTION_EARLY"] != "off"
+        normCountLate = env["INFERENCE_LATE_NORM_COUNT"] != "off"
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -563,7 +588,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         else { return nil }
         return [
             .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(norm.accumulator.address),
-            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(normTicket.address),
+            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(normTicket.address), .int(lateNormCount ? 1 : 0),
         ]
     }
 
@@ -796,7 +821,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // share keep the launch (and so the step's CUDA graph) the same for 512 keys at a time. A
         // prefill takes shares of about 256 keys, up to 32.
         let decode = rows <= GemmaKernels.gemvMaximumTokens
-        let most = decode ? 16 : 32
+        let most = decode ? decodeShares : 32
         let share = decode ? 32 * max(1, (mostKeys + 32 * most - 1) / (32 * most)) : max(256, (mostKeys + most - 1) / most)
         let splits = decode ? (mostKeys > 32 ? most : 1) : max(1, (mostKeys + share - 1) / share)
         var partials: CUDAContext.DevicePointer = 0
@@ -817,7 +842,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
             ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits) + [
                 .pointer(inside?.queryNorm.address ?? 0), .pointer(inside?.keyNorm.address ?? 0),
-                .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0),
+                .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0), .int(attentionEarlyLoads ? 1 : 0),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.

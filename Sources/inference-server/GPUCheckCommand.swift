@@ -33,6 +33,11 @@ struct GPUCheckCommand: ParsableCommand {
     @Flag(help: "Time prefill and decode at batch 1 and 16 (needs --model).")
     var bench = false
 
+    @Flag(
+        name: .customLong("decode-sweep"),
+        help: "Time one-sequence greedy decode with each setting and kernel off in turn, alternated (needs --model).")
+    var decodeSweep = false
+
     @Option(help: "Decode steps timed per batch size.")
     var steps = 128
 
@@ -84,7 +89,7 @@ struct GPUCheckCommand: ParsableCommand {
             }
         }
 
-        if golden != nil || compare || bench {
+        if golden != nil || compare || bench || decodeSweep {
             let engine = try Engine.load(path: try options.resolvedPath(), exactActivations: true)
             let loadStart = Date()
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
@@ -113,6 +118,9 @@ struct GPUCheckCommand: ParsableCommand {
             if bench {
                 figures.merge(try benchmark(model: model, weights: engine.weights, gpu: gpu)) { $1 }
             }
+            if decodeSweep {
+                figures["decode_sweep"] = try sweep(model: model, gpu: gpu)
+            }
         }
 
         if let json {
@@ -124,6 +132,78 @@ struct GPUCheckCommand: ParsableCommand {
             throw ExitCode(1)
         }
         print("all GPU checks passed")
+    }
+
+    /// Where a one-sequence decode step's time goes, inside the step's graph: the step with one
+    /// setting changed, or one kernel (or launch shape of one) dropped, against the step as it is.
+    /// Each timing starts from the same 64-token prompt, so every variant attends over the same keys;
+    /// the variants are alternated ROUNDS times so that a drift of the card's clocks shows as a
+    /// spread, not as a difference. A dropped kernel's figure is its cost in the step, launch gap
+    /// and all (its results are then wrong; they are not checked here).
+    private func sweep(model: Gemma3Model<CUDABackend>, gpu: CUDABackend) throws -> [String: Double] {
+        let c = model.config
+        let vocabulary = c.vocabularySize
+        let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 512)
+        let slot = runner.makeSlot(contextLength: 4096)
+        let prompt = [2] + (1..<64).map { (1000 + ($0 * 7919) % 20_000) % vocabulary }
+        func grid(_ m: Int, _ k: Int) -> Int { (m * GemmaKernels.gemvSplits(rows: m, columns: k) + 7) / 8 }
+        let queryWidth = c.headCount * c.headDimension
+        var variants: [(name: String, set: (Bool) -> Void)] = [("as it is", { _ in })]
+        let early = gpu.attentionEarlyLoads
+        variants.append(("attention loads after the wait", { gpu.attentionEarlyLoads = $0 ? !early : early }))
+        let late = gpu.lateNormCount
+        variants.append(("norm count before the product", { gpu.lateNormCount = $0 ? !late : late }))
+        let fused = gpu.fusedNorms
+        variants.append(("norms unfused", { gpu.fusedNorms = $0 ? false : fused }))
+        let shares = gpu.decodeShares
+        for other in [8, 32] {
+            variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))
+        }
+        let kernels = [
+            ("qkv product (gemv_norm_bf16)", "gemv_norm_bf16"), ("attention_rows", "attention_rows"),
+            ("attention_combine", "attention_combine"),
+            ("output product", "gemv_bf16@\(grid(c.hiddenSize, queryWidth))"),
+            ("gate/up/GELU product", "gemv_gelu_norm_bf16"),
+            ("down product", "gemv_bf16@\(grid(c.hiddenSize, c.intermediateSize))"),
+            ("LM head", "gemv_bf16@\(grid(vocabulary, c.hiddenSize))"), ("argmax", "argmax_rows"),
+            ("embedding", "embed_rows"),
+        ]
+        for (label, name) in kernels {
+            variants.append(("without \(label)", { gpu.context.skippedKernels = $0 ? [name] : [] }))
+        }
+        let rounds = Int(ProcessInfo.processInfo.environment["ROUNDS"] ?? "") ?? 3
+        var times = [[Double]](repeating: [], count: variants.count)
+        for _ in 0..<rounds {
+            for (i, variant) in variants.enumerated() {
+                variant.set(true)
+                defer { variant.set(false) }
+                slot.reset()
+                var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+                for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
+                let time = try seconds {
+                    for _ in 0..<steps { next = try runner.decodeGreedy([slot], tokens: next) }
+                }
+                times[i].append(time / Double(steps) * 1000)
+            }
+        }
+        // Where the step as it is spends its time: recording, its graph alone, each kernel alone.
+        do {
+            slot.reset()
+            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+            for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
+            if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy([slot], tokens: next) }) {
+                _ = report(profile, top: 14)
+            }
+        }
+        var figures: [String: Double] = [:]
+        let base = times[0].sorted()[rounds / 2]
+        for (i, variant) in variants.enumerated() {
+            let median = times[i].sorted()[rounds / 2]
+            let each = times[i].map { String(format: "%.3f", $0) }.joined(separator: " ")
+            print(String(format: "sweep       %-40@ %.3f ms/step (%+.3f)  [%@]", variant.name as NSString, median, median - base, each))
+            figures[variant.name] = median
+        }
+        return figures
     }
 
     private func seconds(_ body: () throws -> Void) rethrows -> Double {
