@@ -481,10 +481,14 @@ public enum GemmaKernels {
 
         // One row per warp part (a step of one token: as many warps as possible). NORM: x is the row
         // before `norm` (fused_residual_norm), and the product reads its normed values.
+        // after, after_bytes: weights of the product that comes next, asked of L2 (prefetch_ahead, this
+        // block's share) once the block's own loads have come back, so that memory is not idle between
+        // this launch's last loads and the next one's first (bytes 0: none).
         template <int T, bool NORM>
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
-                                                  int splits, const ResidualNorm& norm) {
+                                                  int splits, const ResidualNorm& norm, const char* after,
+                                                  u64 after_bytes) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             const bf16* w;
             float* out;
@@ -499,6 +503,7 @@ public enum GemmaKernels {
             if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
             float s = gemv_total<T>(acc, tokens, splits);
             if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
+            prefetch_ahead(after, after_bytes);
             if constexpr (NORM) finish_residual_norm(norm, x, rs, k);
         }
 
@@ -541,8 +546,9 @@ public enum GemmaKernels {
         // for gemv_bf16, / 16 for gemv_pairs_bf16; block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
-                                                                   int m2, const float* x, int k, int tokens, int splits) {
-            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{});
+                                                                   int m2, const float* x, int k, int tokens, int splits,
+                                                                   const char* after, u64 after_bytes) {
+            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{}, after, after_bytes);
         }
 
         // gemv_bf16 after rms_norm_add_norm's work on x (one row of k columns, k <= NORM_FUSED_MAX): the
@@ -553,9 +559,10 @@ public enum GemmaKernels {
                                                                         float* o0, float* o1, float* o2, int m0, int m1,
                                                                         int m2, const float* x, int k, int tokens, int splits,
                                                                         const float* w, const float* next, float* residual,
-                                                                        float* normed, float eps, u32* ticket, int late) {
+                                                                        float* normed, float eps, u32* ticket, int late,
+                                                                        const char* after, u64 after_bytes) {
             gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,
-                               ResidualNorm{w, next, residual, normed, eps, ticket, late});
+                               ResidualNorm{w, next, residual, normed, eps, ticket, late}, after, after_bytes);
         }
 
         extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
@@ -579,7 +586,8 @@ public enum GemmaKernels {
         // before the wait.
         template <int T, bool NORM, int GROUPS>
         __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
-                                                       int k, int tokens, int splits, const ResidualNorm& norm) {
+                                                       int k, int tokens, int splits, const ResidualNorm& norm,
+                                                       const char* after, u64 after_bytes) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             grid_release();
             for (int j = 0; j < GROUPS; j++) {
@@ -600,6 +608,7 @@ public enum GemmaKernels {
                 float us = gemv_total<T>(u, tokens, splits);
                 if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = gelu_tanh_times(gs, us);
             }
+            prefetch_ahead(after, after_bytes);  // as gemv_rows
             if constexpr (NORM) finish_residual_norm(norm, x, rs, k);
         }
 
@@ -609,10 +618,10 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                         float* out, int m, int k, int tokens, int splits) {
             ResidualNorm none{};
-            if (tokens == 1) gemv_gelu_rows<1, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
-            else if (tokens <= 4) gemv_gelu_rows<4, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
-            else if (tokens <= 8) gemv_gelu_rows<8, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
-            else gemv_gelu_rows<GEMV_MAX_TOKENS, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            if (tokens == 1) gemv_gelu_rows<1, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
+            else if (tokens <= 4) gemv_gelu_rows<4, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
+            else if (tokens <= 8) gemv_gelu_rows<8, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
+            else gemv_gelu_rows<GEMV_MAX_TOKENS, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
         }
 
         // gemv_gelu_bf16 of one token after rms_norm_add_norm's work on x, as gemv_norm_bf16, each
@@ -625,9 +634,11 @@ public enum GemmaKernels {
                                                                                 float* out, int m, int k, int splits,
                                                                                 const float* w, const float* next,
                                                                                 float* residual, float* normed, float eps,
-                                                                                u32* ticket, int late) {
+                                                                                u32* ticket, int late, const char* after,
+                                                                                u64 after_bytes) {
             gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits,
-                                                      ResidualNorm{w, next, residual, normed, eps, ticket, late});
+                                                      ResidualNorm{w, next, residual, normed, eps, ticket, late}, after,
+                                                      after_bytes);
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64
@@ -909,11 +920,15 @@ public enum GemmaKernels {
         // first (cache rows that earlier steps wrote, which no kernel of this step writes, except the
         // fresh key's slot, whose stale load is replaced by kf and vf below), then it waits: those
         // loads overlap the qkv product before (a decode step's attention is a chain of waits on loads).
+        // ahead (not null): weight ranges to ask L2 for (prefetch_ahead) once this block's first keys
+        // are asked for, so that those loads are not queued behind them.
+        struct PrefetchRanges { const char* at[3]; u64 bytes[3]; };
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale,
                                const float* kfresh, const float* vfresh, int fresh,
-                               const float* qw, const float* kw, const float* angles, float eps, bool early) {
+                               const float* qw, const float* kw, const float* angles, float eps, bool early,
+                               const PrefetchRanges* ahead) {
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -925,6 +940,8 @@ public enum GemmaKernels {
                 if (first <= hi) attend_load(kcache, vcache, first, hi, kvh, width, dim, capacity, kr, vr);
                 grid_wait();
             }
+            if (ahead)
+                for (int i = 0; i < 3; i++) prefetch_ahead(ahead->at[i], ahead->bytes[i]);
             float q[8], acc[8];
             for (int j = 0; j < 8; j++) acc[j] = 0.0f;
             if (active) kv_load8(qv + d0, q);
@@ -1004,7 +1021,7 @@ public enum GemmaKernels {
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
-                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f, false);
+                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f, false, 0);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -1072,7 +1089,8 @@ public enum GemmaKernels {
         // launch before; every block reads its row's new key from k and v, so none reads the cache
         // row being stored, and the slot it replaces is past every row's window.
         // aheadN, bytesN: up to three ranges of the weights the products after it read, asked of L2
-        // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
+        // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none); with
+        // ahead_after, once the block's first keys are asked for (see attend).
         // qw not null (with store): q and k are as the qkv product left them; q_norm (qw), k_norm (kw)
         // and RoPE (table, a row per row) are applied here, as norm_rope would (one launch fewer).
         // early (with store): the row table (staged before the step's first kernel) and each warp's
@@ -1084,11 +1102,11 @@ public enum GemmaKernels {
                                                   int half, const float* k, const float* v, int store,
                                                   const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1,
                                                   const char* ahead2, u64 bytes2, const float* qw, const float* kw,
-                                                  const float* table, float eps, int early) {
+                                                  const float* table, float eps, int early, int ahead_after) {
             grid_release();
-            prefetch_ahead(ahead0, bytes0);
-            prefetch_ahead(ahead1, bytes1);
-            prefetch_ahead(ahead2, bytes2);
+            PrefetchRanges ahead = {{ahead0, ahead1, ahead2}, {bytes0, bytes1, bytes2}};
+            if (!ahead_after)
+                for (int i = 0; i < 3; i++) prefetch_ahead(ahead.at[i], ahead.bytes[i]);
             bool before = early && store;
             if (!before) grid_wait();
             SegmentRow r = rows[blockIdx.x];
@@ -1108,10 +1126,12 @@ public enum GemmaKernels {
             if (storing && !before) store_fresh(k, v, r, kvHeads, dim, half, qw, kw, angles, eps);
             if (half)
                 attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps, before);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps, before,
+                       ahead_after ? &ahead : 0);
             else
                 attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps, before);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps, before,
+                       ahead_after ? &ahead : 0);
             if (storing && before) store_fresh(k, v, r, kvHeads, dim, half, qw, kw, angles, eps);
         }
 

@@ -156,8 +156,29 @@ struct GPUCheckCommand: ParsableCommand {
         let fused = gpu.fusedNorms
         variants.append(("norms unfused", { gpu.fusedNorms = $0 ? false : fused }))
         let shares = gpu.decodeShares
-        for other in [8, 32] {
+        for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))
+        }
+        let ahead = (gpu.prefetchAheadBytes, gpu.prefetchAfterKeys)
+        for (mib, after) in [(8, false), (8, true), (16, true), (32, true)] {
+            variants.append((
+                "\(mib) MiB asked of L2 \(after ? "after" : "before") the attention's keys",
+                { on in (gpu.prefetchAheadBytes, gpu.prefetchAfterKeys) = on ? (mib << 20, after) : ahead }
+            ))
+        }
+        let tail = gpu.tailPrefetchBytes
+        for mib in [4, 8, 16] {
+            variants.append(("\(mib) MiB of the next product asked of L2 at each product's end", { gpu.tailPrefetchBytes = $0 ? mib << 20 : tail }))
+        }
+        // The step handed to the GPU in other pieces: a runner of its own over the same weights.
+        var pieced: [Int: (BatchRunner<CUDABackend>, BatchRunner<CUDABackend>.Slot)] = [:]
+        for (each, first, label) in [(0, 0, "the step as one graph"), (4, 2, "pieces of 4 layers"), (8, 1, "a first piece of 1 layer")] {
+            var other = model
+            other.layersPerSubmission = each
+            other.layersInFirstSubmission = first
+            let otherRunner = BatchRunner(model: other, maximumSequences: 1, prefillChunk: 512)
+            pieced[variants.count] = (otherRunner, otherRunner.makeSlot(contextLength: 4096))
+            variants.append((label, { _ in }))
         }
         let kernels = [
             ("qkv product (gemv_norm_bf16)", "gemv_norm_bf16"), ("attention_rows", "attention_rows"),
@@ -177,6 +198,7 @@ struct GPUCheckCommand: ParsableCommand {
             for (i, variant) in variants.enumerated() {
                 variant.set(true)
                 defer { variant.set(false) }
+                let (runner, slot) = pieced[i] ?? (runner, slot)
                 slot.reset()
                 var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
                 for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
