@@ -265,15 +265,16 @@ public enum GemmaKernels {
         // writes the new residual and the normed row. Its count comes after block_sum's barriers, which
         // every thread reaches only with its loads of x and the residual returned. n <= NORM_FUSED_MAX;
         // the launch's blocks take 256 threads.
-        // late != 0: the block keeps the new residual too (rs, shared memory) and counts itself only at
-        // the end of its launch (finish_residual_norm), after its product: the fences and the count,
-        // which every block's threads waited on before their product, then wait on nothing.
-        struct ResidualNorm { const float* w; const float* next; float* residual; float* normed; float eps; u32* ticket; int late; };
-
-        // The count on the ticket and the last block's writes of the new residual (rv) and normed row
-        // (ov), thread i's columns i, i + blockDim.x, ... Every thread of the block calls it.
-        __device__ __forceinline__ void residual_norm_count(const ResidualNorm& norm, int n, const float* rv, const float* ov) {
+        struct ResidualNorm { const float* w; const float* next; float* residual; float* normed; float eps; u32* ticket; };
+        __device__ __forceinline__ void fused_residual_norm(const float* x, const ResidualNorm& norm, const float* wv,
+                                                            const float* nv, int n, float* xs) {
             __shared__ int last;
+            float rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
+            residual_norm(x, norm.residual, wv, nv, n, norm.eps, rv, ov);
+            for (int j = 0; j < NORM_PER_THREAD; j++) {
+                int i = threadIdx.x + j * blockDim.x;
+                if (i < n) xs[i] = ov[j];
+            }
             // The fences order this block's reads before its count, and the last block's count before
             // its writes, for the whole GPU (the barrier alone orders them within the block).
             if (threadIdx.x == 0) {
@@ -281,7 +282,7 @@ public enum GemmaKernels {
                 last = atomicAdd(norm.ticket, 1u) == gridDim.x - 1;
                 __threadfence();
             }
-            __syncthreads();  // last, for every thread
+            __syncthreads();  // xs and last, for every thread
             if (last) {
                 for (int j = 0; j < NORM_PER_THREAD; j++) {
                     int i = threadIdx.x + j * blockDim.x;
@@ -292,35 +293,6 @@ public enum GemmaKernels {
                 }
                 if (threadIdx.x == 0) *norm.ticket = 0u;
             }
-        }
-
-        __device__ __forceinline__ void fused_residual_norm(const float* x, const ResidualNorm& norm, const float* wv,
-                                                            const float* nv, int n, float* xs, float* rs) {
-            float rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
-            residual_norm(x, norm.residual, wv, nv, n, norm.eps, rv, ov);
-            for (int j = 0; j < NORM_PER_THREAD; j++) {
-                int i = threadIdx.x + j * blockDim.x;
-                if (i < n) {
-                    xs[i] = ov[j];
-                    if (norm.late) rs[i] = rv[j];
-                }
-            }
-            // xs for every thread: after the count's barrier, or after this one.
-            if (norm.late) __syncthreads();
-            else residual_norm_count(norm, n, rv, ov);
-        }
-
-        // The end of a launch whose residual norm is late: the count, from the rows the block kept in
-        // shared memory (each thread its own columns, so no barrier before).
-        __device__ __forceinline__ void finish_residual_norm(const ResidualNorm& norm, const float* xs, const float* rs, int n) {
-            if (!norm.late) return;
-            float rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
-            for (int j = 0; j < NORM_PER_THREAD; j++) {
-                int i = threadIdx.x + j * blockDim.x;
-                rv[j] = i < n ? rs[i] : 0.0f;
-                ov[j] = i < n ? xs[i] : 0.0f;
-            }
-            residual_norm_count(norm, n, rv, ov);
         }
 
         // The 8 bf16 of a 16-byte run of a weight row, widened.
@@ -461,17 +433,14 @@ public enum GemmaKernels {
         // grid_wait, then the x a gemv reads: x itself, or (NORM) the normed row of x after `norm`, which
         // fused_residual_norm leaves in shared memory (float4: the chunks' 16-byte loads); the norm's
         // weights are loaded before the wait (no step writes them).
-        // rs: where a late norm keeps the new residual (see finish_residual_norm).
         template <bool NORM>
-        __device__ __forceinline__ const float* wait_for_x(const float* x, const ResidualNorm& norm, int k, const float*& rs) {
+        __device__ __forceinline__ const float* wait_for_x(const float* x, const ResidualNorm& norm, int k) {
             if constexpr (NORM) {
                 __shared__ float4 normed[NORM_FUSED_MAX / 4];
-                __shared__ float residual[NORM_FUSED_MAX];
                 float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
                 norm_weights(norm.w, norm.next, k, wv, nv);
                 grid_wait();
-                fused_residual_norm(x, norm, wv, nv, k, (float*)normed, residual);
-                rs = residual;
+                fused_residual_norm(x, norm, wv, nv, k, (float*)normed);
                 return (const float*)normed;
             } else {
                 grid_wait();
@@ -481,14 +450,10 @@ public enum GemmaKernels {
 
         // One row per warp part (a step of one token: as many warps as possible). NORM: x is the row
         // before `norm` (fused_residual_norm), and the product reads its normed values.
-        // after, after_bytes: weights of the product that comes next, asked of L2 (prefetch_ahead, this
-        // block's share) once the block's own loads have come back, so that memory is not idle between
-        // this launch's last loads and the next one's first (bytes 0: none).
         template <int T, bool NORM>
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
-                                                  int splits, const ResidualNorm& norm, const char* after,
-                                                  u64 after_bytes) {
+                                                  int splits, const ResidualNorm& norm) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             const bf16* w;
             float* out;
@@ -496,15 +461,12 @@ public enum GemmaKernels {
             gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
             grid_release();
             if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
-            const float* rs = 0;
-            x = wait_for_x<NORM>(x, norm, k, rs);
+            x = wait_for_x<NORM>(x, norm, k);
             float acc[T];
             for (int t = 0; t < T; t++) acc[t] = 0.0f;
             if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
             float s = gemv_total<T>(acc, tokens, splits);
             if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
-            prefetch_ahead(after, after_bytes);
-            if constexpr (NORM) finish_residual_norm(norm, x, rs, k);
         }
 
         // Two rows per warp part (a step of several tokens: each x value loaded once for both).
@@ -546,9 +508,8 @@ public enum GemmaKernels {
         // for gemv_bf16, / 16 for gemv_pairs_bf16; block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
-                                                                   int m2, const float* x, int k, int tokens, int splits,
-                                                                   const char* after, u64 after_bytes) {
-            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{}, after, after_bytes);
+                                                                   int m2, const float* x, int k, int tokens, int splits) {
+            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{});
         }
 
         // gemv_bf16 after rms_norm_add_norm's work on x (one row of k columns, k <= NORM_FUSED_MAX): the
@@ -559,10 +520,9 @@ public enum GemmaKernels {
                                                                         float* o0, float* o1, float* o2, int m0, int m1,
                                                                         int m2, const float* x, int k, int tokens, int splits,
                                                                         const float* w, const float* next, float* residual,
-                                                                        float* normed, float eps, u32* ticket, int late,
-                                                                        const char* after, u64 after_bytes) {
+                                                                        float* normed, float eps, u32* ticket) {
             gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,
-                               ResidualNorm{w, next, residual, normed, eps, ticket, late}, after, after_bytes);
+                               ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
@@ -586,8 +546,7 @@ public enum GemmaKernels {
         // before the wait.
         template <int T, bool NORM, int GROUPS>
         __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
-                                                       int k, int tokens, int splits, const ResidualNorm& norm,
-                                                       const char* after, u64 after_bytes) {
+                                                       int k, int tokens, int splits, const ResidualNorm& norm) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             grid_release();
             for (int j = 0; j < GROUPS; j++) {
@@ -597,8 +556,7 @@ public enum GemmaKernels {
                     gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
                 }
             }
-            const float* rs = 0;
-            x = wait_for_x<NORM>(x, norm, k, rs);
+            x = wait_for_x<NORM>(x, norm, k);
             for (int j = 0; j < GROUPS; j++) {
                 int r = (blockIdx.x * GROUPS + j) * (8 / splits) + warp / splits;
                 float g[T], u[T];
@@ -608,8 +566,6 @@ public enum GemmaKernels {
                 float us = gemv_total<T>(u, tokens, splits);
                 if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = gelu_tanh_times(gs, us);
             }
-            prefetch_ahead(after, after_bytes);  // as gemv_rows
-            if constexpr (NORM) finish_residual_norm(norm, x, rs, k);
         }
 
         // The MLP's first half in one pass: out[t, r] = gelu_tanh(gate[r, :] . x[t, :]) * (up[r, :] . x[t, :]),
@@ -618,10 +574,10 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                         float* out, int m, int k, int tokens, int splits) {
             ResidualNorm none{};
-            if (tokens == 1) gemv_gelu_rows<1, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
-            else if (tokens <= 4) gemv_gelu_rows<4, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
-            else if (tokens <= 8) gemv_gelu_rows<8, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
-            else gemv_gelu_rows<GEMV_MAX_TOKENS, false, 1>(gate, up, x, out, m, k, tokens, splits, none, 0, 0);
+            if (tokens == 1) gemv_gelu_rows<1, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            else if (tokens <= 4) gemv_gelu_rows<4, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            else if (tokens <= 8) gemv_gelu_rows<8, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            else gemv_gelu_rows<GEMV_MAX_TOKENS, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
         }
 
         // gemv_gelu_bf16 of one token after rms_norm_add_norm's work on x, as gemv_norm_bf16, each
@@ -634,11 +590,9 @@ public enum GemmaKernels {
                                                                                 float* out, int m, int k, int splits,
                                                                                 const float* w, const float* next,
                                                                                 float* residual, float* normed, float eps,
-                                                                                u32* ticket, int late, const char* after,
-                                                                                u64 after_bytes) {
+                                                                                u32* ticket) {
             gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits,
-                                                      ResidualNorm{w, next, residual, normed, eps, ticket, late}, after,
-                                                      after_bytes);
+                                                      ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64
@@ -898,50 +852,16 @@ public enum GemmaKernels {
         // qw not null: the query and the fresh key are as the qkv product left them, and get q_norm
         // (qw) / k_norm (kw) and RoPE (`angles`, the row's table row) here (head_norm_rope), as
         // norm_rope would have given them.
-        // One warp's group of ATT_GROUP keys from `base` (at most hi; past it the group repeats key
-        // base, which the caller masks), each key's and value's 16-byte loads all issued at once.
-        template <typename T>
-        __device__ __forceinline__ void attend_load(const T* kcache, const T* vcache, int base, int hi, int kvh, int width,
-                                                    int dim, int capacity, float (*kr)[8], float (*vr)[8]) {
-            int d0 = 8 * (threadIdx.x & 31);
-            for (int u = 0; u < ATT_GROUP; u++) {
-                int key = base + u <= hi ? base + u : base;
-                u64 row = (u64)(key % capacity) * width + (u64)kvh * dim + d0;
-                if (d0 < dim) {
-                    kv_load8(kcache + row, kr[u]);
-                    kv_load8(vcache + row, vr[u]);
-                } else {
-                    for (int j = 0; j < 8; j++) { kr[u][j] = 0.0f; vr[u][j] = 0.0f; }
-                }
-            }
-        }
-
-        // early: the block has not called grid_wait yet. Its warps' first groups of keys are loaded
-        // first (cache rows that earlier steps wrote, which no kernel of this step writes, except the
-        // fresh key's slot, whose stale load is replaced by kf and vf below), then it waits: those
-        // loads overlap the qkv product before (a decode step's attention is a chain of waits on loads).
-        // ahead (not null): weight ranges to ask L2 for (prefetch_ahead) once this block's first keys
-        // are asked for, so that those loads are not queued behind them.
-        struct PrefetchRanges { const char* at[3]; u64 bytes[3]; };
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale,
                                const float* kfresh, const float* vfresh, int fresh,
-                               const float* qw, const float* kw, const float* angles, float eps, bool early,
-                               const PrefetchRanges* ahead) {
+                               const float* qw, const float* kw, const float* angles, float eps) {
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
             int width = kvHeads * dim, d0 = 8 * lane;
             bool active = d0 < dim;
-            float kr[ATT_GROUP][8], vr[ATT_GROUP][8];
-            int first = lo + ATT_GROUP * warp;
-            if (early) {
-                if (first <= hi) attend_load(kcache, vcache, first, hi, kvh, width, dim, capacity, kr, vr);
-                grid_wait();
-            }
-            if (ahead)
-                for (int i = 0; i < 3; i++) prefetch_ahead(ahead->at[i], ahead->bytes[i]);
             float q[8], acc[8];
             for (int j = 0; j < 8; j++) acc[j] = 0.0f;
             if (active) kv_load8(qv + d0, q);
@@ -965,12 +885,21 @@ public enum GemmaKernels {
             float m = NEG_INF, l = 0.0f;
             // Four keys per warp per iteration, their keys' and values' loads all issued before any
             // arithmetic: a decode step (one query row, a handful of blocks) is bound by load latency.
-            for (int base = first; base <= hi; base += ATT_GROUP * warps) {
+            for (int base = lo + ATT_GROUP * warp; base <= hi; base += ATT_GROUP * warps) {
                 int count = hi - base + 1 < ATT_GROUP ? hi - base + 1 : ATT_GROUP;  // the same in every lane
-                if (!early || base != first) attend_load(kcache, vcache, base, hi, kvh, width, dim, capacity, kr, vr);
-                for (int u = 0; u < ATT_GROUP; u++)  // constant indices: the arrays stay in registers
-                    if (active && u < count && base + u == fresh)
+                float kr[ATT_GROUP][8], vr[ATT_GROUP][8];
+                for (int u = 0; u < ATT_GROUP; u++) {
+                    int key = base + (u < count ? u : 0);
+                    u64 row = (u64)(key % capacity) * width + (u64)kvh * dim + d0;
+                    if (active && key == fresh) {
                         for (int j = 0; j < 8; j++) { kr[u][j] = kf[j]; vr[u][j] = vf[j]; }
+                    } else if (active) {
+                        kv_load8(kcache + row, kr[u]);
+                        kv_load8(vcache + row, vr[u]);
+                    } else {
+                        for (int j = 0; j < 8; j++) { kr[u][j] = 0.0f; vr[u][j] = 0.0f; }
+                    }
+                }
                 float score[ATT_GROUP];
                 float next = m;
                 for (int u = 0; u < ATT_GROUP; u++) {
@@ -1021,7 +950,7 @@ public enum GemmaKernels {
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
-                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f, false, 0);
+                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -1070,16 +999,6 @@ public enum GemmaKernels {
             else store_row<float>(k, v, r, width);
         }
 
-        // attention_rows' store of its row's new key and value (k_norm and RoPE on the way with qw).
-        __device__ __forceinline__ void store_fresh(const float* k, const float* v, const SegmentRow& r, int kvHeads,
-                                                    int dim, int half, const float* qw, const float* kw,
-                                                    const float* angles, float eps) {
-            if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps);
-            else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps);
-            else if (half) store_row<bf16>(k, v, r, kvHeads * dim);
-            else store_row<float>(k, v, r, kvHeads * dim);
-        }
-
         // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
         // into contiguous shares of `share` keys, one block each, so that even one sequence keeps many
         // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
@@ -1089,26 +1008,21 @@ public enum GemmaKernels {
         // launch before; every block reads its row's new key from k and v, so none reads the cache
         // row being stored, and the slot it replaces is past every row's window.
         // aheadN, bytesN: up to three ranges of the weights the products after it read, asked of L2
-        // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none); with
-        // ahead_after, once the block's first keys are asked for (see attend).
+        // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
         // qw not null (with store): q and k are as the qkv product left them; q_norm (qw), k_norm (kw)
         // and RoPE (table, a row per row) are applied here, as norm_rope would (one launch fewer).
-        // early (with store): the row table (staged before the step's first kernel) and each warp's
-        // first keys are read before grid_wait (see attend), and the new key and value are stored
-        // after the attention, which never reads that slot.
         // Grid: (rows, heads, splits); block: 256.
         extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
                                                   int heads, int kvHeads, int dim, float scale, int splits, int share,
                                                   int half, const float* k, const float* v, int store,
                                                   const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1,
                                                   const char* ahead2, u64 bytes2, const float* qw, const float* kw,
-                                                  const float* table, float eps, int early, int ahead_after) {
+                                                  const float* table, float eps) {
             grid_release();
-            PrefetchRanges ahead = {{ahead0, ahead1, ahead2}, {bytes0, bytes1, bytes2}};
-            if (!ahead_after)
-                for (int i = 0; i < 3; i++) prefetch_ahead(ahead.at[i], ahead.bytes[i]);
-            bool before = early && store;
-            if (!before) grid_wait();
+            prefetch_ahead(ahead0, bytes0);
+            prefetch_ahead(ahead1, bytes1);
+            prefetch_ahead(ahead2, bytes2);
+            grid_wait();
             SegmentRow r = rows[blockIdx.x];
             int h = blockIdx.y, z = blockIdx.z, kvh = h / (heads / kvHeads), width = kvHeads * dim;
             u64 at = ((u64)blockIdx.x * heads + h) * dim;
@@ -1122,17 +1036,18 @@ public enum GemmaKernels {
             const float* kfresh = store ? k + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
             const float* vfresh = store ? v + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
             const float* angles = qw ? table + (u64)blockIdx.x * dim : 0;
-            bool storing = store && h == 0 && z == 0;
-            if (storing && !before) store_fresh(k, v, r, kvHeads, dim, half, qw, kw, angles, eps);
+            if (store && h == 0 && z == 0) {
+                if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps);
+                else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps);
+                else if (half) store_row<bf16>(k, v, r, width);
+                else store_row<float>(k, v, r, width);
+            }
             if (half)
                 attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps, before,
-                       ahead_after ? &ahead : 0);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
             else
                 attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps, before,
-                       ahead_after ? &ahead : 0);
-            if (storing && before) store_fresh(k, v, r, kvHeads, dim, half, qw, kw, angles, eps);
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).

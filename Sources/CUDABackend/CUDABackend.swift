@@ -151,22 +151,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); headNormsFused = newValue; lock.unlock() }
     }
     private var headNormsFused = true
-    /// A decode step's attention reads its row table and first keys before waiting for the qkv
-    /// product (`attention_rows`' early), unless this is false (gpu-check times both) or
-    /// `INFERENCE_ATTENTION_EARLY=off`.
-    public var attentionEarlyLoads: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return attentionEarly }
-        set { lock.lock(); attentionEarly = newValue; lock.unlock() }
-    }
-    private var attentionEarly = true
-    /// A fused residual norm's blocks count themselves on its ticket after their product rather than
-    /// before it (the kernels' `late`), unless this is false (gpu-check times both) or
-    /// `INFERENCE_LATE_NORM_COUNT=off`.
-    public var lateNormCount: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return normCountLate }
-        set { lock.lock(); normCountLate = newValue; lock.unlock() }
-    }
-    private var normCountLate = true
     /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
     /// sweep times others).
     public var decodeShares: Int {
@@ -174,20 +158,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
     }
     private var attentionShares = 16
-    /// A decode step's attention asks L2 for the next products' weights (`prefetchAheadBytes`) after
-    /// its own first loads rather than before its wait (`attention_rows`' ahead_after).
-    public var prefetchAfterKeys: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return aheadAfter }
-        set { lock.lock(); aheadAfter = newValue; lock.unlock() }
-    }
-    private var aheadAfter = false
-    /// How many bytes of the next product's weights a one-token product's blocks ask L2 for at their
-    /// end (`tailPrefetch`; 0: none). `INFERENCE_TAIL_PREFETCH=MiB`.
-    public var tailPrefetchBytes: Int {
-        get { lock.lock(); defer { lock.unlock() }; return tailBytes }
-        set { lock.lock(); tailBytes = min(max(0, newValue), Self.mostPrefetchAhead); lock.unlock() }
-    }
-    private var tailBytes = 0
     /// How many attention launches applied the q/k norms and RoPE themselves (for checks that the fused path ran).
     public var fusedHeadNormLaunches: Int {
         lock.lock()
@@ -265,15 +235,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormProblem = env["INFERENCE_FUSED_NORMS"] == "off" ? "turned off (INFERENCE_FUSED_NORMS=off)" : try fusedNormSelfCheck()
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
-        attentionEarly = env["INFERENCE_ATTENTION_EARLY"] != "off"
-        normCountLate = env["INFERENCE_LATE_NORM_COUNT"] != "off"
-        if let setting = env["INFERENCE_TAIL_PREFETCH"] {
-            guard let mib = Int(setting), (0...(Self.mostPrefetchAhead >> 20)).contains(mib) else {
-                throw CUDAError.invalidSetting(
-                    "INFERENCE_TAIL_PREFETCH is \(setting); use a number of MiB up to \(Self.mostPrefetchAhead >> 20)")
-            }
-            tailBytes = mib << 20
-        }
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -555,14 +516,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // that its registers do not lower the one-token kernel's occupancy).
             if let norm {
                 precondition(rows == 1, "a residual norm goes inside the product of one row only")
-                context.launch(
-                    kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256,
-                    arguments + norm + tailPrefetch(after: weights))
+                context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
                 countFusedLaunch()
             } else if tokens == 1 {
-                context.launch(
-                    kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256,
-                    arguments + (rows == 1 ? tailPrefetch(after: weights) : [.pointer(0), .u64(0)]))
+                context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
             }
@@ -603,22 +560,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
     }
 
-    /// The (address, bytes) of the weights a one-token product's blocks ask L2 for at their end (the
-    /// kernels' after, after_bytes): the first `tailPrefetchBytes` of the first matrix of the
-    /// product that followed the one of `weights` last time (a decode step runs its products in the
-    /// same order every time), so that memory is busy while one launch drains and the next starts.
-    private func tailPrefetch(after weights: [CUDAMatrix]) -> [CUDAContext.Argument] {
-        let key = weights[0].address
-        lock.lock()
-        defer { lock.unlock() }
-        if let last = lastProduct, last != key { successors[last] = weights[0] }
-        lastProduct = key
-        guard tailBytes > 0, let next = successors[key] else { return [.pointer(0), .u64(0)] }
-        return [.pointer(next.address), .u64(UInt64(min(next.bytes, tailBytes) / 128 * 128))]
-    }
-    private var lastProduct: UInt64?
-    private var successors: [UInt64: CUDAMatrix] = [:]
-
     /// The arguments of `norm` for a fused launch, when it can go inside the one-token product after
     /// it: one row of at most `GemmaKernels.fusedNormMaximum` columns, f32 weights.
     private func fusedArguments(_ norm: ResidualNorm<CUDABuffer, CUDAMatrix>) -> [CUDAContext.Argument]? {
@@ -629,7 +570,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         else { return nil }
         return [
             .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(norm.accumulator.address),
-            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(normTicket.address), .int(lateNormCount ? 1 : 0),
+            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(normTicket.address),
         ]
     }
 
@@ -669,7 +610,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             [
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),
-            ] + fused + tailPrefetch(after: [gate, up]))
+            ] + fused)
         countFusedLaunch()
     }
 
@@ -883,8 +824,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
             ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits) + [
                 .pointer(inside?.queryNorm.address ?? 0), .pointer(inside?.keyNorm.address ?? 0),
-                .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0), .int(attentionEarlyLoads ? 1 : 0),
-                .int(prefetchAfterKeys ? 1 : 0),
+                .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.

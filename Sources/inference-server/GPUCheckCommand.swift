@@ -149,26 +149,11 @@ struct GPUCheckCommand: ParsableCommand {
         func grid(_ m: Int, _ k: Int) -> Int { (m * GemmaKernels.gemvSplits(rows: m, columns: k) + 7) / 8 }
         let queryWidth = c.headCount * c.headDimension
         var variants: [(name: String, set: (Bool) -> Void)] = [("as it is", { _ in })]
-        let early = gpu.attentionEarlyLoads
-        variants.append(("attention loads after the wait", { gpu.attentionEarlyLoads = $0 ? !early : early }))
-        let late = gpu.lateNormCount
-        variants.append(("norm count before the product", { gpu.lateNormCount = $0 ? !late : late }))
         let fused = gpu.fusedNorms
         variants.append(("norms unfused", { gpu.fusedNorms = $0 ? false : fused }))
         let shares = gpu.decodeShares
         for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))
-        }
-        let ahead = (gpu.prefetchAheadBytes, gpu.prefetchAfterKeys)
-        for (mib, after) in [(8, false), (8, true), (16, true), (32, true)] {
-            variants.append((
-                "\(mib) MiB asked of L2 \(after ? "after" : "before") the attention's keys",
-                { on in (gpu.prefetchAheadBytes, gpu.prefetchAfterKeys) = on ? (mib << 20, after) : ahead }
-            ))
-        }
-        let tail = gpu.tailPrefetchBytes
-        for mib in [4, 8, 16] {
-            variants.append(("\(mib) MiB of the next product asked of L2 at each product's end", { gpu.tailPrefetchBytes = $0 ? mib << 20 : tail }))
         }
         // The step handed to the GPU in other pieces: a runner of its own over the same weights.
         var pieced: [Int: (BatchRunner<CUDABackend>, BatchRunner<CUDABackend>.Slot)] = [:]
