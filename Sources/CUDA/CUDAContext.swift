@@ -127,6 +127,7 @@ public final class CUDAContext: @unchecked Sendable {
         try CUDADriver.check("cuDevicePrimaryCtxRetain", retain(&primary, handle), errorName, errorString)
         context = primary
         try CUDADriver.check("cuCtxSetCurrent", setCurrent(primary), errorName, errorString)
+        readbackCalls = try? ReadbackCalls(lib)
         if graphs {
             do {
                 let calls = try GraphCalls(lib)
@@ -200,9 +201,7 @@ public final class CUDAContext: @unchecked Sendable {
         let status = copyDtoH(destination, address, bytes)
         if status != 0 { fail("cuMemcpyDtoH", status) }
         // Everything queued before has run: the staging area is free again.
-        stagingLock.lock()
-        stagingOffset = 0
-        stagingLock.unlock()
+        stagingIsFree()
     }
 
     // MARK: staging (small per-step inputs)
@@ -211,7 +210,37 @@ public final class CUDAContext: @unchecked Sendable {
     private var stagingHost: UnsafeMutableRawPointer?
     private var stagingDevice: DevicePointer = 0
     private var stagingOffset = 0
+    /// The part of the staging area in use: the whole area, or one region (`stageInRegion`).
+    private var stagingStart = 0
+    private var stagingLimit = 8 << 20
     private let stagingCapacity = 8 << 20
+
+    /// Stages what comes next from the start of region `region` of `regions` equal parts of the
+    /// staging area, for pipelined steps (several queued at once, none waited for by a download): the
+    /// caller must know that every step that staged in this region before has run (it waited for a
+    /// later step's readback). Until the next call, whatever frees the area (a download, a
+    /// synchronize) starts the region over, and nothing is staged outside it. nil: the whole area again.
+    public func stageInRegion(_ region: Int?, of regions: Int) {
+        stagingLock.lock()
+        defer { stagingLock.unlock() }
+        if let region {
+            precondition(regions > 0 && (0..<regions).contains(region))
+            let size = stagingCapacity / regions / 256 * 256
+            stagingStart = region * size
+            stagingLimit = stagingStart + size
+        } else {
+            stagingStart = 0
+            stagingLimit = stagingCapacity
+        }
+        stagingOffset = stagingStart
+    }
+
+    /// Everything queued has run: staging starts over (in the region, if one is in use).
+    private func stagingIsFree() {
+        stagingLock.lock()
+        stagingOffset = stagingStart
+        stagingLock.unlock()
+    }
 
     /// Copies `bytes` (token ids, RoPE tables, per-row tables: small inputs of every step) to the
     /// device without waiting: they go through pinned memory with an asynchronous copy ordered on
@@ -223,7 +252,7 @@ public final class CUDAContext: @unchecked Sendable {
         stagingLock.lock()
         defer { stagingLock.unlock() }
         let size = (bytes.count + 255) / 256 * 256
-        precondition(size <= stagingCapacity, "a staged upload larger than the staging area")
+        precondition(size <= stagingLimit - stagingStart, "a staged upload larger than the staging area")
         if stagingHost == nil {
             var host: UnsafeMutableRawPointer? = nil
             var status = memAllocHost(&host, stagingCapacity)
@@ -234,12 +263,12 @@ public final class CUDAContext: @unchecked Sendable {
             if status != 0 { fail("cuMemAlloc", status) }
             stagingDevice = device
         }
-        if stagingOffset + size > stagingCapacity {
+        if stagingOffset + size > stagingLimit {
             // Full before any download: wait for the queued work that reads it, then start over.
             flush()
             let status = synchronizeCall()
             if status != 0 { fail("cuCtxSynchronize", status) }
-            stagingOffset = 0
+            stagingOffset = stagingStart
         }
         let offset = stagingOffset
         stagingOffset += size
@@ -256,6 +285,71 @@ public final class CUDAContext: @unchecked Sendable {
         return stagingDevice + UInt64(offset)
     }
 
+    // MARK: readbacks (results the host waits for later)
+
+    /// The driver calls for copies to the host that are waited for later (in every CUDA 12 driver).
+    private struct ReadbackCalls {
+        let copyDtoHAsync: @convention(c) (UnsafeMutableRawPointer, UInt64, Int, OpaquePointer?) -> Int32
+        let eventCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Int32
+        let eventRecord: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
+        let eventSynchronize: @convention(c) (OpaquePointer?) -> Int32
+
+        init(_ lib: DynamicLibrary) throws {
+            copyDtoHAsync = try lib.function("cuMemcpyDtoHAsync_v2", as: type(of: copyDtoHAsync))
+            eventCreate = try lib.function("cuEventCreate", as: type(of: eventCreate))
+            eventRecord = try lib.function("cuEventRecord", as: type(of: eventRecord))
+            eventSynchronize = try lib.function("cuEventSynchronize", as: type(of: eventSynchronize))
+        }
+    }
+    private let readbackCalls: ReadbackCalls?
+    /// Per readback place: pinned host memory and the event recorded after its copy.
+    private var readbackPlaces: [Int: (host: UnsafeMutableRawPointer, event: OpaquePointer?)] = [:]
+    private let readbackLock = NSLock()
+    /// Most bytes one readback takes.
+    public static let readbackCapacity = 16 << 10
+
+    /// Whether `queueReadback` works here (the driver has asynchronous copies and events).
+    public var readbacksAvailable: Bool { readbackCalls != nil }
+
+    /// Queues a copy of `bytes` at `address` to the host into readback place `place`, behind the work
+    /// queued so far, and returns at once: `finishReadback(place:...)` waits for that copy only, not
+    /// for work queued after it (a pipelined step's next step). A place is reused by the next queue to it.
+    public func queueReadback(_ address: DevicePointer, bytes: Int, place: Int) {
+        guard let calls = readbackCalls else { preconditionFailure("readbacks need cuEventRecord and cuMemcpyDtoHAsync") }
+        precondition(bytes <= Self.readbackCapacity)
+        flush()
+        makeCurrent()
+        readbackLock.lock()
+        defer { readbackLock.unlock() }
+        if readbackPlaces[place] == nil {
+            var host: UnsafeMutableRawPointer? = nil
+            var status = memAllocHost(&host, Self.readbackCapacity)
+            if status != 0 { fail("cuMemAllocHost", status) }
+            var event: OpaquePointer? = nil
+            status = calls.eventCreate(&event, 2)  // CU_EVENT_DISABLE_TIMING
+            if status != 0 { fail("cuEventCreate", status) }
+            readbackPlaces[place] = (host!, event)
+        }
+        let target = readbackPlaces[place]!
+        var status = calls.copyDtoHAsync(target.host, address, bytes, stream)
+        if status != 0 { fail("cuMemcpyDtoHAsync", status) }
+        status = calls.eventRecord(target.event, stream)
+        if status != 0 { fail("cuEventRecord", status) }
+    }
+
+    /// Waits for place `place`'s queued copy and copies its first `bytes` into `destination`.
+    public func finishReadback(place: Int, bytes: Int, into destination: UnsafeMutableRawPointer) {
+        guard let calls = readbackCalls else { preconditionFailure("readbacks need cuEventRecord and cuMemcpyDtoHAsync") }
+        makeCurrent()
+        readbackLock.lock()
+        let target = readbackPlaces[place]
+        readbackLock.unlock()
+        guard let target else { preconditionFailure("no readback was queued to place \(place)") }
+        let status = calls.eventSynchronize(target.event)
+        if status != 0 { fail("cuEventSynchronize", status) }
+        destination.copyMemory(from: target.host, byteCount: bytes)
+    }
+
     /// Device to device, queued.
     public func copy(_ source: DevicePointer, to destination: DevicePointer, bytes: Int) {
         guard bytes > 0 else { return }
@@ -270,9 +364,7 @@ public final class CUDAContext: @unchecked Sendable {
         flush()
         makeCurrent()
         try check("cuCtxSynchronize", synchronizeCall())
-        stagingLock.lock()
-        stagingOffset = 0
-        stagingLock.unlock()
+        stagingIsFree()
     }
 
     // MARK: kernels

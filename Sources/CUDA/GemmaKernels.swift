@@ -13,7 +13,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "logprob_slices", "logprob_merge",
@@ -168,6 +168,17 @@ public enum GemmaKernels {
             grid_release();
             grid_wait();
             const bf16* row = table + (u64)ids[blockIdx.x] * hidden;
+            float* o = out + (u64)blockIdx.x * hidden;
+            for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
+        }
+
+        // embed_rows for the tokens a step before drew on the device (a pipelined decode step, whose
+        // inputs the host has not read yet): out[t, :] = table[ids[rows[t]], :] * scale. Grid: tokens.
+        extern "C" __global__ void embed_drawn(const bf16* table, const int* ids, const int* rows, float* out, int hidden,
+                                               float scale) {
+            grid_release();
+            grid_wait();
+            const bf16* row = table + (u64)ids[rows[blockIdx.x]] * hidden;
             float* o = out + (u64)blockIdx.x * hidden;
             for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
         }

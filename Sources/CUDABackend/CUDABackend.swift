@@ -158,6 +158,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
     }
     private var attentionShares = 16
+    /// Whether greedy steps may be pipelined (`pipelinesGreedySteps`); `INFERENCE_PIPELINE=off`.
+    private var pipelineAllowed = true
     /// How many attention launches applied the q/k norms and RoPE themselves (for checks that the fused path ran).
     public var fusedHeadNormLaunches: Int {
         lock.lock()
@@ -235,6 +237,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormProblem = env["INFERENCE_FUSED_NORMS"] == "off" ? "turned off (INFERENCE_FUSED_NORMS=off)" : try fusedNormSelfCheck()
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
+        pipelineAllowed = env["INFERENCE_PIPELINE"] != "off"
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -887,6 +890,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// The index of each row's largest value (lowest index on ties), computed on the device: only
     /// `rows` integers come back instead of rows × columns floats.
     public func argmax(_ x: CUDABuffer, rows: Int, columns: Int) -> [Int] {
+        let out = launchArgmax(x, rows: rows, columns: columns)
+        var result = [Int32](repeating: 0, count: rows)
+        result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
+        return result.map(Int.init)
+    }
+
+    /// Queues the argmax kernels; the ids (Int32) land in the returned buffer (`argmaxOut`).
+    private func launchArgmax(_ x: CUDABuffer, rows: Int, columns: Int) -> CUDABuffer {
         precondition(rows * columns <= x.count)
         lock.lock()
         defer { lock.unlock() }
@@ -902,8 +913,51 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context.launch(
             kernel("argmax_finish"), grid: (rows, 1, 1), block: 32,
             [.pointer(parts.address), .pointer(out.address), .int(slices)])
+        return out
+    }
+
+    // MARK: pipelined greedy steps
+
+    /// Needs the driver's asynchronous copies to the host and events (every CUDA 12 driver), and
+    /// not `INFERENCE_PIPELINE=off`.
+    public var pipelinesGreedySteps: Bool { context.readbacksAvailable && pipelineAllowed }
+
+    public func beginPipelinedStep(place: Int?) { context.stageInRegion(place, of: pipelinePlaces) }
+
+    public func embedDrawn(rows: [Int], table: CUDAMatrix, scale: Float, into out: CUDABuffer) {
+        precondition(rows.count * table.columns <= out.count && table.storage == .bf16)
+        lock.lock()
+        let chosen = argmaxOut
+        lock.unlock()
+        guard let chosen else { preconditionFailure("embedDrawn before any queueArgmax") }
+        precondition(rows.allSatisfy { $0 >= 0 && $0 < chosen.count }, "a drawn row past the argmax's rows")
+        let map = rows.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
+        lock.lock()
+        embeddedDrawn += 1
+        lock.unlock()
+        context.launch(
+            kernel("embed_drawn"), grid: (rows.count, 1, 1), block: 256,
+            [.pointer(table.address), .pointer(chosen.address), .pointer(map), .pointer(out.address), .int(table.columns),
+             .float(scale)])
+    }
+
+    /// How many steps took their tokens from the device (`embedDrawn`), for checks that the
+    /// pipelined path ran.
+    public var drawnEmbeds: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return embeddedDrawn
+    }
+    private var embeddedDrawn = 0
+
+    public func queueArgmax(_ x: CUDABuffer, rows: Int, columns: Int, place: Int) {
+        let out = launchArgmax(x, rows: rows, columns: columns)
+        context.queueReadback(out.address, bytes: rows * 4, place: place)
+    }
+
+    public func queuedArgmax(rows: Int, place: Int) -> [Int] {
         var result = [Int32](repeating: 0, count: rows)
-        result.withUnsafeMutableBytes { context.download(out.address, bytes: rows * 4, into: $0.baseAddress!) }
+        result.withUnsafeMutableBytes { context.finishReadback(place: place, bytes: rows * 4, into: $0.baseAddress!) }
         return result.map(Int.init)
     }
 

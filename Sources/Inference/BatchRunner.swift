@@ -22,8 +22,15 @@ public final class BatchRunner<Backend: ComputeBackend> {
             self.contextLength = contextLength
         }
 
+        /// Counts resets and cuts, so that a step queued ahead for this slot is not taken for work
+        /// that only looks the same (see `BatchRunner.outputs`).
+        fileprivate var generation = 0
+
         /// Forgets every token; the cache memory is kept for the next sequence.
-        public func reset() { tokens.removeAll(keepingCapacity: true) }
+        public func reset() {
+            tokens.removeAll(keepingCapacity: true)
+            generation += 1
+        }
 
         /// How many leading tokens of `prompt` this slot's cache already holds intact, so a sequence
         /// starting with them can skip their prefill (automatic prefix caching). At least one prompt
@@ -50,6 +57,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         public func keep(prefix count: Int) {
             precondition(count <= tokens.count)
             tokens.removeLast(tokens.count - count)
+            generation += 1
         }
 
         /// Bytes its KV cache holds now (the global layers keep whatever they grew to).
@@ -101,6 +109,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// predict the next token.
     public func prefill(_ slot: Slot, _ tokens: [Int]) throws -> [Float] {
         guard !tokens.isEmpty else { throw InferenceError.invalidArgument("no tokens to process: the prompt is empty") }
+        finishAhead()
         try check(tokens)
         guard slot.tokenCount + tokens.count <= slot.contextLength else {
             throw InferenceError.contextOverflow(requested: slot.tokenCount + tokens.count, limit: slot.contextLength)
@@ -216,9 +225,128 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
     }
 
+    // MARK: pipelined greedy steps
+
+    /// Whether plain greedy decode steps are pipelined where the backend can
+    /// (`ComputeBackend.pipelinesGreedySteps`; gpu-check times both ways).
+    public var pipelining = true
+
+    /// A greedy step queued before the host read the tokens it takes: the slots of its rows, each
+    /// slot's generation and position then, its place, and (once the step before was read back) the
+    /// tokens it embeds.
+    private struct Queued {
+        let slots: [Slot]
+        let generations: [Int]
+        let positions: [Int]
+        let place: Int
+        var inputs: [Int] = []
+    }
+    private var ahead: Queued?
+    private var nextPlace = 0
+
+    private func takePlace() -> Int {
+        defer { nextPlace = (nextPlace + 1) % pipelinePlaces }
+        return nextPlace
+    }
+
+    /// Most rows a pipelined step takes (the backend's argmax buffers hold 256 without regrowing,
+    /// which would wait for the device in the middle of a step).
+    static var pipelinedRows: Int { 256 }
+
+    /// Work that a pipelined step can do: one token for each of distinct slots, each a plain
+    /// argmax wanted without logprobs or scores, on a backend that pipelines.
+    private func pipelinable(_ work: [Work]) -> Bool {
+        guard pipelining, model.backend.pipelinesGreedySteps, work.count <= min(maximumSequences, Self.pipelinedRows),
+            work.allSatisfy({ $0.tokens.count == 1 && $0.draw?.isPlainArgmax == true && $0.logprobs == nil && $0.scores == nil })
+        else { return false }
+        return Set(work.map { ObjectIdentifier($0.slot) }).count == work.count
+    }
+
+    /// Waits for the step queued ahead, if any, and forgets it (its rows' keys and values are at
+    /// positions the slots do not count yet: later work writes them again); staging goes back to the
+    /// whole area. Anything else that queues work first calls this.
+    private func finishAhead() {
+        guard model.backend.pipelinesGreedySteps else { return }
+        if let queued = ahead {
+            _ = model.backend.queuedArgmax(rows: queued.slots.count, place: queued.place)
+            ahead = nil
+        }
+        model.backend.beginPipelinedStep(place: nil)
+    }
+
+    /// Queues one greedy step for `slots` at their current positions: its inputs `tokens`, or (with
+    /// `drawn`) rows drawn[i] of the last queued argmax; its argmax read back to `place`.
+    private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, place: Int) {
+        // Caches grown first: growing waits for the device, which must not come after the place's staging.
+        for slot in slots { slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount) }
+        model.backend.beginPipelinedStep(place: place)
+        let segments = slots.enumerated().map { i, slot in
+            Gemma3Model<Backend>.Segment(cache: slot.cache, firstRow: i, count: 1, firstPosition: slot.tokenCount)
+        }
+        model.forward(tokens, segments: segments, scratch: stepScratch, drawn: drawn)
+        model.queueArgmax(rows: slots.count, place: place, scratch: stepScratch)
+    }
+
+    /// A greedy step of pipelinable work, with the next one queued before this one is read back, so
+    /// that the device never waits for the host between steps. When the step queued ahead last time
+    /// took this work's slots (all of them, or some whose sequences go on) with these tokens at
+    /// these positions, its rows are this work's (rows are computed alone: a row's numbers do not
+    /// depend on the others), and it is not queued again. Otherwise that step is dropped and this
+    /// one is queued now. Either way the step after it is queued next for this work's slots, with
+    /// the tokens this one chooses still on the device, unless a slot's context is full.
+    private func pipelinedGreedy(_ work: [Work]) throws -> [Output] {
+        let slots = work.map(\.slot)
+        let inputs = work.map { $0.tokens[0] }
+        try check(inputs)
+        for slot in slots where slot.tokenCount + 1 > slot.contextLength {
+            throw InferenceError.contextOverflow(requested: slot.tokenCount + 1, limit: slot.contextLength)
+        }
+        var place: Int
+        var rows: [Int] = []  // each work item's row in the step at `place`
+        var stepRows = work.count
+        if let queued = ahead, let found = Self.rows(of: slots, inputs: inputs, in: queued) {
+            place = queued.place
+            rows = found
+            stepRows = queued.slots.count
+        } else {
+            // The step queued ahead (if any) is dropped unread; the place rotation keeps its staging.
+            place = takePlace()
+            queueStep(slots, tokens: inputs, drawn: nil, place: place)
+            rows = Array(0..<work.count)
+        }
+        ahead = nil
+        for (slot, token) in zip(slots, inputs) { slot.tokens.append(token) }
+        if slots.allSatisfy({ $0.tokenCount + 1 <= $0.contextLength }) {
+            let next = takePlace()
+            ahead = Queued(
+                slots: slots, generations: slots.map(\.generation), positions: slots.map(\.tokenCount), place: next)
+            queueStep(slots, tokens: [Int](repeating: 0, count: slots.count), drawn: rows, place: next)
+        }
+        let ids = model.backend.queuedArgmax(rows: stepRows, place: place)
+        let chosen = rows.map { ids[$0] }
+        ahead?.inputs = chosen
+        return chosen.map { .token(GeneratedToken(id: $0, logprob: .nan, top: [])) }
+    }
+
+    /// Where each of `slots` is among the rows of `queued`, when every one is there with the same
+    /// generation, at its current position, and took `inputs`; else nil.
+    private static func rows(of slots: [Slot], inputs: [Int], in queued: Queued) -> [Int]? {
+        guard queued.inputs.count == queued.slots.count else { return nil }
+        var rows: [Int] = []
+        for (slot, input) in zip(slots, inputs) {
+            guard let row = queued.slots.firstIndex(where: { $0 === slot }), queued.generations[row] == slot.generation,
+                queued.positions[row] == slot.tokenCount, queued.inputs[row] == input
+            else { return nil }
+            rows.append(row)
+        }
+        return rows
+    }
+
     /// `step`, where work with a `draw` gets its token instead of logits.
     public func outputs(_ work: [Work]) throws -> [Output] {
         guard !work.isEmpty else { return [] }
+        if pipelinable(work) { return try pipelinedGreedy(work) }
+        finishAhead()
         let rows = work.reduce(0) { $0 + $1.tokens.count }
         precondition(work.count <= maximumSequences && rows <= stepCapacity, "the step is larger than the runner's scratch")
         var tokens: [Int] = []

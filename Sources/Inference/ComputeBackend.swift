@@ -118,7 +118,31 @@ public protocol ComputeBackend: Sendable {
     /// Whether `sample` runs where the logits are. When it does not (the CPU), a sampled request's
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
+
+    // Pipelined greedy decode (`BatchRunner`): a step is queued with its inputs still on the device,
+    // the tokens the step before chose, before the host has read them, so the device never waits
+    // for the host between steps. Each queued step has a place (0..<pipelinePlaces) whose staged
+    // inputs and readback it keeps until it is read back; a place is reused only after a step queued
+    // later than its last one was read back.
+
+    /// Whether this backend pipelines greedy steps (a GPU; the CPU does not).
+    var pipelinesGreedySteps: Bool { get }
+    /// Where the steps queued from now keep their inputs (the staging for their tables and ids):
+    /// place `place`, or (nil) anywhere again once no pipelined step is waiting to be read back.
+    func beginPipelinedStep(place: Int?)
+    /// `embed` of the tokens the last `queueArgmax` chose: out[i, :] = table[chosen[rows[i]], :] * scale.
+    func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer)
+    /// The argmax of each row (as `argmax`), queued, with its readback to place `place`; the ids
+    /// stay on the device for `embedDrawn` too.
+    func queueArgmax(_ x: Buffer, rows: Int, columns: Int, place: Int)
+    /// Waits for place `place`'s queued argmax only (not for steps queued after it) and returns it.
+    func queuedArgmax(rows: Int, place: Int) -> [Int]
 }
+
+/// How many places pipelined steps rotate through (see `ComputeBackend.pipelinesGreedySteps`):
+/// the step being read back, the one queued after it, and one dropped (queued, never read back)
+/// whose place must not be reused before a later step's readback.
+public let pipelinePlaces = 3
 
 /// What `normRope` takes besides the rows: a layer's q_norm and k_norm and the step's RoPE table (a
 /// row per row), handed to `attentionBatch` so that a backend may apply them where attention reads
@@ -318,4 +342,14 @@ extension ComputeBackend {
     public var drawsOnDevice: Bool { false }
 
     public func submit() {}
+
+    public var pipelinesGreedySteps: Bool { false }
+    public func beginPipelinedStep(place: Int?) { preconditionFailure("this backend does not pipeline steps") }
+    public func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer) {
+        preconditionFailure("this backend does not pipeline steps")
+    }
+    public func queueArgmax(_ x: Buffer, rows: Int, columns: Int, place: Int) {
+        preconditionFailure("this backend does not pipeline steps")
+    }
+    public func queuedArgmax(rows: Int, place: Int) -> [Int] { preconditionFailure("this backend does not pipeline steps") }
 }

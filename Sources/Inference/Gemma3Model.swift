@@ -127,14 +127,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// chunks side by side. The projections, MLP and LM head read each weight once for all rows (the
     /// point of continuous batching: decode is bound by weight reads); only attention, which reads
     /// each sequence's own cache, runs segment by segment. `tokens` holds the segments' rows in order.
-    func forward(_ tokens: [Int], segments: [Segment], scratch s: InferenceSession<Backend>.Scratch) {
+    /// `drawn`: the tokens are not known on the host yet: row i's token is row drawn[i] of the last
+    /// `queueArgmax` (a pipelined greedy step; `tokens` then only counts the rows).
+    func forward(
+        _ tokens: [Int], segments: [Segment], scratch s: InferenceSession<Backend>.Scratch, drawn: [Int]? = nil
+    ) {
         let c = config
         let queryRow = c.headCount * c.headDimension
         var positions: [Int] = []
         positions.reserveCapacity(tokens.count)
         for segment in segments { positions += segment.firstPosition..<segment.firstPosition + segment.count }
         precondition(positions.count == tokens.count, "the segments must cover the tokens")
-        forward(tokens, positions: positions, scratch: s) { index, norms in
+        forward(tokens, positions: positions, scratch: s, drawn: drawn) { index, norms in
             let batch = segments.map { segment in
                 let entry = segment.cache.layers[index]
                 return AttentionSegment(
@@ -174,7 +178,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// q/k norms and RoPE (`norms`) to `s.query` and `s.key` as the projections left them, stores the
     /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`.
     private func forward(
-        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch,
+        _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, drawn: [Int]? = nil,
         attend: (Int, HeadNorms<Backend.Buffer, Backend.Matrix>) -> Void
     ) {
         let c = config
@@ -183,7 +187,12 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         let hidden = c.hiddenSize
 
         // h = embed(tokens) * sqrt(hidden) (in the compute precision: see Gemma3Config.embeddingScale).
-        b.embed(tokens, table: embedding, scale: c.embeddingScale, into: s.hidden)  // (n, hidden)
+        if let drawn {
+            precondition(drawn.count == n, "one drawn row per token")
+            b.embedDrawn(rows: drawn, table: embedding, scale: c.embeddingScale, into: s.hidden)
+        } else {
+            b.embed(tokens, table: embedding, scale: c.embeddingScale, into: s.hidden)  // (n, hidden)
+        }
         // cos/sin tables (n, 2, headDim/2), shared by all layers of a kind.
         b.ropeTable(positions: positions, inverseFrequencies: localFrequencies, into: s.localRope)
         b.ropeTable(positions: positions, inverseFrequencies: globalFrequencies, into: s.globalRope)
@@ -292,6 +301,13 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             : backend.logprobs(
                 s.logits, firstRow: n, rows: targets.count, columns: vocabulary, softcap: softcap, tokens: targets, top: top)
         return (tokens, scores, (n + targets.count..<rows.count).map { readLogits(row: $0, scratch: s) })
+    }
+
+    /// The LM head over the first `rows` rows of `s.hidden` and their argmax, queued with its readback
+    /// to `place` (`ComputeBackend.queueArgmax`): a pipelined greedy step's end.
+    func queueArgmax(rows: Int, place: Int, scratch s: InferenceSession<Backend>.Scratch) {
+        lmHead(rows: Array(0..<rows), scratch: s)
+        backend.queueArgmax(s.logits, rows: rows, columns: config.vocabularySize, place: place)
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.

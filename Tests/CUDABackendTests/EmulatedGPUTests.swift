@@ -608,6 +608,57 @@ import Testing
         }
     }
 
+    /// Pipelined greedy steps (the next step queued with its tokens still on the device before this
+    /// one is read back) choose the tokens that steps one at a time choose, and leave the caches as
+    /// they do, bit for bit: through steps of every sequence, of some (others stopped: the queued
+    /// step's rows are reused), a prefill between them (the queued step is dropped), a slot reset
+    /// and refilled, rows in another order, and to the end of a context, where the next step must
+    /// fail as it does one step at a time.
+    @Test func pipelinedGreedyStepsMatchStepsOneAtATime() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 80), exactActivations: true)
+        let gpu = try Self.exactBackend.get()
+        #expect(gpu.pipelinesGreedySteps)
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        let prompts = [Array(1...5), (0..<23).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
+        var runs: [[Int]] = []
+        var logits: [[[Float]]] = []
+        var drawn: [Int] = []
+        for pipelined in [false, true] {
+            let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
+            runner.pipelining = pipelined
+            let before = gpu.drawnEmbeds
+            let slots = prompts.map { _ in runner.makeSlot(contextLength: 40) }
+            var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
+            var tokens: [Int] = []
+            func steps(_ count: Int, _ rows: [Int]) throws {
+                for _ in 0..<count {
+                    let chosen = try runner.decodeGreedy(rows.map { slots[$0] }, tokens: rows.map { next[$0] })
+                    for (row, token) in zip(rows, chosen) { next[row] = token }
+                    tokens += chosen
+                }
+            }
+            try steps(4, [0, 1, 2])
+            try steps(3, [0, 2])  // sequence 1 stopped: the queued step's rows for 0 and 2
+            slots[1].reset()
+            next[1] = Sampler.argmax(try runner.prefill(slots[1], [7, 8, 9]))  // drops the queued step
+            try steps(2, [2, 1, 0])
+            try steps(2, [1])
+            // Sequence 1 (3 + 4 tokens) runs on alone to its context's end (40): a last step, then none.
+            try steps(40 - slots[1].tokenCount, [1])
+            #expect(slots[1].tokenCount == 40)
+            #expect(throws: InferenceError.self) { try runner.decodeGreedy([slots[1]], tokens: [next[1]]) }
+            try steps(1, [0, 2])
+            runs.append(tokens)
+            logits.append(try runner.decode([slots[0], slots[2]], tokens: [next[0], next[2]]))
+            drawn.append(gpu.drawnEmbeds - before)
+        }
+        #expect(runs[0] == runs[1], "pipelined greedy tokens differ from one step at a time")
+        let sameLogits = logits[0] == logits[1]  // (not printed in full)
+        #expect(sameLogits, "the caches after pipelined steps differ")
+        #expect(drawn[0] == 0 && drawn[1] > 30, "steps that took their tokens on the device: \(drawn)")
+    }
+
     /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms
     /// counted per layer), the step's graph is timed whole, and the replays leave the sequences as
     /// they were: the tokens after a profiled step are those of a run without one. The profiled run
@@ -702,6 +753,7 @@ import Testing
             gpu.fusedHeadNorms = fused
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+            runner.pipelining = false  // one step queued per call: the prefetches of one step are counted
             let slot = runner.makeSlot(contextLength: 64)
             var next = [Sampler.argmax(try runner.prefill(slot, (0..<11).map { 700 - $0 * 17 }))]
             let (lines, stray) = (prefetched(), strays())

@@ -435,6 +435,23 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr to, const void *from, size_t bytes, vo
     op.bytes = bytes;
     return emu::submit(stream, op);
 }
+// Work runs as it is queued here, so a copy to the host is done on return and an event has always
+// been reached; a capture may not take either (the backend never asks it to).
+CUresult cuMemcpyDtoHAsync_v2(void *to, CUdeviceptr from, size_t bytes, void *stream) {
+    if (stream && ((emu::Stream *)stream)->capturing) return 900;
+    emu::Operation op{emu::Operation::Copy};
+    op.to = (uint64_t)to;
+    op.from = from;
+    op.bytes = bytes;
+    return emu::submit(stream, op);
+}
+CUresult cuEventCreate(void **event, unsigned) { *event = new int(0); return 0; }
+CUresult cuEventRecord(void *event, void *stream) {
+    if (!event || (stream && ((emu::Stream *)stream)->capturing)) return 900;
+    ++*(int *)event;
+    return 0;
+}
+CUresult cuEventSynchronize(void *event) { return event && *(int *)event > 0 ? 0 : 400; }  // 400: CUDA_ERROR_INVALID_HANDLE
 CUresult cuMemAllocHost_v2(void **pointer, size_t bytes) { *pointer = malloc(bytes); return *pointer ? 0 : 2; }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, void *stream) {
     emu::Operation op{emu::Operation::Copy};
