@@ -116,7 +116,9 @@ struct GPUCheckCommand: ParsableCommand {
             }
 
             if bench {
-                figures.merge(try benchmark(model: model, weights: engine.weights, gpu: gpu)) { $1 }
+                let timed = try benchmark(model: model, weights: engine.weights, gpu: gpu)
+                failures += timed["pipeline_failures"] as? Int ?? 0
+                figures.merge(timed) { $1 }
             }
             if decodeSweep {
                 figures["decode_sweep"] = try sweep(model: model, gpu: gpu)
@@ -149,6 +151,7 @@ struct GPUCheckCommand: ParsableCommand {
         func grid(_ m: Int, _ k: Int) -> Int { (m * GemmaKernels.gemvSplits(rows: m, columns: k) + 7) / 8 }
         let queryWidth = c.headCount * c.headDimension
         var variants: [(name: String, set: (Bool) -> Void)] = [("as it is", { _ in })]
+        variants.append(("steps not pipelined", { runner.pipelining = !$0 }))
         let fused = gpu.fusedNorms
         variants.append(("norms unfused", { gpu.fusedNorms = $0 ? false : fused }))
         let shares = gpu.decodeShares
@@ -237,6 +240,7 @@ struct GPUCheckCommand: ParsableCommand {
 
     private func benchmark(model: Gemma3Model<CUDABackend>, weights: Gemma3Weights, gpu: CUDABackend) throws -> [String: Any] {
         var figures: [String: Any] = [:]
+        var pipelineFailures = 0
         let bandwidth = try GPUCheck.measuredBandwidth(gpu)
         let bytes = GPUCheck.weightBytesPerStep(weights)
         let limit = bandwidth / Double(bytes)
@@ -294,6 +298,34 @@ struct GPUCheckCommand: ParsableCommand {
             var next = try slots.enumerated().map { i, slot in
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
             }
+            // Pipelined steps against steps one at a time from the same caches: the same tokens (on a
+            // GPU, where a queued step runs while the host reads the one before).
+            if gpu.pipelinesGreedySteps {
+                let twins = (0..<batch).map { _ in runner.makeSlot(contextLength: 1024) }
+                var twinNext = try twins.enumerated().map { i, slot in
+                    Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
+                }
+                var serialNext: [Int] = []
+                var pipelinedTokens: [Int] = [], serialTokens: [Int] = []
+                runner.pipelining = false
+                for _ in 0..<40 {
+                    serialNext = try runner.decodeGreedy(twins, tokens: twinNext)
+                    serialTokens += serialNext
+                    twinNext = serialNext
+                }
+                runner.pipelining = true
+                for i in twins.indices { twins[i].reset() }
+                twinNext = try twins.enumerated().map { i, slot in
+                    Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
+                }
+                for _ in 0..<40 {
+                    twinNext = try runner.decodeGreedy(twins, tokens: twinNext)
+                    pipelinedTokens += twinNext
+                }
+                let same = pipelinedTokens == serialTokens
+                print("\(same ? "ok  " : "FAIL") pipelined greedy steps at batch \(batch) choose the tokens of steps one at a time (40 steps)")
+                if !same { pipelineFailures += 1 }
+            }
             // Warm-up steps: the second captures the step's CUDA graph, and the rest bring the card's
             // clocks up (the 270M's first timing on an H100 read 0.90 ms a step against 0.71 ms for
             // every later one of the same steps).
@@ -331,6 +363,12 @@ struct GPUCheckCommand: ParsableCommand {
                 set(true)
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
                 return without
+            }
+            if runner.pipelining && gpu.pipelinesGreedySteps {
+                // Each step read back before the next is queued: what pipelining saves.
+                let serialTime = try timedWithout { runner.pipelining = $0 }
+                print(String(format: "            without pipelined steps: %.2f ms/step (pipelined %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / time))
+                figures["decode_b\(batch)_unpipelined_ms_per_step"] = serialTime / Double(steps) * 1000
             }
             if gpu.context.dependentLaunchEnabled {
                 // Each launch waiting for the one before to finish: what dependent launches save.
@@ -422,6 +460,7 @@ struct GPUCheckCommand: ParsableCommand {
             print(String(format: "            with the logits read back and argmax on the host: %.2f ms/step, %.0f tokens/s", hostTime / Double(min(steps, 32)) * 1000, hostRate))
             figures["decode_b\(batch)_host_logits_tokens_per_second"] = hostRate
         }
+        figures["pipeline_failures"] = pipelineFailures
         return figures
     }
 }
