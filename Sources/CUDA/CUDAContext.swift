@@ -223,6 +223,17 @@ public final class CUDAContext: @unchecked Sendable {
     public func stageInRegion(_ region: Int?, of regions: Int) {
         stagingLock.lock()
         defer { stagingLock.unlock() }
+        // Still in use by a step whose readback has not been waited for (another runner's, or one
+        // dropped unread): wait for the GPU rather than overwrite inputs it has yet to copy.
+        let busy = region.map { (regionReadback[$0] ?? 0) > readbacksDone } ?? regionReadback.values.contains { $0 > readbacksDone }
+        if busy {
+            flush()
+            let status = synchronizeCall()
+            if status != 0 { fail("cuCtxSynchronize", status) }
+            readbacksDone = readbacksQueued
+            stagingWaits += 1
+        }
+        currentRegion = region
         if let region {
             precondition(regions > 0 && (0..<regions).contains(region))
             let size = stagingCapacity / regions / 256 * 256
@@ -239,8 +250,21 @@ public final class CUDAContext: @unchecked Sendable {
     private func stagingIsFree() {
         stagingLock.lock()
         stagingOffset = stagingStart
+        readbacksDone = readbacksQueued
         stagingLock.unlock()
     }
+
+    // Which staging regions queued steps still read: readbacks are numbered as queued; each region
+    // (-1: the whole area) keeps the number of the last one queued while it was in use, and every
+    // readback up to `readbacksDone` has been waited for (so has all work queued before it).
+    private var currentRegion: Int?
+    private var readbacksQueued = 0
+    private var readbacksDone = 0
+    private var regionReadback: [Int: Int] = [:]
+    private var placeReadback: [Int: Int] = [:]
+    /// How often `stageInRegion` had to wait for the GPU (a region still in use): none in a steady
+    /// pipeline of one runner.
+    public private(set) var stagingWaits = 0
 
     /// Copies `bytes` (token ids, RoPE tables, per-row tables: small inputs of every step) to the
     /// device without waiting: they go through pinned memory with an asynchronous copy ordered on
@@ -335,6 +359,11 @@ public final class CUDAContext: @unchecked Sendable {
         if status != 0 { fail("cuMemcpyDtoHAsync", status) }
         status = calls.eventRecord(target.event, stream)
         if status != 0 { fail("cuEventRecord", status) }
+        stagingLock.lock()
+        readbacksQueued += 1
+        placeReadback[place] = readbacksQueued
+        regionReadback[currentRegion ?? -1] = readbacksQueued
+        stagingLock.unlock()
     }
 
     /// Waits for place `place`'s queued copy and copies its first `bytes` into `destination`.
@@ -348,6 +377,9 @@ public final class CUDAContext: @unchecked Sendable {
         let status = calls.eventSynchronize(target.event)
         if status != 0 { fail("cuEventSynchronize", status) }
         destination.copyMemory(from: target.host, byteCount: bytes)
+        stagingLock.lock()
+        readbacksDone = max(readbacksDone, placeReadback[place] ?? 0)
+        stagingLock.unlock()
     }
 
     /// Device to device, queued.

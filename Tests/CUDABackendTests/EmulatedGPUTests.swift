@@ -628,6 +628,11 @@ import Testing
             let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
             runner.pipelining = pipelined
             let before = gpu.drawnEmbeds
+            let waitsBefore = gpu.context.stagingWaits
+            defer {
+                // One runner's pipeline never waits for the GPU to stage (the other runner's once).
+                #expect(gpu.context.stagingWaits == waitsBefore + (pipelined ? 1 : 0))
+            }
             let slots = prompts.map { _ in runner.makeSlot(contextLength: 40) }
             var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
             var tokens: [Int] = []
@@ -648,6 +653,13 @@ import Testing
             try steps(40 - slots[1].tokenCount, [1])
             #expect(slots[1].tokenCount == 40)
             #expect(throws: InferenceError.self) { try runner.decodeGreedy([slots[1]], tokens: [next[1]]) }
+            try steps(1, [0, 2])
+            // Another runner on the same backend while this one has a step queued (its readback not
+            // waited for): its prefill must wait for the GPU before reusing the staging area, once.
+            let waits = gpu.context.stagingWaits
+            let other = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+            _ = try other.prefill(other.makeSlot(contextLength: 40), [3, 4, 5])
+            #expect(gpu.context.stagingWaits == waits + (pipelined ? 1 : 0))
             try steps(1, [0, 2])
             runs.append(tokens)
             logits.append(try runner.decode([slots[0], slots[2]], tokens: [next[0], next[2]]))
