@@ -73,11 +73,16 @@ public final class BatchRunner<Backend: ComputeBackend> {
     public let prefillChunk: Int
     private let prefillScratch: InferenceSession<Backend>.Scratch
     private let stepScratch: InferenceSession<Backend>.Scratch
+    /// `model`, handing a step to the device in one piece (see `queueStep`).
+    private let wholeStepModel: Gemma3Model<Backend>
 
     public init(model: Gemma3Model<Backend>, maximumSequences: Int, prefillChunk: Int = 128) {
         self.model = model
         self.maximumSequences = max(1, maximumSequences)
         self.prefillChunk = max(1, prefillChunk)
+        var whole = model
+        whole.layersPerSubmission = 0
+        wholeStepModel = whole
         prefillScratch = .init(model.backend, model.config, batch: self.prefillChunk)
         stepScratch = .init(
             model.backend, model.config, batch: self.prefillChunk + self.maximumSequences, logitRows: self.maximumSequences)
@@ -275,8 +280,12 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// Queues one greedy step for `slots` at their current positions: its inputs `tokens`, or (with
-    /// `drawn`) rows drawn[i] of the last queued argmax; its argmax read back to `place`.
+    /// `drawn`) rows drawn[i] of the last queued argmax; its argmax read back to `place`. A step
+    /// queued ahead (`drawn`) goes to the device whole, as one graph: the device is busy with the
+    /// step before meanwhile, so handing it over in pieces (to start sooner) only adds their seams
+    /// (1B on an H100: 1.36 ms a step whole, 1.41 ms in pieces).
     private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, place: Int) {
+        let model = drawn == nil ? model : wholeStepModel
         // Caches grown first: growing waits for the device, which must not come after the place's staging.
         for slot in slots { slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount) }
         model.backend.beginPipelinedStep(place: place)
