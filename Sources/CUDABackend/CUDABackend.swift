@@ -903,6 +903,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         defer { lock.unlock() }
         if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
         let out = argmaxOut!
+        argmaxLaunches += 1
         // Long rows in slices, one block each, then merged.
         let slices = Self.logitSlices(columns)
         if argmaxParts == nil || argmaxParts!.count < rows * slices * 2 { argmaxParts = makeBuffer(count: max(rows, 16) * 128) }
@@ -954,6 +955,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let out = launchArgmax(x, rows: rows, columns: columns)
         context.queueReadback(out.address, bytes: rows * 4, place: place)
     }
+
+    public var pipelineStamp: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return argmaxLaunches
+    }
+    private var argmaxLaunches = 0
 
     public func queuedArgmax(rows: Int, place: Int) -> [Int] {
         var result = [Int32](repeating: 0, count: rows)
@@ -1127,6 +1135,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private func launchSample(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> CUDABuffer {
         if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
         let out = argmaxOut!
+        argmaxLaunches += 1  // (the caller holds the lock) the ids a pipelined step would embed are overwritten
         var table = [UInt8](repeating: 0, count: rows * TokenDraw.rowBytes)
         table.withUnsafeMutableBytes { bytes in
             for (r, draw) in draws.enumerated() { draw.write(to: bytes.baseAddress! + r * TokenDraw.rowBytes) }

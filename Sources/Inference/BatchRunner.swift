@@ -25,11 +25,16 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// Counts resets and cuts, so that a step queued ahead for this slot is not taken for work
         /// that only looks the same (see `BatchRunner.outputs`).
         fileprivate var generation = 0
+        /// Positions this sequence has written keys and values to (since its reset): its tokens, and
+        /// one more when a step queued ahead was dropped, or more when `keep` cut it back. Those rows
+        /// are in the cache's rings whether or not the slot counts them (see `reusablePrefix`).
+        fileprivate var written = 0
 
         /// Forgets every token; the cache memory is kept for the next sequence.
         public func reset() {
             tokens.removeAll(keepingCapacity: true)
             generation += 1
+            written = 0
         }
 
         /// How many leading tokens of `prompt` this slot's cache already holds intact, so a sequence
@@ -46,9 +51,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
             let limit = min(prompt.count - 1, tokens.count)
             while shared < limit && tokens[shared] == prompt[shared] { shared += 1 }
             guard shared > 0 else { return 0 }
+            let extent = max(tokens.count, written)
             for layer in cache.layers {
                 guard let window = layer.window else { continue }
-                if tokens.count > max(0, shared - window + 1) + layer.capacity { return 0 }
+                if extent > max(0, shared - window + 1) + layer.capacity { return 0 }
             }
             return shared
         }
@@ -56,6 +62,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// Keeps the first `count` tokens' keys and values and forgets the rest.
         public func keep(prefix count: Int) {
             precondition(count <= tokens.count)
+            written = max(written, tokens.count)
             tokens.removeLast(tokens.count - count)
             generation += 1
         }
@@ -159,7 +166,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
                 item.greedy = true
                 return item
             }
-            result += try outputs(work).map {
+            // More slots than one step takes: steps of different slots alternate, and each would drop
+            // the step the other queued ahead, so none is queued.
+            result += try outputs(work, pipelined: slots.count <= maximumSequences).map {
                 guard case .token(let token) = $0 else { preconditionFailure("a greedy token was asked for") }
                 return token.id
             }
@@ -240,10 +249,15 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// slot's generation and position then, its place, and (once the step before was read back) the
     /// tokens it embeds.
     private struct Queued {
-        let slots: [Slot]
+        /// Weak: a slot the scheduler lets go of is freed now, not when this step is forgotten.
+        struct Row { weak var slot: Slot? }
+        let rows: [Row]
         let generations: [Int]
         let positions: [Int]
         let place: Int
+        /// The backend's `pipelineStamp` once it was queued: another argmax since (another runner's)
+        /// has overwritten the ids it leaves on the device.
+        var stamp = 0
         var inputs: [Int] = []
     }
     private var ahead: Queued?
@@ -273,7 +287,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
     private func finishAhead() {
         guard model.backend.pipelinesGreedySteps else { return }
         if let queued = ahead {
-            _ = model.backend.queuedArgmax(rows: queued.slots.count, place: queued.place)
+            _ = model.backend.queuedArgmax(rows: queued.rows.count, place: queued.place)
             ahead = nil
         }
         model.backend.beginPipelinedStep(place: nil)
@@ -287,7 +301,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
     private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, place: Int) {
         let model = drawn == nil ? model : wholeStepModel
         // Caches grown first: growing waits for the device, which must not come after the place's staging.
-        for slot in slots { slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount) }
+        for slot in slots {
+            slot.cache.reserve(positions: slot.tokenCount + 1, kept: slot.tokenCount)
+            slot.written = max(slot.written, slot.tokenCount + 1)
+        }
         model.backend.beginPipelinedStep(place: place)
         let segments = slots.enumerated().map { i, slot in
             Gemma3Model<Backend>.Segment(cache: slot.cache, firstRow: i, count: 1, firstPosition: slot.tokenCount)
@@ -313,10 +330,12 @@ public final class BatchRunner<Backend: ComputeBackend> {
         var place: Int
         var rows: [Int] = []  // each work item's row in the step at `place`
         var stepRows = work.count
-        if let queued = ahead, let found = Self.rows(of: slots, inputs: inputs, in: queued) {
+        if let queued = ahead, queued.stamp == model.backend.pipelineStamp,
+            let found = Self.rows(of: slots, inputs: inputs, in: queued)
+        {
             place = queued.place
             rows = found
-            stepRows = queued.slots.count
+            stepRows = queued.rows.count
         } else {
             // The step queued ahead (if any) is dropped unread; the place rotation keeps its staging.
             place = takePlace()
@@ -328,8 +347,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
         if slots.allSatisfy({ $0.tokenCount + 1 <= $0.contextLength }) {
             let next = takePlace()
             ahead = Queued(
-                slots: slots, generations: slots.map(\.generation), positions: slots.map(\.tokenCount), place: next)
+                rows: slots.map { Queued.Row(slot: $0) }, generations: slots.map(\.generation),
+                positions: slots.map(\.tokenCount), place: next)
             queueStep(slots, tokens: [Int](repeating: 0, count: slots.count), drawn: rows, place: next)
+            ahead?.stamp = model.backend.pipelineStamp
         }
         let ids = model.backend.queuedArgmax(rows: stepRows, place: place)
         let chosen = rows.map { ids[$0] }
@@ -340,10 +361,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// Where each of `slots` is among the rows of `queued`, when every one is there with the same
     /// generation, at its current position, and took `inputs`; else nil.
     private static func rows(of slots: [Slot], inputs: [Int], in queued: Queued) -> [Int]? {
-        guard queued.inputs.count == queued.slots.count else { return nil }
+        guard queued.inputs.count == queued.rows.count else { return nil }
         var rows: [Int] = []
         for (slot, input) in zip(slots, inputs) {
-            guard let row = queued.slots.firstIndex(where: { $0 === slot }), queued.generations[row] == slot.generation,
+            guard let row = queued.rows.firstIndex(where: { $0.slot === slot }), queued.generations[row] == slot.generation,
                 queued.positions[row] == slot.tokenCount, queued.inputs[row] == input
             else { return nil }
             rows.append(row)
@@ -352,9 +373,11 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// `step`, where work with a `draw` gets its token instead of logits.
-    public func outputs(_ work: [Work]) throws -> [Output] {
+    public func outputs(_ work: [Work]) throws -> [Output] { try outputs(work, pipelined: true) }
+
+    private func outputs(_ work: [Work], pipelined: Bool) throws -> [Output] {
         guard !work.isEmpty else { return [] }
-        if pipelinable(work) { return try pipelinedGreedy(work) }
+        if pipelined && pipelinable(work) { return try pipelinedGreedy(work) }
         finishAhead()
         let rows = work.reduce(0) { $0 + $1.tokens.count }
         precondition(work.count <= maximumSequences && rows <= stepCapacity, "the step is larger than the runner's scratch")

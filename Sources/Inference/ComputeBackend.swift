@@ -137,6 +137,9 @@ public protocol ComputeBackend: Sendable {
     func queueArgmax(_ x: Buffer, rows: Int, columns: Int, place: Int)
     /// Waits for place `place`'s queued argmax only (not for steps queued after it) and returns it.
     func queuedArgmax(rows: Int, place: Int) -> [Int]
+    /// Changes with every argmax queued (pipelined or not), whose ids `embedDrawn` then reads: a step
+    /// queued ahead is taken only if no other argmax came after it.
+    var pipelineStamp: Int { get }
 }
 
 /// How many places pipelined steps rotate through (see `ComputeBackend.pipelinesGreedySteps`):
@@ -352,4 +355,5 @@ extension ComputeBackend {
         preconditionFailure("this backend does not pipeline steps")
     }
     public func queuedArgmax(rows: Int, place: Int) -> [Int] { preconditionFailure("this backend does not pipeline steps") }
+    public var pipelineStamp: Int { 0 }
 }

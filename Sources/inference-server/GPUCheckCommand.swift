@@ -178,7 +178,9 @@ struct GPUCheckCommand: ParsableCommand {
             ("embedding", "embed_rows"),
         ]
         for (label, name) in kernels {
-            variants.append(("without \(label)", { gpu.context.skippedKernels = $0 ? [name] : [] }))
+            // A pipelined step embeds with embed_drawn.
+            let names: Set<String> = name == "embed_rows" ? [name, "embed_drawn"] : [name]
+            variants.append(("without \(label)", { gpu.context.skippedKernels = $0 ? names : [] }))
         }
         let rounds = Int(ProcessInfo.processInfo.environment["ROUNDS"] ?? "") ?? 3
         var times = [[Double]](repeating: [], count: variants.count)
@@ -201,9 +203,11 @@ struct GPUCheckCommand: ParsableCommand {
             slot.reset()
             var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
             for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
+            runner.pipelining = false  // as in the benchmark's profile
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy([slot], tokens: next) }) {
                 _ = report(profile, top: 14)
             }
+            runner.pipelining = true
         }
         var figures: [String: Double] = [:]
         let base = times[0].sorted()[rounds / 2]
@@ -409,9 +413,12 @@ struct GPUCheckCommand: ParsableCommand {
                 print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.sorted { $0.mib < $1.mib }.map(\.line).joined(separator: ", "))
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
+            // Not pipelined: the replays of a queued step would embed the ids its own argmax left.
+            runner.pipelining = false
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
                 figures["decode_b\(batch)_profile"] = report(profile, top: 14)
             }
+            runner.pipelining = true
             // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
             var seeds = Xoshiro256StarStar(seed: 7)
             func sampledStep(logprobs: Int? = nil, temperature: Float = 0.8, topK: Int = 64, topP: Float = 0.95) throws {

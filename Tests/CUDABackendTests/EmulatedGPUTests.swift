@@ -672,6 +672,48 @@ import Testing
         #expect(drawn[0] == 0 && drawn[1] > 30, "steps that took their tokens on the device: \(drawn)")
     }
 
+    /// What a dropped queued step leaves: its keys and values at one position past the sequence,
+    /// which a reused prefix must count (window 8, prefill chunk 4: rings of 11; a sequence of 11
+    /// tokens with a step queued at 11 has overwritten the oldest key a query at 5 reads), and two
+    /// runners stepping in turn on one backend, each embedding its own ids. Pipelined and not:
+    /// the same logits and tokens.
+    @Test func pipelinedStepsKeepPrefixReuseAndRunnersApart() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 81), exactActivations: true)
+        let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, kvCache: .float32, environment: try Self.environment())
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        var reused: [[Float]] = [], turns: [[Int]] = []
+        for pipelined in [false, true] {
+            let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 4)
+            runner.pipelining = pipelined
+            let slot = runner.makeSlot(contextLength: 64)
+            var next = [Sampler.argmax(try runner.prefill(slot, [11, 12, 13, 14, 15]))]
+            while slot.tokenCount < 11 { next = try runner.decodeGreedy([slot], tokens: next) }
+            // The scheduler's reuse of a freed slot for a prompt sharing its first 5 tokens.
+            let prompt = Array(slot.tokens.prefix(5)) + [21, 22, 23]
+            let shared = slot.reusablePrefix(of: prompt)
+            if shared > 0 { slot.keep(prefix: shared) } else { slot.reset() }
+            reused.append(try runner.prefill(slot, Array(prompt[shared...])))
+
+            let other = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 4)
+            other.pipelining = pipelined
+            let slots = [runner.makeSlot(contextLength: 64), other.makeSlot(contextLength: 64)]
+            var tokens = [Sampler.argmax(try runner.prefill(slots[0], [5, 6, 7])), Sampler.argmax(try other.prefill(slots[1], [8, 9]))]
+            var chosen: [Int] = []
+            for _ in 0..<6 {
+                tokens[0] = try runner.decodeGreedy([slots[0]], tokens: [tokens[0]])[0]
+                tokens[1] = try other.decodeGreedy([slots[1]], tokens: [tokens[1]])[0]
+                chosen += tokens
+            }
+            turns.append(chosen)
+        }
+        let fresh = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 4)
+        let whole = try fresh.prefill(fresh.makeSlot(contextLength: 64), [11, 12, 13, 14, 15, 21, 22, 23])
+        #expect(GPUCheck.relativeError(reused[0], whole) < 1e-5, "prefix reuse one step at a time")
+        #expect(GPUCheck.relativeError(reused[1], whole) < 1e-5, "prefix reuse after a dropped queued step")
+        #expect(turns[0] == turns[1], "two runners in turn")
+    }
+
     /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms
     /// counted per layer), the step's graph is timed whole, and the replays leave the sequences as
     /// they were: the tokens after a profiled step are those of a run without one. The profiled run
@@ -694,6 +736,7 @@ import Testing
                 if profiled { #expect(gpu.context.graphStatistics.replayed >= replays + 3, "the first pieces replayed") }
             }
             let runner = BatchRunner(model: model, maximumSequences: 2, prefillChunk: 16)
+            runner.pipelining = false  // a replayed queued step would embed the ids its own argmax left
             let slots = prompts.map { _ in runner.makeSlot(contextLength: 64) }
             var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
             var tokens: [Int] = []
