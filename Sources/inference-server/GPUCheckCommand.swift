@@ -204,6 +204,7 @@ struct GPUCheckCommand: ParsableCommand {
             var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
             for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
             runner.pipelining = false  // as in the benchmark's profile
+            next = try runner.decodeGreedy([slot], tokens: next)
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy([slot], tokens: next) }) {
                 _ = report(profile, top: 14)
             }
@@ -415,6 +416,7 @@ struct GPUCheckCommand: ParsableCommand {
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             // Not pipelined: the replays of a queued step would embed the ids its own argmax left.
             runner.pipelining = false
+            next = try runner.decodeGreedy(slots, tokens: next)  // waits for the queued step outside the profile
             if let profile = try gpu.context.profileStep({ next = try runner.decodeGreedy(slots, tokens: next) }) {
                 figures["decode_b\(batch)_profile"] = report(profile, top: 14)
             }
