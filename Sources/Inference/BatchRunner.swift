@@ -316,8 +316,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// A greedy step of pipelinable work, with the next one queued before this one is read back, so
     /// that the device never waits for the host between steps. When the step queued ahead last time
     /// took this work's slots (all of them, or some whose sequences go on) with these tokens at
-    /// these positions, its rows are this work's (rows are computed alone: a row's numbers do not
-    /// depend on the others), and it is not queued again. Otherwise that step is dropped and this
+    /// these positions, its rows are this work's (rows are computed alone: a decode row's numbers
+    /// do not depend on the others, up to 16 rows on a GPU (its gemv kernels); a larger
+    /// batch goes through cuBLAS, whose sums depend on the batch as any batch's do), and it is not
+    /// queued again. Otherwise that step is dropped and this
     /// one is queued now. Either way the step after it is queued next for this work's slots, with
     /// the tokens this one chooses still on the device, unless a slot's context is full.
     private func pipelinedGreedy(_ work: [Work]) throws -> [Output] {
