@@ -856,6 +856,63 @@ import Testing
 
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
     /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
+    /// The server's greedy streams through pipelined steps: requests of different lengths that end
+    /// at different steps (a queued step's rows reused for the ones that go on) and one that
+    /// arrives while others run (its prefill drops the queued step) get the tokens they get with
+    /// pipelining off, on the same kernels.
+    @Test func theSchedulerPipelinesGreedyStreams() async throws {
+        let directory = try TemporaryDirectory()
+        let folder = try Self.smallModel(in: directory, seed: 6)
+        guard FileManager.default.fileExists(atPath: Self.modelFolder + "/tokenizer.json") else {
+            throw Unavailable(description: "no tokenizer at \(Self.modelFolder): scripts/test fetches it first")
+        }
+        let engine = try Engine.load(path: folder, tokenizerDirectory: Self.modelFolder, exactActivations: true)
+        let limits = SchedulerLimits(maximumRunning: 6, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        var outputs: [[[Int]]] = []
+        var drawn: [Int] = []
+        for pipelined in [false, true] {
+            var env = try Self.environment()
+            if !pipelined { env["INFERENCE_PIPELINE"] = "off" }
+            let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: env)
+            #expect(gpu.pipelinesGreedySteps == pipelined)
+            let served = try ServedModel(
+                engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
+                device: .cuda(gpu))
+            served.scheduler.start()
+            func request(_ prompt: [Int], _ count: Int) -> SequenceRequest {
+                var greedy = SamplingParameters()
+                greedy.temperature = 0
+                var parameters = GenerationParameters(maxTokens: count, sampling: greedy)
+                parameters.computeLogprobs = false
+                return SequenceRequest(prompt: prompt, parameters: parameters)
+            }
+            func tokens(_ handle: SequenceHandle) async -> [Int] {
+                var ids: [Int] = []
+                for await event in handle.events {
+                    switch event {
+                    case .token(let token): ids.append(token.id)
+                    case .failed(let message): Issue.record("failed: \(message)")
+                    default: break
+                    }
+                }
+                return ids
+            }
+            let specs: [([Int], Int)] = [([2, 5], 3), (Array(3...9), 6), (Array(100...119), 9), (Array(200...230), 14)]
+            let handles = try specs.map { try served.scheduler.submit(request($0.0, $0.1)) }
+            var run = [await tokens(handles[0])]
+            // Arrives while the others still run.
+            let late = try served.scheduler.submit(request(Array(300...311), 8))
+            for handle in handles.dropFirst() { run.append(await tokens(handle)) }
+            run.append(await tokens(late))
+            served.scheduler.stop(reason: "done")
+            outputs.append(run)
+            drawn.append(gpu.drawnEmbeds)
+        }
+        #expect(outputs[0].map(\.count) == [3, 6, 9, 14, 8])
+        #expect(outputs[1] == outputs[0], "pipelined greedy streams differ")
+        #expect(drawn[0] == 0 && drawn[1] > 5, "steps that took their tokens on the device: \(drawn)")
+    }
+
     @Test func theSchedulerServesFromTheDevice() async throws {
         let directory = try TemporaryDirectory()
         let folder = try Self.smallModel(in: directory, seed: 5)
