@@ -164,12 +164,15 @@ public enum GemmaKernels {
         }
 
         // out[t, :] = table[ids[t], :] * scale. Grid: tokens.
+        __device__ __forceinline__ void embed_row(const bf16* table, int id, float* out, int hidden, float scale) {
+            const bf16* row = table + (u64)id * hidden;
+            float* o = out + (u64)blockIdx.x * hidden;
+            for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
+        }
         extern "C" __global__ void embed_rows(const bf16* table, const int* ids, float* out, int hidden, float scale) {
             grid_release();
             grid_wait();
-            const bf16* row = table + (u64)ids[blockIdx.x] * hidden;
-            float* o = out + (u64)blockIdx.x * hidden;
-            for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
+            embed_row(table, ids[blockIdx.x], out, hidden, scale);
         }
 
         // embed_rows for the tokens a step before drew on the device (a pipelined decode step, whose
@@ -178,9 +181,7 @@ public enum GemmaKernels {
                                                float scale) {
             grid_release();
             grid_wait();
-            const bf16* row = table + (u64)ids[rows[blockIdx.x]] * hidden;
-            float* o = out + (u64)blockIdx.x * hidden;
-            for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = bf16_to_f32(row[i]) * scale;
+            embed_row(table, ids[rows[blockIdx.x]], out, hidden, scale);
         }
 
         // out[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w, w holding Gemma's 1 + w. Grid: rows

@@ -929,13 +929,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         precondition(rows.count * table.columns <= out.count && table.storage == .bf16)
         lock.lock()
         let chosen = argmaxOut
+        embeddedDrawn += 1
         lock.unlock()
         guard let chosen else { preconditionFailure("embedDrawn before any queueArgmax") }
         precondition(rows.allSatisfy { $0 >= 0 && $0 < chosen.count }, "a drawn row past the argmax's rows")
         let map = rows.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
-        lock.lock()
-        embeddedDrawn += 1
-        lock.unlock()
         context.launch(
             kernel("embed_drawn"), grid: (rows.count, 1, 1), block: 256,
             [.pointer(table.address), .pointer(chosen.address), .pointer(map), .pointer(out.address), .int(table.columns),

@@ -307,26 +307,22 @@ struct GPUCheckCommand: ParsableCommand {
             // GPU, where a queued step runs while the host reads the one before).
             if gpu.pipelinesGreedySteps {
                 let twins = (0..<batch).map { _ in runner.makeSlot(contextLength: 1024) }
-                var twinNext = try twins.enumerated().map { i, slot in
-                    Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
+                func tokens(pipelined: Bool) throws -> [Int] {
+                    runner.pipelining = pipelined
+                    defer { runner.pipelining = true }
+                    var chosen: [Int] = []
+                    var last = try twins.enumerated().map { i, slot in
+                        slot.reset()
+                        return Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
+                    }
+                    for _ in 0..<40 {
+                        last = try runner.decodeGreedy(twins, tokens: last)
+                        chosen += last
+                    }
+                    return chosen
                 }
-                var serialNext: [Int] = []
-                var pipelinedTokens: [Int] = [], serialTokens: [Int] = []
-                runner.pipelining = false
-                for _ in 0..<40 {
-                    serialNext = try runner.decodeGreedy(twins, tokens: twinNext)
-                    serialTokens += serialNext
-                    twinNext = serialNext
-                }
-                runner.pipelining = true
-                for i in twins.indices { twins[i].reset() }
-                twinNext = try twins.enumerated().map { i, slot in
-                    Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
-                }
-                for _ in 0..<40 {
-                    twinNext = try runner.decodeGreedy(twins, tokens: twinNext)
-                    pipelinedTokens += twinNext
-                }
+                let serialTokens = try tokens(pipelined: false)
+                let pipelinedTokens = try tokens(pipelined: true)
                 let same = pipelinedTokens == serialTokens
                 print("\(same ? "ok  " : "FAIL") pipelined greedy steps at batch \(batch) choose the tokens of steps one at a time (40 steps)")
                 if !same { pipelineFailures += 1 }

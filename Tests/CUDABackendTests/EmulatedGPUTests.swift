@@ -854,20 +854,25 @@ import Testing
         #expect(CUDABackend.prefetchBudget(3 << 20, blocks: 64) == 3 << 20)
     }
 
-    /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
-    /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
+    /// A small model with the real tokenizer, for the server's scheduler (scripts/test fetches the
+    /// tokenizer first), and the limits both scheduler tests serve it under.
+    static func schedulerEngine(in directory: TemporaryDirectory, seed: UInt64) throws -> Engine {
+        let folder = try smallModel(in: directory, seed: seed)
+        guard FileManager.default.fileExists(atPath: modelFolder + "/tokenizer.json") else {
+            throw Unavailable(description: "no tokenizer at \(modelFolder): scripts/test fetches it first")
+        }
+        return try Engine.load(path: folder, tokenizerDirectory: modelFolder, exactActivations: true)
+    }
+    static let schedulerLimits = SchedulerLimits(maximumRunning: 6, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+
     /// The server's greedy streams through pipelined steps: requests of different lengths that end
     /// at different steps (a queued step's rows reused for the ones that go on) and one that
     /// arrives while others run (its prefill drops the queued step) get the tokens they get with
     /// pipelining off, on the same kernels.
     @Test func theSchedulerPipelinesGreedyStreams() async throws {
         let directory = try TemporaryDirectory()
-        let folder = try Self.smallModel(in: directory, seed: 6)
-        guard FileManager.default.fileExists(atPath: Self.modelFolder + "/tokenizer.json") else {
-            throw Unavailable(description: "no tokenizer at \(Self.modelFolder): scripts/test fetches it first")
-        }
-        let engine = try Engine.load(path: folder, tokenizerDirectory: Self.modelFolder, exactActivations: true)
-        let limits = SchedulerLimits(maximumRunning: 6, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        let engine = try Self.schedulerEngine(in: directory, seed: 6)
+        let limits = Self.schedulerLimits
         var outputs: [[[Int]]] = []
         var drawn: [Int] = []
         for pipelined in [false, true] {
@@ -913,14 +918,12 @@ import Testing
         #expect(drawn[0] == 0 && drawn[1] > 5, "steps that took their tokens on the device: \(drawn)")
     }
 
+    /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
+    /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
     @Test func theSchedulerServesFromTheDevice() async throws {
         let directory = try TemporaryDirectory()
-        let folder = try Self.smallModel(in: directory, seed: 5)
-        guard FileManager.default.fileExists(atPath: Self.modelFolder + "/tokenizer.json") else {
-            throw Unavailable(description: "no tokenizer at \(Self.modelFolder): scripts/test fetches it first")
-        }
-        let engine = try Engine.load(path: folder, tokenizerDirectory: Self.modelFolder, exactActivations: true)
-        let limits = SchedulerLimits(maximumRunning: 6, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
+        let engine = try Self.schedulerEngine(in: directory, seed: 5)
+        let limits = Self.schedulerLimits
         let sampledPrompt = Array(40...52)
         let sampled = SamplingParameters(temperature: 6, topK: 40, topP: 0.95, seed: 1234)
         let penalized = SamplingParameters(
