@@ -36,15 +36,15 @@ public final class CUDADriver: @unchecked Sendable {
             (try? library.symbol($0)) != nil
         }
     }
-    /// Whether the driver has programmatic dependent launch, captured into graphs (cuLaunchKernelEx,
-    /// CUDA 12.3 and later); the GPU must be sm_90 or later too.
-    /// Whether the driver has what pipelined greedy steps need: copies to the host waited for later
+    /// Whether the driver has what pipelined decode steps need: copies to the host waited for later
     /// (cuMemcpyDtoHAsync and events).
     public var supportsReadbacks: Bool {
         ["cuMemcpyDtoHAsync_v2", "cuEventCreate", "cuEventRecord", "cuEventSynchronize"].allSatisfy {
             (try? library.symbol($0)) != nil
         }
     }
+    /// Whether the driver has programmatic dependent launch, captured into graphs (cuLaunchKernelEx,
+    /// CUDA 12.3 and later); the GPU must be sm_90 or later too.
     public var supportsDependentLaunch: Bool { version >= 12030 && (try? library.symbol("cuLaunchKernelEx")) != nil }
     private let getErrorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let getErrorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32

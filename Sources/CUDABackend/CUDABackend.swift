@@ -158,7 +158,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
     }
     private var attentionShares = 16
-    /// Whether greedy steps may be pipelined (`pipelinesGreedySteps`); `INFERENCE_PIPELINE=off`.
+    /// Whether decode steps may be pipelined (`pipelinesSteps`); `INFERENCE_PIPELINE=off`.
     private var pipelineAllowed = true
     /// How many attention launches applied the q/k norms and RoPE themselves (for checks that the fused path ran).
     public var fusedHeadNormLaunches: Int {
@@ -917,11 +917,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return out
     }
 
-    // MARK: pipelined greedy steps
+    // MARK: pipelined decode steps
 
     /// Needs the driver's asynchronous copies to the host and events (every CUDA 12 driver), and
     /// not `INFERENCE_PIPELINE=off`.
-    public var pipelinesGreedySteps: Bool { context.readbacksAvailable && pipelineAllowed }
+    public var pipelinesSteps: Bool { context.readbacksAvailable && pipelineAllowed }
 
     public func beginPipelinedStep(place: Int?) { context.stageInRegion(place, of: pipelinePlaces) }
 
@@ -931,7 +931,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let chosen = argmaxOut
         embeddedDrawn += 1
         lock.unlock()
-        guard let chosen else { preconditionFailure("embedDrawn before any queueArgmax") }
+        guard let chosen else { preconditionFailure("embedDrawn before any queueDraws") }
         precondition(rows.allSatisfy { $0 >= 0 && $0 < chosen.count }, "a drawn row past the argmax's rows")
         let map = rows.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
         context.launch(
@@ -949,8 +949,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var embeddedDrawn = 0
 
-    public func queueArgmax(_ x: CUDABuffer, rows: Int, columns: Int, place: Int) {
-        let out = launchArgmax(x, rows: rows, columns: columns)
+    public func queueDraws(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], place: Int) {
+        precondition(draws.count == rows && draws.allSatisfy { $0.penalties == nil }, "a queued draw without penalties per row")
+        let out: CUDABuffer
+        if draws.allSatisfy(\.isPlainArgmax) {
+            out = launchArgmax(x, rows: rows, columns: columns)
+        } else {
+            lock.lock()
+            out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
+            lock.unlock()
+        }
         context.queueReadback(out.address, bytes: rows * 4, place: place)
     }
 
@@ -961,7 +969,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var argmaxLaunches = 0
 
-    public func queuedArgmax(rows: Int, place: Int) -> [Int] {
+    public func queuedTokens(rows: Int, place: Int) -> [Int] {
         var result = [Int32](repeating: 0, count: rows)
         result.withUnsafeMutableBytes { context.finishReadback(place: place, bytes: rows * 4, into: $0.baseAddress!) }
         return result.map(Int.init)

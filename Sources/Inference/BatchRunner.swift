@@ -187,6 +187,11 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// With a `draw`: the drawn token's logprob and this many most likely alternatives are
         /// wanted too, computed where the logits are (`ComputeBackend.sample(_:...:logprobs:)`).
         public var logprobs: Int?
+        /// The draw this slot's next decode step will ask, where the caller knows it ahead (a
+        /// sampler's next seed, without penalties): a step drawn so is pipelined as a greedy one is
+        /// (the step after it queued before this one is read back). A plain argmax needs none: the
+        /// next is an argmax too. A guess that turns out wrong only costs the step queued ahead.
+        public var nextDraw: TokenDraw?
         /// Prompt logprobs computed where the logits are: row i of the chunk scores `targets[i]`
         /// (the prompt token after it) with `top` alternatives, reported in row order. Rows past
         /// `targets` (the prompt's last token) are not scored. When every row is scored (a chunk
@@ -239,21 +244,25 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
     }
 
-    // MARK: pipelined greedy steps
+    // MARK: pipelined decode steps
 
-    /// Whether plain greedy decode steps are pipelined where the backend can
-    /// (`ComputeBackend.pipelinesGreedySteps`; gpu-check times both ways).
+    /// Whether decode steps whose tokens are chosen on the device (greedy, or drawn without penalties)
+    /// are pipelined where the backend can (`ComputeBackend.pipelinesSteps`; gpu-check times both ways).
     public var pipelining = true
+    /// Steps whose work a step queued ahead had done (for checks that the pipeline runs, not only
+    /// queues and drops).
+    public private(set) var stepsTakenAhead = 0
 
-    /// A greedy step queued before the host read the tokens it takes: the slots of its rows, each
-    /// slot's generation and position then, its place, and (once the step before was read back) the
-    /// tokens it embeds.
+    /// A step queued before the host read the tokens it takes: the slots of its rows, each slot's
+    /// generation and position then, each row's draw, its place, and (once the step before was read
+    /// back) the tokens it embeds.
     private struct Queued {
         /// Weak: a slot the scheduler lets go of is freed now, not when this step is forgotten.
         struct Row { weak var slot: Slot? }
         let rows: [Row]
         let generations: [Int]
         let positions: [Int]
+        let draws: [TokenDraw]
         let place: Int
         /// The backend's `pipelineStamp` once it was queued: another argmax since (another runner's)
         /// has overwritten the ids it leaves on the device.
@@ -272,33 +281,53 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// which would wait for the device in the middle of a step).
     static var pipelinedRows: Int { 256 }
 
-    /// Work that a pipelined step can do: one token for each of distinct slots, each a plain
-    /// argmax wanted without logprobs or scores, on a backend that pipelines.
+    /// Work that a pipelined step can do: one token for each of distinct slots, each drawn where the
+    /// logits are without penalties (which change with every token), logprobs or scores, on a
+    /// backend that pipelines.
     private func pipelinable(_ work: [Work]) -> Bool {
-        guard pipelining, model.backend.pipelinesGreedySteps, work.count <= min(maximumSequences, Self.pipelinedRows),
-            work.allSatisfy({ $0.tokens.count == 1 && $0.draw?.isPlainArgmax == true && $0.logprobs == nil && $0.scores == nil })
+        guard pipelining, model.backend.pipelinesSteps, work.count <= min(maximumSequences, Self.pipelinedRows),
+            work.allSatisfy({
+                $0.tokens.count == 1 && $0.draw != nil && $0.draw?.penalties == nil && $0.logprobs == nil && $0.scores == nil
+            })
         else { return false }
         return Set(work.map { ObjectIdentifier($0.slot) }).count == work.count
+    }
+
+    /// The draws of the step after `work` (pipelinable), when each is known now: an argmax after an
+    /// argmax, else the work's `nextDraw` (without penalties).
+    private static func nextDraws(_ work: [Work]) -> [TokenDraw]? {
+        var draws: [TokenDraw] = []
+        for item in work {
+            if let next = item.nextDraw, next.penalties == nil {
+                draws.append(next)
+            } else if item.draw?.isPlainArgmax == true && item.nextDraw == nil {
+                draws.append(.argmax)
+            } else {
+                return nil
+            }
+        }
+        return draws
     }
 
     /// Waits for the step queued ahead, if any, and forgets it (its rows' keys and values are at
     /// positions the slots do not count yet: later work writes them again); staging goes back to the
     /// whole area. Anything else that queues work first calls this.
     private func finishAhead() {
-        guard model.backend.pipelinesGreedySteps else { return }
+        guard model.backend.pipelinesSteps else { return }
         if let queued = ahead {
-            _ = model.backend.queuedArgmax(rows: queued.rows.count, place: queued.place)
+            _ = model.backend.queuedTokens(rows: queued.rows.count, place: queued.place)
             ahead = nil
         }
         model.backend.beginPipelinedStep(place: nil)
     }
 
-    /// Queues one greedy step for `slots` at their current positions: its inputs `tokens`, or (with
-    /// `drawn`) rows drawn[i] of the last queued argmax; its argmax read back to `place`. A step
+    /// Queues one step for `slots` at their current positions: its inputs `tokens`, or (with `drawn`)
+    /// rows drawn[i] of the last queued draws; its tokens chosen as `draws` says and read back to
+    /// `place`. A step
     /// queued ahead (`drawn`) goes to the device whole, as one graph: the device is busy with the
     /// step before meanwhile, so handing it over in pieces (to start sooner) only adds their seams
     /// (1B on an H100: 1.36 ms a step whole, 1.41 ms in pieces).
-    private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, place: Int) {
+    private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, draws: [TokenDraw], place: Int) {
         let model = drawn == nil ? model : wholeStepModel
         // Caches grown first: growing waits for the device, which must not come after the place's staging.
         for slot in slots {
@@ -310,21 +339,23 @@ public final class BatchRunner<Backend: ComputeBackend> {
             Gemma3Model<Backend>.Segment(cache: slot.cache, firstRow: i, count: 1, firstPosition: slot.tokenCount)
         }
         model.forward(tokens, segments: segments, scratch: stepScratch, drawn: drawn)
-        model.queueArgmax(rows: slots.count, place: place, scratch: stepScratch)
+        model.queueDraws(draws, place: place, scratch: stepScratch)
     }
 
-    /// A greedy step of pipelinable work, with the next one queued before this one is read back, so
-    /// that the device never waits for the host between steps. When the step queued ahead last time
-    /// took this work's slots (all of them, or some whose sequences go on) with these tokens at
-    /// these positions, its rows are this work's (rows are computed alone: a decode row's numbers
+    /// A step of pipelinable work, with the next one queued before this one is read back, so that
+    /// the device never waits for the host between steps. When the step queued ahead last time took
+    /// this work's slots (all of them, or some whose sequences go on) with these tokens at these
+    /// positions and draws, its rows are this work's (rows are computed alone: a decode row's numbers
     /// do not depend on the others, up to 16 rows on a GPU (its gemv kernels); a larger
     /// batch goes through cuBLAS, whose sums depend on the batch as any batch's do), and it is not
     /// queued again. Otherwise that step is dropped and this
     /// one is queued now. Either way the step after it is queued next for this work's slots, with
-    /// the tokens this one chooses still on the device, unless a slot's context is full.
-    private func pipelinedGreedy(_ work: [Work]) throws -> [Output] {
+    /// the tokens this one chooses still on the device, unless a slot's context is full or a next
+    /// draw is not known (`nextDraws`).
+    private func pipelinedStep(_ work: [Work]) throws -> [Output] {
         let slots = work.map(\.slot)
         let inputs = work.map { $0.tokens[0] }
+        let draws = work.map { $0.draw! }
         try check(inputs)
         for slot in slots where slot.tokenCount + 1 > slot.contextLength {
             throw InferenceError.contextOverflow(requested: slot.tokenCount + 1, limit: slot.contextLength)
@@ -333,41 +364,42 @@ public final class BatchRunner<Backend: ComputeBackend> {
         var rows: [Int] = []  // each work item's row in the step at `place`
         var stepRows = work.count
         if let queued = ahead, queued.stamp == model.backend.pipelineStamp,
-            let found = Self.rows(of: slots, inputs: inputs, in: queued)
+            let found = Self.rows(of: slots, inputs: inputs, draws: draws, in: queued)
         {
             place = queued.place
             rows = found
             stepRows = queued.rows.count
+            stepsTakenAhead += 1
         } else {
             // The step queued ahead (if any) is dropped unread; the place rotation keeps its staging.
             place = takePlace()
-            queueStep(slots, tokens: inputs, drawn: nil, place: place)
+            queueStep(slots, tokens: inputs, drawn: nil, draws: draws, place: place)
             rows = Array(0..<work.count)
         }
         ahead = nil
         for (slot, token) in zip(slots, inputs) { slot.tokens.append(token) }
-        if slots.allSatisfy({ $0.tokenCount + 1 <= $0.contextLength }) {
+        if slots.allSatisfy({ $0.tokenCount + 1 <= $0.contextLength }), let nextDraws = Self.nextDraws(work) {
             let next = takePlace()
             ahead = Queued(
                 rows: slots.map { Queued.Row(slot: $0) }, generations: slots.map(\.generation),
-                positions: slots.map(\.tokenCount), place: next)
-            queueStep(slots, tokens: [Int](repeating: 0, count: slots.count), drawn: rows, place: next)
+                positions: slots.map(\.tokenCount), draws: nextDraws, place: next)
+            queueStep(slots, tokens: [Int](repeating: 0, count: slots.count), drawn: rows, draws: nextDraws, place: next)
             ahead?.stamp = model.backend.pipelineStamp
         }
-        let ids = model.backend.queuedArgmax(rows: stepRows, place: place)
+        let ids = model.backend.queuedTokens(rows: stepRows, place: place)
         let chosen = rows.map { ids[$0] }
         ahead?.inputs = chosen
         return chosen.map { .token(GeneratedToken(id: $0, logprob: .nan, top: [])) }
     }
 
     /// Where each of `slots` is among the rows of `queued`, when every one is there with the same
-    /// generation, at its current position, and took `inputs`; else nil.
-    private static func rows(of slots: [Slot], inputs: [Int], in queued: Queued) -> [Int]? {
+    /// generation, at its current position, took `inputs` and was drawn as `draws` says; else nil.
+    private static func rows(of slots: [Slot], inputs: [Int], draws: [TokenDraw], in queued: Queued) -> [Int]? {
         guard queued.inputs.count == queued.rows.count else { return nil }
         var rows: [Int] = []
-        for (slot, input) in zip(slots, inputs) {
+        for (i, slot) in slots.enumerated() {
             guard let row = queued.rows.firstIndex(where: { $0.slot === slot }), queued.generations[row] == slot.generation,
-                queued.positions[row] == slot.tokenCount, queued.inputs[row] == input
+                queued.positions[row] == slot.tokenCount, queued.inputs[row] == inputs[i], queued.draws[row] == draws[i]
             else { return nil }
             rows.append(row)
         }
@@ -379,7 +411,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     private func outputs(_ work: [Work], pipelined: Bool) throws -> [Output] {
         guard !work.isEmpty else { return [] }
-        if pipelined && pipelinable(work) { return try pipelinedGreedy(work) }
+        if pipelined && pipelinable(work) { return try pipelinedStep(work) }
         finishAhead()
         let rows = work.reduce(0) { $0 + $1.tokens.count }
         precondition(work.count <= maximumSequences && rows <= stepCapacity, "the step is larger than the runner's scratch")

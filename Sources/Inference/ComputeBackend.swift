@@ -119,30 +119,31 @@ public protocol ComputeBackend: Sendable {
     /// logits are as cheap to read, and the server keeps its host `Sampler`.
     var drawsOnDevice: Bool { get }
 
-    // Pipelined greedy decode (`BatchRunner`): a step is queued with its inputs still on the device,
-    // the tokens the step before chose, before the host has read them, so the device never waits
-    // for the host between steps. Each queued step has a place (0..<pipelinePlaces) whose staged
-    // inputs and readback it keeps until it is read back; a place is reused only after a step queued
-    // later than its last one was read back.
+    // Pipelined decode (`BatchRunner`): a step is queued with its inputs still on the device, the
+    // tokens the step before chose (greedy or drawn with a seed known ahead), before the host has
+    // read them, so the device never waits for the host between steps. Each queued step has a place
+    // (0..<pipelinePlaces) whose staged inputs and readback it keeps until it is read back; a place
+    // is reused only after a step queued later than its last one was read back.
 
-    /// Whether this backend pipelines greedy steps (a GPU; the CPU does not).
-    var pipelinesGreedySteps: Bool { get }
+    /// Whether this backend pipelines decode steps (a GPU; the CPU does not).
+    var pipelinesSteps: Bool { get }
     /// Where the steps queued from now keep their inputs (the staging for their tables and ids):
     /// place `place`, or (nil) anywhere again once no pipelined step is waiting to be read back.
     func beginPipelinedStep(place: Int?)
-    /// `embed` of the tokens the last `queueArgmax` chose: out[i, :] = table[chosen[rows[i]], :] * scale.
+    /// `embed` of the tokens the last `queueDraws` chose: out[i, :] = table[chosen[rows[i]], :] * scale.
     func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer)
-    /// The argmax of each row (as `argmax`), queued, with its readback to place `place`; the ids
-    /// stay on the device for `embedDrawn` too.
-    func queueArgmax(_ x: Buffer, rows: Int, columns: Int, place: Int)
-    /// Waits for place `place`'s queued argmax only (not for steps queued after it) and returns it.
-    func queuedArgmax(rows: Int, place: Int) -> [Int]
-    /// Changes with every argmax queued (pipelined or not), whose ids `embedDrawn` then reads: a step
-    /// queued ahead is taken only if no other argmax came after it.
+    /// A token for each row, queued, with its readback to place `place`: the argmax (as `argmax`)
+    /// when every draw is a plain argmax, else as `sample` draws them (no draw may have penalties,
+    /// which change the rows in place). The ids stay on the device for `embedDrawn` too.
+    func queueDraws(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], place: Int)
+    /// Waits for place `place`'s queued draws only (not for steps queued after it) and returns them.
+    func queuedTokens(rows: Int, place: Int) -> [Int]
+    /// Changes with every argmax or draw queued (pipelined or not), whose ids `embedDrawn` then
+    /// reads: a step queued ahead is taken only if no other argmax or draw came after it.
     var pipelineStamp: Int { get }
 }
 
-/// How many places pipelined steps rotate through (see `ComputeBackend.pipelinesGreedySteps`):
+/// How many places pipelined steps rotate through (see `ComputeBackend.pipelinesSteps`):
 /// the step being read back, the one queued after it, and one dropped (queued, never read back)
 /// whose place must not be reused before a later step's readback.
 public let pipelinePlaces = 3
@@ -346,14 +347,14 @@ extension ComputeBackend {
 
     public func submit() {}
 
-    public var pipelinesGreedySteps: Bool { false }
+    public var pipelinesSteps: Bool { false }
     public func beginPipelinedStep(place: Int?) { preconditionFailure("this backend does not pipeline steps") }
     public func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer) {
         preconditionFailure("this backend does not pipeline steps")
     }
-    public func queueArgmax(_ x: Buffer, rows: Int, columns: Int, place: Int) {
+    public func queueDraws(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], place: Int) {
         preconditionFailure("this backend does not pipeline steps")
     }
-    public func queuedArgmax(rows: Int, place: Int) -> [Int] { preconditionFailure("this backend does not pipeline steps") }
+    public func queuedTokens(rows: Int, place: Int) -> [Int] { preconditionFailure("this backend does not pipeline steps") }
     public var pipelineStamp: Int { 0 }
 }

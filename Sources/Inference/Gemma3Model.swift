@@ -128,7 +128,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// point of continuous batching: decode is bound by weight reads); only attention, which reads
     /// each sequence's own cache, runs segment by segment. `tokens` holds the segments' rows in order.
     /// `drawn`: the tokens are not known on the host yet: row i's token is row drawn[i] of the last
-    /// `queueArgmax` (a pipelined greedy step; `tokens` then only counts the rows).
+    /// `queueDraws` (a pipelined step; `tokens` then only counts the rows).
     func forward(
         _ tokens: [Int], segments: [Segment], scratch s: InferenceSession<Backend>.Scratch, drawn: [Int]? = nil
     ) {
@@ -303,11 +303,14 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         return (tokens, scores, (n + targets.count..<rows.count).map { readLogits(row: $0, scratch: s) })
     }
 
-    /// The LM head over the first `rows` rows of `s.hidden` and their argmax, queued with its readback
-    /// to `place` (`ComputeBackend.queueArgmax`): a pipelined greedy step's end.
-    func queueArgmax(rows: Int, place: Int, scratch s: InferenceSession<Backend>.Scratch) {
-        lmHead(rows: Array(0..<rows), scratch: s)
-        backend.queueArgmax(s.logits, rows: rows, columns: config.vocabularySize, place: place)
+    /// The LM head over the first `draws.count` rows of `s.hidden` and a token for each as `draws`
+    /// says (none with penalties), queued with its readback to `place` (`ComputeBackend.queueDraws`):
+    /// a pipelined step's end. The same kernels choose as in `head`.
+    func queueDraws(_ draws: [TokenDraw], place: Int, scratch s: InferenceSession<Backend>.Scratch) {
+        lmHead(rows: Array(0..<draws.count), scratch: s)
+        backend.queueDraws(
+            s.logits, rows: draws.count, columns: config.vocabularySize, softcap: config.finalLogitSoftcapping, draws: draws,
+            place: place)
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.

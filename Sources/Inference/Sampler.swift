@@ -56,6 +56,12 @@ public struct Sampler: Sendable {
     /// request so gets the same seeds, and tokens, every time.
     public mutating func nextSeed() -> UInt64 { generator.next() }
 
+    /// The seed `nextSeed` will give next, without taking it: what a step queued ahead draws with.
+    public func upcomingSeed() -> UInt64 {
+        var copy = generator
+        return copy.next()
+    }
+
     /// Records a token that became part of the output (whether sampled here or forced).
     public mutating func accept(_ token: Int) {
         generated += 1

@@ -119,6 +119,16 @@ final class Job: @unchecked Sendable {
         return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed(), penalties: sampler.penalties())
     }
 
+    /// The draw `draw(onDevice:)` will give for the step after this one, where it is known now: a
+    /// sampled draw without penalties (which change with the token this step chooses) or logprobs,
+    /// its seed not yet taken. The runner queues that step before this one's token comes back
+    /// (`BatchRunner.Work.nextDraw`); a plain argmax needs none.
+    func upcomingDraw() -> TokenDraw? {
+        let sampling = request.parameters.sampling
+        guard !argmaxOnly, logprobs == nil, !sampling.hasPenalties else { return nil }
+        return TokenDraw(sampling, seed: sampler.upcomingSeed())
+    }
+
     /// Whether the early stop ended the output normally (a stop string), not a departed client.
     private var completedEarly = false
 
@@ -171,7 +181,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
     public let limits: SchedulerLimits
     public let contextLength: Int
     let metrics: ServerMetrics
-    private let runner: BatchRunner<Backend>
+    let runner: BatchRunner<Backend>
 
     // Shared with request tasks, under `condition`.
     private let condition = NSCondition()
@@ -374,7 +384,10 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         for job in running where job.next != nil {
             var item = BatchRunner<Backend>.Work(slot: slot(of: job), tokens: [job.next!])
             item.draw = job.draw(onDevice: drawsOnDevice)
-            if item.draw != nil { item.logprobs = job.logprobs }
+            if item.draw != nil {
+                item.logprobs = job.logprobs
+                item.nextDraw = job.upcomingDraw()
+            }
             work.append(item)
             owners.append((job, nil))
         }

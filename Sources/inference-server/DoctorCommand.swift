@@ -17,7 +17,7 @@ struct Doctor: ParsableCommand {
             INFERENCE_PREBUILT_KERNELS (a read-only folder of CUBINs made ahead, as builder build --gpu adds), INFERENCE_CUBLAS (cuBLAS's library, or \
             off), INFERENCE_TENSOR_CORES (off: prefill products without cuBLAS use the tiled kernel), \
             INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own), \
-            INFERENCE_PIPELINE (off: each greedy decode step is read back before the next is queued), \
+            INFERENCE_PIPELINE (off: each decode step is read back before the next is queued), \
             INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
             default none, as off).
 
@@ -61,10 +61,10 @@ struct Doctor: ParsableCommand {
             line(
                 "pipeline",
                 !found.supportsReadbacks
-                    ? "greedy steps one at a time (pipelining needs cuMemcpyDtoHAsync and events)"
+                    ? "decode steps one at a time (pipelining needs cuMemcpyDtoHAsync and events)"
                     : ProcessInfo.processInfo.environment["INFERENCE_PIPELINE"] == "off"
-                        ? "greedy steps one at a time (INFERENCE_PIPELINE=off)"
-                        : "greedy decode steps pipelined: the next step is queued before this one's tokens are read back")
+                        ? "decode steps one at a time (INFERENCE_PIPELINE=off)"
+                        : "decode steps pipelined (greedy, and sampled without penalties or logprobs): the next step is queued before this one's tokens are read back")
             for device in found.devices {
                 let memory = (try? found.memoryInfo(ordinal: device.ordinal)).map { " (\(gib($0.free)) free)" } ?? ""
                 line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, \(device.l2CacheBytes >> 20) MiB L2, about \(Int(device.peakBandwidth / 1e9)) GB/s")

@@ -221,6 +221,33 @@ struct GPUCheckCommand: ParsableCommand {
         return figures
     }
 
+    /// One decode step's work for `slots` (inputs `tokens`), each drawn as `draw` says with the next
+    /// seed of its own generator; `ahead`: the seed after that too (`Work.nextDraw`), as the server
+    /// gives it, so that a sampled step is pipelined.
+    private static func drawn(
+        _ slots: [BatchRunner<CUDABackend>.Slot], _ tokens: [Int], _ draw: TokenDraw, seeds: inout [Xoshiro256StarStar],
+        ahead: Bool
+    ) -> [BatchRunner<CUDABackend>.Work] {
+        slots.indices.map { i in
+            var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [tokens[i]])
+            item.draw = draw
+            if !draw.isArgmax {
+                item.draw!.seed = seeds[i].next()
+                if ahead {
+                    var peek = seeds[i]
+                    item.nextDraw = draw
+                    item.nextDraw!.seed = peek.next()
+                }
+            }
+            return item
+        }
+    }
+
+    private static func tokenID(_ output: BatchRunner<CUDABackend>.Output) -> Int {
+        guard case .token(let token) = output else { preconditionFailure("a drawn token was asked for") }
+        return token.id
+    }
+
     private func seconds(_ body: () throws -> Void) rethrows -> Double {
         let start = DispatchTime.now().uptimeNanoseconds
         try body()
@@ -304,10 +331,11 @@ struct GPUCheckCommand: ParsableCommand {
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
             }
             // Pipelined steps against steps one at a time from the same caches: the same tokens (on a
-            // GPU, where a queued step runs while the host reads the one before).
-            if gpu.pipelinesGreedySteps {
+            // GPU, where a queued step runs while the host reads the one before), greedy and drawn
+            // with seeds known a step ahead (as the server's samplers give them).
+            if gpu.pipelinesSteps {
                 let twins = (0..<batch).map { _ in runner.makeSlot(contextLength: 1024) }
-                func tokens(pipelined: Bool) throws -> [Int] {
+                func tokens(pipelined: Bool, draw: TokenDraw) throws -> [Int] {
                     runner.pipelining = pipelined
                     defer { runner.pipelining = true }
                     var chosen: [Int] = []
@@ -315,17 +343,26 @@ struct GPUCheckCommand: ParsableCommand {
                         slot.reset()
                         return Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
                     }
+                    var seeds = (0..<batch).map { Xoshiro256StarStar(seed: 40 + UInt64($0)) }
+                    let taken = runner.stepsTakenAhead
                     for _ in 0..<40 {
-                        last = try runner.decodeGreedy(twins, tokens: last)
+                        last = try runner.outputs(Self.drawn(twins, last, draw, seeds: &seeds, ahead: true)).map(Self.tokenID)
                         chosen += last
+                    }
+                    if pipelined && runner.stepsTakenAhead - taken < 39 {
+                        print("FAIL only \(runner.stepsTakenAhead - taken) of 40 steps were taken from a step queued ahead")
+                        pipelineFailures += 1
                     }
                     return chosen
                 }
-                let serialTokens = try tokens(pipelined: false)
-                let pipelinedTokens = try tokens(pipelined: true)
-                let same = pipelinedTokens == serialTokens
-                print("\(same ? "ok  " : "FAIL") pipelined greedy steps at batch \(batch) choose the tokens of steps one at a time (40 steps)")
-                if !same { pipelineFailures += 1 }
+                let sampled = TokenDraw(temperature: 1, topK: 0, topP: 0.95, minP: 0, seed: 0)
+                for (label, draw) in [("greedy", TokenDraw.argmax), ("sampled (T 1, top-p 0.95)", sampled)] {
+                    let serialTokens = try tokens(pipelined: false, draw: draw)
+                    let pipelinedTokens = try tokens(pipelined: true, draw: draw)
+                    let same = pipelinedTokens == serialTokens
+                    print("\(same ? "ok  " : "FAIL") pipelined \(label) steps at batch \(batch) choose the tokens of steps one at a time (40 steps)")
+                    if !same { pipelineFailures += 1 }
+                }
             }
             // Warm-up steps: the second captures the step's CUDA graph, and the rest bring the card's
             // clocks up (the 270M's first timing on an H100 read 0.90 ms a step against 0.71 ms for
@@ -365,7 +402,7 @@ struct GPUCheckCommand: ParsableCommand {
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
                 return without
             }
-            if runner.pipelining && gpu.pipelinesGreedySteps {
+            if runner.pipelining && gpu.pipelinesSteps {
                 // Each step read back before the next is queued: what pipelining saves.
                 let serialTime = try timedWithout { runner.pipelining = $0 }
                 print(String(format: "            without pipelined steps: %.2f ms/step (pipelined %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / time))
@@ -418,26 +455,32 @@ struct GPUCheckCommand: ParsableCommand {
             }
             runner.pipelining = true
             // Sampling on the device (temperature 0.8, top-p 0.95, top-k 64): still only ids come back.
-            var seeds = Xoshiro256StarStar(seed: 7)
+            // Each sequence's seeds from its own generator, the next one known a step ahead (as the
+            // server's samplers give them), so the steps are pipelined as greedy ones are.
+            var seeds = (0..<batch).map { Xoshiro256StarStar(seed: 7 + UInt64($0)) }
             func sampledStep(logprobs: Int? = nil, temperature: Float = 0.8, topK: Int = 64, topP: Float = 0.95) throws {
-                let work = zip(slots, next).map { slot, token in
-                    var item = BatchRunner<CUDABackend>.Work(slot: slot, tokens: [token])
-                    item.draw = TokenDraw(temperature: temperature, topK: topK, topP: topP, minP: 0, seed: seeds.next())
-                    item.logprobs = logprobs
-                    return item
-                }
-                next = try runner.outputs(work).map {
-                    guard case .token(let token) = $0 else { preconditionFailure("a drawn token was asked for") }
-                    return token.id
-                }
+                var work = Self.drawn(
+                    slots, next, TokenDraw(temperature: temperature, topK: topK, topP: topP, minP: 0, seed: 0), seeds: &seeds,
+                    ahead: logprobs == nil)
+                for i in work.indices { work[i].logprobs = logprobs }
+                next = try runner.outputs(work).map(Self.tokenID)
             }
             for _ in 0..<2 { try sampledStep() }
             let sampledTime = try seconds { for _ in 0..<steps { try sampledStep() } }
             print(String(format: "            sampled on the device (T 0.8, top-k 64, top-p 0.95): %.2f ms/step, %.0f tokens/s", sampledTime / Double(steps) * 1000, Double(batch * steps) / sampledTime))
-            if let profile = try gpu.context.profileStep({ try sampledStep() }) {
-                figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
-            }
             figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
+            if gpu.pipelinesSteps {
+                runner.pipelining = false
+                for _ in 0..<2 { try sampledStep() }
+                let serialTime = try seconds { for _ in 0..<steps { try sampledStep() } }
+                print(String(format: "            without pipelined steps: %.2f ms/step (pipelined %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / sampledTime))
+                figures["decode_b\(batch)_sampled_unpipelined_ms_per_step"] = serialTime / Double(steps) * 1000
+                // Still not pipelined: the profile's replays of a queued step would embed its own draws.
+                if let profile = try gpu.context.profileStep({ try sampledStep() }) {
+                    figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
+                }
+                runner.pipelining = true
+            }
             // Draws without a top-k cut, as a client that sets only the temperature (OpenAI's default,
             // 1) or only top_p sends: drawn on the slices (sample_maxima first), top-p from each
             // slice's top 256 unless the nucleus is wider (then one block reads the whole row). At

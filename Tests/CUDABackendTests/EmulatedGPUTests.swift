@@ -1,11 +1,11 @@
 import CUDA
 import Foundation
-import InferenceServer
 import TestSupport
 import Testing
 
 @testable import CUDABackend
 @testable import Inference
+@testable import InferenceServer
 
 /// The CUDA backend end to end on a machine without a GPU: the real NVRTC compiles the real kernels
 /// to a CUBIN (the module must load), and Emulator/cuda_emulator.cpp, built here from the same
@@ -619,7 +619,7 @@ import Testing
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 80), exactActivations: true)
         // A backend of its own: tests running beside this one would share another's staging area.
         let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, kvCache: .float32, environment: try Self.environment())
-        #expect(gpu.pipelinesGreedySteps)
+        #expect(gpu.pipelinesSteps)
         let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
         let prompts = [Array(1...5), (0..<23).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
         var runs: [[Int]] = []
@@ -712,6 +712,70 @@ import Testing
         #expect(GPUCheck.relativeError(reused[0], whole) < 1e-5, "prefix reuse one step at a time")
         #expect(GPUCheck.relativeError(reused[1], whole) < 1e-5, "prefix reuse after a dropped queued step")
         #expect(turns[0] == turns[1], "two runners in turn")
+    }
+
+    /// Pipelined sampled steps: rows drawn with seeds known a step ahead (`Work.nextDraw`, as the
+    /// scheduler peeks its samplers' next seeds) beside a greedy row choose the tokens that steps one
+    /// at a time choose with the same seeds. A wrong guess of the next seed drops the queued step
+    /// (it is not taken with the seed it guessed), and a row with penalties, which change with every
+    /// token, is not pipelined; the steps after them pipeline again.
+    @Test func pipelinedDrawsMatchStepsOneAtATime() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 82), exactActivations: true)
+        let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, kvCache: .float32, environment: try Self.environment())
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        let prompts = [Array(1...5), (0..<11).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
+        let kinds = [
+            TokenDraw(temperature: 6, topK: 40, topP: 0.95, minP: 0, seed: 0), TokenDraw.argmax,
+            TokenDraw(temperature: 40, topK: 0, topP: 1, minP: 0, seed: 0),
+        ]
+        var runs: [[Int]] = []
+        var taken: [Int] = []
+        for pipelined in [false, true] {
+            let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
+            runner.pipelining = pipelined
+            let slots = prompts.map { _ in runner.makeSlot(contextLength: 64) }
+            var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
+            var seeds = (0..<3).map { Xoshiro256StarStar(seed: 50 + UInt64($0)) }
+            var tokens: [Int] = []
+            /// One step; `guess` (a row, a seed) replaces that row's next seed with a wrong one, and
+            /// `penalized` gives that row a penalty.
+            func step(guess: (Int, UInt64)? = nil, penalized: Int? = nil) throws {
+                let work = slots.indices.map { i in
+                    var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
+                    item.draw = kinds[i]
+                    if !kinds[i].isArgmax {
+                        item.draw!.seed = seeds[i].next()
+                        var peek = seeds[i]
+                        item.nextDraw = kinds[i]
+                        item.nextDraw!.seed = guess?.0 == i ? guess!.1 : peek.next()
+                    }
+                    if penalized == i {
+                        item.draw!.penalties = TokenPenalties(presence: 0.5, frequency: 0, repetition: 1, entries: [
+                            .init(id: next[i], count: 1, seen: true)
+                        ])
+                    }
+                    return item
+                }
+                next = try runner.outputs(work).map {
+                    guard case .token(let token) = $0 else { preconditionFailure("a token was asked for") }
+                    return token.id
+                }
+                tokens += next
+            }
+            for _ in 0..<5 { try step() }
+            try step(guess: (0, 12345))
+            for _ in 0..<3 { try step() }
+            try step(penalized: 2)
+            for _ in 0..<4 { try step() }
+            runs.append(tokens)
+            taken.append(runner.stepsTakenAhead)
+        }
+        #expect(runs[0] == runs[1], "pipelined draws differ from one step at a time")
+        #expect(Set(runs[0].enumerated().filter { $0.offset % 3 == 0 }.map(\.element)).count > 3, "the draws vary")
+        // 14 steps: the first, the one after the wrong guess, the penalized one and the one after it
+        // start anew; the other 10 were queued ahead.
+        #expect(taken == [0, 10], "steps taken from the queued step: \(taken)")
     }
 
     /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms
@@ -865,29 +929,30 @@ import Testing
     }
     static let schedulerLimits = SchedulerLimits(maximumRunning: 6, maximumWaiting: 8, cacheBytes: 64 << 20, prefillTokensPerStep: 16)
 
-    /// The server's greedy streams through pipelined steps: requests of different lengths that end
-    /// at different steps (a queued step's rows reused for the ones that go on) and one that
-    /// arrives while others run (its prefill drops the queued step) get the tokens they get with
-    /// pipelining off, on the same kernels.
-    @Test func theSchedulerPipelinesGreedyStreams() async throws {
+    /// The server's streams through pipelined steps: greedy requests of different lengths that end
+    /// at different steps (a queued step's rows reused for the ones that go on), one that arrives
+    /// while others run (its prefill drops the queued step), seeded sampled ones (drawn a step ahead
+    /// with their samplers' next seeds) and one with penalties (never queued ahead) get the tokens
+    /// they get with pipelining off, on the same kernels.
+    @Test func theSchedulerPipelinesStreams() async throws {
         let directory = try TemporaryDirectory()
         let engine = try Self.schedulerEngine(in: directory, seed: 6)
         let limits = Self.schedulerLimits
         var outputs: [[[Int]]] = []
-        var drawn: [Int] = []
+        var drawn: [Int] = [], taken: [Int] = []
         for pipelined in [false, true] {
             var env = try Self.environment()
             if !pipelined { env["INFERENCE_PIPELINE"] = "off" }
             let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, environment: env)
-            #expect(gpu.pipelinesGreedySteps == pipelined)
+            #expect(gpu.pipelinesSteps == pipelined)
             let served = try ServedModel(
                 engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
                 device: .cuda(gpu))
             served.scheduler.start()
-            func request(_ prompt: [Int], _ count: Int) -> SequenceRequest {
+            func request(_ prompt: [Int], _ count: Int, _ sampling: SamplingParameters? = nil) -> SequenceRequest {
                 var greedy = SamplingParameters()
                 greedy.temperature = 0
-                var parameters = GenerationParameters(maxTokens: count, sampling: greedy)
+                var parameters = GenerationParameters(maxTokens: count, sampling: sampling ?? greedy)
                 parameters.computeLogprobs = false
                 return SequenceRequest(prompt: prompt, parameters: parameters)
             }
@@ -902,8 +967,13 @@ import Testing
                 }
                 return ids
             }
-            let specs: [([Int], Int)] = [([2, 5], 3), (Array(3...9), 6), (Array(100...119), 9), (Array(200...230), 14)]
-            let handles = try specs.map { try served.scheduler.submit(request($0.0, $0.1)) }
+            let specs: [([Int], Int, SamplingParameters?)] = [
+                ([2, 5], 3, nil), (Array(3...9), 6, nil), (Array(100...119), 9, nil), (Array(200...230), 14, nil),
+                (Array(40...52), 12, SamplingParameters(temperature: 40, topP: 0.95, seed: 1234)),
+                (Array(40...52), 10, SamplingParameters(temperature: 30, topK: 50, seed: 77)),
+                (Array(60...70), 3, SamplingParameters(temperature: 30, presencePenalty: 0.5, seed: 99)),
+            ]
+            let handles = try specs.map { try served.scheduler.submit(request($0.0, $0.1, $0.2)) }
             var run = [await tokens(handles[0])]
             // Arrives while the others still run.
             let late = try served.scheduler.submit(request(Array(300...311), 8))
@@ -912,10 +982,13 @@ import Testing
             served.scheduler.stop(reason: "done")
             outputs.append(run)
             drawn.append(gpu.drawnEmbeds)
+            taken.append(try #require(served.scheduler as? Scheduler<CUDABackend>).runner.stepsTakenAhead)
         }
-        #expect(outputs[0].map(\.count) == [3, 6, 9, 14, 8])
-        #expect(outputs[1] == outputs[0], "pipelined greedy streams differ")
+        #expect(outputs[0].map(\.count) == [3, 6, 9, 14, 12, 10, 3, 8])
+        #expect(Set(outputs[0][4]).count > 4 && Set(outputs[0][5]).count > 4, "the draws vary: \(outputs[0])")
+        #expect(outputs[1] == outputs[0], "pipelined streams differ")
         #expect(drawn[0] == 0 && drawn[1] > 5, "steps that took their tokens on the device: \(drawn)")
+        #expect(taken[0] == 0 && taken[1] > 5, "steps taken from a step queued ahead: \(taken)")
     }
 
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
