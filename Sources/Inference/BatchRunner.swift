@@ -192,6 +192,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// (the step after it queued before this one is read back). A plain argmax needs none: the
         /// next is an argmax too. A guess that turns out wrong only costs the step queued ahead.
         public var nextDraw: TokenDraw?
+        /// The sequence ends with this step's token, whatever it is (its length limit): no step is
+        /// queued ahead for it.
+        public var isLast = false
         /// Prompt logprobs computed where the logits are: row i of the chunk scores `targets[i]`
         /// (the prompt token after it) with `top` alternatives, reported in row order. Rows past
         /// `targets` (the prompt's last token) are not scored. When every row is scored (a chunk
@@ -264,8 +267,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
         let positions: [Int]
         let draws: [TokenDraw]
         let place: Int
-        /// The backend's `pipelineStamp` once it was queued: another argmax since (another runner's)
-        /// has overwritten the ids it leaves on the device.
+        /// The backend's `pipelineStamp` once it was queued: another argmax or draw since (another
+        /// runner's) has overwritten the ids it leaves on the device.
         var stamp = 0
         var inputs: [Int] = []
     }
@@ -278,7 +281,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// Most rows a pipelined step takes (the backend's argmax buffers hold 256 without regrowing,
-    /// which would wait for the device in the middle of a step).
+    /// which would wait for the device in the middle of a step; its sampling buffers grow to the
+    /// rows a step draws, on the first step that draws that many).
     static var pipelinedRows: Int { 256 }
 
     /// Work that a pipelined step can do: one token for each of distinct slots, each drawn where the
@@ -350,8 +354,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// batch goes through cuBLAS, whose sums depend on the batch as any batch's do), and it is not
     /// queued again. Otherwise that step is dropped and this
     /// one is queued now. Either way the step after it is queued next for this work's slots, with
-    /// the tokens this one chooses still on the device, unless a slot's context is full or a next
-    /// draw is not known (`nextDraws`).
+    /// the tokens this one chooses still on the device: for the rows whose sequences go on (not
+    /// `isLast`, and room in the context), when each one's next draw is known (`nextDraws`).
     private func pipelinedStep(_ work: [Work]) throws -> [Output] {
         let slots = work.map(\.slot)
         let inputs = work.map { $0.tokens[0] }
@@ -378,24 +382,32 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
         ahead = nil
         for (slot, token) in zip(slots, inputs) { slot.tokens.append(token) }
-        if slots.allSatisfy({ $0.tokenCount + 1 <= $0.contextLength }), let nextDraws = Self.nextDraws(work) {
+        let goingOn = work.indices.filter { !work[$0].isLast && slots[$0].tokenCount + 1 <= slots[$0].contextLength }
+        if !goingOn.isEmpty, let nextDraws = Self.nextDraws(goingOn.map { work[$0] }) {
             let next = takePlace()
+            let nextSlots = goingOn.map { slots[$0] }
             ahead = Queued(
-                rows: slots.map { Queued.Row(slot: $0) }, generations: slots.map(\.generation),
-                positions: slots.map(\.tokenCount), draws: nextDraws, place: next)
-            queueStep(slots, tokens: [Int](repeating: 0, count: slots.count), drawn: rows, draws: nextDraws, place: next)
+                rows: nextSlots.map { Queued.Row(slot: $0) }, generations: nextSlots.map(\.generation),
+                positions: nextSlots.map(\.tokenCount), draws: nextDraws, place: next)
+            queueStep(
+                nextSlots, tokens: [Int](repeating: 0, count: nextSlots.count), drawn: goingOn.map { rows[$0] }, draws: nextDraws,
+                place: next)
             ahead?.stamp = model.backend.pipelineStamp
         }
         let ids = model.backend.queuedTokens(rows: stepRows, place: place)
         let chosen = rows.map { ids[$0] }
-        ahead?.inputs = chosen
+        ahead?.inputs = goingOn.map { chosen[$0] }
         return chosen.map { .token(GeneratedToken(id: $0, logprob: .nan, top: [])) }
     }
 
     /// Where each of `slots` is among the rows of `queued`, when every one is there with the same
     /// generation, at its current position, took `inputs` and was drawn as `draws` says; else nil.
+    /// The queued step chose with the kernel a fresh step of these rows would (the argmax when
+    /// every draw is a plain argmax, else the sampling kernels, which take the soft cap first).
     private static func rows(of slots: [Slot], inputs: [Int], draws: [TokenDraw], in queued: Queued) -> [Int]? {
-        guard queued.inputs.count == queued.rows.count else { return nil }
+        guard queued.inputs.count == queued.rows.count,
+            queued.draws.allSatisfy(\.isPlainArgmax) == draws.allSatisfy(\.isPlainArgmax)
+        else { return nil }
         var rows: [Int] = []
         for (i, slot) in slots.enumerated() {
             guard let row = queued.rows.firstIndex(where: { $0.slot === slot }), queued.generations[row] == slot.generation,

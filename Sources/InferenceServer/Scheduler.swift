@@ -388,6 +388,8 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
                 item.logprobs = job.logprobs
                 item.nextDraw = job.upcomingDraw()
             }
+            // Its last token: no step is queued ahead for it (the slot may go to another request).
+            item.isLast = job.generated + 1 >= job.request.parameters.maxTokens
             work.append(item)
             owners.append((job, nil))
         }

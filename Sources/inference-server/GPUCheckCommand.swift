@@ -469,18 +469,20 @@ struct GPUCheckCommand: ParsableCommand {
             let sampledTime = try seconds { for _ in 0..<steps { try sampledStep() } }
             print(String(format: "            sampled on the device (T 0.8, top-k 64, top-p 0.95): %.2f ms/step, %.0f tokens/s", sampledTime / Double(steps) * 1000, Double(batch * steps) / sampledTime))
             figures["decode_b\(batch)_sampled_tokens_per_second"] = Double(batch * steps) / sampledTime
+            // Not pipelined from here to the profile: its replays of a queued step would embed the
+            // ids its own draw left.
+            runner.pipelining = false
+            try sampledStep()  // waits for the queued step outside the profile
             if gpu.pipelinesSteps {
-                runner.pipelining = false
-                for _ in 0..<2 { try sampledStep() }
+                try sampledStep()
                 let serialTime = try seconds { for _ in 0..<steps { try sampledStep() } }
                 print(String(format: "            without pipelined steps: %.2f ms/step (pipelined %.2fx faster)", serialTime / Double(steps) * 1000, serialTime / sampledTime))
                 figures["decode_b\(batch)_sampled_unpipelined_ms_per_step"] = serialTime / Double(steps) * 1000
-                // Still not pipelined: the profile's replays of a queued step would embed its own draws.
-                if let profile = try gpu.context.profileStep({ try sampledStep() }) {
-                    figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
-                }
-                runner.pipelining = true
             }
+            if let profile = try gpu.context.profileStep({ try sampledStep() }) {
+                figures["decode_b\(batch)_sampled_profile"] = report(profile, top: 5)
+            }
+            runner.pipelining = true
             // Draws without a top-k cut, as a client that sets only the temperature (OpenAI's default,
             // 1) or only top_p sends: drawn on the slices (sample_maxima first), top-p from each
             // slice's top 256 unless the nucleus is wider (then one block reads the whole row). At

@@ -718,7 +718,10 @@ import Testing
     /// scheduler peeks its samplers' next seeds) beside a greedy row choose the tokens that steps one
     /// at a time choose with the same seeds. A wrong guess of the next seed drops the queued step
     /// (it is not taken with the seed it guessed), and a row with penalties, which change with every
-    /// token, is not pipelined; the steps after them pipeline again.
+    /// token, is not pipelined; the steps after them pipeline again. A row on its last token
+    /// (`isLast`) gets no step queued ahead: the others' is taken, and with none left none is
+    /// queued. A greedy row alone does not take a step queued for it beside sampled rows (drawn by
+    /// the sampling kernels, not the argmax a fresh step of it would run).
     @Test func pipelinedDrawsMatchStepsOneAtATime() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 82), exactActivations: true)
@@ -738,10 +741,12 @@ import Testing
             var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
             var seeds = (0..<3).map { Xoshiro256StarStar(seed: 50 + UInt64($0)) }
             var tokens: [Int] = []
-            /// One step; `guess` (a row, a seed) replaces that row's next seed with a wrong one, and
-            /// `penalized` gives that row a penalty.
-            func step(guess: (Int, UInt64)? = nil, penalized: Int? = nil) throws {
-                let work = slots.indices.map { i in
+            /// One step of `rows`; `guess` (a row, a seed) replaces that row's next seed with a wrong
+            /// one, `penalized` gives that row a penalty, and the rows in `last` end with it.
+            func step(
+                _ rows: [Int] = [0, 1, 2], guess: (Int, UInt64)? = nil, penalized: Int? = nil, last: Set<Int> = []
+            ) throws {
+                let work = rows.map { i in
                     var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
                     item.draw = kinds[i]
                     if !kinds[i].isArgmax {
@@ -755,27 +760,37 @@ import Testing
                             .init(id: next[i], count: 1, seen: true)
                         ])
                     }
+                    item.isLast = last.contains(i)
                     return item
                 }
-                next = try runner.outputs(work).map {
+                let chosen = try runner.outputs(work).map {
                     guard case .token(let token) = $0 else { preconditionFailure("a token was asked for") }
                     return token.id
                 }
-                tokens += next
+                for (row, token) in zip(rows, chosen) { next[row] = token }
+                tokens += chosen
             }
             for _ in 0..<5 { try step() }
             try step(guess: (0, 12345))
             for _ in 0..<3 { try step() }
             try step(penalized: 2)
             for _ in 0..<4 { try step() }
+            try step(last: [1])
+            try step([0, 2])  // the step queued for 0 and 2 alone
+            try step([0, 1])  // 1 was not in it: a step anew, and one queued for 0 and 1
+            try step([1])  // queued beside a sampled row: drawn by the sampling kernels, so anew
+            let embeds = gpu.drawnEmbeds
+            try step([1], last: [1])  // taken, and nothing queued after it
+            #expect(gpu.drawnEmbeds == embeds, "a step queued ahead of a last token")
             runs.append(tokens)
             taken.append(runner.stepsTakenAhead)
         }
         #expect(runs[0] == runs[1], "pipelined draws differ from one step at a time")
         #expect(Set(runs[0].enumerated().filter { $0.offset % 3 == 0 }.map(\.element)).count > 3, "the draws vary")
-        // 14 steps: the first, the one after the wrong guess, the penalized one and the one after it
-        // start anew; the other 10 were queued ahead.
-        #expect(taken == [0, 10], "steps taken from the queued step: \(taken)")
+        // 19 steps: the first, the one after the wrong guess, the penalized one, the one after it,
+        // and the two whose rows the step queued ahead does not fit start anew; the other 13 were
+        // queued ahead.
+        #expect(taken == [0, 13], "steps taken from the queued step: \(taken)")
     }
 
     /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms
