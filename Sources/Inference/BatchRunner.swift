@@ -355,8 +355,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// queued again. Otherwise that step is dropped and this
     /// one is queued now. Either way the step after it is queued next for this work's slots, with
     /// the tokens this one chooses still on the device: for the rows whose sequences go on (not
-    /// `isLast`, and room in the context), when each one's next draw is known (`nextDraws`).
-    private func pipelinedStep(_ work: [Work]) throws -> [Output] {
+    /// `isLast`, and room in the context), when each one's next draw is known (`nextDraws`), unless
+    /// the caller's next step is other work (`queueAhead` false).
+    private func pipelinedStep(_ work: [Work], queueAhead: Bool) throws -> [Output] {
         let slots = work.map(\.slot)
         let inputs = work.map { $0.tokens[0] }
         let draws = work.map { $0.draw! }
@@ -382,7 +383,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
         ahead = nil
         for (slot, token) in zip(slots, inputs) { slot.tokens.append(token) }
-        let goingOn = work.indices.filter { !work[$0].isLast && slots[$0].tokenCount + 1 <= slots[$0].contextLength }
+        let goingOn = work.indices.filter {
+            queueAhead && !work[$0].isLast && slots[$0].tokenCount + 1 <= slots[$0].contextLength
+        }
         if !goingOn.isEmpty, let nextDraws = Self.nextDraws(goingOn.map { work[$0] }) {
             let next = takePlace()
             let nextSlots = goingOn.map { slots[$0] }
@@ -419,11 +422,22 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// `step`, where work with a `draw` gets its token instead of logits.
-    public func outputs(_ work: [Work]) throws -> [Output] { try outputs(work, pipelined: true) }
+    /// `queueAhead` false: no step is queued after this one (the caller's next step is other work).
+    public func outputs(_ work: [Work], queueAhead: Bool = true) throws -> [Output] {
+        try outputs(work, pipelined: true, queueAhead: queueAhead)
+    }
 
-    private func outputs(_ work: [Work], pipelined: Bool) throws -> [Output] {
+    /// Whether `outputs(work)` would take the step queued ahead: its tokens are on their way already.
+    /// A scheduler about to start a prompt beside these rows takes it first (`queueAhead` false)
+    /// rather than have the mixed step drop it.
+    public func takesStepAhead(_ work: [Work]) -> Bool {
+        guard pipelinable(work), let queued = ahead, queued.stamp == model.backend.pipelineStamp else { return false }
+        return Self.rows(of: work.map(\.slot), inputs: work.map { $0.tokens[0] }, draws: work.map { $0.draw! }, in: queued) != nil
+    }
+
+    private func outputs(_ work: [Work], pipelined: Bool, queueAhead: Bool = true) throws -> [Output] {
         guard !work.isEmpty else { return [] }
-        if pipelined && pipelinable(work) { return try pipelinedStep(work) }
+        if pipelined && pipelinable(work) { return try pipelinedStep(work, queueAhead: queueAhead) }
         finishAhead()
         let rows = work.reduce(0) { $0 + $1.tokens.count }
         precondition(work.count <= maximumSequences && rows <= stepCapacity, "the step is larger than the runner's scratch")

@@ -393,7 +393,13 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             work.append(item)
             owners.append((job, nil))
         }
-        var budget = min(limits.prefillTokensPerStep, runner.stepCapacity - work.count)
+        // A step queued ahead (a GPU's pipelined decode) has these rows' tokens on their way: a prompt
+        // waiting to start would make this a mixed step, which drops it, so that step is taken first,
+        // with none queued after it, and the prompt starts in the next. The prompt waits no longer
+        // (the mixed step would have waited for the queued one to finish), and the streams gain a token.
+        let promptWaiting = running.contains { $0.next == nil && $0.prefilled < $0.request.prompt.count }
+        let takeAheadFirst = promptWaiting && runner.takesStepAhead(work)
+        var budget = takeAheadFirst ? 0 : min(limits.prefillTokensPerStep, runner.stepCapacity - work.count)
         for job in running where job.next == nil && job.prefilled < job.request.prompt.count && budget > 0 {
             let prompt = job.request.prompt
             let count = min(prompt.count - job.prefilled, runner.prefillChunk, budget)
@@ -417,7 +423,7 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
         guard !work.isEmpty else { return }
         let outputs: [BatchRunner<Backend>.Output]
         do {
-            outputs = try runner.outputs(work)
+            outputs = try runner.outputs(work, queueAhead: !takeAheadFirst)
         } catch {
             for owner in owners { release(owner.job, failure: "\(error)") }
             return
