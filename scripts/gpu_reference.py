@@ -166,8 +166,14 @@ def summary(root):
             drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
                      for name, key in [("sampled", "sampled"), ("temperature only", "temperature_only"),
                                        ("top-p only", "top_p_only"), ("top-p only at T 0.3", "top_p_only_cold"),
-                                       ("sampled + 5 logprobs", "logprobs"),
+                                       ("sampled with penalties", "penalized"), ("sampled + 5 logprobs", "logprobs"),
                                        ("logits to the host", "host_logits")]]
+            unpipelined = ours.get(f"decode_b{batch}_sampled_unpipelined_ms_per_step")
+            sampled = ours.get(f"decode_b{batch}_sampled_tokens_per_second")
+            if unpipelined and sampled:
+                pipelined_ms = batch * 1000 / sampled
+                rows.append(f"{shape:>5}  decode, batch {batch}: sampled steps pipelined {pipelined_ms:.2f} ms/step, "
+                            f"one at a time {unpipelined:.2f} ms/step ({unpipelined / pipelined_ms:.2f}x)")
             if greedy and any(rate for _, rate in drawn):
                 rows.append(f"{shape:>5}  decode, batch {batch}: greedy {greedy:.0f} tok/s; "
                             + ", ".join(f"{name} {rate:.0f} tok/s" for name, rate in drawn if rate))

@@ -1232,34 +1232,52 @@ public enum GemmaKernels {
         // Penalties before a draw, as the host Sampler applies them (TokenPenalties): with a soft cap,
         // every value of the row is capped first (sample_rows then gets no cap). Each row's entries
         // are (token id, times generated << 1 | in prompt or output, bias as f32 bits), one per id;
-        // the bias is added before the penalties, as vLLM's logit processors run first. Grid: rows;
-        // block: 256.
+        // the bias is added before the penalties, as vLLM's logit processors run first.
+        // pending_rows not null (a step queued before the host knew the token each row generated
+        // last): row r's entries do not count token pending_ids[pending_rows[r]] yet, which is
+        // counted here as the host's Sampler.accept would (TokenPenalties.accepting): its entry's
+        // count one more and, with a repetition penalty, seen; or, without an entry, one of its own.
+        // Grid: rows; block: 256.
         struct PenaltyRow { u32 first; u32 count; float presence; float frequency; float repetition; u32 unused; };
 
+        __device__ __forceinline__ void penalize(float* row, u32 id, u32 count, bool seen, float bias, const PenaltyRow& p) {
+            float v = row[id];
+            if (bias != 0.0f) v = __fadd_rn(v, bias);
+            // Each operation rounded on its own, as the host rounds (never fused into a multiply-add).
+            if (p.repetition != 1.0f && seen) v = v > 0.0f ? __fdiv_rn(v, p.repetition) : __fmul_rn(v, p.repetition);
+            if ((p.presence != 0.0f || p.frequency != 0.0f) && count > 0)
+                v = __fsub_rn(v, __fadd_rn(p.presence, __fmul_rn(p.frequency, (float)count)));
+            row[id] = v;
+        }
+
         extern "C" __global__ void apply_penalties(float* logits, int n, float softcap, const PenaltyRow* rows,
-                                                   const u32* entries) {
+                                                   const u32* entries, const int* pending_ids, const int* pending_rows) {
+            __shared__ int listed;
             grid_release();
             grid_wait();
             float* row = logits + (u64)blockIdx.x * n;
             if (softcap > 0.0f) {
                 for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = capped(row[i], softcap);
-                __syncthreads();
             }
+            if (threadIdx.x == 0) listed = 0;
+            __syncthreads();  // the capped row and `listed`, for every thread
             PenaltyRow p = rows[blockIdx.x];
+            u32 pending = pending_rows ? (u32)pending_ids[pending_rows[blockIdx.x]] : 0xffffffffu;
             for (u32 e = threadIdx.x; e < p.count; e += blockDim.x) {
                 u32 id = entries[3 * (p.first + e)], packed = entries[3 * (p.first + e) + 1];
                 float bias = __uint_as_float(entries[3 * (p.first + e) + 2]);
                 if (id >= (u32)n) continue;
-                float v = row[id];
-                if (bias != 0.0f) v = __fadd_rn(v, bias);
-                // Each operation rounded on its own, as the host rounds (never fused into a multiply-add).
-                if (p.repetition != 1.0f && (packed & 1u))
-                    v = v > 0.0f ? __fdiv_rn(v, p.repetition) : __fmul_rn(v, p.repetition);
                 u32 count = packed >> 1;
-                if ((p.presence != 0.0f || p.frequency != 0.0f) && count > 0)
-                    v = __fsub_rn(v, __fadd_rn(p.presence, __fmul_rn(p.frequency, (float)count)));
-                row[id] = v;
+                bool seen = packed & 1u;
+                if (id == pending) {
+                    listed = 1;
+                    count += 1;
+                    seen = seen || p.repetition != 1.0f;
+                }
+                penalize(row, id, count, seen, bias, p);
             }
+            __syncthreads();  // `listed`, and the listed entries' writes
+            if (threadIdx.x == 0 && pending < (u32)n && !listed) penalize(row, pending, 1, p.repetition != 1.0f, 0.0f, p);
         }
 
         // sample_rows' block: 512 threads, 16 warps (the per-warp histograms fill 32 KB of shared memory).

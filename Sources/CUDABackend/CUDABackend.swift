@@ -117,8 +117,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var logprobCopies: CUDABuffer?  // penalized rows wanting logprobs, copied before the penalties
     private var logprobOut: CUDABuffer?  // logprob_merge's numbers, read back with the ids
     private var logprobParts: CUDABuffer?  // logprob_slices': each slice's maximum, sum, count and top
-    /// Most bytes of penalty entries staged per step; the staging area (8 MiB) must also hold the
-    /// step's other inputs, and must not wrap within a step.
+    /// Most bytes of penalty entries staged per step; the staging area (8 MiB, or a third of it for a
+    /// pipelined step) must also hold the step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
     /// A one-token decode step's residual norms (of up to `GemmaKernels.fusedNormMaximum` columns) go
     /// inside the product after them (`gemv_norm_bf16`, `gemv_gelu_norm_bf16`: a launch fewer each)
@@ -949,17 +949,26 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var embeddedDrawn = 0
 
-    public func queueDraws(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], place: Int) {
-        precondition(draws.count == rows && draws.allSatisfy { $0.penalties == nil }, "a queued draw without penalties per row")
+    public func queueDraws(
+        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]?, place: Int
+    ) {
+        precondition(draws.count == rows && (pending?.count ?? rows) == rows && queuesDraws(draws), "a queued draw per row")
         let out: CUDABuffer
         if draws.allSatisfy(\.isPlainArgmax) {
             out = launchArgmax(x, rows: rows, columns: columns)
         } else {
             lock.lock()
-            out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
+            out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws, pending: pending)
             lock.unlock()
         }
         context.queueReadback(out.address, bytes: rows * 4, place: place)
+    }
+
+    /// Penalty entries that fit the staging area (`stagedPenaltyBytes`): a longer history is uploaded
+    /// to a buffer of its own at once, which a step still queued could be reading.
+    public func queuesDraws(_ draws: [TokenDraw]) -> Bool {
+        let entries = draws.reduce(0) { $0 + ($1.penalties?.entries.count ?? 0) }
+        return 3 * entries <= Self.stagedPenaltyBytes / 4 / 2  // padded to at most twice the words
     }
 
     public var pipelineStamp: Int {
@@ -988,7 +997,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `apply_penalties` on the drawn rows, in place: the per-row table and the (id, count, bias) entries go
     /// through the staging area, the entries padded to 3 × a power of two words so that a steady batch keeps
     /// the same step shape (and its CUDA graph) while the outputs grow.
-    private func applyPenalties(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float, draws: [TokenDraw]) {
+    /// `pending`: the last draws' ids and, per row, which of them it generated that its penalties do
+    /// not count yet (`queueDraws`).
+    private func applyPenalties(
+        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float, draws: [TokenDraw],
+        pending: (ids: CUDAContext.DevicePointer, rows: [Int])?
+    ) {
         var table = [UInt8](repeating: 0, count: rows * 24)
         var entries: [UInt32] = []
         table.withUnsafeMutableBytes { bytes in
@@ -1021,9 +1035,15 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             entries.withUnsafeBytes { context.upload($0.baseAddress!, bytes: $0.count, to: penaltyScratch!.address) }
             list = penaltyScratch!.address
         }
+        let pendingRows = pending.map { pending in
+            pending.rows.map { Int32(truncatingIfNeeded: $0) }.withUnsafeBytes { context.stage($0) }
+        }
         context.launch(
             kernel("apply_penalties"), grid: (rows, 1, 1), block: 256,
-            [.pointer(x.address), .int(columns), .float(softcap), .pointer(rowTable), .pointer(list)])
+            [
+                .pointer(x.address), .int(columns), .float(softcap), .pointer(rowTable), .pointer(list),
+                .pointer(pending?.ids ?? 0), .pointer(pendingRows ?? 0),
+            ])
     }
 
     /// `sample_rows`: each row's cuts and Gumbel-max draw in one block; only the ids come back.
@@ -1137,9 +1157,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
     }
 
-    /// Penalties (when any) and `sample_rows`, queued; the ids stay in the returned buffer.
-    private func launchSample(_ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw]) -> CUDABuffer {
+    /// Penalties (when any) and `sample_rows`, queued; the ids stay in the returned buffer. `pending`:
+    /// row r generated row pending[r] of the last draws (still in this buffer), which its penalties do
+    /// not count yet (`queueDraws`).
+    private func launchSample(
+        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]? = nil
+    ) -> CUDABuffer {
+        let last = argmaxOut
         if argmaxOut == nil || argmaxOut!.count < rows { argmaxOut = makeBuffer(count: max(rows, 256)) }
+        precondition(pending == nil || (last === argmaxOut && pending!.allSatisfy { $0 >= 0 && $0 < last!.count }),
+            "pending tokens are rows of the last draws")
         let out = argmaxOut!
         argmaxLaunches += 1  // (the caller holds the lock) the ids a pipelined step would embed are overwritten
         var table = [UInt8](repeating: 0, count: rows * TokenDraw.rowBytes)
@@ -1148,7 +1175,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         var cap = softcap ?? 0
         if draws.contains(where: { $0.penalties != nil }) {
-            applyPenalties(x, rows: rows, columns: columns, softcap: cap, draws: draws)
+            applyPenalties(
+                x, rows: rows, columns: columns, softcap: cap, draws: draws, pending: pending.map { (argmaxOut!.address, $0) })
             cap = 0  // applied with the penalties
         }
         let parameters = table.withUnsafeBytes { context.stage($0) }

@@ -188,9 +188,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
         /// wanted too, computed where the logits are (`ComputeBackend.sample(_:...:logprobs:)`).
         public var logprobs: Int?
         /// The draw this slot's next decode step will ask, where the caller knows it ahead (a
-        /// sampler's next seed, without penalties): a step drawn so is pipelined as a greedy one is
-        /// (the step after it queued before this one is read back). A plain argmax needs none: the
-        /// next is an argmax too. A guess that turns out wrong only costs the step queued ahead.
+        /// sampler's next seed, and its penalties without the token this step draws, which the
+        /// device counts: `Sampler.upcomingPenalties`): a step drawn so is pipelined as a greedy one
+        /// is (the step after it queued before this one is read back). A plain argmax needs none:
+        /// the next is an argmax too. A guess that turns out wrong only costs the step queued ahead.
         public var nextDraw: TokenDraw?
         /// The sequence ends with this step's token, whatever it is (its length limit): no step is
         /// queued ahead for it.
@@ -249,7 +250,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     // MARK: pipelined decode steps
 
-    /// Whether decode steps whose tokens are chosen on the device (greedy, or drawn without penalties)
+    /// Whether decode steps whose tokens are chosen on the device (greedy, or drawn without logprobs)
     /// are pipelined where the backend can (`ComputeBackend.pipelinesSteps`; gpu-check times both ways).
     public var pipelining = true
     /// Steps whose work a step queued ahead had done (for checks that the pipeline runs, not only
@@ -286,31 +287,30 @@ public final class BatchRunner<Backend: ComputeBackend> {
     static var pipelinedRows: Int { 256 }
 
     /// Work that a pipelined step can do: one token for each of distinct slots, each drawn where the
-    /// logits are without penalties (which change with every token), logprobs or scores, on a
-    /// backend that pipelines.
+    /// logits are, without logprobs or scores, on a backend that pipelines and queues its draws.
     private func pipelinable(_ work: [Work]) -> Bool {
         guard pipelining, model.backend.pipelinesSteps, work.count <= min(maximumSequences, Self.pipelinedRows),
-            work.allSatisfy({
-                $0.tokens.count == 1 && $0.draw != nil && $0.draw?.penalties == nil && $0.logprobs == nil && $0.scores == nil
-            })
+            work.allSatisfy({ $0.tokens.count == 1 && $0.draw != nil && $0.logprobs == nil && $0.scores == nil }),
+            model.backend.queuesDraws(work.map { $0.draw! })
         else { return false }
         return Set(work.map { ObjectIdentifier($0.slot) }).count == work.count
     }
 
-    /// The draws of the step after `work` (pipelinable), when each is known now: an argmax after an
-    /// argmax, else the work's `nextDraw` (without penalties).
-    private static func nextDraws(_ work: [Work]) -> [TokenDraw]? {
+    /// The draws of the step after `work` (pipelinable), when each is known now and the backend
+    /// queues them: an argmax after an argmax, else the work's `nextDraw` (whose penalties do not
+    /// count this step's token yet: `pending` in `queueDraws`).
+    private func nextDraws(_ work: [Work]) -> [TokenDraw]? {
         var draws: [TokenDraw] = []
         for item in work {
-            if let next = item.nextDraw, next.penalties == nil {
+            if let next = item.nextDraw {
                 draws.append(next)
-            } else if item.draw?.isPlainArgmax == true && item.nextDraw == nil {
+            } else if item.draw?.isPlainArgmax == true {
                 draws.append(.argmax)
             } else {
                 return nil
             }
         }
-        return draws
+        return model.backend.queuesDraws(draws) ? draws : nil
     }
 
     /// Waits for the step queued ahead, if any, and forgets it (its rows' keys and values are at
@@ -343,7 +343,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
             Gemma3Model<Backend>.Segment(cache: slot.cache, firstRow: i, count: 1, firstPosition: slot.tokenCount)
         }
         model.forward(tokens, segments: segments, scratch: stepScratch, drawn: drawn)
-        model.queueDraws(draws, place: place, scratch: stepScratch)
+        // A step queued ahead: its rows' penalties do not count the tokens it takes (drawn).
+        model.queueDraws(draws, pending: drawn, place: place, scratch: stepScratch)
     }
 
     /// A step of pipelinable work, with the next one queued before this one is read back, so that
@@ -386,7 +387,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         let goingOn = work.indices.filter {
             queueAhead && !work[$0].isLast && slots[$0].tokenCount + 1 <= slots[$0].contextLength
         }
-        if !goingOn.isEmpty, let nextDraws = Self.nextDraws(goingOn.map { work[$0] }) {
+        if !goingOn.isEmpty, let nextDraws = nextDraws(goingOn.map { work[$0] }) {
             let next = takePlace()
             let nextSlots = goingOn.map { slots[$0] }
             ahead = Queued(
@@ -404,7 +405,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// Where each of `slots` is among the rows of `queued`, when every one is there with the same
-    /// generation, at its current position, took `inputs` and was drawn as `draws` says; else nil.
+    /// generation, at its current position, took `inputs` and was drawn as `draws` says (its
+    /// penalties counting that input: `TokenDraw.accepting`); else nil.
     /// The queued step chose with the kernel a fresh step of these rows would (the argmax when
     /// every draw is a plain argmax, else the sampling kernels, which take the soft cap first).
     private static func rows(of slots: [Slot], inputs: [Int], draws: [TokenDraw], in queued: Queued) -> [Int]? {
@@ -414,7 +416,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
         var rows: [Int] = []
         for (i, slot) in slots.enumerated() {
             guard let row = queued.rows.firstIndex(where: { $0.slot === slot }), queued.generations[row] == slot.generation,
-                queued.positions[row] == slot.tokenCount, queued.inputs[row] == inputs[i], queued.draws[row] == draws[i]
+                queued.positions[row] == slot.tokenCount, queued.inputs[row] == inputs[i],
+                queued.draws[row].accepting(inputs[i]).chooses(as: draws[i])
             else { return nil }
             rows.append(row)
         }

@@ -133,9 +133,13 @@ public protocol ComputeBackend: Sendable {
     /// `embed` of the tokens the last `queueDraws` chose: out[i, :] = table[chosen[rows[i]], :] * scale.
     func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer)
     /// A token for each row, queued, with its readback to place `place`: the argmax (as `argmax`)
-    /// when every draw is a plain argmax, else as `sample` draws them (no draw may have penalties,
-    /// which change the rows in place). The ids stay on the device for `embedDrawn` too.
-    func queueDraws(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], place: Int)
+    /// when every draw is a plain argmax, else as `sample` draws them. `pending` (a step queued
+    /// before the host knew the tokens it takes): row r's penalties do not count the token it
+    /// generated last, row pending[r] of the last draws, which this counts where the logits are
+    /// (as `TokenPenalties.accepting`). The ids stay on the device for `embedDrawn` too.
+    func queueDraws(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]?, place: Int)
+    /// Whether `queueDraws` takes these draws (their penalties fit what a queued step can hold).
+    func queuesDraws(_ draws: [TokenDraw]) -> Bool
     /// Waits for place `place`'s queued draws only (not for steps queued after it) and returns them.
     func queuedTokens(rows: Int, place: Int) -> [Int]
     /// Changes with every argmax or draw queued (pipelined or not), whose ids `embedDrawn` then
@@ -352,9 +356,12 @@ extension ComputeBackend {
     public func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer) {
         preconditionFailure("this backend does not pipeline steps")
     }
-    public func queueDraws(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], place: Int) {
+    public func queueDraws(
+        _ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]?, place: Int
+    ) {
         preconditionFailure("this backend does not pipeline steps")
     }
+    public func queuesDraws(_ draws: [TokenDraw]) -> Bool { false }
     public func queuedTokens(rows: Int, place: Int) -> [Int] { preconditionFailure("this backend does not pipeline steps") }
     public var pipelineStamp: Int { 0 }
 }

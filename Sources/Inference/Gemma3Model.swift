@@ -304,13 +304,13 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     }
 
     /// The LM head over the first `draws.count` rows of `s.hidden` and a token for each as `draws`
-    /// says (none with penalties), queued with its readback to `place` (`ComputeBackend.queueDraws`):
-    /// a pipelined step's end. The same kernels choose as in `head`.
-    func queueDraws(_ draws: [TokenDraw], place: Int, scratch s: InferenceSession<Backend>.Scratch) {
+    /// says, queued with its readback to `place` (`ComputeBackend.queueDraws`, whose `pending` this
+    /// passes on): a pipelined step's end. The same kernels choose as in `head`.
+    func queueDraws(_ draws: [TokenDraw], pending: [Int]?, place: Int, scratch s: InferenceSession<Backend>.Scratch) {
         lmHead(rows: Array(0..<draws.count), scratch: s)
         backend.queueDraws(
             s.logits, rows: draws.count, columns: config.vocabularySize, softcap: config.finalLogitSoftcapping, draws: draws,
-            place: place)
+            pending: pending, place: place)
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.

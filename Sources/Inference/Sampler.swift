@@ -35,7 +35,14 @@ public struct Sampler: Sendable {
 
     /// The penalties to apply before a draw made elsewhere (`TokenDraw`), from what this sampler has
     /// recorded; nil when the parameters have none.
-    public func penalties() -> TokenPenalties? {
+    public func penalties() -> TokenPenalties? { penalties(generated: generated) }
+
+    /// The penalties of the draw after the next one, before the next token is recorded: what a step
+    /// queued ahead applies, adding that token itself where it is drawn (`TokenPenalties.accepting`
+    /// gives what `penalties()` will say once it is recorded).
+    public func upcomingPenalties() -> TokenPenalties? { penalties(generated: generated + 1) }
+
+    private func penalties(generated: Int) -> TokenPenalties? {
         guard var entries = penaltyEntries else { return nil }
         let p = parameters
         if generated < p.minTokens {

@@ -57,6 +57,28 @@ public struct TokenDraw: Sendable, Equatable {
     /// The plain argmax of the logits: no temperature and nothing that changes them.
     public var isPlainArgmax: Bool { isArgmax && penalties == nil }
 
+    /// This draw once `token` is generated, for a step queued before it was known: its penalties count
+    /// it (`TokenPenalties.accepting`); the rest stays.
+    public func accepting(_ token: Int) -> TokenDraw {
+        var draw = self
+        draw.penalties = penalties?.accepting(token)
+        return draw
+    }
+
+    /// Whether this draw chooses as `other` does: the same temperature, and for a draw (not an
+    /// argmax, which uses none of them) the same cuts and seed; and penalties that apply alike
+    /// (`TokenPenalties.applies(as:)`) or none.
+    public func chooses(as other: TokenDraw) -> Bool {
+        guard temperature == other.temperature,
+            isArgmax || (topK == other.topK && topP == other.topP && minP == other.minP && seed == other.seed)
+        else { return false }
+        switch (penalties, other.penalties) {
+        case (nil, nil): return true
+        case (let a?, let b?): return a.applies(as: b)
+        default: return false
+        }
+    }
+
     /// Bytes of one row's parameters as the kernel reads them (`struct SampleRow`: temperature,
     /// top_p, min_p as f32, top_k as i32, seed as u64; little-endian).
     public static let rowBytes = 24
@@ -184,6 +206,29 @@ public struct TokenPenalties: Sendable, Equatable {
         self.frequency = frequency
         self.repetition = repetition
         self.entries = entries
+    }
+
+    /// These penalties once `token` is generated, as `Sampler.accept` records it: its count one more
+    /// and, with a repetition penalty, seen (a new entry if it had none).
+    public func accepting(_ token: Int) -> TokenPenalties {
+        var result = self
+        if let index = entries.firstIndex(where: { $0.id == token }) {
+            result.entries[index].count += 1
+            result.entries[index].seen = result.entries[index].seen || repetition != 1
+        } else {
+            result.entries.append(.init(id: token, count: 1, seen: repetition != 1))
+        }
+        return result
+    }
+
+    /// Whether these change logits as `other` does: the same penalties, and the same entry for each
+    /// token id whatever their order (`apply` touches each id once). A step's history is compared
+    /// every step: in the same order (the usual case) it is one pass, without sorting.
+    public func applies(as other: TokenPenalties) -> Bool {
+        guard presence == other.presence, frequency == other.frequency, repetition == other.repetition,
+            entries.count == other.entries.count
+        else { return false }
+        return entries == other.entries || entries.sorted { $0.id < $1.id } == other.entries.sorted { $0.id < $1.id }
     }
 
     public func apply(to logits: inout [Float]) {

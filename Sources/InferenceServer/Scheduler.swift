@@ -119,14 +119,14 @@ final class Job: @unchecked Sendable {
         return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed(), penalties: sampler.penalties())
     }
 
-    /// The draw `draw(onDevice:)` will give for the step after this one, where it is known now: a
-    /// sampled draw without penalties (which change with the token this step chooses) or logprobs,
-    /// its seed not yet taken. The runner queues that step before this one's token comes back
-    /// (`BatchRunner.Work.nextDraw`); a plain argmax needs none.
+    /// The draw `draw(onDevice:)` will give for the step after this one, as far as it is known now:
+    /// its seed, not yet taken, and its penalties without the token this step chooses (the device
+    /// counts that one: `Sampler.upcomingPenalties`). The runner queues that step before this one's
+    /// token comes back (`BatchRunner.Work.nextDraw`); a plain argmax needs none, and draws with
+    /// logprobs are not queued ahead.
     func upcomingDraw() -> TokenDraw? {
-        let sampling = request.parameters.sampling
-        guard !argmaxOnly, logprobs == nil, !sampling.hasPenalties else { return nil }
-        return TokenDraw(sampling, seed: sampler.upcomingSeed())
+        guard !argmaxOnly, logprobs == nil else { return nil }
+        return TokenDraw(request.parameters.sampling, seed: sampler.upcomingSeed(), penalties: sampler.upcomingPenalties())
     }
 
     /// Whether the early stop ended the output normally (a stop string), not a departed client.

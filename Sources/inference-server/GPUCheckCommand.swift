@@ -325,7 +325,7 @@ struct GPUCheckCommand: ParsableCommand {
         }
 
         for batch in [1, 16] {
-            // Room for every timed variant below: about 16 steps' worth of --steps and some warm-up.
+            // Room for every timed variant below: about 19 steps' worth of --steps and some warm-up.
             let slots = (0..<batch).map { _ in runner.makeSlot(contextLength: max(4096, 20 * steps + 1024)) }
             var next = try slots.enumerated().map { i, slot in
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
@@ -335,18 +335,35 @@ struct GPUCheckCommand: ParsableCommand {
             // with seeds known a step ahead (as the server's samplers give them).
             if gpu.pipelinesSteps {
                 let twins = (0..<batch).map { _ in runner.makeSlot(contextLength: 1024) }
-                func tokens(pipelined: Bool, draw: TokenDraw) throws -> [Int] {
+                func tokens(pipelined: Bool, parameters: SamplingParameters) throws -> [Int] {
                     runner.pipelining = pipelined
                     defer { runner.pipelining = true }
                     var chosen: [Int] = []
-                    var last = try twins.enumerated().map { i, slot in
+                    let prompts = (0..<batch).map { Array(prompt.prefix(64 + $0)) }
+                    var last = try zip(twins, prompts).map { slot, prompt in
                         slot.reset()
-                        return Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
+                        return Sampler.argmax(try runner.prefill(slot, prompt))
                     }
-                    var seeds = (0..<batch).map { Xoshiro256StarStar(seed: 40 + UInt64($0)) }
+                    // Each sequence's draws from a sampler of its own, as the server makes them.
+                    var samplers = prompts.indices.map { i in
+                        var seeded = parameters
+                        seeded.seed = 40 + UInt64(i)
+                        return Sampler(parameters: seeded, prompt: prompts[i])
+                    }
+                    for i in samplers.indices { samplers[i].accept(last[i]) }
                     let taken = runner.stepsTakenAhead
                     for _ in 0..<40 {
-                        last = try runner.outputs(Self.drawn(twins, last, draw, seeds: &seeds, ahead: true)).map(Self.tokenID)
+                        let work = twins.indices.map { i in
+                            var item = BatchRunner<CUDABackend>.Work(slot: twins[i], tokens: [last[i]])
+                            item.draw = TokenDraw(parameters, seed: samplers[i].nextSeed(), penalties: samplers[i].penalties())
+                            if !item.draw!.isPlainArgmax {
+                                item.nextDraw = TokenDraw(
+                                    parameters, seed: samplers[i].upcomingSeed(), penalties: samplers[i].upcomingPenalties())
+                            }
+                            return item
+                        }
+                        last = try runner.outputs(work).map(Self.tokenID)
+                        for i in samplers.indices { samplers[i].accept(last[i]) }
                         chosen += last
                     }
                     if pipelined && runner.stepsTakenAhead - taken < 39 {
@@ -355,10 +372,17 @@ struct GPUCheckCommand: ParsableCommand {
                     }
                     return chosen
                 }
-                let sampled = TokenDraw(temperature: 1, topK: 0, topP: 0.95, minP: 0, seed: 0)
-                for (label, draw) in [("greedy", TokenDraw.argmax), ("sampled (T 1, top-p 0.95)", sampled)] {
-                    let serialTokens = try tokens(pipelined: false, draw: draw)
-                    let pipelinedTokens = try tokens(pipelined: true, draw: draw)
+                let variants: [(String, SamplingParameters)] = [
+                    ("greedy", SamplingParameters(temperature: 0)),
+                    ("sampled (T 1, top-p 0.95)", SamplingParameters(temperature: 1, topP: 0.95)),
+                    (
+                        "penalized (T 1, top-p 0.95, repetition 1.1, presence 0.5, frequency 0.5)",
+                        SamplingParameters(temperature: 1, topP: 0.95, repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 0.5)
+                    ),
+                ]
+                for (label, parameters) in variants {
+                    let serialTokens = try tokens(pipelined: false, parameters: parameters)
+                    let pipelinedTokens = try tokens(pipelined: true, parameters: parameters)
                     let same = pipelinedTokens == serialTokens
                     print("\(same ? "ok  " : "FAIL") pipelined \(label) steps at batch \(batch) choose the tokens of steps one at a time (40 steps)")
                     if !same { pipelineFailures += 1 }
@@ -497,6 +521,27 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "            sampled on the device, %@: %.2f ms/step, %.0f tokens/s", label, time / Double(steps) * 1000, Double(batch * steps) / time))
                 figures["decode_b\(batch)_\(key)_tokens_per_second"] = Double(batch * steps) / time
             }
+            // With penalties (repetition 1.1, presence and frequency 0.5), from samplers as the server
+            // keeps them: each step's history goes with it, and a step queued ahead counts on the
+            // device the token drawn before it.
+            let penalizing = SamplingParameters(
+                temperature: 0.8, topK: 64, topP: 0.95, repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 0.5)
+            var samplers = slots.indices.map { Sampler(parameters: penalizing, prompt: Array(prompt.prefix(64 + $0))) }
+            func penalizedStep() throws {
+                let work = slots.indices.map { i in
+                    var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
+                    item.draw = TokenDraw(penalizing, seed: samplers[i].nextSeed(), penalties: samplers[i].penalties())
+                    item.nextDraw = TokenDraw(penalizing, seed: samplers[i].upcomingSeed(), penalties: samplers[i].upcomingPenalties())
+                    return item
+                }
+                next = try runner.outputs(work).map(Self.tokenID)
+                for i in samplers.indices { samplers[i].accept(next[i]) }
+            }
+            try penalizedStep()
+            let takenBefore = runner.stepsTakenAhead
+            let penalizedTime = try seconds { for _ in 0..<steps { try penalizedStep() } }
+            print(String(format: "            sampled with penalties on the device (T 0.8, top-k 64, top-p 0.95, repetition 1.1, presence and frequency 0.5): %.2f ms/step, %.0f tokens/s; %d of %d steps taken from a step queued ahead", penalizedTime / Double(steps) * 1000, Double(batch * steps) / penalizedTime, runner.stepsTakenAhead - takenBefore, steps))
+            figures["decode_b\(batch)_penalized_tokens_per_second"] = Double(batch * steps) / penalizedTime
             // With logprobs (the token's and 5 alternatives), computed beside the draw on the device.
             try sampledStep(logprobs: 5)
             let logprobTime = try seconds { for _ in 0..<steps { try sampledStep(logprobs: 5) } }

@@ -717,8 +717,8 @@ import Testing
     /// Pipelined sampled steps: rows drawn with seeds known a step ahead (`Work.nextDraw`, as the
     /// scheduler peeks its samplers' next seeds) beside a greedy row choose the tokens that steps one
     /// at a time choose with the same seeds. A wrong guess of the next seed drops the queued step
-    /// (it is not taken with the seed it guessed), and a row with penalties, which change with every
-    /// token, is not pipelined; the steps after them pipeline again. A row on its last token
+    /// (it is not taken with the seed it guessed), as do penalties it was not queued with (a row
+    /// penalized for one step); the steps after them pipeline again. A row on its last token
     /// (`isLast`) gets no step queued ahead: the others' is taken, and with none left none is
     /// queued. A greedy row alone does not take a step queued for it beside sampled rows (drawn by
     /// the sampling kernels, not the argmax a fresh step of it would run).
@@ -787,10 +787,74 @@ import Testing
         }
         #expect(runs[0] == runs[1], "pipelined draws differ from one step at a time")
         #expect(Set(runs[0].enumerated().filter { $0.offset % 3 == 0 }.map(\.element)).count > 3, "the draws vary")
-        // 19 steps: the first, the one after the wrong guess, the penalized one, the one after it,
-        // and the two whose rows the step queued ahead does not fit start anew; the other 13 were
-        // queued ahead.
-        #expect(taken == [0, 13], "steps taken from the queued step: \(taken)")
+        // 19 steps: the first, the one after the wrong guess, the penalized one, and the two whose
+        // rows the step queued ahead does not fit start anew; the other 14 were queued ahead.
+        #expect(taken == [0, 14], "steps taken from the queued step: \(taken)")
+    }
+
+    /// Pipelined steps of draws with penalties, from the server's own `Sampler`s: each step queued
+    /// ahead applies its rows' penalties without the token each chose last (unknown then), and the
+    /// device counts that token itself, as `Sampler.accept` would. Presence, frequency and
+    /// repetition penalties, a logit bias and min_tokens (ends barred) choose the tokens of steps one
+    /// at a time, every step after the first taken from the step queued ahead. The greedy row's
+    /// bias makes token 7 its choice until the frequency penalty outweighs it, a count that a token
+    /// left uncounted (or counted once too often) would move. One row ends partway (`isLast`), so
+    /// the next step's rows count tokens of other rows of the draws before them.
+    @Test func pipelinedPenalizedDrawsMatchStepsOneAtATime() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 83), exactActivations: true)
+        let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, kvCache: .float32, environment: try Self.environment())
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        let prompts = [Array(1...5), (0..<11).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
+        var biased = SamplingParameters(temperature: 30, topP: 0.9, presencePenalty: 2, frequencyPenalty: 1.5, seed: 4)
+        biased.logitBias = [7: 5, 11: -100]
+        var greedy = SamplingParameters(temperature: 0, repetitionPenalty: 1.8, frequencyPenalty: 20)
+        greedy.logitBias = [7: 50]
+        var barred = SamplingParameters(temperature: 20, topK: 30, repetitionPenalty: 1.3, frequencyPenalty: 3, seed: 9)
+        barred.minTokens = 6
+        barred.minTokensStopIDs = [1, 106]
+        let parameters = [biased, greedy, barred]
+        let steps = 12
+        var runs: [[[Int]]] = []  // per run, each row's tokens
+        var taken: [Int] = []
+        for pipelined in [false, true] {
+            let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
+            runner.pipelining = pipelined
+            let slots = prompts.map { _ in runner.makeSlot(contextLength: 64) }
+            var samplers = zip(parameters, prompts).map { Sampler(parameters: $0, prompt: $1) }
+            var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
+            for i in samplers.indices { samplers[i].accept(next[i]) }
+            var tokens: [[Int]] = [[], [], []]
+            for step in 0..<steps {
+                // Row 0 ends at step 5: the steps after it take rows 1 and 2 of the one before, so the
+                // device counts, for row r of a step, the token of another row of the last draws.
+                let rows = step <= 5 ? [0, 1, 2] : [1, 2]
+                let work = rows.map { i in
+                    var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
+                    item.draw = TokenDraw(parameters[i], seed: samplers[i].nextSeed(), penalties: samplers[i].penalties())
+                    item.nextDraw = TokenDraw(
+                        parameters[i], seed: samplers[i].upcomingSeed(), penalties: samplers[i].upcomingPenalties())
+                    item.isLast = i == 0 && step == 5
+                    return item
+                }
+                let chosen = try runner.outputs(work).map {
+                    guard case .token(let token) = $0 else { preconditionFailure("a token was asked for") }
+                    return token.id
+                }
+                for (i, token) in zip(rows, chosen) {
+                    samplers[i].accept(token)
+                    next[i] = token
+                    tokens[i].append(token)
+                }
+            }
+            runs.append(tokens)
+            taken.append(runner.stepsTakenAhead)
+        }
+        #expect(runs[0] == runs[1], "pipelined penalized draws differ from one step at a time")
+        let sevens = runs[0][1].filter { $0 == 7 }.count
+        #expect(sevens > 1 && sevens < steps / 2, "the greedy row's biased token: \(runs[0][1])")
+        #expect(!runs[0][2].prefix(5).contains(1) && !runs[0][2].prefix(5).contains(106))
+        #expect(taken == [0, steps - 1], "steps taken from the queued step: \(taken)")
     }
 
     /// gpu-check's step profile: every launch of a greedy decode step is timed alone (the norms

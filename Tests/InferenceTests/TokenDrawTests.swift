@@ -143,6 +143,37 @@ import Testing
         #expect(Sampler(parameters: SamplingParameters(temperature: 1)).penalties() == nil)
     }
 
+    /// A step queued before its token is known draws with `upcomingPenalties`, and the token counted
+    /// where the logits are (`accepting`): the same penalties as `penalties()` once the sampler
+    /// accepts it, for tokens in the prompt, generated before, new, biased, and the ends min_tokens
+    /// bars (until the token that makes it long enough); and `chooses(as:)` tells them apart from
+    /// penalties that differ.
+    @Test func upcomingPenaltiesAcceptingTheTokenAreTheSamplersNext() {
+        var parameters = SamplingParameters(
+            temperature: 0.7, repetitionPenalty: 1.3, presencePenalty: 0.5, frequencyPenalty: 0.25, seed: 3)
+        parameters.logitBias = [40: 2, 41: -1]
+        parameters.minTokens = 4
+        parameters.minTokensStopIDs = [1, 41]
+        var sampler = Sampler(parameters: parameters, prompt: [5, 6, 7, 6])
+        for token in [8, 5, 41, 9, 8, 1, 1, 40, 77, 6] {
+            // As the scheduler asks: this step's draw, then the next one's as far as it is known.
+            _ = TokenDraw(parameters, seed: sampler.nextSeed(), penalties: sampler.penalties())
+            let queued = TokenDraw(parameters, seed: sampler.upcomingSeed(), penalties: sampler.upcomingPenalties())
+            sampler.accept(token)
+            let next = TokenDraw(parameters, seed: sampler.upcomingSeed(), penalties: sampler.penalties())
+            #expect(queued.accepting(token).chooses(as: next), "after \(token)")
+            #expect(!queued.accepting(token == 8 ? 9 : 8).chooses(as: next), "another token counted after \(token)")
+        }
+        // An argmax does not use its seed (a greedy request's draws carry its sampler's seeds).
+        var greedy = TokenDraw.argmax
+        greedy.seed = 1
+        #expect(greedy.accepting(5).chooses(as: .argmax) && TokenDraw.argmax.chooses(as: greedy))
+        var sampled = TokenDraw(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 1)
+        #expect(sampled.chooses(as: sampled) && !sampled.chooses(as: greedy))
+        sampled.seed = 2
+        #expect(!sampled.chooses(as: TokenDraw(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 1)))
+    }
+
     @Test func theSoftCapIsAppliedBeforeTheCuts() {
         // Capped at 1, logits 10 and 3 become 0.9999 and 0.995: nearly equal, so with top-k 2 both
         // are drawn; uncapped, 10 would take almost every draw.
