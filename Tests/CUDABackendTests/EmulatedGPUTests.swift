@@ -714,6 +714,15 @@ import Testing
         #expect(turns[0] == turns[1], "two runners in turn")
     }
 
+    /// A small model on a backend of its own (tests running beside one share its staging area
+    /// otherwise), with an f32 cache, and three prompts: what the pipelined draws' tests run.
+    static func pipelineModel(in directory: TemporaryDirectory, seed: UInt64) throws -> (Gemma3Model<CUDABackend>, CUDABackend) {
+        let engine = try Engine.load(path: try smallModel(in: directory, seed: seed), exactActivations: true)
+        let gpu = try CUDABackend(useCUBLAS: false, cache: cache, kvCache: .float32, environment: try environment())
+        return (try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu), gpu)
+    }
+    static let pipelinePrompts = [Array(1...5), (0..<11).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
+
     /// Pipelined sampled steps: rows drawn with seeds known a step ahead (`Work.nextDraw`, as the
     /// scheduler peeks its samplers' next seeds) beside a greedy row choose the tokens that steps one
     /// at a time choose with the same seeds. A wrong guess of the next seed drops the queued step
@@ -724,10 +733,8 @@ import Testing
     /// the sampling kernels, not the argmax a fresh step of it would run).
     @Test func pipelinedDrawsMatchStepsOneAtATime() throws {
         let directory = try TemporaryDirectory()
-        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 82), exactActivations: true)
-        let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, kvCache: .float32, environment: try Self.environment())
-        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-        let prompts = [Array(1...5), (0..<11).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
+        let (model, gpu) = try Self.pipelineModel(in: directory, seed: 82)
+        let prompts = Self.pipelinePrompts
         let kinds = [
             TokenDraw(temperature: 6, topK: 40, topP: 0.95, minP: 0, seed: 0), TokenDraw.argmax,
             TokenDraw(temperature: 40, topK: 0, topP: 1, minP: 0, seed: 0),
@@ -802,10 +809,8 @@ import Testing
     /// the next step's rows count tokens of other rows of the draws before them.
     @Test func pipelinedPenalizedDrawsMatchStepsOneAtATime() throws {
         let directory = try TemporaryDirectory()
-        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 83), exactActivations: true)
-        let gpu = try CUDABackend(useCUBLAS: false, cache: Self.cache, kvCache: .float32, environment: try Self.environment())
-        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-        let prompts = [Array(1...5), (0..<11).map { 2 + ($0 * 37) % 1000 }, (0..<9).map { 900 - $0 * 13 }]
+        let (model, gpu) = try Self.pipelineModel(in: directory, seed: 83)
+        let prompts = Self.pipelinePrompts
         var biased = SamplingParameters(temperature: 30, topP: 0.9, presencePenalty: 2, frequencyPenalty: 1.5, seed: 4)
         biased.logitBias = [7: 5, 11: -100]
         var greedy = SamplingParameters(temperature: 0, repetitionPenalty: 1.8, frequencyPenalty: 20)
