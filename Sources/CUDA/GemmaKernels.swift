@@ -1252,9 +1252,9 @@ public enum GemmaKernels {
 
         extern "C" __global__ void apply_penalties(float* logits, int n, float softcap, const PenaltyRow* rows,
                                                    const u32* entries, const int* pending_ids, const int* pending_rows) {
-            __shared__ int listed;
             grid_release();
             grid_wait();
+            __shared__ int listed;
             float* row = logits + (u64)blockIdx.x * n;
             if (softcap > 0.0f) {
                 for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = capped(row[i], softcap);
