@@ -327,10 +327,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     /// Queues one step for `slots` at their current positions: its inputs `tokens`, or (with `drawn`)
     /// rows drawn[i] of the last queued draws; its tokens chosen as `draws` says and read back to
-    /// `place`. A step
-    /// queued ahead (`drawn`) goes to the device whole, as one graph: the device is busy with the
-    /// step before meanwhile, so handing it over in pieces (to start sooner) only adds their seams
-    /// (1B on an H100: 1.36 ms a step whole, 1.41 ms in pieces).
+    /// `place`. A step queued ahead (`drawn`) goes to the device whole, as one graph: the device is
+    /// busy with the step before meanwhile, so handing it over in pieces (to start sooner) only adds
+    /// their seams (1B on an H100: 1.36 ms a step whole, 1.41 ms in pieces).
     private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, draws: [TokenDraw], place: Int) {
         let model = drawn == nil ? model : wholeStepModel
         // Caches grown first: growing waits for the device, which must not come after the place's staging.
@@ -369,9 +368,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         var place: Int
         var rows: [Int] = []  // each work item's row in the step at `place`
         var stepRows = work.count
-        if let queued = ahead, queued.stamp == model.backend.pipelineStamp,
-            let found = Self.rows(of: slots, inputs: inputs, draws: draws, in: queued)
-        {
+        if let (queued, found) = takenAhead(work) {
             place = queued.place
             rows = found
             stepRows = queued.rows.count
@@ -433,9 +430,15 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// Whether `outputs(work)` would take the step queued ahead: its tokens are on their way already.
     /// A scheduler about to start a prompt beside these rows takes it first (`queueAhead` false)
     /// rather than have the mixed step drop it.
-    public func takesStepAhead(_ work: [Work]) -> Bool {
-        guard pipelinable(work), let queued = ahead, queued.stamp == model.backend.pipelineStamp else { return false }
-        return Self.rows(of: work.map(\.slot), inputs: work.map { $0.tokens[0] }, draws: work.map { $0.draw! }, in: queued) != nil
+    public func takesStepAhead(_ work: [Work]) -> Bool { pipelinable(work) && takenAhead(work) != nil }
+
+    /// The step queued ahead and each work item's row in it, when it did this (pipelinable) work: no
+    /// other argmax or draw since, and `rows(of:...)`.
+    private func takenAhead(_ work: [Work]) -> (Queued, [Int])? {
+        guard let queued = ahead, queued.stamp == model.backend.pipelineStamp,
+            let rows = Self.rows(of: work.map(\.slot), inputs: work.map { $0.tokens[0] }, draws: work.map { $0.draw! }, in: queued)
+        else { return nil }
+        return (queued, rows)
     }
 
     private func outputs(_ work: [Work], pipelined: Bool, queueAhead: Bool = true) throws -> [Output] {

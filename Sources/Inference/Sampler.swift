@@ -69,6 +69,14 @@ public struct Sampler: Sendable {
         return copy.next()
     }
 
+    /// The next token's draw made elsewhere: this sampler's parameters, its next seed (taken) and
+    /// penalties.
+    public mutating func nextDraw() -> TokenDraw { TokenDraw(parameters, seed: nextSeed(), penalties: penalties()) }
+
+    /// The draw after `nextDraw`'s, as far as it is known before that token is: for a step queued
+    /// ahead (`upcomingSeed`, not taken; `upcomingPenalties`).
+    public func upcomingDraw() -> TokenDraw { TokenDraw(parameters, seed: upcomingSeed(), penalties: upcomingPenalties()) }
+
     /// Records a token that became part of the output (whether sampled here or forced).
     public mutating func accept(_ token: Int) {
         generated += 1

@@ -116,7 +116,7 @@ final class Job: @unchecked Sendable {
     func draw(onDevice: Bool) -> TokenDraw? {
         if argmaxOnly { return .argmax }
         guard onDevice && (logprobs ?? 0) <= TokenDraw.maximumLogprobs else { return nil }
-        return TokenDraw(request.parameters.sampling, seed: sampler.nextSeed(), penalties: sampler.penalties())
+        return sampler.nextDraw()
     }
 
     /// The draw `draw(onDevice:)` will give for the step after this one, as far as it is known now:
@@ -126,7 +126,7 @@ final class Job: @unchecked Sendable {
     /// logprobs are not queued ahead.
     func upcomingDraw() -> TokenDraw? {
         guard !argmaxOnly, logprobs == nil else { return nil }
-        return TokenDraw(request.parameters.sampling, seed: sampler.upcomingSeed(), penalties: sampler.upcomingPenalties())
+        return sampler.upcomingDraw()
     }
 
     /// Whether the early stop ended the output normally (a stop string), not a departed client.

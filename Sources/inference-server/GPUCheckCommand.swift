@@ -355,11 +355,8 @@ struct GPUCheckCommand: ParsableCommand {
                     for _ in 0..<40 {
                         let work = twins.indices.map { i in
                             var item = BatchRunner<CUDABackend>.Work(slot: twins[i], tokens: [last[i]])
-                            item.draw = TokenDraw(parameters, seed: samplers[i].nextSeed(), penalties: samplers[i].penalties())
-                            if !item.draw!.isPlainArgmax {
-                                item.nextDraw = TokenDraw(
-                                    parameters, seed: samplers[i].upcomingSeed(), penalties: samplers[i].upcomingPenalties())
-                            }
+                            item.draw = samplers[i].nextDraw()
+                            if !item.draw!.isPlainArgmax { item.nextDraw = samplers[i].upcomingDraw() }
                             return item
                         }
                         last = try runner.outputs(work).map(Self.tokenID)
@@ -530,8 +527,8 @@ struct GPUCheckCommand: ParsableCommand {
             func penalizedStep() throws {
                 let work = slots.indices.map { i in
                     var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
-                    item.draw = TokenDraw(penalizing, seed: samplers[i].nextSeed(), penalties: samplers[i].penalties())
-                    item.nextDraw = TokenDraw(penalizing, seed: samplers[i].upcomingSeed(), penalties: samplers[i].upcomingPenalties())
+                    item.draw = samplers[i].nextDraw()
+                    item.nextDraw = samplers[i].upcomingDraw()
                     return item
                 }
                 next = try runner.outputs(work).map(Self.tokenID)

@@ -836,9 +836,8 @@ import Testing
                 let rows = step <= 5 ? [0, 1, 2] : [1, 2]
                 let work = rows.map { i in
                     var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
-                    item.draw = TokenDraw(parameters[i], seed: samplers[i].nextSeed(), penalties: samplers[i].penalties())
-                    item.nextDraw = TokenDraw(
-                        parameters[i], seed: samplers[i].upcomingSeed(), penalties: samplers[i].upcomingPenalties())
+                    item.draw = samplers[i].nextDraw()
+                    item.nextDraw = samplers[i].upcomingDraw()
                     item.isLast = i == 0 && step == 5
                     return item
                 }
