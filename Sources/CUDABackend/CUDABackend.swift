@@ -151,6 +151,32 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); headNormsFused = newValue; lock.unlock() }
     }
     private var headNormsFused = true
+    /// How a one-token step's products spread their rows over blocks, and whether they ask L2 for
+    /// them before their wait: every setting gives the same bits, and gpu-check's sweep times others.
+    /// On an H100 (1B, batch 1) none beat these defaults by more than the sweep's noise.
+    public struct DecodeTuning: Sendable, Equatable {
+        /// Groups of 8 / splits rows a block of `gemv_gelu_norm_bf16` takes: 1, 2, 3, 4 or 6.
+        public var geluGroups = GemmaKernels.geluNormGroups
+        /// Groups of rows a block of `gemv_bf16` and `gemv_norm_bf16` takes (1 to 15).
+        public var productGroups = 1
+        /// Whether the MLP's gate and up rows are asked of L2 before the wait.
+        public var geluPrefetch = true
+        /// Whether the other products' rows are asked of L2 before the wait.
+        public var productPrefetch = true
+        public init() {}
+        var gelu: Int { geluGroups << 4 | (geluPrefetch ? 0 : 1) }
+        var product: Int { productGroups << 4 | (productPrefetch ? 0 : 1) }
+    }
+    public var decodeTuning: DecodeTuning {
+        get { lock.lock(); defer { lock.unlock() }; return tuning }
+        set {
+            precondition([1, 2, 3, 4, 6].contains(newValue.geluGroups) && (1...15).contains(newValue.productGroups))
+            lock.lock()
+            tuning = newValue
+            lock.unlock()
+        }
+    }
+    private var tuning = DecodeTuning()
     /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
     /// sweep times others).
     public var decodeShares: Int {
@@ -519,10 +545,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // that its registers do not lower the one-token kernel's occupancy).
             if let norm {
                 precondition(rows == 1, "a residual norm goes inside the product of one row only")
-                context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
+                let tuning = decodeTuning
+                context.launch(
+                    kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8 * tuning.productGroups), 1, 1), block: 256,
+                    arguments + [.int(tuning.product)] + norm)
                 countFusedLaunch()
             } else if tokens == 1 {
-                context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
+                let tuning = decodeTuning
+                context.launch(
+                    kernel("gemv_bf16"), grid: (blocks(total * splits, 8 * tuning.productGroups), 1, 1), block: 256,
+                    arguments + [.int(tuning.product)])
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
             }
@@ -608,12 +640,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return
         }
         let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
+        let tuning = decodeTuning
         context.launch(
-            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8 * GemmaKernels.geluNormGroups), 1, 1), block: 256,
+            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8 * tuning.geluGroups), 1, 1), block: 256,
             [
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),
-            ] + fused)
+            ] + fused + [.int(tuning.gelu)])
         countFusedLaunch()
     }
 
@@ -831,6 +864,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.
+        // Merged inside the output projection instead (each of its 288 blocks loading every share
+        // itself, one launch a layer fewer), a 1B step took 1.489 ms against 1.413 ms this way on an
+        // H100: the blocks' loads of the shares (64 KiB each) cost more than the launch saved.
         if splits > 1 {
             precondition(splits <= 32 && headDimension <= 256, "attention_combine merges at most 32 shares of heads up to 256")
             context.launch(
