@@ -243,6 +243,60 @@ import Testing
         }
     }
 
+    /// A queued step's penalized draws after the model's final soft cap (Gemma 3 has none; Gemma 2's
+    /// checkpoints do), counting the token each row drew in the step before, still on the device
+    /// (`pending`, the rows permuted): each row's token is the host's choice with that token accepted.
+    @Test func cappedQueuedDrawsCountThePendingTokens() throws {
+        let gpu = try Self.backend.get()
+        let columns = 4096, rows = 3
+        var generator = Xoshiro256StarStar(seed: 97)
+        // Step 1: a plain argmax whose row i chooses 40 + 7i.
+        var first = (0..<rows * columns).map { _ in Float.random(in: -1...1, using: &generator) }
+        for i in 0..<rows { first[i * columns + 40 + 7 * i] = 5 }
+        // Step 2: those three tokens, and 900, lead every row, each row's pending token (below) far
+        // first, but near enough after a cap of 2 that a penalty on it moves a greedy row's choice;
+        // greedy rows and a sampled one, and every kind of penalty.
+        let pending = [2, 0, 1]  // row r drew row pending[r]'s token of step 1
+        var second = (0..<rows * columns).map { _ in Float.random(in: -1...1, using: &generator) }
+        for r in 0..<rows {
+            let own = 40 + 7 * pending[r]
+            let order = [own] + [40, 47, 54, 900].filter { $0 != own }
+            for (j, token) in order.enumerated() { second[r * columns + token] = j == 0 ? 6 : 1.85 - Float(j) * 0.05 }
+        }
+        let repeated = TokenPenalties(presence: 0, frequency: 0, repetition: 1.5, entries: [.init(id: 900, count: 1, seen: true)])
+        let counted = TokenPenalties(presence: 0.4, frequency: 0.3, repetition: 1, entries: [.init(id: 900, count: 1, seen: false, bias: 0.1)])
+        var draws = [
+            TokenDraw(temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0),
+            TokenDraw(temperature: 0.3, topK: 8, topP: 0.9, minP: 0, seed: 31),
+            TokenDraw(temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0),
+        ]
+        draws[0].penalties = repeated
+        draws[1].penalties = counted
+        draws[2].penalties = counted
+        let buffer = gpu.makeBuffer(count: rows * columns)
+        gpu.beginPipelinedStep(place: 0)
+        gpu.write(first, to: buffer, offset: 0)
+        gpu.queueDraws(buffer, rows: rows, columns: columns, softcap: nil, draws: [TokenDraw](repeating: .argmax, count: rows), pending: nil, place: 0)
+        gpu.beginPipelinedStep(place: 1)
+        gpu.write(second, to: buffer, offset: 0)
+        gpu.queueDraws(buffer, rows: rows, columns: columns, softcap: 2, draws: draws, pending: pending, place: 1)
+        let drew = gpu.queuedTokens(rows: rows, place: 0)
+        let chosen = gpu.queuedTokens(rows: rows, place: 1)
+        gpu.beginPipelinedStep(place: nil)
+        #expect(drew == [40, 47, 54])
+        for r in 0..<rows {
+            let token = drew[pending[r]]
+            let row = Array(second[r * columns..<(r + 1) * columns])
+            let wanted = draws[r].accepting(token).choose(row, softcap: 2)
+            #expect(chosen[r] == wanted, "row \(r) after token \(token)")
+            // The pending token and the cap matter: without either, a greedy row chooses otherwise.
+            if r != 1 {
+                #expect(draws[r].choose(row, softcap: 2) != wanted, "row \(r): the pending token must move the choice")
+                #expect(draws[r].accepting(token).choose(row) != wanted, "row \(r): the cap must move the choice")
+            }
+        }
+    }
+
     /// Logprobs beside a draw on the device: the drawn token's and the top ones', from the logits
     /// before the penalties the same step applies, equal to what the host reports (`Logprobs.token`)
     /// within f32 rounding, with ties ordered by id as on the host.
