@@ -461,35 +461,24 @@ public enum GemmaKernels {
         }
 
         // One row per warp part (a step of one token: as many warps as possible). NORM: x is the row
-        // before `norm` (fused_residual_norm), and the product reads its normed values. `groups` groups
-        // of 8 / splits rows a block, one after another (group j's rows those a block of the one-group
-        // grid numbered blockIdx.x * groups + j takes, so a row's sum does not depend on it); every
-        // group's rows asked of L2 before the wait unless `prefetch` is false.
+        // before `norm` (fused_residual_norm), and the product reads its normed values.
         template <int T, bool NORM>
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
-                                                  int splits, const ResidualNorm& norm, int groups, bool prefetch) {
+                                                  int splits, const ResidualNorm& norm) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             const bf16* w;
             float* out;
             int m, r;
+            gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
             grid_release();
-            if (prefetch)
-                for (int j = 0; j < groups; j++) {
-                    gemv_locate((blockIdx.x * groups + j) * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1,
-                                m2, w, out, m, r);
-                    if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
-                }
+            if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
             x = wait_for_x<NORM>(x, norm, k);
-            for (int j = 0; j < groups; j++) {
-                gemv_locate((blockIdx.x * groups + j) * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2,
-                            w, out, m, r);
-                float acc[T];
-                for (int t = 0; t < T; t++) acc[t] = 0.0f;
-                if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
-                float s = gemv_total<T>(acc, tokens, splits);
-                if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
-            }
+            float acc[T];
+            for (int t = 0; t < T; t++) acc[t] = 0.0f;
+            if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
+            float s = gemv_total<T>(acc, tokens, splits);
+            if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
         }
 
         // Two rows per warp part (a step of several tokens: each x value loaded once for both).
@@ -527,20 +516,12 @@ public enum GemmaKernels {
         // pairs), `splits` warps to a row, so that rows few and long (the down projection: 1152 rows
         // of 6912) still give the GPU enough loads in flight. splits: 1, 2, 4 or 8, chosen from the
         // shape alone, and both kernels take each row's chunks in the same order, so a token's sum
-        // is the same whatever the batch. k a multiple of 8. gemv_bf16 (and gemv_norm_bf16) also take
-        // `tuning`: `tuning >> 4` groups of rows a block (gemv_rows; 0 or 1: one), and no L2 prefetch
-        // if tuning & 1 (on an H100, 1B, batch 1, two groups were 0.19 ms a step slower, four 0.6 ms,
-        // and no prefetch 0.09 ms: the defaults stay). Grid: ceil((m0 + m1 + m2) * splits / (8 *
-        // groups)) for gemv_bf16, ceil((m0 + m1 + m2) * splits / 16) for gemv_pairs_bf16; block: 256.
+        // is the same whatever the batch. k a multiple of 8. Grid: ceil((m0 + m1 + m2) * splits / 8)
+        // for gemv_bf16, / 16 for gemv_pairs_bf16; block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
-                                                                   int m2, const float* x, int k, int tokens, int splits,
-                                                                   int tuning) {
-            if (tuning >> 4 <= 1)
-                gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{}, 1, !(tuning & 1));
-            else
-                gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{}, tuning >> 4,
-                                    !(tuning & 1));
+                                                                   int m2, const float* x, int k, int tokens, int splits) {
+            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{});
         }
 
         // gemv_bf16 after rms_norm_add_norm's work on x (one row of k columns, k <= NORM_FUSED_MAX): the
@@ -550,11 +531,10 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256) gemv_norm_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                         float* o0, float* o1, float* o2, int m0, int m1,
                                                                         int m2, const float* x, int k, int tokens, int splits,
-                                                                        int tuning, const float* w, const float* next, float* residual,
+                                                                        const float* w, const float* next, float* residual,
                                                                         float* normed, float eps, u32* ticket) {
             gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,
-                               ResidualNorm{w, next, residual, normed, eps, ticket}, tuning >> 4 <= 1 ? 1 : tuning >> 4,
-                               !(tuning & 1));
+                               ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
@@ -578,13 +558,12 @@ public enum GemmaKernels {
         // before the wait.
         template <int T, bool NORM, int GROUPS>
         __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
-                                                       int k, int tokens, int splits, const ResidualNorm& norm,
-                                                       bool prefetch = true) {
+                                                       int k, int tokens, int splits, const ResidualNorm& norm) {
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             grid_release();
             for (int j = 0; j < GROUPS; j++) {
                 int r = (blockIdx.x * GROUPS + j) * (8 / splits) + warp / splits;
-                if (r < m && tokens == 1 && prefetch) {  // one token only, as in gemv_pairs
+                if (r < m && tokens == 1) {  // one token only, as in gemv_pairs
                     gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
                     gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
                 }
@@ -614,29 +593,21 @@ public enum GemmaKernels {
         }
 
         // gemv_gelu_bf16 of one token after rms_norm_add_norm's work on x, as gemv_norm_bf16, each
-        // block taking `tuning >> 4` groups of rows (1, 2, 3, 4 or 6; else GELU_NORM_GROUPS; grid:
-        // ceil(m * splits / (8 * groups))), asking L2 for them first unless tuning & 1, in at most 64
-        // registers (4 blocks an SM), so that the whole grid is resident at once and asks L2 for its
-        // rows while the launch before drains: at 77 registers, 3 blocks an SM took the 1B's 864
-        // blocks in 2.2 waves (Nsight Compute on an H100: 38% of DRAM bandwidth). At 64 registers,
-        // one group or two were within 0.025 ms a step of each other on an H100 (1B, batch 1; either
-        // faster in one of two sweeps), three or more 0.1 ms slower.
+        // block taking two groups of rows (grid: ceil(m * splits / 16)) in at most 64 registers (4
+        // blocks an SM), so that the whole grid is resident at once and asks L2 for its rows while
+        // the launch before drains: at 77 registers, 3 blocks an SM took the 1B's 864 blocks in
+        // 2.2 waves (Nsight Compute on an H100: 38% of DRAM bandwidth). At 64 registers, one group a
+        // block was within 0.025 ms a 1B step of two (either faster in one of two sweeps on an H100),
+        // three or more 0.1 ms slower; the one-token products (gemv_rows) with two or four groups a
+        // block were 0.19 and 0.6 ms slower, and every product without its L2 prefetch 0.05-0.09 ms.
         #define GELU_NORM_GROUPS 2
         extern "C" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                                 float* out, int m, int k, int splits,
                                                                                 const float* w, const float* next,
                                                                                 float* residual, float* normed, float eps,
-                                                                                u32* ticket, int tuning) {
-            ResidualNorm norm{w, next, residual, normed, eps, ticket};
-            bool prefetch = !(tuning & 1);
-            switch (tuning >> 4) {
-                case 1: gemv_gelu_rows<1, true, 1>(gate, up, x, out, m, k, 1, splits, norm, prefetch); break;
-                case 3: gemv_gelu_rows<1, true, 3>(gate, up, x, out, m, k, 1, splits, norm, prefetch); break;
-                case 4: gemv_gelu_rows<1, true, 4>(gate, up, x, out, m, k, 1, splits, norm, prefetch); break;
-                case 2: gemv_gelu_rows<1, true, 2>(gate, up, x, out, m, k, 1, splits, norm, prefetch); break;
-                case 6: gemv_gelu_rows<1, true, 6>(gate, up, x, out, m, k, 1, splits, norm, prefetch); break;
-                default: gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits, norm, prefetch);
-            }
+                                                                                u32* ticket) {
+            gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits,
+                                                      ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64

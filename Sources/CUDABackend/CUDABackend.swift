@@ -151,32 +151,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); headNormsFused = newValue; lock.unlock() }
     }
     private var headNormsFused = true
-    /// How a one-token step's products spread their rows over blocks, and whether they ask L2 for
-    /// them before their wait: every setting gives the same bits, and gpu-check's sweep times others.
-    /// On an H100 (1B, batch 1) none beat these defaults by more than the sweep's noise.
-    public struct DecodeTuning: Sendable, Equatable {
-        /// Groups of 8 / splits rows a block of `gemv_gelu_norm_bf16` takes: 1, 2, 3, 4 or 6.
-        public var geluGroups = GemmaKernels.geluNormGroups
-        /// Groups of rows a block of `gemv_bf16` and `gemv_norm_bf16` takes (1 to 15).
-        public var productGroups = 1
-        /// Whether the MLP's gate and up rows are asked of L2 before the wait.
-        public var geluPrefetch = true
-        /// Whether the other products' rows are asked of L2 before the wait.
-        public var productPrefetch = true
-        public init() {}
-        var gelu: Int { geluGroups << 4 | (geluPrefetch ? 0 : 1) }
-        var product: Int { productGroups << 4 | (productPrefetch ? 0 : 1) }
-    }
-    public var decodeTuning: DecodeTuning {
-        get { lock.lock(); defer { lock.unlock() }; return tuning }
-        set {
-            precondition([1, 2, 3, 4, 6].contains(newValue.geluGroups) && (1...15).contains(newValue.productGroups))
-            lock.lock()
-            tuning = newValue
-            lock.unlock()
-        }
-    }
-    private var tuning = DecodeTuning()
     /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
     /// sweep times others).
     public var decodeShares: Int {
@@ -545,16 +519,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // that its registers do not lower the one-token kernel's occupancy).
             if let norm {
                 precondition(rows == 1, "a residual norm goes inside the product of one row only")
-                let tuning = decodeTuning
-                context.launch(
-                    kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8 * tuning.productGroups), 1, 1), block: 256,
-                    arguments + [.int(tuning.product)] + norm)
+                context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
                 countFusedLaunch()
             } else if tokens == 1 {
-                let tuning = decodeTuning
-                context.launch(
-                    kernel("gemv_bf16"), grid: (blocks(total * splits, 8 * tuning.productGroups), 1, 1), block: 256,
-                    arguments + [.int(tuning.product)])
+                context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
             }
@@ -640,13 +608,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return
         }
         let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
-        let tuning = decodeTuning
         context.launch(
-            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8 * tuning.geluGroups), 1, 1), block: 256,
+            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8 * GemmaKernels.geluNormGroups), 1, 1), block: 256,
             [
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),
-            ] + fused + [.int(tuning.gelu)])
+            ] + fused)
         countFusedLaunch()
     }
 

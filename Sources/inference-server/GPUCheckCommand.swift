@@ -154,27 +154,6 @@ struct GPUCheckCommand: ParsableCommand {
         variants.append(("steps not pipelined", { runner.pipelining = !$0 }))
         let fused = gpu.fusedNorms
         variants.append(("norms unfused", { gpu.fusedNorms = $0 ? false : fused }))
-        let tuning = gpu.decodeTuning
-        var tunings: [(String, CUDABackend.DecodeTuning)] = []
-        for groups in [1, 2, 3, 4] where groups != tuning.geluGroups {
-            var other = tuning
-            other.geluGroups = groups
-            tunings.append(("gate/up in blocks of \(groups) row groups", other))
-        }
-        for groups in [2, 4] where groups != tuning.productGroups {
-            var other = tuning
-            other.productGroups = groups
-            tunings.append(("products in blocks of \(groups) row groups", other))
-        }
-        do {
-            var other = tuning
-            other.geluPrefetch.toggle()
-            tunings.append(("gate/up rows\(other.geluPrefetch ? "" : " not") asked of L2 first", other))
-            other = tuning
-            other.productPrefetch.toggle()
-            tunings.append(("products' rows\(other.productPrefetch ? "" : " not") asked of L2 first", other))
-        }
-        for (name, other) in tunings { variants.append((name, { gpu.decodeTuning = $0 ? other : tuning })) }
         let shares = gpu.decodeShares
         for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))

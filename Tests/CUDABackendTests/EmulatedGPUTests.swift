@@ -1039,52 +1039,6 @@ import Testing
         #expect(same, "the logits with fused norms differ from those with the norms' own launches")
     }
 
-    /// However a one-token step's products spread their rows over blocks (`DecodeTuning`: groups of
-    /// rows a block, last blocks partly past the rows; L2 prefetches or none), its logits are the
-    /// same bits, and the launches' grids follow the groups.
-    @Test func decodeTuningKeepsTheLogits() throws {
-        let directory = try TemporaryDirectory()
-        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 89), exactActivations: true)
-        let gpu = try Self.backend.get()
-        let chosen = gpu.decodeTuning
-        defer { gpu.decodeTuning = chosen }
-        let c = engine.config
-        var tunings: [CUDABackend.DecodeTuning] = [CUDABackend.DecodeTuning()]
-        for (gelu, product, prefetch) in [(1, 3, false), (3, 2, true), (6, 1, true)] {
-            var tuning = CUDABackend.DecodeTuning()
-            tuning.geluGroups = gelu
-            tuning.productGroups = product
-            tuning.geluPrefetch = prefetch
-            tuning.productPrefetch = prefetch
-            tunings.append(tuning)
-        }
-        var runs: [[[Float]]] = []
-        for tuning in tunings {
-            gpu.decodeTuning = tuning
-            let model = try Gemma3Model(config: c, weights: engine.weights, backend: gpu)
-            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
-            runner.pipelining = false
-            let slot = runner.makeSlot(contextLength: 64)
-            var next = [Sampler.argmax(try runner.prefill(slot, (0..<13).map { 500 + $0 * 23 }))]
-            let profile = try #require(try gpu.context.profileStep { next = try runner.decodeGreedy([slot], tokens: next) })
-            let grids = { (name: String) in Set(profile.operations.filter { $0.name == name }.map { Int($0.shape.prefix { $0 != "x" }) ?? 0 }) }
-            // The small model's MLP: 256 rows of 128 (one warp a row); its output projection: 128 rows.
-            #expect(grids("gemv_gelu_norm_bf16") == [(c.intermediateSize + 8 * tuning.geluGroups - 1) / (8 * tuning.geluGroups)])
-            #expect(grids("gemv_norm_bf16") == [(c.headCount * c.headDimension + 2 * c.kvHeadCount * c.headDimension + 8 * tuning.productGroups - 1) / (8 * tuning.productGroups)])
-            var logits: [[Float]] = []
-            for _ in 0..<4 {
-                let rows = try runner.decode([slot], tokens: next)
-                logits += rows
-                next = rows.map(Sampler.argmax)
-            }
-            runs.append(logits)
-        }
-        let same = runs[0].count == 4 && runs.dropFirst().allSatisfy { run in
-            zip(run, runs[0]).allSatisfy { a, b in zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern } }
-        }
-        #expect(same, "a decode tuning changed the logits")
-    }
-
     /// What a one-sequence step's attention asks L2 for: all of the next products' weights where they
     /// fit, else the same share of each in whole lines, within the budget.
     @Test func prefetchSharesFitTheBudget() {
