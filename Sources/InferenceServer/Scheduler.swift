@@ -386,7 +386,9 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
             item.draw = job.draw(onDevice: drawsOnDevice)
             if item.draw != nil {
                 item.logprobs = job.logprobs
-                item.nextDraw = job.upcomingDraw()
+                // The next draw only where a step can be queued ahead (a copy of a penalized
+                // request's history otherwise made for nothing each step).
+                if pipelines { item.nextDraw = job.upcomingDraw() }
             }
             // Its last token: no step is queued ahead for it (the slot may go to another request).
             item.isLast = job.generated + 1 >= job.request.parameters.maxTokens
@@ -473,6 +475,8 @@ public final class Scheduler<Backend: ComputeBackend>: RequestScheduler, @unchec
     }
 
     private var drawsOnDevice: Bool { runner.model.backend.drawsOnDevice }
+    /// Whether decode steps may be queued ahead (`BatchRunner.pipelining`, `INFERENCE_PIPELINE`).
+    private var pipelines: Bool { runner.pipelining && runner.model.backend.pipelinesSteps }
 
     /// Samples the job's next token from the step's logits (or takes the token the runner chose, or
     /// the one `drawTogether` drew), reports it, and retires the job if it is done.
