@@ -329,8 +329,8 @@ public final class CUDAContext: @unchecked Sendable {
     /// Per readback place: pinned host memory and the event recorded after its copy.
     private var readbackPlaces: [Int: (host: UnsafeMutableRawPointer, event: OpaquePointer?)] = [:]
     private let readbackLock = NSLock()
-    /// Most bytes one readback takes.
-    public static let readbackCapacity = 16 << 10
+    /// Most bytes a readback place holds (a step's ids, and the logprobs of up to 256 rows).
+    public static let readbackCapacity = 64 << 10
 
     /// Whether `queueReadback` works here (the driver has asynchronous copies and events).
     public var readbacksAvailable: Bool { readbackCalls != nil }
@@ -338,9 +338,10 @@ public final class CUDAContext: @unchecked Sendable {
     /// Queues a copy of `bytes` at `address` to the host into readback place `place`, behind the work
     /// queued so far, and returns at once: `finishReadback(place:...)` waits for that copy only, not
     /// for work queued after it (a pipelined step's next step). A place is reused by the next queue to it.
-    public func queueReadback(_ address: DevicePointer, bytes: Int, place: Int) {
+    /// `offset`: where in the place the bytes go (a second copy to a place beside its first).
+    public func queueReadback(_ address: DevicePointer, bytes: Int, place: Int, offset: Int = 0) {
         guard let calls = readbackCalls else { preconditionFailure("readbacks need cuEventRecord and cuMemcpyDtoHAsync") }
-        precondition(bytes <= Self.readbackCapacity)
+        precondition(offset >= 0 && offset + bytes <= Self.readbackCapacity)
         flush()
         makeCurrent()
         readbackLock.lock()
@@ -355,7 +356,7 @@ public final class CUDAContext: @unchecked Sendable {
             readbackPlaces[place] = (host!, event)
         }
         let target = readbackPlaces[place]!
-        var status = calls.copyDtoHAsync(target.host, address, bytes, stream)
+        var status = calls.copyDtoHAsync(target.host + offset, address, bytes, stream)
         if status != 0 { fail("cuMemcpyDtoHAsync", status) }
         status = calls.eventRecord(target.event, stream)
         if status != 0 { fail("cuEventRecord", status) }
@@ -366,8 +367,8 @@ public final class CUDAContext: @unchecked Sendable {
         stagingLock.unlock()
     }
 
-    /// Waits for place `place`'s queued copy and copies its first `bytes` into `destination`.
-    public func finishReadback(place: Int, bytes: Int, into destination: UnsafeMutableRawPointer) {
+    /// Waits for place `place`'s queued copies and copies `bytes` from `offset` into `destination`.
+    public func finishReadback(place: Int, bytes: Int, offset: Int = 0, into destination: UnsafeMutableRawPointer) {
         guard let calls = readbackCalls else { preconditionFailure("readbacks need cuEventRecord and cuMemcpyDtoHAsync") }
         makeCurrent()
         readbackLock.lock()
@@ -376,7 +377,7 @@ public final class CUDAContext: @unchecked Sendable {
         guard let target else { preconditionFailure("no readback was queued to place \(place)") }
         let status = calls.eventSynchronize(target.event)
         if status != 0 { fail("cuEventSynchronize", status) }
-        destination.copyMemory(from: target.host, byteCount: bytes)
+        destination.copyMemory(from: target.host + offset, byteCount: bytes)
         stagingLock.lock()
         readbacksDone = max(readbacksDone, placeReadback[place] ?? 0)
         stagingLock.unlock()

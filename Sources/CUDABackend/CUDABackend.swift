@@ -117,6 +117,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var logprobCopies: CUDABuffer?  // penalized rows wanting logprobs, copied before the penalties
     private var logprobOut: CUDABuffer?  // logprob_merge's numbers, read back with the ids
     private var logprobParts: CUDABuffer?  // logprob_slices': each slice's maximum, sum, count and top
+    /// Per readback place, the logprobs its queued draws asked for (and the row's width), whose numbers follow the ids there.
+    private var queuedLogprobs: [Int: (logprobs: [Int?], columns: Int)] = [:]
     /// Most bytes of penalty entries staged per step; the staging area (8 MiB, or a third of it for a
     /// pipelined step) must also hold the step's other inputs, and must not wrap within a step.
     static let stagedPenaltyBytes = 1 << 20
@@ -953,25 +955,49 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     private var embeddedDrawn = 0
 
     public func queueDraws(
-        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]?, place: Int
+        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?], pending: [Int]?,
+        place: Int
     ) {
-        precondition(draws.count == rows && (pending?.count ?? rows) == rows && queuesDraws(draws), "a queued draw per row")
+        precondition(
+            draws.count == rows && logprobs.count == rows && (pending?.count ?? rows) == rows
+                && queuesDraws(draws, logprobs: logprobs), "a queued draw per row")
+        let scored = logprobs.contains { $0 != nil }
         let out: CUDABuffer
-        if draws.allSatisfy(\.isPlainArgmax) {
+        var results: CUDABuffer?
+        if !scored && draws.allSatisfy(\.isPlainArgmax) {
             out = launchArgmax(x, rows: rows, columns: columns)
         } else {
             lock.lock()
-            out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws, pending: pending)
+            if scored {
+                (out, results) = launchSample(
+                    x, rows: rows, columns: columns, softcap: softcap, draws: draws, logprobs: logprobs, pending: pending)
+            } else {
+                out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws, pending: pending)
+            }
             lock.unlock()
         }
         context.queueReadback(out.address, bytes: rows * 4, place: place)
+        // The logprobs' numbers go to the same place, after the ids.
+        let width = 2 + 2 * (logprobs.compactMap { $0 }.max() ?? 0)
+        if let results {
+            context.queueReadback(
+                results.address, bytes: logprobs.compactMap { $0 }.count * width * 4, place: place, offset: rows * 4)
+        }
+        lock.lock()
+        queuedLogprobs[place] = scored ? (logprobs, columns) : nil
+        lock.unlock()
     }
 
     /// Penalty entries that fit the staging area (`stagedPenaltyBytes`): a longer history is uploaded
-    /// to a buffer of its own at once, which a step still queued could be reading.
-    public func queuesDraws(_ draws: [TokenDraw]) -> Bool {
+    /// to a buffer of its own at once, which a step still queued could be reading. Logprobs of at
+    /// most `TokenDraw.maximumLogprobs` alternatives, whose numbers fit a readback place beside the ids.
+    public func queuesDraws(_ draws: [TokenDraw], logprobs: [Int?]) -> Bool {
         let entries = draws.reduce(0) { $0 + ($1.penalties?.entries.count ?? 0) }
+        let wanted = logprobs.compactMap { $0 }
+        let width = 2 + 2 * (wanted.max() ?? 0)
         return 3 * entries <= Self.stagedPenaltyBytes / 4 / 2  // padded to at most twice the words
+            && wanted.allSatisfy { (0...TokenDraw.maximumLogprobs).contains($0) }
+            && (logprobs.count + wanted.count * width) * 4 <= CUDAContext.readbackCapacity
     }
 
     public var pipelineStamp: Int {
@@ -981,10 +1007,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var argmaxLaunches = 0
 
-    public func queuedTokens(rows: Int, place: Int) -> [Int] {
+    public func queuedTokens(rows: Int, place: Int) -> [GeneratedToken] {
         var result = [Int32](repeating: 0, count: rows)
         result.withUnsafeMutableBytes { context.finishReadback(place: place, bytes: rows * 4, into: $0.baseAddress!) }
-        return result.map(Int.init)
+        let ids = result.map(Int.init)
+        lock.lock()
+        let scored = queuedLogprobs[place]
+        lock.unlock()
+        guard let scored, scored.logprobs.count == rows else { return ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) } }
+        let wanted = scored.logprobs.compactMap { $0 }
+        var numbers = [Float](repeating: 0, count: wanted.count * (2 + 2 * (wanted.max() ?? 0)))
+        numbers.withUnsafeMutableBytes {
+            context.finishReadback(place: place, bytes: $0.count, offset: rows * 4, into: $0.baseAddress!)
+        }
+        return Self.tokens(ids, logprobs: scored.logprobs, numbers: numbers, columns: scored.columns)
     }
 
     public var drawsOnDevice: Bool { true }
@@ -1072,8 +1108,23 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         lock.lock()
         defer { lock.unlock() }
-        // apply_penalties changes rows in place (sample_rows does not): its penalized rows, and with a
-        // soft cap every row, which it caps for sample_rows. Those rows are copied first.
+        let (out, results) = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws, logprobs: logprobs)
+        let ids = downloadTokens(out, rows: rows)
+        var numbers = [Float](repeating: 0, count: wanted.count * (2 + 2 * top))
+        numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
+        return Self.tokens(ids, logprobs: logprobs, numbers: numbers, columns: columns)
+    }
+
+    /// `launchSample`, and `launchLogprobs` for the rows whose `logprobs` are set (the most
+    /// alternatives any asks for, at most `TokenDraw.maximumLogprobs`), in row order, over copies of
+    /// the rows that `apply_penalties` changes in place (sample_rows does not): its penalized rows,
+    /// and with a soft cap every row, which it caps for sample_rows. The caller holds the lock.
+    private func launchSample(
+        _ x: CUDABuffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?],
+        pending: [Int]? = nil
+    ) -> (ids: CUDABuffer, logprobs: CUDABuffer) {
+        let wanted = logprobs.indices.filter { logprobs[$0] != nil }
+        let top = wanted.map { logprobs[$0]! }.max() ?? 0
         let anyPenalties = draws.contains { $0.penalties != nil }
         let penalized = wanted.filter { anyPenalties && (softcap != nil || draws[$0].penalties != nil) }
         if !penalized.isEmpty && (logprobCopies == nil || logprobCopies!.count < penalized.count * columns) {
@@ -1085,11 +1136,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             context.copy(x.address + UInt64(r * columns * 4), to: copy, bytes: columns * 4)
             addresses[wanted.firstIndex(of: r)!] = copy
         }
-        let out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws)
+        let out = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws, pending: pending)
         let results = launchLogprobs(
             rows: addresses, columns: columns, softcap: softcap, source: wanted.map { Int32($0) }, tokens: out.address, top: top)
-        let ids = downloadTokens(out, rows: rows)
-        let scored = readLogprobs(results, rows: wanted.count, top: top, ids: wanted.map { ids[$0] }, columns: columns)
+        return (out, results)
+    }
+
+    /// Each row's token `ids[r]`, with, for the rows whose `logprobs` are set, `logprob_merge`'s numbers
+    /// (`numbers`: those rows in order, each with as many alternatives as the most any asks for),
+    /// cut to the alternatives it asks for.
+    static func tokens(_ ids: [Int], logprobs: [Int?], numbers: [Float], columns: Int) -> [GeneratedToken] {
+        let wanted = logprobs.indices.filter { logprobs[$0] != nil }
+        let top = wanted.map { logprobs[$0]! }.max() ?? 0
+        let scored = parseLogprobs(numbers, rows: wanted.count, top: top, ids: wanted.map { ids[$0] }, columns: columns)
         var tokens = ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) }
         for (k, r) in wanted.enumerated() {
             tokens[r] = scored[k]
@@ -1145,9 +1204,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// `logprob_merge`'s numbers for `rows` rows, as tokens `ids` with `top` alternatives each.
     private func readLogprobs(_ results: CUDABuffer, rows: Int, top: Int, ids: [Int], columns: Int) -> [GeneratedToken] {
-        let width = 2 + 2 * top
-        var numbers = [Float](repeating: 0, count: rows * width)
+        var numbers = [Float](repeating: 0, count: rows * (2 + 2 * top))
         numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
+        return Self.parseLogprobs(numbers, rows: rows, top: top, ids: ids, columns: columns)
+    }
+
+    /// `logprob_merge`'s numbers (`numbers`) for `rows` rows, as tokens `ids` with `top` alternatives each.
+    static func parseLogprobs(_ numbers: [Float], rows: Int, top: Int, ids: [Int], columns: Int) -> [GeneratedToken] {
+        let width = 2 + 2 * top
         return (0..<rows).map { k in
             let o = k * width
             return GeneratedToken(

@@ -250,8 +250,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     // MARK: pipelined decode steps
 
-    /// Whether decode steps whose tokens are chosen on the device (greedy, or drawn without logprobs)
-    /// are pipelined where the backend can (`ComputeBackend.pipelinesSteps`; gpu-check times both ways).
+    /// Whether decode steps whose tokens are chosen on the device (greedy, or drawn, with or without
+    /// logprobs) are pipelined where the backend can (`ComputeBackend.pipelinesSteps`; gpu-check times both ways).
     public var pipelining = true
     /// Steps whose work a step queued ahead had done (for checks that the pipeline runs, not only
     /// queues and drops).
@@ -267,6 +267,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
         let generations: [Int]
         let positions: [Int]
         let draws: [TokenDraw]
+        /// Each row's logprobs, as `Work.logprobs`.
+        let logprobs: [Int?]
         let place: Int
         /// The backend's `pipelineStamp` once it was queued: another argmax or draw since (another
         /// runner's) has overwritten the ids it leaves on the device.
@@ -287,18 +289,19 @@ public final class BatchRunner<Backend: ComputeBackend> {
     static var pipelinedRows: Int { 256 }
 
     /// Work that a pipelined step can do: one token for each of distinct slots, each drawn where the
-    /// logits are, without logprobs or scores, on a backend that pipelines and queues its draws.
+    /// logits are (with its logprobs, if asked), without prompt scores, on a backend that pipelines
+    /// and queues these draws.
     private func pipelinable(_ work: [Work]) -> Bool {
         guard pipelining, model.backend.pipelinesSteps, work.count <= min(maximumSequences, Self.pipelinedRows),
-            work.allSatisfy({ $0.tokens.count == 1 && $0.draw != nil && $0.logprobs == nil && $0.scores == nil }),
-            model.backend.queuesDraws(work.map { $0.draw! })
+            work.allSatisfy({ $0.tokens.count == 1 && $0.draw != nil && $0.scores == nil }),
+            model.backend.queuesDraws(work.map { $0.draw! }, logprobs: work.map(\.logprobs))
         else { return false }
         return Set(work.map { ObjectIdentifier($0.slot) }).count == work.count
     }
 
     /// The draws of the step after `work` (pipelinable), when each is known now and the backend
-    /// queues them: an argmax after an argmax, else the work's `nextDraw` (whose penalties do not
-    /// count this step's token yet: `pending` in `queueDraws`).
+    /// queues them (with the same logprobs as this step's): an argmax after an argmax, else the
+    /// work's `nextDraw` (whose penalties do not count this step's token yet: `pending` in `queueDraws`).
     private func nextDraws(_ work: [Work]) -> [TokenDraw]? {
         var draws: [TokenDraw] = []
         for item in work {
@@ -310,7 +313,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
                 return nil
             }
         }
-        return model.backend.queuesDraws(draws) ? draws : nil
+        return model.backend.queuesDraws(draws, logprobs: work.map(\.logprobs)) ? draws : nil
     }
 
     /// Waits for the step queued ahead, if any, and forgets it (its rows' keys and values are at
@@ -326,11 +329,13 @@ public final class BatchRunner<Backend: ComputeBackend> {
     }
 
     /// Queues one step for `slots` at their current positions: its inputs `tokens`, or (with `drawn`)
-    /// rows drawn[i] of the last queued draws; its tokens chosen as `draws` says and read back to
-    /// `place`. A step queued ahead (`drawn`) goes to the device whole, as one graph: the device is
+    /// rows drawn[i] of the last queued draws; its tokens chosen as `draws` says, with the logprobs
+    /// `logprobs` asks for, and read back to `place`. A step queued ahead (`drawn`) goes to the device whole, as one graph: the device is
     /// busy with the step before meanwhile, so handing it over in pieces (to start sooner) only adds
     /// their seams (1B on an H100: 1.36 ms a step whole, 1.41 ms in pieces).
-    private func queueStep(_ slots: [Slot], tokens: [Int], drawn: [Int]?, draws: [TokenDraw], place: Int) {
+    private func queueStep(
+        _ slots: [Slot], tokens: [Int], drawn: [Int]?, draws: [TokenDraw], logprobs: [Int?], place: Int
+    ) {
         let model = drawn == nil ? model : wholeStepModel
         // Caches grown first: growing waits for the device, which must not come after the place's staging.
         for slot in slots {
@@ -343,7 +348,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         }
         model.forward(tokens, segments: segments, scratch: stepScratch, drawn: drawn)
         // A step queued ahead: its rows' penalties do not count the tokens it takes (drawn).
-        model.queueDraws(draws, pending: drawn, place: place, scratch: stepScratch)
+        model.queueDraws(draws, logprobs: logprobs, pending: drawn, place: place, scratch: stepScratch)
     }
 
     /// A step of pipelinable work, with the next one queued before this one is read back, so that
@@ -361,6 +366,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         let slots = work.map(\.slot)
         let inputs = work.map { $0.tokens[0] }
         let draws = work.map { $0.draw! }
+        let logprobs = work.map(\.logprobs)
         try check(inputs)
         for slot in slots where slot.tokenCount + 1 > slot.contextLength {
             throw InferenceError.contextOverflow(requested: slot.tokenCount + 1, limit: slot.contextLength)
@@ -376,7 +382,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
         } else {
             // The step queued ahead (if any) is dropped unread; the place rotation keeps its staging.
             place = takePlace()
-            queueStep(slots, tokens: inputs, drawn: nil, draws: draws, place: place)
+            queueStep(slots, tokens: inputs, drawn: nil, draws: draws, logprobs: logprobs, place: place)
             rows = Array(0..<work.count)
         }
         ahead = nil
@@ -387,34 +393,40 @@ public final class BatchRunner<Backend: ComputeBackend> {
         if !goingOn.isEmpty, let nextDraws = nextDraws(goingOn.map { work[$0] }) {
             let next = takePlace()
             let nextSlots = goingOn.map { slots[$0] }
+            let nextLogprobs = goingOn.map { logprobs[$0] }
             ahead = Queued(
                 rows: nextSlots.map { Queued.Row(slot: $0) }, generations: nextSlots.map(\.generation),
-                positions: nextSlots.map(\.tokenCount), draws: nextDraws, place: next)
+                positions: nextSlots.map(\.tokenCount), draws: nextDraws, logprobs: nextLogprobs, place: next)
             queueStep(
                 nextSlots, tokens: [Int](repeating: 0, count: nextSlots.count), drawn: goingOn.map { rows[$0] }, draws: nextDraws,
-                place: next)
+                logprobs: nextLogprobs, place: next)
             ahead?.stamp = model.backend.pipelineStamp
         }
-        let ids = model.backend.queuedTokens(rows: stepRows, place: place)
-        let chosen = rows.map { ids[$0] }
-        ahead?.inputs = goingOn.map { chosen[$0] }
-        return chosen.map { .token(GeneratedToken(id: $0, logprob: .nan, top: [])) }
+        let drawnTokens = model.backend.queuedTokens(rows: stepRows, place: place)
+        let chosen = rows.map { drawnTokens[$0] }
+        ahead?.inputs = goingOn.map { chosen[$0].id }
+        return chosen.map { .token($0) }
     }
 
     /// Where each of `slots` is among the rows of `queued`, when every one is there with the same
-    /// generation, at its current position, took `inputs` and was drawn as `draws` says (its
-    /// penalties counting that input: `TokenDraw.accepting`); else nil.
+    /// generation, at its current position, took `inputs`, was drawn as `draws` says (its
+    /// penalties counting that input: `TokenDraw.accepting`) and scored as `logprobs` says; else nil.
     /// The queued step chose with the kernel a fresh step of these rows would (the argmax when
-    /// every draw is a plain argmax, else the sampling kernels, which take the soft cap first).
-    private static func rows(of slots: [Slot], inputs: [Int], draws: [TokenDraw], in queued: Queued) -> [Int]? {
-        guard queued.inputs.count == queued.rows.count,
-            queued.draws.allSatisfy(\.isPlainArgmax) == draws.allSatisfy(\.isPlainArgmax)
+    /// every draw is a plain argmax and no logprobs are wanted, else the sampling kernels, which
+    /// take the soft cap first).
+    private static func rows(
+        of slots: [Slot], inputs: [Int], draws: [TokenDraw], logprobs: [Int?], in queued: Queued
+    ) -> [Int]? {
+        let argmax = { (draws: [TokenDraw], logprobs: [Int?]) in
+            draws.allSatisfy(\.isPlainArgmax) && logprobs.allSatisfy { $0 == nil }
+        }
+        guard queued.inputs.count == queued.rows.count, argmax(queued.draws, queued.logprobs) == argmax(draws, logprobs)
         else { return nil }
         var rows: [Int] = []
         for (i, slot) in slots.enumerated() {
             guard let row = queued.rows.firstIndex(where: { $0.slot === slot }), queued.generations[row] == slot.generation,
                 queued.positions[row] == slot.tokenCount, queued.inputs[row] == inputs[i],
-                queued.draws[row].accepting(inputs[i]).chooses(as: draws[i])
+                queued.logprobs[row] == logprobs[i], queued.draws[row].accepting(inputs[i]).chooses(as: draws[i])
             else { return nil }
             rows.append(row)
         }
@@ -436,7 +448,9 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// other argmax or draw since, and `rows(of:...)`.
     private func takenAhead(_ work: [Work]) -> (Queued, [Int])? {
         guard let queued = ahead, queued.stamp == model.backend.pipelineStamp,
-            let rows = Self.rows(of: work.map(\.slot), inputs: work.map { $0.tokens[0] }, draws: work.map { $0.draw! }, in: queued)
+            let rows = Self.rows(
+                of: work.map(\.slot), inputs: work.map { $0.tokens[0] }, draws: work.map { $0.draw! },
+                logprobs: work.map(\.logprobs), in: queued)
         else { return nil }
         return (queued, rows)
     }

@@ -133,15 +133,20 @@ public protocol ComputeBackend: Sendable {
     /// `embed` of the tokens the last `queueDraws` chose: out[i, :] = table[chosen[rows[i]], :] * scale.
     func embedDrawn(rows: [Int], table: Matrix, scale: Float, into out: Buffer)
     /// A token for each row, queued, with its readback to place `place`: the argmax (as `argmax`)
-    /// when every draw is a plain argmax, else as `sample` draws them. `pending` (a step queued
-    /// before the host knew the tokens it takes): row r's penalties do not count the token it
-    /// generated last, row pending[r] of the last draws, which this counts where the logits are
-    /// (as `TokenPenalties.accepting`). The ids stay on the device for `embedDrawn` too.
-    func queueDraws(_ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]?, place: Int)
-    /// Whether `queueDraws` takes these draws (their penalties fit what a queued step can hold).
-    func queuesDraws(_ draws: [TokenDraw]) -> Bool
-    /// Waits for place `place`'s queued draws only (not for steps queued after it) and returns them.
-    func queuedTokens(rows: Int, place: Int) -> [Int]
+    /// when every draw is a plain argmax and no logprobs are wanted, else as `sample` draws them,
+    /// with the logprobs `logprobs[r]` asks for (as `sample(_:...:logprobs:)` reports them).
+    /// `pending` (a step queued before the host knew the tokens it takes): row r's penalties do not
+    /// count the token it generated last, row pending[r] of the last draws, which this counts where
+    /// the logits are (as `TokenPenalties.accepting`). The ids stay on the device for `embedDrawn` too.
+    func queueDraws(
+        _ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?], pending: [Int]?,
+        place: Int)
+    /// Whether `queueDraws` takes these draws and logprobs (their penalties and numbers fit what a
+    /// queued step can hold).
+    func queuesDraws(_ draws: [TokenDraw], logprobs: [Int?]) -> Bool
+    /// Waits for place `place`'s queued draws only (not for steps queued after it) and returns them:
+    /// each row's token, with the logprobs its queueing asked for (else a NaN logprob, none on top).
+    func queuedTokens(rows: Int, place: Int) -> [GeneratedToken]
     /// Changes with every argmax or draw queued (pipelined or not), whose ids `embedDrawn` then
     /// reads: a step queued ahead is taken only if no other argmax or draw came after it.
     var pipelineStamp: Int { get }
@@ -357,11 +362,14 @@ extension ComputeBackend {
         preconditionFailure("this backend does not pipeline steps")
     }
     public func queueDraws(
-        _ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], pending: [Int]?, place: Int
+        _ x: Buffer, rows: Int, columns: Int, softcap: Float?, draws: [TokenDraw], logprobs: [Int?], pending: [Int]?,
+        place: Int
     ) {
         preconditionFailure("this backend does not pipeline steps")
     }
-    public func queuesDraws(_ draws: [TokenDraw]) -> Bool { false }
-    public func queuedTokens(rows: Int, place: Int) -> [Int] { preconditionFailure("this backend does not pipeline steps") }
+    public func queuesDraws(_ draws: [TokenDraw], logprobs: [Int?]) -> Bool { false }
+    public func queuedTokens(rows: Int, place: Int) -> [GeneratedToken] {
+        preconditionFailure("this backend does not pipeline steps")
+    }
     public var pipelineStamp: Int { 0 }
 }

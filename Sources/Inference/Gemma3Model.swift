@@ -304,13 +304,16 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     }
 
     /// The LM head over the first `draws.count` rows of `s.hidden` and a token for each as `draws`
-    /// says, queued with its readback to `place` (`ComputeBackend.queueDraws`, whose `pending` this
-    /// passes on): a pipelined step's end. The same kernels choose as in `head`.
-    func queueDraws(_ draws: [TokenDraw], pending: [Int]?, place: Int, scratch s: InferenceSession<Backend>.Scratch) {
+    /// says, with the logprobs `logprobs` asks for, queued with its readback to `place`
+    /// (`ComputeBackend.queueDraws`, whose `pending` this passes on): a pipelined step's end. The
+    /// same kernels choose as in `head`.
+    func queueDraws(
+        _ draws: [TokenDraw], logprobs: [Int?], pending: [Int]?, place: Int, scratch s: InferenceSession<Backend>.Scratch
+    ) {
         lmHead(rows: Array(0..<draws.count), scratch: s)
         backend.queueDraws(
             s.logits, rows: draws.count, columns: config.vocabularySize, softcap: config.finalLogitSoftcapping, draws: draws,
-            pending: pending, place: place)
+            logprobs: logprobs, pending: pending, place: place)
     }
 
     /// Logits of any rows of `s.hidden` (at most the scratch's logit rows), in the order given.

@@ -122,10 +122,10 @@ final class Job: @unchecked Sendable {
     /// The draw `draw(onDevice:)` will give for the step after this one, as far as it is known now:
     /// its seed, not yet taken, and its penalties without the token this step chooses (the device
     /// counts that one: `Sampler.upcomingPenalties`). The runner queues that step before this one's
-    /// token comes back (`BatchRunner.Work.nextDraw`); a plain argmax needs none, and draws with
-    /// logprobs are not queued ahead.
+    /// token comes back (`BatchRunner.Work.nextDraw`), with the same logprobs; a plain argmax
+    /// without logprobs needs none.
     func upcomingDraw() -> TokenDraw? {
-        guard !argmaxOnly, logprobs == nil else { return nil }
+        guard !argmaxOnly else { return nil }
         return sampler.upcomingDraw()
     }
 

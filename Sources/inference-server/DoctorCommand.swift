@@ -64,7 +64,7 @@ struct Doctor: ParsableCommand {
                     ? "decode steps one at a time (pipelining needs cuMemcpyDtoHAsync and events)"
                     : ProcessInfo.processInfo.environment["INFERENCE_PIPELINE"] == "off"
                         ? "decode steps one at a time (INFERENCE_PIPELINE=off)"
-                        : "decode steps pipelined (greedy, and sampled or penalized without logprobs): the next step is queued before this one's tokens are read back")
+                        : "decode steps pipelined (greedy, sampled, penalized, with logprobs or without): the next step is queued before this one's tokens are read back")
             for device in found.devices {
                 let memory = (try? found.memoryInfo(ordinal: device.ordinal)).map { " (\(gib($0.free)) free)" } ?? ""
                 line("gpu \(device.ordinal)", "\(device.name), sm_\(device.architecture), \(gib(device.totalMemory)) memory\(memory), \(device.multiprocessors) SMs, \(device.l2CacheBytes >> 20) MiB L2, about \(Int(device.peakBandwidth / 1e9)) GB/s")

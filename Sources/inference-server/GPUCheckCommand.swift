@@ -332,10 +332,11 @@ struct GPUCheckCommand: ParsableCommand {
             }
             // Pipelined steps against steps one at a time from the same caches: the same tokens (on a
             // GPU, where a queued step runs while the host reads the one before), greedy and drawn
-            // with seeds known a step ahead (as the server's samplers give them).
+            // with seeds known a step ahead (as the server's samplers give them), and the same
+            // logprobs where they are asked for.
             if gpu.pipelinesSteps {
                 let twins = (0..<batch).map { _ in runner.makeSlot(contextLength: 1024) }
-                func tokens(pipelined: Bool, parameters: SamplingParameters) throws -> [Int] {
+                func tokens(pipelined: Bool, parameters: SamplingParameters, logprobs: Int? = nil) throws -> [Int] {
                     runner.pipelining = pipelined
                     defer { runner.pipelining = true }
                     var chosen: [Int] = []
@@ -356,12 +357,23 @@ struct GPUCheckCommand: ParsableCommand {
                         let work = twins.indices.map { i in
                             var item = BatchRunner<CUDABackend>.Work(slot: twins[i], tokens: [last[i]])
                             item.draw = samplers[i].nextDraw()
-                            if !item.draw!.isPlainArgmax { item.nextDraw = samplers[i].upcomingDraw() }
+                            item.logprobs = logprobs
+                            if !item.draw!.isPlainArgmax || logprobs != nil { item.nextDraw = samplers[i].upcomingDraw() }
                             return item
                         }
-                        last = try runner.outputs(work).map(Self.tokenID)
+                        let drawn = try runner.outputs(work).map { output -> GeneratedToken in
+                            guard case .token(let token) = output else { preconditionFailure("a drawn token was asked for") }
+                            return token
+                        }
+                        last = drawn.map(\.id)
                         for i in samplers.indices { samplers[i].accept(last[i]) }
                         chosen += last
+                        if logprobs != nil {
+                            // The logprobs' bits and the alternatives' ids, which must come back alike too.
+                            chosen += drawn.flatMap { token in
+                                [Int(token.logprob.bitPattern)] + token.top.flatMap { [$0.id, Int($0.logprob.bitPattern)] }
+                            }
+                        }
                     }
                     if pipelined && runner.stepsTakenAhead - taken < 39 {
                         print("FAIL only \(runner.stepsTakenAhead - taken) of 40 steps were taken from a step queued ahead")
@@ -369,17 +381,19 @@ struct GPUCheckCommand: ParsableCommand {
                     }
                     return chosen
                 }
-                let variants: [(String, SamplingParameters)] = [
-                    ("greedy", SamplingParameters(temperature: 0)),
-                    ("sampled (T 1, top-p 0.95)", SamplingParameters(temperature: 1, topP: 0.95)),
+                let variants: [(String, SamplingParameters, Int?)] = [
+                    ("greedy", SamplingParameters(temperature: 0), nil),
+                    ("sampled (T 1, top-p 0.95)", SamplingParameters(temperature: 1, topP: 0.95), nil),
                     (
                         "penalized (T 1, top-p 0.95, repetition 1.1, presence 0.5, frequency 0.5)",
-                        SamplingParameters(temperature: 1, topP: 0.95, repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 0.5)
+                        SamplingParameters(temperature: 1, topP: 0.95, repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 0.5),
+                        nil
                     ),
+                    ("sampled with 5 logprobs (T 1, top-p 0.95; the logprobs too)", SamplingParameters(temperature: 1, topP: 0.95), 5),
                 ]
-                for (label, parameters) in variants {
-                    let serialTokens = try tokens(pipelined: false, parameters: parameters)
-                    let pipelinedTokens = try tokens(pipelined: true, parameters: parameters)
+                for (label, parameters, logprobs) in variants {
+                    let serialTokens = try tokens(pipelined: false, parameters: parameters, logprobs: logprobs)
+                    let pipelinedTokens = try tokens(pipelined: true, parameters: parameters, logprobs: logprobs)
                     let same = pipelinedTokens == serialTokens
                     print("\(same ? "ok  " : "FAIL") pipelined \(label) steps at batch \(batch) choose the tokens of steps one at a time (40 steps)")
                     if !same { pipelineFailures += 1 }
@@ -482,7 +496,7 @@ struct GPUCheckCommand: ParsableCommand {
             func sampledStep(logprobs: Int? = nil, temperature: Float = 0.8, topK: Int = 64, topP: Float = 0.95) throws {
                 var work = Self.drawn(
                     slots, next, TokenDraw(temperature: temperature, topK: topK, topP: topP, minP: 0, seed: 0), seeds: &seeds,
-                    ahead: logprobs == nil)
+                    ahead: true)
                 for i in work.indices { work[i].logprobs = logprobs }
                 next = try runner.outputs(work).map(Self.tokenID)
             }
@@ -539,10 +553,12 @@ struct GPUCheckCommand: ParsableCommand {
             let penalizedTime = try seconds { for _ in 0..<steps { try penalizedStep() } }
             print(String(format: "            sampled with penalties on the device (T 0.8, top-k 64, top-p 0.95, repetition 1.1, presence and frequency 0.5): %.2f ms/step, %.0f tokens/s; %d of %d steps taken from a step queued ahead", penalizedTime / Double(steps) * 1000, Double(batch * steps) / penalizedTime, runner.stepsTakenAhead - takenBefore, steps))
             figures["decode_b\(batch)_penalized_tokens_per_second"] = Double(batch * steps) / penalizedTime
-            // With logprobs (the token's and 5 alternatives), computed beside the draw on the device.
+            // With logprobs (the token's and 5 alternatives), computed beside the draw on the device,
+            // and read back with the ids of the step queued ahead.
             try sampledStep(logprobs: 5)
+            let takenBeforeLogprobs = runner.stepsTakenAhead
             let logprobTime = try seconds { for _ in 0..<steps { try sampledStep(logprobs: 5) } }
-            print(String(format: "            sampled with logprobs (5 alternatives) on the device: %.2f ms/step, %.0f tokens/s", logprobTime / Double(steps) * 1000, Double(batch * steps) / logprobTime))
+            print(String(format: "            sampled with logprobs (5 alternatives) on the device: %.2f ms/step, %.0f tokens/s; %d of %d steps taken from a step queued ahead", logprobTime / Double(steps) * 1000, Double(batch * steps) / logprobTime, runner.stepsTakenAhead - takenBeforeLogprobs, steps))
             figures["decode_b\(batch)_logprobs_tokens_per_second"] = Double(batch * steps) / logprobTime
             // The same steps with every logit brought to the host (what sampling on the CPU costs).
             let hostTime = try seconds {

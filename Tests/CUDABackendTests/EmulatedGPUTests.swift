@@ -245,7 +245,8 @@ import Testing
 
     /// A queued step's penalized draws after the model's final soft cap (Gemma 3 has none; Gemma 2's
     /// checkpoints do), counting the token each row drew in the step before, still on the device
-    /// (`pending`, the rows permuted): each row's token is the host's choice with that token accepted.
+    /// (`pending`, the rows permuted): each row's token is the host's choice with that token accepted,
+    /// and the logprobs queued with them are those of the same draws made at once.
     @Test func cappedQueuedDrawsCountThePendingTokens() throws {
         let gpu = try Self.backend.get()
         let columns = 4096, rows = 3
@@ -276,14 +277,29 @@ import Testing
         let buffer = gpu.makeBuffer(count: rows * columns)
         gpu.beginPipelinedStep(place: 0)
         gpu.write(first, to: buffer, offset: 0)
-        gpu.queueDraws(buffer, rows: rows, columns: columns, softcap: nil, draws: [TokenDraw](repeating: .argmax, count: rows), pending: nil, place: 0)
+        let none = [Int?](repeating: nil, count: rows)
+        gpu.queueDraws(
+            buffer, rows: rows, columns: columns, softcap: nil, draws: [TokenDraw](repeating: .argmax, count: rows),
+            logprobs: none, pending: nil, place: 0)
         gpu.beginPipelinedStep(place: 1)
         gpu.write(second, to: buffer, offset: 0)
-        gpu.queueDraws(buffer, rows: rows, columns: columns, softcap: 2, draws: draws, pending: pending, place: 1)
-        let drew = gpu.queuedTokens(rows: rows, place: 0)
-        let chosen = gpu.queuedTokens(rows: rows, place: 1)
+        let scores: [Int?] = [nil, 3, 5]  // logprobs too, of the logits before the penalties
+        gpu.queueDraws(buffer, rows: rows, columns: columns, softcap: 2, draws: draws, logprobs: scores, pending: pending, place: 1)
+        let drew = gpu.queuedTokens(rows: rows, place: 0).map(\.id)
+        let queued = gpu.queuedTokens(rows: rows, place: 1)
+        let chosen = queued.map(\.id)
         gpu.beginPipelinedStep(place: nil)
         #expect(drew == [40, 47, 54])
+        // The same draws at once, their penalties counting the tokens on the host: the same tokens and
+        // logprobs, bit for bit.
+        gpu.write(second, to: buffer, offset: 0)
+        let alone = gpu.sample(
+            buffer, rows: rows, columns: columns, softcap: 2, draws: draws.indices.map { draws[$0].accepting(drew[pending[$0]]) },
+            logprobs: scores)
+        #expect(queued.map(\.id) == alone.map(\.id))
+        #expect(queued.map(\.logprob.bitPattern) == alone.map(\.logprob.bitPattern))
+        #expect(queued.map(\.top) == alone.map(\.top))
+        #expect(queued[0].logprob.isNaN && queued[0].top.isEmpty && queued[1].top.count == 3 && queued[2].top.count == 5)
         for r in 0..<rows {
             let token = drew[pending[r]]
             let row = Array(second[r * columns..<(r + 1) * columns])
@@ -784,7 +800,10 @@ import Testing
     /// penalized for one step); the steps after them pipeline again. A row on its last token
     /// (`isLast`) gets no step queued ahead: the others' is taken, and with none left none is
     /// queued. A greedy row alone does not take a step queued for it beside sampled rows (drawn by
-    /// the sampling kernels, not the argmax a fresh step of it would run).
+    /// the sampling kernels, not the argmax a fresh step of it would run). Row 0 asks for 3 logprobs
+    /// every step, which come back with the queued step's tokens, the same bits as one at a time; a
+    /// step whose greedy row asks for logprobs too starts anew (its queued step had none), and so
+    /// does the one after it (queued with them).
     @Test func pipelinedDrawsMatchStepsOneAtATime() throws {
         let directory = try TemporaryDirectory()
         let (model, gpu) = try Self.pipelineModel(in: directory, seed: 82)
@@ -794,6 +813,7 @@ import Testing
             TokenDraw(temperature: 40, topK: 0, topP: 1, minP: 0, seed: 0),
         ]
         var runs: [[Int]] = []
+        var scored: [[GeneratedToken]] = []
         var taken: [Int] = []
         for pipelined in [false, true] {
             let runner = BatchRunner(model: model, maximumSequences: 3, prefillChunk: 16)
@@ -802,14 +822,18 @@ import Testing
             var next = try zip(slots, prompts).map { Sampler.argmax(try runner.prefill($0, $1)) }
             var seeds = (0..<3).map { Xoshiro256StarStar(seed: 50 + UInt64($0)) }
             var tokens: [Int] = []
+            var scores: [GeneratedToken] = []
             /// One step of `rows`; `guess` (a row, a seed) replaces that row's next seed with a wrong
-            /// one, `penalized` gives that row a penalty, and the rows in `last` end with it.
+            /// one, `penalized` gives that row a penalty, the rows in `last` end with it, and row r
+            /// asks for logprobs[r] logprobs.
             func step(
-                _ rows: [Int] = [0, 1, 2], guess: (Int, UInt64)? = nil, penalized: Int? = nil, last: Set<Int> = []
+                _ rows: [Int] = [0, 1, 2], guess: (Int, UInt64)? = nil, penalized: Int? = nil, last: Set<Int> = [],
+                logprobs: [Int: Int] = [0: 3]
             ) throws {
                 let work = rows.map { i in
                     var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [next[i]])
                     item.draw = kinds[i]
+                    item.logprobs = logprobs[i]
                     if !kinds[i].isArgmax {
                         item.draw!.seed = seeds[i].next()
                         var peek = seeds[i]
@@ -824,17 +848,23 @@ import Testing
                     item.isLast = last.contains(i)
                     return item
                 }
-                let chosen = try runner.outputs(work).map {
+                let drawn = try runner.outputs(work).map {
                     guard case .token(let token) = $0 else { preconditionFailure("a token was asked for") }
-                    return token.id
+                    return token
                 }
+                let chosen = drawn.map(\.id)
                 for (row, token) in zip(rows, chosen) { next[row] = token }
                 tokens += chosen
+                for (row, token) in zip(rows, drawn) where logprobs[row] != nil {
+                    #expect(!token.logprob.isNaN && token.top.count == logprobs[row]!, "row \(row)'s logprobs")
+                    scores.append(token)
+                }
             }
             for _ in 0..<5 { try step() }
             try step(guess: (0, 12345))
             for _ in 0..<3 { try step() }
             try step(penalized: 2)
+            try step(logprobs: [0: 3, 1: 2])  // the greedy row with logprobs: anew, and the next too
             for _ in 0..<4 { try step() }
             try step(last: [1])
             try step([0, 2])  // the step queued for 0 and 2 alone
@@ -844,13 +874,17 @@ import Testing
             try step([1], last: [1])  // taken, and nothing queued after it
             #expect(gpu.drawnEmbeds == embeds, "a step queued ahead of a last token")
             runs.append(tokens)
+            scored.append(scores)
             taken.append(runner.stepsTakenAhead)
         }
         #expect(runs[0] == runs[1], "pipelined draws differ from one step at a time")
+        #expect(scored[0].map(\.logprob.bitPattern) == scored[1].map(\.logprob.bitPattern) && scored[0].map(\.top) == scored[1].map(\.top),
+            "pipelined logprobs differ from one step at a time")
         #expect(Set(runs[0].enumerated().filter { $0.offset % 3 == 0 }.map(\.element)).count > 3, "the draws vary")
-        // 19 steps: the first, the one after the wrong guess, the penalized one, and the two whose
-        // rows the step queued ahead does not fit start anew; the other 14 were queued ahead.
-        #expect(taken == [0, 14], "steps taken from the queued step: \(taken)")
+        // 20 steps: the first, the one after the wrong guess, the penalized one, the one with the
+        // greedy row's logprobs and the one after it, and the two whose rows the step queued ahead
+        // does not fit start anew; the other 13 were queued ahead.
+        #expect(taken == [0, 13], "steps taken from the queued step: \(taken)")
     }
 
     /// Pipelined steps of draws with penalties, from the server's own `Sampler`s: each step queued
@@ -1069,13 +1103,15 @@ import Testing
     /// The server's streams through pipelined steps: greedy requests of different lengths that end
     /// at different steps (a queued step's rows reused for the ones that go on), one that arrives
     /// while others run (the queued step is taken before its prefill starts), seeded sampled ones
-    /// (drawn a step ahead with their samplers' next seeds) and one with penalties (never queued
-    /// ahead) get the tokens they get with pipelining off, on the same kernels.
+    /// (drawn a step ahead with their samplers' next seeds), one with penalties and one with
+    /// logprobs (queued with the step) get the tokens and logprobs they get with pipelining off, on
+    /// the same kernels.
     @Test func theSchedulerPipelinesStreams() async throws {
         let directory = try TemporaryDirectory()
         let engine = try Self.schedulerEngine(in: directory, seed: 6)
         let limits = Self.schedulerLimits
         var outputs: [[[Int]]] = []
+        var logprobs: [[UInt32]] = []
         var drawn: [Int] = [], taken: [Int] = []
         for pipelined in [false, true] {
             var env = try Self.environment()
@@ -1086,19 +1122,23 @@ import Testing
                 engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
                 device: .cuda(gpu))
             served.scheduler.start()
-            func request(_ prompt: [Int], _ count: Int, _ sampling: SamplingParameters? = nil) -> SequenceRequest {
+            func request(_ prompt: [Int], _ count: Int, _ sampling: SamplingParameters? = nil, top: Int? = nil) -> SequenceRequest {
                 var greedy = SamplingParameters()
                 greedy.temperature = 0
                 var parameters = GenerationParameters(maxTokens: count, sampling: sampling ?? greedy)
-                parameters.computeLogprobs = false
+                parameters.computeLogprobs = top != nil
+                parameters.topLogprobs = top ?? 0
                 return SequenceRequest(prompt: prompt, parameters: parameters)
             }
+            var scores: [UInt32] = []  // the logprobs of the tokens that have them, and of their alternatives
             /// The handle's tokens to its end, or the first `limit` of them.
             func tokens(_ events: inout AsyncStream<SequenceEvent>.Iterator, limit: Int = .max) async -> [Int] {
                 var ids: [Int] = []
                 while ids.count < limit, let event = await events.next() {
                     switch event {
-                    case .token(let token): ids.append(token.id)
+                    case .token(let token):
+                        ids.append(token.id)
+                        if !token.logprob.isNaN { scores += [token.logprob.bitPattern] + token.top.map(\.logprob.bitPattern) }
                     case .failed(let message): Issue.record("failed: \(message)")
                     default: break
                     }
@@ -1114,8 +1154,11 @@ import Testing
                 (Array(40...52), 12, SamplingParameters(temperature: 40, topP: 0.95, seed: 1234)),
                 (Array(40...52), 10, SamplingParameters(temperature: 30, topK: 50, seed: 77)),
                 (Array(60...70), 3, SamplingParameters(temperature: 30, presencePenalty: 0.5, seed: 99)),
+                (Array(80...92), 8, SamplingParameters(temperature: 20, topK: 40, seed: 5)),
             ]
-            let handles = try specs.map { try served.scheduler.submit(request($0.0, $0.1, $0.2)) }
+            let handles = try specs.enumerated().map { i, spec in
+                try served.scheduler.submit(request(spec.0, spec.1, spec.2, top: i == specs.count - 1 ? 2 : nil))
+            }
             var run = [await tokens(handles[0])]
             // Arrives while the others still run (and some prompts are still being prefilled).
             let late = try served.scheduler.submit(request(Array(300...311), 8))
@@ -1131,12 +1174,18 @@ import Testing
             run.append(await tokens(later))
             served.scheduler.stop(reason: "done")
             outputs.append(run)
+            logprobs.append(scores)
             drawn.append(gpu.drawnEmbeds)
             taken.append(try #require(served.scheduler as? Scheduler<CUDABackend>).runner.stepsTakenAhead)
         }
-        #expect(outputs[0].map(\.count) == [3, 6, 9, 14, 12, 10, 3, 8, 4])
+        #expect(outputs[0].map(\.count) == [3, 6, 9, 14, 12, 10, 3, 8, 8, 4])
         #expect(Set(outputs[0][4]).count > 4 && Set(outputs[0][5]).count > 4, "the draws vary: \(outputs[0])")
         #expect(outputs[1] == outputs[0], "pipelined streams differ")
+        // Logprobs, not only tokens, from the queued steps: close, not the same bits, since with
+        // pipelining off a prompt's chunk may share a decode step (a product of more rows, whose
+        // sums differ in their last bits).
+        let gap = zip(logprobs[0], logprobs[1]).map { abs(Float(bitPattern: $0) - Float(bitPattern: $1)) }.max() ?? .infinity
+        #expect(logprobs[0].count == 8 * 3 && logprobs[1].count == logprobs[0].count && gap < 1e-3, "pipelined logprobs differ by \(gap)")
         #expect(drawn[0] == 0 && drawn[1] > 3, "steps that took their tokens on the device: \(drawn)")
         #expect(taken[0] == 0 && taken[1] > 3, "steps taken from a step queued ahead: \(taken)")
         // None dropped: not for a prompt starting beside the streams (the queued step is taken
