@@ -337,8 +337,9 @@ public final class CUDAContext: @unchecked Sendable {
 
     /// Queues a copy of `bytes` at `address` to the host into readback place `place`, behind the work
     /// queued so far, and returns at once: `finishReadback(place:...)` waits for that copy only, not
-    /// for work queued after it (a pipelined step's next step). A place is reused by the next queue to it.
-    /// `offset`: where in the place the bytes go (a second copy to a place beside its first).
+    /// for work queued after it (a pipelined step's next step). A place is reused by the next queue to it
+    /// after its last finish; `offset`: where in the place the bytes go (a second copy to the same
+    /// place beside its first, before it is finished: its finish then waits for both).
     public func queueReadback(_ address: DevicePointer, bytes: Int, place: Int, offset: Int = 0) {
         guard let calls = readbackCalls else { preconditionFailure("readbacks need cuEventRecord and cuMemcpyDtoHAsync") }
         precondition(offset >= 0 && offset + bytes <= Self.readbackCapacity)

@@ -1014,7 +1014,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         lock.lock()
         let scored = queuedLogprobs[place]
         lock.unlock()
-        guard let scored, scored.logprobs.count == rows else { return ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) } }
+        guard let scored else { return ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) } }
+        precondition(scored.logprobs.count == rows, "place \(place) was queued with logprobs for \(scored.logprobs.count) rows, not \(rows)")
         let wanted = scored.logprobs.compactMap { $0 }
         var numbers = [Float](repeating: 0, count: wanted.count * (2 + 2 * (wanted.max() ?? 0)))
         numbers.withUnsafeMutableBytes {
@@ -1183,7 +1184,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     ) -> CUDABuffer {
         precondition((0...TokenDraw.maximumLogprobs).contains(top), "the logprob kernels report 0 to \(TokenDraw.maximumLogprobs) alternatives")
         let width = 2 + 2 * top
-        if logprobOut == nil || logprobOut!.count < rows.count * width { logprobOut = makeBuffer(count: max(256, rows.count * width)) }
+        // Room for a pipelined step's most rows at the most alternatives from the first: growing
+        // frees the old buffer, which waits for the device in the middle of a step.
+        if logprobOut == nil || logprobOut!.count < rows.count * width {
+            logprobOut = makeBuffer(count: max(BatchRunner<CUDABackend>.pipelinedRows * (2 + 2 * TokenDraw.maximumLogprobs), rows.count * width))
+        }
         let slices = Self.logitSlices(columns)
         let partWidth = 3 + 2 * TokenDraw.maximumLogprobs  // LOGPROB_PART
         if logprobParts == nil || logprobParts!.count < rows.count * slices * partWidth {

@@ -286,7 +286,7 @@ public final class BatchRunner<Backend: ComputeBackend> {
     /// Most rows a pipelined step takes (the backend's argmax buffers hold 256 without regrowing,
     /// which would wait for the device in the middle of a step; its sampling buffers grow to the
     /// rows a step draws, on the first step that draws that many).
-    static var pipelinedRows: Int { 256 }
+    public static var pipelinedRows: Int { 256 }
 
     /// Work that a pipelined step can do: one token for each of distinct slots, each drawn where the
     /// logits are (with its logprobs, if asked), without prompt scores, on a backend that pipelines

@@ -803,7 +803,8 @@ import Testing
     /// the sampling kernels, not the argmax a fresh step of it would run). Row 0 asks for 3 logprobs
     /// every step, which come back with the queued step's tokens, the same bits as one at a time; a
     /// step whose greedy row asks for logprobs too starts anew (its queued step had none), and so
-    /// does the one after it (queued with them).
+    /// does the one after it (queued with them); two rows of a queued step of three, with 3 and 5
+    /// logprobs, each get their own.
     @Test func pipelinedDrawsMatchStepsOneAtATime() throws {
         let directory = try TemporaryDirectory()
         let (model, gpu) = try Self.pipelineModel(in: directory, seed: 82)
@@ -865,6 +866,11 @@ import Testing
             for _ in 0..<3 { try step() }
             try step(penalized: 2)
             try step(logprobs: [0: 3, 1: 2])  // the greedy row with logprobs: anew, and the next too
+            // Rows 0 and 2 with 3 and 5 logprobs: anew, then taken; then rows 0 and 2 alone take their
+            // rows of a step queued for all three (each its own logprobs), and the next step anew.
+            try step(logprobs: [0: 3, 2: 5])
+            try step(logprobs: [0: 3, 2: 5])
+            try step([0, 2], logprobs: [0: 3, 2: 5])
             for _ in 0..<4 { try step() }
             try step(last: [1])
             try step([0, 2])  // the step queued for 0 and 2 alone
@@ -881,10 +887,11 @@ import Testing
         #expect(scored[0].map(\.logprob.bitPattern) == scored[1].map(\.logprob.bitPattern) && scored[0].map(\.top) == scored[1].map(\.top),
             "pipelined logprobs differ from one step at a time")
         #expect(Set(runs[0].enumerated().filter { $0.offset % 3 == 0 }.map(\.element)).count > 3, "the draws vary")
-        // 20 steps: the first, the one after the wrong guess, the penalized one, the one with the
-        // greedy row's logprobs and the one after it, and the two whose rows the step queued ahead
-        // does not fit start anew; the other 13 were queued ahead.
-        #expect(taken == [0, 13], "steps taken from the queued step: \(taken)")
+        // 23 steps: the first, the one after the wrong guess, the penalized one, the one with the
+        // greedy row's logprobs, the one after it and the one after that (other logprobs), the one
+        // after rows 0 and 2 alone, and the two whose rows the step queued ahead does not fit start
+        // anew; the other 15 were queued ahead.
+        #expect(taken == [0, 15], "steps taken from the queued step: \(taken)")
     }
 
     /// Pipelined steps of draws with penalties, from the server's own `Sampler`s: each step queued
