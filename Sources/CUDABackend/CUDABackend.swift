@@ -978,10 +978,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         context.queueReadback(out.address, bytes: rows * 4, place: place)
         // The logprobs' numbers go to the same place, after the ids.
-        let width = 2 + 2 * (logprobs.compactMap { $0 }.max() ?? 0)
         if let results {
-            context.queueReadback(
-                results.address, bytes: logprobs.compactMap { $0 }.count * width * 4, place: place, offset: rows * 4)
+            context.queueReadback(results.address, bytes: Self.logprobNumbers(logprobs) * 4, place: place, offset: rows * 4)
         }
         lock.lock()
         queuedLogprobs[place] = scored ? (logprobs, columns) : nil
@@ -993,11 +991,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// most `TokenDraw.maximumLogprobs` alternatives, whose numbers fit a readback place beside the ids.
     public func queuesDraws(_ draws: [TokenDraw], logprobs: [Int?]) -> Bool {
         let entries = draws.reduce(0) { $0 + ($1.penalties?.entries.count ?? 0) }
-        let wanted = logprobs.compactMap { $0 }
-        let width = 2 + 2 * (wanted.max() ?? 0)
         return 3 * entries <= Self.stagedPenaltyBytes / 4 / 2  // padded to at most twice the words
-            && wanted.allSatisfy { (0...TokenDraw.maximumLogprobs).contains($0) }
-            && (logprobs.count + wanted.count * width) * 4 <= CUDAContext.readbackCapacity
+            && logprobs.allSatisfy { ($0 ?? 0) >= 0 && ($0 ?? 0) <= TokenDraw.maximumLogprobs }
+            && (logprobs.count + Self.logprobNumbers(logprobs)) * 4 <= CUDAContext.readbackCapacity
     }
 
     public var pipelineStamp: Int {
@@ -1016,8 +1012,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         lock.unlock()
         guard let scored else { return ids.map { GeneratedToken(id: $0, logprob: .nan, top: []) } }
         precondition(scored.logprobs.count == rows, "place \(place) was queued with logprobs for \(scored.logprobs.count) rows, not \(rows)")
-        let wanted = scored.logprobs.compactMap { $0 }
-        var numbers = [Float](repeating: 0, count: wanted.count * (2 + 2 * (wanted.max() ?? 0)))
+        var numbers = [Float](repeating: 0, count: Self.logprobNumbers(scored.logprobs))
         numbers.withUnsafeMutableBytes {
             context.finishReadback(place: place, bytes: $0.count, offset: rows * 4, into: $0.baseAddress!)
         }
@@ -1111,7 +1106,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         defer { lock.unlock() }
         let (out, results) = launchSample(x, rows: rows, columns: columns, softcap: softcap, draws: draws, logprobs: logprobs)
         let ids = downloadTokens(out, rows: rows)
-        var numbers = [Float](repeating: 0, count: wanted.count * (2 + 2 * top))
+        var numbers = [Float](repeating: 0, count: Self.logprobNumbers(logprobs))
         numbers.withUnsafeMutableBytes { context.download(results.address, bytes: $0.count, into: $0.baseAddress!) }
         return Self.tokens(ids, logprobs: logprobs, numbers: numbers, columns: columns)
     }
@@ -1141,6 +1136,13 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let results = launchLogprobs(
             rows: addresses, columns: columns, softcap: softcap, source: wanted.map { Int32($0) }, tokens: out.address, top: top)
         return (out, results)
+    }
+
+    /// How many numbers `logprob_merge` leaves for the rows whose `logprobs` are set: 2 + 2 × the most
+    /// alternatives any asks for, a row.
+    static func logprobNumbers(_ logprobs: [Int?]) -> Int {
+        let wanted = logprobs.compactMap { $0 }
+        return wanted.count * (2 + 2 * (wanted.max() ?? 0))
     }
 
     /// Each row's token `ids[r]`, with, for the rows whose `logprobs` are set, `logprob_merge`'s numbers
@@ -1187,7 +1189,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // Room for a pipelined step's most rows at the most alternatives from the first: growing
         // frees the old buffer, which waits for the device in the middle of a step.
         if logprobOut == nil || logprobOut!.count < rows.count * width {
-            logprobOut = makeBuffer(count: max(BatchRunner<CUDABackend>.pipelinedRows * (2 + 2 * TokenDraw.maximumLogprobs), rows.count * width))
+            let most = BatchRunner<CUDABackend>.pipelinedRows * (2 + 2 * TokenDraw.maximumLogprobs)
+            logprobOut = makeBuffer(count: max(most, rows.count * width))
         }
         let slices = Self.logitSlices(columns)
         let partWidth = 3 + 2 * TokenDraw.maximumLogprobs  // LOGPROB_PART

@@ -251,7 +251,8 @@ public final class BatchRunner<Backend: ComputeBackend> {
     // MARK: pipelined decode steps
 
     /// Whether decode steps whose tokens are chosen on the device (greedy, or drawn, with or without
-    /// logprobs) are pipelined where the backend can (`ComputeBackend.pipelinesSteps`; gpu-check times both ways).
+    /// logprobs) are pipelined where the backend can (`ComputeBackend.pipelinesSteps`; gpu-check
+    /// times both ways).
     public var pipelining = true
     /// Steps whose work a step queued ahead had done (for checks that the pipeline runs, not only
     /// queues and drops).
@@ -330,9 +331,10 @@ public final class BatchRunner<Backend: ComputeBackend> {
 
     /// Queues one step for `slots` at their current positions: its inputs `tokens`, or (with `drawn`)
     /// rows drawn[i] of the last queued draws; its tokens chosen as `draws` says, with the logprobs
-    /// `logprobs` asks for, and read back to `place`. A step queued ahead (`drawn`) goes to the device whole, as one graph: the device is
-    /// busy with the step before meanwhile, so handing it over in pieces (to start sooner) only adds
-    /// their seams (1B on an H100: 1.36 ms a step whole, 1.41 ms in pieces).
+    /// `logprobs` asks for, and read back to `place`. A step queued ahead (`drawn`) goes to the
+    /// device whole, as one graph: the device is busy with the step before meanwhile, so handing it
+    /// over in pieces (to start sooner) only adds their seams (1B on an H100: 1.36 ms a step whole,
+    /// 1.41 ms in pieces).
     private func queueStep(
         _ slots: [Slot], tokens: [Int], drawn: [Int]?, draws: [TokenDraw], logprobs: [Int?], place: Int
     ) {

@@ -222,31 +222,30 @@ struct GPUCheckCommand: ParsableCommand {
     }
 
     /// One decode step's work for `slots` (inputs `tokens`), each drawn as `draw` says with the next
-    /// seed of its own generator; `ahead`: the seed after that too (`Work.nextDraw`), as the server
-    /// gives it, so that a sampled step is pipelined.
+    /// seed of its own generator, and the seed after that too (`Work.nextDraw`), as the server gives
+    /// it, so that a sampled step is pipelined.
     private static func drawn(
-        _ slots: [BatchRunner<CUDABackend>.Slot], _ tokens: [Int], _ draw: TokenDraw, seeds: inout [Xoshiro256StarStar],
-        ahead: Bool
+        _ slots: [BatchRunner<CUDABackend>.Slot], _ tokens: [Int], _ draw: TokenDraw, seeds: inout [Xoshiro256StarStar]
     ) -> [BatchRunner<CUDABackend>.Work] {
         slots.indices.map { i in
             var item = BatchRunner<CUDABackend>.Work(slot: slots[i], tokens: [tokens[i]])
             item.draw = draw
             if !draw.isArgmax {
                 item.draw!.seed = seeds[i].next()
-                if ahead {
-                    var peek = seeds[i]
-                    item.nextDraw = draw
-                    item.nextDraw!.seed = peek.next()
-                }
+                var peek = seeds[i]
+                item.nextDraw = draw
+                item.nextDraw!.seed = peek.next()
             }
             return item
         }
     }
 
-    private static func tokenID(_ output: BatchRunner<CUDABackend>.Output) -> Int {
+    private static func token(_ output: BatchRunner<CUDABackend>.Output) -> GeneratedToken {
         guard case .token(let token) = output else { preconditionFailure("a drawn token was asked for") }
-        return token.id
+        return token
     }
+
+    private static func tokenID(_ output: BatchRunner<CUDABackend>.Output) -> Int { token(output).id }
 
     private func seconds(_ body: () throws -> Void) rethrows -> Double {
         let start = DispatchTime.now().uptimeNanoseconds
@@ -361,10 +360,7 @@ struct GPUCheckCommand: ParsableCommand {
                             if !item.draw!.isPlainArgmax || logprobs != nil { item.nextDraw = samplers[i].upcomingDraw() }
                             return item
                         }
-                        let drawn = try runner.outputs(work).map { output -> GeneratedToken in
-                            guard case .token(let token) = output else { preconditionFailure("a drawn token was asked for") }
-                            return token
-                        }
+                        let drawn = try runner.outputs(work).map(Self.token)
                         last = drawn.map(\.id)
                         for i in samplers.indices { samplers[i].accept(last[i]) }
                         chosen += last
@@ -495,8 +491,7 @@ struct GPUCheckCommand: ParsableCommand {
             var seeds = (0..<batch).map { Xoshiro256StarStar(seed: 7 + UInt64($0)) }
             func sampledStep(logprobs: Int? = nil, temperature: Float = 0.8, topK: Int = 64, topP: Float = 0.95) throws {
                 var work = Self.drawn(
-                    slots, next, TokenDraw(temperature: temperature, topK: topK, topP: topP, minP: 0, seed: 0), seeds: &seeds,
-                    ahead: true)
+                    slots, next, TokenDraw(temperature: temperature, topK: topK, topP: topP, minP: 0, seed: 0), seeds: &seeds)
                 for i in work.indices { work[i].logprobs = logprobs }
                 next = try runner.outputs(work).map(Self.tokenID)
             }
