@@ -55,6 +55,8 @@ public final class CUDAContext: @unchecked Sendable {
         UnsafeMutablePointer<UnsafeMutableRawPointer?>?
     ) -> Int32
     private let launchExCall: LaunchEx?
+    /// cuOccupancyMaxActiveBlocksPerMultiprocessor: how many blocks of a kernel an SM holds at once.
+    private let occupancyCall: (@convention(c) (UnsafeMutablePointer<Int32>, OpaquePointer?, Int32, Int) -> Int32)?
     private let errorName: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     private let errorString: @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
 
@@ -115,6 +117,9 @@ public final class CUDAContext: @unchecked Sendable {
         launchExCall =
             device.architecture >= 90 && driver.supportsDependentLaunch
             ? try? lib.function("cuLaunchKernelEx", as: LaunchEx.self) : nil
+        occupancyCall = try? lib.function(
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            as: (@convention(c) (UnsafeMutablePointer<Int32>, OpaquePointer?, Int32, Int) -> Int32).self)
         errorName = try lib.function("cuGetErrorName", as: type(of: errorName))
         errorString = try lib.function("cuGetErrorString", as: type(of: errorString))
         let deviceGet = try lib.function("cuDeviceGet", as: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
@@ -142,6 +147,17 @@ public final class CUDAContext: @unchecked Sendable {
         } else {
             statistics.disabled = "turned off"
         }
+    }
+
+    /// How many blocks of `block` threads of `kernel` (no dynamic shared memory) one multiprocessor
+    /// holds at once, as the driver reckons from the kernel's registers and shared memory; nil where
+    /// the driver cannot say.
+    public func residentBlocks(of kernel: OpaquePointer, block: Int) -> Int? {
+        guard let occupancyCall else { return nil }
+        makeCurrent()
+        var count: Int32 = 0
+        guard occupancyCall(&count, kernel, Int32(block), 0) == 0 else { return nil }
+        return Int(count)
     }
 
     /// Makes the context current on the calling thread (the server's engine runs on its own thread).

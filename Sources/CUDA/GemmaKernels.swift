@@ -14,7 +14,7 @@ public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
         "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
-        "attention_combine",
+        "attention_combine", "decode_layer",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "logprob_slices", "logprob_merge",
     ]
@@ -99,9 +99,9 @@ public enum GemmaKernels {
             emu_prefetch(p);
         #endif
         }
-        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes) {
-            u64 lines = (bytes + 127) >> 7, blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
-            u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+        // Block b of `blocks` (a launch's own, or a persistent kernel's share of a phase).
+        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes, u64 b, u64 blocks) {
+            u64 lines = (bytes + 127) >> 7;
             u64 last = lines * (b + 1) / blocks;
             for (u64 l = lines * b / blocks + threadIdx.x; l < last; l += blockDim.x) prefetch_line(p + (l << 7));
         }
@@ -442,6 +442,34 @@ public enum GemmaKernels {
             }
         }
 
+        // The rows block b of a one-row-per-warp-part gemv takes (gemv_rows), asked of L2.
+        __device__ __forceinline__ void gemv_rows_prefetch(const bf16* w0, const bf16* w1, const bf16* w2, int m0, int m1,
+                                                           int m2, int k, int splits, int b) {
+            int warp = threadIdx.x >> 5;
+            const bf16* w;
+            float* out;
+            int m, r;
+            gemv_locate(b * (8 / splits) + warp / splits, w0, w1, w2, 0, 0, 0, m0, m1, m2, w, out, m, r);
+            if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
+        }
+
+        // Block b's rows of gemv_rows once x is there: 8 / splits rows, `splits` warps to a row.
+        template <int T>
+        __device__ __forceinline__ void gemv_rows_block(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
+                                                        float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
+                                                        int splits, int b) {
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            const bf16* w;
+            float* out;
+            int m, r;
+            gemv_locate(b * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
+            float acc[T];
+            for (int t = 0; t < T; t++) acc[t] = 0.0f;
+            if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
+            float s = gemv_total<T>(acc, tokens, splits);
+            if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
+        }
+
         // grid_wait, then the x a gemv reads: x itself, or (NORM) the normed row of x after `norm`, which
         // fused_residual_norm leaves in shared memory (float4: the chunks' 16-byte loads); the norm's
         // weights are loaded before the wait (no step writes them).
@@ -466,19 +494,10 @@ public enum GemmaKernels {
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
                                                   int splits, const ResidualNorm& norm) {
-            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-            const bf16* w;
-            float* out;
-            int m, r;
-            gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
             grid_release();
-            if (r < m) gemv_prefetch(w + (u64)r * k, k, splits, warp % splits);
+            gemv_rows_prefetch(w0, w1, w2, m0, m1, m2, k, splits, blockIdx.x);
             x = wait_for_x<NORM>(x, norm, k);
-            float acc[T];
-            for (int t = 0; t < T; t++) acc[t] = 0.0f;
-            if (r < m) gemv_part<T>(w + (u64)r * k, x, k, tokens, splits, warp % splits, acc);
-            float s = gemv_total<T>(acc, tokens, splits);
-            if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = s;
+            gemv_rows_block<T>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits, blockIdx.x);
         }
 
         // Two rows per warp part (a step of several tokens: each x value loaded once for both).
@@ -552,6 +571,28 @@ public enum GemmaKernels {
             return g / (1.0f + expf(-2.0f * v)) * u;
         }
 
+        // The rows of group g (8 / splits rows, `splits` warps to a row) of gate and up, asked of L2.
+        __device__ __forceinline__ void gemv_gelu_prefetch(const bf16* gate, const bf16* up, int m, int k, int splits, int g) {
+            int warp = threadIdx.x >> 5, r = g * (8 / splits) + warp / splits;
+            if (r < m) {
+                gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
+                gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
+            }
+        }
+
+        // Group g's rows of out = gelu_tanh(gate . x) * (up . x), once x is there.
+        template <int T>
+        __device__ __forceinline__ void gemv_gelu_group(const bf16* gate, const bf16* up, const float* x, float* out, int m,
+                                                        int k, int tokens, int splits, int g) {
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = g * (8 / splits) + warp / splits;
+            float gv[T], uv[T];
+            for (int t = 0; t < T; t++) { gv[t] = 0.0f; uv[t] = 0.0f; }
+            if (r < m) gemv_part2<T>(gate + (u64)r * k, up + (u64)r * k, x, k, tokens, splits, warp % splits, gv, uv);
+            float gs = gemv_total<T>(gv, tokens, splits);
+            float us = gemv_total<T>(uv, tokens, splits);
+            if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = gelu_tanh_times(gs, us);
+        }
+
         // GROUPS: how many groups of 8 / splits rows a block takes, one after another (the rows of
         // group j are those a block of the one-group grid numbered blockIdx.x * GROUPS + j takes), so
         // that each row's sums are the same whatever GROUPS is. Every group's rows are asked of L2
@@ -559,25 +600,11 @@ public enum GemmaKernels {
         template <int T, bool NORM, int GROUPS>
         __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
                                                        int k, int tokens, int splits, const ResidualNorm& norm) {
-            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             grid_release();
-            for (int j = 0; j < GROUPS; j++) {
-                int r = (blockIdx.x * GROUPS + j) * (8 / splits) + warp / splits;
-                if (r < m && tokens == 1) {  // one token only, as in gemv_pairs
-                    gemv_prefetch(gate + (u64)r * k, k, splits, warp % splits);
-                    gemv_prefetch(up + (u64)r * k, k, splits, warp % splits);
-                }
-            }
+            if (tokens == 1)  // one token only, as in gemv_pairs
+                for (int j = 0; j < GROUPS; j++) gemv_gelu_prefetch(gate, up, m, k, splits, blockIdx.x * GROUPS + j);
             x = wait_for_x<NORM>(x, norm, k);
-            for (int j = 0; j < GROUPS; j++) {
-                int r = (blockIdx.x * GROUPS + j) * (8 / splits) + warp / splits;
-                float g[T], u[T];
-                for (int t = 0; t < T; t++) { g[t] = 0.0f; u[t] = 0.0f; }
-                if (r < m) gemv_part2<T>(gate + (u64)r * k, up + (u64)r * k, x, k, tokens, splits, warp % splits, g, u);
-                float gs = gemv_total<T>(g, tokens, splits);
-                float us = gemv_total<T>(u, tokens, splits);
-                if (warp % splits == 0 && r < m && lane < tokens) out[(u64)lane * m + r] = gelu_tanh_times(gs, us);
-            }
+            for (int j = 0; j < GROUPS; j++) gemv_gelu_group<T>(gate, up, x, out, m, k, tokens, splits, blockIdx.x * GROUPS + j);
         }
 
         // The MLP's first half in one pass: out[t, r] = gelu_tanh(gate[r, :] . x[t, :]) * (up[r, :] . x[t, :]),
@@ -974,10 +1001,10 @@ public enum GemmaKernels {
 
         // Each row's new key and value into its sequence's ring, at position % capacity. Grid: rows.
         template <typename T>
-        __device__ void store_row(const float* k, const float* v, const SegmentRow& r, int width) {
+        __device__ void store_row(const float* k, const float* v, const SegmentRow& r, int width, int row) {
             T* kc = (T*)r.keys;
             T* vc = (T*)r.values;
-            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)blockIdx.x * width;
+            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)row * width;
             for (int i = threadIdx.x; i < width; i += blockDim.x) {
                 kv_put(kc + to + i, k[from + i]);
                 kv_put(vc + to + i, v[from + i]);
@@ -988,11 +1015,11 @@ public enum GemmaKernels {
         // the row's table row `angles`): one warp a kv head.
         template <typename T>
         __device__ void store_row_normed(const float* k, const float* v, const SegmentRow& r, int kvHeads, int dim,
-                                         const float* kw, const float* angles, float eps) {
+                                         const float* kw, const float* angles, float eps, int row) {
             T* kc = (T*)r.keys;
             T* vc = (T*)r.values;
             int width = kvHeads * dim, d0 = 8 * (threadIdx.x & 31);
-            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)blockIdx.x * width;
+            u64 to = (u64)(r.position % r.capacity) * width, from = (u64)row * width;
             for (int kh = threadIdx.x >> 5; kh < kvHeads; kh += blockDim.x >> 5) {
                 float x[8];
                 if (d0 < dim) kv_load8(k + from + (u64)kh * dim + d0, x);
@@ -1010,8 +1037,40 @@ public enum GemmaKernels {
             grid_release();
             grid_wait();
             SegmentRow r = rows[blockIdx.x];
-            if (half) store_row<bf16>(k, v, r, width);
-            else store_row<float>(k, v, r, width);
+            if (half) store_row<bf16>(k, v, r, width, blockIdx.x);
+            else store_row<float>(k, v, r, width, blockIdx.x);
+        }
+
+        // Block (row, h, z) of attention_rows, once the step's writes are there.
+        __device__ void attention_block(const float* q, const SegmentRow* rows, float* out, float* partials, int heads,
+                                        int kvHeads, int dim, float scale, int splits, int share, int half, const float* k,
+                                        const float* v, int store, const float* qw, const float* kw, const float* table,
+                                        float eps, int row, int h, int z) {
+            SegmentRow r = rows[row];
+            int kvh = h / (heads / kvHeads), width = kvHeads * dim;
+            u64 at = ((u64)row * heads + h) * dim;
+            int lo = oldest_key(r.position, r.window), hi = r.position;
+            float* partial = 0;
+            if (splits > 1) {
+                lo += z * share;
+                if (lo + share - 1 < hi) hi = lo + share - 1;
+                partial = partials + (((u64)row * heads + h) * splits + z) * (dim + 2);
+            }
+            const float* kfresh = store ? k + (u64)row * width + (u64)kvh * dim : 0;
+            const float* vfresh = store ? v + (u64)row * width + (u64)kvh * dim : 0;
+            const float* angles = qw ? table + (u64)row * dim : 0;
+            if (store && h == 0 && z == 0) {
+                if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps, row);
+                else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps, row);
+                else if (half) store_row<bf16>(k, v, r, width, row);
+                else store_row<float>(k, v, r, width, row);
+            }
+            if (half)
+                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
+            else
+                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
+                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
         }
 
         // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
@@ -1034,46 +1093,25 @@ public enum GemmaKernels {
                                                   const char* ahead2, u64 bytes2, const float* qw, const float* kw,
                                                   const float* table, float eps) {
             grid_release();
-            prefetch_ahead(ahead0, bytes0);
-            prefetch_ahead(ahead1, bytes1);
-            prefetch_ahead(ahead2, bytes2);
+            u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+            u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
+            prefetch_ahead(ahead0, bytes0, b, blocks);
+            prefetch_ahead(ahead1, bytes1, b, blocks);
+            prefetch_ahead(ahead2, bytes2, b, blocks);
             grid_wait();
-            SegmentRow r = rows[blockIdx.x];
-            int h = blockIdx.y, z = blockIdx.z, kvh = h / (heads / kvHeads), width = kvHeads * dim;
-            u64 at = ((u64)blockIdx.x * heads + h) * dim;
-            int lo = oldest_key(r.position, r.window), hi = r.position;
-            float* partial = 0;
-            if (splits > 1) {
-                lo += z * share;
-                if (lo + share - 1 < hi) hi = lo + share - 1;
-                partial = partials + (((u64)blockIdx.x * heads + h) * splits + z) * (dim + 2);
-            }
-            const float* kfresh = store ? k + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
-            const float* vfresh = store ? v + (u64)blockIdx.x * width + (u64)kvh * dim : 0;
-            const float* angles = qw ? table + (u64)blockIdx.x * dim : 0;
-            if (store && h == 0 && z == 0) {
-                if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps);
-                else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps);
-                else if (half) store_row<bf16>(k, v, r, width);
-                else store_row<float>(k, v, r, width);
-            }
-            if (half)
-                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
-            else
-                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
+            attention_block(q, rows, out, partials, heads, kvHeads, dim, scale, splits, share, half, k, v, store, qw, kw, table,
+                            eps, blockIdx.x, blockIdx.y, blockIdx.z);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
         // Every share's numbers are loaded at once, then added in share order (a decode step's merge is
         // a wait on loads). splits <= ATT_MAX_SPLITS, dim <= blockDim.x. Grid: (rows, heads); block: 256.
         #define ATT_MAX_SPLITS 32
-        extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
-            grid_release();
-            grid_wait();
-            const float* p = partials + ((u64)blockIdx.x * heads + blockIdx.y) * splits * (dim + 2);
-            float* o = out + ((u64)blockIdx.x * heads + blockIdx.y) * dim;
+        // Head h of row `row` of attention_combine.
+        __device__ __forceinline__ void combine_head(const float* partials, float* out, int heads, int dim, int splits, int row,
+                                                     int h) {
+            const float* p = partials + ((u64)row * heads + h) * splits * (dim + 2);
+            float* o = out + ((u64)row * heads + h) * dim;
             int i = threadIdx.x;
             float mz[ATT_MAX_SPLITS], lz[ATT_MAX_SPLITS], vz[ATT_MAX_SPLITS];
             for (int z = 0; z < ATT_MAX_SPLITS; z++) {
@@ -1093,6 +1131,126 @@ public enum GemmaKernels {
                 }
             }
             if (i < dim) o[i] = total_l > 0.0f ? v / total_l : 0.0f;
+        }
+
+        extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
+            grid_release();
+            grid_wait();
+            combine_head(partials, out, heads, dim, splits, blockIdx.x, blockIdx.y);
+        }
+
+        // A barrier for every thread of a grid whose blocks are all resident at once (a persistent
+        // kernel: the backend sizes its grid from the occupancy the driver reports). bar[0] counts the
+        // blocks arrived; the last to arrive zeroes it (ready for the next barrier and the next launch)
+        // and then bumps the generation bar[1], which the others wait on. Each block reads the
+        // generation before it arrives, so it waits for this barrier's bump, not an earlier one. The
+        // fences make every block's writes before the barrier visible to every block after it. Shared
+        // memory does not carry across it (the CUDA emulator runs other blocks in between).
+        __device__ __forceinline__ u32 load_acquire(const u32* p) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+            u32 v;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+            return v;
+        #else
+            return *(volatile const u32*)p;
+        #endif
+        }
+        __device__ __forceinline__ void grid_spin() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+            asm volatile("nanosleep.u32 32;");
+        #elif defined(CUDA_EMULATOR)
+            emu_spin();
+        #endif
+        }
+        __device__ void grid_barrier(u32* bar) {
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                u32 generation = load_acquire(bar + 1);
+                __threadfence();
+                if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+                    atomicExch(bar, 0u);
+                    __threadfence();
+                    atomicAdd(bar + 1, 1u);
+                } else {
+                    while (load_acquire(bar + 1) == generation) grid_spin();
+                }
+                __threadfence();
+            }
+            __syncthreads();
+        }
+
+        // A decode step's layer for one sequence (one token) in one launch of a persistent grid, its
+        // phases behind grid barriers instead of launches, so the step has no seams between them (on
+        // an H100 a 1B step's launches summed 1.10-1.16 ms alone and 1.41-1.44 ms in the graph):
+        //   1. q, k, v: gemv_norm_bf16 (gemv_bf16's when nw is null: x is normed already);
+        //   2. attention: attention_rows storing the key and value, with the head norms inside;
+        //   3. merging its shares: attention_combine (none when asplits is 1);
+        //   4. the output projection: gemv_bf16;
+        //   5. (whole) the post-attention norm with gate, up and GELU: gemv_gelu_norm_bf16;
+        //   6. (whole) down: gemv_bf16.
+        // A phase's blocks are those of the launch it replaces, numbered alike and taken in turn by the
+        // grid's blocks, so every number is the same bits as theirs. Before each barrier a block asks
+        // L2 for the weight rows it takes after it; it lets the next launch start (grid_release) in
+        // its last phase. The fused norms count the grid's blocks on `ticket`, once each.
+        // Grid: up to every block the GPU holds at once (no more); block: 256.
+        extern "C" __global__ void __launch_bounds__(256, 2) decode_layer(
+            int whole, u32* barrier,
+            const bf16* wq, const bf16* wk, const bf16* wv, float* q, float* k, float* v, int mq, int mk, int mv,
+            const float* x, int hidden, int splits1, const float* nw, const float* nnext, float* residual, float* normed,
+            float eps1, u32* ticket,
+            const SegmentRow* rows, float* att, float* partials, int heads, int kvHeads, int dim, float scale, int asplits,
+            int share, int half, const float* qw, const float* kw, const float* table, float eps2,
+            const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1, const char* ahead2, u64 bytes2,
+            const bf16* wo, float* o, int mo, int ko, int splits4,
+            const bf16* gate, const bf16* up, float* g, int mg, int splits5, const float* pw, const float* pnext, float eps3,
+            const bf16* wd, float* d, int md, int splits6) {
+            __shared__ float4 xs[NORM_FUSED_MAX / 4];
+            int b = blockIdx.x, blocks = gridDim.x;
+            float wn[NORM_PER_THREAD], nn[NORM_PER_THREAD];
+            int n1 = ((mq + mk + mv) * splits1 + 7) / 8;
+            for (int i = b; i < n1; i += blocks) gemv_rows_prefetch(wq, wk, wv, mq, mk, mv, hidden, splits1, i);
+            if (nw) norm_weights(nw, nnext, hidden, wn, nn);
+            grid_wait();
+            const float* x1 = x;
+            if (nw) {
+                fused_residual_norm(x, ResidualNorm{nw, nnext, residual, normed, eps1, ticket}, wn, nn, hidden, (float*)xs);
+                x1 = (const float*)xs;
+            }
+            for (int i = b; i < n1; i += blocks) gemv_rows_block<1>(wq, wk, wv, q, k, v, mq, mk, mv, x1, hidden, 1, splits1, i);
+            grid_barrier(barrier);
+
+            prefetch_ahead(ahead0, bytes0, b, blocks);
+            prefetch_ahead(ahead1, bytes1, b, blocks);
+            prefetch_ahead(ahead2, bytes2, b, blocks);
+            for (int i = b; i < heads * asplits; i += blocks) {
+                attention_block(q, rows, att, partials, heads, kvHeads, dim, scale, asplits, share, half, k, v, 1, qw, kw,
+                                table, eps2, 0, i % heads, i / heads);
+                __syncthreads();  // attend's shared memory, for the next share
+            }
+            int n4 = (mo * splits4 + 7) / 8;
+            for (int i = b; i < n4; i += blocks) gemv_rows_prefetch(wo, 0, 0, mo, 0, 0, ko, splits4, i);
+            grid_barrier(barrier);
+            if (asplits > 1) {
+                for (int i = b; i < heads; i += blocks) combine_head(partials, att, heads, dim, asplits, 0, i);
+                grid_barrier(barrier);
+            }
+
+            if (!whole) grid_release();
+            for (int i = b; i < n4; i += blocks) gemv_rows_block<1>(wo, 0, 0, o, 0, 0, mo, 0, 0, att, ko, 1, splits4, i);
+            if (!whole) return;
+
+            int n5 = (mg * splits5 + 7) / 8;
+            for (int i = b; i < n5; i += blocks) gemv_gelu_prefetch(gate, up, mg, hidden, splits5, i);
+            norm_weights(pw, pnext, hidden, wn, nn);
+            grid_barrier(barrier);
+            fused_residual_norm(o, ResidualNorm{pw, pnext, residual, normed, eps3, ticket}, wn, nn, hidden, (float*)xs);
+            for (int i = b; i < n5; i += blocks) gemv_gelu_group<1>(gate, up, (const float*)xs, g, mg, hidden, 1, splits5, i);
+            int n6 = (md * splits6 + 7) / 8;
+            for (int i = b; i < n6; i += blocks) gemv_rows_prefetch(wd, 0, 0, md, 0, 0, mg, splits6, i);
+            grid_barrier(barrier);
+
+            grid_release();
+            for (int i = b; i < n6; i += blocks) gemv_rows_block<1>(wd, 0, 0, d, 0, 0, md, 0, 0, g, mg, 1, splits6, i);
         }
 
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has

@@ -160,6 +160,39 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
     }
     private var attentionShares = 16
+    /// Whether a one-sequence decode step runs each layer (`whole`) or its first half through the
+    /// output projection (`attention`) as one launch of a persistent grid (`decode_layer`, its
+    /// phases behind grid barriers: the same bits as the launches it replaces), or not (`off`).
+    /// Off by default: not yet timed on a GPU (gpu-check's sweep times all three);
+    /// `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
+    public var persistentLayers: PersistentLayers {
+        get { lock.lock(); defer { lock.unlock() }; return persistentMode }
+        set { lock.lock(); persistentMode = persistentProblem == nil ? newValue : .off; lock.unlock() }
+    }
+    public enum PersistentLayers: String, CaseIterable, Sendable { case off, attention, whole }
+    private var persistentMode = PersistentLayers.off
+    /// Why `decode_layer` cannot run (nil: it can): the driver cannot say how many of its blocks an
+    /// SM holds, or none fit.
+    public private(set) var persistentProblem: String?
+    /// Blocks of `decode_layer` per multiprocessor (2; at most as many as one holds, which the driver
+    /// says at start; gpu-check's sweep times others).
+    public var persistentBlocksPerMultiprocessor: Int {
+        get { lock.lock(); defer { lock.unlock() }; return persistentPerSM }
+        set { lock.lock(); persistentPerSM = min(max(1, newValue), persistentResident); lock.unlock() }
+    }
+    private var persistentPerSM = 2
+    /// How many blocks of `decode_layer` one multiprocessor holds at once, as the driver says (0: unknown).
+    public var persistentResidentBlocks: Int { persistentResident }
+    private var persistentResident = 0
+    /// How many `decode_layer` launches ran (for checks that the persistent path ran).
+    public var persistentLaunches: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return persistentLayerLaunches
+    }
+    private var persistentLayerLaunches = 0
+    /// decode_layer's grid barrier: its count of blocks arrived and its generation (zero between barriers).
+    private let gridBarrier: CUDABuffer
     /// Whether decode steps may be pipelined (`pipelinesSteps`); `INFERENCE_PIPELINE=off`.
     private var pipelineAllowed = true
     /// How many attention launches applied the q/k norms and RoPE themselves (for checks that the fused path ran).
@@ -212,6 +245,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             compiler: nvrtc)
         functions = try context.loadKernels(kernels.cubin, names: GemmaKernels.names)
         normTicket = try CUDABuffer(context: context, count: 1)
+        gridBarrier = try CUDABuffer(context: context, count: 2)
         // Every kernel of the module waits for the one before it (grid_wait) before touching a step's data.
         context.allowDependentLaunch(of: Array(functions.values), enabled: env["INFERENCE_DEPENDENT_LAUNCH"] != "off")
         if !useCUBLAS || env["INFERENCE_CUBLAS"] == "off" {
@@ -240,6 +274,18 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
         pipelineAllowed = env["INFERENCE_PIPELINE"] != "off"
+        if let resident = functions["decode_layer"].flatMap({ context.residentBlocks(of: $0, block: 256) }), resident > 0 {
+            persistentResident = resident
+            persistentPerSM = min(persistentPerSM, resident)
+        } else {
+            persistentProblem = "the driver does not say how many blocks of decode_layer a multiprocessor holds"
+        }
+        if let setting = env["INFERENCE_PERSISTENT_LAYERS"] {
+            guard let mode = PersistentLayers(rawValue: setting) else {
+                throw CUDAError.invalidSetting("INFERENCE_PERSISTENT_LAYERS is \(setting); use off, attention or whole")
+            }
+            persistentMode = persistentProblem == nil ? mode : .off
+        }
         if let setting = env["INFERENCE_PREFETCH_AHEAD"] {
             guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
                 throw CUDAError.invalidSetting(
@@ -750,30 +796,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             headDimension % 32 == 0 && headDimension <= GemmaKernels.attentionMaximumDimension,
             "the CUDA attention kernel takes head dimensions that are multiples of 32 up to 256")
         let width = kvHeads * headDimension
-        let half = segments.first.map { $0.keys.elementBytes == 2 } ?? false
-        precondition(
-            segments.allSatisfy { ($0.keys.elementBytes == 2) == half && $0.values.elementBytes == $0.keys.elementBytes },
-            "every cache of a step holds the same type")
-        var table: [UInt64] = []
-        var rows = 0
-        var mostKeys = 0
-        for segment in segments {
-            let oldestNeeded = segment.window.map { max(0, segment.firstPosition - $0 + 1) } ?? 0
-            precondition(
-                segment.firstPosition + segment.rows - 1 - oldestNeeded < segment.capacity,
-                "the KV cache is too small for this batch")
-            precondition(segment.firstRow == rows, "segments must cover the rows in order")
-            precondition(segment.capacity * width <= min(segment.keys.count, segment.values.count))
-            let lastPosition = segment.firstPosition + segment.rows - 1
-            mostKeys = max(mostKeys, lastPosition + 1 - (segment.window.map { max(0, lastPosition - $0 + 1) } ?? 0))
-            for r in 0..<segment.rows {
-                table.append(segment.keys.address)
-                table.append(segment.values.address)
-                table.append(UInt64(UInt32(segment.firstPosition + r)) | UInt64(UInt32(segment.capacity)) << 32)
-                table.append(UInt64(UInt32(segment.window ?? 0)))
-            }
-            rows += segment.rows
-        }
+        let (table, rows, mostKeys, half) = Self.segmentRows(segments, width: width)
         guard rows > 0 else { return true }
         precondition(rows * width <= min(keys.count, values.count) && rows * heads * headDimension <= min(queries.count, out.count))
         let rowsTable = table.withUnsafeBytes { context.stage($0) }
@@ -801,26 +824,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 kernel("kv_store_rows"), grid: (rows, 1, 1), block: 256,
                 [.pointer(keys.address), .pointer(values.address), .pointer(rowsTable), .int(width), .int(half ? 1 : 0)])
         }
-        // The keys are cut into shares, one block each, then merged. A decode step (a few rows) takes
-        // 16 shares of 32 keys (or of the next multiple of 32 that covers the longest row), so that
-        // even one sequence spreads over many SMs: a block of 256 keys took 45 µs on an H200, nearly
-        // all of it waiting on loads; shares past a row's keys are empty. A fixed count and a round
-        // share keep the launch (and so the step's CUDA graph) the same for 512 keys at a time. A
-        // prefill takes shares of about 256 keys, up to 32.
+        // The keys are cut into shares (`attentionShares`), one block each, then merged.
         let decode = rows <= GemmaKernels.gemvMaximumTokens
-        let most = decode ? decodeShares : 32
-        let share = decode ? 32 * max(1, (mostKeys + 32 * most - 1) / (32 * most)) : max(256, (mostKeys + most - 1) / most)
-        let splits = decode ? (mostKeys > 32 ? most : 1) : max(1, (mostKeys + share - 1) / share)
-        var partials: CUDAContext.DevicePointer = 0
-        if splits > 1 {
-            // A decode step makes room for the most shares at once: the scratch is not regrown (a wait
-            // in the middle of a step) as its contexts grow.
-            let count = rows * heads * (decode ? most : splits) * (headDimension + 2)
-            lock.lock()
-            if partialScratch == nil || partialScratch!.count < count { partialScratch = makeBuffer(count: count) }
-            partials = partialScratch!.address
-            lock.unlock()
-        }
+        let (splits, share, most) = attentionShares(mostKeys: mostKeys, decode: decode)
+        let partials = splits > 1 ? attentionPartials(rows * heads * (decode ? most : splits) * (headDimension + 2)) : 0
         context.launch(
             kernel("attention_rows"), grid: (rows, heads, splits), block: 256,
             [
@@ -843,6 +850,136 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 [.pointer(partials), .pointer(out.address), .int(heads), .int(headDimension), .int(splits)])
         }
         return true
+    }
+
+    /// A one-token step's layer, or its first half, as one `decode_layer` launch where
+    /// `persistentLayers` asks for it and the layer has the shapes of the launches it replaces (bf16
+    /// weights, the residual norms and head norms fused as those launches fuse them); else `.none`.
+    public func decodeLayer(_ layer: DecodeLayer<CUDABuffer, CUDAMatrix>) -> DecodeLayerReach {
+        lock.lock()
+        let mode = persistentMode, perSM = persistentPerSM
+        lock.unlock()
+        guard mode != .off else { return .none }
+        let whole = mode == .whole
+        let hidden = layer.query.columns, dim = layer.headDimension, heads = layer.heads, kvHeads = layer.kvHeads
+        let qkv = [layer.query, layer.key, layer.value], post = layer.postAttention
+        let width = layer.gate.rows, queryWidth = heads * dim
+        guard layer.segment.rows == 1, layer.segment.firstRow == 0, hidden % 8 == 0, fusedHeadNorms,
+            (qkv + [layer.output, layer.gate, layer.up, layer.down]).allSatisfy({ $0.storage == .bf16 }),
+            qkv.allSatisfy({ $0.columns == hidden }), heads % kvHeads == 0, dim % 32 == 0,
+            dim <= GemmaKernels.attentionMaximumDimension, layer.query.rows == queryWidth,
+            layer.key.rows == kvHeads * dim, layer.value.rows == kvHeads * dim,
+            layer.output.rows == hidden, layer.output.columns == queryWidth,
+            layer.gate.columns == hidden, layer.up.rows == width, layer.up.columns == hidden,
+            layer.down.rows == hidden, layer.down.columns == width, width % 8 == 0,
+            layer.queries.count >= queryWidth, layer.attention.count >= queryWidth,
+            min(layer.keys.count, layer.values.count) >= kvHeads * dim, layer.normed.count >= hidden,
+            layer.gated.count >= width
+        else { return .none }
+        // The post-attention norm goes inside as gemv_gelu_norm_bf16 takes it; the input norm too, on
+        // the same residual and normed buffers (the model's).
+        guard let postNorm = fusedArguments(post), post.dimension == hidden, post.x === layer.normed else { return .none }
+        var inputNorm: [CUDAContext.Argument] = [.pointer(0), .pointer(0)]
+        if let input = layer.input {
+            guard fusedArguments(input) != nil, input.dimension == hidden, input.accumulator === post.accumulator,
+                input.normed === post.normed
+            else { return .none }
+            inputNorm = [.pointer(input.weight.address), .pointer(input.next.address)]
+        }
+        Self.checkHeadNorms(layer.norms.queryNorm, layer.norms.keyNorm, layer.norms.table, rows: 1, headDimension: dim)
+        let grid = context.device.multiprocessors * perSM
+
+        let (table, _, mostKeys, half) = Self.segmentRows([layer.segment], width: kvHeads * dim)
+        let rowsTable = table.withUnsafeBytes { context.stage($0) }
+        let (splits, share, most) = attentionShares(mostKeys: mostKeys, decode: true)
+        precondition(splits <= 32, "attention_combine merges at most 32 shares")
+        let partials = splits > 1 ? attentionPartials(heads * most * (dim + 2)) : 0
+        let total = qkv.reduce(0) { $0 + $1.rows }
+        var arguments: [CUDAContext.Argument] = [.int(whole ? 1 : 0), .pointer(gridBarrier.address)]
+        arguments += qkv.map { .pointer($0.address) }
+        arguments += [layer.queries, layer.keys, layer.values].map { .pointer($0.address) }
+        arguments += qkv.map { .int($0.rows) }
+        arguments += [
+            .pointer(layer.input?.x.address ?? layer.normed.address), .int(hidden),
+            .int(GemmaKernels.gemvSplits(rows: total, columns: hidden)),
+        ]
+        // w, next, then the residual, normed row, epsilon and ticket that both norms share.
+        arguments += inputNorm + Array(postNorm[2...3]) + [.float(layer.input?.epsilon ?? post.epsilon), postNorm[5]]
+        arguments += [
+            .pointer(rowsTable), .pointer(layer.attention.address), .pointer(partials), .int(heads), .int(kvHeads), .int(dim),
+            .float(layer.scale), .int(splits), .int(share), .int(half ? 1 : 0), .pointer(layer.norms.queryNorm.address),
+            .pointer(layer.norms.keyNorm.address), .pointer(layer.norms.table.address), .float(layer.norms.epsilon),
+        ]
+        arguments += prefetchRanges([layer.output, layer.gate, layer.up], rows: 1, blocks: grid)
+        arguments += [
+            .pointer(layer.output.address), .pointer(layer.normed.address), .int(hidden), .int(queryWidth),
+            .int(GemmaKernels.gemvSplits(rows: hidden, columns: queryWidth)),
+            .pointer(layer.gate.address), .pointer(layer.up.address), .pointer(layer.gated.address), .int(width),
+            .int(GemmaKernels.gemvSplits(rows: width, columns: hidden)), postNorm[0], postNorm[1], .float(post.epsilon),
+            .pointer(layer.down.address), .pointer(layer.normed.address), .int(hidden),
+            .int(GemmaKernels.gemvSplits(rows: hidden, columns: width)),
+        ]
+        context.launch(kernel("decode_layer"), grid: (grid, 1, 1), block: 256, arguments)
+        lock.lock()
+        persistentLayerLaunches += 1
+        headNormsInside += 1
+        fusedLaunches += (layer.input != nil ? 1 : 0) + (whole ? 1 : 0)
+        lock.unlock()
+        return whole ? .whole : .attention
+    }
+
+    /// attentionBatch's table of rows (`SegmentRow` in the kernels: each row's cache ring, position,
+    /// capacity and window), its row count, the most keys a row reads, and whether the caches hold bf16.
+    static func segmentRows(
+        _ segments: [AttentionSegment<CUDABuffer>], width: Int
+    ) -> (table: [UInt64], rows: Int, mostKeys: Int, half: Bool) {
+        let half = segments.first.map { $0.keys.elementBytes == 2 } ?? false
+        precondition(
+            segments.allSatisfy { ($0.keys.elementBytes == 2) == half && $0.values.elementBytes == $0.keys.elementBytes },
+            "every cache of a step holds the same type")
+        var table: [UInt64] = []
+        var rows = 0
+        var mostKeys = 0
+        for segment in segments {
+            let oldestNeeded = segment.window.map { max(0, segment.firstPosition - $0 + 1) } ?? 0
+            precondition(
+                segment.firstPosition + segment.rows - 1 - oldestNeeded < segment.capacity,
+                "the KV cache is too small for this batch")
+            precondition(segment.firstRow == rows, "segments must cover the rows in order")
+            precondition(segment.capacity * width <= min(segment.keys.count, segment.values.count))
+            let lastPosition = segment.firstPosition + segment.rows - 1
+            mostKeys = max(mostKeys, lastPosition + 1 - (segment.window.map { max(0, lastPosition - $0 + 1) } ?? 0))
+            for r in 0..<segment.rows {
+                table.append(segment.keys.address)
+                table.append(segment.values.address)
+                table.append(UInt64(UInt32(segment.firstPosition + r)) | UInt64(UInt32(segment.capacity)) << 32)
+                table.append(UInt64(UInt32(segment.window ?? 0)))
+            }
+            rows += segment.rows
+        }
+        return (table, rows, mostKeys, half)
+    }
+
+    /// How attention cuts each row's keys: into `splits` shares of `share` keys (at most `most`).
+    /// A decode step (a few rows) takes `decodeShares` shares of 32 keys (or of the next multiple of
+    /// 32 that covers the longest row), so that even one sequence spreads over many SMs: a block of
+    /// 256 keys took 45 µs on an H200, nearly all of it waiting on loads; shares past a row's keys are
+    /// empty. A fixed count and a round share keep the launch (and so the step's CUDA graph) the
+    /// same for 512 keys at a time. A prefill takes shares of about 256 keys, up to 32.
+    private func attentionShares(mostKeys: Int, decode: Bool) -> (splits: Int, share: Int, most: Int) {
+        let most = decode ? decodeShares : 32
+        let share = decode ? 32 * max(1, (mostKeys + 32 * most - 1) / (32 * most)) : max(256, (mostKeys + most - 1) / most)
+        let splits = decode ? (mostKeys > 32 ? most : 1) : max(1, (mostKeys + share - 1) / share)
+        return (splits, share, most)
+    }
+
+    /// Room for `count` floats of attention shares. A decode step asks for the most shares at once,
+    /// so the scratch is not regrown (a wait in the middle of a step) as its contexts grow.
+    private func attentionPartials(_ count: Int) -> CUDAContext.DevicePointer {
+        lock.lock()
+        defer { lock.unlock() }
+        if partialScratch == nil || partialScratch!.count < count { partialScratch = makeBuffer(count: count) }
+        return partialScratch!.address
     }
 
     /// attention_rows' three (address, bytes) ranges to ask L2 for (`CUDABackend.prefetchShares`); none

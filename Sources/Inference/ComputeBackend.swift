@@ -95,6 +95,11 @@ public protocol ComputeBackend: Sendable {
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool
+    /// A decode step's layer for one sequence (one token), or its first half, as the calls
+    /// `Gemma3Model` would make one by one (`layer` holds their arguments), in fewer launches where
+    /// the backend can (a GPU: one persistent launch). Returns how far it went; `.none`: nothing
+    /// done, and the model makes the calls.
+    func decodeLayer(_ layer: DecodeLayer<Buffer, Matrix>) -> DecodeLayerReach
     /// The index of each row's largest value, the lowest on ties (greedy decoding). A GPU backend
     /// computes it where the logits are and returns only the indices.  x: (rows, columns)
     func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int]
@@ -201,6 +206,78 @@ public struct ResidualNorm<Buffer, Matrix> {
     }
 }
 
+/// How much of a layer `decodeLayer` did.
+public enum DecodeLayerReach: Sendable, Equatable {
+    /// Nothing: the model makes the calls.
+    case none
+    /// q, k, v, attention and the output projection (into `DecodeLayer.normed`).
+    case attention
+    /// The whole layer, through the down projection (into `DecodeLayer.normed`), with the
+    /// post-attention norm's residual add; the post-feedforward norm is left to the next layer.
+    case whole
+}
+
+/// A one-token decode layer's arguments for `ComputeBackend.decodeLayer`, as `Gemma3Model.forward`
+/// hands them to the calls it replaces.
+public struct DecodeLayer<Buffer, Matrix> {
+    /// The residual norm before q, k and v (`matmul(after:)`); nil: `normed` holds the normed row.
+    public var input: ResidualNorm<Buffer, Matrix>?
+    /// The normed row q, k and v read, where the output and down projections then write theirs.
+    public var normed: Buffer
+    public var query: Matrix
+    public var key: Matrix
+    public var value: Matrix
+    /// Where q, k and v go (then `attentionBatch` of `segment`).
+    public var queries: Buffer
+    public var keys: Buffer
+    public var values: Buffer
+    public var segment: AttentionSegment<Buffer>
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDimension: Int
+    public var scale: Float
+    public var norms: HeadNorms<Buffer, Matrix>
+    /// Attention's output, which the output projection reads.
+    public var attention: Buffer
+    public var output: Matrix
+    /// The post-attention norm (its x is `normed`), handed to `gatedMatmul(after:)`.
+    public var postAttention: ResidualNorm<Buffer, Matrix>
+    public var gate: Matrix
+    public var up: Matrix
+    /// Where gate, up and GELU go, which down reads.
+    public var gated: Buffer
+    public var down: Matrix
+
+    public init(
+        input: ResidualNorm<Buffer, Matrix>?, normed: Buffer, query: Matrix, key: Matrix, value: Matrix, queries: Buffer,
+        keys: Buffer, values: Buffer, segment: AttentionSegment<Buffer>, heads: Int, kvHeads: Int, headDimension: Int,
+        scale: Float, norms: HeadNorms<Buffer, Matrix>, attention: Buffer, output: Matrix,
+        postAttention: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, gated: Buffer, down: Matrix
+    ) {
+        self.input = input
+        self.normed = normed
+        self.query = query
+        self.key = key
+        self.value = value
+        self.queries = queries
+        self.keys = keys
+        self.values = values
+        self.segment = segment
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDimension = headDimension
+        self.scale = scale
+        self.norms = norms
+        self.attention = attention
+        self.output = output
+        self.postAttention = postAttention
+        self.gate = gate
+        self.up = up
+        self.gated = gated
+        self.down = down
+    }
+}
+
 /// One sequence's share of a batched step for `attentionBatch`: its layer's cache ring and where its
 /// rows sit (`rows` rows from `firstRow`, at positions firstPosition...).
 public struct AttentionSegment<Buffer> {
@@ -297,6 +374,8 @@ extension ComputeBackend {
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool { false }
+
+    public func decodeLayer(_ layer: DecodeLayer<Buffer, Matrix>) -> DecodeLayerReach { .none }
 
     public func argmax(_ x: Buffer, rows: Int, columns: Int) -> [Int] {
         (0..<rows).map { Sampler.argmax(read(x, offset: $0 * columns, count: columns)) }

@@ -79,12 +79,16 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     ) {
         let c = config
         let n = tokens.count
-        forward(tokens, positions: Array(p0..<p0 + n), scratch: s) { index, norms in
+        func segment(_ index: Int) -> AttentionSegment<Backend.Buffer> {
             let entry = cache.layers[index]
-            // A backend with batched attention (a GPU, whose cache may be bf16) stores and attends in one go.
-            let one = AttentionSegment(
+            return AttentionSegment(
                 keys: entry.keys, values: entry.values, capacity: entry.capacity, window: entry.window, firstPosition: p0,
                 firstRow: 0, rows: n)
+        }
+        forward(tokens, positions: Array(p0..<p0 + n), scratch: s, decodeSegment: n == 1 ? segment : nil) { index, norms in
+            let entry = cache.layers[index]
+            // A backend with batched attention (a GPU, whose cache may be bf16) stores and attends in one go.
+            let one = segment(index)
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
                 headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
@@ -138,13 +142,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         positions.reserveCapacity(tokens.count)
         for segment in segments { positions += segment.firstPosition..<segment.firstPosition + segment.count }
         precondition(positions.count == tokens.count, "the segments must cover the tokens")
-        forward(tokens, positions: positions, scratch: s, drawn: drawn) { index, norms in
-            let batch = segments.map { segment in
-                let entry = segment.cache.layers[index]
-                return AttentionSegment(
-                    keys: entry.keys, values: entry.values, capacity: entry.capacity, window: entry.window,
-                    firstPosition: segment.firstPosition, firstRow: segment.firstRow, rows: segment.count)
-            }
+        func attentionSegment(_ segment: Segment, _ index: Int) -> AttentionSegment<Backend.Buffer> {
+            let entry = segment.cache.layers[index]
+            return AttentionSegment(
+                keys: entry.keys, values: entry.values, capacity: entry.capacity, window: entry.window,
+                firstPosition: segment.firstPosition, firstRow: segment.firstRow, rows: segment.count)
+        }
+        let one = tokens.count == 1 && segments.count == 1 ? segments[0] : nil
+        forward(
+            tokens, positions: positions, scratch: s, drawn: drawn,
+            decodeSegment: one.map { only in { attentionSegment(only, $0) } }
+        ) { index, norms in
+            let batch = segments.map { attentionSegment($0, index) }
             if backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
                 headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
@@ -176,9 +185,11 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
 
     /// The layers over `tokens` (row i at `positions[i]`); `attend(layer, norms)` applies the layer's
     /// q/k norms and RoPE (`norms`) to `s.query` and `s.key` as the projections left them, stores the
-    /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`.
+    /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`. `decodeSegment` (a step of
+    /// one token): the layer's attention segment, for the backend's `decodeLayer`.
     private func forward(
         _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, drawn: [Int]? = nil,
+        decodeSegment: ((Int) -> AttentionSegment<Backend.Buffer>)? = nil,
         attend: (Int, HeadNorms<Backend.Buffer, Backend.Matrix>) -> Void
     ) {
         let c = config
@@ -209,26 +220,40 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             // k_norm before RoPE. (The post norms below are fused with their residual add, h += norm(x),
             // with the next block's input norm and with the product that reads it.)
             // q: (n, heads * headDim); k, v: (n, kvHeads * headDim)
-            let qkv = [layer.query, layer.key, layer.value]
-            if let norm = pending {
-                b.matmul(after: norm, weights: qkv, into: [s.query, s.key, s.value])
-            } else {
-                b.matmul(s.normed, rows: n, weights: qkv, into: [s.query, s.key, s.value])
-            }
             let norms = HeadNorms(
                 queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
                 table: layer.type == .full ? s.globalRope : s.localRope)
-            attend(index, norms)  // (n, heads * headDim) in s.attention
-            b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
             let postAttention = ResidualNorm(
                 s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,
                 epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
-
-            // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
-            b.gatedMatmul(
-                after: postAttention, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate, scratch: s.up
-            )  // (n, intermediate)
-            b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
+            // A one-token step: the backend may take the calls below in fewer launches.
+            let reach =
+                decodeSegment.map { segment in
+                    b.decodeLayer(
+                        DecodeLayer(
+                            input: pending, normed: s.normed, query: layer.query, key: layer.key, value: layer.value,
+                            queries: s.query, keys: s.key, values: s.value, segment: segment(index), heads: c.headCount,
+                            kvHeads: c.kvHeadCount, headDimension: c.headDimension, scale: c.attentionScale, norms: norms,
+                            attention: s.attention, output: layer.output, postAttention: postAttention, gate: layer.gate,
+                            up: layer.up, gated: s.gate, down: layer.down))
+                } ?? .none
+            if reach == .none {
+                let qkv = [layer.query, layer.key, layer.value]
+                if let norm = pending {
+                    b.matmul(after: norm, weights: qkv, into: [s.query, s.key, s.value])
+                } else {
+                    b.matmul(s.normed, rows: n, weights: qkv, into: [s.query, s.key, s.value])
+                }
+                attend(index, norms)  // (n, heads * headDim) in s.attention
+                b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
+            }
+            if reach != .whole {
+                // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
+                b.gatedMatmul(
+                    after: postAttention, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate,
+                    scratch: s.up)  // (n, intermediate)
+                b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
+            }
             if index + 1 < layers.count {
                 pending = ResidualNorm(
                     s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, next: layers[index + 1].inputNorm,

@@ -71,6 +71,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
         print("head norms  \(gpu.fusedHeadNorms ? "q/k norms and RoPE inside the attention of decode steps" : "q/k norms and RoPE in norm_rope's launch (turned off)")")
+        print("persistent  \(gpu.persistentProblem.map { "layers unavailable: \($0)" } ?? "layers \(gpu.persistentLayers.rawValue) (decode_layer: \(gpu.persistentBlocksPerMultiprocessor) blocks an SM over \(device.multiprocessors) SMs; INFERENCE_PERSISTENT_LAYERS=off, attention or whole)")")
         if gpu.prefetchAheadBytes == 0 {
             print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
         } else {
@@ -154,6 +155,22 @@ struct GPUCheckCommand: ParsableCommand {
         variants.append(("steps not pipelined", { runner.pipelining = !$0 }))
         let fused = gpu.fusedNorms
         variants.append(("norms unfused", { gpu.fusedNorms = $0 ? false : fused }))
+        if gpu.persistentProblem == nil {
+            let mode = gpu.persistentLayers, perSM = gpu.persistentBlocksPerMultiprocessor
+            for other in CUDABackend.PersistentLayers.allCases where other != mode {
+                variants.append(("persistent layers: \(other.rawValue)", { gpu.persistentLayers = $0 ? other : mode }))
+            }
+            // Whole layers with other block counts an SM (as many as one holds at most).
+            for blocks in [1, 3, 4] where blocks != perSM && blocks <= gpu.persistentResidentBlocks {
+                variants.append((
+                    "persistent whole, \(blocks) blocks an SM",
+                    { on in
+                        gpu.persistentLayers = on ? .whole : mode
+                        gpu.persistentBlocksPerMultiprocessor = on ? blocks : perSM
+                    }
+                ))
+            }
+        }
         let shares = gpu.decodeShares
         for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))
@@ -476,6 +493,39 @@ struct GPUCheckCommand: ParsableCommand {
                 gpu.prefetchAheadBytes = chosen
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
                 print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.sorted { $0.mib < $1.mib }.map(\.line).joined(separator: ", "))
+            }
+            if batch == 1 && gpu.persistentProblem == nil {
+                // Each layer as one launch of a persistent grid (decode_layer), or its first half:
+                // first the same logits, bit for bit, as launch by launch over 40 steps past 64 keys
+                // (on this GPU's own grid barriers and memory order), then timed.
+                let chosen = gpu.persistentLayers
+                defer { gpu.persistentLayers = chosen }
+                let twin = runner.makeSlot(contextLength: 1024)
+                var logits: [CUDABackend.PersistentLayers: [[Float]]] = [:]
+                for mode in CUDABackend.PersistentLayers.allCases {
+                    gpu.persistentLayers = mode
+                    twin.reset()
+                    var last = [Sampler.argmax(try runner.prefill(twin, Array(prompt.prefix(64))))]
+                    var rows: [[Float]] = []
+                    for _ in 0..<40 {
+                        let step = try runner.decode([twin], tokens: last)
+                        rows += step
+                        last = step.map(Sampler.argmax)
+                    }
+                    logits[mode] = rows
+                }
+                for mode in [CUDABackend.PersistentLayers.attention, .whole] {
+                    let same = logits[mode] == logits[.off]
+                    print("\(same ? "ok  " : "FAIL") persistent layers (\(mode.rawValue)): the logits of 40 steps, bit for bit, as launch by launch")
+                    if !same { pipelineFailures += 1 }
+                }
+                var lines: [String] = []
+                for mode in [CUDABackend.PersistentLayers.whole, .attention, .off] where mode != chosen {
+                    let modeTime = try timedWithout { gpu.persistentLayers = $0 ? chosen : mode }
+                    lines.append(String(format: "%@ %.3f", mode.rawValue, modeTime / Double(steps) * 1000))
+                    figures["decode_b1_persistent_\(mode.rawValue)_ms_per_step"] = modeTime / Double(steps) * 1000
+                }
+                print(String(format: "            persistent layers (ms/step; %@ %.3f, %d blocks an SM): ", chosen.rawValue, time / Double(steps) * 1000, gpu.persistentBlocksPerMultiprocessor) + lines.joined(separator: ", "))
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             // Not pipelined: the replays of a queued step would embed the ids its own argmax left.

@@ -1080,6 +1080,57 @@ import Testing
         #expect(same, "the logits with fused norms differ from those with the norms' own launches")
     }
 
+    /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
+    /// behind grid barriers, the emulator running its 8 blocks side by side), or their first halves:
+    /// the same logits bit for bit as launch by launch, with blocks and threads in order and reversed,
+    /// over steps whose attention takes one share and then sixteen (past 32 keys); and pipelined
+    /// greedy steps choose the same tokens.
+    @Test func persistentLayersGiveTheLaunchesBits() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 83), exactActivations: true)
+        let gpu = try Self.backend.get()
+        #expect(gpu.persistentProblem == nil, "the emulator says how many blocks an SM holds")
+        #expect(gpu.persistentLayers == .off, "off by default")
+        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        defer {
+            gpu.persistentLayers = .off
+            reverse(0)
+        }
+        let layers = engine.config.layerCount
+        let prompt = (0..<29).map { 650 - $0 * 19 }
+        var runs: [[[Float]]] = []
+        var greedy: [[Int]] = []
+        let modes: [(CUDABackend.PersistentLayers, Bool)] = [(.off, false), (.attention, false), (.whole, false), (.whole, true)]
+        for (mode, reversed) in modes {
+            gpu.persistentLayers = mode
+            reverse(reversed ? 1 : 0)
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+            let slot = runner.makeSlot(contextLength: 64)
+            let before = gpu.persistentLaunches
+            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+            var logits: [[Float]] = []
+            for _ in 0..<6 {  // positions 29 to 34: the full layers' keys pass 32
+                let rows = try runner.decode([slot], tokens: next)
+                logits += rows
+                next = rows.map(Sampler.argmax)
+            }
+            #expect(gpu.persistentLaunches - before == (mode == .off ? 0 : 6 * layers), "\(mode)")
+            runs.append(logits)
+            var tokens: [Int] = []
+            for _ in 0..<4 {
+                next = try runner.decodeGreedy([slot], tokens: next)
+                tokens += next
+            }
+            greedy.append(tokens)
+        }
+        for (i, run) in runs.enumerated().dropFirst() {
+            let same = run == runs[0]  // (not printed in full: 6 steps of logits)
+            #expect(same, "\(modes[i]): the logits differ from those launch by launch")
+            #expect(greedy[i] == greedy[0], "\(modes[i]): pipelined greedy tokens")
+        }
+    }
+
     /// What a one-sequence step's attention asks L2 for: all of the next products' weights where they
     /// fit, else the same share of each in whole lines, within the budget.
     @Test func prefetchSharesFitTheBudget() {

@@ -13,13 +13,19 @@
 // first after cudaEmulatorReverseThreads(1): a kernel that reads what another thread wrote without a
 // barrier between them gets the value in one of the two orders and not in the other, so the checks
 // run both (on a GPU the order is anyone's).
+// A block whose live threads all wait on a grid barrier (a persistent kernel's, spinning: grid_spin)
+// keeps its threads and stacks while the next block starts beside it; once every block has started,
+// the waiting ones are resumed in turn, so blocks meet at grid barriers as all resident blocks of
+// a GPU do (shared memory, static here, does not survive a grid barrier: other blocks ran).
 // Not emulated: races between blocks (blocks run one after another), memory coalescing, timing.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <setjmp.h>
@@ -29,24 +35,27 @@
 
 namespace emu {
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-enum State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+enum State { Ready, AtBlockBarrier, AtWarpBarrier, Spinning, Done };
 struct Thread {
     ucontext_t context;  // only to enter the coroutine's stack once per launch
     jmp_buf resume;      // every later switch: _setjmp/_longjmp, which make no system call
     bool started = false;
     dim3 index;
+    dim3 block;  // blockIdx: the block its slot runs now
     State state = Ready;
     uint64_t slot[2] = {0, 0};  // a shuffle's value, in alternate slots for consecutive shuffles
     uint32_t fragment[2][6];    // an mma's A and B fragments, in the same alternation
     unsigned shuffles = 0;
 };
-static std::vector<Thread> threads;
-static std::vector<char> stacks;
+// Slots of a launch's block size, one after another (a deque: threads do not move as slots are added).
+static std::deque<Thread> threads;
+static std::vector<std::unique_ptr<char[]>> stacks;  // a slot's threads' stacks
+static std::vector<size_t> stackBytes;
 static const size_t stackSize = 64 * 1024;
 static ucontext_t scheduler;
 static jmp_buf schedulerResume;
 static int current = 0;
-static dim3 block, grid, blockIndex;
+static dim3 block, grid;
 
 static void wait(State barrier) {
     threads[current].state = barrier;
@@ -75,7 +84,7 @@ struct uint4 { unsigned x, y, z, w; };
 #define __launch_bounds__(...)
 #define __shared__ static
 #define threadIdx (emu::threads[emu::current].index)
-#define blockIdx (emu::blockIndex)
+#define blockIdx (emu::threads[emu::current].block)
 #define blockDim (emu::block)
 #define gridDim (emu::grid)
 
@@ -93,9 +102,16 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 #define __fdiv_rn(a, b) ((a) / (b))
 #define __logf(x) logf(x)
 static inline void __syncthreads() { emu::wait(emu::AtBlockBarrier); }
+// A wait at a grid barrier (grid_spin, in the loop that reads its generation): lets other blocks run.
+static inline void emu_spin() { emu::wait(emu::Spinning); }
 // Blocks run one after another and threads switch only at barriers: every write is seen already.
 static inline void __threadfence() {}
 // Threads switch only at barriers, so a plain read-modify-write is atomic here.
+template <typename T> static T atomicExch(T *address, T value) {
+    T old = *address;
+    *address = value;
+    return old;
+}
 template <typename T> static T atomicAdd(T *address, T value) {
     T old = *address;
     *address = old + value;
@@ -303,65 +319,126 @@ static void entry(int) {
     }
 }
 
+// Adds a slot of `count` threads (fresh coroutines at entry) and returns its number.
+static size_t addSlot(size_t count) {
+    size_t slot = threads.size() / count;
+    if (stacks.size() <= slot) {
+        stacks.emplace_back();
+        stackBytes.push_back(0);
+    }
+    if (stackBytes[slot] < count * stackSize) {
+        stacks[slot].reset(new char[count * stackSize]);
+        stackBytes[slot] = count * stackSize;
+    }
+    for (size_t t = 0; t < count; t++) {
+        threads.emplace_back();
+        Thread &thread = threads.back();
+        thread.index = {(unsigned)(t % block.x), (unsigned)(t / block.x % block.y), (unsigned)(t / (block.x * block.y))};
+        getcontext(&thread.context);
+        thread.context.uc_stack.ss_sp = &stacks[slot][t * stackSize];
+        thread.context.uc_stack.ss_size = stackSize;
+        thread.context.uc_link = nullptr;
+        makecontext(&thread.context, (void (*)())entry, 1, 0);
+    }
+    return slot;
+}
+
+static unsigned long progress = 0;  // threads that ran to anything but another spin
+enum SlotResult { Finished, Waiting, Deadlock };
+
+// Runs the block in `slot` until it finishes, or until its live threads wait only on a grid barrier.
+static SlotResult runSlot(size_t slot, size_t count) {
+    size_t first = slot * count;
+    dim3 at = threads[first].block;
+    for (;;) {
+        for (size_t k = 0; k < count; k++) {
+            size_t t = first + (reverseThreads ? count - 1 - k : k);
+            if (threads[t].state == Ready) {
+                run((int)t);
+                if (threads[t].state != Spinning) progress++;
+            }
+        }
+        bool done = true, released = false, spinning = false;
+        for (size_t t = first; t < first + count; t++) {
+            done = done && threads[t].state == Done;
+            spinning = spinning || threads[t].state == Spinning;
+        }
+        if (done) return Finished;
+        // A block barrier releases when no live thread is anywhere else.
+        bool barrier = true;
+        for (size_t t = first; t < first + count; t++)
+            barrier = barrier && (threads[t].state == Done || threads[t].state == AtBlockBarrier);
+        if (barrier) {
+            for (size_t t = first; t < first + count; t++) if (threads[t].state == AtBlockBarrier) threads[t].state = Ready;
+            continue;
+        }
+        for (size_t w = first; w < first + count; w += 32) {
+            bool warp = true, any = false;
+            for (size_t t = w; t < w + 32 && t < first + count; t++) {
+                warp = warp && (threads[t].state == Done || threads[t].state == AtWarpBarrier);
+                any = any || threads[t].state == AtWarpBarrier;
+            }
+            if (warp && any) {
+                for (size_t t = w; t < w + 32 && t < first + count; t++)
+                    if (threads[t].state == AtWarpBarrier) threads[t].state = Ready;
+                released = true;
+            }
+        }
+        if (released) continue;
+        if (spinning) return Waiting;
+        fprintf(stderr, "cuda emulator: block (%u,%u,%u) deadlocks at a barrier some threads never reach\n", at.x, at.y, at.z);
+        return Deadlock;
+    }
+}
+
 static int launch(Launcher kernel, dim3 g, dim3 b, void **params) {
     grid = g;
     block = b;
     size_t count = (size_t)b.x * b.y * b.z;
     if (count == 0 || count > 1024) return 1;  // CUDA_ERROR_INVALID_VALUE
-    threads.assign(count, Thread());
-    if (stacks.size() < count * stackSize) stacks.resize(count * stackSize);
-    for (size_t t = 0; t < count; t++) {
-        Thread &thread = threads[t];
-        thread.index = {(unsigned)(t % b.x), (unsigned)(t / b.x % b.y), (unsigned)(t / (b.x * b.y))};
-        getcontext(&thread.context);
-        thread.context.uc_stack.ss_sp = &stacks[t * stackSize];
-        thread.context.uc_stack.ss_size = stackSize;
-        thread.context.uc_link = nullptr;
-        makecontext(&thread.context, (void (*)())entry, 1, 0);
-    }
+    threads.clear();
     pending = kernel;
     pendingParams = params;
     // Reversed, the blocks run last first too: a block that reads what another block of the same
     // launch writes (no order between blocks on a GPU) then gets the other value.
-    size_t blocks = (size_t)g.x * g.y * g.z;
-    for (size_t n = 0; n < blocks; n++) {
-        size_t linear = reverseThreads ? blocks - 1 - n : n;
-        unsigned bx = (unsigned)(linear % g.x), by = (unsigned)(linear / g.x % g.y), bz = (unsigned)(linear / ((size_t)g.x * g.y));
-        blockIndex = {bx, by, bz};
-        for (size_t t = 0; t < count; t++) {
-            threads[t].state = Ready;
-            threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
-        }
-        for (;;) {
-            for (size_t k = 0; k < count; k++) {
-                size_t t = reverseThreads ? count - 1 - k : k;
-                if (threads[t].state == Ready) run((int)t);
-            }
-            bool done = true, released = false;
-            for (auto &thread : threads) done = done && thread.state == Done;
-            if (done) break;
-            // A block barrier releases when no live thread is anywhere else.
-            bool block = true;
-            for (auto &thread : threads) block = block && (thread.state == Done || thread.state == AtBlockBarrier);
-            if (block) {
-                for (auto &thread : threads) if (thread.state == AtBlockBarrier) thread.state = Ready;
-                continue;
-            }
-            for (size_t w = 0; w < count; w += 32) {
-                bool warp = true, any = false;
-                for (size_t t = w; t < w + 32 && t < count; t++) {
-                    warp = warp && (threads[t].state == Done || threads[t].state == AtWarpBarrier);
-                    any = any || threads[t].state == AtWarpBarrier;
-                }
-                if (warp && any) {
-                    for (size_t t = w; t < w + 32 && t < count; t++) if (threads[t].state == AtWarpBarrier) threads[t].state = Ready;
-                    released = true;
-                }
-            }
-            if (!released) {
-                fprintf(stderr, "cuda emulator: block (%u,%u,%u) deadlocks at a barrier some threads never reach\n", bx, by, bz);
+    size_t blocks = (size_t)g.x * g.y * g.z, started = 0;
+    std::vector<size_t> free, waiting;
+    while (started < blocks || !waiting.empty()) {
+        if (started < blocks) {
+            if (free.empty() && threads.size() > 0 && count % 32 != 0) {
+                fprintf(stderr, "cuda emulator: blocks that wait at a grid barrier must be whole warps\n");
                 return 999;
             }
+            size_t slot = free.empty() ? addSlot(count) : free.back();
+            if (!free.empty()) free.pop_back();
+            size_t linear = reverseThreads ? blocks - 1 - started : started;
+            dim3 at = {(unsigned)(linear % g.x), (unsigned)(linear / g.x % g.y), (unsigned)(linear / ((size_t)g.x * g.y))};
+            for (size_t t = slot * count; t < (slot + 1) * count; t++) {
+                threads[t].block = at;
+                threads[t].state = Ready;
+                threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
+            }
+            started++;
+            SlotResult result = runSlot(slot, count);
+            if (result == Deadlock) return 999;
+            if (result == Finished) free.push_back(slot);
+            else waiting.push_back(slot);
+            continue;
+        }
+        // Every block has started: the waiting ones go on in turn, until none makes progress.
+        unsigned long before = progress;
+        std::vector<size_t> still;
+        for (size_t slot : waiting) {
+            for (size_t t = slot * count; t < (slot + 1) * count; t++)
+                if (threads[t].state == Spinning) threads[t].state = Ready;
+            SlotResult result = runSlot(slot, count);
+            if (result == Deadlock) return 999;
+            if (result == Waiting) still.push_back(slot);
+        }
+        waiting = still;
+        if (!waiting.empty() && progress == before) {
+            fprintf(stderr, "cuda emulator: %zu blocks wait at a grid barrier that never releases\n", waiting.size());
+            return 999;
         }
     }
     return 0;
@@ -525,6 +602,11 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig *config, void *function, void **p
                           config->sharedMemBytes, config->hStream, params, extra);
 }
 unsigned long cudaEmulatorDependentLaunches() { return dependentLaunches; }
+// Two blocks of up to 256 threads an SM (a persistent kernel's grid: 8 blocks over the 4 SMs here).
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, void *, int blockSize, size_t) {
+    *blocks = blockSize <= 256 ? 2 : 1;
+    return 0;
+}
 CUresult cuStreamCreate(void **stream, unsigned) { *stream = new emu::Stream(); return 0; }
 CUresult cuStreamBeginCapture_v2(void *stream, int) {
     // For the tests of the backend's fallback: a driver that refuses to capture.
