@@ -14,7 +14,7 @@ public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
         "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
-        "attention_combine", "decode_layer",
+        "attention_combine", "decode_layer", "decode_attention", "decode_mlp",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "logprob_slices", "logprob_merge",
     ]
@@ -1145,7 +1145,9 @@ public enum GemmaKernels {
         // and then bumps the generation bar[1], which the others wait on. Each block reads the
         // generation before it arrives, so it waits for this barrier's bump, not an earlier one. The
         // fences make every block's writes before the barrier visible to every block after it. Shared
-        // memory does not carry across it (the CUDA emulator runs other blocks in between).
+        // memory does not carry across it (the CUDA emulator runs other blocks in between). A block
+        // that has waited some seconds (2^28 naps: a grid not all resident, which the occupancy the
+        // driver reported should rule out) traps, so the launch fails with an error instead of hanging.
         __device__ __forceinline__ u32 load_acquire(const u32* p) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
             u32 v;
@@ -1155,10 +1157,12 @@ public enum GemmaKernels {
             return *(volatile const u32*)p;
         #endif
         }
-        __device__ __forceinline__ void grid_spin() {
+        __device__ __forceinline__ void grid_spin(u32& naps) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
             asm volatile("nanosleep.u32 32;");
+            if (++naps == (1u << 28)) __trap();
         #elif defined(CUDA_EMULATOR)
+            (void)naps;
             emu_spin();
         #endif
         }
@@ -1172,7 +1176,8 @@ public enum GemmaKernels {
                     __threadfence();
                     atomicAdd(bar + 1, 1u);
                 } else {
-                    while (load_acquire(bar + 1) == generation) grid_spin();
+                    u32 naps = 0;
+                    while (load_acquire(bar + 1) == generation) grid_spin(naps);
                 }
                 __threadfence();
             }
@@ -1186,71 +1191,98 @@ public enum GemmaKernels {
         //   2. attention: attention_rows storing the key and value, with the head norms inside;
         //   3. merging its shares: attention_combine (none when asplits is 1);
         //   4. the output projection: gemv_bf16;
-        //   5. (whole) the post-attention norm with gate, up and GELU: gemv_gelu_norm_bf16;
-        //   6. (whole) down: gemv_bf16.
+        //   5. the post-attention norm with gate, up and GELU: gemv_gelu_norm_bf16;
+        //   6. down: gemv_bf16.
         // A phase's blocks are those of the launch it replaces, numbered alike and taken in turn by the
         // grid's blocks, so every number is the same bits as theirs. Before each barrier a block asks
         // L2 for the weight rows it takes after it; it lets the next launch start (grid_release) in
         // its last phase. The fused norms count the grid's blocks on `ticket`, once each.
+        // decode_layer runs phases 1-6, decode_attention 1-4, decode_mlp 5-6.
         // Grid: up to every block the GPU holds at once (no more); block: 256.
-        extern "C" __global__ void __launch_bounds__(256, 2) decode_layer(
-            int whole, u32* barrier,
-            const bf16* wq, const bf16* wk, const bf16* wv, float* q, float* k, float* v, int mq, int mk, int mv,
-            const float* x, int hidden, int splits1, const float* nw, const float* nnext, float* residual, float* normed,
-            float eps1, u32* ticket,
-            const SegmentRow* rows, float* att, float* partials, int heads, int kvHeads, int dim, float scale, int asplits,
-            int share, int half, const float* qw, const float* kw, const float* table, float eps2,
-            const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1, const char* ahead2, u64 bytes2,
-            const bf16* wo, float* o, int mo, int ko, int splits4,
-            const bf16* gate, const bf16* up, float* g, int mg, int splits5, const float* pw, const float* pnext, float eps3,
-            const bf16* wd, float* d, int md, int splits6) {
-            __shared__ float4 xs[NORM_FUSED_MAX / 4];
+        #define DECODE_LAYER_PARAMETERS \
+            u32* barrier, \
+            const bf16* wq, const bf16* wk, const bf16* wv, float* q, float* k, float* v, int mq, int mk, int mv, \
+            const float* x, int hidden, int splits1, const float* nw, const float* nnext, float* residual, float* normed, \
+            float eps1, u32* ticket, \
+            const SegmentRow* rows, float* att, float* partials, int heads, int kvHeads, int dim, float scale, int asplits, \
+            int share, int half, const float* qw, const float* kw, const float* table, float eps2, \
+            const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1, const char* ahead2, u64 bytes2, \
+            const bf16* wo, float* o, int mo, int ko, int splits4, \
+            const bf16* gate, const bf16* up, float* g, int mg, int splits5, const float* pw, const float* pnext, float eps3, \
+            const bf16* wd, float* d, int md, int splits6
+        #define DECODE_LAYER_ARGUMENTS \
+            barrier, wq, wk, wv, q, k, v, mq, mk, mv, x, hidden, splits1, nw, nnext, residual, normed, eps1, ticket, rows, att, \
+            partials, heads, kvHeads, dim, scale, asplits, share, half, qw, kw, table, eps2, ahead0, bytes0, ahead1, bytes1, \
+            ahead2, bytes2, wo, o, mo, ko, splits4, gate, up, g, mg, splits5, pw, pnext, eps3, wd, d, md, splits6
+
+        // ATTENTION: phases 1-4; MLP: phases 5 and 6. xs: shared memory for a fused norm's row.
+        template <bool ATTENTION, bool MLP>
+        __device__ __forceinline__ void decode_layer_phases(float* xs, DECODE_LAYER_PARAMETERS) {
             int b = blockIdx.x, blocks = gridDim.x;
             float wn[NORM_PER_THREAD], nn[NORM_PER_THREAD];
-            int n1 = ((mq + mk + mv) * splits1 + 7) / 8;
-            for (int i = b; i < n1; i += blocks) gemv_rows_prefetch(wq, wk, wv, mq, mk, mv, hidden, splits1, i);
-            if (nw) norm_weights(nw, nnext, hidden, wn, nn);
-            grid_wait();
-            const float* x1 = x;
-            if (nw) {
-                fused_residual_norm(x, ResidualNorm{nw, nnext, residual, normed, eps1, ticket}, wn, nn, hidden, (float*)xs);
-                x1 = (const float*)xs;
-            }
-            for (int i = b; i < n1; i += blocks) gemv_rows_block<1>(wq, wk, wv, q, k, v, mq, mk, mv, x1, hidden, 1, splits1, i);
-            grid_barrier(barrier);
-
-            prefetch_ahead(ahead0, bytes0, b, blocks);
-            prefetch_ahead(ahead1, bytes1, b, blocks);
-            prefetch_ahead(ahead2, bytes2, b, blocks);
-            for (int i = b; i < heads * asplits; i += blocks) {
-                attention_block(q, rows, att, partials, heads, kvHeads, dim, scale, asplits, share, half, k, v, 1, qw, kw,
-                                table, eps2, 0, i % heads, i / heads);
-                __syncthreads();  // attend's shared memory, for the next share
-            }
-            int n4 = (mo * splits4 + 7) / 8;
-            for (int i = b; i < n4; i += blocks) gemv_rows_prefetch(wo, 0, 0, mo, 0, 0, ko, splits4, i);
-            grid_barrier(barrier);
-            if (asplits > 1) {
-                for (int i = b; i < heads; i += blocks) combine_head(partials, att, heads, dim, asplits, 0, i);
+            if constexpr (ATTENTION) {
+                int n1 = ((mq + mk + mv) * splits1 + 7) / 8;
+                for (int i = b; i < n1; i += blocks) gemv_rows_prefetch(wq, wk, wv, mq, mk, mv, hidden, splits1, i);
+                if (nw) norm_weights(nw, nnext, hidden, wn, nn);
+                grid_wait();
+                const float* x1 = x;
+                if (nw) {
+                    fused_residual_norm(x, ResidualNorm{nw, nnext, residual, normed, eps1, ticket}, wn, nn, hidden, xs);
+                    x1 = xs;
+                }
+                for (int i = b; i < n1; i += blocks) gemv_rows_block<1>(wq, wk, wv, q, k, v, mq, mk, mv, x1, hidden, 1, splits1, i);
+                // attention_rows' L2 prefetches of the weights after it, while the grid meets.
+                prefetch_ahead(ahead0, bytes0, b, blocks);
+                prefetch_ahead(ahead1, bytes1, b, blocks);
+                prefetch_ahead(ahead2, bytes2, b, blocks);
                 grid_barrier(barrier);
+
+                for (int i = b; i < heads * asplits; i += blocks) {
+                    attention_block(q, rows, att, partials, heads, kvHeads, dim, scale, asplits, share, half, k, v, 1, qw, kw,
+                                    table, eps2, 0, i % heads, i / heads);
+                    __syncthreads();  // attend's shared memory, for the next share
+                }
+                int n4 = (mo * splits4 + 7) / 8;
+                for (int i = b; i < n4; i += blocks) gemv_rows_prefetch(wo, 0, 0, mo, 0, 0, ko, splits4, i);
+                grid_barrier(barrier);
+                if (asplits > 1) {
+                    for (int i = b; i < heads; i += blocks) combine_head(partials, att, heads, dim, asplits, 0, i);
+                    grid_barrier(barrier);
+                }
+                if (!MLP) grid_release();
+                for (int i = b; i < n4; i += blocks) gemv_rows_block<1>(wo, 0, 0, o, 0, 0, mo, 0, 0, att, ko, 1, splits4, i);
             }
+            if constexpr (MLP) {
+                int n5 = (mg * splits5 + 7) / 8;
+                for (int i = b; i < n5; i += blocks) gemv_gelu_prefetch(gate, up, mg, hidden, splits5, i);
+                norm_weights(pw, pnext, hidden, wn, nn);
+                if (ATTENTION) grid_barrier(barrier);
+                else grid_wait();
+                fused_residual_norm(o, ResidualNorm{pw, pnext, residual, normed, eps3, ticket}, wn, nn, hidden, xs);
+                for (int i = b; i < n5; i += blocks) gemv_gelu_group<1>(gate, up, xs, g, mg, hidden, 1, splits5, i);
+                int n6 = (md * splits6 + 7) / 8;
+                for (int i = b; i < n6; i += blocks) gemv_rows_prefetch(wd, 0, 0, md, 0, 0, mg, splits6, i);
+                grid_barrier(barrier);
+                grid_release();
+                for (int i = b; i < n6; i += blocks) gemv_rows_block<1>(wd, 0, 0, d, 0, 0, md, 0, 0, g, mg, 1, splits6, i);
+            }
+        }
 
-            if (!whole) grid_release();
-            for (int i = b; i < n4; i += blocks) gemv_rows_block<1>(wo, 0, 0, o, 0, 0, mo, 0, 0, att, ko, 1, splits4, i);
-            if (!whole) return;
-
-            int n5 = (mg * splits5 + 7) / 8;
-            for (int i = b; i < n5; i += blocks) gemv_gelu_prefetch(gate, up, mg, hidden, splits5, i);
-            norm_weights(pw, pnext, hidden, wn, nn);
-            grid_barrier(barrier);
-            fused_residual_norm(o, ResidualNorm{pw, pnext, residual, normed, eps3, ticket}, wn, nn, hidden, (float*)xs);
-            for (int i = b; i < n5; i += blocks) gemv_gelu_group<1>(gate, up, (const float*)xs, g, mg, hidden, 1, splits5, i);
-            int n6 = (md * splits6 + 7) / 8;
-            for (int i = b; i < n6; i += blocks) gemv_rows_prefetch(wd, 0, 0, md, 0, 0, mg, splits6, i);
-            grid_barrier(barrier);
-
-            grid_release();
-            for (int i = b; i < n6; i += blocks) gemv_rows_block<1>(wd, 0, 0, d, 0, 0, md, 0, 0, g, mg, 1, splits6, i);
+        // Each a kernel of its own, so that each gets its own registers (one kernel taking either
+        // phases 1-6 or 1-4 spilled twice as much).
+        extern "C" __global__ void __launch_bounds__(256, 2) decode_layer(DECODE_LAYER_PARAMETERS) {
+            __shared__ float4 xs[NORM_FUSED_MAX / 4];
+            decode_layer_phases<true, true>((float*)xs, DECODE_LAYER_ARGUMENTS);
+        }
+        extern "C" __global__ void __launch_bounds__(256, 2) decode_attention(DECODE_LAYER_PARAMETERS) {
+            __shared__ float4 xs[NORM_FUSED_MAX / 4];
+            decode_layer_phases<true, false>((float*)xs, DECODE_LAYER_ARGUMENTS);
+        }
+        // In at most 64 registers: twice the blocks an SM of the others, which attention's registers
+        // hold to two.
+        extern "C" __global__ void __launch_bounds__(256, 4) decode_mlp(DECODE_LAYER_PARAMETERS) {
+            __shared__ float4 xs[NORM_FUSED_MAX / 4];
+            decode_layer_phases<false, true>((float*)xs, DECODE_LAYER_ARGUMENTS);
         }
 
         // out = gelu_tanh(gate) * up, elementwise over `count` values, as x / (1 + exp(-2u)), which has

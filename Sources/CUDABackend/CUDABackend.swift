@@ -160,38 +160,44 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
     }
     private var attentionShares = 16
-    /// Whether a one-sequence decode step runs each layer (`whole`) or its first half through the
-    /// output projection (`attention`) as one launch of a persistent grid (`decode_layer`, its
-    /// phases behind grid barriers: the same bits as the launches it replaces), or not (`off`).
+    /// Whether a one-sequence decode step runs each layer (`whole`: `decode_layer`) or its first half
+    /// through the output projection (`attention`: `decode_attention`) as one launch of a persistent
+    /// grid (its phases behind grid barriers: the same bits as the launches it replaces), each half
+    /// as one (`halves`: decode_attention, then `decode_mlp`, whose registers let twice the blocks
+    /// an SM), or not (`off`).
     /// Off by default: not yet timed on a GPU (gpu-check's sweep times all three);
     /// `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
     public var persistentLayers: PersistentLayers {
         get { lock.lock(); defer { lock.unlock() }; return persistentMode }
         set { lock.lock(); persistentMode = persistentProblem == nil ? newValue : .off; lock.unlock() }
     }
-    public enum PersistentLayers: String, CaseIterable, Sendable { case off, attention, whole }
+    public enum PersistentLayers: String, CaseIterable, Sendable { case off, attention, halves, whole }
     private var persistentMode = PersistentLayers.off
-    /// Why `decode_layer` cannot run (nil: it can): the driver cannot say how many of its blocks an
-    /// SM holds, or none fit.
+    /// Why `decode_layer`, `decode_attention` and `decode_mlp` cannot run (nil: they can): the driver
+    /// cannot say how many of their blocks an SM holds, or none fit.
     public private(set) var persistentProblem: String?
-    /// Blocks of `decode_layer` per multiprocessor (2; at most as many as one holds, which the driver
+    /// Blocks of `decode_layer` and `decode_attention` per multiprocessor (2; at most as many as one holds, which the driver
     /// says at start; gpu-check's sweep times others).
     public var persistentBlocksPerMultiprocessor: Int {
         get { lock.lock(); defer { lock.unlock() }; return persistentPerSM }
         set { lock.lock(); persistentPerSM = min(max(1, newValue), persistentResident); lock.unlock() }
     }
     private var persistentPerSM = 2
-    /// How many blocks of `decode_layer` one multiprocessor holds at once, as the driver says (0: unknown).
+    /// How many blocks of `decode_layer` (and `decode_attention`) one multiprocessor holds at once, as
+    /// the driver says (0: unknown).
     public var persistentResidentBlocks: Int { persistentResident }
     private var persistentResident = 0
-    /// How many `decode_layer` launches ran (for checks that the persistent path ran).
+    /// Blocks of `decode_mlp` per multiprocessor: as many as one holds, at most 4.
+    private var mlpPerSM = 0
+    /// How many persistent launches (`decode_layer`, `decode_attention`, `decode_mlp`) ran (for checks
+    /// that the persistent path ran).
     public var persistentLaunches: Int {
         lock.lock()
         defer { lock.unlock() }
         return persistentLayerLaunches
     }
     private var persistentLayerLaunches = 0
-    /// decode_layer's grid barrier: its count of blocks arrived and its generation (zero between barriers).
+    /// The persistent kernels' grid barrier: its count of blocks arrived and its generation (zero between barriers).
     private let gridBarrier: CUDABuffer
     /// Whether decode steps may be pipelined (`pipelinesSteps`); `INFERENCE_PIPELINE=off`.
     private var pipelineAllowed = true
@@ -274,15 +280,19 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
         pipelineAllowed = env["INFERENCE_PIPELINE"] != "off"
-        if let resident = functions["decode_layer"].flatMap({ context.residentBlocks(of: $0, block: 256) }), resident > 0 {
-            persistentResident = resident
-            persistentPerSM = min(persistentPerSM, resident)
+        let resident = ["decode_layer", "decode_attention", "decode_mlp"].map {
+            functions[$0].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0
+        }
+        if resident.allSatisfy({ $0 > 0 }) {
+            persistentResident = min(resident[0], resident[1])
+            persistentPerSM = min(persistentPerSM, persistentResident)
+            mlpPerSM = min(4, resident[2])
         } else {
-            persistentProblem = "the driver does not say how many blocks of decode_layer a multiprocessor holds"
+            persistentProblem = "the driver does not say how many blocks of decode_layer, decode_attention and decode_mlp a multiprocessor holds"
         }
         if let setting = env["INFERENCE_PERSISTENT_LAYERS"] {
             guard let mode = PersistentLayers(rawValue: setting) else {
-                throw CUDAError.invalidSetting("INFERENCE_PERSISTENT_LAYERS is \(setting); use off, attention or whole")
+                throw CUDAError.invalidSetting("INFERENCE_PERSISTENT_LAYERS is \(setting); use off, attention, halves or whole")
             }
             persistentMode = persistentProblem == nil ? mode : .off
         }
@@ -852,7 +862,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return true
     }
 
-    /// A one-token step's layer, or its first half, as one `decode_layer` launch where
+    /// A one-token step's layer, or its first half, as one or two persistent launches where
     /// `persistentLayers` asks for it and the layer has the shapes of the launches it replaces (bf16
     /// weights, the residual norms and head norms fused as those launches fuse them); else `.none`.
     public func decodeLayer(_ layer: DecodeLayer<CUDABuffer, CUDAMatrix>) -> DecodeLayerReach {
@@ -860,7 +870,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let mode = persistentMode, perSM = persistentPerSM
         lock.unlock()
         guard mode != .off else { return .none }
-        let whole = mode == .whole
+        let whole = mode != .attention
         let hidden = layer.query.columns, dim = layer.headDimension, heads = layer.heads, kvHeads = layer.kvHeads
         let qkv = [layer.query, layer.key, layer.value], post = layer.postAttention
         let width = layer.gate.rows, queryWidth = heads * dim
@@ -895,7 +905,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         precondition(splits <= 32, "attention_combine merges at most 32 shares")
         let partials = splits > 1 ? attentionPartials(heads * most * (dim + 2)) : 0
         let total = qkv.reduce(0) { $0 + $1.rows }
-        var arguments: [CUDAContext.Argument] = [.int(whole ? 1 : 0), .pointer(gridBarrier.address)]
+        var arguments: [CUDAContext.Argument] = [.pointer(gridBarrier.address)]
         arguments += qkv.map { .pointer($0.address) }
         arguments += [layer.queries, layer.keys, layer.values].map { .pointer($0.address) }
         arguments += qkv.map { .int($0.rows) }
@@ -919,9 +929,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             .pointer(layer.down.address), .pointer(layer.normed.address), .int(hidden),
             .int(GemmaKernels.gemvSplits(rows: hidden, columns: width)),
         ]
-        context.launch(kernel("decode_layer"), grid: (grid, 1, 1), block: 256, arguments)
+        context.launch(kernel(mode == .whole ? "decode_layer" : "decode_attention"), grid: (grid, 1, 1), block: 256, arguments)
+        if mode == .halves {
+            context.launch(kernel("decode_mlp"), grid: (context.device.multiprocessors * mlpPerSM, 1, 1), block: 256, arguments)
+        }
         lock.lock()
-        persistentLayerLaunches += 1
+        persistentLayerLaunches += mode == .halves ? 2 : 1
         headNormsInside += 1
         fusedLaunches += (layer.input != nil ? 1 : 0) + (whole ? 1 : 0)
         lock.unlock()

@@ -71,7 +71,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
         print("head norms  \(gpu.fusedHeadNorms ? "q/k norms and RoPE inside the attention of decode steps" : "q/k norms and RoPE in norm_rope's launch (turned off)")")
-        print("persistent  \(gpu.persistentProblem.map { "layers unavailable: \($0)" } ?? "layers \(gpu.persistentLayers.rawValue) (decode_layer: \(gpu.persistentBlocksPerMultiprocessor) blocks an SM over \(device.multiprocessors) SMs; INFERENCE_PERSISTENT_LAYERS=off, attention or whole)")")
+        print("persistent  \(gpu.persistentProblem.map { "layers unavailable: \($0)" } ?? "layers \(gpu.persistentLayers.rawValue) (decode_layer: \(gpu.persistentBlocksPerMultiprocessor) blocks an SM over \(device.multiprocessors) SMs; INFERENCE_PERSISTENT_LAYERS=off, attention, halves or whole)")")
         if gpu.prefetchAheadBytes == 0 {
             print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
         } else {
@@ -514,13 +514,13 @@ struct GPUCheckCommand: ParsableCommand {
                     }
                     logits[mode] = rows
                 }
-                for mode in [CUDABackend.PersistentLayers.attention, .whole] {
+                for mode in CUDABackend.PersistentLayers.allCases where mode != .off {
                     let same = logits[mode] == logits[.off]
                     print("\(same ? "ok  " : "FAIL") persistent layers (\(mode.rawValue)): the logits of 40 steps, bit for bit, as launch by launch")
                     if !same { pipelineFailures += 1 }
                 }
                 var lines: [String] = []
-                for mode in [CUDABackend.PersistentLayers.whole, .attention, .off] where mode != chosen {
+                for mode in CUDABackend.PersistentLayers.allCases.reversed() where mode != chosen {
                     let modeTime = try timedWithout { gpu.persistentLayers = $0 ? chosen : mode }
                     lines.append(String(format: "%@ %.3f", mode.rawValue, modeTime / Double(steps) * 1000))
                     figures["decode_b1_persistent_\(mode.rawValue)_ms_per_step"] = modeTime / Double(steps) * 1000

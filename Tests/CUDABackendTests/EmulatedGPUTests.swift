@@ -1081,7 +1081,8 @@ import Testing
     }
 
     /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
-    /// behind grid barriers, the emulator running its 8 blocks side by side), or their first halves:
+    /// behind grid barriers, the emulator running its 8 blocks side by side), as two (`decode_mlp`
+    /// after the first half), or their first halves alone:
     /// the same logits bit for bit as launch by launch, with blocks and threads in order and reversed,
     /// over steps whose attention takes one share and then sixteen (past 32 keys); and pipelined
     /// greedy steps choose the same tokens.
@@ -1092,15 +1093,23 @@ import Testing
         #expect(gpu.persistentProblem == nil, "the emulator says how many blocks an SM holds")
         #expect(gpu.persistentLayers == .off, "off by default")
         let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        let chosenPrefetch = gpu.prefetchAheadBytes
         defer {
             gpu.persistentLayers = .off
+            gpu.prefetchAheadBytes = chosenPrefetch
             reverse(0)
         }
+        // The attention phase asks L2 for the next weights too (a hint: the same logits), all inside them.
+        gpu.prefetchAheadBytes = 96 << 10
+        let (prefetched, strays) = (try Self.emulatorCounter("cudaEmulatorPrefetchedLines"), try Self.emulatorCounter("cudaEmulatorStrayPrefetches"))
+        let (linesBefore, straysBefore) = (prefetched(), strays())
         let layers = engine.config.layerCount
         let prompt = (0..<29).map { 650 - $0 * 19 }
         var runs: [[[Float]]] = []
         var greedy: [[Int]] = []
-        let modes: [(CUDABackend.PersistentLayers, Bool)] = [(.off, false), (.attention, false), (.whole, false), (.whole, true)]
+        let modes: [(CUDABackend.PersistentLayers, Bool)] = [
+            (.off, false), (.attention, false), (.halves, false), (.whole, false), (.halves, true), (.whole, true),
+        ]
         for (mode, reversed) in modes {
             gpu.persistentLayers = mode
             reverse(reversed ? 1 : 0)
@@ -1115,7 +1124,7 @@ import Testing
                 logits += rows
                 next = rows.map(Sampler.argmax)
             }
-            #expect(gpu.persistentLaunches - before == (mode == .off ? 0 : 6 * layers), "\(mode)")
+            #expect(gpu.persistentLaunches - before == 6 * layers * (mode == .off ? 0 : mode == .halves ? 2 : 1), "\(mode)")
             runs.append(logits)
             var tokens: [Int] = []
             for _ in 0..<4 {
@@ -1124,6 +1133,7 @@ import Testing
             }
             greedy.append(tokens)
         }
+        #expect(prefetched() > linesBefore && strays() == straysBefore, "prefetches outside the weights")
         for (i, run) in runs.enumerated().dropFirst() {
             let same = run == runs[0]  // (not printed in full: 6 steps of logits)
             #expect(same, "\(modes[i]): the logits differ from those launch by launch")

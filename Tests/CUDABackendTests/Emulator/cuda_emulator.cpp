@@ -343,6 +343,11 @@ static size_t addSlot(size_t count) {
     return slot;
 }
 
+// The emulated GPU's multiprocessors, and how many blocks of `threads` threads each holds at once
+// (what cuDeviceGetAttribute and cuOccupancyMaxActiveBlocksPerMultiprocessor report).
+static const int multiprocessors = 4;
+static int residentBlocks(size_t threads) { return threads <= 256 ? 2 : 1; }
+
 static unsigned long progress = 0;  // threads that ran to anything but another spin
 enum SlotResult { Finished, Waiting, Deadlock };
 
@@ -423,6 +428,12 @@ static int launch(Launcher kernel, dim3 g, dim3 b, void **params) {
             if (result == Deadlock) return 999;
             if (result == Finished) free.push_back(slot);
             else waiting.push_back(slot);
+            // A GPU holds only so many blocks at once: a grid barrier that needs more would hang.
+            size_t resident = (size_t)(multiprocessors * residentBlocks(count));
+            if (waiting.size() > resident) {
+                fprintf(stderr, "cuda emulator: more blocks wait at a grid barrier than the GPU holds at once (%zu)\n", resident);
+                return 999;
+            }
             continue;
         }
         // Every block has started: the waiting ones go on in turn, until none makes progress.
@@ -462,7 +473,7 @@ CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
     switch (attribute) {
     case 75: *value = emu::architecture / 10; break;  // compute capability: sm_90 unless a test says
     case 76: *value = emu::architecture % 10; break;
-    case 16: *value = 4; break;   // multiprocessors
+    case 16: *value = emu::multiprocessors; break;
     case 36: *value = 1000000; break;
     case 37: *value = 256; break;
     case 38: *value = 256 << 10; break;  // L2 bytes: half is less than a small test model's next products
@@ -604,7 +615,7 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig *config, void *function, void **p
 unsigned long cudaEmulatorDependentLaunches() { return dependentLaunches; }
 // Two blocks of up to 256 threads an SM (a persistent kernel's grid: 8 blocks over the 4 SMs here).
 CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, void *, int blockSize, size_t) {
-    *blocks = blockSize <= 256 ? 2 : 1;
+    *blocks = emu::residentBlocks((size_t)blockSize);
     return 0;
 }
 CUresult cuStreamCreate(void **stream, unsigned) { *stream = new emu::Stream(); return 0; }
