@@ -495,9 +495,9 @@ struct GPUCheckCommand: ParsableCommand {
                 print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.sorted { $0.mib < $1.mib }.map(\.line).joined(separator: ", "))
             }
             if batch == 1 && gpu.persistentProblem == nil {
-                // Each layer as one launch of a persistent grid (decode_layer), or its first half:
-                // first the same logits, bit for bit, as launch by launch over 40 steps past 64 keys
-                // (on this GPU's own grid barriers and memory order), then timed.
+                // Layers as launches of a persistent grid (`CUDABackend.persistentLayers`): first the
+                // same logits, bit for bit, as launch by launch over 40 steps past 64 keys (on this
+                // GPU's own grid barriers and memory order), then each mode timed, side by side.
                 let chosen = gpu.persistentLayers
                 defer { gpu.persistentLayers = chosen }
                 let twin = runner.makeSlot(contextLength: 1024)
@@ -520,12 +520,18 @@ struct GPUCheckCommand: ParsableCommand {
                     if !same { pipelineFailures += 1 }
                 }
                 var lines: [String] = []
-                for mode in CUDABackend.PersistentLayers.allCases.reversed() where mode != chosen {
-                    let modeTime = try timedWithout { gpu.persistentLayers = $0 ? chosen : mode }
+                for mode in CUDABackend.PersistentLayers.allCases {
+                    gpu.persistentLayers = mode
+                    for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                    let modeTime = try seconds {
+                        for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                    }
                     lines.append(String(format: "%@ %.3f", mode.rawValue, modeTime / Double(steps) * 1000))
                     figures["decode_b1_persistent_\(mode.rawValue)_ms_per_step"] = modeTime / Double(steps) * 1000
                 }
-                print(String(format: "            persistent layers (ms/step; %@ %.3f, %d blocks an SM): ", chosen.rawValue, time / Double(steps) * 1000, gpu.persistentBlocksPerMultiprocessor) + lines.joined(separator: ", "))
+                gpu.persistentLayers = chosen
+                for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                print("            persistent layers (ms/step, \(gpu.persistentBlocksPerMultiprocessor) blocks an SM; default \(chosen.rawValue)): " + lines.joined(separator: ", "))
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             // Not pipelined: the replays of a queued step would embed the ids its own argmax left.
