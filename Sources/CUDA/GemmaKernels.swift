@@ -1146,8 +1146,8 @@ public enum GemmaKernels {
         // generation before it arrives, so it waits for this barrier's bump, not an earlier one. The
         // fences make every block's writes before the barrier visible to every block after it. Shared
         // memory does not carry across it (the CUDA emulator runs other blocks in between). A block
-        // that has waited some seconds (2^28 naps: a grid not all resident, which the occupancy the
-        // driver reported should rule out) traps, so the launch fails with an error instead of hanging.
+        // that has waited two seconds (by the GPU's clock: a grid not all resident, which the
+        // occupancy the driver reported should rule out) traps, so the launch fails instead of hanging.
         __device__ __forceinline__ u32 load_acquire(const u32* p) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
             u32 v;
@@ -1157,12 +1157,15 @@ public enum GemmaKernels {
             return *(volatile const u32*)p;
         #endif
         }
-        __device__ __forceinline__ void grid_spin(u32& naps) {
+        __device__ __forceinline__ void grid_spin(u64& since) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
             asm volatile("nanosleep.u32 32;");
-            if (++naps == (1u << 28)) __trap();
+            u64 now;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+            if (since == 0) since = now;
+            else if (now - since > 2000000000ull) __trap();
         #elif defined(CUDA_EMULATOR)
-            (void)naps;
+            (void)since;
             emu_spin();
         #endif
         }
@@ -1176,8 +1179,8 @@ public enum GemmaKernels {
                     __threadfence();
                     atomicAdd(bar + 1, 1u);
                 } else {
-                    u32 naps = 0;
-                    while (load_acquire(bar + 1) == generation) grid_spin(naps);
+                    u64 since = 0;
+                    while (load_acquire(bar + 1) == generation) grid_spin(since);
                 }
                 __threadfence();
             }

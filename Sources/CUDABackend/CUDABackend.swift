@@ -188,6 +188,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     public var persistentResidentBlocks: Int { persistentResident }
     private var persistentResident = 0
     /// Blocks of `decode_mlp` per multiprocessor: as many as one holds, at most 4.
+    public var persistentMLPBlocksPerMultiprocessor: Int { mlpPerSM }
     private var mlpPerSM = 0
     /// How many persistent launches (`decode_layer`, `decode_attention`, `decode_mlp`) ran (for checks
     /// that the persistent path ran).

@@ -71,7 +71,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
         print("head norms  \(gpu.fusedHeadNorms ? "q/k norms and RoPE inside the attention of decode steps" : "q/k norms and RoPE in norm_rope's launch (turned off)")")
-        print("persistent  \(gpu.persistentProblem.map { "layers unavailable: \($0)" } ?? "layers \(gpu.persistentLayers.rawValue) (decode_layer: \(gpu.persistentBlocksPerMultiprocessor) blocks an SM over \(device.multiprocessors) SMs; INFERENCE_PERSISTENT_LAYERS=off, attention, halves or whole)")")
+        print("persistent  \(gpu.persistentProblem.map { "layers unavailable: \($0)" } ?? "layers \(gpu.persistentLayers.rawValue) (decode_layer and decode_attention: \(gpu.persistentBlocksPerMultiprocessor) blocks an SM, decode_mlp \(gpu.persistentMLPBlocksPerMultiprocessor), over \(device.multiprocessors) SMs; INFERENCE_PERSISTENT_LAYERS=off, attention, halves or whole)")")
         if gpu.prefetchAheadBytes == 0 {
             print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
         } else {
