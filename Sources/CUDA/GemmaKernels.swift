@@ -1169,8 +1169,24 @@ public enum GemmaKernels {
             emu_spin();
         #endif
         }
-        __device__ void grid_barrier(u32* bar) {
+        // The time (the GPU's nanosecond clock; in the emulator a count of stamps) at which block
+        // blockIdx.x reached point k of a persistent kernel, into stamps[block * 16 + k] (none when
+        // stamps is null): gpu-check's view of where a persistent layer's time goes.
+        __device__ __forceinline__ void stamp(u64* stamps, int k) {
+            if (!stamps || threadIdx.x != 0) return;
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+            u64 now;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+            stamps[(u64)blockIdx.x * 16 + k] = now;
+        #elif defined(CUDA_EMULATOR)
+            stamps[(u64)blockIdx.x * 16 + k] = emu_clock();
+        #endif
+        }
+
+        // Stamps point k as the block arrives (its threads all done) and k + 1 as it leaves.
+        __device__ void grid_barrier(u32* bar, u64* stamps, int k) {
             __syncthreads();
+            stamp(stamps, k);
             if (threadIdx.x == 0) {
                 u32 generation = load_acquire(bar + 1);
                 __threadfence();
@@ -1185,6 +1201,7 @@ public enum GemmaKernels {
                 __threadfence();
             }
             __syncthreads();
+            stamp(stamps, k + 1);
         }
 
         // A decode step's layer for one sequence (one token) in one launch of a persistent grid, its
@@ -1200,7 +1217,10 @@ public enum GemmaKernels {
         // grid's blocks, so every number is the same bits as theirs. Before each barrier a block asks
         // L2 for the weight rows it takes after it; it lets the next launch start (grid_release) in
         // its last phase. The fused norms count the grid's blocks on `ticket`, once each.
-        // decode_layer runs phases 1-6, decode_attention 1-4, decode_mlp 5-6.
+        // decode_layer runs phases 1-6, decode_attention 1-4, decode_mlp 5-6. stamps (null: none): each
+        // block's times (`stamp`) after the wait (0), at and after each barrier (1-2 after q/k/v,
+        // 3-4 after attention, 5-6 after the merge, 7-8 after the output projection, 9-10 after
+        // gate/up) and at its end (7 or 11); decode_mlp stamps 8 after its wait.
         // Grid: up to every block the GPU holds at once (no more); block: 256.
         #define DECODE_LAYER_PARAMETERS \
             u32* barrier, \
@@ -1212,11 +1232,11 @@ public enum GemmaKernels {
             const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1, const char* ahead2, u64 bytes2, \
             const bf16* wo, float* o, int mo, int ko, int splits4, \
             const bf16* gate, const bf16* up, float* g, int mg, int splits5, const float* pw, const float* pnext, float eps3, \
-            const bf16* wd, float* d, int md, int splits6
+            const bf16* wd, float* d, int md, int splits6, u64* stamps
         #define DECODE_LAYER_ARGUMENTS \
             barrier, wq, wk, wv, q, k, v, mq, mk, mv, x, hidden, splits1, nw, nnext, residual, normed, eps1, ticket, rows, att, \
             partials, heads, kvHeads, dim, scale, asplits, share, half, qw, kw, table, eps2, ahead0, bytes0, ahead1, bytes1, \
-            ahead2, bytes2, wo, o, mo, ko, splits4, gate, up, g, mg, splits5, pw, pnext, eps3, wd, d, md, splits6
+            ahead2, bytes2, wo, o, mo, ko, splits4, gate, up, g, mg, splits5, pw, pnext, eps3, wd, d, md, splits6, stamps
 
         // ATTENTION: phases 1-4; MLP: phases 5 and 6. xs: shared memory for a fused norm's row.
         template <bool ATTENTION, bool MLP>
@@ -1228,6 +1248,7 @@ public enum GemmaKernels {
                 for (int i = b; i < n1; i += blocks) gemv_rows_prefetch(wq, wk, wv, mq, mk, mv, hidden, splits1, i);
                 if (nw) norm_weights(nw, nnext, hidden, wn, nn);
                 grid_wait();
+                stamp(stamps, 0);
                 const float* x1 = x;
                 if (nw) {
                     fused_residual_norm(x, ResidualNorm{nw, nnext, residual, normed, eps1, ticket}, wn, nn, hidden, xs);
@@ -1238,7 +1259,7 @@ public enum GemmaKernels {
                 prefetch_ahead(ahead0, bytes0, b, blocks);
                 prefetch_ahead(ahead1, bytes1, b, blocks);
                 prefetch_ahead(ahead2, bytes2, b, blocks);
-                grid_barrier(barrier);
+                grid_barrier(barrier, stamps, 1);
 
                 for (int i = b; i < heads * asplits; i += blocks) {
                     attention_block(q, rows, att, partials, heads, kvHeads, dim, scale, asplits, share, half, k, v, 1, qw, kw,
@@ -1247,27 +1268,39 @@ public enum GemmaKernels {
                 }
                 int n4 = (mo * splits4 + 7) / 8;
                 for (int i = b; i < n4; i += blocks) gemv_rows_prefetch(wo, 0, 0, mo, 0, 0, ko, splits4, i);
-                grid_barrier(barrier);
+                grid_barrier(barrier, stamps, 3);
                 if (asplits > 1) {
                     for (int i = b; i < heads; i += blocks) combine_head(partials, att, heads, dim, asplits, 0, i);
-                    grid_barrier(barrier);
+                    grid_barrier(barrier, stamps, 5);
                 }
                 if (!MLP) grid_release();
                 for (int i = b; i < n4; i += blocks) gemv_rows_block<1>(wo, 0, 0, o, 0, 0, mo, 0, 0, att, ko, 1, splits4, i);
+                if (!MLP && stamps) {
+                    __syncthreads();
+                    stamp(stamps, 7);
+                }
             }
             if constexpr (MLP) {
                 int n5 = (mg * splits5 + 7) / 8;
                 for (int i = b; i < n5; i += blocks) gemv_gelu_prefetch(gate, up, mg, hidden, splits5, i);
                 norm_weights(pw, pnext, hidden, wn, nn);
-                if (ATTENTION) grid_barrier(barrier);
-                else grid_wait();
+                if (ATTENTION) {
+                    grid_barrier(barrier, stamps, 7);
+                } else {
+                    grid_wait();
+                    stamp(stamps, 8);
+                }
                 fused_residual_norm(o, ResidualNorm{pw, pnext, residual, normed, eps3, ticket}, wn, nn, hidden, xs);
                 for (int i = b; i < n5; i += blocks) gemv_gelu_group<1>(gate, up, xs, g, mg, hidden, 1, splits5, i);
                 int n6 = (md * splits6 + 7) / 8;
                 for (int i = b; i < n6; i += blocks) gemv_rows_prefetch(wd, 0, 0, md, 0, 0, mg, splits6, i);
-                grid_barrier(barrier);
+                grid_barrier(barrier, stamps, 9);
                 grid_release();
                 for (int i = b; i < n6; i += blocks) gemv_rows_block<1>(wd, 0, 0, d, 0, 0, md, 0, 0, g, mg, 1, splits6, i);
+                if (stamps) {
+                    __syncthreads();
+                    stamp(stamps, 11);
+                }
             }
         }
 

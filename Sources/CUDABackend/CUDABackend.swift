@@ -198,6 +198,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return persistentLayerLaunches
     }
     private var persistentLayerLaunches = 0
+    /// Where the persistent launches stamp their phases' times, between `beginPersistentStamps` and
+    /// `endPersistentStamps` (gpu-check); each launch takes a region of `stampBlocks` blocks × 16.
+    private var stampBuffer: CUDABuffer?
+    private var stampGrids: [Int] = []
+    private var stampCapacity = 0
+    static let stampBlocks = 1024
     /// The persistent kernels' grid barrier: its count of blocks arrived and its generation (zero between barriers).
     private let gridBarrier: CUDABuffer
     /// Whether decode steps may be pipelined (`pipelinesSteps`); `INFERENCE_PIPELINE=off`.
@@ -930,9 +936,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             .pointer(layer.down.address), .pointer(layer.normed.address), .int(hidden),
             .int(GemmaKernels.gemvSplits(rows: hidden, columns: width)),
         ]
-        context.launch(kernel(mode == .whole ? "decode_layer" : "decode_attention"), grid: (grid, 1, 1), block: 256, arguments)
+        context.launch(
+            kernel(mode == .whole ? "decode_layer" : "decode_attention"), grid: (grid, 1, 1), block: 256,
+            arguments + [stamps(grid: grid)])
         if mode == .halves {
-            context.launch(kernel("decode_mlp"), grid: (context.device.multiprocessors * mlpPerSM, 1, 1), block: 256, arguments)
+            let mlpGrid = context.device.multiprocessors * mlpPerSM
+            context.launch(kernel("decode_mlp"), grid: (mlpGrid, 1, 1), block: 256, arguments + [stamps(grid: mlpGrid)])
         }
         lock.lock()
         persistentLayerLaunches += mode == .halves ? 2 : 1
@@ -940,6 +949,47 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedLaunches += (layer.input != nil ? 1 : 0) + (whole ? 1 : 0)
         lock.unlock()
         return whole ? .whole : .attention
+    }
+
+    /// The next launch's region of the stamps (`stamp` in the kernels), or none.
+    private func stamps(grid: Int) -> CUDAContext.Argument {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let buffer = stampBuffer, stampGrids.count < stampCapacity, grid <= Self.stampBlocks else { return .pointer(0) }
+        let address = buffer.address + UInt64(stampGrids.count * Self.stampBlocks * 16 * 8)
+        stampGrids.append(grid)
+        return .pointer(address)
+    }
+
+    /// From now, the next `launches` persistent launches stamp their blocks' times at each phase
+    /// (`decode_layer`'s comment numbers them), for `endPersistentStamps`.
+    public func beginPersistentStamps(launches: Int) throws {
+        let buffer = try CUDABuffer(context: context, count: launches * Self.stampBlocks * 16 * 2)
+        lock.lock()
+        stampBuffer = buffer
+        stampGrids = []
+        stampCapacity = launches
+        lock.unlock()
+    }
+
+    /// The stamps since `beginPersistentStamps`, once the work queued has run: per launch, per block,
+    /// 16 times in nanoseconds (0: that point not reached, or none); stamping stops.
+    public func endPersistentStamps() throws -> [[[UInt64]]] {
+        lock.lock()
+        let buffer = stampBuffer, grids = stampGrids
+        stampBuffer = nil
+        stampGrids = []
+        lock.unlock()
+        guard let buffer, !grids.isEmpty else { return [] }
+        try context.synchronize()
+        var words = [UInt64](repeating: 0, count: grids.count * Self.stampBlocks * 16)
+        words.withUnsafeMutableBytes { context.download(buffer.address, bytes: $0.count, into: $0.baseAddress!) }
+        return grids.enumerated().map { launch, grid in
+            (0..<grid).map { block in
+                let first = (launch * Self.stampBlocks + block) * 16
+                return Array(words[first..<first + 16])
+            }
+        }
     }
 
     /// attentionBatch's table of rows (`SegmentRow` in the kernels: each row's cache ring, position,

@@ -264,6 +264,37 @@ struct GPUCheckCommand: ParsableCommand {
 
     private static func tokenID(_ output: BatchRunner<CUDABackend>.Output) -> Int { token(output).id }
 
+    /// The persistent launches' stamps (`CUDABackend.endPersistentStamps`) as the mean time of each
+    /// phase and wait, from the last block to reach the point before to the last to reach the point
+    /// after (the points `decode_layer`'s comment numbers), and of the seams between launches.
+    static func phaseSummary(_ launches: [[[UInt64]]]) -> String {
+        let spans: [(name: String, from: Int, to: Int)] = [
+            ("q/k/v", 0, 1), ("wait", 1, 2), ("attention", 2, 3), ("wait", 3, 4), ("merge", 4, 5), ("wait", 5, 6),
+            ("output", 6, 7), ("wait", 7, 8), ("gate/up", 8, 9), ("wait", 9, 10), ("down", 10, 11),
+        ]
+        var sums = [Double](repeating: 0, count: spans.count + 1), counts = [Int](repeating: 0, count: spans.count + 1)
+        var previousEnd: UInt64?
+        for blocks in launches {
+            let latest = (0..<16).map { k in blocks.map { $0[k] }.filter { $0 > 0 }.max() }
+            for (i, span) in spans.enumerated() {
+                // Without a merge (one share) the output projection follows attention's wait.
+                let from = span.name == "output" && latest[6] == nil ? 4 : span.from
+                guard let start = latest[from], let end = latest[span.to], end >= start else { continue }
+                sums[i] += Double(end - start)
+                counts[i] += 1
+            }
+            // The seam: from the last block of the launch before to this launch's last block started.
+            if let end = previousEnd, let start = latest[0] ?? latest[8], start >= end {
+                sums[spans.count] += Double(start - end)
+                counts[spans.count] += 1
+            }
+            previousEnd = latest[11] ?? latest[7]
+        }
+        let names = spans.map(\.name) + ["seam before a launch"]
+        return names.indices.filter { counts[$0] > 0 }.map { String(format: "%@ %.1f", names[$0], sums[$0] / Double(counts[$0]) / 1000) }
+            .joined(separator: ", ")
+    }
+
     private func seconds(_ body: () throws -> Void) rethrows -> Double {
         let start = DispatchTime.now().uptimeNanoseconds
         try body()
@@ -529,9 +560,21 @@ struct GPUCheckCommand: ParsableCommand {
                     lines.append(String(format: "%@ %.3f", mode.rawValue, modeTime / Double(steps) * 1000))
                     figures["decode_b1_persistent_\(mode.rawValue)_ms_per_step"] = modeTime / Double(steps) * 1000
                 }
+                print("            persistent layers (ms/step, \(gpu.persistentBlocksPerMultiprocessor) blocks an SM; default \(chosen.rawValue)): " + lines.joined(separator: ", "))
+                // Where a persistent layer's time goes: each block's clock at each phase and barrier
+                // of one step (not pipelined: the stamps are of that step's launches alone).
+                runner.pipelining = false
+                for mode in CUDABackend.PersistentLayers.allCases where mode != .off {
+                    gpu.persistentLayers = mode
+                    for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                    try gpu.beginPersistentStamps(launches: 2 * model.config.layerCount)
+                    next = try runner.decodeGreedy(slots, tokens: next)
+                    let summary = Self.phaseSummary(try gpu.endPersistentStamps())
+                    print("            persistent \(mode.rawValue), µs a layer (the last block at each point): " + summary)
+                }
+                runner.pipelining = true
                 gpu.persistentLayers = chosen
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                print("            persistent layers (ms/step, \(gpu.persistentBlocksPerMultiprocessor) blocks an SM; default \(chosen.rawValue)): " + lines.joined(separator: ", "))
             }
             // Where a greedy step's time goes: the host recording it, its graph alone, each kernel alone.
             // Not pipelined: the replays of a queued step would embed the ids its own argmax left.

@@ -1141,6 +1141,49 @@ import Testing
         }
     }
 
+    /// The persistent launches' stamps (each block's clock at each phase, here the emulator's count of
+    /// stamps): no block leaves a grid barrier before every block has arrived at it, each block's
+    /// stamps come in order, and each launch stamps where it starts and ends; gpu-check reads the
+    /// same stamps on a GPU to say where a persistent layer's time goes.
+    @Test func persistentStampsShowEveryBlockMeetingAtEachBarrier() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 84), exactActivations: true)
+        let gpu = try Self.backend.get()
+        defer { gpu.persistentLayers = .off }
+        let layers = engine.config.layerCount
+        for mode in [CUDABackend.PersistentLayers.whole, .halves, .attention] {
+            gpu.persistentLayers = mode
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+            runner.pipelining = false
+            let slot = runner.makeSlot(contextLength: 64)
+            var next = [Sampler.argmax(try runner.prefill(slot, (0..<40).map { 300 + $0 * 11 }))]
+            next = try runner.decodeGreedy([slot], tokens: next)
+            try gpu.beginPersistentStamps(launches: 2 * layers)
+            next = try runner.decodeGreedy([slot], tokens: next)
+            let launches = try gpu.endPersistentStamps()
+            #expect(launches.count == layers * (mode == .halves ? 2 : 1), "\(mode)")
+            var barriers = 0
+            for (l, blocks) in launches.enumerated() {
+                let mlp = mode == .halves && l % 2 == 1
+                #expect(blocks.count == (mlp ? 16 : 8), "\(mode) launch \(l): the grid")
+                let (first, last) = mlp ? (8, 11) : (0, mode == .whole ? 11 : 7)
+                for stamps in blocks {
+                    let reached = stamps.filter { $0 > 0 }
+                    #expect(stamps[first] > 0 && stamps[last] > 0 && reached == reached.sorted(), "\(mode) launch \(l): \(stamps)")
+                }
+                for arrival in [1, 3, 5, 7, 9] where blocks.allSatisfy({ $0[arrival] > 0 && $0[arrival + 1] > 0 }) {
+                    barriers += 1
+                    let lastIn = blocks.map { $0[arrival] }.max()!, firstOut = blocks.map { $0[arrival + 1] }.min()!
+                    #expect(firstOut > lastIn, "\(mode) launch \(l): a block left barrier \(arrival) before all arrived")
+                }
+            }
+            // Per layer: after q/k/v and attention (and the merge, past 32 keys); after the output
+            // projection and gate/up in one launch; after gate/up alone in decode_mlp.
+            #expect(barriers >= layers * (mode == .whole ? 4 : mode == .halves ? 3 : 2), "\(mode): the barriers stamped")
+        }
+    }
+
     /// What a one-sequence step's attention asks L2 for: all of the next products' weights where they
     /// fit, else the same share of each in whole lines, within the budget.
     @Test func prefetchSharesFitTheBudget() {

@@ -45,7 +45,7 @@ import TestSupport
             guard let start = source.range(of: marker), let open = source[start.upperBound...].firstIndex(of: "{") else { return nil }
             return source[source.index(after: open)...].prefix(1200)
         }
-        let helpers = ["gemv_rows<", "gemv_pairs<", "gemv_gelu_rows<"]
+        let helpers = ["gemv_rows<", "gemv_pairs<", "gemv_gelu_rows<", "decode_layer_phases<"]
         for helper in helpers {
             let definition = "void " + helper.dropLast() + "("
             let text = try #require(body(after: definition), "\(helper) is defined")
@@ -54,9 +54,19 @@ import TestSupport
             let beforeWait = text.components(separatedBy: wait)[0]
             let touches = [
                 "return", "gemv_part", "x[", "x +", "out[", "fused_residual_norm", "residual_norm(", "ticket", "norm.residual",
+                "_block", "gemv_gelu_group", "grid_barrier", "stamp(",
             ].filter { beforeWait.contains($0) }
             #expect(text.contains(wait) && touches.isEmpty, "\(helper) waits before \(touches)")
         }
+        // The persistent kernels' MLP alone (decode_mlp) waits in its own branch, after asking L2 for
+        // its weights and loading its norm's, before anything else.
+        let phases = try #require(body(after: "void decode_layer_phases("), "decode_layer_phases is defined")
+        let mlp = try #require(source.range(of: "if constexpr (MLP) {").map { source[$0.upperBound...].prefix(700) })
+        #expect(phases.contains("if constexpr (ATTENTION) {"))
+        let beforeMLPWait = mlp.components(separatedBy: "grid_wait();")[0]
+        let touched = ["return", "fused_residual_norm", "gemv_gelu_group", "_block", "o[", "residual", "ticket", "stamp("]
+            .filter { beforeMLPWait.contains($0) }
+        #expect(mlp.contains("grid_wait();") && touched.isEmpty, "decode_mlp waits before \(touched)")
         // wait_for_x: in each branch, grid_wait before the fused norm reads x or the residual.
         let waitForX = try #require(body(after: "const float* wait_for_x("), "wait_for_x is defined")
             .components(separatedBy: "// One row per warp part")[0]
@@ -69,8 +79,9 @@ import TestSupport
         let weightPrologues: Set<String> = ["rms_norm_add_norm"]
         let allowedBeforeWait: [String: [String]] = [
             "attention_rows": [
-                "grid_release()", "prefetch_ahead(ahead0, bytes0)", "prefetch_ahead(ahead1, bytes1)",
-                "prefetch_ahead(ahead2, bytes2)",
+                "grid_release()", "u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z)",
+                "u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z", "prefetch_ahead(ahead0, bytes0, b, blocks)",
+                "prefetch_ahead(ahead1, bytes1, b, blocks)", "prefetch_ahead(ahead2, bytes2, b, blocks)",
             ]
         ]
         for name in GemmaKernels.names {
