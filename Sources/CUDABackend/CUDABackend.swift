@@ -187,9 +187,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// the driver says (0: unknown).
     public var persistentResidentBlocks: Int { persistentResident }
     private var persistentResident = 0
-    /// Blocks of `decode_mlp` per multiprocessor: as many as one holds, at most 4.
-    public var persistentMLPBlocksPerMultiprocessor: Int { mlpPerSM }
+    /// Blocks of `decode_mlp` per multiprocessor (as many as one holds, at most 4; gpu-check's sweep
+    /// times fewer).
+    public var persistentMLPBlocksPerMultiprocessor: Int {
+        get { lock.lock(); defer { lock.unlock() }; return mlpPerSM }
+        set { lock.lock(); mlpPerSM = min(max(1, newValue), mlpResident); lock.unlock() }
+    }
     private var mlpPerSM = 0
+    private var mlpResident = 0
     /// How many persistent launches (`decode_layer`, `decode_attention`, `decode_mlp`) ran (for checks
     /// that the persistent path ran).
     public var persistentLaunches: Int {
@@ -293,6 +298,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         if resident.allSatisfy({ $0 > 0 }) {
             persistentResident = min(resident[0], resident[1])
             persistentPerSM = min(persistentPerSM, persistentResident)
+            mlpResident = resident[2]
             mlpPerSM = min(4, resident[2])
         } else {
             persistentProblem = "the driver does not say how many blocks of decode_layer, decode_attention and decode_mlp a multiprocessor holds"
@@ -874,7 +880,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// weights, the residual norms and head norms fused as those launches fuse them); else `.none`.
     public func decodeLayer(_ layer: DecodeLayer<CUDABuffer, CUDAMatrix>) -> DecodeLayerReach {
         lock.lock()
-        let mode = persistentMode, perSM = persistentPerSM
+        let mode = persistentMode, perSM = persistentPerSM, mlpBlocks = mlpPerSM
         lock.unlock()
         guard mode != .off else { return .none }
         let whole = mode != .attention
@@ -940,7 +946,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             kernel(mode == .whole ? "decode_layer" : "decode_attention"), grid: (grid, 1, 1), block: 256,
             arguments + [stamps(grid: grid)])
         if mode == .halves {
-            let mlpGrid = context.device.multiprocessors * mlpPerSM
+            let mlpGrid = context.device.multiprocessors * mlpBlocks
             context.launch(kernel("decode_mlp"), grid: (mlpGrid, 1, 1), block: 256, arguments + [stamps(grid: mlpGrid)])
         }
         lock.lock()

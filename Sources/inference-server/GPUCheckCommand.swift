@@ -160,6 +160,17 @@ struct GPUCheckCommand: ParsableCommand {
             for other in CUDABackend.PersistentLayers.allCases where other != mode {
                 variants.append(("persistent layers: \(other.rawValue)", { gpu.persistentLayers = $0 ? other : mode }))
             }
+            // Halves with fewer blocks of decode_mlp an SM.
+            let mlpPerSM = gpu.persistentMLPBlocksPerMultiprocessor
+            for blocks in [2, 3] where blocks < mlpPerSM {
+                variants.append((
+                    "persistent halves, decode_mlp \(blocks) blocks an SM",
+                    { on in
+                        gpu.persistentLayers = on ? .halves : mode
+                        gpu.persistentMLPBlocksPerMultiprocessor = on ? blocks : mlpPerSM
+                    }
+                ))
+            }
             // Whole layers with other block counts an SM (as many as one holds at most).
             for blocks in [1, 3, 4] where blocks != perSM && blocks <= gpu.persistentResidentBlocks {
                 variants.append((
