@@ -1157,11 +1157,18 @@ public enum GemmaKernels {
             return *(volatile const u32*)p;
         #endif
         }
+        // The GPU's clock, in nanoseconds (sm_70 and later).
+        __device__ __forceinline__ u64 global_nanoseconds() {
+            u64 now = 0;
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        #endif
+            return now;
+        }
         __device__ __forceinline__ void grid_spin(u64& since) {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
             asm volatile("nanosleep.u32 32;");
-            u64 now;
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+            u64 now = global_nanoseconds();
             if (since == 0) since = now;
             else if (now - since > 2000000000ull) __trap();
         #elif defined(CUDA_EMULATOR)
@@ -1175,9 +1182,7 @@ public enum GemmaKernels {
         __device__ __forceinline__ void stamp(u64* stamps, int k) {
             if (!stamps || threadIdx.x != 0) return;
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-            u64 now;
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-            stamps[(u64)blockIdx.x * 16 + k] = now;
+            stamps[(u64)blockIdx.x * 16 + k] = global_nanoseconds();
         #elif defined(CUDA_EMULATOR)
             stamps[(u64)blockIdx.x * 16 + k] = emu_clock();
         #endif
