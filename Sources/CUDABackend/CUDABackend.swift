@@ -165,7 +165,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// grid (its phases behind grid barriers: the same bits as the launches it replaces), each half
     /// as one (`halves`: decode_attention, then `decode_mlp`, whose registers let twice the blocks
     /// an SM), or not (`off`).
-    /// Off by default: not yet timed on a GPU (gpu-check's sweep times all three);
+    /// Off by default: not yet timed on a GPU (gpu-check's bench and sweep time every mode);
     /// `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
     public var persistentLayers: PersistentLayers {
         get { lock.lock(); defer { lock.unlock() }; return persistentMode }
@@ -176,8 +176,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Why `decode_layer`, `decode_attention` and `decode_mlp` cannot run (nil: they can): the driver
     /// cannot say how many of their blocks an SM holds, or none fit.
     public private(set) var persistentProblem: String?
-    /// Blocks of `decode_layer` and `decode_attention` per multiprocessor (2; at most as many as one holds, which the driver
-    /// says at start; gpu-check's sweep times others).
+    /// Blocks of `decode_layer` and `decode_attention` per multiprocessor (2; at most as many as one
+    /// holds, which the driver says at start; gpu-check's sweep times others).
     public var persistentBlocksPerMultiprocessor: Int {
         get { lock.lock(); defer { lock.unlock() }; return persistentPerSM }
         set { lock.lock(); persistentPerSM = min(max(1, newValue), persistentResident); lock.unlock() }
