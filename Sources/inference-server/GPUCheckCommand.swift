@@ -41,6 +41,11 @@ struct GPUCheckCommand: ParsableCommand {
     @Option(help: "Decode steps timed per batch size.")
     var steps = 128
 
+    @Option(
+        name: .customLong("sweep-prompt"),
+        help: "Tokens of the prompt each --decode-sweep timing starts from (the keys its attention reads).")
+    var sweepPrompt = 64
+
     @Option(help: "Write the figures as JSON to this file.")
     var json: String?
 
@@ -139,16 +144,17 @@ struct GPUCheckCommand: ParsableCommand {
 
     /// Where a one-sequence decode step's time goes, inside the step's graph: the step with one
     /// setting changed, or one kernel (or launch shape of one) dropped, against the step as it is.
-    /// Each timing starts from the same 64-token prompt, so every variant attends over the same keys;
-    /// the variants are alternated ROUNDS times so that a drift of the card's clocks shows as a
-    /// spread, not as a difference. A dropped kernel's figure is its cost in the step, launch gap
+    /// Each timing starts from the same prompt (`--sweep-prompt`, 64 tokens by default), so every
+    /// variant attends over the same keys; the variants are alternated ROUNDS times so that a drift
+    /// of the card's clocks shows as a spread, not as a difference. A dropped kernel's figure is its cost in the step, launch gap
     /// and all (its results are then wrong; they are not checked here).
     private func sweep(model: Gemma3Model<CUDABackend>, gpu: CUDABackend) throws -> [String: Double] {
         let c = model.config
         let vocabulary = c.vocabularySize
         let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 512)
         let slot = runner.makeSlot(contextLength: 4096)
-        let prompt = [2] + (1..<64).map { (1000 + ($0 * 7919) % 20_000) % vocabulary }
+        let prompt = [2] + (1..<max(1, min(sweepPrompt, 4096 - 16 - steps))).map { (1000 + ($0 * 7919) % 20_000) % vocabulary }
+        print("sweep       from a prompt of \(prompt.count) tokens, \(steps) steps timed")
         func grid(_ m: Int, _ k: Int) -> Int { (m * GemmaKernels.gemvSplits(rows: m, columns: k) + 7) / 8 }
         let queryWidth = c.headCount * c.headDimension
         var variants: [(name: String, set: (Bool) -> Void)] = [("as it is", { _ in })]
@@ -182,6 +188,8 @@ struct GPUCheckCommand: ParsableCommand {
                 ))
             }
         }
+        let lastShare = gpu.storeInLastShare
+        variants.append(("the key stored by the \(lastShare ? "first" : "last") share", { gpu.storeInLastShare = $0 ? !lastShare : lastShare }))
         let shares = gpu.decodeShares
         for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))

@@ -1141,6 +1141,43 @@ import Testing
         }
     }
 
+    /// A decode step's attention gives the same logits bit for bit whichever share's block stores the
+    /// step's key and value (the last, by default, or the first), across the 32 keys where its keys
+    /// are cut into shares, with its blocks and threads in either order: no block reads the row
+    /// being stored, and only the share that holds the new key reads it.
+    @Test func theStoringShareDoesNotChangeTheBits() throws {
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 89), exactActivations: true)
+        let gpu = try Self.backend.get()
+        #expect(gpu.storeInLastShare, "the last share stores by default")
+        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        defer {
+            gpu.storeInLastShare = true
+            reverse(0)
+        }
+        let prompt = (0..<28).map { 700 - $0 * 23 }
+        var runs: [[[Float]]] = []
+        for (last, reversed) in [(true, false), (false, false), (true, true), (false, true)] {
+            gpu.storeInLastShare = last
+            reverse(reversed ? 1 : 0)
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+            let slot = runner.makeSlot(contextLength: 64)
+            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+            var logits: [[Float]] = []
+            for _ in 0..<7 {  // positions 28 to 34: the full layers' keys pass 32
+                let rows = try runner.decode([slot], tokens: next)
+                logits += rows
+                next = rows.map(Sampler.argmax)
+            }
+            runs.append(logits)
+        }
+        for (i, run) in runs.enumerated().dropFirst() {
+            let same = run == runs[0]  // (not printed in full: 7 steps of logits)
+            #expect(same, "setting \(i): the logits differ")
+        }
+    }
+
     /// The persistent launches' stamps (each block's clock at each phase, here the emulator's count of
     /// stamps): no block leaves a grid barrier before every block has arrived at it, each block's
     /// stamps come in order, and each launch stamps where it starts and ends; gpu-check reads the
