@@ -909,8 +909,8 @@ public enum GemmaKernels {
             if (active) kv_load8(qv + d0, q);
             else for (int j = 0; j < 8; j++) q[j] = 0.0f;
             if (qw) head_norm_rope(q, qw, angles, dim, eps);
-            float kf[8], vf[8];  // the fresh key and value, as the cache holds them (read by the share that holds it)
-            if (fresh >= lo && fresh <= hi) {
+            float kf[8], vf[8];  // the fresh key and value, as the cache holds them
+            if (fresh >= 0) {
                 if (active) {
                     kv_load8(kfresh + d0, kf);
                     kv_load8(vfresh + d0, vf);
@@ -1045,7 +1045,7 @@ public enum GemmaKernels {
         __device__ void attention_block(const float* q, const SegmentRow* rows, float* out, float* partials, int heads,
                                         int kvHeads, int dim, float scale, int splits, int share, int half, const float* k,
                                         const float* v, int store, const float* qw, const float* kw, const float* table,
-                                        float eps, int row, int h, int z, int storer) {
+                                        float eps, int row, int h, int z, int trims) {
             SegmentRow r = rows[row];
             int kvh = h / (heads / kvHeads), width = kvHeads * dim;
             u64 at = ((u64)row * heads + h) * dim;
@@ -1059,22 +1059,26 @@ public enum GemmaKernels {
             const float* kfresh = store ? k + (u64)row * width + (u64)kvh * dim : 0;
             const float* vfresh = store ? v + (u64)row * width + (u64)kvh * dim : 0;
             const float* angles = qw ? table + (u64)row * dim : 0;
+            // Trimmed: the row stored by its last share's block (empty until the row's keys fill the
+            // others), the new key loaded and normed only by the share that holds it.
+            int storer = trims ? splits - 1 : 0, fresh = store ? r.position : -1;
+            if (trims && (fresh < lo || fresh > hi)) fresh = -1;
             if (store && h == 0 && z == storer) {
                 if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps, row);
                 else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps, row);
                 else if (half) store_row<bf16>(k, v, r, width, row);
                 else store_row<float>(k, v, r, width, row);
             }
-            if (partial && lo > hi) {
+            if (trims && partial && lo > hi) {
                 // A share past the row's keys: only the header by which attention_combine skips it (what
                 // attend would leave), so that the block is soon free.
                 if (threadIdx.x == 0) { partial[0] = NEG_INF; partial[1] = 0.0f; }
             } else if (half)
                 attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
+                       r.capacity, scale, kfresh, vfresh, fresh, qw, kw, angles, eps);
             else
                 attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, store ? r.position : -1, qw, kw, angles, eps);
+                       r.capacity, scale, kfresh, vfresh, fresh, qw, kw, angles, eps);
         }
 
         // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
@@ -1082,11 +1086,13 @@ public enum GemmaKernels {
         // SMs busy (flash-decoding): each share goes to partials (rows, heads, splits, dim + 2) and
         // attention_combine merges them; a row with fewer keys leaves its last shares empty.
         // store != 0 (every row the one new token of its own sequence, as in a decode step): the rows'
-        // keys and values k, v are stored here, by block (r, 0, storer), instead of by kv_store_rows in
-        // a launch before; the share that holds the new key reads it from k and v, so none reads the
-        // cache row being stored, and the slot it replaces is past every row's window. The backend
-        // names the last share (empty until a row's keys fill all but it), so that the store does
-        // not lengthen a busy block's chain of loads.
+        // keys and values k, v are stored here, by one block of the row, instead of by kv_store_rows
+        // in a launch before; the new key is read from k and v, so none reads the cache row being
+        // stored, and the slot it replaces is past every row's window. trims != 0: that block is the
+        // row's last share's (empty until the row's keys fill the others), only the share that holds
+        // the new key loads and norms it, and a share past the row's keys writes only the header by
+        // which attention_combine skips it: none lengthens a busy block's chain of loads. Else block
+        // (r, 0, 0) stores, and every share works through attend (the same bits).
         // aheadN, bytesN: up to three ranges of the weights the products after it read, asked of L2
         // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
         // qw not null (with store): q and k are as the qkv product left them; q_norm (qw), k_norm (kw)
@@ -1097,7 +1103,7 @@ public enum GemmaKernels {
                                                   int half, const float* k, const float* v, int store,
                                                   const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1,
                                                   const char* ahead2, u64 bytes2, const float* qw, const float* kw,
-                                                  const float* table, float eps, int storer) {
+                                                  const float* table, float eps, int trims) {
             grid_release();
             u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
             u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
@@ -1106,7 +1112,7 @@ public enum GemmaKernels {
             prefetch_ahead(ahead2, bytes2, b, blocks);
             grid_wait();
             attention_block(q, rows, out, partials, heads, kvHeads, dim, scale, splits, share, half, k, v, store, qw, kw, table,
-                            eps, blockIdx.x, blockIdx.y, blockIdx.z, storer);
+                            eps, blockIdx.x, blockIdx.y, blockIdx.z, trims);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
@@ -1274,7 +1280,7 @@ public enum GemmaKernels {
 
                 for (int i = b; i < heads * asplits; i += blocks) {
                     attention_block(q, rows, att, partials, heads, kvHeads, dim, scale, asplits, share, half, k, v, 1, qw, kw,
-                                    table, eps2, 0, i % heads, i / heads, asplits - 1);
+                                    table, eps2, 0, i % heads, i / heads, 1);
                     __syncthreads();  // attend's shared memory, for the next share
                 }
                 int n4 = (mo * splits4 + 7) / 8;

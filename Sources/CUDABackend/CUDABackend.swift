@@ -153,15 +153,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); headNormsFused = newValue; lock.unlock() }
     }
     private var headNormsFused = true
-    /// Which block of a decode step's attention stores the step's key and value (`attention_rows`):
-    /// that of a row's last share (true: empty until the row's keys fill the others, so the store
-    /// is off the busy blocks' chain of loads) or of its first (false; gpu-check's sweep times both).
-    /// The same bits either way.
-    public var storeInLastShare: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return lastShareStores }
-        set { lock.lock(); lastShareStores = newValue; lock.unlock() }
+    /// Whether a decode step's attention (`attention_rows`) keeps work off its busy blocks: the step's
+    /// key and value stored by a row's last share's block (empty until the row's keys fill the
+    /// others) rather than its first's, the new key loaded and normed only by the share that holds
+    /// it, and shares past a row's keys left at once. The same bits either way; gpu-check's sweep
+    /// times both.
+    public var attentionTrims: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return trimsAttention }
+        set { lock.lock(); trimsAttention = newValue; lock.unlock() }
     }
-    private var lastShareStores = true
+    private var trimsAttention = true
     /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
     /// sweep times others).
     public var decodeShares: Int {
@@ -869,7 +870,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits) + [
                 .pointer(inside?.queryNorm.address ?? 0), .pointer(inside?.keyNorm.address ?? 0),
                 .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0),
-                .int(storeInLastShare ? splits - 1 : 0),
+                .int(attentionTrims ? 1 : 0),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.

@@ -188,8 +188,8 @@ struct GPUCheckCommand: ParsableCommand {
                 ))
             }
         }
-        let lastShare = gpu.storeInLastShare
-        variants.append(("the key stored by the \(lastShare ? "first" : "last") share", { gpu.storeInLastShare = $0 ? !lastShare : lastShare }))
+        let trims = gpu.attentionTrims
+        variants.append(("attention \(trims ? "untrimmed" : "trimmed")", { gpu.attentionTrims = $0 ? !trims : trims }))
         let shares = gpu.decodeShares
         for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))

@@ -1141,24 +1141,24 @@ import Testing
         }
     }
 
-    /// A decode step's attention gives the same logits bit for bit whichever share's block stores the
-    /// step's key and value (the last, by default, or the first), across the 32 keys where its keys
-    /// are cut into shares, with its blocks and threads in either order: no block reads the row
-    /// being stored, and only the share that holds the new key reads it.
-    @Test func theStoringShareDoesNotChangeTheBits() throws {
+    /// A decode step's attention gives the same logits bit for bit trimmed (the step's key and value
+    /// stored by a row's last share, the new key read only by its share, empty shares left at once:
+    /// the default) or not, across the 32 keys where its keys are cut into shares, with its blocks
+    /// and threads in either order: no block reads the row being stored.
+    @Test func trimmedAttentionGivesTheSameBits() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 89), exactActivations: true)
         let gpu = try Self.backend.get()
-        #expect(gpu.storeInLastShare, "the last share stores by default")
+        #expect(gpu.attentionTrims, "trimmed by default")
         let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
         defer {
-            gpu.storeInLastShare = true
+            gpu.attentionTrims = true
             reverse(0)
         }
         let prompt = (0..<28).map { 700 - $0 * 23 }
         var runs: [[[Float]]] = []
-        for (last, reversed) in [(true, false), (false, false), (true, true), (false, true)] {
-            gpu.storeInLastShare = last
+        for (trimmed, reversed) in [(true, false), (false, false), (true, true), (false, true)] {
+            gpu.attentionTrims = trimmed
             reverse(reversed ? 1 : 0)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
