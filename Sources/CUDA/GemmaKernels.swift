@@ -846,28 +846,47 @@ public enum GemmaKernels {
         __device__ __forceinline__ void kv_load8(const bf16* p, float* out) { unpack8(*(const uint4*)p, out); }
 
         // q_norm / k_norm then RoPE of one head held by one warp as attend holds a row: lane i has
-        // dimensions 8i..8i+7 in v (zeros past dim). The RMS over the head, times the weight w, then
-        // dimension d < dim/2 rotated with d + dim/2, which sits dim/16 lanes further; table row
-        // `angles`: cos (dim/2) then sin (dim/2). norm_rope and the attention that fuses it
-        // (attention_rows) both go through here, so a head's numbers are the same bits either way.
-        // Every lane of the warp calls it (shuffles). dim a multiple of 16, at most 256.
-        __device__ __forceinline__ void head_norm_rope(float* v, const float* w, const float* angles, int dim, float eps) {
+        // dimensions 8i..8i+7 in v (zeros past dim). The RMS over the head, times the lane's weights wv
+        // (head_weights), then dimension d < dim/2 rotated with d + dim/2, which sits dim/16 lanes
+        // further, by the lane's cos c and sin s (head_angles of a table row: cos (dim/2) then sin
+        // (dim/2)). norm_rope and the attention that fuses it (attention_rows) both go through here,
+        // so a head's numbers are the same bits either way; the weights and angles are loaded apart
+        // so that a decode step's attention can load them before it waits. Every lane of the warp
+        // calls it (shuffles). dim a multiple of 16, at most 256.
+        __device__ __forceinline__ void head_norm_rope_with(float* v, const float* wv, const float* c, const float* s, int dim,
+                                                            float eps) {
             int lane = threadIdx.x & 31, d0 = 8 * lane, half = dim >> 1;
             bool active = d0 < dim, low = d0 < half;
             float squares = 0.0f;
             for (int j = 0; j < 8; j++) squares += v[j] * v[j];
             float inv = rsqrtf(warp_sum(squares) / dim + eps);
             float x[8];
-            for (int j = 0; j < 8; j++) x[j] = active ? (v[j] * inv) * w[d0 + j] : 0.0f;
+            for (int j = 0; j < 8; j++) x[j] = active ? (v[j] * inv) * wv[j] : 0.0f;
             int partner = !active ? lane : (low ? lane + (half >> 3) : lane - (half >> 3));
-            int d = low ? d0 : d0 - half;  // the pair's index into the cos and sin halves
             for (int j = 0; j < 8; j++) {
                 float other = __shfl_sync(0xffffffffu, x[j], partner);
-                if (active) {
-                    float c = angles[d + j], s = angles[half + d + j];
-                    v[j] = low ? x[j] * c - other * s : x[j] * c + other * s;
-                }
+                if (active) v[j] = low ? x[j] * c[j] - other * s[j] : x[j] * c[j] + other * s[j];
             }
+        }
+        // What head_norm_rope_with takes in this lane: the norm's weights w[8i..8i+7] (zeros past dim)...
+        __device__ __forceinline__ void head_weights(const float* w, int dim, float* wv) {
+            int d0 = 8 * (threadIdx.x & 31);
+            for (int j = 0; j < 8; j++) wv[j] = d0 < dim ? w[d0 + j] : 0.0f;
+        }
+        // ... and the cos and sin of its dimensions' pair (`angles`: the row's table row).
+        __device__ __forceinline__ void head_angles(const float* angles, int dim, float* c, float* s) {
+            int d0 = 8 * (threadIdx.x & 31), half = dim >> 1;
+            int d = d0 < half ? d0 : d0 - half;  // the pair's index into the cos and sin halves
+            for (int j = 0; j < 8; j++) {
+                c[j] = d0 < dim ? angles[d + j] : 0.0f;
+                s[j] = d0 < dim ? angles[half + d + j] : 0.0f;
+            }
+        }
+        __device__ __forceinline__ void head_norm_rope(float* v, const float* w, const float* angles, int dim, float eps) {
+            float wv[8], c[8], s[8];
+            head_weights(w, dim, wv);
+            head_angles(angles, dim, c, s);
+            head_norm_rope_with(v, wv, c, s, dim, eps);
         }
 
         // q_norm / k_norm then RoPE, in place, one head of one token per block (head_norm_rope):
@@ -888,27 +907,64 @@ public enum GemmaKernels {
                 for (int j = 0; j < 8; j++) v[d0 + j] = x[j];
         }
 
+        // The keys and values of keys base..min(base + ATT_GROUP - 1, hi) for this lane (a key past hi
+        // repeats base's), zeros in lanes past dim, and zeros for key position `fresh`, whose key and
+        // value the step itself writes (attend fills them in from the step's own).
+        template <typename T>
+        __device__ __forceinline__ void attend_keys(const T* kcache, const T* vcache, int base, int hi, int fresh, u64 column,
+                                                    int width, int capacity, bool active, float kr[ATT_GROUP][8],
+                                                    float vr[ATT_GROUP][8]) {
+            int count = hi - base + 1 < ATT_GROUP ? hi - base + 1 : ATT_GROUP;
+            for (int u = 0; u < ATT_GROUP; u++) {
+                int key = base + (u < count ? u : 0);
+                u64 row = (u64)(key % capacity) * width + column;
+                if (active && key != fresh) {
+                    kv_load8(kcache + row, kr[u]);
+                    kv_load8(vcache + row, vr[u]);
+                } else {
+                    for (int j = 0; j < 8; j++) { kr[u][j] = 0.0f; vr[u][j] = 0.0f; }
+                }
+            }
+        }
+
         // Key position `fresh` (-1: none) is read from kfresh and vfresh (the step's own f32 key and value
         // of this kv head, rounded as the cache would hold them) rather than from the cache, which
         // another block of the same launch is storing it into.
         // qw not null: the query and the fresh key are as the qkv product left them, and get q_norm
         // (qw) / k_norm (kw) and RoPE (`angles`, the row's table row) here (head_norm_rope), as
         // norm_rope would have given them.
+        // early: the caller has not waited for the kernel before (grid_wait); attend loads what no
+        // kernel of the step writes first (the head norms' weights, the row's angles, its warp's
+        // first keys and values but the fresh ones: rows earlier steps stored), then waits, so that
+        // a decode step's attention has those loads done while the qkv product drains.
         template <typename T>
         __device__ void attend(const float* qv, const T* kcache, const T* vcache, float* o, float* partial,
                                int lo, int hi, int kvh, int kvHeads, int dim, int capacity, float scale,
                                const float* kfresh, const float* vfresh, int fresh,
-                               const float* qw, const float* kw, const float* angles, float eps) {
+                               const float* qw, const float* kw, const float* angles, float eps, bool early) {
             __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
             __shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM];
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
             int width = kvHeads * dim, d0 = 8 * lane;
             bool active = d0 < dim;
+            u64 column = (u64)kvh * dim + d0;
+            float qwv[8], kwv[8], c[8], s[8];
+            if (qw) {
+                head_weights(qw, dim, qwv);
+                head_weights(kw, dim, kwv);
+                head_angles(angles, dim, c, s);
+            }
+            // Four keys per warp per iteration, their keys' and values' loads all issued before any
+            // arithmetic: a decode step (one query row, a handful of blocks) is bound by load latency.
+            int base = lo + ATT_GROUP * warp;
+            float kr[ATT_GROUP][8], vr[ATT_GROUP][8];
+            if (base <= hi) attend_keys(kcache, vcache, base, hi, fresh, column, width, capacity, active, kr, vr);
+            if (early) grid_wait();
             float q[8], acc[8];
             for (int j = 0; j < 8; j++) acc[j] = 0.0f;
             if (active) kv_load8(qv + d0, q);
             else for (int j = 0; j < 8; j++) q[j] = 0.0f;
-            if (qw) head_norm_rope(q, qw, angles, dim, eps);
+            if (qw) head_norm_rope_with(q, qwv, c, s, dim, eps);
             float kf[8], vf[8];  // the fresh key and value, as the cache holds them
             if (fresh >= 0) {
                 if (active) {
@@ -917,7 +973,7 @@ public enum GemmaKernels {
                 } else {
                     for (int j = 0; j < 8; j++) { kf[j] = 0.0f; vf[j] = 0.0f; }
                 }
-                if (qw) head_norm_rope(kf, kw, angles, dim, eps);
+                if (qw) head_norm_rope_with(kf, kwv, c, s, dim, eps);
                 if (sizeof(T) == 2)
                     for (int j = 0; j < 8; j++) {
                         kf[j] = bf16_to_f32(f32_to_bf16(kf[j]));
@@ -925,23 +981,12 @@ public enum GemmaKernels {
                     }
             }
             float m = NEG_INF, l = 0.0f;
-            // Four keys per warp per iteration, their keys' and values' loads all issued before any
-            // arithmetic: a decode step (one query row, a handful of blocks) is bound by load latency.
-            for (int base = lo + ATT_GROUP * warp; base <= hi; base += ATT_GROUP * warps) {
+            while (base <= hi) {
                 int count = hi - base + 1 < ATT_GROUP ? hi - base + 1 : ATT_GROUP;  // the same in every lane
-                float kr[ATT_GROUP][8], vr[ATT_GROUP][8];
-                for (int u = 0; u < ATT_GROUP; u++) {
-                    int key = base + (u < count ? u : 0);
-                    u64 row = (u64)(key % capacity) * width + (u64)kvh * dim + d0;
-                    if (active && key == fresh) {
-                        for (int j = 0; j < 8; j++) { kr[u][j] = kf[j]; vr[u][j] = vf[j]; }
-                    } else if (active) {
-                        kv_load8(kcache + row, kr[u]);
-                        kv_load8(vcache + row, vr[u]);
-                    } else {
-                        for (int j = 0; j < 8; j++) { kr[u][j] = 0.0f; vr[u][j] = 0.0f; }
-                    }
-                }
+                if (active)
+                    for (int u = 0; u < ATT_GROUP; u++)
+                        if (base + (u < count ? u : 0) == fresh)
+                            for (int j = 0; j < 8; j++) { kr[u][j] = kf[j]; vr[u][j] = vf[j]; }
                 float score[ATT_GROUP];
                 float next = m;
                 for (int u = 0; u < ATT_GROUP; u++) {
@@ -959,6 +1004,8 @@ public enum GemmaKernels {
                     for (int j = 0; j < 8; j++) acc[j] += weight * vr[u][j];
                 }
                 m = next;
+                base += ATT_GROUP * warps;
+                if (base <= hi) attend_keys(kcache, vcache, base, hi, fresh, column, width, capacity, active, kr, vr);
             }
             if (lane == 0) { warp_m[warp] = m; warp_l[warp] = l; }
             if (active) for (int j = 0; j < 8; j++) warp_acc[warp][d0 + j] = acc[j];
@@ -992,7 +1039,7 @@ public enum GemmaKernels {
             int t = blockIdx.x, h = blockIdx.y, position = first + t;
             u64 at = ((u64)t * heads + h) * dim;
             attend(q + at, kcache, vcache, out + at, 0, oldest_key(position, window), position, h / (heads / kvHeads),
-                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f);
+                   kvHeads, dim, capacity, scale, 0, 0, -1, 0, 0, 0, 0.0f, false);
         }
 
         // Several sequences in one step: row r belongs to the sequence whose layer cache, position and
@@ -1041,11 +1088,17 @@ public enum GemmaKernels {
             else store_row<float>(k, v, r, width, blockIdx.x);
         }
 
-        // Block (row, h, z) of attention_rows, once the step's writes are there.
+        // Block (row, h, z) of attention_rows, once the step's writes are there, or (early, with store)
+        // before: attend waits once it has loaded what no kernel of the step writes (the rows table,
+        // staged ahead of the step's launches, is one), and the block writes nothing before it waits.
+        // Trimmed: the row stored by its last share's block (empty until the row's keys fill the
+        // others), the new key loaded and normed only by the share that holds it, and a share past
+        // the row's keys writes only the header by which attention_combine skips it (what attend
+        // would leave), so that the block is soon free. The row's key and value are stored last.
         __device__ void attention_block(const float* q, const SegmentRow* rows, float* out, float* partials, int heads,
                                         int kvHeads, int dim, float scale, int splits, int share, int half, const float* k,
                                         const float* v, int store, const float* qw, const float* kw, const float* table,
-                                        float eps, int row, int h, int z, int trims) {
+                                        float eps, int row, int h, int z, int trims, bool early) {
             SegmentRow r = rows[row];
             int kvh = h / (heads / kvHeads), width = kvHeads * dim;
             u64 at = ((u64)row * heads + h) * dim;
@@ -1059,26 +1112,23 @@ public enum GemmaKernels {
             const float* kfresh = store ? k + (u64)row * width + (u64)kvh * dim : 0;
             const float* vfresh = store ? v + (u64)row * width + (u64)kvh * dim : 0;
             const float* angles = qw ? table + (u64)row * dim : 0;
-            // Trimmed: the row stored by its last share's block (empty until the row's keys fill the
-            // others), the new key loaded and normed only by the share that holds it.
             int storer = trims ? splits - 1 : 0, fresh = store ? r.position : -1;
             if (trims && (fresh < lo || fresh > hi)) fresh = -1;
+            if (trims && partial && lo > hi) {
+                if (early) grid_wait();
+                if (threadIdx.x == 0) { partial[0] = NEG_INF; partial[1] = 0.0f; }
+            } else if (half)
+                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
+                       r.capacity, scale, kfresh, vfresh, fresh, qw, kw, angles, eps, early);
+            else
+                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
+                       r.capacity, scale, kfresh, vfresh, fresh, qw, kw, angles, eps, early);
             if (store && h == 0 && z == storer) {
                 if (qw && half) store_row_normed<bf16>(k, v, r, kvHeads, dim, kw, angles, eps, row);
                 else if (qw) store_row_normed<float>(k, v, r, kvHeads, dim, kw, angles, eps, row);
                 else if (half) store_row<bf16>(k, v, r, width, row);
                 else store_row<float>(k, v, r, width, row);
             }
-            if (trims && partial && lo > hi) {
-                // A share past the row's keys: only the header by which attention_combine skips it (what
-                // attend would leave), so that the block is soon free.
-                if (threadIdx.x == 0) { partial[0] = NEG_INF; partial[1] = 0.0f; }
-            } else if (half)
-                attend(q + at, (const bf16*)r.keys, (const bf16*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, fresh, qw, kw, angles, eps);
-            else
-                attend(q + at, (const float*)r.keys, (const float*)r.values, out + at, partial, lo, hi, kvh, kvHeads, dim,
-                       r.capacity, scale, kfresh, vfresh, fresh, qw, kw, angles, eps);
         }
 
         // Each row's attention against its own sequence's ring (bf16 when half != 0). With splits > 1 the row's keys are cut
@@ -1097,22 +1147,30 @@ public enum GemmaKernels {
         // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
         // qw not null (with store): q and k are as the qkv product left them; q_norm (qw), k_norm (kw)
         // and RoPE (table, a row per row) are applied here, as norm_rope would (one launch fewer).
-        // Grid: (rows, heads, splits); block: 256.
-        extern "C" __global__ void attention_rows(const float* q, const SegmentRow* rows, float* out, float* partials,
-                                                  int heads, int kvHeads, int dim, float scale, int splits, int share,
-                                                  int half, const float* k, const float* v, int store,
-                                                  const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1,
-                                                  const char* ahead2, u64 bytes2, const float* qw, const float* kw,
-                                                  const float* table, float eps, int trims) {
+        // early != 0 (with store): each block loads the rows table, its first keys and values and the
+        // head norms' weights and angles before it waits (attention_block): none is written by a
+        // kernel of this step (the tables are copied ahead of the step's first product, and a step
+        // stores only its own key), and a one-sequence step's attention is a chain of waits on loads.
+        // Grid: (rows, heads, splits); block: 256, or 128 (in at most 128 registers, a block of 128 fits
+        // beside three of the qkv product's, so it can start, and load early, while that runs).
+        extern "C" __global__ void __launch_bounds__(256, 2) attention_rows(const float* q, const SegmentRow* rows, float* out,
+                                                                           float* partials, int heads, int kvHeads, int dim,
+                                                                           float scale, int splits, int share, int half,
+                                                                           const float* k, const float* v, int store,
+                                                                           const char* ahead0, u64 bytes0, const char* ahead1,
+                                                                           u64 bytes1, const char* ahead2, u64 bytes2,
+                                                                           const float* qw, const float* kw, const float* table,
+                                                                           float eps, int trims, int early) {
             grid_release();
             u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
             u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
             prefetch_ahead(ahead0, bytes0, b, blocks);
             prefetch_ahead(ahead1, bytes1, b, blocks);
             prefetch_ahead(ahead2, bytes2, b, blocks);
-            grid_wait();
+            bool waitHere = !(store && early);
+            if (waitHere) grid_wait();
             attention_block(q, rows, out, partials, heads, kvHeads, dim, scale, splits, share, half, k, v, store, qw, kw, table,
-                            eps, blockIdx.x, blockIdx.y, blockIdx.z, trims);
+                            eps, blockIdx.x, blockIdx.y, blockIdx.z, trims, !waitHere);
         }
 
         // Merges the shares of attention_rows: out = sum_z acc_z * e^(m_z - M) / sum_z l_z * e^(m_z - M).
@@ -1280,7 +1338,7 @@ public enum GemmaKernels {
 
                 for (int i = b; i < heads * asplits; i += blocks) {
                     attention_block(q, rows, att, partials, heads, kvHeads, dim, scale, asplits, share, half, k, v, 1, qw, kw,
-                                    table, eps2, 0, i % heads, i / heads, 1);
+                                    table, eps2, 0, i % heads, i / heads, 1, false);
                     __syncthreads();  // attend's shared memory, for the next share
                 }
                 int n4 = (mo * splits4 + 7) / 8;

@@ -188,6 +188,18 @@ struct GPUCheckCommand: ParsableCommand {
                 ))
             }
         }
+        let (early, threads) = (gpu.attentionEarlyLoads, gpu.attentionThreads)
+        variants.append(("attention loads \(early ? "after" : "before") its wait", { gpu.attentionEarlyLoads = $0 ? !early : early }))
+        variants.append((
+            "attention blocks of \(threads == 256 ? 128 : 256) threads", { gpu.attentionThreads = $0 ? 384 - threads : threads }
+        ))
+        variants.append((
+            "attention blocks of \(threads == 256 ? 128 : 256) threads, loading \(early ? "after" : "before") its wait",
+            { on in
+                gpu.attentionThreads = on ? 384 - threads : threads
+                gpu.attentionEarlyLoads = on ? !early : early
+            }
+        ))
         let trims = gpu.attentionTrims
         variants.append(("attention \(trims ? "untrimmed" : "trimmed")", { gpu.attentionTrims = $0 ? !trims : trims }))
         let shares = gpu.decodeShares

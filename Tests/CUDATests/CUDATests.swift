@@ -82,8 +82,27 @@ import TestSupport
                 "grid_release()", "u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z)",
                 "u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z", "prefetch_ahead(ahead0, bytes0, b, blocks)",
                 "prefetch_ahead(ahead1, bytes1, b, blocks)", "prefetch_ahead(ahead2, bytes2, b, blocks)",
+                "bool waitHere = !(store && early)", "if (waitHere)",
             ]
         ]
+        // Its early loads (a decode step's attention, which waits inside attend): before that wait
+        // attend reads no query, no fresh key or value and writes nothing; its cache loads skip the
+        // fresh key's row (being stored by the same launch), and the row is stored after attend.
+        let attend = try #require(source.range(of: "__device__ void attend(").map { source[$0.upperBound...].prefix(3000) })
+        let beforeOwnWait = try #require(attend.components(separatedBy: "if (early) grid_wait();").first)
+        #expect(attend.contains("if (early) grid_wait();") && beforeOwnWait.contains("attend_keys("))
+        let early = ["qv", "kfresh", "vfresh", "partial[", "o[", "warp_acc[w", "kv_load8", "__syncthreads"].filter {
+            beforeOwnWait.components(separatedBy: "{").dropFirst().joined().contains($0)
+        }
+        #expect(early.isEmpty, "attend touches \(early) before its own wait")
+        let keys = try #require(body(after: "void attend_keys("))
+        #expect(keys.contains("if (active && key != fresh) {"))
+        let block = try #require(source.range(of: "__device__ void attention_block(").map { source[$0.upperBound...].prefix(3000) })
+        let call = try #require(block.range(of: "attend("))
+        #expect(!block[..<call.lowerBound].contains("store_row") && block[call.upperBound...].contains("store_row_normed<bf16>"))
+        // A share past the row's keys writes its header only after the wait.
+        let header = try #require(block.range(of: "partial[0] = NEG_INF"))
+        #expect(block[..<header.lowerBound].components(separatedBy: "lo > hi) {").last?.contains("if (early) grid_wait();") == true)
         for name in GemmaKernels.names {
             let text = try #require(body(after: " \(name)("), "\(name) has a body")
             let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
