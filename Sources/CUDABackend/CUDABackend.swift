@@ -166,21 +166,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Whether a decode step's attention (`attention_rows` storing the step's keys) loads what no
     /// kernel of the step writes (the rows table, each warp's first keys and values, the head norms'
     /// weights and angles) before it waits for the qkv product, rather than after; the same bits
-    /// either way. Off unless `INFERENCE_ATTENTION_EARLY_LOADS=on`: gpu-check's sweep times it (with
-    /// blocks of 256 threads, which cannot start beside the qkv product's, it was slower on an H100).
+    /// either way. On an H100 (1B, gpu-check's sweep, alternated) a step took 1.269 against 1.361 ms
+    /// from a 64-token prompt and 1.382 against 1.479 ms from 1024. On unless
+    /// `INFERENCE_ATTENTION_EARLY_LOADS=off`.
     public var attentionEarlyLoads: Bool {
         get { lock.lock(); defer { lock.unlock() }; return earlyLoads }
         set { lock.lock(); earlyLoads = newValue; lock.unlock() }
     }
-    private var earlyLoads = false
-    /// Threads a block of a decode step's attention (256, or 128: a block that fits beside three of
-    /// the qkv product's, so that it starts while that runs; other bits, as its warps take other
-    /// keys). `INFERENCE_ATTENTION_THREADS`; gpu-check's sweep times both.
-    public var attentionThreads: Int {
-        get { lock.lock(); defer { lock.unlock() }; return decodeAttentionThreads }
-        set { lock.lock(); decodeAttentionThreads = newValue == 128 ? 128 : 256; lock.unlock() }
-    }
-    private var decodeAttentionThreads = 256
+    private var earlyLoads = true
     /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
     /// sweep times others).
     public var decodeShares: Int {
@@ -320,13 +313,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
         pipelineAllowed = env["INFERENCE_PIPELINE"] != "off"
-        earlyLoads = env["INFERENCE_ATTENTION_EARLY_LOADS"] == "on"
-        if let setting = env["INFERENCE_ATTENTION_THREADS"] {
-            guard setting == "128" || setting == "256" else {
-                throw CUDAError.invalidSetting("INFERENCE_ATTENTION_THREADS is \(setting); use 128 or 256")
-            }
-            decodeAttentionThreads = Int(setting)!
-        }
+        earlyLoads = env["INFERENCE_ATTENTION_EARLY_LOADS"] != "off"
         let resident = ["decode_layer", "decode_attention", "decode_mlp"].map {
             functions[$0].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0
         }
@@ -887,7 +874,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let (splits, share, most) = attentionShares(mostKeys: mostKeys, decode: decode)
         let partials = splits > 1 ? attentionPartials(rows * heads * (decode ? most : splits) * (headDimension + 2)) : 0
         context.launch(
-            kernel("attention_rows"), grid: (rows, heads, splits), block: storeInside ? attentionThreads : 256,
+            kernel("attention_rows"), grid: (rows, heads, splits), block: 256,
             [
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),

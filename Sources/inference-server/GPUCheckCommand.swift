@@ -76,6 +76,7 @@ struct GPUCheckCommand: ParsableCommand {
         print("tensor      \(gpu.tensorCoreProblem.map { "cores not used: \($0)" } ?? "cores used for prefill products without cuBLAS (gemm_mma_bf16, self-check passed)")")
         print("norms       \(gpu.fusedNormProblem.map { "not fused: \($0)" } ?? (gpu.fusedNorms ? "fused into the next product in one-sequence steps of hidden size up to \(GemmaKernels.fusedNormMaximum) (self-check passed)" : "not fused (turned off)"))")
         print("head norms  \(gpu.fusedHeadNorms ? "q/k norms and RoPE inside the attention of decode steps" : "q/k norms and RoPE in norm_rope's launch (turned off)")")
+        print("early loads \(gpu.attentionEarlyLoads ? "a decode step's attention loads its first keys and values before it waits for the qkv product" : "a decode step's attention loads after its wait (INFERENCE_ATTENTION_EARLY_LOADS=off)")")
         print("persistent  \(gpu.persistentProblem.map { "layers unavailable: \($0)" } ?? "layers \(gpu.persistentLayers.rawValue) (decode_layer and decode_attention: \(gpu.persistentBlocksPerMultiprocessor) blocks an SM, decode_mlp \(gpu.persistentMLPBlocksPerMultiprocessor), over \(device.multiprocessors) SMs; INFERENCE_PERSISTENT_LAYERS=off, attention, halves or whole)")")
         if gpu.prefetchAheadBytes == 0 {
             print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
@@ -188,18 +189,8 @@ struct GPUCheckCommand: ParsableCommand {
                 ))
             }
         }
-        let (early, threads) = (gpu.attentionEarlyLoads, gpu.attentionThreads)
+        let early = gpu.attentionEarlyLoads
         variants.append(("attention loads \(early ? "after" : "before") its wait", { gpu.attentionEarlyLoads = $0 ? !early : early }))
-        variants.append((
-            "attention blocks of \(threads == 256 ? 128 : 256) threads", { gpu.attentionThreads = $0 ? 384 - threads : threads }
-        ))
-        variants.append((
-            "attention blocks of \(threads == 256 ? 128 : 256) threads, loading \(early ? "after" : "before") its wait",
-            { on in
-                gpu.attentionThreads = on ? 384 - threads : threads
-                gpu.attentionEarlyLoads = on ? !early : early
-            }
-        ))
         let trims = gpu.attentionTrims
         variants.append(("attention \(trims ? "untrimmed" : "trimmed")", { gpu.attentionTrims = $0 ? !trims : trims }))
         let shares = gpu.decodeShares
@@ -540,6 +531,12 @@ struct GPUCheckCommand: ParsableCommand {
                 let unfusedTime = try timedWithout { gpu.fusedHeadNorms = $0 }
                 print(String(format: "            without q/k norms inside attention: %.2f ms/step (inside %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
                 figures["decode_b\(batch)_unfused_head_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
+            }
+            if gpu.attentionEarlyLoads {
+                // The attention's first loads after its wait: what loading them before it saves.
+                let lateTime = try timedWithout { gpu.attentionEarlyLoads = $0 }
+                print(String(format: "            without early attention loads: %.2f ms/step (early %.2fx faster)", lateTime / Double(steps) * 1000, lateTime / time))
+                figures["decode_b\(batch)_late_attention_loads_ms_per_step"] = lateTime / Double(steps) * 1000
             }
             if batch == 1 {
                 // The same steps with the attention asking L2 for more or less of the next products'
