@@ -1284,7 +1284,9 @@ public enum GemmaKernels {
 
         // A decode step's layer for one sequence (one token) in one launch of a persistent grid, its
         // phases behind grid barriers instead of launches, so the step has no seams between them (on
-        // an H100 a 1B step's launches summed 1.10-1.16 ms alone and 1.41-1.44 ms in the graph):
+        // an H100 a 1B step's launches summed 1.10-1.16 ms alone and 1.41-1.44 ms in the graph; but
+        // each barrier cost as much as a seam, and every mode was slower: see CUDABackend's
+        // persistentLayers):
         //   1. q, k, v: gemv_norm_bf16 (gemv_bf16's when nw is null: x is normed already);
         //   2. attention: attention_rows storing the key and value, with the head norms inside;
         //   3. merging its shares: attention_combine (none when asplits is 1);

@@ -186,8 +186,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// grid (its phases behind grid barriers: the same bits as the launches it replaces), each half
     /// as one (`halves`: decode_attention, then `decode_mlp`, whose registers let twice the blocks
     /// an SM), or not (`off`).
-    /// Off by default: not yet timed on a GPU (gpu-check's bench and sweep time every mode);
-    /// `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
+    /// Off by default: slower in every mode on an H100 (1B: 1.44 ms a step launch by launch, 1.84 to
+    /// 2.04 ms so; each grid barrier cost as much as a seam between launches). gpu-check's bench
+    /// and sweep time every mode; `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
     public var persistentLayers: PersistentLayers {
         get { lock.lock(); defer { lock.unlock() }; return persistentMode }
         set { lock.lock(); persistentMode = persistentProblem == nil ? newValue : .off; lock.unlock() }
