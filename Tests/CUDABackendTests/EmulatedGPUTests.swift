@@ -1141,23 +1141,30 @@ import Testing
         }
     }
 
-    /// A decode step's attention gives the same logits bit for bit trimmed (the step's key and value
-    /// stored by a row's last share, the new key read only by its share, empty shares left at once:
-    /// the default) or not, across the 32 keys where its keys are cut into shares, with its blocks
-    /// and threads in either order: no block reads the row being stored.
-    @Test func trimmedAttentionGivesTheSameBits() throws {
+    /// A decode step's attention gives the same logits bit for bit with its loads before its wait for
+    /// the qkv product or after, trimmed (the step's key and value stored by a row's last share, the
+    /// new key read only by its share, empty shares left at once) or not, across the 32 keys where its
+    /// keys are cut into shares, with its blocks and threads in either order: the defaults (early,
+    /// trimmed) against every other.
+    @Test func attentionSettingsGiveTheSameBits() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 89), exactActivations: true)
         let gpu = try Self.backend.get()
-        #expect(gpu.attentionTrims, "trimmed by default")
+        #expect(gpu.attentionEarlyLoads && gpu.attentionTrims, "early and trimmed by default")
         let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
         defer {
+            gpu.attentionEarlyLoads = true
             gpu.attentionTrims = true
             reverse(0)
         }
         let prompt = (0..<28).map { 700 - $0 * 23 }
+        let settings = [
+            (true, true, false), (false, true, false), (true, false, false), (false, false, false), (true, true, true),
+            (false, false, true),
+        ]
         var runs: [[[Float]]] = []
-        for (trimmed, reversed) in [(true, false), (false, false), (true, true), (false, true)] {
+        for (early, trimmed, reversed) in settings {
+            gpu.attentionEarlyLoads = early
             gpu.attentionTrims = trimmed
             reverse(reversed ? 1 : 0)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
@@ -1174,44 +1181,7 @@ import Testing
         }
         for (i, run) in runs.enumerated().dropFirst() {
             let same = run == runs[0]  // (not printed in full: 7 steps of logits)
-            #expect(same, "setting \(i): the logits differ")
-        }
-    }
-
-    /// A decode step's attention loading its first keys and values (and the head norms' weights and
-    /// angles) before it waits for the qkv product (the default) gives the logits it gives loading
-    /// them after, bit for bit, across the 32 keys where its keys are cut into shares, with its
-    /// blocks and threads in either order.
-    @Test func earlyAttentionLoadsGiveTheSameBits() throws {
-        let directory = try TemporaryDirectory()
-        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 89), exactActivations: true)
-        let gpu = try Self.backend.get()
-        #expect(gpu.attentionEarlyLoads, "on by default")
-        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
-        defer {
-            gpu.attentionEarlyLoads = true
-            reverse(0)
-        }
-        let prompt = (0..<28).map { 700 - $0 * 23 }
-        var runs: [[[Float]]] = []
-        for (early, reversed) in [(true, false), (false, false), (true, true), (false, true)] {
-            gpu.attentionEarlyLoads = early
-            reverse(reversed ? 1 : 0)
-            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
-            let slot = runner.makeSlot(contextLength: 64)
-            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
-            var logits: [[Float]] = []
-            for _ in 0..<7 {  // positions 28 to 34: the full layers' keys pass 32
-                let rows = try runner.decode([slot], tokens: next)
-                logits += rows
-                next = rows.map(Sampler.argmax)
-            }
-            runs.append(logits)
-        }
-        for (i, run) in runs.enumerated().dropFirst() {
-            let same = run == runs[0]  // (not printed in full: 7 steps of logits)
-            #expect(same, "setting \(i): the logits differ from those loaded early")
+            #expect(same, "early, trimmed, reversed: \(settings[i]): the logits differ from the defaults'")
         }
     }
 
