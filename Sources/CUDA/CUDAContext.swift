@@ -529,8 +529,9 @@ public final class CUDAContext: @unchecked Sendable {
     private static let graphLimit = 64
 
     /// Kernels that may be launched to overlap the kernel before them (programmatic dependent
-    /// launch): each must wait (griddepcontrol.wait) before it reads or writes anything a step
-    /// writes, in every thread before it can return. The launches of a recorded step whose kernel
+    /// launch): each must wait (griddepcontrol.wait) before it writes anything or reads anything a
+    /// kernel of the step writes (what a copy wrote before the step's kernels, or an earlier step,
+    /// it may read: see attention_rows), in every thread before it can return. The launches of a recorded step whose kernel
     /// is here and whose predecessor on the tape is a launch get the attribute, so the next
     /// kernel's blocks start (and ask L2 for their weights) while the one before still runs,
     /// instead of after it has drained: a decode step is some 240 short launches.

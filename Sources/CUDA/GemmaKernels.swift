@@ -65,7 +65,9 @@ public enum GemmaKernels {
         // CUDAContext): a kernel so launched may start while the one before it still runs. Every kernel
         // first calls grid_release, which lets the next kernel's blocks start too, then grid_wait,
         // which returns once the kernel before has finished and its writes are visible; before it, a
-        // kernel may only read what no step writes (the weights: the gemv kernels ask L2 for theirs).
+        // kernel writes nothing and reads only what no kernel of the step writes: the weights (the gemv
+        // kernels ask L2 for theirs), and in a decode step's attention (attention_rows, early) the
+        // rows table and RoPE angles copied ahead of the step's kernels and the KV rows of earlier steps.
         // Each thread waits before it can return, so a kernel never ends before the one it follows.
         // Elsewhere (sm_89, the emulator) both are nothing and launches run one after the other.
         __device__ __forceinline__ void grid_release() {

@@ -157,7 +157,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// key and value stored by a row's last share's block (empty until the row's keys fill the
     /// others) rather than its first's, the new key loaded and normed only by the share that holds
     /// it, and shares past a row's keys left at once. The same bits either way; gpu-check's sweep
-    /// times both.
+    /// times both (within its noise on an H100). No environment switch: nothing to turn off for.
     public var attentionTrims: Bool {
         get { lock.lock(); defer { lock.unlock() }; return trimsAttention }
         set { lock.lock(); trimsAttention = newValue; lock.unlock() }
@@ -186,8 +186,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// grid (its phases behind grid barriers: the same bits as the launches it replaces), each half
     /// as one (`halves`: decode_attention, then `decode_mlp`, whose registers let twice the blocks
     /// an SM), or not (`off`).
-    /// Off by default: slower in every mode on an H100 (1B: 1.44 ms a step launch by launch, 1.84 to
-    /// 2.04 ms so; each grid barrier cost as much as a seam between launches). gpu-check's bench
+    /// Off by default: slower in every mode on an H100 (1B, at c2fc4e1, before the early attention
+    /// loads: 1.44 ms a step launch by launch, 1.84 to 2.04 ms so; each grid barrier cost as much as
+    /// a seam between launches). gpu-check's bench
     /// and sweep time every mode; `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
     public var persistentLayers: PersistentLayers {
         get { lock.lock(); defer { lock.unlock() }; return persistentMode }

@@ -43,7 +43,7 @@ struct GPUCheckCommand: ParsableCommand {
 
     @Option(
         name: .customLong("sweep-prompt"),
-        help: "Tokens of the prompt each --decode-sweep timing starts from (the keys its attention reads).")
+        help: "Tokens of the prompt each --decode-sweep timing starts from (the keys its attention reads; at most 4080 less --steps).")
     var sweepPrompt = 64
 
     @Option(help: "Write the figures as JSON to this file.")

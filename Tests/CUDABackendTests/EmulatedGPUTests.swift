@@ -1145,7 +1145,9 @@ import Testing
     /// the qkv product or after, trimmed (the step's key and value stored by a row's last share, the
     /// new key read only by its share, empty shares left at once) or not, across the 32 keys where its
     /// keys are cut into shares, with its blocks and threads in either order: the defaults (early,
-    /// trimmed) against every other.
+    /// trimmed) against every other. (The emulator runs launches one after another, so the early
+    /// loads see what late ones would: this holds their arithmetic and the store's place; which
+    /// statements may come before the wait, everyKernelWaitsForTheOneBeforeIt pins down.)
     @Test func attentionSettingsGiveTheSameBits() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 89), exactActivations: true)

@@ -75,7 +75,7 @@ import TestSupport
             #expect(branch.contains("grid_wait();") && !beforeWait.contains("fused_residual_norm") && !beforeWait.contains("return"))
         }
         // Kernels that read weights before grid_wait, and what of a step's data they must not touch
-        // there; attention_rows may only ask L2 for the next products' weights.
+        // there; attention_rows asks L2 for the next products' weights, then waits unless early.
         let weightPrologues: Set<String> = ["rms_norm_add_norm"]
         let allowedBeforeWait: [String: [String]] = [
             "attention_rows": [
@@ -85,22 +85,53 @@ import TestSupport
                 "bool waitHere = !(store && early)", "if (waitHere)",
             ]
         ]
-        // Its early loads (a decode step's attention, which waits inside attend): before that wait
-        // attend reads no query, no fresh key or value and writes nothing; its cache loads skip the
-        // fresh key's row (being stored by the same launch), and the row is stored after attend.
-        let attend = try #require(source.range(of: "__device__ void attend(").map { source[$0.upperBound...].prefix(3000) })
-        let beforeOwnWait = try #require(attend.components(separatedBy: "if (early) grid_wait();").first)
-        #expect(attend.contains("if (early) grid_wait();") && beforeOwnWait.contains("attend_keys("))
-        let early = ["qv", "kfresh", "vfresh", "partial[", "o[", "warp_acc[w", "kv_load8", "__syncthreads"].filter {
-            beforeOwnWait.components(separatedBy: "{").dropFirst().joined().contains($0)
+        // Its early loads (a decode step's attention, which waits inside attend): the statements of
+        // attention_block before its branches and of attend before its own wait, read by hand, pinned
+        // here: they read the rows table, the head norms' weights, the angles and the KV rows of
+        // earlier steps (attend_keys, which skips the fresh key's row, being stored by the same
+        // launch), and write nothing. The empty share waits before its header; the row is stored
+        // after attend. (The emulator runs launches one after another, so only this catches a read
+        // of the step's data moved before the wait.)
+        func statements(_ text: Substring) -> [String] {
+            let code = text.split(separator: "\n", omittingEmptySubsequences: false)
+                .map { $0.components(separatedBy: "//")[0] }.joined(separator: " ")
+            return code.split(separator: ";").map {
+                $0.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+            }.filter { !$0.isEmpty }
         }
-        #expect(early.isEmpty, "attend touches \(early) before its own wait")
+        func opening(_ signature: String, upTo marker: String, length: Int = 3000) throws -> Substring {
+            let start = try #require(source.range(of: signature), "\(signature) is defined")
+            let text = source[start.upperBound...].prefix(length)
+            let open = try #require(text.firstIndex(of: "{"))
+            let end = try #require(text.range(of: marker), "\(signature) has \(marker)")
+            return text[text.index(after: open)..<end.lowerBound]
+        }
+        let attendBeforeWait = try opening("__device__ void attend(", upTo: "if (early) grid_wait();")
+        #expect(statements(attendBeforeWait) == [
+            "__shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS]", "__shared__ float warp_acc[ATT_WARPS][ATT_MAX_DIM]",
+            "int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5",
+            "int width = kvHeads * dim, d0 = 8 * lane", "bool active = d0 < dim", "u64 column = (u64)kvh * dim + d0",
+            "float qwv[8], kwv[8], c[8], s[8]", "if (qw) { head_weights(qw, dim, qwv)", "head_weights(kw, dim, kwv)",
+            "head_angles(angles, dim, c, s)", "} int base = lo + ATT_GROUP * warp", "float kr[ATT_GROUP][8], vr[ATT_GROUP][8]",
+            "if (base <= hi) attend_keys(kcache, vcache, base, hi, fresh, column, width, capacity, active, kr, vr)",
+        ])
         let keys = try #require(body(after: "void attend_keys("))
-        #expect(keys.contains("if (active && key != fresh) {"))
-        let block = try #require(source.range(of: "__device__ void attention_block(").map { source[$0.upperBound...].prefix(3000) })
+        #expect(keys.contains("if (active && key != fresh) {"), "attend_keys skips the fresh key's row")
+        let blockOpening = try opening("__device__ void attention_block(", upTo: "if (trims && partial && lo > hi) {")
+        #expect(statements(blockOpening) == [
+            "SegmentRow r = rows[row]", "int kvh = h / (heads / kvHeads), width = kvHeads * dim",
+            "u64 at = ((u64)row * heads + h) * dim", "int lo = oldest_key(r.position, r.window), hi = r.position",
+            "float* partial = 0", "if (splits > 1) { lo += z * share", "if (lo + share - 1 < hi) hi = lo + share - 1",
+            "partial = partials + (((u64)row * heads + h) * splits + z) * (dim + 2)",
+            "} const float* kfresh = store ? k + (u64)row * width + (u64)kvh * dim : 0",
+            "const float* vfresh = store ? v + (u64)row * width + (u64)kvh * dim : 0",
+            "const float* angles = qw ? table + (u64)row * dim : 0",
+            "int storer = trims ? splits - 1 : 0, fresh = store ? r.position : -1",
+            "if (trims && (fresh < lo || fresh > hi)) fresh = -1",
+        ])
+        let block = try opening("__device__ void attention_block(", upTo: "// Each row's attention against", length: 4000)
         let call = try #require(block.range(of: "attend("))
         #expect(!block[..<call.lowerBound].contains("store_row") && block[call.upperBound...].contains("store_row_normed<bf16>"))
-        // A share past the row's keys writes its header only after the wait.
         let header = try #require(block.range(of: "partial[0] = NEG_INF"))
         #expect(block[..<header.lowerBound].components(separatedBy: "lo > hi) {").last?.contains("if (early) grid_wait();") == true)
         for name in GemmaKernels.names {
