@@ -188,8 +188,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// an SM), or not (`off`).
     /// Off by default: slower in every mode on an H100 (1B, at c2fc4e1, before the early attention
     /// loads: 1.44 ms a step launch by launch, 1.84 to 2.04 ms so; each grid barrier cost as much as
-    /// a seam between launches). gpu-check's bench
-    /// and sweep time every mode; `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
+    /// a seam between launches). gpu-check's bench and sweep time every mode;
+    /// `INFERENCE_PERSISTENT_LAYERS`. Never where `persistentProblem` says why not.
     public var persistentLayers: PersistentLayers {
         get { lock.lock(); defer { lock.unlock() }; return persistentMode }
         set { lock.lock(); persistentMode = persistentProblem == nil ? newValue : .off; lock.unlock() }

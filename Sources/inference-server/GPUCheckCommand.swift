@@ -147,8 +147,8 @@ struct GPUCheckCommand: ParsableCommand {
     /// setting changed, or one kernel (or launch shape of one) dropped, against the step as it is.
     /// Each timing starts from the same prompt (`--sweep-prompt`, 64 tokens by default), so every
     /// variant attends over the same keys; the variants are alternated ROUNDS times so that a drift
-    /// of the card's clocks shows as a spread, not as a difference. A dropped kernel's figure is its cost in the step, launch gap
-    /// and all (its results are then wrong; they are not checked here).
+    /// of the card's clocks shows as a spread, not as a difference. A dropped kernel's figure is its
+    /// cost in the step, launch gap and all (its results are then wrong; they are not checked here).
     private func sweep(model: Gemma3Model<CUDABackend>, gpu: CUDABackend) throws -> [String: Double] {
         let c = model.config
         let vocabulary = c.vocabularySize

@@ -573,6 +573,20 @@ import Testing
         #expect(few[0].rank == 4 && few[1].rank == 0)
     }
 
+    /// The logits of `steps` decode steps of one sequence, each fed the last one's argmax (`next`,
+    /// left as the last step's).
+    static func decodedLogits(
+        _ runner: BatchRunner<CUDABackend>, _ slot: BatchRunner<CUDABackend>.Slot, next: inout [Int], steps: Int
+    ) throws -> [[Float]] {
+        var logits: [[Float]] = []
+        for _ in 0..<steps {
+            let rows = try runner.decode([slot], tokens: next)
+            logits += rows
+            next = rows.map(Sampler.argmax)
+        }
+        return logits
+    }
+
     /// One of the emulator's switches, found in the library the driver loaded (not an environment
     /// variable: other suites run beside this one). The library stays loaded with the driver.
     static func emulatorSwitch(_ name: String) throws -> @convention(c) (Int32) -> Void {
@@ -1118,12 +1132,8 @@ import Testing
             let slot = runner.makeSlot(contextLength: 64)
             let before = gpu.persistentLaunches
             var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
-            var logits: [[Float]] = []
-            for _ in 0..<6 {  // positions 29 to 34: the full layers' keys pass 32
-                let rows = try runner.decode([slot], tokens: next)
-                logits += rows
-                next = rows.map(Sampler.argmax)
-            }
+            // Positions 29 to 34: the full layers' keys pass 32.
+            let logits = try Self.decodedLogits(runner, slot, next: &next, steps: 6)
             #expect(gpu.persistentLaunches - before == 6 * layers * (mode == .off ? 0 : mode == .halves ? 2 : 1), "\(mode)")
             runs.append(logits)
             var tokens: [Int] = []
@@ -1173,13 +1183,7 @@ import Testing
             let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
             let slot = runner.makeSlot(contextLength: 64)
             var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
-            var logits: [[Float]] = []
-            for _ in 0..<7 {  // positions 28 to 34: the full layers' keys pass 32
-                let rows = try runner.decode([slot], tokens: next)
-                logits += rows
-                next = rows.map(Sampler.argmax)
-            }
-            runs.append(logits)
+            runs.append(try Self.decodedLogits(runner, slot, next: &next, steps: 7))  // positions 28 to 34: past 32 keys
         }
         for (i, run) in runs.enumerated().dropFirst() {
             let same = run == runs[0]  // (not printed in full: 7 steps of logits)
