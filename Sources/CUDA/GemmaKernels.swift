@@ -37,6 +37,8 @@ public enum GemmaKernels {
     public static let fusedNormMaximum = 2048
     /// Groups of rows each block of `gemv_gelu_norm_bf16` takes (GELU_NORM_GROUPS in the source).
     public static let geluNormGroups = 2
+    /// Lines (128 bytes) of one bulk L2 prefetch in `prefetch_ahead` (PREFETCH_BULK_LINES in the source).
+    public static let prefetchBulkLines = 128
     /// Places per slice for `sample_candidates` (SAMPLE_CANDIDATES in the source).
     public static let sampleCandidatesPerSlice = 512
     /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
@@ -101,11 +103,46 @@ public enum GemmaKernels {
             emu_prefetch(p);
         #endif
         }
-        // Block b of `blocks` (a launch's own, or a persistent kernel's share of a phase).
-        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes, u64 b, u64 blocks) {
+        // `size` bytes from p (a multiple of 16, p 16-byte aligned) asked of L2 by the copy engine in one
+        // instruction (cp.async.bulk.prefetch, sm_90); kind 2 marks the lines evict-last, so that the
+        // step's other reads evict them last. The emulator counts and checks each line of the range.
+        __device__ __forceinline__ void prefetch_bulk(const char* p, u32 size, int kind) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            if (kind == 2) {
+                u64 policy;
+                asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+                asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" :: "l"(p), "r"(size), "l"(policy)
+                             : "memory");
+            } else {
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(size) : "memory");
+            }
+        #elif defined(CUDA_EMULATOR)
+            for (u32 o = 0; o < size; o += 128) emu_prefetch(p + o);
+        #endif
+        }
+
+        // Block b of `blocks` (a launch's own, or a persistent kernel's share of a phase): its slice of
+        // the lines of `bytes` from p. bulk 0: a prefetch a line from every thread, through the same
+        // load path as the block's own loads (a 512 KiB slice is 4096 of them, 16 a thread); 1 or 2
+        // (sm_90 and the emulator; the kind prefetch_bulk takes): the slice in instructions of
+        // PREFETCH_BULK_LINES lines (16 KiB), one a thread, 32 for 512 KiB. bytes a multiple of 16
+        // (whole rows of bf16 weights).
+        #define PREFETCH_BULK_LINES 128
+        __device__ __forceinline__ void prefetch_ahead(const char* p, u64 bytes, u64 b, u64 blocks, int bulk = 0) {
             u64 lines = (bytes + 127) >> 7;
-            u64 last = lines * (b + 1) / blocks;
-            for (u64 l = lines * b / blocks + threadIdx.x; l < last; l += blockDim.x) prefetch_line(p + (l << 7));
+            u64 first = lines * b / blocks, last = lines * (b + 1) / blocks;
+        #if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(CUDA_EMULATOR)
+            if (bulk) {
+                u64 end = last << 7, whole = bytes & ~(u64)15;
+                if (end > whole) end = whole;
+                for (u64 l = first + (u64)threadIdx.x * PREFETCH_BULK_LINES; (l << 7) < end; l += (u64)blockDim.x * PREFETCH_BULK_LINES) {
+                    u64 stop = (l + PREFETCH_BULK_LINES) << 7;
+                    prefetch_bulk(p + (l << 7), (u32)((stop < end ? stop : end) - (l << 7)), bulk);
+                }
+                return;
+            }
+        #endif
+            for (u64 l = first + threadIdx.x; l < last; l += blockDim.x) prefetch_line(p + (l << 7));
         }
 
         __device__ __forceinline__ float warp_sum(float v) {
@@ -1146,7 +1183,7 @@ public enum GemmaKernels {
         // which attention_combine skips it: none lengthens a busy block's chain of loads. Else block
         // (r, 0, 0) stores, and every share works through attend (the same bits).
         // aheadN, bytesN: up to three ranges of the weights the products after it read, asked of L2
-        // (prefetch_ahead) before grid_wait, since no step writes them (bytes 0: none).
+        // (prefetch_ahead, `bulk` as it says) before grid_wait, since no step writes them (bytes 0: none).
         // qw not null (with store): q and k are as the qkv product left them; q_norm (qw), k_norm (kw)
         // and RoPE (table, a row per row) are applied here, as norm_rope would (one launch fewer).
         // early != 0 (with store): each block loads the rows table, its first keys and values and the
@@ -1165,13 +1202,13 @@ public enum GemmaKernels {
                                                                            const char* ahead0, u64 bytes0, const char* ahead1,
                                                                            u64 bytes1, const char* ahead2, u64 bytes2,
                                                                            const float* qw, const float* kw, const float* table,
-                                                                           float eps, int trims, int early) {
+                                                                           float eps, int trims, int early, int bulk) {
             grid_release();
             u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
             u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
-            prefetch_ahead(ahead0, bytes0, b, blocks);
-            prefetch_ahead(ahead1, bytes1, b, blocks);
-            prefetch_ahead(ahead2, bytes2, b, blocks);
+            prefetch_ahead(ahead0, bytes0, b, blocks, bulk);
+            prefetch_ahead(ahead1, bytes1, b, blocks, bulk);
+            prefetch_ahead(ahead2, bytes2, b, blocks, bulk);
             bool waitHere = !(store && early);
             if (waitHere) grid_wait();
             attention_block(q, rows, out, partials, heads, kvHeads, dim, scale, splits, share, half, k, v, store, qw, kw, table,

@@ -146,6 +146,24 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     }
     private var prefetchAhead = 0
     static let mostPrefetchAhead = 4096 << 20
+    /// How attention's blocks ask L2 for those weights (`prefetch_ahead`).
+    public enum PrefetchKind: String, CaseIterable, Sendable {
+        /// A prefetch instruction a 128-byte line, from every thread (as the four runs above).
+        case lines
+        /// The copy engine's bulk prefetch (sm_90; lines elsewhere): an instruction every 16 KiB,
+        /// so the blocks' own loads do not queue behind thousands of prefetches.
+        case bulk
+        /// Bulk, the lines marked evict-last in L2.
+        case evictLast = "evict-last"
+
+        var kernelValue: Int { self == .lines ? 0 : self == .bulk ? 1 : 2 }
+    }
+    /// `INFERENCE_PREFETCH_KIND`: lines, bulk or evict-last (gpu-check's sweep times each).
+    public var prefetchAheadKind: PrefetchKind {
+        get { lock.lock(); defer { lock.unlock() }; return prefetchKind }
+        set { lock.lock(); prefetchKind = newValue; lock.unlock() }
+    }
+    private var prefetchKind = PrefetchKind.bulk
     /// A decode step's q/k norms and RoPE go inside its attention (`attention_rows`: norm_rope's
     /// launch fewer) unless this is false (gpu-check times both) or `INFERENCE_FUSED_NORMS=off`.
     public var fusedHeadNorms: Bool {
@@ -339,6 +357,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                     "INFERENCE_PREFETCH_AHEAD is \(setting); use a number of MiB up to \(Self.mostPrefetchAhead >> 20), or off")
             }
             prefetchAhead = (Int(setting) ?? 0) << 20
+        }
+        if let setting = env["INFERENCE_PREFETCH_KIND"] {
+            guard let kind = PrefetchKind(rawValue: setting) else {
+                throw CUDAError.invalidSetting("INFERENCE_PREFETCH_KIND is \(setting); use lines, bulk or evict-last")
+            }
+            prefetchKind = kind
         }
     }
 
@@ -884,7 +908,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits) + [
                 .pointer(inside?.queryNorm.address ?? 0), .pointer(inside?.keyNorm.address ?? 0),
                 .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0),
-                .int(attentionTrims ? 1 : 0), .int(attentionEarlyLoads ? 1 : 0),
+                .int(attentionTrims ? 1 : 0), .int(attentionEarlyLoads ? 1 : 0), .int(prefetchAheadKind.kernelValue),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.
@@ -1081,7 +1105,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// in a step of several rows (their products are bound by activation loads, and asking L2 for the
     /// weights slowed them before, see gemv_pairs).
     private func prefetchRanges(_ next: [CUDAMatrix], rows: Int, blocks: Int) -> [CUDAContext.Argument] {
-        let budget = rows == 1 ? Self.prefetchBudget(prefetchAheadBytes, blocks: blocks) : 0
+        let budget = rows == 1 ? Self.prefetchBudget(prefetchAheadBytes, blocks: blocks, kind: prefetchAheadKind) : 0
         let bytes = Self.prefetchShares(next.prefix(3).map(\.bytes), budget: budget)
         var ranges: [CUDAContext.Argument] = []
         for i in 0..<3 {
@@ -1093,8 +1117,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// `budget`, cut to 16 lines a thread of attention_rows' `blocks` blocks (512 KiB a block): a short
     /// context's attention has few blocks (4 for the 1B below 33 keys), and each prefetch its
-    /// threads issue comes before its own loads.
-    static func prefetchBudget(_ budget: Int, blocks: Int) -> Int { min(budget, blocks * 256 * 16 * 128) }
+    /// threads issue comes before its own loads. Bulk: one instruction a thread (4 MiB a block).
+    static func prefetchBudget(_ budget: Int, blocks: Int, kind: PrefetchKind = .lines) -> Int {
+        min(budget, blocks * 256 * (kind == .lines ? 16 : GemmaKernels.prefetchBulkLines) * 128)
+    }
 
     /// How many of the first bytes of each matrix to ask L2 for, within `budget`: the same share of
     /// each (so the MLP's gate and up, read side by side, find the same rows in L2), whole 128-byte

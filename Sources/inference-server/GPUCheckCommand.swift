@@ -81,7 +81,7 @@ struct GPUCheckCommand: ParsableCommand {
         if gpu.prefetchAheadBytes == 0 {
             print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
         } else {
-            print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention (at most 512 KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
+            print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention, %@ (at most %@ a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, gpu.prefetchAheadKind.rawValue, gpu.prefetchAheadKind == .lines ? "512 KiB" : "4 MiB", Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         }
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
@@ -196,6 +196,19 @@ struct GPUCheckCommand: ParsableCommand {
         let shares = gpu.decodeShares
         for other in [4, 8, 32] where other != shares {
             variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))
+        }
+        // The attention asking L2 for the output projection's, gate's and up's weights (prefetch_ahead:
+        // 64 MiB is all of them for the 1B), each kind.
+        let ahead = gpu.prefetchAheadBytes, aheadKind = gpu.prefetchAheadKind
+        for (mib, kind) in [(16, CUDABackend.PrefetchKind.lines), (16, .bulk), (64, .bulk), (16, .evictLast), (64, .evictLast)]
+        where mib << 20 != ahead || kind != aheadKind {
+            variants.append((
+                "L2 ahead \(mib) MiB, \(kind.rawValue)",
+                { on in
+                    gpu.prefetchAheadBytes = on ? mib << 20 : ahead
+                    gpu.prefetchAheadKind = on ? kind : aheadKind
+                }
+            ))
         }
         // The step handed to the GPU in other pieces: a runner of its own over the same weights.
         var pieced: [Int: (BatchRunner<CUDABackend>, BatchRunner<CUDABackend>.Slot)] = [:]
@@ -543,20 +556,31 @@ struct GPUCheckCommand: ParsableCommand {
                 // weights (prefetch_ahead; 0: none), to find what this card's L2 holds best (each step
                 // at most 512 KiB a block of its attention: 32 MiB for 16 shares of 4 heads). Timed
                 // out of order, so that a drift of the card's clocks does not read as a trend.
-                let chosen = gpu.prefetchAheadBytes
-                var sweep: [(mib: Int, line: String)] = []
-                for mib in [24, 0, 40, 8, 32, 16] {
-                    gpu.prefetchAheadBytes = mib << 20
-                    for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                    let aheadTime = try seconds {
-                        for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                // Each kind of prefetch (lines from every thread, the copy engine's bulk prefetch,
+                // bulk marked evict-last) at each amount, all interleaved.
+                let chosen = gpu.prefetchAheadBytes, chosenKind = gpu.prefetchAheadKind
+                var sweep: [(kind: Int, mib: Int, line: String)] = []
+                let kinds = CUDABackend.PrefetchKind.allCases
+                for mib in [24, 0, 64, 8, 32, 16] {
+                    for (k, kind) in kinds.enumerated() where mib > 0 || k == 0 {
+                        gpu.prefetchAheadBytes = mib << 20
+                        gpu.prefetchAheadKind = kind
+                        for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
+                        let aheadTime = try seconds {
+                            for _ in 0..<steps { next = try runner.decodeGreedy(slots, tokens: next) }
+                        }
+                        sweep.append((k, mib, String(format: "%d MiB %.3f", mib, aheadTime / Double(steps) * 1000)))
+                        let name = mib == 0 ? "" : "_\(kind.rawValue.replacingOccurrences(of: "-", with: "_"))"
+                        figures["decode_b1_prefetch_\(mib)mib\(name)_ms_per_step"] = aheadTime / Double(steps) * 1000
                     }
-                    sweep.append((mib, String(format: "%d MiB %.3f", mib, aheadTime / Double(steps) * 1000)))
-                    figures["decode_b1_prefetch_\(mib)mib_ms_per_step"] = aheadTime / Double(steps) * 1000
                 }
                 gpu.prefetchAheadBytes = chosen
+                gpu.prefetchAheadKind = chosenKind
                 for _ in 0..<2 { next = try runner.decodeGreedy(slots, tokens: next) }
-                print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB): " + sweep.sorted { $0.mib < $1.mib }.map(\.line).joined(separator: ", "))
+                print("            prefetch ahead (ms/step; L2 \(gpu.context.device.l2CacheBytes >> 20) MiB, default \(chosen >> 20) MiB \(chosenKind.rawValue)): " + sweep.filter { $0.mib == 0 }.map(\.line).joined())
+                for (k, kind) in kinds.enumerated() {
+                    print("              \(kind.rawValue): " + sweep.filter { $0.kind == k && $0.mib > 0 }.sorted { $0.mib < $1.mib }.map(\.line).joined(separator: ", "))
+                }
             }
             if batch == 1 && gpu.persistentProblem == nil {
                 // Layers as launches of a persistent grid (`CUDABackend.persistentLayers`): first the

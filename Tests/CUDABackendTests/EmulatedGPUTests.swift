@@ -1036,13 +1036,14 @@ import Testing
     /// A step of one sequence takes its residual norms inside the products after them (two launches a
     /// layer fewer) and its q/k norms and RoPE inside its attention (one fewer), and its logits are
     /// the same bits as with each norm launched on its own. Its attention asks L2 for the budget's
-    /// share of each layer's output, gate and up weights, and for nothing outside them.
+    /// share of each layer's output, gate and up weights, and for nothing outside them: line by line
+    /// (the unfused run) or in bulk ranges of 16 KiB (the fused run; the emulator counts their lines).
     @Test func aOneSequenceStepFusesItsNorms() throws {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 79), exactActivations: true)
         let gpu = try Self.backend.get()
         #expect(gpu.fusedNormProblem == nil, "the fused norms' self-check at start")
-        let chosenPrefetch = gpu.prefetchAheadBytes
+        let chosenPrefetch = gpu.prefetchAheadBytes, chosenKind = gpu.prefetchAheadKind
         if ProcessInfo.processInfo.environment["INFERENCE_PREFETCH_AHEAD"] == nil {
             #expect(chosenPrefetch == 0, "no prefetch by default")
         }
@@ -1050,6 +1051,7 @@ import Testing
             gpu.fusedNorms = true
             gpu.fusedHeadNorms = true
             gpu.prefetchAheadBytes = chosenPrefetch
+            gpu.prefetchAheadKind = chosenKind
         }
         let layers = engine.config.layerCount
         let c = engine.config
@@ -1063,6 +1065,7 @@ import Testing
         for fused in [true, false] {
             gpu.fusedNorms = fused
             gpu.fusedHeadNorms = fused
+            gpu.prefetchAheadKind = fused ? .bulk : .lines
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
             runner.pipelining = false  // one step queued per call: the prefetches of one step are counted
@@ -1248,6 +1251,9 @@ import Testing
         #expect(CUDABackend.prefetchBudget(25 << 20, blocks: 4) == 2 << 20)
         #expect(CUDABackend.prefetchBudget(40 << 20, blocks: 64) == 32 << 20)
         #expect(CUDABackend.prefetchBudget(3 << 20, blocks: 64) == 3 << 20)
+        // Bulk prefetches: one 16 KiB instruction a thread, 4 MiB a block.
+        #expect(CUDABackend.prefetchBudget(40 << 20, blocks: 64, kind: .bulk) == 40 << 20)
+        #expect(CUDABackend.prefetchBudget(64 << 20, blocks: 4, kind: .evictLast) == 16 << 20)
     }
 
     /// A small model with the real tokenizer, for the server's scheduler (scripts/test fetches the

@@ -80,8 +80,8 @@ import TestSupport
         let allowedBeforeWait: [String: [String]] = [
             "attention_rows": [
                 "grid_release()", "u64 b = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z)",
-                "u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z", "prefetch_ahead(ahead0, bytes0, b, blocks)",
-                "prefetch_ahead(ahead1, bytes1, b, blocks)", "prefetch_ahead(ahead2, bytes2, b, blocks)",
+                "u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z", "prefetch_ahead(ahead0, bytes0, b, blocks, bulk)",
+                "prefetch_ahead(ahead1, bytes1, b, blocks, bulk)", "prefetch_ahead(ahead2, bytes2, b, blocks, bulk)",
                 "bool waitHere = !(store && early)", "if (waitHere)",
             ]
         ]
