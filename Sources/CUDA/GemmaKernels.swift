@@ -527,32 +527,16 @@ public enum GemmaKernels {
             }
         }
 
-        // Up to two ranges of the weights of the product after a one-token product (a decode step runs
-        // its products in the same order every time): each block asks L2 for its share of them in bulk
-        // (prefetch_ahead) once its own rows are done, so that memory streams them while the launch
-        // drains and before the next launch's blocks find room on the SMs (bytes 0: none).
-        struct NextWeights {
-            const char* at0;
-            u64 bytes0;
-            const char* at1;
-            u64 bytes1;
-        };
-        __device__ __forceinline__ void prefetch_next(const NextWeights& next) {
-            prefetch_ahead(next.at0, next.bytes0, blockIdx.x, gridDim.x, 1);
-            prefetch_ahead(next.at1, next.bytes1, blockIdx.x, gridDim.x, 1);
-        }
-
         // One row per warp part (a step of one token: as many warps as possible). NORM: x is the row
         // before `norm` (fused_residual_norm), and the product reads its normed values.
         template <int T, bool NORM>
         __device__ __forceinline__ void gemv_rows(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
                                                   float* o2, int m0, int m1, int m2, const float* x, int k, int tokens,
-                                                  int splits, const ResidualNorm& norm, const NextWeights& next) {
+                                                  int splits, const ResidualNorm& norm) {
             grid_release();
             gemv_rows_prefetch(w0, w1, w2, m0, m1, m2, k, splits, blockIdx.x);
             x = wait_for_x<NORM>(x, norm, k);
             gemv_rows_block<T>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, tokens, splits, blockIdx.x);
-            prefetch_next(next);
         }
 
         // Two rows per warp part (a step of several tokens: each x value loaded once for both).
@@ -594,11 +578,8 @@ public enum GemmaKernels {
         // for gemv_bf16, / 16 for gemv_pairs_bf16; block: 256.
         extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                    float* o0, float* o1, float* o2, int m0, int m1,
-                                                                   int m2, const float* x, int k, int tokens, int splits,
-                                                                   const char* after0, u64 after_bytes0, const char* after1,
-                                                                   u64 after_bytes1) {
-            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{},
-                                NextWeights{after0, after_bytes0, after1, after_bytes1});
+                                                                   int m2, const float* x, int k, int tokens, int splits) {
+            gemv_rows<1, false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits, ResidualNorm{});
         }
 
         // gemv_bf16 after rms_norm_add_norm's work on x (one row of k columns, k <= NORM_FUSED_MAX): the
@@ -609,12 +590,9 @@ public enum GemmaKernels {
                                                                         float* o0, float* o1, float* o2, int m0, int m1,
                                                                         int m2, const float* x, int k, int tokens, int splits,
                                                                         const float* w, const float* next, float* residual,
-                                                                        float* normed, float eps, u32* ticket,
-                                                                        const char* after0, u64 after_bytes0,
-                                                                        const char* after1, u64 after_bytes1) {
+                                                                        float* normed, float eps, u32* ticket) {
             gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,
-                               ResidualNorm{w, next, residual, normed, eps, ticket},
-                               NextWeights{after0, after_bytes0, after1, after_bytes1});
+                               ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
@@ -657,17 +635,15 @@ public enum GemmaKernels {
         // GROUPS: how many groups of 8 / splits rows a block takes, one after another (the rows of
         // group j are those a block of the one-group grid numbered blockIdx.x * GROUPS + j takes), so
         // that each row's sums are the same whatever GROUPS is. Every group's rows are asked of L2
-        // before the wait; `next` (a one-token step's) after the block's rows, as in gemv_rows.
+        // before the wait.
         template <int T, bool NORM, int GROUPS>
         __device__ __forceinline__ void gemv_gelu_rows(const bf16* gate, const bf16* up, const float* x, float* out, int m,
-                                                       int k, int tokens, int splits, const ResidualNorm& norm,
-                                                       const NextWeights& next) {
+                                                       int k, int tokens, int splits, const ResidualNorm& norm) {
             grid_release();
             if (tokens == 1)  // one token only, as in gemv_pairs
                 for (int j = 0; j < GROUPS; j++) gemv_gelu_prefetch(gate, up, m, k, splits, blockIdx.x * GROUPS + j);
             x = wait_for_x<NORM>(x, norm, k);
             for (int j = 0; j < GROUPS; j++) gemv_gelu_group<T>(gate, up, x, out, m, k, tokens, splits, blockIdx.x * GROUPS + j);
-            prefetch_next(next);
         }
 
         // The MLP's first half in one pass: out[t, r] = gelu_tanh(gate[r, :] . x[t, :]) * (up[r, :] . x[t, :]),
@@ -676,11 +652,10 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256) gemv_gelu_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                         float* out, int m, int k, int tokens, int splits) {
             ResidualNorm none{};
-            NextWeights nothing{};
-            if (tokens == 1) gemv_gelu_rows<1, false, 1>(gate, up, x, out, m, k, tokens, splits, none, nothing);
-            else if (tokens <= 4) gemv_gelu_rows<4, false, 1>(gate, up, x, out, m, k, tokens, splits, none, nothing);
-            else if (tokens <= 8) gemv_gelu_rows<8, false, 1>(gate, up, x, out, m, k, tokens, splits, none, nothing);
-            else gemv_gelu_rows<GEMV_MAX_TOKENS, false, 1>(gate, up, x, out, m, k, tokens, splits, none, nothing);
+            if (tokens == 1) gemv_gelu_rows<1, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            else if (tokens <= 4) gemv_gelu_rows<4, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            else if (tokens <= 8) gemv_gelu_rows<8, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
+            else gemv_gelu_rows<GEMV_MAX_TOKENS, false, 1>(gate, up, x, out, m, k, tokens, splits, none);
         }
 
         // gemv_gelu_bf16 of one token after rms_norm_add_norm's work on x, as gemv_norm_bf16, each
@@ -696,12 +671,9 @@ public enum GemmaKernels {
                                                                                 float* out, int m, int k, int splits,
                                                                                 const float* w, const float* next,
                                                                                 float* residual, float* normed, float eps,
-                                                                                u32* ticket, const char* after0,
-                                                                                u64 after_bytes0, const char* after1,
-                                                                                u64 after_bytes1) {
+                                                                                u32* ticket) {
             gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits,
-                                                      ResidualNorm{w, next, residual, normed, eps, ticket},
-                                                      NextWeights{after0, after_bytes0, after1, after_bytes1});
+                                                      ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64

@@ -164,19 +164,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); prefetchKind = newValue; lock.unlock() }
     }
     private var prefetchKind = PrefetchKind.bulk
-    /// Bytes of the next product's weights that a one-token product's blocks ask L2 for in bulk once
-    /// their own rows are done (`prefetch_next`; 0: none): memory then streams them while the launch
-    /// drains, before the next launch's blocks find room on the SMs. The next product is the one that
-    /// followed this one last time (`nextProducts`). `INFERENCE_TAIL_PREFETCH=MiB`; gpu-check times it.
-    public var tailPrefetchBytes: Int {
-        get { lock.lock(); defer { lock.unlock() }; return tailBytes }
-        set { lock.lock(); tailBytes = min(max(0, newValue), Self.mostPrefetchAhead); lock.unlock() }
-    }
-    private var tailBytes = 0
-    /// The one-token products in the order launched: the weights of the product that followed each
-    /// (by its first matrix's address) last time, and the last one launched.
-    private var nextProducts: [UInt64: [CUDAMatrix]] = [:]
-    private var lastProduct: UInt64?
     /// A decode step's q/k norms and RoPE go inside its attention (`attention_rows`: norm_rope's
     /// launch fewer) unless this is false (gpu-check times both) or `INFERENCE_FUSED_NORMS=off`.
     public var fusedHeadNorms: Bool {
@@ -370,13 +357,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                     "INFERENCE_PREFETCH_AHEAD is \(setting); use a number of MiB up to \(Self.mostPrefetchAhead >> 20), or off")
             }
             prefetchAhead = (Int(setting) ?? 0) << 20
-        }
-        if let setting = env["INFERENCE_TAIL_PREFETCH"] {
-            guard setting == "off" || Int(setting).map({ (0...(Self.mostPrefetchAhead >> 20)).contains($0) }) == true else {
-                throw CUDAError.invalidSetting(
-                    "INFERENCE_TAIL_PREFETCH is \(setting); use a number of MiB up to \(Self.mostPrefetchAhead >> 20), or off")
-            }
-            tailBytes = (Int(setting) ?? 0) << 20
         }
         if let setting = env["INFERENCE_PREFETCH_KIND"] {
             guard let kind = PrefetchKind(rawValue: setting) else {
@@ -658,13 +638,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // that its registers do not lower the one-token kernel's occupancy).
             if let norm {
                 precondition(rows == 1, "a residual norm goes inside the product of one row only")
-                context.launch(
-                    kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256,
-                    arguments + norm + nextWeights(after: weights))
+                context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
                 countFusedLaunch()
             } else if tokens == 1 {
-                let next = rows == 1 ? nextWeights(after: weights) : Self.noNextWeights
-                context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + next)
+                context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
             }
@@ -755,31 +732,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             [
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),
-            ] + fused + nextWeights(after: [gate, up]))
+            ] + fused)
         countFusedLaunch()
-    }
-
-    static var noNextWeights: [CUDAContext.Argument] { [.pointer(0), .u64(0), .pointer(0), .u64(0)] }
-
-    /// The kernels' after0, after_bytes0, after1, after_bytes1 for a one-token product of `weights`:
-    /// the first matrices of the product that followed it last time (a decode step runs its products
-    /// in the same order every step), the same share of each within `tailPrefetchBytes`, and notes
-    /// this product as the successor of the one before.
-    private func nextWeights(after weights: [CUDAMatrix]) -> [CUDAContext.Argument] {
-        let key = weights[0].address
-        lock.lock()
-        defer { lock.unlock() }
-        if let last = lastProduct, last != key { nextProducts[last] = weights }
-        lastProduct = key
-        guard tailBytes > 0, let next = nextProducts[key] else { return Self.noNextWeights }
-        let matrices = Array(next.prefix(2))
-        let bytes = Self.prefetchShares(matrices.map(\.bytes), budget: tailBytes)
-        var arguments: [CUDAContext.Argument] = []
-        for i in 0..<2 {
-            let share = i < bytes.count ? bytes[i] : 0
-            arguments += [.pointer(share > 0 ? matrices[i].address : 0), .u64(UInt64(share))]
-        }
-        return arguments
     }
 
     private func countFusedLaunch() {

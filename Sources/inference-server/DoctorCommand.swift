@@ -19,9 +19,7 @@ struct Doctor: ParsableCommand {
             INFERENCE_FUSED_NORMS (off: a one-sequence decode step launches each residual norm on its own), \
             INFERENCE_PIPELINE (off: each decode step is read back before the next is queued), \
             INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
-            default none, as off), INFERENCE_PREFETCH_KIND (how: lines, bulk or evict-last; default bulk), \
-            INFERENCE_TAIL_PREFETCH (MiB of the next product's weights a one-token product asks L2 for at its end; \
-            default none).
+            default none, as off), INFERENCE_PREFETCH_KIND (how: lines, bulk or evict-last; default bulk).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

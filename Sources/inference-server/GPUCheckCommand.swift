@@ -83,9 +83,6 @@ struct GPUCheckCommand: ParsableCommand {
         } else {
             print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention, %@ (at most %@ a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, gpu.prefetchAheadKind.rawValue, gpu.prefetchAheadKind == .lines ? "512 KiB" : "4 MiB", Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         }
-        if gpu.tailPrefetchBytes > 0 {
-            print("tail        one-token products ask L2 for up to \(gpu.tailPrefetchBytes >> 20) MiB of the next product's weights at their end")
-        }
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
@@ -203,7 +200,7 @@ struct GPUCheckCommand: ParsableCommand {
         // The attention asking L2 for the output projection's, gate's and up's weights (prefetch_ahead:
         // 64 MiB is all of them for the 1B), each kind.
         let ahead = gpu.prefetchAheadBytes, aheadKind = gpu.prefetchAheadKind
-        for (mib, kind) in [(16, CUDABackend.PrefetchKind.lines), (16, .bulk), (32, .bulk), (64, .bulk), (16, .evictLast), (64, .evictLast)]
+        for (mib, kind) in [(16, CUDABackend.PrefetchKind.lines), (16, .bulk), (64, .bulk), (16, .evictLast), (64, .evictLast)]
         where mib << 20 != ahead || kind != aheadKind {
             variants.append((
                 "L2 ahead \(mib) MiB, \(kind.rawValue)",
@@ -212,11 +209,6 @@ struct GPUCheckCommand: ParsableCommand {
                     gpu.prefetchAheadKind = on ? kind : aheadKind
                 }
             ))
-        }
-        // Each one-token product's blocks asking L2 for the next product's weights at their end.
-        let tail = gpu.tailPrefetchBytes
-        for mib in [4, 16, 64] where mib << 20 != tail {
-            variants.append(("next weights at products' end \(mib) MiB", { gpu.tailPrefetchBytes = $0 ? mib << 20 : tail }))
         }
         // The step handed to the GPU in other pieces: a runner of its own over the same weights.
         var pieced: [Int: (BatchRunner<CUDABackend>, BatchRunner<CUDABackend>.Slot)] = [:]

@@ -1097,48 +1097,6 @@ import Testing
         #expect(same, "the logits with fused norms differ from those with the norms' own launches")
     }
 
-    /// With `tailPrefetchBytes`, each one-token product's blocks ask L2 (in bulk ranges) for the
-    /// weights of the product that followed it the step before: lines inside the weights only, none
-    /// without the setting, and the same logits (a hint changes no number).
-    @Test func tailPrefetchesAskForTheNextWeights() throws {
-        let directory = try TemporaryDirectory()
-        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 97), exactActivations: true)
-        let gpu = try Self.backend.get()
-        let (chosenTail, chosenAhead) = (gpu.tailPrefetchBytes, gpu.prefetchAheadBytes)
-        defer {
-            gpu.tailPrefetchBytes = chosenTail
-            gpu.prefetchAheadBytes = chosenAhead
-        }
-        gpu.prefetchAheadBytes = 0
-        let prefetched = try Self.emulatorCounter("cudaEmulatorPrefetchedLines")
-        let strays = try Self.emulatorCounter("cudaEmulatorStrayPrefetches")
-        let c = engine.config
-        var runs: [[[Float]]] = []
-        for tail in [0, 1 << 20] {
-            gpu.tailPrefetchBytes = tail
-            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
-            runner.pipelining = false  // one step queued per call: the prefetches of one step are counted
-            let slot = runner.makeSlot(contextLength: 64)
-            var next = [Sampler.argmax(try runner.prefill(slot, (0..<13).map { 500 + $0 * 31 }))]
-            next = try runner.decodeGreedy([slot], tokens: next)  // the order of the products, learned
-            let (lines, stray) = (prefetched(), strays())
-            next = try runner.decodeGreedy([slot], tokens: next)
-            let asked = Int(prefetched() - lines)
-            if tail == 0 {
-                #expect(asked == 0)
-            } else {
-                // Every layer's gate and up (after the output projection) and down (after them), all of each.
-                let mlp = 3 * c.intermediateSize * c.hiddenSize * 2 / 128
-                #expect(asked >= c.layerCount * mlp, "\(asked) lines asked of L2 in a step")
-            }
-            #expect(strays() == stray, "a prefetch outside the weights")
-            runs.append(try Self.decodedLogits(runner, slot, next: &next, steps: 3))
-        }
-        let same = runs[0] == runs[1]
-        #expect(same, "the logits with tail prefetches differ")
-    }
-
     /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
     /// behind grid barriers, the emulator running its 8 blocks side by side), as two (`decode_mlp`
     /// after the first half), or their first halves alone:
