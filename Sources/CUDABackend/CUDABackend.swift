@@ -192,13 +192,22 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); earlyLoads = newValue; lock.unlock() }
     }
     private var earlyLoads = true
-    /// How many shares a decode step's attention cuts each row's keys into (16; 2 to 32: gpu-check's
-    /// sweep times others).
+    /// How many shares a decode step's attention cuts each row's keys into while they fit that many
+    /// of 32 keys (16: up to 512 keys; 2 to 32: gpu-check's sweep times others).
     public var decodeShares: Int {
         get { lock.lock(); defer { lock.unlock() }; return attentionShares }
         set { lock.lock(); attentionShares = min(32, max(2, newValue)); lock.unlock() }
     }
     private var attentionShares = 16
+    /// How many shares once the keys no longer fit `decodeShares` of 32 (at least as many; up to 32,
+    /// what attention_combine merges). On an H100 (1B, gpu-check's sweep) 32 shares past 512 keys
+    /// took 0.05-0.19 ms off a step against 16 (from prompts of 512, 1024, 2048 and 3952 tokens,
+    /// two cards), where from 64 tokens 32 shares throughout were even or 0.016 ms slower.
+    public var longDecodeShares: Int {
+        get { lock.lock(); defer { lock.unlock() }; return longShares }
+        set { lock.lock(); longShares = min(32, max(2, newValue)); lock.unlock() }
+    }
+    private var longShares = 32
     /// Whether a one-sequence decode step runs each layer (`whole`: `decode_layer`) or its first half
     /// through the output projection (`attention`: `decode_attention`) as one launch of a persistent
     /// grid (its phases behind grid barriers: the same bits as the launches it replaces), each half
@@ -1079,17 +1088,27 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return (table, rows, mostKeys, half)
     }
 
-    /// How attention cuts each row's keys: into `splits` shares of `share` keys (at most `most`).
-    /// A decode step (a few rows) takes `decodeShares` shares of 32 keys (or of the next multiple of
-    /// 32 that covers the longest row), so that even one sequence spreads over many SMs: a block of
-    /// 256 keys took 45 µs on an H200, nearly all of it waiting on loads; shares past a row's keys are
-    /// empty. A fixed count and a round share keep the launch (and so the step's CUDA graph) the
-    /// same for 512 keys at a time. A prefill takes shares of about 256 keys, up to 32.
+    /// How attention cuts each row's keys: into `splits` shares of `share` keys (at most `most`, at
+    /// any length: what the partials' scratch holds). A decode step (a few rows) takes
+    /// `decodeShares` shares of 32 keys, and past those keys `longDecodeShares` of 32 (or of the next
+    /// multiple of 32 that covers the longest row), so that even one sequence spreads over many SMs:
+    /// a block of 256 keys took 45 µs on an H200, nearly all of it waiting on loads; shares past a
+    /// row's keys are empty. A fixed count and a round share keep the launch (and so the step's CUDA
+    /// graph) the same for 512 keys at a time (1024 past 512). A prefill takes shares of about 256
+    /// keys, up to 32.
     private func attentionShares(mostKeys: Int, decode: Bool) -> (splits: Int, share: Int, most: Int) {
-        let most = decode ? decodeShares : 32
-        let share = decode ? 32 * max(1, (mostKeys + 32 * most - 1) / (32 * most)) : max(256, (mostKeys + most - 1) / most)
-        let splits = decode ? (mostKeys > 32 ? most : 1) : max(1, (mostKeys + share - 1) / share)
-        return (splits, share, most)
+        Self.attentionShares(mostKeys: mostKeys, decode: decode, short: decodeShares, long: longDecodeShares)
+    }
+
+    static func attentionShares(mostKeys: Int, decode: Bool, short: Int, long: Int) -> (splits: Int, share: Int, most: Int) {
+        guard decode else {
+            let share = max(256, (mostKeys + 31) / 32)
+            return (max(1, (mostKeys + share - 1) / share), share, 32)
+        }
+        let long = max(short, long)
+        let count = mostKeys > 32 * short ? long : short
+        let share = 32 * max(1, (mostKeys + 32 * count - 1) / (32 * count))
+        return (mostKeys > 32 ? count : 1, share, long)
     }
 
     /// Room for `count` floats of attention shares. A decode step asks for the most shares at once,

@@ -193,9 +193,12 @@ struct GPUCheckCommand: ParsableCommand {
         variants.append(("attention loads \(early ? "after" : "before") its wait", { gpu.attentionEarlyLoads = $0 ? !early : early }))
         let trims = gpu.attentionTrims
         variants.append(("attention \(trims ? "untrimmed" : "trimmed")", { gpu.attentionTrims = $0 ? !trims : trims }))
-        let shares = gpu.decodeShares
-        for other in [4, 8, 32] where other != shares {
-            variants.append(("attention in \(other) shares", { gpu.decodeShares = $0 ? other : shares }))
+        let (shares, longShares) = (gpu.decodeShares, gpu.longDecodeShares)
+        for other in [8, 32] where other != shares {
+            variants.append(("attention in \(other) shares up to \(32 * other) keys", { gpu.decodeShares = $0 ? other : shares }))
+        }
+        for other in [16, 32] where other != longShares {
+            variants.append(("attention in \(other) shares past \(32 * shares) keys", { gpu.longDecodeShares = $0 ? other : longShares }))
         }
         // The attention asking L2 for the output projection's, gate's and up's weights (prefetch_ahead:
         // 64 MiB is all of them for the 1B), each kind.

@@ -1097,6 +1097,50 @@ import Testing
         #expect(same, "the logits with fused norms differ from those with the norms' own launches")
     }
 
+    /// A decode step's attention takes `decodeShares` shares of 32 keys while the keys fit them, then
+    /// `longDecodeShares` (more blocks for long contexts), with a share that grows by 32 keys at a
+    /// time after that; a prefill, shares of at least 256 keys. Across that change the GPU's logits
+    /// stay the CPU's (short shares of 2 here, so that the change comes at 64 keys).
+    @Test func longContextsTakeMoreShares() throws {
+        func shares(_ keys: Int, short: Int = 16, long: Int = 32) -> [Int] {
+            let s = CUDABackend.attentionShares(mostKeys: keys, decode: true, short: short, long: long)
+            return [s.splits, s.share, s.most]
+        }
+        #expect(shares(20) == [1, 32, 32] && shares(33) == [16, 32, 32] && shares(512) == [16, 32, 32])
+        #expect(shares(513) == [32, 32, 32] && shares(1024) == [32, 32, 32] && shares(1025) == [32, 64, 32])
+        #expect(shares(4096) == [32, 128, 32] && shares(600, long: 16) == [16, 64, 16] && shares(600, long: 8) == [16, 64, 16])
+        let prefill = CUDABackend.attentionShares(mostKeys: 1000, decode: false, short: 16, long: 32)
+        #expect(prefill.splits == 4 && prefill.share == 256)
+
+        let directory = try TemporaryDirectory()
+        let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 101), exactActivations: true)
+        let gpu = try Self.exactBackend.get()
+        let chosen = gpu.decodeShares
+        defer { gpu.decodeShares = chosen }
+        gpu.decodeShares = 2
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        let gpuRunner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+        let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 1, prefillChunk: 16)
+        let (gpuSlot, cpuSlot) = (gpuRunner.makeSlot(contextLength: 128), cpuRunner.makeSlot(contextLength: 128))
+        let prompt = (0..<60).map { 3 + ($0 * 53) % 900 }
+        _ = try gpuRunner.prefill(gpuSlot, prompt)
+        var next = [Sampler.argmax(try cpuRunner.prefill(cpuSlot, prompt))]
+        let heads = engine.config.headCount
+        for step in 0..<8 {  // keys 61 to 68: 2 shares, then 32 (the sliding-window layers' keys fit one)
+            var g: [[Float]] = []
+            if step == 0 || step == 7 {
+                let profile = try #require(try gpu.context.profileStep { g = try gpuRunner.decode([gpuSlot], tokens: next) })
+                let shapes = Set(profile.operations.filter { $0.name == "attention_rows" }.map(\.shape))
+                #expect(shapes.contains("1x\(heads)x\(step == 0 ? 2 : 32) / 256") && shapes.count <= 2, "\(shapes)")
+            } else {
+                g = try gpuRunner.decode([gpuSlot], tokens: next)
+            }
+            let c = try cpuRunner.decode([cpuSlot], tokens: next)
+            #expect(GPUCheck.relativeError(g[0], c[0]) < 1e-4, "step \(step)")
+            next = c.map(Sampler.argmax)
+        }
+    }
+
     /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
     /// behind grid barriers, the emulator running its 8 blocks side by side), as two (`decode_mlp`
     /// after the first half), or their first halves alone:
