@@ -415,8 +415,9 @@ struct GPUCheckCommand: ParsableCommand {
         }
 
         for batch in [1, 16] {
-            // Room for every timed variant below: about 19 steps' worth of --steps and some warm-up.
-            let slots = (0..<batch).map { _ in runner.makeSlot(contextLength: max(4096, 20 * steps + 1024)) }
+            // Room for every timed variant below: at batch 1 some 32 runs of --steps and their warm-up
+            // (a slot that runs out of room stops the check: 4096 did once the prefetch kinds came).
+            let slots = (0..<batch).map { _ in runner.makeSlot(contextLength: max(4096, 40 * steps + 1024)) }
             var next = try slots.enumerated().map { i, slot in
                 Sampler.argmax(try runner.prefill(slot, Array(prompt.prefix(64 + i))))
             }
@@ -564,7 +565,7 @@ struct GPUCheckCommand: ParsableCommand {
                 let chosen = gpu.prefetchAheadBytes, chosenKind = gpu.prefetchAheadKind
                 var sweep: [(kind: Int, mib: Int, line: String)] = []
                 let kinds = CUDABackend.PrefetchKind.allCases
-                for mib in [24, 0, 64, 8, 32, 16] {
+                for mib in [24, 0, 8, 32, 16] {
                     for (k, kind) in kinds.enumerated() where mib > 0 || k == 0 {
                         gpu.prefetchAheadBytes = mib << 20
                         gpu.prefetchAheadKind = kind
