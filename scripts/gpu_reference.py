@@ -11,6 +11,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -157,11 +158,15 @@ def summary(root):
             if graphed and unfused:
                 rows.append(f"{shape:>5}  decode, batch {batch}: q/k norms and RoPE inside attention {graphed:.2f} ms/step, "
                             f"in norm_rope's launch {unfused:.2f} ms/step ({unfused / graphed:.2f}x)")
-            ahead = sorted((int(k.split("_")[3][:-3]), v) for k, v in ours.items()
-                           if batch == 1 and k.startswith("decode_b1_prefetch_") and k.endswith("mib_ms_per_step"))
-            if ahead:
-                rows.append(f"{shape:>5}  decode, batch 1, prefetch ahead: "
-                            + ", ".join(f"{mib} MiB {ms:.3f} ms/step" for mib, ms in ahead))
+            # decode_b1_prefetch_{MiB}mib[_{kind}]_ms_per_step: none (0 MiB), then each kind's amounts.
+            ahead = {}
+            for k, v in ours.items():
+                m = re.fullmatch(r"decode_b1_prefetch_(\d+)mib(?:_(\w+?))?_ms_per_step", k)
+                if batch == 1 and m:
+                    ahead.setdefault((m.group(2) or "").replace("_", "-"), []).append((int(m.group(1)), v))
+            for kind in sorted(ahead):
+                rows.append(f"{shape:>5}  decode, batch 1, prefetch ahead{' ' + kind if kind else ''}: "
+                            + ", ".join(f"{mib} MiB {ms:.3f} ms/step" for mib, ms in sorted(ahead[kind])))
             greedy = ours.get(f"decode_b{batch}_tokens_per_second")
             drawn = [(name, ours.get(f"decode_b{batch}_{key}_tokens_per_second"))
                      for name, key in [("sampled", "sampled"), ("temperature only", "temperature_only"),
