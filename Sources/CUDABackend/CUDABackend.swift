@@ -137,7 +137,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// (`prefetch_ahead`): its loads leave memory idle for some microseconds, in which the output
     /// projection's and the MLP's weights could be on their way. None by default: in each of four
     /// gpu-check runs on an H100 (1B shape, batch 1) a step was fastest without (the last: 1.445 ms,
-    /// against 1.485 to 1.537 ms with 8 to 40 MiB; the prefetches' reads delay the attention's own).
+    /// against 1.485 to 1.537 ms with 8 to 40 MiB; the prefetches' reads delay the attention's own),
+    /// and asked in bulk (`prefetchAheadKind`) it was no better: +0.013 to +0.13 ms from 16 to 64 MiB.
     /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each step also
     /// cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
     public var prefetchAheadBytes: Int {
@@ -148,7 +149,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     static let mostPrefetchAhead = 4096 << 20
     /// How attention's blocks ask L2 for those weights (`prefetch_ahead`).
     public enum PrefetchKind: String, CaseIterable, Sendable {
-        /// A prefetch instruction a 128-byte line, from every thread (as the four runs above).
+        /// A prefetch instruction a 128-byte line, from every thread (as in the four runs above).
         case lines
         /// The copy engine's bulk prefetch (sm_90; lines elsewhere): an instruction every 16 KiB,
         /// so the blocks' own loads do not queue behind thousands of prefetches.
