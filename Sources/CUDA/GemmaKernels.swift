@@ -13,7 +13,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "mlp_fused_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine", "decode_layer", "decode_attention", "decode_mlp",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "logprob_slices", "logprob_merge",
@@ -37,6 +37,11 @@ public enum GemmaKernels {
     public static let fusedNormMaximum = 2048
     /// Groups of rows each block of `gemv_gelu_norm_bf16` takes (GELU_NORM_GROUPS in the source).
     public static let geluNormGroups = 2
+    /// `mlp_fused_bf16`'s slices of intermediate rows (MLP_SLICE), blocks a slice (MLP_SLICE_BLOCKS)
+    /// and largest hidden size (MLP_MAX_HIDDEN).
+    public static let fusedMLPSlice = 256
+    public static let fusedMLPSliceBlocks = 16
+    public static let fusedMLPMaximumHidden = 1152
     /// Lines (128 bytes) of one bulk L2 prefetch in `prefetch_ahead` (PREFETCH_BULK_LINES in the source).
     public static let prefetchBulkLines = 128
     /// Places per slice for `sample_candidates` (SAMPLE_CANDIDATES in the source).
@@ -1319,6 +1324,132 @@ public enum GemmaKernels {
             }
             __syncthreads();
             stamp(stamps, k + 1);
+        }
+
+        // 16 bytes from global to shared memory without a register (cp.async, sm_80 and later; a plain
+        // copy elsewhere), and the wait for all of this thread's such copies.
+        __device__ __forceinline__ void copy16_to_shared(void* smem, const void* gmem) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            u32 to;
+            asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(to) : "l"(smem));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(gmem) : "memory");
+        #else
+            *(uint4*)smem = *(const uint4*)gmem;
+        #endif
+        }
+        __device__ __forceinline__ void copies_to_shared_done() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("cp.async.wait_all;" ::: "memory");
+        #endif
+        }
+        // A load another block of the launch wrote (past a barrier between them): from L2, not L1.
+        __device__ __forceinline__ float load_global(const float* p) {
+        #if defined(__CUDA_ARCH__)
+            return __ldcg(p);
+        #else
+            return *(volatile const float*)p;
+        #endif
+        }
+        // A barrier for `count` blocks of a launch (count and generation at bar, as grid_barrier's), all
+        // resident at once: the caller makes sure of it.
+        __device__ void blocks_barrier(u32* bar, u32 count) {
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                u32 generation = load_acquire(bar + 1);
+                __threadfence();
+                if (atomicAdd(bar, 1u) == count - 1) {
+                    atomicExch(bar, 0u);
+                    __threadfence();
+                    atomicAdd(bar + 1, 1u);
+                } else {
+                    u64 since = 0;
+                    while (load_acquire(bar + 1) == generation) grid_spin(since);
+                }
+                __threadfence();
+            }
+            __syncthreads();
+        }
+
+        // A one-token step's whole MLP in one launch, after its residual norm (as gemv_gelu_norm_bf16):
+        // h = gelu_tanh(gate . x) * (up . x), then out = down . h, split over the intermediate rows.
+        // The rows come in slices of MLP_SLICE (256), each taken by MLP_SLICE_BLOCKS (16) blocks of 16
+        // rows (two groups of gemv_gelu_group: each h the same bits as gemv_gelu_norm_bf16's). Block
+        // (s, i) also owns chunk i of the hidden outputs (k / 16 of them) and, before it waits, copies
+        // down's rows of that chunk over slice s's columns into shared memory (no kernel of the step
+        // writes the weights; rows of 512 bytes, 32 copies of 16 bytes each, down[i * chunk + j][s * 256
+        // + c] to slice[j][c]): down's reads come with gate's and up's instead of after them in a launch
+        // of their own. Once its slice's blocks have written their h (a barrier of 16 blocks, which the
+        // backend launches only where the whole grid is resident at once), it adds its chunk's outputs
+        // over the slice's 256 columns into partials[s][chunk], and the last of the chunk's blocks (a
+        // ticket) adds the slices' partials in slice order into out: the same bits whatever order
+        // the blocks run in (not gemv_bf16's: its sums run over the columns in another order).
+        // Scratch: partials (m / 256 × k floats); bars (2 × m / 256 + 16 u32, zero before the first
+        // launch; each launch leaves them as it found them but for the slice barriers' generations).
+        // m a multiple of 256, k a multiple of 16 up to MLP_MAX_HIDDEN, one warp a gate/up row
+        // (gemvSplits 1). Grid: m / 16; block: 256.
+        #define MLP_SLICE 256
+        #define MLP_SLICE_BLOCKS 16
+        #define MLP_MAX_HIDDEN 1152
+        __device__ __forceinline__ void copy_down_slice(uint4* slice, const bf16* down, int m, int s, int i, int chunk) {
+            for (int q = threadIdx.x; q < chunk * (MLP_SLICE / 8); q += blockDim.x) {
+                int j = q / (MLP_SLICE / 8), c = q % (MLP_SLICE / 8);
+                copy16_to_shared(slice + q, down + (u64)(i * chunk + j) * m + (u64)s * MLP_SLICE + 8 * c);
+            }
+        }
+        extern "C" __global__ void __launch_bounds__(256, 4) mlp_fused_bf16(const bf16* gate, const bf16* up, const bf16* down,
+                                                                           const float* x, float* h, float* out, int m, int k,
+                                                                           float* partials, u32* bars, const float* w,
+                                                                           const float* next, float* residual, float* normed,
+                                                                           float eps, u32* ticket) {
+            __shared__ uint4 slice[MLP_MAX_HIDDEN / MLP_SLICE_BLOCKS * MLP_SLICE / 8];
+            __shared__ float4 xs[MLP_MAX_HIDDEN / 4];
+            __shared__ float4 hs[MLP_SLICE / 4];
+            __shared__ int last;
+            grid_release();
+            int b = blockIdx.x, s = b / MLP_SLICE_BLOCKS, i = b % MLP_SLICE_BLOCKS, chunk = k / MLP_SLICE_BLOCKS;
+            gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b);
+            gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b + 1);
+            copy_down_slice(slice, down, m, s, i, chunk);
+            float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
+            norm_weights(w, next, k, wv, nv);
+            grid_wait();
+            fused_residual_norm(x, ResidualNorm{w, next, residual, normed, eps, ticket}, wv, nv, k, (float*)xs);
+            int slices = m / MLP_SLICE, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b);
+            gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b + 1);
+            blocks_barrier(bars + 2 * s, MLP_SLICE_BLOCKS);
+        #if defined(CUDA_EMULATOR)
+            // The emulator's shared memory is one copy for every block, which the blocks that ran while
+            // this one waited have overwritten.
+            copy_down_slice(slice, down, m, s, i, chunk);
+        #endif
+            float* hv = (float*)hs;
+            hv[threadIdx.x] = load_global(h + (u64)s * MLP_SLICE + threadIdx.x);
+            copies_to_shared_done();
+            __syncthreads();
+            // Row j of the chunk: lane l takes columns 8l to 8l + 7, the warp's sum in lane 0.
+            float4 u = hs[2 * lane], v = hs[2 * lane + 1];
+            for (int j = warp; j < chunk; j += 8) {
+                float wr[8];
+                unpack8(slice[j * (MLP_SLICE / 8) + lane], wr);
+                float sum = warp_sum(dot8(wr, u, v));
+                if (lane == 0) partials[(u64)s * k + i * chunk + j] = sum;
+            }
+            __syncthreads();
+            u32* tickets = bars + 2 * slices;
+            if (threadIdx.x == 0) {
+                __threadfence();
+                last = atomicAdd(tickets + i, 1u) == (u32)slices - 1;
+                __threadfence();
+            }
+            __syncthreads();
+            if (!last) return;
+            for (int j = threadIdx.x; j < chunk; j += blockDim.x) {
+                float total = 0.0f;
+                for (int z = 0; z < slices; z++) total += load_global(partials + (u64)z * k + i * chunk + j);
+                out[i * chunk + j] = total;
+            }
+            if (threadIdx.x == 0) tickets[i] = 0u;
         }
 
         // A decode step's layer for one sequence (one token) in one launch of a persistent grid, its

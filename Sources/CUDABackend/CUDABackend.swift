@@ -193,6 +193,22 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); earlyLoads = newValue; lock.unlock() }
     }
     private var earlyLoads = true
+    /// Whether a one-token step's MLP after its fused norm runs as one launch (`mlp_fused_bf16`: gate,
+    /// up, GELU and down, down's weights read beside gate's and up's, its sums over slices of 256
+    /// intermediate rows added by the last block of each output chunk) instead of two. Off by default:
+    /// not yet timed on a GPU (`INFERENCE_FUSED_MLP=on`; gpu-check's sweep and bench time it). Its sums
+    /// run in another order than the down product's, so its logits are not that path's bits (within
+    /// float rounding). Only where the whole grid fits on the GPU at once (`fusedMLPProblem`).
+    public var fusedMLP: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return mlpFused }
+        set { lock.lock(); mlpFused = newValue; lock.unlock() }
+    }
+    private var mlpFused = false
+    /// Blocks of `mlp_fused_bf16` the GPU holds at once (0: unknown, and the MLP is never fused).
+    private var mlpFusedResident = 0
+    /// The fused MLP's partial sums and its slice barriers and tickets (`mlp_fused_bf16`).
+    private var mlpPartials: CUDABuffer?
+    private var mlpBarriers: CUDABuffer?
     /// How many shares a decode step's attention cuts each row's keys into while they fit that many
     /// of 32 keys (16: up to 512 keys; 2 to 32: gpu-check's sweep times others).
     public var decodeShares: Int {
@@ -354,6 +370,14 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             mlpPerSM = min(4, resident[2])
         } else {
             persistentProblem = "the driver does not say how many blocks of decode_layer, decode_attention and decode_mlp a multiprocessor holds"
+        }
+        mlpFusedResident =
+            (functions["mlp_fused_bf16"].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0) * context.device.multiprocessors
+        if let setting = env["INFERENCE_FUSED_MLP"] {
+            guard setting == "on" || setting == "off" else {
+                throw CUDAError.invalidSetting("INFERENCE_FUSED_MLP is \(setting); use on or off")
+            }
+            mlpFused = setting == "on"
         }
         if let setting = env["INFERENCE_PERSISTENT_LAYERS"] {
             guard let mode = PersistentLayers(rawValue: setting) else {
@@ -744,6 +768,39 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .int(k), .int(splits),
             ] + fused)
         countFusedLaunch()
+    }
+
+    public func mlp(
+        after norm: ResidualNorm<CUDABuffer, CUDAMatrix>, gate: CUDAMatrix, up: CUDAMatrix, down: CUDAMatrix,
+        gated: CUDABuffer, into out: CUDABuffer
+    ) -> Bool {
+        let m = gate.rows, k = norm.dimension
+        let slice = GemmaKernels.fusedMLPSlice, blocksPerSlice = GemmaKernels.fusedMLPSliceBlocks
+        guard fusedMLP, m % slice == 0, k % blocksPerSlice == 0, k <= GemmaKernels.fusedMLPMaximumHidden,
+            GemmaKernels.gemvSplits(rows: m, columns: k) == 1, m / slice * blocksPerSlice <= mlpFusedResident,
+            gate.columns == k, up.rows == m, up.columns == k, down.rows == k, down.columns == m,
+            [gate, up, down].allSatisfy({ $0.storage == .bf16 }), m <= gated.count, k <= out.count,
+            let fused = fusedArguments(norm)
+        else { return false }
+        let slices = m / slice
+        lock.lock()
+        if mlpPartials == nil || mlpPartials!.count < slices * k { mlpPartials = makeBuffer(count: slices * k) }
+        // Zeroed by the allocation; each launch leaves its counts at zero.
+        if mlpBarriers == nil || mlpBarriers!.count < 2 * slices + blocksPerSlice {
+            mlpBarriers = makeBuffer(count: 2 * slices + blocksPerSlice)
+        }
+        let (partials, barriers) = (mlpPartials!, mlpBarriers!)
+        lock.unlock()
+        // w, next, residual, normed, epsilon and ticket, as gemv_gelu_norm_bf16 takes them.
+        context.launch(
+            kernel("mlp_fused_bf16"), grid: (slices * blocksPerSlice, 1, 1), block: 256,
+            [
+                .pointer(gate.address), .pointer(up.address), .pointer(down.address), .pointer(norm.x.address),
+                .pointer(gated.address), .pointer(out.address), .int(m), .int(k), .pointer(partials.address),
+                .pointer(barriers.address),
+            ] + fused)
+        countFusedLaunch()
+        return true
     }
 
     private func countFusedLaunch() {

@@ -76,6 +76,12 @@ public protocol ComputeBackend: Sendable {
     /// `rmsNormAddNorm(norm)`, then `gatedMatmul` of its normed rows, as `matmul(after:weights:into:)`.
     func gatedMatmul(
         after norm: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, width: Int, into out: Buffer, scratch: Buffer)
+    /// The whole MLP of one row after its norm: `gatedMatmul(after:)` into `gated`, then `down` of it
+    /// into `out`, in fewer launches; false (nothing done) where the backend does not, and the caller
+    /// makes those two calls.
+    func mlp(
+        after norm: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, down: Matrix, gated: Buffer, into out: Buffer
+    ) -> Bool
     /// The per-head RMS norms of queries and keys (q_norm, k_norm), then RoPE on both, in place.
     /// queries: (rows, heads, headDim); keys: (rows, kvHeads, headDim); table as for `rope`.
     func normRope(
@@ -359,6 +365,10 @@ extension ComputeBackend {
         rmsNormAddNorm(norm)
         gatedMatmul(norm.normed, rows: norm.rows, gate: gate, up: up, width: width, into: out, scratch: scratch)
     }
+
+    public func mlp(
+        after norm: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, down: Matrix, gated: Buffer, into out: Buffer
+    ) -> Bool { false }
 
     public func normRope(
         queries: Buffer, keys: Buffer, rows: Int, heads: Int, kvHeads: Int, headDimension: Int, queryNorm: Matrix,

@@ -247,8 +247,10 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 attend(index, norms)  // (n, heads * headDim) in s.attention
                 b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
             }
-            if reach != .whole {
-                // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
+            // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
+            if reach != .whole
+                && !b.mlp(after: postAttention, gate: layer.gate, up: layer.up, down: layer.down, gated: s.gate, into: s.normed)
+            {
                 b.gatedMatmul(
                     after: postAttention, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate,
                     scratch: s.up)  // (n, intermediate)

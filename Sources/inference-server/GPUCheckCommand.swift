@@ -83,6 +83,7 @@ struct GPUCheckCommand: ParsableCommand {
         } else {
             print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention, %@ (at most %@ a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, gpu.prefetchAheadKind.rawValue, gpu.prefetchAheadKind == .lines ? "512 KiB" : "4 MiB", Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         }
+        print("mlp         \(gpu.fusedMLP ? "a one-token step's MLP in one launch (mlp_fused_bf16, INFERENCE_FUSED_MLP=on)" : "a one-token step's MLP in two launches (INFERENCE_FUSED_MLP=on fuses them)")")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
@@ -111,6 +112,15 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "%@ model logits GPU vs CPU: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", result.error, result.steps, result.agreeing))
                 if !passed { failures += 1 }
                 figures["model_relative_error"] = result.error
+                // The MLP as one launch (off by default, not yet timed): the same bar, on this GPU's
+                // own barriers and memory order, which the emulator cannot show.
+                let fusedMLP = gpu.fusedMLP
+                gpu.fusedMLP = !fusedMLP
+                let other = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
+                gpu.fusedMLP = fusedMLP
+                let otherPassed = other.error <= 2e-2
+                print(String(format: "%@ model logits GPU vs CPU, the MLP %@: worst relative error %.2e over %d steps, same greedy token at %d", otherPassed ? "ok  " : "FAIL", fusedMLP ? "in two launches" : "fused (one launch)", other.error, other.steps, other.agreeing))
+                if !otherPassed { failures += 1 }
             }
 
             if let golden {
@@ -213,6 +223,8 @@ struct GPUCheckCommand: ParsableCommand {
                 }
             ))
         }
+        let fusedMLP = gpu.fusedMLP
+        variants.append(("MLP \(fusedMLP ? "in two launches" : "fused (one launch)")", { gpu.fusedMLP = $0 ? !fusedMLP : fusedMLP }))
         // The step handed to the GPU in other pieces: a runner of its own over the same weights.
         var pieced: [Int: (BatchRunner<CUDABackend>, BatchRunner<CUDABackend>.Slot)] = [:]
         for (each, first, label) in [(0, 0, "the step as one graph"), (4, 2, "pieces of 4 layers"), (8, 1, "a first piece of 1 layer")] {
@@ -548,6 +560,13 @@ struct GPUCheckCommand: ParsableCommand {
                 let unfusedTime = try timedWithout { gpu.fusedHeadNorms = $0 }
                 print(String(format: "            without q/k norms inside attention: %.2f ms/step (inside %.2fx faster)", unfusedTime / Double(steps) * 1000, unfusedTime / time))
                 figures["decode_b\(batch)_unfused_head_norms_ms_per_step"] = unfusedTime / Double(steps) * 1000
+            }
+            if batch == 1 {
+                // The MLP in one launch or two (`fusedMLP`, off by default): what fusing saves.
+                let fusedMLP = gpu.fusedMLP
+                let otherTime = try timedWithout { gpu.fusedMLP = $0 ? fusedMLP : !fusedMLP }
+                print(String(format: "            %@ the fused MLP: %.2f ms/step (%.2fx)", fusedMLP ? "without" : "with", otherTime / Double(steps) * 1000, otherTime / time))
+                figures["decode_b1_\(fusedMLP ? "unfused" : "fused")_mlp_ms_per_step"] = otherTime / Double(steps) * 1000
             }
             if gpu.attentionEarlyLoads {
                 // The attention's first loads after its wait: what loading them before it saves.

@@ -1141,6 +1141,58 @@ import Testing
         }
     }
 
+    /// The fused MLP (`fusedMLP`, off by default): one launch a layer instead of gate/up and down, over
+    /// three slices of 256 intermediate rows; the logits the CPU's (within the float32 bar: its down
+    /// sums run in another order than the down product's), and the same bits with the blocks and
+    /// threads reversed (each block waits for its slice, and the slices' partials are added in
+    /// slice order, whichever block finishes last).
+    @Test func fusedMLPMatchesTheCPU() throws {
+        let directory = try TemporaryDirectory()
+        let shape = RandomGemma(
+            vocabulary: 1024, hidden: 128, intermediate: 768, layers: 2, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
+            maxPositions: 256)
+        try shape.write(to: directory.path + "/mlp", seed: 103)
+        let engine = try Engine.load(path: directory.path + "/mlp", exactActivations: true)
+        let gpu = try Self.exactBackend.get()
+        #expect(!gpu.fusedMLP, "off by default")
+        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        defer {
+            gpu.fusedMLP = false
+            reverse(0)
+        }
+        let prompt = (0..<20).map { 40 + $0 * 37 }
+        let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 1, prefillChunk: 16)
+        let cpuSlot = cpuRunner.makeSlot(contextLength: 64)
+        var cpuNext = [Sampler.argmax(try cpuRunner.prefill(cpuSlot, prompt))]
+        var cpu: [[Float]] = []
+        for _ in 0..<5 {
+            cpu += try cpuRunner.decode([cpuSlot], tokens: cpuNext)
+            cpuNext = [Sampler.argmax(cpu.last!)]
+        }
+        var runs: [[[Float]]] = []
+        for (fused, reversed) in [(false, false), (true, false), (true, true)] {
+            gpu.fusedMLP = fused
+            reverse(reversed ? 1 : 0)
+            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+            let slot = runner.makeSlot(contextLength: 64)
+            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+            runs.append(try Self.decodedLogits(runner, slot, next: &next, steps: 5))
+            let profile = try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) })
+            let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
+            let layers = engine.config.layerCount
+            #expect(count("mlp_fused_bf16") == (fused ? layers : 0) && count("gemv_gelu_norm_bf16") == (fused ? 0 : layers))
+        }
+        for (run, (fused, reversed)) in zip(runs, [(false, false), (true, false), (true, true)]) {
+            for step in 0..<5 {
+                let error = GPUCheck.relativeError(run[step], cpu[step])
+                #expect(error < 1e-4, "fused \(fused), reversed \(reversed), step \(step): \(error)")
+            }
+        }
+        let same = runs[1] == runs[2]  // (not printed in full)
+        #expect(same, "the fused MLP's logits depend on the order its blocks run in")
+    }
+
     /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
     /// behind grid barriers, the emulator running its 8 blocks side by side), as two (`decode_mlp`
     /// after the first half), or their first halves alone:

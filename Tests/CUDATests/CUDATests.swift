@@ -134,7 +134,18 @@ import TestSupport
         #expect(!block[..<call.lowerBound].contains("store_row") && block[call.upperBound...].contains("store_row_normed<bf16>"))
         let header = try #require(block.range(of: "partial[0] = NEG_INF"))
         #expect(block[..<header.lowerBound].components(separatedBy: "lo > hi) {").last?.contains("if (early) grid_wait();") == true)
-        for name in GemmaKernels.names {
+        // The fused MLP: before its wait, its shared memory, its rows asked of L2 and its slice of down's
+        // weights copied into shared memory; nothing of the step's data.
+        let mlpBeforeWait = try opening(" mlp_fused_bf16(", upTo: "grid_wait();")
+        #expect(statements(mlpBeforeWait) == [
+            "__shared__ uint4 slice[MLP_MAX_HIDDEN / MLP_SLICE_BLOCKS * MLP_SLICE / 8]", "__shared__ float4 xs[MLP_MAX_HIDDEN / 4]",
+            "__shared__ float4 hs[MLP_SLICE / 4]", "__shared__ int last", "grid_release()",
+            "int b = blockIdx.x, s = b / MLP_SLICE_BLOCKS, i = b % MLP_SLICE_BLOCKS, chunk = k / MLP_SLICE_BLOCKS",
+            "gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b)", "gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b + 1)",
+            "copy_down_slice(slice, down, m, s, i, chunk)", "float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD]",
+            "norm_weights(w, next, k, wv, nv)",
+        ])
+        for name in GemmaKernels.names where name != "mlp_fused_bf16" {
             let text = try #require(body(after: " \(name)("), "\(name) has a body")
             let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             var waitsFirst = statements == ["grid_release()", "grid_wait()"]
