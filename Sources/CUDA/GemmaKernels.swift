@@ -1305,23 +1305,28 @@ public enum GemmaKernels {
         #endif
         }
 
+        // Thread 0's part of a barrier of `count` blocks (a count and a generation at bar), once its
+        // block's threads are all there: the last to arrive resets the count and bumps the generation,
+        // the others wait for the bump.
+        __device__ __forceinline__ void barrier_arrive_and_wait(u32* bar, u32 count) {
+            u32 generation = load_acquire(bar + 1);
+            __threadfence();
+            if (atomicAdd(bar, 1u) == count - 1) {
+                atomicExch(bar, 0u);
+                __threadfence();
+                atomicAdd(bar + 1, 1u);
+            } else {
+                u64 since = 0;
+                while (load_acquire(bar + 1) == generation) grid_spin(since);
+            }
+            __threadfence();
+        }
+
         // Stamps point k as the block arrives (its threads all done) and k + 1 as it leaves.
         __device__ void grid_barrier(u32* bar, u64* stamps, int k) {
             __syncthreads();
             stamp(stamps, k);
-            if (threadIdx.x == 0) {
-                u32 generation = load_acquire(bar + 1);
-                __threadfence();
-                if (atomicAdd(bar, 1u) == gridDim.x - 1) {
-                    atomicExch(bar, 0u);
-                    __threadfence();
-                    atomicAdd(bar + 1, 1u);
-                } else {
-                    u64 since = 0;
-                    while (load_acquire(bar + 1) == generation) grid_spin(since);
-                }
-                __threadfence();
-            }
+            if (threadIdx.x == 0) barrier_arrive_and_wait(bar, gridDim.x);
             __syncthreads();
             stamp(stamps, k + 1);
         }
@@ -1354,19 +1359,7 @@ public enum GemmaKernels {
         // resident at once: the caller makes sure of it.
         __device__ void blocks_barrier(u32* bar, u32 count) {
             __syncthreads();
-            if (threadIdx.x == 0) {
-                u32 generation = load_acquire(bar + 1);
-                __threadfence();
-                if (atomicAdd(bar, 1u) == count - 1) {
-                    atomicExch(bar, 0u);
-                    __threadfence();
-                    atomicAdd(bar + 1, 1u);
-                } else {
-                    u64 since = 0;
-                    while (load_acquire(bar + 1) == generation) grid_spin(since);
-                }
-                __threadfence();
-            }
+            if (threadIdx.x == 0) barrier_arrive_and_wait(bar, count);
             __syncthreads();
         }
 

@@ -575,6 +575,20 @@ import Testing
 
     /// The logits of `steps` decode steps of one sequence, each fed the last one's argmax (`next`,
     /// left as the last step's).
+    /// A new one-sequence runner on `gpu` over `engine`'s weights (as the backend's settings are now):
+    /// `prompt` prefilled, then `decodedLogits` of `steps` greedy steps; the runner, slot and next
+    /// token, for more.
+    static func decodedLogits(_ engine: Engine, on gpu: CUDABackend, prompt: [Int], steps: Int) throws -> (
+        logits: [[Float]], runner: BatchRunner<CUDABackend>, slot: BatchRunner<CUDABackend>.Slot, next: [Int]
+    ) {
+        let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+        let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+        let slot = runner.makeSlot(contextLength: 64)
+        var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+        let logits = try decodedLogits(runner, slot, next: &next, steps: steps)
+        return (logits, runner, slot, next)
+    }
+
     static func decodedLogits(
         _ runner: BatchRunner<CUDABackend>, _ slot: BatchRunner<CUDABackend>.Slot, next: inout [Int], steps: Int
     ) throws -> [[Float]] {
@@ -1173,11 +1187,8 @@ import Testing
         for (fused, reversed) in [(false, false), (true, false), (true, true)] {
             gpu.fusedMLP = fused
             reverse(reversed ? 1 : 0)
-            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
-            let slot = runner.makeSlot(contextLength: 64)
-            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
-            runs.append(try Self.decodedLogits(runner, slot, next: &next, steps: 5))
+            let (logits, runner, slot, next) = try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 5)
+            runs.append(logits)
             let profile = try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) })
             let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
             let layers = engine.config.layerCount
@@ -1278,11 +1289,7 @@ import Testing
             gpu.attentionEarlyLoads = early
             gpu.attentionTrims = trimmed
             reverse(reversed ? 1 : 0)
-            let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-            let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
-            let slot = runner.makeSlot(contextLength: 64)
-            var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
-            runs.append(try Self.decodedLogits(runner, slot, next: &next, steps: 7))  // positions 28 to 34: past 32 keys
+            runs.append(try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 7).logits)  // positions 28 to 34: past 32 keys
         }
         for (i, run) in runs.enumerated().dropFirst() {
             let same = run == runs[0]  // (not printed in full: 7 steps of logits)
