@@ -158,6 +158,10 @@ def summary(root):
             if graphed and unfused:
                 rows.append(f"{shape:>5}  decode, batch {batch}: q/k norms and RoPE inside attention {graphed:.2f} ms/step, "
                             f"in norm_rope's launch {unfused:.2f} ms/step ({unfused / graphed:.2f}x)")
+            fused = ours.get(f"decode_b{batch}_fused_mlp_ms_per_step")
+            if graphed and fused:
+                rows.append(f"{shape:>5}  decode, batch {batch}: MLP in two launches {graphed:.2f} ms/step, "
+                            f"fused (one launch) {fused:.2f} ms/step ({graphed / fused:.2f}x)")
             # decode_b1_prefetch_{MiB}mib[_{kind}]_ms_per_step: none (0 MiB), then each kind's amounts.
             ahead = {}
             for k, v in ours.items():

@@ -1376,8 +1376,9 @@ public enum GemmaKernels {
         // over the slice's 256 columns into partials[s][chunk], and the last of the chunk's blocks (a
         // ticket) adds the slices' partials in slice order into out: the same bits whatever order
         // the blocks run in (not gemv_bf16's: its sums run over the columns in another order).
-        // Scratch: partials (m / 256 × k floats); bars (2 × m / 256 + 16 u32, zero before the first
-        // launch; each launch leaves them as it found them but for the slice barriers' generations).
+        // Scratch: partials (m / 256 × k floats); bars (16 + 2 × m / 256 u32, zero before the first
+        // launch): the chunks' tickets, then each slice's barrier; each launch leaves the tickets and
+        // counts at zero (the generations count on), so a model of fewer slices may follow.
         // m a multiple of 256, k a multiple of 16 up to MLP_MAX_HIDDEN, one warp a gate/up row
         // (gemvSplits 1). Grid: m / 16; block: 256.
         #define MLP_SLICE 256
@@ -1410,7 +1411,7 @@ public enum GemmaKernels {
             int slices = m / MLP_SLICE, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b);
             gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b + 1);
-            blocks_barrier(bars + 2 * s, MLP_SLICE_BLOCKS);
+            blocks_barrier(bars + MLP_SLICE_BLOCKS + 2 * s, MLP_SLICE_BLOCKS);
         #if defined(CUDA_EMULATOR)
             // The emulator's shared memory is one copy for every block, which the blocks that ran while
             // this one waited have overwritten.
@@ -1429,7 +1430,7 @@ public enum GemmaKernels {
                 if (lane == 0) partials[(u64)s * k + i * chunk + j] = sum;
             }
             __syncthreads();
-            u32* tickets = bars + 2 * slices;
+            u32* tickets = bars;
             if (threadIdx.x == 0) {
                 __threadfence();
                 last = atomicAdd(tickets + i, 1u) == (u32)slices - 1;

@@ -138,7 +138,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// projection's and the MLP's weights could be on their way. None by default: in each of four
     /// gpu-check runs on an H100 (1B shape, batch 1) a step was fastest without (the last: 1.445 ms,
     /// against 1.485 to 1.537 ms with 8 to 40 MiB; the prefetches' reads delay the attention's own),
-    /// and asked in bulk (`prefetchAheadKind`) it was no better: +0.013 to +0.13 ms from 16 to 64 MiB.
+    /// and asked in bulk (`prefetchAheadKind`) it was no better: +0.013 to +0.133 ms a step from 16 to
+    /// 64 MiB in two sweeps.
     /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each step also
     /// cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
     public var prefetchAheadBytes: Int {
@@ -165,6 +166,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); prefetchKind = newValue; lock.unlock() }
     }
     private var prefetchKind = PrefetchKind.bulk
+    /// The kind attention_rows asks in: bulk prefetches need sm_90 (elsewhere the kernel asks a line
+    /// at a time, within that kind's budget).
+    private var prefetchKindInKernel: PrefetchKind { context.device.architecture >= 90 ? prefetchAheadKind : .lines }
     /// A decode step's q/k norms and RoPE go inside its attention (`attention_rows`: norm_rope's
     /// launch fewer) unless this is false (gpu-check times both) or `INFERENCE_FUSED_NORMS=off`.
     public var fusedHeadNorms: Bool {
@@ -198,12 +202,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// intermediate rows added by the last block of each output chunk) instead of two. Off by default:
     /// not yet timed on a GPU (`INFERENCE_FUSED_MLP=on`; gpu-check's sweep and bench time it). Its sums
     /// run in another order than the down product's, so its logits are not that path's bits (within
-    /// float rounding). Only where the whole grid fits on the GPU at once (`fusedMLPProblem`).
+    /// float rounding). Only where the whole grid fits on the GPU at once, hidden size up to 1152 and
+    /// the norm fused (`mlp` returns false otherwise; `fusedMLPLaunches` counts the launches).
     public var fusedMLP: Bool {
         get { lock.lock(); defer { lock.unlock() }; return mlpFused }
         set { lock.lock(); mlpFused = newValue; lock.unlock() }
     }
     private var mlpFused = false
+    /// Launches of `mlp_fused_bf16` so far (for checks that the fused MLP ran).
+    public var fusedMLPLaunches: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return mlpLaunches
+    }
+    private var mlpLaunches = 0
     /// Blocks of `mlp_fused_bf16` the GPU holds at once (0: unknown, and the MLP is never fused).
     private var mlpFusedResident = 0
     /// The fused MLP's partial sums and its slice barriers and tickets (`mlp_fused_bf16`).
@@ -786,10 +798,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         lock.lock()
         if mlpPartials == nil || mlpPartials!.count < slices * k { mlpPartials = makeBuffer(count: slices * k) }
         // Zeroed by the allocation; each launch leaves its counts at zero.
-        if mlpBarriers == nil || mlpBarriers!.count < 2 * slices + blocksPerSlice {
-            mlpBarriers = makeBuffer(count: 2 * slices + blocksPerSlice)
+        if mlpBarriers == nil || mlpBarriers!.count < blocksPerSlice + 2 * slices {
+            mlpBarriers = makeBuffer(count: blocksPerSlice + 2 * slices)
         }
         let (partials, barriers) = (mlpPartials!, mlpBarriers!)
+        mlpLaunches += 1
         lock.unlock()
         // w, next, residual, normed, epsilon and ticket, as gemv_gelu_norm_bf16 takes them.
         context.launch(
@@ -972,10 +985,10 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 .pointer(queries.address), .pointer(rowsTable), .pointer(out.address), .pointer(partials), .int(heads),
                 .int(kvHeads), .int(headDimension), .float(scale), .int(splits), .int(share), .int(half ? 1 : 0),
                 .pointer(keys.address), .pointer(values.address), .int(storeInside ? 1 : 0),
-            ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits) + [
+            ] + prefetchRanges(next, rows: rows, blocks: rows * heads * splits, kind: prefetchKindInKernel) + [
                 .pointer(inside?.queryNorm.address ?? 0), .pointer(inside?.keyNorm.address ?? 0),
                 .pointer(inside?.table.address ?? 0), .float(inside?.epsilon ?? 0),
-                .int(attentionTrims ? 1 : 0), .int(attentionEarlyLoads ? 1 : 0), .int(prefetchAheadKind.kernelValue),
+                .int(attentionTrims ? 1 : 0), .int(attentionEarlyLoads ? 1 : 0), .int(prefetchKindInKernel.kernelValue),
             ])
         // A separate merge: merged by the last share inside attention_rows (a fence, a count and
         // the merge in one block) took 19.6 µs a layer on an H200 against 11.5 + 3.7 µs this way.
@@ -1049,7 +1062,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             .float(layer.scale), .int(splits), .int(share), .int(half ? 1 : 0), .pointer(layer.norms.queryNorm.address),
             .pointer(layer.norms.keyNorm.address), .pointer(layer.norms.table.address), .float(layer.norms.epsilon),
         ]
-        arguments += prefetchRanges([layer.output, layer.gate, layer.up], rows: 1, blocks: grid)
+        // The persistent kernels ask a line at a time (prefetch_ahead's default).
+        arguments += prefetchRanges([layer.output, layer.gate, layer.up], rows: 1, blocks: grid, kind: .lines)
         arguments += [
             .pointer(layer.output.address), .pointer(layer.normed.address), .int(hidden), .int(queryWidth),
             .int(GemmaKernels.gemvSplits(rows: hidden, columns: queryWidth)),
@@ -1181,8 +1195,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// attention_rows' three (address, bytes) ranges to ask L2 for (`CUDABackend.prefetchShares`); none
     /// in a step of several rows (their products are bound by activation loads, and asking L2 for the
     /// weights slowed them before, see gemv_pairs).
-    private func prefetchRanges(_ next: [CUDAMatrix], rows: Int, blocks: Int) -> [CUDAContext.Argument] {
-        let budget = rows == 1 ? Self.prefetchBudget(prefetchAheadBytes, blocks: blocks, kind: prefetchAheadKind) : 0
+    private func prefetchRanges(_ next: [CUDAMatrix], rows: Int, blocks: Int, kind: PrefetchKind) -> [CUDAContext.Argument] {
+        let budget = rows == 1 ? Self.prefetchBudget(prefetchAheadBytes, blocks: blocks, kind: kind) : 0
         let bytes = Self.prefetchShares(next.prefix(3).map(\.bytes), budget: budget)
         var ranges: [CUDAContext.Argument] = []
         for i in 0..<3 {

@@ -573,8 +573,6 @@ import Testing
         #expect(few[0].rank == 4 && few[1].rank == 0)
     }
 
-    /// The logits of `steps` decode steps of one sequence, each fed the last one's argmax (`next`,
-    /// left as the last step's).
     /// A new one-sequence runner on `gpu` over `engine`'s weights (as the backend's settings are now):
     /// `prompt` prefilled, then `decodedLogits` of `steps` greedy steps; the runner, slot and next
     /// token, for more.
@@ -589,6 +587,8 @@ import Testing
         return (logits, runner, slot, next)
     }
 
+    /// The logits of `steps` decode steps of one sequence, each fed the last one's argmax (`next`,
+    /// left as the last step's).
     static func decodedLogits(
         _ runner: BatchRunner<CUDABackend>, _ slot: BatchRunner<CUDABackend>.Slot, next: inout [Int], steps: Int
     ) throws -> [[Float]] {
@@ -1156,14 +1156,15 @@ import Testing
     }
 
     /// The fused MLP (`fusedMLP`, off by default): one launch a layer instead of gate/up and down, over
-    /// three slices of 256 intermediate rows; the logits the CPU's (within the float32 bar: its down
-    /// sums run in another order than the down product's), and the same bits with the blocks and
-    /// threads reversed (each block waits for its slice, and the slices' partials are added in
-    /// slice order, whichever block finishes last).
+    /// three slices of 256 intermediate rows (hidden 256: two output rows a warp, two copies of down
+    /// a thread); the logits the CPU's (within the float32 bar: its down sums run in another order
+    /// than the down product's), and the same bits with the blocks and threads reversed (each block
+    /// waits for its slice, and the slices' partials are added in slice order, whichever block
+    /// finishes last). Then a model of one slice on the same backend (its scratch left by three).
     @Test func fusedMLPMatchesTheCPU() throws {
         let directory = try TemporaryDirectory()
         let shape = RandomGemma(
-            vocabulary: 1024, hidden: 128, intermediate: 768, layers: 2, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
+            vocabulary: 1024, hidden: 256, intermediate: 768, layers: 2, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
             maxPositions: 256)
         try shape.write(to: directory.path + "/mlp", seed: 103)
         let engine = try Engine.load(path: directory.path + "/mlp", exactActivations: true)
@@ -1202,6 +1203,16 @@ import Testing
         }
         let same = runs[1] == runs[2]  // (not printed in full)
         #expect(same, "the fused MLP's logits depend on the order its blocks run in")
+
+        let small = try Engine.load(path: try Self.smallModel(in: directory, seed: 107), exactActivations: true)
+        gpu.fusedMLP = true
+        reverse(0)
+        let launches = gpu.fusedMLPLaunches
+        let fused = try Self.decodedLogits(small, on: gpu, prompt: prompt, steps: 3).logits
+        #expect(gpu.fusedMLPLaunches > launches, "the one-slice model's MLP was not fused")
+        gpu.fusedMLP = false
+        let unfused = try Self.decodedLogits(small, on: gpu, prompt: prompt, steps: 3).logits
+        for (a, b) in zip(fused, unfused) { #expect(GPUCheck.relativeError(a, b) < 1e-4, "one slice after three") }
     }
 
     /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
