@@ -145,6 +145,12 @@ import TestSupport
             "copy_down_slice(slice, down, m, s, i, chunk)", "float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD]",
             "norm_weights(w, next, k, wv, nv)",
         ])
+        // ... whose copy reads only down's weights into the block's shared memory.
+        let copy = try opening("void copy_down_slice(", upTo: "extern \"C\" __global__ void __launch_bounds__(256, 4) mlp_fused_bf16(")
+        #expect(statements(copy) == [
+            "for (int q = threadIdx.x", "q < chunk * (MLP_SLICE / 8)", "q += blockDim.x) { int j = q / (MLP_SLICE / 8), c = q % (MLP_SLICE / 8)",
+            "copy16_to_shared(slice + q, down + (u64)(i * chunk + j) * m + (u64)s * MLP_SLICE + 8 * c)", "} }",
+        ])
         for name in GemmaKernels.names where name != "mlp_fused_bf16" {
             let text = try #require(body(after: " \(name)("), "\(name) has a body")
             let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
