@@ -1209,7 +1209,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// `budget`, cut to 16 lines a thread of attention_rows' `blocks` blocks (512 KiB a block): a short
     /// context's attention has few blocks (4 for the 1B below 33 keys), and each prefetch its
     /// threads issue comes before its own loads. Bulk: one instruction a thread (4 MiB a block).
-    static func prefetchBudget(_ budget: Int, blocks: Int, kind: PrefetchKind = .lines) -> Int {
+    public static func prefetchBudget(_ budget: Int, blocks: Int, kind: PrefetchKind = .lines) -> Int {
         min(budget, blocks * 256 * (kind == .lines ? 16 : GemmaKernels.prefetchBulkLines) * 128)
     }
 

@@ -81,7 +81,8 @@ struct GPUCheckCommand: ParsableCommand {
         if gpu.prefetchAheadBytes == 0 {
             print("prefetch    none asked of L2 by a one-sequence step's attention (INFERENCE_PREFETCH_AHEAD=MiB asks for the next weights)")
         } else {
-            print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention, %@ (at most %@ a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, gpu.prefetchAheadKind.rawValue, gpu.prefetchAheadKind == .lines ? "512 KiB" : "4 MiB", Double(gpu.context.device.l2CacheBytes) / 1_048_576))
+            let perBlock = CUDABackend.prefetchBudget(Int.max, blocks: 1, kind: gpu.prefetchAheadKind) >> 10
+            print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention, %@ (at most %d KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, gpu.prefetchAheadKind.rawValue, perBlock, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         }
         print("mlp         \(gpu.fusedMLP ? "a one-token step's MLP in one launch (mlp_fused_bf16, INFERENCE_FUSED_MLP=on)" : "a one-token step's MLP in two launches (INFERENCE_FUSED_MLP=on fuses them)")")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
@@ -580,12 +581,10 @@ struct GPUCheckCommand: ParsableCommand {
             }
             if batch == 1 {
                 // The same steps with the attention asking L2 for more or less of the next products'
-                // weights (prefetch_ahead; 0: none), to find what this card's L2 holds best (each step
-                // at most 512 KiB a block of its attention in lines, 32 MiB for 16 shares of 4 heads;
-                // 4 MiB a block in bulk). Timed out of order, so that a drift of the card's clocks
-                // does not read as a trend.
-                // Each kind of prefetch (lines from every thread, the copy engine's bulk prefetch,
-                // bulk marked evict-last) at each amount, all interleaved.
+                // weights (prefetch_ahead; 0: none), in each kind (lines from every thread, the copy
+                // engine's bulk prefetch, bulk marked evict-last), to find what this card's L2 holds
+                // best (`CUDABackend.prefetchBudget` caps a step's amount by its attention's blocks).
+                // Timed out of order, so that a drift of the card's clocks does not read as a trend.
                 let chosen = gpu.prefetchAheadBytes, chosenKind = gpu.prefetchAheadKind
                 var sweep: [(kind: Int, mib: Int, line: String)] = []
                 let kinds = CUDABackend.PrefetchKind.allCases
