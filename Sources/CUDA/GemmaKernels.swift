@@ -13,7 +13,7 @@
 public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
-        "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "mlp_fused_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
+        "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemv_staged_bf16", "gemv_norm_staged_bf16", "gemv_gelu_norm_staged_bf16", "mlp_fused_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
         "attention_combine", "decode_layer", "decode_attention", "decode_mlp",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "logprob_slices", "logprob_merge",
@@ -37,6 +37,9 @@ public enum GemmaKernels {
     public static let fusedNormMaximum = 2048
     /// Groups of rows each block of `gemv_gelu_norm_bf16` takes (GELU_NORM_GROUPS in the source).
     public static let geluNormGroups = 2
+    /// 16-byte chunks of its weight row each thread of `gemv_staged_bf16` and `gemv_norm_staged_bf16`
+    /// copies into shared memory before its wait (STAGE_CHUNKS in the source).
+    public static let stageChunks = 8
     /// `mlp_fused_bf16`'s slices of intermediate rows (MLP_SLICE), blocks a slice (MLP_SLICE_BLOCKS)
     /// and largest hidden size (MLP_MAX_HIDDEN).
     public static let fusedMLPSlice = 256
@@ -123,6 +126,23 @@ public enum GemmaKernels {
             }
         #elif defined(CUDA_EMULATOR)
             for (u32 o = 0; o < size; o += 128) emu_prefetch(p + o);
+        #endif
+        }
+
+        // 16 bytes from global to shared memory without a register (cp.async, sm_80 and later; a plain
+        // copy elsewhere), and the wait for all of this thread's such copies.
+        __device__ __forceinline__ void copy16_to_shared(void* smem, const void* gmem) {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            u32 to;
+            asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(to) : "l"(smem));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(gmem) : "memory");
+        #else
+            *(uint4*)smem = *(const uint4*)gmem;
+        #endif
+        }
+        __device__ __forceinline__ void copies_to_shared_done() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("cp.async.wait_all;" ::: "memory");
         #endif
         }
 
@@ -679,6 +699,104 @@ public enum GemmaKernels {
                                                                                 u32* ticket) {
             gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits,
                                                       ResidualNorm{w, next, residual, normed, eps, ticket});
+        }
+
+        // Staged weights (one-token products whose whole grid the GPU holds at once): before grid_wait
+        // each thread copies the chunks of its weight row it will take into shared memory (cp.async: no
+        // registers held while they come) instead of only asking L2 for their lines, so that once x is
+        // there the product reads shared memory rather than going to L2 in several round trips. Lane
+        // private: the i-th chunk a thread takes is at stage[i * 256 + threadIdx.x], written and read by
+        // that thread alone (cp.async.wait_all, no block barrier). Up to `most` chunks are staged; the
+        // lines of the rest are asked of L2 (gemv_prefetch's lanes) and read as gemv_part reads them.
+        // The chunks are taken in gemv_part's order, so each sum is the same bits as gemv_bf16's.
+        #define STAGE_CHUNKS 8
+        __device__ __forceinline__ void stage_part(uint4* stage, const bf16* row, int k, int splits, int part, int most) {
+            const uint4* wr = (const uint4*)row;
+            int chunks = k >> 3, stride = 32 * splits, lane = threadIdx.x & 31, c = part * 32 + lane;
+            for (int i = 0; i < most && c < chunks; i++, c += stride) copy16_to_shared(stage + i * 256 + threadIdx.x, wr + c);
+            if (lane & 7) return;
+            for (; c < chunks; c += stride) prefetch_l2(wr + c);
+        }
+
+        // gemv_part over a row stage_part staged (with the same `most`), once its copies are done.
+        template <int T>
+        __device__ __forceinline__ void gemv_part_staged(const uint4* stage, const bf16* row, const float* x, int k,
+                                                         int tokens, int splits, int part, int most, float* acc) {
+            const uint4* wr = (const uint4*)row;
+            int chunks = k >> 3, stride = 32 * splits, c = part * 32 + (threadIdx.x & 31);
+            for (int i = 0; i < most && c < chunks; i++, c += stride)
+                gemv_chunk<T>(stage[i * 256 + threadIdx.x], x, k, c, tokens, acc);
+            for (; c < chunks; c += stride) gemv_chunk<T>(wr[c], x, k, c, tokens, acc);
+        }
+
+        // gemv_rows of one token with its weights staged: gemv_bf16's (NORM: gemv_norm_bf16's) results.
+        template <bool NORM>
+        __device__ __forceinline__ void gemv_rows_staged(const bf16* w0, const bf16* w1, const bf16* w2, float* o0, float* o1,
+                                                         float* o2, int m0, int m1, int m2, const float* x, int k,
+                                                         int splits, const ResidualNorm& norm) {
+            __shared__ uint4 stage[STAGE_CHUNKS * 256];
+            grid_release();
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+            const bf16* w;
+            float* out;
+            int m, r;
+            gemv_locate(blockIdx.x * (8 / splits) + warp / splits, w0, w1, w2, o0, o1, o2, m0, m1, m2, w, out, m, r);
+            if (r < m) stage_part(stage, w + (u64)r * k, k, splits, warp % splits, STAGE_CHUNKS);
+            x = wait_for_x<NORM>(x, norm, k);
+            copies_to_shared_done();
+            float acc[1] = {0.0f};
+            if (r < m) gemv_part_staged<1>(stage, w + (u64)r * k, x, k, 1, splits, warp % splits, STAGE_CHUNKS, acc);
+            float s = gemv_total<1>(acc, 1, splits);
+            if (warp % splits == 0 && r < m && lane == 0) out[r] = s;
+        }
+
+        // gemv_bf16 and gemv_norm_bf16 (one token) with staged weights: the same arguments and grid.
+        extern "C" __global__ void __launch_bounds__(256) gemv_staged_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
+                                                                          float* o0, float* o1, float* o2, int m0, int m1,
+                                                                          int m2, const float* x, int k, int tokens,
+                                                                          int splits) {
+            gemv_rows_staged<false>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, splits, ResidualNorm{});
+        }
+        extern "C" __global__ void __launch_bounds__(256) gemv_norm_staged_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
+                                                                               float* o0, float* o1, float* o2, int m0,
+                                                                               int m1, int m2, const float* x, int k,
+                                                                               int tokens, int splits, const float* w,
+                                                                               const float* next, float* residual,
+                                                                               float* normed, float eps, u32* ticket) {
+            gemv_rows_staged<true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, splits,
+                                   ResidualNorm{w, next, residual, normed, eps, ticket});
+        }
+
+        // gemv_gelu_norm_bf16 with the first group's rows staged (up to GELU_STAGE chunks a thread of
+        // gate's row and of up's: 32 KiB, so that 4 blocks an SM still fit); the second group's lines
+        // are asked of L2 as there. The same arguments, grid and bits.
+        #define GELU_STAGE 4
+        extern "C" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_staged_bf16(const bf16* gate, const bf16* up,
+                                                                                       const float* x, float* out, int m,
+                                                                                       int k, int splits, const float* w,
+                                                                                       const float* next, float* residual,
+                                                                                       float* normed, float eps,
+                                                                                       u32* ticket) {
+            __shared__ uint4 stage[2 * GELU_STAGE * 256];
+            grid_release();
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % splits;
+            int first = blockIdx.x * GELU_NORM_GROUPS, r = first * (8 / splits) + warp / splits;
+            if (r < m) {
+                stage_part(stage, gate + (u64)r * k, k, splits, part, GELU_STAGE);
+                stage_part(stage + GELU_STAGE * 256, up + (u64)r * k, k, splits, part, GELU_STAGE);
+            }
+            for (int j = 1; j < GELU_NORM_GROUPS; j++) gemv_gelu_prefetch(gate, up, m, k, splits, first + j);
+            x = wait_for_x<true>(x, ResidualNorm{w, next, residual, normed, eps, ticket}, k);
+            copies_to_shared_done();
+            float gv[1] = {0.0f}, uv[1] = {0.0f};
+            if (r < m) {
+                gemv_part_staged<1>(stage, gate + (u64)r * k, x, k, 1, splits, part, GELU_STAGE, gv);
+                gemv_part_staged<1>(stage + GELU_STAGE * 256, up + (u64)r * k, x, k, 1, splits, part, GELU_STAGE, uv);
+            }
+            float gs = gemv_total<1>(gv, 1, splits);
+            float us = gemv_total<1>(uv, 1, splits);
+            if (part == 0 && r < m && lane == 0) out[r] = gelu_tanh_times(gs, us);
+            for (int j = 1; j < GELU_NORM_GROUPS; j++) gemv_gelu_group<1>(gate, up, x, out, m, k, 1, splits, first + j);
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64
@@ -1331,22 +1449,6 @@ public enum GemmaKernels {
             stamp(stamps, k + 1);
         }
 
-        // 16 bytes from global to shared memory without a register (cp.async, sm_80 and later; a plain
-        // copy elsewhere), and the wait for all of this thread's such copies.
-        __device__ __forceinline__ void copy16_to_shared(void* smem, const void* gmem) {
-        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-            u32 to;
-            asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(to) : "l"(smem));
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(gmem) : "memory");
-        #else
-            *(uint4*)smem = *(const uint4*)gmem;
-        #endif
-        }
-        __device__ __forceinline__ void copies_to_shared_done() {
-        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-            asm volatile("cp.async.wait_all;" ::: "memory");
-        #endif
-        }
         // A load another block of the launch wrote (past a barrier between them): from L2, not L1.
         __device__ __forceinline__ float load_global(const float* p) {
         #if defined(__CUDA_ARCH__)

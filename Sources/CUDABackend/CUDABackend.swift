@@ -200,7 +200,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// Whether a one-token step's MLP after its fused norm runs as one launch (`mlp_fused_bf16`: gate,
     /// up, GELU and down, down's weights read beside gate's and up's, its sums over slices of 256
     /// intermediate rows added by the last block of each output chunk) instead of two. Off by default:
-    /// not yet timed on a GPU (`INFERENCE_FUSED_MLP=on`; gpu-check's sweep and bench time it). Its sums
+    /// slower on an H100 (1B step +0.09 ms from 64 tokens, +0.11 from 1024; `INFERENCE_FUSED_MLP=on`). Its sums
     /// run in another order than the down product's, so its logits are not that path's bits (within
     /// float rounding). Only where the whole grid fits on the GPU at once, hidden size up to 1152 and
     /// the norm fused (`mlp` returns false otherwise; `fusedMLPLaunches` counts the launches).
@@ -209,6 +209,39 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); mlpFused = newValue; lock.unlock() }
     }
     private var mlpFused = false
+    /// Which one-token products stage their weights in shared memory (`gemv_staged_bf16`,
+    /// `gemv_norm_staged_bf16`, `gemv_gelu_norm_staged_bf16`): each thread copies the chunks of its
+    /// weight row it will take with cp.async before the kernel waits for the one before it, instead
+    /// of only asking L2 for their lines, so that once its input is there the product reads shared
+    /// memory rather than L2 in several round trips. The same sums in the same order: the same bits.
+    /// Only where the launch's whole grid fits on the GPU at once and each thread's chunks fit the
+    /// stage (the LM head, for one, is never staged). `INFERENCE_STAGED_WEIGHTS=off|products|gate-up|on`.
+    public enum StagedWeights: String, CaseIterable, Sendable {
+        /// Not staged: L2 is asked for the lines.
+        case off
+        /// q/k/v, the output projection and down (gemv_bf16 and gemv_norm_bf16's launches).
+        case products
+        /// Gate and up (gemv_gelu_norm_bf16's), the first of a block's two groups of rows.
+        case gateUp = "gate-up"
+        /// Both.
+        case on
+        var products: Bool { self == .products || self == .on }
+        var gateUp: Bool { self == .gateUp || self == .on }
+    }
+    public var stagedWeights: StagedWeights {
+        get { lock.lock(); defer { lock.unlock() }; return staging }
+        set { lock.lock(); staging = newValue; lock.unlock() }
+    }
+    private var staging = StagedWeights.off
+    /// Launches with staged weights so far (for checks that they ran).
+    public var stagedLaunches: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return stagedLaunchCount
+    }
+    private var stagedLaunchCount = 0
+    /// Blocks of each staged kernel the GPU holds at once (a kernel missing: never staged).
+    private var stagedResident: [String: Int] = [:]
     /// Launches of `mlp_fused_bf16` so far (for checks that the fused MLP ran).
     public var fusedMLPLaunches: Int {
         lock.lock()
@@ -385,6 +418,16 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         mlpFusedResident =
             (functions["mlp_fused_bf16"].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0) * context.device.multiprocessors
+        for name in ["gemv_staged_bf16", "gemv_norm_staged_bf16", "gemv_gelu_norm_staged_bf16"] {
+            stagedResident[name] =
+                (functions[name].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0) * context.device.multiprocessors
+        }
+        if let setting = env["INFERENCE_STAGED_WEIGHTS"] {
+            guard let mode = StagedWeights(rawValue: setting) else {
+                throw CUDAError.invalidSetting("INFERENCE_STAGED_WEIGHTS is \(setting); use off, products, gate-up or on")
+            }
+            staging = mode
+        }
         if let setting = env["INFERENCE_FUSED_MLP"] {
             guard setting == "on" || setting == "off" else {
                 throw CUDAError.invalidSetting("INFERENCE_FUSED_MLP is \(setting); use on or off")
@@ -672,6 +715,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         let total = weights.reduce(0) { $0 + $1.rows }
         let splits = GemmaKernels.gemvSplits(rows: total, columns: k)
         let group = GemmaKernels.gemvMaximumTokens
+        // The 16-byte chunks of its row each thread takes (what a staged launch copies).
+        let chunks = (k / 8 + 32 * splits - 1) / (32 * splits)
         var first = 0
         while first < rows {
             let tokens = min(group, rows - first)
@@ -684,10 +729,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // that its registers do not lower the one-token kernel's occupancy).
             if let norm {
                 precondition(rows == 1, "a residual norm goes inside the product of one row only")
-                context.launch(kernel("gemv_norm_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
+                let name = staged("gemv_norm_bf16", grid: blocks(total * splits, 8), chunks: chunks, most: stageChunks)
+                context.launch(kernel(name), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
                 countFusedLaunch()
             } else if tokens == 1 {
-                context.launch(kernel("gemv_bf16"), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
+                let name = staged("gemv_bf16", grid: blocks(total * splits, 8), chunks: chunks, most: stageChunks)
+                context.launch(kernel(name), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
             }
@@ -773,8 +820,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             return
         }
         let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
+        let grid = blocks(m * splits, 8 * GemmaKernels.geluNormGroups)
+        // Gate's and up's first GELU_STAGE chunks a thread are staged, the rest read from L2.
+        let name = staged("gemv_gelu_norm_bf16", grid: grid, chunks: 0, most: 0)
         context.launch(
-            kernel("gemv_gelu_norm_bf16"), grid: (blocks(m * splits, 8 * GemmaKernels.geluNormGroups), 1, 1), block: 256,
+            kernel(name), grid: (grid, 1, 1), block: 256,
             [
                 .pointer(gate.address), .pointer(up.address), .pointer(norm.x.address), .pointer(out.address), .int(m),
                 .int(k), .int(splits),
@@ -814,6 +864,22 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             ] + fused)
         countFusedLaunch()
         return true
+    }
+
+    /// Chunks a thread of `gemv_staged_bf16` and `gemv_norm_staged_bf16` stages (STAGE_CHUNKS).
+    private let stageChunks = GemmaKernels.stageChunks
+
+    /// The staged kernel for a launch of `name` (its `_staged` twin), where `stagedWeights` asks for
+    /// it, the whole grid fits on the GPU at once and each thread's `chunks` fit the `most` it stages
+    /// (0: the kernel reads what it does not stage); otherwise `name`.
+    private func staged(_ name: String, grid: Int, chunks: Int, most: Int) -> String {
+        let twin = name.replacingOccurrences(of: "_bf16", with: "_staged_bf16")
+        lock.lock()
+        defer { lock.unlock() }
+        let wanted = name == "gemv_gelu_norm_bf16" ? staging.gateUp : staging.products
+        guard wanted, chunks <= most, grid <= stagedResident[twin] ?? 0 else { return name }
+        stagedLaunchCount += 1
+        return twin
     }
 
     private func countFusedLaunch() {

@@ -630,6 +630,14 @@ public struct GPUCheck {
         return (worst, agreeing, steps + 1)
     }
 
+    /// The logits of a greedy run on the device: the prompt's last, then `steps` steps'.
+    public static func greedyLogits(_ model: Gemma3Model<CUDABackend>, prompt: [Int], steps: Int) throws -> [[Float]] {
+        let session = model.makeSession(maximumBatch: 128)
+        var logits = [try session.append(prompt)]
+        for _ in 0..<steps { logits.append(try session.append([Sampler.argmax(logits.last!)])) }
+        return logits
+    }
+
     // MARK: golden references
 
     public struct GoldenCase: Decodable {

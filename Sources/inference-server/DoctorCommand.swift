@@ -20,7 +20,9 @@ struct Doctor: ParsableCommand {
             INFERENCE_PIPELINE (off: each decode step is read back before the next is queued), \
             INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
             default none, as off), INFERENCE_PREFETCH_KIND (how: lines, bulk or evict-last; default bulk), \
-            INFERENCE_FUSED_MLP (on: a one-token step's MLP in one launch; default off, not yet timed on a GPU).
+            INFERENCE_FUSED_MLP (on: a one-token step's MLP in one launch; default off, slower on an H100), \
+            INFERENCE_STAGED_WEIGHTS (products, gate-up or on: one-token products copy their weights into \
+            shared memory before they wait; default off).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

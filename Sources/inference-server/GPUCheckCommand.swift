@@ -84,6 +84,7 @@ struct GPUCheckCommand: ParsableCommand {
             let perBlock = CUDABackend.prefetchBudget(Int.max, blocks: 1, kind: gpu.prefetchAheadKind) >> 10
             print(String(format: "prefetch    %.1f MiB of the next products' weights asked of L2 during a one-sequence step's attention, %@ (at most %d KiB a block of it; L2 %.0f MiB)", Double(gpu.prefetchAheadBytes) / 1_048_576, gpu.prefetchAheadKind.rawValue, perBlock, Double(gpu.context.device.l2CacheBytes) / 1_048_576))
         }
+        print("staged      weights \(gpu.stagedWeights == .off ? "asked of L2 before a product's wait, not staged (INFERENCE_STAGED_WEIGHTS=products, gate-up or on stages them in shared memory)" : "staged in shared memory before a product's wait: \(gpu.stagedWeights.rawValue) (INFERENCE_STAGED_WEIGHTS)")")
         print("mlp         \(gpu.fusedMLP ? "a one-token step's MLP in one launch (mlp_fused_bf16, INFERENCE_FUSED_MLP=on)" : "a one-token step's MLP in two launches (INFERENCE_FUSED_MLP=on fuses them)")")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
@@ -113,7 +114,7 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "%@ model logits GPU vs CPU: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", result.error, result.steps, result.agreeing))
                 if !passed { failures += 1 }
                 figures["model_relative_error"] = result.error
-                // The MLP as one launch (off by default, not yet timed): the same bar, on this GPU's
+                // The MLP as one launch (off by default, slower on an H100): the same bar, on this GPU's
                 // own barriers and memory order, which the emulator cannot show.
                 let fusedMLP = gpu.fusedMLP, launches = gpu.fusedMLPLaunches
                 gpu.fusedMLP = !fusedMLP
@@ -125,6 +126,24 @@ struct GPUCheckCommand: ParsableCommand {
                     let otherPassed = other.error <= 2e-2
                     print(String(format: "%@ model logits GPU vs CPU, the MLP %@: worst relative error %.2e over %d steps, same greedy token at %d", otherPassed ? "ok  " : "FAIL", fusedMLP ? "in two launches" : "fused (one launch)", other.error, other.steps, other.agreeing))
                     if !otherPassed { failures += 1 }
+                }
+            }
+
+            if compare {
+                // Weights staged in shared memory: the same sums in the same order, so the same bits.
+                let staging = gpu.stagedWeights, launches = gpu.stagedLaunches
+                let prompt = [2] + (0..<24).map { (500 + ($0 * 7919) % 20_000) % c.vocabularySize }
+                gpu.stagedWeights = .off
+                let plain = try GPUCheck.greedyLogits(model, prompt: prompt, steps: 8)
+                gpu.stagedWeights = .on
+                let staged = try GPUCheck.greedyLogits(model, prompt: prompt, steps: 8)
+                gpu.stagedWeights = staging
+                if gpu.stagedLaunches == launches {
+                    print("skip model logits with the weights staged: no product staged here (each needs its whole grid resident at once)")
+                } else {
+                    let same = plain == staged
+                    print("\(same ? "ok  " : "FAIL") model logits with the weights staged: \(same ? "the same bits as without" : "not the same bits as without") over 9 steps")
+                    if !same { failures += 1 }
                 }
             }
 
@@ -230,6 +249,10 @@ struct GPUCheckCommand: ParsableCommand {
         }
         let fusedMLP = gpu.fusedMLP
         variants.append(("MLP \(fusedMLP ? "in two launches" : "fused (one launch)")", { gpu.fusedMLP = $0 ? !fusedMLP : fusedMLP }))
+        let staging = gpu.stagedWeights
+        for other in CUDABackend.StagedWeights.allCases where other != staging {
+            variants.append(("weights staged: \(other.rawValue)", { gpu.stagedWeights = $0 ? other : staging }))
+        }
         // The step handed to the GPU in other pieces: a runner of its own over the same weights.
         var pieced: [Int: (BatchRunner<CUDABackend>, BatchRunner<CUDABackend>.Slot)] = [:]
         for (each, first, label) in [(0, 0, "the step as one graph"), (4, 2, "pieces of 4 layers"), (8, 1, "a first piece of 1 layer")] {

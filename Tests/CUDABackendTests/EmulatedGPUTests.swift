@@ -1215,6 +1215,51 @@ import Testing
         for (a, b) in zip(fused, unfused) { #expect(GPUCheck.relativeError(a, b) < 1e-4, "one slice after three") }
     }
 
+    /// One-token products with their weights staged in shared memory before their wait: the same
+    /// logits bit for bit as without, for each mode, with the threads in order and reversed (each
+    /// thread reads only the chunks it copied); the staged kernels are the ones that ran. Hidden 1152
+    /// and 4096 intermediate rows (one warp a gate/up row): gate's and up's fifth chunk a thread is
+    /// read past the stage, as in the 1B model, and down takes four warps a row.
+    @Test func stagedWeightsGiveTheSameBits() throws {
+        let directory = try TemporaryDirectory()
+        let shape = RandomGemma(
+            vocabulary: 512, hidden: 1152, intermediate: 4096, layers: 1, heads: 4, kvHeads: 1, headDim: 64, slidingWindow: 8,
+            maxPositions: 256)
+        try shape.write(to: directory.path + "/staged", seed: 109)
+        let engine = try Engine.load(path: directory.path + "/staged", exactActivations: true)
+        let gpu = try Self.exactBackend.get()
+        #expect(gpu.stagedWeights == .off, "off by default")
+        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        defer {
+            gpu.stagedWeights = .off
+            reverse(0)
+        }
+        let prompt = (0..<4).map { 17 + $0 * 29 }
+        let modes: [(CUDABackend.StagedWeights, Bool)] = [(.off, false), (.products, false), (.gateUp, false), (.on, false), (.on, true)]
+        var runs: [[[Float]]] = []
+        for (mode, reversed) in modes {
+            gpu.stagedWeights = mode
+            reverse(reversed ? 1 : 0)
+            let launches = gpu.stagedLaunches
+            let (logits, runner, slot, next) = try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 2)
+            runs.append(logits)
+            #expect((gpu.stagedLaunches > launches) == (mode != .off), "\(mode)")
+            guard mode == .on && !reversed else { continue }
+            // Every one-token product of the step: q/k/v (its norm fused), the output projection,
+            // gate/up (its norm fused), down and the LM head (a grid of 128 blocks: the emulator holds it).
+            let profile = try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) })
+            let count = { (name: String) in
+                profile.operations.filter { $0.name == name || $0.name.hasPrefix(name + "@") }.reduce(0) { $0 + $1.count }
+            }
+            #expect(count("gemv_norm_staged_bf16") + count("gemv_staged_bf16") == 4 && count("gemv_gelu_norm_staged_bf16") == 1)
+            #expect(count("gemv_norm_bf16") + count("gemv_bf16") + count("gemv_gelu_norm_bf16") == 0)
+        }
+        for (run, (mode, reversed)) in zip(runs, modes).dropFirst() {
+            let same = run == runs[0]  // (not printed in full)
+            #expect(same, "staged \(mode), reversed \(reversed): not the unstaged logits' bits")
+        }
+    }
+
     /// A one-sequence decode step's layers as one persistent launch each (`decode_layer`: its phases
     /// behind grid barriers, the emulator running its 8 blocks side by side), as two (`decode_mlp`
     /// after the first half), or their first halves alone:

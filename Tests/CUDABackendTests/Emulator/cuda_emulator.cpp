@@ -353,11 +353,14 @@ static size_t addSlot(size_t count) {
 // at once (what cuDeviceGetAttribute and cuOccupancyMaxActiveBlocksPerMultiprocessor report): decode_mlp,
 // in 64 registers, four, as on a GPU, so that a persistent grid of it is twice another's; mlp_fused_bf16,
 // which the backend fuses only where its whole grid fits at once, sixteen, so that the tests' grids of
-// several slices (16 blocks each) fit (its blocks wait at barriers of their slice).
+// several slices (16 blocks each) fit (its blocks wait at barriers of their slice); the staged
+// one-token products, which the backend stages only where the whole grid fits at once, 160, so that
+// a test model's products (up to 640 blocks) are staged.
 static const int multiprocessors = 4;
 static int residentBlocks(const char *kernel, size_t threads) {
     if (threads > 256) return 1;
     if (strcmp(kernel, "mlp_fused_bf16") == 0) return 16;
+    if (strstr(kernel, "_staged_") != nullptr) return 160;
     return strcmp(kernel, "decode_mlp") == 0 ? 4 : 2;
 }
 
