@@ -162,6 +162,10 @@ def summary(root):
             if graphed and fused:
                 rows.append(f"{shape:>5}  decode, batch {batch}: MLP in two launches {graphed:.2f} ms/step, "
                             f"fused (one launch) {fused:.2f} ms/step ({graphed / fused:.2f}x)")
+            unstaged = ours.get(f"decode_b{batch}_unstaged_ms_per_step")
+            if graphed and unstaged:
+                rows.append(f"{shape:>5}  decode, batch {batch}: weights staged in shared memory {graphed:.2f} ms/step, "
+                            f"asked of L2 only {unstaged:.2f} ms/step ({unstaged / graphed:.2f}x)")
             # decode_b1_prefetch_{MiB}mib[_{kind}]_ms_per_step: none (0 MiB), then each kind's amounts.
             ahead = {}
             for k, v in ours.items():

@@ -215,7 +215,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// of only asking L2 for their lines, so that once its input is there the product reads shared
     /// memory rather than L2 in several round trips. The same sums in the same order: the same bits.
     /// Only where the launch's whole grid fits on the GPU at once and each thread's chunks fit the
-    /// stage (the LM head, for one, is never staged). `INFERENCE_STAGED_WEIGHTS=off|products|gate-up|on`.
+    /// stage (the LM head, for one, is never staged). `INFERENCE_STAGED_WEIGHTS=off|products|gate-up|on`;
+    /// products by default: on an H100 a 1B step took 0.049 ms less from a 64-token prompt and 0.026
+    /// from 1024 tokens, while gate/up staged took 0.015 ms more (its 41 KiB a block).
     public enum StagedWeights: String, CaseIterable, Sendable {
         /// Not staged: L2 is asked for the lines.
         case off
@@ -232,7 +234,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         get { lock.lock(); defer { lock.unlock() }; return staging }
         set { lock.lock(); staging = newValue; lock.unlock() }
     }
-    private var staging = StagedWeights.off
+    private var staging = StagedWeights.products
     /// Launches with staged weights so far (for checks that they ran).
     public var stagedLaunches: Int {
         lock.lock()

@@ -273,8 +273,8 @@ struct GPUCheckCommand: ParsableCommand {
             ("embedding", "embed_rows"),
         ]
         for (label, name) in kernels {
-            // A pipelined step embeds with embed_drawn.
-            let names: Set<String> = name == "embed_rows" ? [name, "embed_drawn"] : [name]
+            // A pipelined step embeds with embed_drawn; a staged product runs its _staged twin.
+            let names: Set<String> = name == "embed_rows" ? [name, "embed_drawn"] : [name, name.replacingOccurrences(of: "_bf16", with: "_staged_bf16")]
             variants.append(("without \(label)", { gpu.context.skippedKernels = $0 ? names : [] }))
         }
         let rounds = Int(ProcessInfo.processInfo.environment["ROUNDS"] ?? "") ?? 3
@@ -596,6 +596,13 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "            %@ the fused MLP: %.2f ms/step (%.2fx)", fusedMLP ? "without" : "with", otherTime / Double(steps) * 1000, otherTime / time))
                 figures["decode_b1_\(fusedMLP ? "unfused" : "fused")_mlp_ms_per_step"] = otherTime / Double(steps) * 1000
             }
+            if batch == 1 && gpu.stagedWeights != .off {
+                // The products' weights asked of L2 only, not staged in shared memory: what staging saves.
+                let staging = gpu.stagedWeights
+                let unstagedTime = try timedWithout { gpu.stagedWeights = $0 ? staging : .off }
+                print(String(format: "            without staged weights: %.2f ms/step (staged, %@, %.2fx faster)", unstagedTime / Double(steps) * 1000, staging.rawValue, unstagedTime / time))
+                figures["decode_b1_unstaged_ms_per_step"] = unstagedTime / Double(steps) * 1000
+            }
             if gpu.attentionEarlyLoads {
                 // The attention's first loads after its wait: what loading them before it saves.
                 let lateTime = try timedWithout { gpu.attentionEarlyLoads = $0 }
@@ -607,11 +614,11 @@ struct GPUCheckCommand: ParsableCommand {
                 // weights (prefetch_ahead; 0: none), in each kind (lines from every thread, the copy
                 // engine's bulk prefetch, bulk marked evict-last), to find what this card's L2 holds
                 // best (`CUDABackend.prefetchBudget` caps a step's amount by its attention's blocks).
-                // Timed out of order, so that a drift of the card's clocks does not read as a trend.
+                // 8 to 32 MiB of each kind measured slower than none on two H100s; 16 stays timed.
                 let chosen = gpu.prefetchAheadBytes, chosenKind = gpu.prefetchAheadKind
                 var sweep: [(kind: Int, mib: Int, line: String)] = []
                 let kinds = CUDABackend.PrefetchKind.allCases
-                for mib in [24, 0, 8, 32, 16] {
+                for mib in [16, 0] {
                     for (k, kind) in kinds.enumerated() where mib > 0 || k == 0 {
                         gpu.prefetchAheadBytes = mib << 20
                         gpu.prefetchAheadKind = kind
