@@ -216,8 +216,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// memory rather than L2 in several round trips. The same sums in the same order: the same bits.
     /// Only where the launch's whole grid fits on the GPU at once and each thread's chunks fit the
     /// stage (the LM head, for one, is never staged). `INFERENCE_STAGED_WEIGHTS=off|products|gate-up|on`;
-    /// products by default: on an H100 a 1B step took 0.049 ms less from a 64-token prompt and 0.026
-    /// from 1024 tokens, while gate/up staged took 0.015 ms more (its 41 KiB a block).
+    /// products by default: on H100s a 1B step took 0.043-0.049 ms less from a 64-token prompt and
+    /// 0.025-0.028 from 512-1024 tokens; gate/up staged too (`on`, 41 KiB a block) was 0.016-0.023 ms
+    /// slower from 64 tokens and 0.008 faster from 512-1024 (README).
     public enum StagedWeights: String, CaseIterable, Sendable {
         /// Not staged: L2 is asked for the lines.
         case off
@@ -731,11 +732,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             // that its registers do not lower the one-token kernel's occupancy).
             if let norm {
                 precondition(rows == 1, "a residual norm goes inside the product of one row only")
-                let name = staged("gemv_norm_bf16", grid: blocks(total * splits, 8), chunks: chunks, most: stageChunks)
+                let name = staged("gemv_norm_bf16", grid: blocks(total * splits, 8), chunks: chunks, most: GemmaKernels.stageChunks)
                 context.launch(kernel(name), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments + norm)
                 countFusedLaunch()
             } else if tokens == 1 {
-                let name = staged("gemv_bf16", grid: blocks(total * splits, 8), chunks: chunks, most: stageChunks)
+                let name = staged("gemv_bf16", grid: blocks(total * splits, 8), chunks: chunks, most: GemmaKernels.stageChunks)
                 context.launch(kernel(name), grid: (blocks(total * splits, 8), 1, 1), block: 256, arguments)
             } else {
                 context.launch(kernel("gemv_pairs_bf16"), grid: (blocks(total * splits, 16), 1, 1), block: 256, arguments)
@@ -868,12 +869,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         return true
     }
 
-    /// Chunks a thread of `gemv_staged_bf16` and `gemv_norm_staged_bf16` stages (STAGE_CHUNKS).
-    private let stageChunks = GemmaKernels.stageChunks
-
     /// The staged kernel for a launch of `name` (its `_staged` twin), where `stagedWeights` asks for
     /// it, the whole grid fits on the GPU at once and each thread's `chunks` fit the `most` it stages
-    /// (0: the kernel reads what it does not stage); otherwise `name`.
+    /// (gate/up passes 0 and 0: its kernel stages what fits and reads the rest); otherwise `name`.
     private func staged(_ name: String, grid: Int, chunks: Int, most: Int) -> String {
         let twin = name.replacingOccurrences(of: "_bf16", with: "_staged_bf16")
         lock.lock()

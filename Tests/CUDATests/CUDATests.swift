@@ -45,7 +45,7 @@ import TestSupport
             guard let start = source.range(of: marker), let open = source[start.upperBound...].firstIndex(of: "{") else { return nil }
             return source[source.index(after: open)...].prefix(1200)
         }
-        let helpers = ["gemv_rows<", "gemv_pairs<", "gemv_gelu_rows<", "decode_layer_phases<"]
+        let helpers = ["gemv_rows<", "gemv_pairs<", "gemv_gelu_rows<", "gemv_rows_staged<", "decode_layer_phases<"]
         for helper in helpers {
             let definition = "void " + helper.dropLast() + "("
             let text = try #require(body(after: definition), "\(helper) is defined")
@@ -151,7 +151,26 @@ import TestSupport
             "for (int q = threadIdx.x", "q < chunk * (MLP_SLICE / 8)", "q += blockDim.x) { int j = q / (MLP_SLICE / 8), c = q % (MLP_SLICE / 8)",
             "copy16_to_shared(slice + q, down + (u64)(i * chunk + j) * m + (u64)s * MLP_SLICE + 8 * c)", "} }",
         ])
-        for name in GemmaKernels.names where name != "mlp_fused_bf16" {
+        // The staged gate/up product: before its wait, its shared memory, its first group's rows of
+        // gate and up copied there and the second group's asked of L2; nothing of the step's data.
+        let gateUpBeforeWait = try opening(" gemv_gelu_norm_staged_bf16(", upTo: "x = wait_for_x<true>(")
+        #expect(statements(gateUpBeforeWait) == [
+            "__shared__ uint4 stage[2 * GELU_STAGE * 256]", "grid_release()",
+            "int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % splits",
+            "int first = blockIdx.x * GELU_NORM_GROUPS, r = first * (8 / splits) + warp / splits",
+            "if (r < m) { stage_part(stage, gate + (u64)r * k, k, splits, part, GELU_STAGE)",
+            "stage_part(stage + GELU_STAGE * 256, up + (u64)r * k, k, splits, part, GELU_STAGE)",
+            "} for (int j = 1", "j < GELU_NORM_GROUPS", "j++) gemv_gelu_prefetch(gate, up, m, k, splits, first + j)",
+        ])
+        // ... and stage_part (gemv_rows_staged's too) reads only the weight row it is given.
+        let stage = try opening("void stage_part(", upTo: "// gemv_part over a row stage_part staged")
+        #expect(statements(stage) == [
+            "const uint4* wr = (const uint4*)row",
+            "int chunks = k >> 3, stride = 32 * splits, lane = threadIdx.x & 31, c = part * 32 + lane",
+            "for (int i = 0", "i < most && c < chunks", "i++, c += stride) copy16_to_shared(stage + i * 256 + threadIdx.x, wr + c)",
+            "if (lane & 7) return", "for (", "c < chunks", "c += stride) prefetch_l2(wr + c)", "}",
+        ])
+        for name in GemmaKernels.names where name != "mlp_fused_bf16" && name != "gemv_gelu_norm_staged_bf16" {
             let text = try #require(body(after: " \(name)("), "\(name) has a body")
             let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             var waitsFirst = statements == ["grid_release()", "grid_wait()"]
@@ -168,6 +187,23 @@ import TestSupport
             let helper = helpers.first { text.prefix(700).contains($0) }
             #expect(waitsFirst || helper != nil, "\(name) begins with grid_release(); grid_wait(); or calls a helper that does")
         }
+    }
+
+    /// The sizes the backend plans launches by are the source's: a stage of another size, say, would
+    /// stage threads' chunks past its end or leave the backend choosing kernels by a wrong rule.
+    @Test func theBackendsConstantsAreTheSources() {
+        let source = GemmaKernels.source
+        let defines: [(String, Int)] = [
+            ("STAGE_CHUNKS", GemmaKernels.stageChunks), ("GELU_NORM_GROUPS", GemmaKernels.geluNormGroups),
+            ("GEMV_MAX_TOKENS", GemmaKernels.gemvMaximumTokens), ("MLP_SLICE", GemmaKernels.fusedMLPSlice),
+            ("MLP_SLICE_BLOCKS", GemmaKernels.fusedMLPSliceBlocks), ("MLP_MAX_HIDDEN", GemmaKernels.fusedMLPMaximumHidden),
+            ("PREFETCH_BULK_LINES", GemmaKernels.prefetchBulkLines), ("ATT_MAX_DIM", GemmaKernels.attentionMaximumDimension),
+        ]
+        for (name, value) in defines {
+            #expect(source.contains("#define \(name) \(value)\n"), "\(name) is not \(value) in the source")
+        }
+        #expect(source.contains("#define NORM_FUSED_MAX (256 * NORM_PER_THREAD)"))
+        #expect(source.contains("#define NORM_PER_THREAD \(GemmaKernels.fusedNormMaximum / 256)\n"))
     }
 
     @Test func compileErrorsCarryNVRTCsLog() throws {
