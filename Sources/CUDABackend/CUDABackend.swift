@@ -216,7 +216,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// memory rather than L2 in several round trips. The same sums in the same order: the same bits.
     /// Only where the launch's whole grid fits on the GPU at once and each thread's chunks fit the
     /// stage (the LM head, for one, is never staged). `INFERENCE_STAGED_WEIGHTS=off|products|gate-up|on`;
-    /// products by default: on H100s a 1B step took 0.043-0.049 ms less from a 64-token prompt and
+    /// products by default where dependent launches are on (sm_90 and later; off elsewhere, where the
+    /// copies could not overlap the kernel before and it was not timed): on H100s a 1B step took 0.043-0.049 ms less from a 64-token prompt and
     /// 0.025-0.028 from 512-1024 tokens; gate/up staged too (`on`, 41 KiB a block) was 0.016-0.023 ms
     /// slower from 64 tokens and 0.008 faster from 512-1024 (README).
     public enum StagedWeights: String, CaseIterable, Sendable {
@@ -401,6 +402,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             tensorCoreProblem = try tensorCoreSelfCheck()
         }
         tensorCoresEnabled = tensorCoreProblem == nil
+        // Staged products where the kernel before can still be running as they copy (dependent
+        // launches, sm_90 and later: timed there only); chosen before the fused norms' self-check,
+        // which then runs the staged kernel with its norm too.
+        staging = context.dependentLaunchProblem == nil ? .products : .off
+        for name in ["gemv_staged_bf16", "gemv_norm_staged_bf16", "gemv_gelu_norm_staged_bf16"] {
+            stagedResident[name] =
+                (functions[name].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0) * context.device.multiprocessors
+        }
+        if let setting = env["INFERENCE_STAGED_WEIGHTS"] {
+            guard let mode = StagedWeights(rawValue: setting) else {
+                throw CUDAError.invalidSetting("INFERENCE_STAGED_WEIGHTS is \(setting); use off, products, gate-up or on")
+            }
+            staging = mode
+        }
         // Turned off, the fused kernels do not run at all, not even in the self-check: the way out
         // should they fault on some GPU.
         fusedNormProblem = env["INFERENCE_FUSED_NORMS"] == "off" ? "turned off (INFERENCE_FUSED_NORMS=off)" : try fusedNormSelfCheck()
@@ -421,16 +436,6 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         mlpFusedResident =
             (functions["mlp_fused_bf16"].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0) * context.device.multiprocessors
-        for name in ["gemv_staged_bf16", "gemv_norm_staged_bf16", "gemv_gelu_norm_staged_bf16"] {
-            stagedResident[name] =
-                (functions[name].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0) * context.device.multiprocessors
-        }
-        if let setting = env["INFERENCE_STAGED_WEIGHTS"] {
-            guard let mode = StagedWeights(rawValue: setting) else {
-                throw CUDAError.invalidSetting("INFERENCE_STAGED_WEIGHTS is \(setting); use off, products, gate-up or on")
-            }
-            staging = mode
-        }
         if let setting = env["INFERENCE_FUSED_MLP"] {
             guard setting == "on" || setting == "off" else {
                 throw CUDAError.invalidSetting("INFERENCE_FUSED_MLP is \(setting); use on or off")

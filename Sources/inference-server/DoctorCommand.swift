@@ -22,7 +22,7 @@ struct Doctor: ParsableCommand {
             default none, as off), INFERENCE_PREFETCH_KIND (how: lines, bulk or evict-last; default bulk), \
             INFERENCE_FUSED_MLP (on: a one-token step's MLP in one launch; default off, slower on an H100), \
             INFERENCE_STAGED_WEIGHTS (products, gate-up or on: one-token products copy their weights into \
-            shared memory before they wait; default products, off as before).
+            shared memory before they wait; default products on sm_90 and later, off before).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)
