@@ -718,15 +718,13 @@ public enum GemmaKernels {
             for (; c < chunks; c += stride) prefetch_l2(wr + c);
         }
 
-        // gemv_part over a row stage_part staged (with the same `most`), once its copies are done.
-        template <int T>
+        // gemv_part of one token over a row stage_part staged (with the same `most`), once its copies are done.
         __device__ __forceinline__ void gemv_part_staged(const uint4* stage, const bf16* row, const float* x, int k,
-                                                         int tokens, int splits, int part, int most, float* acc) {
+                                                         int splits, int part, int most, float* acc) {
             const uint4* wr = (const uint4*)row;
             int chunks = k >> 3, stride = 32 * splits, c = part * 32 + (threadIdx.x & 31);
-            for (int i = 0; i < most && c < chunks; i++, c += stride)
-                gemv_chunk<T>(stage[i * 256 + threadIdx.x], x, k, c, tokens, acc);
-            for (; c < chunks; c += stride) gemv_chunk<T>(wr[c], x, k, c, tokens, acc);
+            for (int i = 0; i < most && c < chunks; i++, c += stride) gemv_chunk<1>(stage[i * 256 + threadIdx.x], x, k, c, 1, acc);
+            for (; c < chunks; c += stride) gemv_chunk<1>(wr[c], x, k, c, 1, acc);
         }
 
         // gemv_rows of one token with its weights staged: gemv_bf16's (NORM: gemv_norm_bf16's) results.
@@ -745,7 +743,7 @@ public enum GemmaKernels {
             x = wait_for_x<NORM>(x, norm, k);
             copies_to_shared_done();
             float acc[1] = {0.0f};
-            if (r < m) gemv_part_staged<1>(stage, w + (u64)r * k, x, k, 1, splits, warp % splits, STAGE_CHUNKS, acc);
+            if (r < m) gemv_part_staged(stage, w + (u64)r * k, x, k, splits, warp % splits, STAGE_CHUNKS, acc);
             float s = gemv_total<1>(acc, 1, splits);
             if (warp % splits == 0 && r < m && lane == 0) out[r] = s;
         }
@@ -790,8 +788,8 @@ public enum GemmaKernels {
             copies_to_shared_done();
             float gv[1] = {0.0f}, uv[1] = {0.0f};
             if (r < m) {
-                gemv_part_staged<1>(stage, gate + (u64)r * k, x, k, 1, splits, part, GELU_STAGE, gv);
-                gemv_part_staged<1>(stage + GELU_STAGE * 256, up + (u64)r * k, x, k, 1, splits, part, GELU_STAGE, uv);
+                gemv_part_staged(stage, gate + (u64)r * k, x, k, splits, part, GELU_STAGE, gv);
+                gemv_part_staged(stage + GELU_STAGE * 256, up + (u64)r * k, x, k, splits, part, GELU_STAGE, uv);
             }
             float gs = gemv_total<1>(gv, 1, splits);
             float us = gemv_total<1>(uv, 1, splits);

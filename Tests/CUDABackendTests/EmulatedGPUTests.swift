@@ -434,6 +434,14 @@ import Testing
     /// A small Gemma 3 with random bf16 weights in a safetensors folder: two sliding layers with an
     /// 8-token window and a global one, grouped-query heads (4 over 2) of dimension 64, so prompts of
     /// a few dozen tokens wrap the rings and cross prefill chunks.
+    /// A model of `shape`, its random weights from `seed`, written into `directory` and loaded with
+    /// f32 activations.
+    static func randomEngine(_ shape: RandomGemma, in directory: TemporaryDirectory, seed: UInt64) throws -> Engine {
+        let path = directory.path + "/random-\(seed)"
+        try shape.write(to: path, seed: seed)
+        return try Engine.load(path: path, exactActivations: true)
+    }
+
     static func smallModel(in directory: TemporaryDirectory, seed: UInt64) throws -> String {
         let shape = RandomGemma(
             vocabulary: 1024, hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
@@ -1166,8 +1174,7 @@ import Testing
         let shape = RandomGemma(
             vocabulary: 1024, hidden: 256, intermediate: 768, layers: 2, heads: 4, kvHeads: 2, headDim: 64, slidingWindow: 8,
             maxPositions: 256)
-        try shape.write(to: directory.path + "/mlp", seed: 103)
-        let engine = try Engine.load(path: directory.path + "/mlp", exactActivations: true)
+        let engine = try Self.randomEngine(shape, in: directory, seed: 103)
         let gpu = try Self.exactBackend.get()
         #expect(!gpu.fusedMLP, "off by default")
         let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
@@ -1225,8 +1232,7 @@ import Testing
         let shape = RandomGemma(
             vocabulary: 512, hidden: 1152, intermediate: 4096, layers: 1, heads: 4, kvHeads: 1, headDim: 64, slidingWindow: 8,
             maxPositions: 256)
-        try shape.write(to: directory.path + "/staged", seed: 109)
-        let engine = try Engine.load(path: directory.path + "/staged", exactActivations: true)
+        let engine = try Self.randomEngine(shape, in: directory, seed: 109)
         let gpu = try Self.exactBackend.get()
         #expect(gpu.stagedWeights == .products, "the products staged by default")
         let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")

@@ -163,7 +163,7 @@ import TestSupport
             "} for (int j = 1", "j < GELU_NORM_GROUPS", "j++) gemv_gelu_prefetch(gate, up, m, k, splits, first + j)",
         ])
         // ... and stage_part (gemv_rows_staged's too) reads only the weight row it is given.
-        let stage = try opening("void stage_part(", upTo: "// gemv_part over a row stage_part staged")
+        let stage = try opening("void stage_part(", upTo: "// gemv_part of one token over a row stage_part staged")
         #expect(statements(stage) == [
             "const uint4* wr = (const uint4*)row",
             "int chunks = k >> 3, stride = 32 * splits, lane = threadIdx.x & 31, c = part * 32 + lane",
