@@ -765,36 +765,82 @@ public enum GemmaKernels {
                                    ResidualNorm{w, next, residual, normed, eps, ticket});
         }
 
-        // gemv_gelu_norm_bf16 with the first group's rows staged (up to GELU_STAGE chunks a thread of
-        // gate's row and of up's: 32 KiB, so that 4 blocks an SM still fit); the second group's lines
-        // are asked of L2 as there. The same arguments, grid and bits.
-        #define GELU_STAGE 4
+        // gemv_gelu_norm_bf16 with gate's and up's rows streamed through shared memory. A thread's
+        // items are the 16-byte chunks it takes of its rows, group by group, gate's and up's chunk c
+        // in turn (gemv_part2's order: the same bits); they pass through a ring of GELU_RING slots of
+        // its own (slot s at ring[s * 256 + threadIdx.x]) by cp.async, GELU_RING copies in flight from
+        // before the wait to the end: the first GELU_RING copied while the kernel before runs (the
+        // lines of the rest asked of L2), and each item taken replaced at once by the one GELU_RING
+        // later. After the wait a thread then waits on a round trip about once every GELU_RING
+        // chunks, where gemv_part2 waits on every four loads and the group's tail (three round trips
+        // a group for the 1B's rows of 144 chunks). The same arguments, grid and bits.
+        #define GELU_RING 8
+        // The next item's copy is one group of this thread's cp.async copies (empty past its items:
+        // the count of groups stays one an item), and the wait for all but the N latest groups.
+        __device__ __forceinline__ void copies_commit() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("cp.async.commit_group;" ::: "memory");
+        #endif
+        }
+        template <int N>
+        __device__ __forceinline__ void copies_pending_at_most() {
+        #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+        #endif
+        }
+        // Item j of this thread in the block whose first group is `first` (n chunks a row a lane, some
+        // past the row's end): its chunk of gate's (j even) or up's row, or null past the rows.
+        __device__ __forceinline__ const uint4* gelu_item(const bf16* gate, const bf16* up, int m, int k, int splits,
+                                                          int first, int n, int j, int& c) {
+            int warp = threadIdx.x >> 5, g = j / (2 * n), i = j % (2 * n) / 2;
+            int r = (first + g) * (8 / splits) + warp / splits;
+            c = (warp % splits) * 32 + (threadIdx.x & 31) + i * 32 * splits;
+            if (r >= m || c >= (k >> 3)) return 0;
+            return (const uint4*)((j & 1 ? up : gate) + (u64)r * k) + c;
+        }
         extern "C" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_staged_bf16(const bf16* gate, const bf16* up,
                                                                                        const float* x, float* out, int m,
                                                                                        int k, int splits, const float* w,
                                                                                        const float* next, float* residual,
                                                                                        float* normed, float eps,
                                                                                        u32* ticket) {
-            __shared__ uint4 stage[2 * GELU_STAGE * 256];
+            __shared__ uint4 ring[GELU_RING * 256];
             grid_release();
-            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % splits;
-            int first = blockIdx.x * GELU_NORM_GROUPS, r = first * (8 / splits) + warp / splits;
-            if (r < m) {
-                stage_part(stage, gate + (u64)r * k, k, splits, part, GELU_STAGE);
-                stage_part(stage + GELU_STAGE * 256, up + (u64)r * k, k, splits, part, GELU_STAGE);
+            int first = blockIdx.x * GELU_NORM_GROUPS, n = ((k >> 3) + 32 * splits - 1) / (32 * splits);
+            int items = GELU_NORM_GROUPS * 2 * n, c;
+            for (int j = 0; j < GELU_RING; j++) {
+                const uint4* p = j < items ? gelu_item(gate, up, m, k, splits, first, n, j, c) : 0;
+                if (p) copy16_to_shared(ring + j * 256 + threadIdx.x, p);
+                copies_commit();
             }
-            for (int j = 1; j < GELU_NORM_GROUPS; j++) gemv_gelu_prefetch(gate, up, m, k, splits, first + j);
+            if ((threadIdx.x & 7) == 0)
+                for (int j = GELU_RING; j < items; j++) {
+                    const uint4* p = gelu_item(gate, up, m, k, splits, first, n, j, c);
+                    if (p) prefetch_l2(p);
+                }
             x = wait_for_x<true>(x, ResidualNorm{w, next, residual, normed, eps, ticket}, k);
-            copies_to_shared_done();
+            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             float gv[1] = {0.0f}, uv[1] = {0.0f};
-            if (r < m) {
-                gemv_part_staged(stage, gate + (u64)r * k, x, k, splits, part, GELU_STAGE, gv);
-                gemv_part_staged(stage + GELU_STAGE * 256, up + (u64)r * k, x, k, splits, part, GELU_STAGE, uv);
+            for (int j = 0; j < items; j++) {
+                copies_pending_at_most<GELU_RING - 1>();  // item j's copy is there
+                uint4* slot = ring + (j % GELU_RING) * 256 + threadIdx.x;
+                if (gelu_item(gate, up, m, k, splits, first, n, j, c)) {
+                    if (j & 1) gemv_chunk<1>(*slot, x, k, c, 1, uv);
+                    else gemv_chunk<1>(*slot, x, k, c, 1, gv);
+                }
+                // The slot's chunk is in this thread's sums before its next copy is asked for.
+                const uint4* p = j + GELU_RING < items ? gelu_item(gate, up, m, k, splits, first, n, j + GELU_RING, c) : 0;
+                if (p) copy16_to_shared(slot, p);
+                copies_commit();
+                if (j % (2 * n) == 2 * n - 1) {  // the group's last item: its rows' totals, as gemv_gelu_group's
+                    int r = (first + j / (2 * n)) * (8 / splits) + warp / splits;
+                    float gs = gemv_total<1>(gv, 1, splits);
+                    float us = gemv_total<1>(uv, 1, splits);
+                    if (warp % splits == 0 && r < m && lane == 0) out[r] = gelu_tanh_times(gs, us);
+                    gv[0] = 0.0f;
+                    uv[0] = 0.0f;
+                }
             }
-            float gs = gemv_total<1>(gv, 1, splits);
-            float us = gemv_total<1>(uv, 1, splits);
-            if (part == 0 && r < m && lane == 0) out[r] = gelu_tanh_times(gs, us);
-            for (int j = 1; j < GELU_NORM_GROUPS; j++) gemv_gelu_group<1>(gate, up, x, out, m, k, 1, splits, first + j);
         }
 
         // out[t, r] = w[r, :] . x[t, :] for many tokens (prefill without cuBLAS): 64 weight rows × 64

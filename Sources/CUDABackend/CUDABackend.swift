@@ -218,14 +218,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// stage (the LM head, for one, is never staged). `INFERENCE_STAGED_WEIGHTS=off|products|gate-up|on`;
     /// products by default where dependent launches are on (sm_90 and later; off elsewhere, where the
     /// copies could not overlap the kernel before and it was not timed): on H100s a 1B step took 0.043-0.049 ms less from a 64-token prompt and
-    /// 0.025-0.028 from 512-1024 tokens; gate/up staged too (`on`, 41 KiB a block) was 0.016-0.023 ms
-    /// slower from 64 tokens and 0.008 faster from 512-1024 (README).
+    /// 0.025-0.028 from 512-1024 tokens. Gate/up's kernel streams every chunk of its rows through a
+    /// ring of 8 slots a thread (8 copies in flight from before the wait to its end); its earlier
+    /// form, the first group's chunks staged and the rest read as unstaged, was 0.016-0.023 ms slower
+    /// (`on` against `products`) from 64 tokens and 0.008 faster from 512-1024 (README); the ring is
+    /// not timed yet, so `products` stays the default.
     public enum StagedWeights: String, CaseIterable, Sendable {
         /// Not staged: L2 is asked for the lines.
         case off
         /// q/k/v, the output projection and down (gemv_bf16 and gemv_norm_bf16's launches).
         case products
-        /// Gate and up (gemv_gelu_norm_bf16's), the first of a block's two groups of rows.
+        /// Gate and up (gemv_gelu_norm_bf16's), streamed through a ring.
         case gateUp = "gate-up"
         /// Both.
         case on
@@ -829,7 +832,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         }
         let splits = GemmaKernels.gemvSplits(rows: m, columns: k)
         let grid = blocks(m * splits, 8 * GemmaKernels.geluNormGroups)
-        // Gate's and up's first GELU_STAGE chunks a thread are staged, the rest read from L2.
+        // Gate's and up's chunks streamed through a ring in shared memory, its first fill before the wait.
         let name = staged("gemv_gelu_norm_bf16", grid: grid, chunks: 0, most: 0)
         context.launch(
             kernel(name), grid: (grid, 1, 1), block: 256,
@@ -876,7 +879,7 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
 
     /// The staged kernel for a launch of `name` (its `_staged` twin), where `stagedWeights` asks for
     /// it, the whole grid fits on the GPU at once and each thread's `chunks` fit the `most` it stages
-    /// (gate/up passes 0 and 0: its kernel stages what fits and reads the rest); otherwise `name`.
+    /// (gate/up passes 0 and 0: its kernel streams any number through its ring); otherwise `name`.
     private func staged(_ name: String, grid: Int, chunks: Int, most: Int) -> String {
         let twin = name.replacingOccurrences(of: "_bf16", with: "_staged_bf16")
         lock.lock()

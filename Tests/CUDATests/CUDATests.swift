@@ -151,16 +151,25 @@ import TestSupport
             "for (int q = threadIdx.x", "q < chunk * (MLP_SLICE / 8)", "q += blockDim.x) { int j = q / (MLP_SLICE / 8), c = q % (MLP_SLICE / 8)",
             "copy16_to_shared(slice + q, down + (u64)(i * chunk + j) * m + (u64)s * MLP_SLICE + 8 * c)", "} }",
         ])
-        // The staged gate/up product: before its wait, its shared memory, its first group's rows of
-        // gate and up copied there and the second group's asked of L2; nothing of the step's data.
+        // The streamed gate/up product: before its wait, its ring, the copies of its first items into
+        // it and the lines of the rest asked of L2; nothing of the step's data.
         let gateUpBeforeWait = try opening(" gemv_gelu_norm_staged_bf16(", upTo: "x = wait_for_x<true>(")
         #expect(statements(gateUpBeforeWait) == [
-            "__shared__ uint4 stage[2 * GELU_STAGE * 256]", "grid_release()",
-            "int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % splits",
-            "int first = blockIdx.x * GELU_NORM_GROUPS, r = first * (8 / splits) + warp / splits",
-            "if (r < m) { stage_part(stage, gate + (u64)r * k, k, splits, part, GELU_STAGE)",
-            "stage_part(stage + GELU_STAGE * 256, up + (u64)r * k, k, splits, part, GELU_STAGE)",
-            "} for (int j = 1", "j < GELU_NORM_GROUPS", "j++) gemv_gelu_prefetch(gate, up, m, k, splits, first + j)",
+            "__shared__ uint4 ring[GELU_RING * 256]", "grid_release()",
+            "int first = blockIdx.x * GELU_NORM_GROUPS, n = ((k >> 3) + 32 * splits - 1) / (32 * splits)",
+            "int items = GELU_NORM_GROUPS * 2 * n, c", "for (int j = 0", "j < GELU_RING",
+            "j++) { const uint4* p = j < items ? gelu_item(gate, up, m, k, splits, first, n, j, c) : 0",
+            "if (p) copy16_to_shared(ring + j * 256 + threadIdx.x, p)", "copies_commit()",
+            "} if ((threadIdx.x & 7) == 0) for (int j = GELU_RING", "j < items",
+            "j++) { const uint4* p = gelu_item(gate, up, m, k, splits, first, n, j, c)", "if (p) prefetch_l2(p)", "}",
+        ])
+        // ... whose items are addresses in gate's and up's rows, nothing read.
+        let item = try opening("const uint4* gelu_item(", upTo: "extern \"C\" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_staged_bf16(")
+        #expect(statements(item) == [
+            "int warp = threadIdx.x >> 5, g = j / (2 * n), i = j % (2 * n) / 2",
+            "int r = (first + g) * (8 / splits) + warp / splits",
+            "c = (warp % splits) * 32 + (threadIdx.x & 31) + i * 32 * splits", "if (r >= m || c >= (k >> 3)) return 0",
+            "return (const uint4*)((j & 1 ? up : gate) + (u64)r * k) + c", "}",
         ])
         // ... and stage_part (gemv_rows_staged's too) reads only the weight row it is given.
         let stage = try opening("void stage_part(", upTo: "// gemv_part of one token over a row stage_part staged")
