@@ -451,6 +451,9 @@ public final class CUDAContext: @unchecked Sendable {
         if !skippedKernels.isEmpty, let name = kernelNames[UInt64(UInt(bitPattern: kernel))],
             skippedKernels.contains(name) || skippedKernels.contains("\(name)@\(grid.0)")
         {
+            tapeLock.lock()
+            skippedLaunchCount += 1
+            tapeLock.unlock()
             return
         }
         if recording {
@@ -872,6 +875,13 @@ public final class CUDAContext: @unchecked Sendable {
     /// kernel costs inside a step is the step's time without it (gpu-check --decode-sweep). The
     /// results are then wrong; nothing else sets it. Set between steps only.
     public var skippedKernels: Set<String> = []
+    /// Launches dropped so far for `skippedKernels` (so a sweep can say that its rows dropped what they say).
+    public var skippedLaunches: Int {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        return skippedLaunchCount
+    }
+    private var skippedLaunchCount = 0
     /// While `profileStep` runs: the tapes it issues, one after the other, and how long the host took
     /// to record the first (until the GPU had work).
     private var keepingStep = false

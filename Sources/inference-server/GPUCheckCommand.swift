@@ -279,6 +279,9 @@ struct GPUCheckCommand: ParsableCommand {
         }
         let rounds = Int(ProcessInfo.processInfo.environment["ROUNDS"] ?? "") ?? 3
         var times = [[Double]](repeating: [], count: variants.count)
+        // Launches each round of a variant dropped a timed step (a row dropping a kernel that drops
+        // nothing would time the step as it is).
+        var dropped = [[Int]](repeating: [], count: variants.count)
         for _ in 0..<rounds {
             for (i, variant) in variants.enumerated() {
                 variant.set(true)
@@ -287,10 +290,12 @@ struct GPUCheckCommand: ParsableCommand {
                 slot.reset()
                 var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
                 for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
+                let skipped = gpu.context.skippedLaunches
                 let time = try seconds {
                     for _ in 0..<steps { next = try runner.decodeGreedy([slot], tokens: next) }
                 }
                 times[i].append(time / Double(steps) * 1000)
+                dropped[i].append((gpu.context.skippedLaunches - skipped) / steps)
             }
         }
         // Where the step as it is spends its time: recording, its graph alone, each kernel alone.
@@ -310,7 +315,8 @@ struct GPUCheckCommand: ParsableCommand {
         for (i, variant) in variants.enumerated() {
             let median = times[i].sorted()[rounds / 2]
             let each = times[i].map { String(format: "%.3f", $0) }.joined(separator: " ")
-            print(String(format: "sweep       %-40@ %.3f ms/step (%+.3f)  [%@]", variant.name as NSString, median, median - base, each))
+            let drops = Set(dropped[i]) == [0] ? "" : " dropped " + dropped[i].map(String.init).joined(separator: "/") + " launches a step"
+            print(String(format: "sweep       %-40@ %.3f ms/step (%+.3f)  [%@]%@", variant.name as NSString, median, median - base, each, drops as NSString))
             figures[variant.name] = median
         }
         return figures
