@@ -14,7 +14,7 @@ public enum GemmaKernels {
     /// Every `extern "C"` kernel of `source`, for checks that the CUBIN holds them all.
     public static let names = [
         "embed_rows", "embed_drawn", "rms_norm", "rms_norm_add", "rms_norm_add_norm", "norm_rope", "gemv_bf16", "gemv_norm_bf16", "gemv_pairs_bf16", "gemv_gelu_bf16", "gemv_gelu_norm_bf16", "gemv_staged_bf16", "gemv_norm_staged_bf16", "gemv_gelu_norm_staged_bf16", "mlp_fused_bf16", "gemm_bf16", "gemm_mma_bf16", "to_bf16", "rope", "attention", "kv_store_rows", "attention_rows",
-        "attention_combine", "decode_layer", "decode_attention", "decode_mlp",
+        "attention_combine", "attention_output_bf16", "decode_layer", "decode_attention", "decode_mlp",
         "gelu_tanh_mul", "add_rows", "softmax_rows", "argmax_rows", "argmax_finish", "sample_maxima", "sample_candidates", "sample_rows", "apply_penalties",
         "logprob_slices", "logprob_merge",
     ]
@@ -49,6 +49,8 @@ public enum GemmaKernels {
     public static let prefetchBulkLines = 128
     /// Places per slice for `sample_candidates` (SAMPLE_CANDIDATES in the source).
     public static let sampleCandidatesPerSlice = 512
+    /// Rows of the output projection each block of `attention_output_bf16` takes (OUT_ROWS in the source).
+    public static let outputRows = 32
     /// Largest head dimension `attention` takes (its query and partial sums live in shared memory).
     public static let attentionMaximumDimension = 256
 
@@ -1386,11 +1388,9 @@ public enum GemmaKernels {
         // Every share's numbers are loaded at once, then added in share order (a decode step's merge is
         // a wait on loads). splits <= ATT_MAX_SPLITS, dim <= blockDim.x. Grid: (rows, heads); block: 256.
         #define ATT_MAX_SPLITS 32
-        // Head h of row `row` of attention_combine.
-        __device__ __forceinline__ void combine_head(const float* partials, float* out, int heads, int dim, int splits, int row,
-                                                     int h) {
+        // Column threadIdx.x (< dim; any value past it) of head h of row `row`, merged from its shares.
+        __device__ __forceinline__ float combine_value(const float* partials, int heads, int dim, int splits, int row, int h) {
             const float* p = partials + ((u64)row * heads + h) * splits * (dim + 2);
-            float* o = out + ((u64)row * heads + h) * dim;
             int i = threadIdx.x;
             float mz[ATT_MAX_SPLITS], lz[ATT_MAX_SPLITS], vz[ATT_MAX_SPLITS];
             for (int z = 0; z < ATT_MAX_SPLITS; z++) {
@@ -1409,7 +1409,13 @@ public enum GemmaKernels {
                     v += vz[z] * e;
                 }
             }
-            if (i < dim) o[i] = total_l > 0.0f ? v / total_l : 0.0f;
+            return total_l > 0.0f ? v / total_l : 0.0f;
+        }
+        // Head h of row `row` of attention_combine.
+        __device__ __forceinline__ void combine_head(const float* partials, float* out, int heads, int dim, int splits, int row,
+                                                     int h) {
+            float value = combine_value(partials, heads, dim, splits, row, h);
+            if (threadIdx.x < dim) out[((u64)row * heads + h) * dim + threadIdx.x] = value;
         }
 
         extern "C" __global__ void attention_combine(const float* partials, float* out, int heads, int dim, int splits) {
@@ -1590,6 +1596,56 @@ public enum GemmaKernels {
                 out[i * chunk + j] = total;
             }
             if (threadIdx.x == 0) tickets[i] = 0u;
+        }
+
+        // attention_combine and the output projection in one launch, for a one-token step whose
+        // attention took shares (one seam a layer fewer): block (g, h) merges head h's shares as
+        // attention_combine does, into shared memory, and multiplies them by head h's columns of the
+        // OUT_ROWS rows of wo from g * OUT_ROWS (OUT_ROWS / 8 rows a warp, a lane's chunk of each
+        // copied into shared memory before the wait: no step writes the weights). Its sums go to
+        // parts[h * m + r]; the last of the row group's `heads` blocks (counted on tickets[g], zeroed
+        // again by it) adds the heads' parts in head order into out: the same bits whatever order
+        // the blocks run in, not the two launches' (whose sums run over the columns in another
+        // order). dim <= ATT_MAX_DIM, a multiple of 8. Grid: (ceil(m / OUT_ROWS), heads); block: 256.
+        #define OUT_ROWS 32
+        extern "C" __global__ void __launch_bounds__(256) attention_output_bf16(const float* partials, const bf16* wo,
+                                                                               float* parts, float* out, u32* tickets,
+                                                                               int m, int heads, int dim, int splits) {
+            __shared__ uint4 stage[OUT_ROWS / 8 * 256];
+            __shared__ float4 merged[ATT_MAX_DIM / 4];
+            __shared__ int last;
+            grid_release();
+            int g = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, first = g * OUT_ROWS + (threadIdx.x >> 5) * (OUT_ROWS / 8);
+            bool mine = lane < (dim >> 3);
+            for (int j = 0; j < OUT_ROWS / 8; j++)
+                if (first + j < m && mine)
+                    copy16_to_shared(stage + j * 256 + threadIdx.x, wo + (u64)(first + j) * heads * dim + (u64)h * dim + 8 * lane);
+            grid_wait();
+            float value = combine_value(partials, heads, dim, splits, 0, h);
+            if (threadIdx.x < dim) ((float*)merged)[threadIdx.x] = value;
+            __syncthreads();
+            copies_to_shared_done();
+            for (int j = 0; j < OUT_ROWS / 8; j++) {
+                float acc[1] = {0.0f};
+                if (first + j < m && mine) gemv_chunk<1>(stage[j * 256 + threadIdx.x], (const float*)merged, 0, lane, 1, acc);
+                float sum = warp_sum(acc[0]);
+                if (first + j < m && lane == 0) parts[(u64)h * m + first + j] = sum;
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                __threadfence();
+                last = atomicAdd(tickets + g, 1u) == (u32)heads - 1;
+                __threadfence();
+            }
+            __syncthreads();
+            if (!last) return;
+            int r = g * OUT_ROWS + threadIdx.x;
+            if (threadIdx.x < OUT_ROWS && r < m) {
+                float total = 0.0f;
+                for (int z = 0; z < heads; z++) total += load_global(parts + (u64)z * m + r);
+                out[r] = total;
+            }
+            if (threadIdx.x == 0) tickets[g] = 0u;
         }
 
         // A decode step's layer for one sequence (one token) in one launch of a persistent grid, its

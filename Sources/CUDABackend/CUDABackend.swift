@@ -209,6 +209,26 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         set { lock.lock(); mlpFused = newValue; lock.unlock() }
     }
     private var mlpFused = false
+    /// Whether a one-token step of one sequence whose attention takes shares merges them and
+    /// multiplies them by the output projection in one launch (`attention_output_bf16`: blocks of
+    /// 32 rows and one head, each merging its head's shares, the heads' sums added by the last block
+    /// of each row group in head order) instead of attention_combine and the product: one seam a
+    /// layer fewer. Its sums run in another order than the product's, so its logits are not that
+    /// path's bits (within float rounding). `INFERENCE_FUSED_OUTPUT=on|off`; off by default: not yet
+    /// timed on a GPU (`gpu-check --decode-sweep` times it). `fusedOutputLaunches` counts its launches.
+    public var fusedOutput: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return outputFusion }
+        set { lock.lock(); outputFusion = newValue; lock.unlock() }
+    }
+    private var outputFusion = false
+    public var fusedOutputLaunches: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return outputLaunches
+    }
+    private var outputLaunches = 0
+    private var outputParts: CUDABuffer?  // each head's sums of attention_output_bf16
+    private var outputTickets: CUDABuffer?  // its row groups' counts of blocks done
     /// Which one-token products stage their weights in shared memory (`gemv_staged_bf16`,
     /// `gemv_norm_staged_bf16`, `gemv_gelu_norm_staged_bf16`): each thread copies the chunks of its
     /// weight row it will take with cp.async before the kernel waits for the one before it, instead
@@ -425,6 +445,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         fusedNormsEnabled = fusedNormProblem == nil
         headNormsFused = env["INFERENCE_FUSED_NORMS"] != "off"
         pipelineAllowed = env["INFERENCE_PIPELINE"] != "off"
+        if let setting = env["INFERENCE_FUSED_OUTPUT"] {
+            guard setting == "on" || setting == "off" else {
+                throw CUDAError.invalidSetting("INFERENCE_FUSED_OUTPUT is \(setting); use on or off")
+            }
+            outputFusion = setting == "on"
+        }
         earlyLoads = env["INFERENCE_ATTENTION_EARLY_LOADS"] != "off"
         let resident = ["decode_layer", "decode_attention", "decode_mlp"].map {
             functions[$0].flatMap { context.residentBlocks(of: $0, block: 256) } ?? 0
@@ -1016,13 +1042,36 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         kvHeads: Int, headDimension: Int, scale: Float, norms: HeadNorms<CUDABuffer, CUDAMatrix>?, into out: CUDABuffer,
         prefetching next: [CUDAMatrix]
     ) -> Bool {
+        attentionBatch(
+            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
+            headDimension: headDimension, scale: scale, norms: norms, into: out, projecting: nil, prefetching: next) != .none
+    }
+
+    /// The same, and (`fusedOutput`, a one-token step of one sequence whose attention takes shares)
+    /// the shares' merge with the output projection as one launch (`attention_output_bf16`).
+    public func attentionBatch(
+        queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
+        kvHeads: Int, headDimension: Int, scale: Float, norms: HeadNorms<CUDABuffer, CUDAMatrix>?, into out: CUDABuffer,
+        projection: CUDAMatrix, into projected: CUDABuffer, prefetching next: [CUDAMatrix]
+    ) -> AttentionReach {
+        attentionBatch(
+            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
+            headDimension: headDimension, scale: scale, norms: norms, into: out, projecting: (projection, projected),
+            prefetching: next)
+    }
+
+    private func attentionBatch(
+        queries: CUDABuffer, keys: CUDABuffer, values: CUDABuffer, segments: [AttentionSegment<CUDABuffer>], heads: Int,
+        kvHeads: Int, headDimension: Int, scale: Float, norms: HeadNorms<CUDABuffer, CUDAMatrix>?, into out: CUDABuffer,
+        projecting projection: (weight: CUDAMatrix, into: CUDABuffer)?, prefetching next: [CUDAMatrix]
+    ) -> AttentionReach {
         precondition(heads % kvHeads == 0)
         precondition(
             headDimension % 32 == 0 && headDimension <= GemmaKernels.attentionMaximumDimension,
             "the CUDA attention kernel takes head dimensions that are multiples of 32 up to 256")
         let width = kvHeads * headDimension
         let (table, rows, mostKeys, half) = Self.segmentRows(segments, width: width)
-        guard rows > 0 else { return true }
+        guard rows > 0 else { return .attended }
         precondition(rows * width <= min(keys.count, values.count) && rows * heads * headDimension <= min(queries.count, out.count))
         let rowsTable = table.withUnsafeBytes { context.stage($0) }
         // Each row its sequence's one new token (a decode step): attention_rows stores the keys and
@@ -1071,10 +1120,46 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // H100: the blocks' loads of the shares (64 KiB each) cost more than the launch saved.
         if splits > 1 {
             precondition(splits <= 32 && headDimension <= 256, "attention_combine merges at most 32 shares of heads up to 256")
+            if rows == 1, storeInside, let projection, outputFused(projection.weight, into: projection.into, heads: heads,
+                headDimension: headDimension, partials: partials, splits: splits)
+            {
+                return .projected
+            }
             context.launch(
                 kernel("attention_combine"), grid: (rows, heads, 1), block: 256,
                 [.pointer(partials), .pointer(out.address), .int(heads), .int(headDimension), .int(splits)])
         }
+        return .attended
+    }
+
+    /// One row's attention shares (`partials`) merged and multiplied by `weight` into `out` in one
+    /// launch (`attention_output_bf16`), where `fusedOutput` asks for it and the shapes fit; false
+    /// (nothing launched) otherwise.
+    private func outputFused(
+        _ weight: CUDAMatrix, into out: CUDABuffer, heads: Int, headDimension: Int, partials: CUDAContext.DevicePointer,
+        splits: Int
+    ) -> Bool {
+        let m = weight.rows, groups = (weight.rows + GemmaKernels.outputRows - 1) / GemmaKernels.outputRows
+        guard weight.storage == .bf16, weight.columns == heads * headDimension, m <= out.count,
+            headDimension % 8 == 0, headDimension <= GemmaKernels.attentionMaximumDimension
+        else { return false }
+        lock.lock()
+        guard outputFusion else {
+            lock.unlock()
+            return false
+        }
+        if outputParts == nil || outputParts!.count < heads * m { outputParts = makeBuffer(count: heads * m) }
+        // Zeroed by the allocation; each launch leaves its tickets at zero.
+        if outputTickets == nil || outputTickets!.count < groups { outputTickets = makeBuffer(count: groups) }
+        let (parts, tickets) = (outputParts!, outputTickets!)
+        outputLaunches += 1
+        lock.unlock()
+        context.launch(
+            kernel("attention_output_bf16"), grid: (groups, heads, 1), block: 256,
+            [
+                .pointer(partials), .pointer(weight.address), .pointer(parts.address), .pointer(out.address),
+                .pointer(tickets.address), .int(m), .int(heads), .int(headDimension), .int(splits),
+            ])
         return true
     }
 

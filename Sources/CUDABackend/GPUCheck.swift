@@ -470,6 +470,47 @@ public struct GPUCheck {
                 name: "q/k norms and RoPE inside a decode step's attention (\(heads)/\(kvHeads) heads of \(dimension)\(half ? ", bf16 cache" : "")), against norm_rope: same bits",
                 error: same && sameCache ? 0 : .infinity, tolerance: 0))
         }
+        // A one-sequence decode row's attention shares merged inside the output projection
+        // (attention_output_bf16, whatever `fusedOutput` is set to), against the CPU's attention and
+        // product: 16 shares (900 keys) and 32 (2000), heads of 256 over 1152 rows (the 1B's) and 8
+        // of 128 over 640 (rows past the last whole group of 32 need none: 640 is 20 of them).
+        for (heads, kvHeads, dimension, hidden, first) in [(4, 1, 256, 1152, 900), (4, 1, 256, 1152, 2000), (8, 2, 128, 640, 900)] {
+            let width = kvHeads * dimension, capacity = 2048
+            let (cq, gq) = pair(values(heads * dimension))
+            let newKeys = values(width).map { Float(bitPattern: UInt32(CUDABackend.bfloat16Bits($0)) << 16) }
+            let newValues = values(width).map { Float(bitPattern: UInt32(CUDABackend.bfloat16Bits($0)) << 16) }
+            let (ck, gk) = pair(newKeys)
+            let (cv, gv) = pair(newValues)
+            let keys = values(capacity * width).map { Float(bitPattern: UInt32(CUDABackend.bfloat16Bits($0)) << 16) }
+            let cacheValues = values(capacity * width).map { Float(bitPattern: UInt32(CUDABackend.bfloat16Bits($0)) << 16) }
+            let (cKeys, _) = pair(keys)
+            let (cValues, _) = pair(cacheValues)
+            cpu.copy(ck, offset: 0, to: cKeys, offset: first * width, count: width)
+            cpu.copy(cv, offset: 0, to: cValues, offset: first * width, count: width)
+            let co = cpu.makeBuffer(count: heads * dimension)
+            cpu.attention(
+                queries: cq, keys: cKeys, values: cValues, rows: 1, firstPosition: first, heads: heads, kvHeads: kvHeads,
+                headDimension: dimension, capacity: capacity, window: nil, scale: 0.0625, into: co)
+            let tensor = try bf16Matrix(rows: hidden, columns: heads * dimension, scale: 0.05)
+            let cw = try cpu.matrix(tensor), gw = try gpu.matrix(tensor)
+            let cy = cpu.makeBuffer(count: hidden)
+            cpu.matmul(co, rows: 1, weight: cw, into: cy)
+            let segment = AttentionSegment(
+                keys: try cache(keys, half: true), values: try cache(cacheValues, half: true), capacity: capacity, window: nil,
+                firstPosition: first, firstRow: 0, rows: 1)
+            let setting = gpu.fusedOutput, before = gpu.fusedOutputLaunches
+            gpu.fusedOutput = true
+            let gy = poisoned(hidden)
+            let reach = gpu.attentionBatch(
+                queries: gq, keys: gk, values: gv, segments: [segment], heads: heads, kvHeads: kvHeads, headDimension: dimension,
+                scale: 0.0625, norms: nil, into: poisoned(heads * dimension), projection: gw, into: gy, prefetching: [])
+            gpu.fusedOutput = setting
+            let ran = reach == .projected && gpu.fusedOutputLaunches == before + 1
+            results.append(Result(
+                name: "attention's \(first + 1) keys merged inside the output projection (\(heads)/\(kvHeads) heads of \(dimension), \(hidden) rows)",
+                error: ran ? Self.relativeError(gpu.read(gy, offset: 0, count: hidden), cpu.read(cy, offset: 0, count: hidden)) : .infinity,
+                tolerance: 1e-5))
+        }
         // Elementwise: gelu_tanh(gate) * up, residual add, softmax.
         do {
             let count = 3 * 6912

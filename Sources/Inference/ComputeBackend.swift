@@ -101,6 +101,16 @@ public protocol ComputeBackend: Sendable {
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool
+    /// `attentionBatch`, then its rows times `projection` (the output projection: `matmul(out, weight:
+    /// projection, into: projected)`), where the backend can fold the two (a GPU, in a one-token step
+    /// whose attention takes shares: their merge and the projection in one launch). `.projected`:
+    /// both done (`out` then holds nothing of use); `.attended`: the attention only, the caller
+    /// projects; `.none`: neither (as `attentionBatch` returning false).
+    func attentionBatch(
+        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
+        headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, projection: Matrix,
+        into projected: Buffer, prefetching next: [Matrix]
+    ) -> AttentionReach
     /// A decode step's layer for one sequence (one token), or its first half, as the calls
     /// `Gemma3Model` would make one by one (`layer` holds their arguments), in fewer launches where
     /// the backend can (a GPU: one persistent launch). Returns how far it went; `.none`: nothing
@@ -210,6 +220,16 @@ public struct ResidualNorm<Buffer, Matrix> {
         self.accumulator = accumulator
         self.normed = normed
     }
+}
+
+/// How much `attentionBatch(..., projection:...)` did.
+public enum AttentionReach: Sendable, Equatable {
+    /// Nothing: the model attends segment by segment.
+    case none
+    /// The attention; the model projects its output.
+    case attended
+    /// The attention and its output projection.
+    case projected
 }
 
 /// How much of a layer `decodeLayer` did.
@@ -384,6 +404,17 @@ extension ComputeBackend {
         queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
         headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, prefetching next: [Matrix]
     ) -> Bool { false }
+
+    public func attentionBatch(
+        queries: Buffer, keys: Buffer, values: Buffer, segments: [AttentionSegment<Buffer>], heads: Int, kvHeads: Int,
+        headDimension: Int, scale: Float, norms: HeadNorms<Buffer, Matrix>?, into out: Buffer, projection: Matrix,
+        into projected: Buffer, prefetching next: [Matrix]
+    ) -> AttentionReach {
+        let attended = attentionBatch(
+            queries: queries, keys: keys, values: values, segments: segments, heads: heads, kvHeads: kvHeads,
+            headDimension: headDimension, scale: scale, norms: norms, into: out, prefetching: next)
+        return attended ? .attended : .none
+    }
 
     public func decodeLayer(_ layer: DecodeLayer<Buffer, Matrix>) -> DecodeLayerReach { .none }
 

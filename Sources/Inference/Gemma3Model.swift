@@ -89,19 +89,18 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             let entry = cache.layers[index]
             // A backend with batched attention (a GPU, whose cache may be bf16) stores and attends in one go.
             let one = segment(index)
-            if backend.attentionBatch(
+            let reach = backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
                 headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
-                prefetching: weightsAfterAttention(index))
-            {
-                return
-            }
+                projection: layers[index].output, into: s.normed, prefetching: weightsAfterAttention(index))
+            if reach != .none { return reach == .projected }
             normRope(norms, rows: n, scratch: s)
             cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
             backend.attention(
                 queries: s.query, keys: entry.keys, values: entry.values, rows: n, firstPosition: p0,
                 heads: c.headCount, kvHeads: c.kvHeadCount, headDimension: c.headDimension, capacity: entry.capacity,
                 window: entry.window, scale: c.attentionScale, into: s.attention)  // (n, heads * headDim)
+            return false
         }
     }
 
@@ -154,13 +153,11 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             decodeSegment: one.map { only in { attentionSegment(only, $0) } }
         ) { index, norms in
             let batch = segments.map { attentionSegment($0, index) }
-            if backend.attentionBatch(
+            let reach = backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
                 headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
-                prefetching: weightsAfterAttention(index))
-            {
-                return
-            }
+                projection: layers[index].output, into: s.normed, prefetching: weightsAfterAttention(index))
+            if reach != .none { return reach == .projected }
             normRope(norms, rows: tokens.count, scratch: s)
             for segment in segments {
                 segment.cache.store(
@@ -180,17 +177,19 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                     s.segmentAttention, offset: 0, to: s.attention, offset: segment.firstRow * queryRow,
                     count: segment.count * queryRow)
             }
+            return false
         }
     }
 
     /// The layers over `tokens` (row i at `positions[i]`); `attend(layer, norms)` applies the layer's
     /// q/k norms and RoPE (`norms`) to `s.query` and `s.key` as the projections left them, stores the
-    /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`. `decodeSegment` (a step of
-    /// one token): the layer's attention segment, for the backend's `decodeLayer`.
+    /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`, or (returning true) its
+    /// output projection into `s.normed` too. `decodeSegment` (a step of one token): the layer's
+    /// attention segment, for the backend's `decodeLayer`.
     private func forward(
         _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, drawn: [Int]? = nil,
         decodeSegment: ((Int) -> AttentionSegment<Backend.Buffer>)? = nil,
-        attend: (Int, HeadNorms<Backend.Buffer, Backend.Matrix>) -> Void
+        attend: (Int, HeadNorms<Backend.Buffer, Backend.Matrix>) -> Bool
     ) {
         let c = config
         let b = backend
@@ -244,8 +243,8 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 } else {
                     b.matmul(s.normed, rows: n, weights: qkv, into: [s.query, s.key, s.value])
                 }
-                attend(index, norms)  // (n, heads * headDim) in s.attention
-                b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed)  // (n, hidden)
+                // (n, heads * headDim) in s.attention, then (n, hidden) in s.normed
+                if !attend(index, norms) { b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed) }
             }
             // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
             if reach != .whole

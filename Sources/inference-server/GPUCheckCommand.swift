@@ -86,6 +86,7 @@ struct GPUCheckCommand: ParsableCommand {
         }
         print("staged      weights \(gpu.stagedWeights == .off ? "asked of L2 before a product's wait, not staged (INFERENCE_STAGED_WEIGHTS=products, gate-up or on stages them in shared memory)" : "staged in shared memory before a product's wait: \(gpu.stagedWeights.rawValue) (INFERENCE_STAGED_WEIGHTS)")")
         print("mlp         \(gpu.fusedMLP ? "a one-token step's MLP in one launch (mlp_fused_bf16, INFERENCE_FUSED_MLP=on)" : "a one-token step's MLP in two launches (INFERENCE_FUSED_MLP=on fuses them)")")
+        print("output      \(gpu.fusedOutput ? "a one-token step's attention shares merged inside the output projection (attention_output_bf16, INFERENCE_FUSED_OUTPUT=on)" : "a one-token step's attention shares merged before the output projection (INFERENCE_FUSED_OUTPUT=on merges them inside it)")")
         print("graphs      \(gpu.context.graphStatistics.disabled.map { "off: \($0)" } ?? "on (repeated steps are captured and replayed)")")
         print("dependent   \(gpu.context.dependentLaunchProblem.map { "launches off: \($0)" } ?? "launches on (a kernel starts while the one before it drains)")")
         var failures = 0
@@ -126,6 +127,23 @@ struct GPUCheckCommand: ParsableCommand {
                     let otherPassed = other.error <= 2e-2
                     print(String(format: "%@ model logits GPU vs CPU, the MLP %@: worst relative error %.2e over %d steps, same greedy token at %d", otherPassed ? "ok  " : "FAIL", fusedMLP ? "in two launches" : "fused (one launch)", other.error, other.steps, other.agreeing))
                     if !otherPassed { failures += 1 }
+                }
+            }
+
+            if compare {
+                // The shares' merge inside the output projection (off by default): the same bar, on
+                // this GPU's own memory order for the heads' sums, which the emulator cannot show.
+                let prompt = [2] + (0..<40).map { (1000 + ($0 * 7919) % 20_000) % c.vocabularySize }
+                let fusedOutput = gpu.fusedOutput, launches = gpu.fusedOutputLaunches
+                gpu.fusedOutput = !fusedOutput
+                let other = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
+                gpu.fusedOutput = fusedOutput
+                if !fusedOutput && gpu.fusedOutputLaunches == launches {
+                    print("skip model logits GPU vs CPU, the merge inside the output projection: not fused here")
+                } else {
+                    let passed = other.error <= 2e-2
+                    print(String(format: "%@ model logits GPU vs CPU, attention's merge %@ the output projection: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", fusedOutput ? "before" : "inside", other.error, other.steps, other.agreeing))
+                    if !passed { failures += 1 }
                 }
             }
 
@@ -249,6 +267,10 @@ struct GPUCheckCommand: ParsableCommand {
         }
         let fusedMLP = gpu.fusedMLP
         variants.append(("MLP \(fusedMLP ? "in two launches" : "fused (one launch)")", { gpu.fusedMLP = $0 ? !fusedMLP : fusedMLP }))
+        let fusedOutput = gpu.fusedOutput
+        variants.append((
+            "attention merged \(fusedOutput ? "before" : "inside") the output product", { gpu.fusedOutput = $0 ? !fusedOutput : fusedOutput }
+        ))
         let staging = gpu.stagedWeights
         for other in CUDABackend.StagedWeights.allCases where other != staging {
             variants.append(("weights staged: \(other.rawValue)", { gpu.stagedWeights = $0 ? other : staging }))

@@ -1222,6 +1222,58 @@ import Testing
         for (a, b) in zip(fused, unfused) { #expect(GPUCheck.relativeError(a, b) < 1e-4, "one slice after three") }
     }
 
+    /// Attention's shares merged inside the output projection (`fusedOutput`, off by default): one
+    /// launch where attention_combine and the product were, in the full-attention layer once its
+    /// keys pass 32 (the sliding layer's 8 keys take one share: nothing to merge, the product as
+    /// before). Head dimension 128 (half a warp's lanes a row), 4 heads over 256 output rows (8
+    /// groups of 32): the logits the CPU's within the float32 bar, and the same bits with the blocks
+    /// and threads reversed (the heads' sums are added in head order by whichever block is last).
+    @Test func outputFusedWithTheMergeMatchesTheCPU() throws {
+        let directory = try TemporaryDirectory()
+        let shape = RandomGemma(
+            vocabulary: 512, hidden: 256, intermediate: 512, layers: 2, heads: 4, kvHeads: 1, headDim: 128, slidingWindow: 8,
+            maxPositions: 256)
+        let engine = try Self.randomEngine(shape, in: directory, seed: 113)
+        let gpu = try Self.exactBackend.get()
+        #expect(!gpu.fusedOutput, "off by default")
+        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
+        defer {
+            gpu.fusedOutput = false
+            reverse(0)
+        }
+        let prompt = (0..<40).map { 3 + $0 * 11 }
+        let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 1, prefillChunk: 16)
+        let cpuSlot = cpuRunner.makeSlot(contextLength: 64)
+        var cpuNext = [Sampler.argmax(try cpuRunner.prefill(cpuSlot, prompt))]
+        var cpu: [[Float]] = []
+        for _ in 0..<4 {
+            cpu += try cpuRunner.decode([cpuSlot], tokens: cpuNext)
+            cpuNext = [Sampler.argmax(cpu.last!)]
+        }
+        let modes = [(false, false), (true, false), (true, true)]
+        var runs: [[[Float]]] = []
+        for (fused, reversed) in modes {
+            gpu.fusedOutput = fused
+            reverse(reversed ? 1 : 0)
+            let launches = gpu.fusedOutputLaunches
+            let (logits, runner, slot, next) = try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 4)
+            runs.append(logits)
+            #expect((gpu.fusedOutputLaunches - launches == 4) == fused, "one fused launch a step, in the full layer")
+            let profile = try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) })
+            let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
+            #expect(count("attention_output_bf16") == (fused ? 1 : 0) && count("attention_combine") == (fused ? 0 : 1))
+        }
+        for (run, (fused, reversed)) in zip(runs, modes) {
+            for step in 0..<4 {
+                let error = GPUCheck.relativeError(run[step], cpu[step])
+                #expect(error < 1e-4, "fused \(fused), reversed \(reversed), step \(step): \(error)")
+            }
+        }
+        #expect(runs[0] != runs[1], "the fused sums run in another order (else this test would not see the fusion)")
+        let same = runs[1] == runs[2]  // (not printed in full)
+        #expect(same, "the fused output's logits depend on the order its blocks run in")
+    }
+
     /// One-token products with their weights staged in shared memory before their wait: the same
     /// logits bit for bit as without, for each mode, with the threads in order and reversed (each
     /// thread reads only the chunks it copied); the staged kernels are the ones that ran. Hidden 1152

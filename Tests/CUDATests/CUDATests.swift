@@ -179,7 +179,18 @@ import TestSupport
             "for (int i = 0", "i < most && c < chunks", "i++, c += stride) copy16_to_shared(stage + i * 256 + threadIdx.x, wr + c)",
             "if (lane & 7) return", "for (", "c < chunks", "c += stride) prefetch_l2(wr + c)", "}",
         ])
-        for name in GemmaKernels.names where name != "mlp_fused_bf16" && name != "gemv_gelu_norm_staged_bf16" {
+        // The merge with the output projection: before its wait, its shared memory and a lane's chunk
+        // of each of its warp's rows of wo (its head's columns) copied there; nothing of the step's data.
+        let outputBeforeWait = try opening(" attention_output_bf16(", upTo: "grid_wait();")
+        #expect(statements(outputBeforeWait) == [
+            "__shared__ uint4 stage[OUT_ROWS / 8 * 256]", "__shared__ float4 merged[ATT_MAX_DIM / 4]", "__shared__ int last",
+            "grid_release()",
+            "int g = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, first = g * OUT_ROWS + (threadIdx.x >> 5) * (OUT_ROWS / 8)",
+            "bool mine = lane < (dim >> 3)", "for (int j = 0", "j < OUT_ROWS / 8",
+            "j++) if (first + j < m && mine) copy16_to_shared(stage + j * 256 + threadIdx.x, wo + (u64)(first + j) * heads * dim + (u64)h * dim + 8 * lane)",
+        ])
+        let prologues: Set<String> = ["mlp_fused_bf16", "gemv_gelu_norm_staged_bf16", "attention_output_bf16"]
+        for name in GemmaKernels.names where !prologues.contains(name) {
             let text = try #require(body(after: " \(name)("), "\(name) has a body")
             let statements = text.split(separator: ";").prefix(2).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             var waitsFirst = statements == ["grid_release()", "grid_wait()"]
@@ -203,7 +214,7 @@ import TestSupport
     @Test func theBackendsConstantsAreTheSources() {
         let source = GemmaKernels.source
         let defines: [(String, Int)] = [
-            ("STAGE_CHUNKS", GemmaKernels.stageChunks), ("GELU_NORM_GROUPS", GemmaKernels.geluNormGroups),
+            ("STAGE_CHUNKS", GemmaKernels.stageChunks), ("OUT_ROWS", GemmaKernels.outputRows), ("GELU_NORM_GROUPS", GemmaKernels.geluNormGroups),
             ("GEMV_MAX_TOKENS", GemmaKernels.gemvMaximumTokens), ("MLP_SLICE", GemmaKernels.fusedMLPSlice),
             ("MLP_SLICE_BLOCKS", GemmaKernels.fusedMLPSliceBlocks), ("MLP_MAX_HIDDEN", GemmaKernels.fusedMLPMaximumHidden),
             ("PREFETCH_BULK_LINES", GemmaKernels.prefetchBulkLines), ("ATT_MAX_DIM", GemmaKernels.attentionMaximumDimension),
