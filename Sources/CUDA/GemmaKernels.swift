@@ -354,11 +354,17 @@ public enum GemmaKernels {
                 if (i < n) xs[i] = ov[j];
             }
             // The fences order this block's reads before its count, and the last block's count before
-            // its writes, for the whole GPU (the barrier alone orders them within the block).
+            // its writes, for the whole GPU (the barrier alone orders them within the block). No
+            // ticket (gpu-check's sweep, timing what the count costs): block 0 writes at once, while
+            // others may still read, so the results are wrong.
             if (threadIdx.x == 0) {
-                __threadfence();
-                last = atomicAdd(norm.ticket, 1u) == gridDim.x - 1;
-                __threadfence();
+                if (norm.ticket) {
+                    __threadfence();
+                    last = atomicAdd(norm.ticket, 1u) == gridDim.x - 1;
+                    __threadfence();
+                } else {
+                    last = blockIdx.x == 0;
+                }
             }
             __syncthreads();  // xs and last, for every thread
             if (last) {
@@ -369,7 +375,7 @@ public enum GemmaKernels {
                         norm.normed[i] = ov[j];
                     }
                 }
-                if (threadIdx.x == 0) *norm.ticket = 0u;
+                if (threadIdx.x == 0 && norm.ticket) *norm.ticket = 0u;
             }
         }
 

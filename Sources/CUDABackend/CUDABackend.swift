@@ -822,9 +822,20 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         else { return nil }
         return [
             .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(norm.accumulator.address),
-            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(normTicket.address),
+            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(countsNorms ? normTicket.address : 0),
         ]
     }
+
+    /// Whether the fused norms count their blocks (`ticket`) so that only the last to have read the
+    /// residual writes it: always, but for gpu-check's sweep, which times the step without the
+    /// count (block 0 then writes at once, while others may still read: wrong results) to learn what
+    /// the count costs, and so what a residual kept in two buffers (none written where it is read)
+    /// would save.
+    public var fusedNormsCount: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return countsNorms }
+        set { lock.lock(); countsNorms = newValue; lock.unlock() }
+    }
+    private var countsNorms = true
 
     /// A one-token step's residual norm and q, k, v in one launch (`gemv_norm_bf16`); otherwise the
     /// norm's own launch, then `matmul`.
