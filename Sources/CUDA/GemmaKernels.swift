@@ -263,17 +263,20 @@ public enum GemmaKernels {
             for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = (xr[i] * inv) * w[i];
         }
 
-        // residual[r, :] += x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w: Gemma's post-attention and
-        // post-feedforward norms with the residual add that follows them. Grid: rows.
-        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add(const float* x, const float* w, float* residual, int n, float eps) {
+        // residual[r, :] = source[r, :] + x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w: Gemma's
+        // post-attention and post-feedforward norms with the residual add that follows them (source
+        // may be residual: in place). Grid: rows.
+        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add(const float* x, const float* w, const float* source,
+                                                                       float* residual, int n, float eps) {
             grid_release();
             grid_wait();
             const float* xr = x + (u64)blockIdx.x * n;
+            const float* sr = source + (u64)blockIdx.x * n;
             float* rr = residual + (u64)blockIdx.x * n;
             float s = 0.0f;
             for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
             float inv = rsqrtf(block_sum(s) / n + eps);
-            for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] += (xr[i] * inv) * w[i];
+            for (int i = threadIdx.x; i < n; i += blockDim.x) rr[i] = sr[i] + (xr[i] * inv) * w[i];
         }
 
         // A block's post norm, its residual add and the next block's input norm for one row of n columns,
@@ -317,15 +320,16 @@ public enum GemmaKernels {
         // a block's post norm and residual add with the next block's input norm, one launch instead of
         // two. Each thread keeps its own columns in registers throughout, so out may be x.
         // n <= NORM_PER_THREAD * blockDim.x. Grid: rows.
-        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, float* residual,
-                                                                            const float* next, float* out, int n, float eps) {
+        extern "C" __global__ void __launch_bounds__(1024) rms_norm_add_norm(const float* x, const float* w, const float* source,
+                                                                            float* residual, const float* next, float* out, int n,
+                                                                            float eps) {
             grid_release();
             float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD], rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
             norm_weights(w, next, n, wv, nv);
             grid_wait();
             float* rr = residual + (u64)blockIdx.x * n;
             float* orow = out + (u64)blockIdx.x * n;
-            residual_norm(x + (u64)blockIdx.x * n, rr, wv, nv, n, eps, rv, ov);
+            residual_norm(x + (u64)blockIdx.x * n, source + (u64)blockIdx.x * n, wv, nv, n, eps, rv, ov);
             for (int j = 0; j < NORM_PER_THREAD; j++) {
                 int i = threadIdx.x + j * blockDim.x;
                 if (i < n) {
@@ -337,26 +341,31 @@ public enum GemmaKernels {
 
         // The residual norm of a one-token gemv launch (gemv_norm_bf16, gemv_gelu_norm_bf16), which saves
         // a decode step of one sequence the norm's own launch: every block computes the row's norm
-        // itself, into xs (shared memory) for its rows to read. The launch's x is in the model the normed
-        // row's own buffer (out may be x), and every block reads x and the residual; so only the last
-        // block to have read them, counted on `ticket` (a zeroed word, zeroed again by that block),
-        // writes the new residual and the normed row. Its count comes after block_sum's barriers, which
-        // every thread reaches only with its loads of x and the residual returned. n <= NORM_FUSED_MAX;
-        // the launch's blocks take 256 threads.
-        struct ResidualNorm { const float* w; const float* next; float* residual; float* normed; float eps; u32* ticket; };
+        // itself, into xs (shared memory) for its rows to read, from x and the residual before the add
+        // (`source`). Where the new residual goes over `source`, or the normed row over x, a block
+        // could write what another has yet to read: then only the last block to have read them,
+        // counted on `ticket` (a zeroed word, zeroed again by that block), writes the new residual
+        // and the normed row. Its count comes after block_sum's barriers, which every thread reaches
+        // only with its loads of x and the residual returned. Otherwise (ticket null) block 0 writes
+        // them at once (the model keeps the residual in two buffers and the products' outputs apart
+        // from the normed row, so that no block waits on the count). n <= NORM_FUSED_MAX; the
+        // launch's blocks take 256 threads.
+        struct ResidualNorm {
+            const float* w; const float* next; const float* source; float* residual; float* normed; float eps; u32* ticket;
+        };
         __device__ __forceinline__ void fused_residual_norm(const float* x, const ResidualNorm& norm, const float* wv,
                                                             const float* nv, int n, float* xs) {
             __shared__ int last;
             float rv[NORM_PER_THREAD], ov[NORM_PER_THREAD];
-            residual_norm(x, norm.residual, wv, nv, n, norm.eps, rv, ov);
+            residual_norm(x, norm.source, wv, nv, n, norm.eps, rv, ov);
             for (int j = 0; j < NORM_PER_THREAD; j++) {
                 int i = threadIdx.x + j * blockDim.x;
                 if (i < n) xs[i] = ov[j];
             }
             // The fences order this block's reads before its count, and the last block's count before
             // its writes, for the whole GPU (the barrier alone orders them within the block). No
-            // ticket (gpu-check's sweep, timing what the count costs): block 0 writes at once, while
-            // others may still read, so the results are wrong.
+            // ticket: no block of the launch reads what it writes (the residual read from `source`,
+            // written elsewhere; the normed row not x), and block 0 writes them at once.
             if (threadIdx.x == 0) {
                 if (norm.ticket) {
                     __threadfence();
@@ -622,10 +631,10 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256) gemv_norm_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
                                                                         float* o0, float* o1, float* o2, int m0, int m1,
                                                                         int m2, const float* x, int k, int tokens, int splits,
-                                                                        const float* w, const float* next, float* residual,
+                                                                        const float* w, const float* next, const float* source, float* residual,
                                                                         float* normed, float eps, u32* ticket) {
             gemv_rows<1, true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, 1, splits,
-                               ResidualNorm{w, next, residual, normed, eps, ticket});
+                               ResidualNorm{w, next, source, residual, normed, eps, ticket});
         }
 
         extern "C" __global__ void __launch_bounds__(256) gemv_pairs_bf16(const bf16* w0, const bf16* w1, const bf16* w2,
@@ -703,10 +712,10 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_bf16(const bf16* gate, const bf16* up, const float* x,
                                                                                 float* out, int m, int k, int splits,
                                                                                 const float* w, const float* next,
-                                                                                float* residual, float* normed, float eps,
-                                                                                u32* ticket) {
+                                                                                const float* source, float* residual,
+                                                                                float* normed, float eps, u32* ticket) {
             gemv_gelu_rows<1, true, GELU_NORM_GROUPS>(gate, up, x, out, m, k, 1, splits,
-                                                      ResidualNorm{w, next, residual, normed, eps, ticket});
+                                                      ResidualNorm{w, next, source, residual, normed, eps, ticket});
         }
 
         // Staged weights (one-token products whose whole grid the GPU holds at once): before grid_wait
@@ -767,10 +776,10 @@ public enum GemmaKernels {
                                                                                float* o0, float* o1, float* o2, int m0,
                                                                                int m1, int m2, const float* x, int k,
                                                                                int tokens, int splits, const float* w,
-                                                                               const float* next, float* residual,
+                                                                               const float* next, const float* source, float* residual,
                                                                                float* normed, float eps, u32* ticket) {
             gemv_rows_staged<true>(w0, w1, w2, o0, o1, o2, m0, m1, m2, x, k, splits,
-                                   ResidualNorm{w, next, residual, normed, eps, ticket});
+                                   ResidualNorm{w, next, source, residual, normed, eps, ticket});
         }
 
         // gemv_gelu_norm_bf16 with gate's and up's rows streamed through shared memory. A thread's
@@ -809,7 +818,7 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_staged_bf16(const bf16* gate, const bf16* up,
                                                                                        const float* x, float* out, int m,
                                                                                        int k, int splits, const float* w,
-                                                                                       const float* next, float* residual,
+                                                                                       const float* next, const float* source, float* residual,
                                                                                        float* normed, float eps,
                                                                                        u32* ticket) {
             __shared__ uint4 ring[GELU_RING * 256];
@@ -826,7 +835,7 @@ public enum GemmaKernels {
                     const uint4* p = gelu_item(gate, up, m, k, splits, first, n, j, c);
                     if (p) prefetch_l2(p);
                 }
-            x = wait_for_x<true>(x, ResidualNorm{w, next, residual, normed, eps, ticket}, k);
+            x = wait_for_x<true>(x, ResidualNorm{w, next, source, residual, normed, eps, ticket}, k);
             int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             float gv[1] = {0.0f}, uv[1] = {0.0f};
             for (int j = 0; j < items; j++) {
@@ -1551,7 +1560,7 @@ public enum GemmaKernels {
         extern "C" __global__ void __launch_bounds__(256, 4) mlp_fused_bf16(const bf16* gate, const bf16* up, const bf16* down,
                                                                            const float* x, float* h, float* out, int m, int k,
                                                                            float* partials, u32* bars, const float* w,
-                                                                           const float* next, float* residual, float* normed,
+                                                                           const float* next, const float* source, float* residual, float* normed,
                                                                            float eps, u32* ticket) {
             __shared__ uint4 slice[MLP_MAX_HIDDEN / MLP_SLICE_BLOCKS * MLP_SLICE / 8];
             __shared__ float4 xs[MLP_MAX_HIDDEN / 4];
@@ -1565,7 +1574,7 @@ public enum GemmaKernels {
             float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD];
             norm_weights(w, next, k, wv, nv);
             grid_wait();
-            fused_residual_norm(x, ResidualNorm{w, next, residual, normed, eps, ticket}, wv, nv, k, (float*)xs);
+            fused_residual_norm(x, ResidualNorm{w, next, source, residual, normed, eps, ticket}, wv, nv, k, (float*)xs);
             int slices = m / MLP_SLICE, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b);
             gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b + 1);
@@ -1668,7 +1677,10 @@ public enum GemmaKernels {
         // A phase's blocks are those of the launch it replaces, numbered alike and taken in turn by the
         // grid's blocks, so every number is the same bits as theirs. Before each barrier a block asks
         // L2 for the weight rows it takes after it; it lets the next launch start (grid_release) in
-        // its last phase. The fused norms count the grid's blocks on `ticket`, once each.
+        // its last phase. The fused norms count the grid's blocks on `ticket`, once each (null: the
+        // residual is not written where it is read, nor the normed row over x: block 0 writes them).
+        // The residual: phase 1 reads residual2 and writes residual, phase 5 reads residual and
+        // writes residual2 (the model's two buffers; one in place).
         // decode_layer runs phases 1-6, decode_attention 1-4, decode_mlp 5-6. stamps (null: none): each
         // block's times (`stamp`) after the wait (0), at and after each barrier (1-2 after q/k/v,
         // 3-4 after attention, 5-6 after the merge, 7-8 after the output projection, 9-10 after
@@ -1677,8 +1689,8 @@ public enum GemmaKernels {
         #define DECODE_LAYER_PARAMETERS \
             u32* barrier, \
             const bf16* wq, const bf16* wk, const bf16* wv, float* q, float* k, float* v, int mq, int mk, int mv, \
-            const float* x, int hidden, int splits1, const float* nw, const float* nnext, float* residual, float* normed, \
-            float eps1, u32* ticket, \
+            const float* x, int hidden, int splits1, const float* nw, const float* nnext, float* residual, float* residual2, \
+            float* normed, float eps1, u32* ticket, \
             const SegmentRow* rows, float* att, float* partials, int heads, int kvHeads, int dim, float scale, int asplits, \
             int share, int half, const float* qw, const float* kw, const float* table, float eps2, \
             const char* ahead0, u64 bytes0, const char* ahead1, u64 bytes1, const char* ahead2, u64 bytes2, \
@@ -1686,8 +1698,8 @@ public enum GemmaKernels {
             const bf16* gate, const bf16* up, float* g, int mg, int splits5, const float* pw, const float* pnext, float eps3, \
             const bf16* wd, float* d, int md, int splits6, u64* stamps
         #define DECODE_LAYER_ARGUMENTS \
-            barrier, wq, wk, wv, q, k, v, mq, mk, mv, x, hidden, splits1, nw, nnext, residual, normed, eps1, ticket, rows, att, \
-            partials, heads, kvHeads, dim, scale, asplits, share, half, qw, kw, table, eps2, ahead0, bytes0, ahead1, bytes1, \
+            barrier, wq, wk, wv, q, k, v, mq, mk, mv, x, hidden, splits1, nw, nnext, residual, residual2, normed, eps1, ticket, rows, \
+            att, partials, heads, kvHeads, dim, scale, asplits, share, half, qw, kw, table, eps2, ahead0, bytes0, ahead1, bytes1, \
             ahead2, bytes2, wo, o, mo, ko, splits4, gate, up, g, mg, splits5, pw, pnext, eps3, wd, d, md, splits6, stamps
 
         // ATTENTION: phases 1-4; MLP: phases 5 and 6. xs: shared memory for a fused norm's row.
@@ -1703,7 +1715,7 @@ public enum GemmaKernels {
                 stamp(stamps, 0);
                 const float* x1 = x;
                 if (nw) {
-                    fused_residual_norm(x, ResidualNorm{nw, nnext, residual, normed, eps1, ticket}, wn, nn, hidden, xs);
+                    fused_residual_norm(x, ResidualNorm{nw, nnext, residual2, residual, normed, eps1, ticket}, wn, nn, hidden, xs);
                     x1 = xs;
                 }
                 for (int i = b; i < n1; i += blocks) gemv_rows_block<1>(wq, wk, wv, q, k, v, mq, mk, mv, x1, hidden, 1, splits1, i);
@@ -1742,7 +1754,7 @@ public enum GemmaKernels {
                     grid_wait();
                     stamp(stamps, 8);
                 }
-                fused_residual_norm(o, ResidualNorm{pw, pnext, residual, normed, eps3, ticket}, wn, nn, hidden, xs);
+                fused_residual_norm(o, ResidualNorm{pw, pnext, residual, residual2, normed, eps3, ticket}, wn, nn, hidden, xs);
                 for (int i = b; i < n5; i += blocks) gemv_gelu_group<1>(gate, up, xs, g, mg, hidden, 1, splits5, i);
                 int n6 = (md * splits6 + 7) / 8;
                 for (int i = b; i < n6; i += blocks) gemv_rows_prefetch(wd, 0, 0, md, 0, 0, mg, splits6, i);

@@ -816,26 +816,31 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// it: one row of at most `GemmaKernels.fusedNormMaximum` columns, f32 weights.
     private func fusedArguments(_ norm: ResidualNorm<CUDABuffer, CUDAMatrix>) -> [CUDAContext.Argument]? {
         let k = norm.dimension
+        let source = norm.source ?? norm.accumulator
         guard fusedNorms, norm.rows == 1, k <= GemmaKernels.fusedNormMaximum,
             norm.weight.storage == .f32, norm.weight.columns == k, norm.next.storage == .f32, norm.next.columns == k,
-            k <= min(norm.x.count, norm.accumulator.count, norm.normed.count)
+            k <= min(norm.x.count, source.count, norm.accumulator.count, norm.normed.count)
         else { return nil }
+        // Counted where a block could write what another reads: the residual in place, or the normed
+        // row over x (see fused_residual_norm); elsewhere only for the sweep.
+        let counted = countsNorms || source === norm.accumulator || norm.normed === norm.x
         return [
-            .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(norm.accumulator.address),
-            .pointer(norm.normed.address), .float(norm.epsilon), .pointer(countsNorms ? normTicket.address : 0),
+            .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(source.address),
+            .pointer(norm.accumulator.address), .pointer(norm.normed.address), .float(norm.epsilon),
+            .pointer(counted ? normTicket.address : 0),
         ]
     }
 
-    /// Whether the fused norms count their blocks (`ticket`) so that only the last to have read the
-    /// residual writes it: always, but for gpu-check's sweep, which times the step without the
-    /// count (block 0 then writes at once, while others may still read: wrong results) to learn what
-    /// the count costs, and so what a residual kept in two buffers (none written where it is read)
-    /// would save.
-    public var fusedNormsCount: Bool {
+    /// Whether every fused norm counts its blocks (`ticket`) so that only the last to have read
+    /// writes the residual and normed row, as one adding the residual in place (or writing the
+    /// normed row over its x) must. Off: the model's norms, which take the residual from one buffer
+    /// into another, write at once from block 0, none waiting on the count; on (gpu-check's sweep,
+    /// the same results) times what the count costs.
+    public var fusedNormsAlwaysCount: Bool {
         get { lock.lock(); defer { lock.unlock() }; return countsNorms }
         set { lock.lock(); countsNorms = newValue; lock.unlock() }
     }
-    private var countsNorms = true
+    private var countsNorms = false
 
     /// A one-token step's residual norm and q, k, v in one launch (`gemv_norm_bf16`); otherwise the
     /// norm's own launch, then `matmul`.
@@ -961,7 +966,24 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         into accumulator: CUDABuffer, normed out: CUDABuffer
     ) {
         precondition(weight.storage == .f32 && weight.columns == dimension && next.storage == .f32 && next.columns == dimension)
-        precondition(rows * dimension <= min(x.count, accumulator.count, out.count))
+        rmsNormAddNorm(
+            x, rows: rows, dimension: dimension, weight: weight, next: next, epsilon: epsilon, from: accumulator,
+            into: accumulator, normed: out)
+    }
+
+    /// `rmsNormAddNorm` of what `norm` holds, its residual read from `norm.source` in the same launch.
+    public func rmsNormAddNorm(_ norm: ResidualNorm<CUDABuffer, CUDAMatrix>) {
+        rmsNormAddNorm(
+            norm.x, rows: norm.rows, dimension: norm.dimension, weight: norm.weight, next: norm.next, epsilon: norm.epsilon,
+            from: norm.source ?? norm.accumulator, into: norm.accumulator, normed: norm.normed)
+    }
+
+    private func rmsNormAddNorm(
+        _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, next: CUDAMatrix, epsilon: Float,
+        from source: CUDABuffer, into accumulator: CUDABuffer, normed out: CUDABuffer
+    ) {
+        precondition(weight.storage == .f32 && weight.columns == dimension && next.storage == .f32 && next.columns == dimension)
+        precondition(rows * dimension <= min(x.count, source.count, accumulator.count, out.count))
         precondition(dimension <= 8 * 1024, "rms_norm_add_norm keeps at most 8 columns a thread")
         // The fused gemv kernels' 256 threads where they take the norm: the same sums, so a token's
         // normed row is the same bits in a step of one sequence (fused) as among several.
@@ -969,20 +991,31 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         context.launch(
             kernel("rms_norm_add_norm"), grid: (rows, 1, 1), block: threads,
             [
-                .pointer(x.address), .pointer(weight.address), .pointer(accumulator.address), .pointer(next.address),
-                .pointer(out.address), .int(dimension), .float(epsilon),
+                .pointer(x.address), .pointer(weight.address), .pointer(source.address), .pointer(accumulator.address),
+                .pointer(next.address), .pointer(out.address), .int(dimension), .float(epsilon),
             ])
     }
 
     public func rmsNormAdd(
         _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, epsilon: Float, into accumulator: CUDABuffer
     ) {
+        rmsNormAdd(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, from: accumulator, into: accumulator)
+    }
+
+    public func rmsNormAdd(
+        _ x: CUDABuffer, rows: Int, dimension: Int, weight: CUDAMatrix, epsilon: Float, from source: CUDABuffer,
+        into accumulator: CUDABuffer
+    ) {
         precondition(
-            weight.storage == .f32 && weight.columns == dimension && rows * dimension <= min(x.count, accumulator.count))
+            weight.storage == .f32 && weight.columns == dimension
+                && rows * dimension <= min(x.count, source.count, accumulator.count))
         let threads = warpsFor((dimension + 1) / 2)
         context.launch(
             kernel("rms_norm_add"), grid: (rows, 1, 1), block: threads,
-            [.pointer(x.address), .pointer(weight.address), .pointer(accumulator.address), .int(dimension), .float(epsilon)])
+            [
+                .pointer(x.address), .pointer(weight.address), .pointer(source.address), .pointer(accumulator.address),
+                .int(dimension), .float(epsilon),
+            ])
     }
 
     public func normRope(
@@ -1196,15 +1229,17 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             layer.down.rows == hidden, layer.down.columns == width, width % 8 == 0,
             layer.queries.count >= queryWidth, layer.attention.count >= queryWidth,
             min(layer.keys.count, layer.values.count) >= kvHeads * dim, layer.normed.count >= hidden,
-            layer.gated.count >= width
+            layer.projected.count >= hidden, layer.gated.count >= width
         else { return .none }
         // The post-attention norm goes inside as gemv_gelu_norm_bf16 takes it; the input norm too, on
-        // the same residual and normed buffers (the model's).
-        guard let postNorm = fusedArguments(post), post.dimension == hidden, post.x === layer.normed else { return .none }
+        // the same buffers the other way round (the model's): phase 1 reads the residual from the post
+        // norm's accumulator and writes it to its source, phase 5 back.
+        guard let postNorm = fusedArguments(post), post.dimension == hidden, post.x === layer.projected else { return .none }
+        let (residual, residual2) = (post.source ?? post.accumulator, post.accumulator)
         var inputNorm: [CUDAContext.Argument] = [.pointer(0), .pointer(0)]
         if let input = layer.input {
-            guard fusedArguments(input) != nil, input.dimension == hidden, input.accumulator === post.accumulator,
-                input.normed === post.normed
+            guard fusedArguments(input) != nil, input.dimension == hidden, input.accumulator === residual,
+                (input.source ?? input.accumulator) === residual2, input.normed === post.normed, input.x === layer.projected
             else { return .none }
             inputNorm = [.pointer(input.weight.address), .pointer(input.next.address)]
         }
@@ -1225,8 +1260,9 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             .pointer(layer.input?.x.address ?? layer.normed.address), .int(hidden),
             .int(GemmaKernels.gemvSplits(rows: total, columns: hidden)),
         ]
-        // w, next, then the residual, normed row, epsilon and ticket that both norms share.
-        arguments += inputNorm + Array(postNorm[2...3]) + [.float(layer.input?.epsilon ?? post.epsilon), postNorm[5]]
+        // w, next, then the residual's two buffers, the normed row, epsilon and ticket that both norms share.
+        arguments += inputNorm + [.pointer(residual.address), .pointer(residual2.address), postNorm[4]]
+        arguments += [.float(layer.input?.epsilon ?? post.epsilon), postNorm[6]]
         arguments += [
             .pointer(rowsTable), .pointer(layer.attention.address), .pointer(partials), .int(heads), .int(kvHeads), .int(dim),
             .float(layer.scale), .int(splits), .int(share), .int(half ? 1 : 0), .pointer(layer.norms.queryNorm.address),
@@ -1235,11 +1271,11 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
         // The persistent kernels ask a line at a time (prefetch_ahead's default).
         arguments += prefetchRanges([layer.output, layer.gate, layer.up], rows: 1, blocks: grid, kind: .lines)
         arguments += [
-            .pointer(layer.output.address), .pointer(layer.normed.address), .int(hidden), .int(queryWidth),
+            .pointer(layer.output.address), .pointer(layer.projected.address), .int(hidden), .int(queryWidth),
             .int(GemmaKernels.gemvSplits(rows: hidden, columns: queryWidth)),
             .pointer(layer.gate.address), .pointer(layer.up.address), .pointer(layer.gated.address), .int(width),
             .int(GemmaKernels.gemvSplits(rows: width, columns: hidden)), postNorm[0], postNorm[1], .float(post.epsilon),
-            .pointer(layer.down.address), .pointer(layer.normed.address), .int(hidden),
+            .pointer(layer.down.address), .pointer(layer.projected.address), .int(hidden),
             .int(GemmaKernels.gemvSplits(rows: hidden, columns: width)),
         ]
         context.launch(

@@ -283,10 +283,15 @@ public struct GPUCheck {
                 var fusedRuns = 0
                 let setting = gpu.fusedNorms
                 defer { gpu.fusedNorms = setting }
-                for fused in [true, false] {
+                // In place; not fused; fused from one residual buffer into another, the normed row
+                // apart from x (as the model's: no block waits on a count of who has read).
+                for (fused, apart) in [(true, false), (false, false), (true, true)] {
                     let (gx, ga) = (pair(x).1, pair(residual).1)
                     let gys = widths.map { poisoned(rows * $0) }
-                    let norm = ResidualNorm(gx, rows: rows, dimension: dimension, weight: gw, next: gn, epsilon: 1e-6, into: ga, normed: gx)
+                    let (into, normed) = apart ? (poisoned(rows * dimension), poisoned(rows * dimension)) : (ga, gx)
+                    let norm = ResidualNorm(
+                        gx, rows: rows, dimension: dimension, weight: gw, next: gn, epsilon: 1e-6, from: apart ? ga : nil,
+                        into: into, normed: normed)
                     gpu.fusedNorms = fused
                     let launches = gpu.fusedNormLaunches
                     if gated {
@@ -294,9 +299,9 @@ public struct GPUCheck {
                     } else {
                         gpu.matmul(after: norm, weights: gws, into: gys)
                     }
-                    if fused { fusedRuns = gpu.fusedNormLaunches - launches }
+                    if fused { fusedRuns += gpu.fusedNormLaunches - launches }
                     outputs.append(zip(gys, widths).map { gpu.read($0, offset: 0, count: rows * $1) } + [
-                        gpu.read(ga, offset: 0, count: ga.count), gpu.read(gx, offset: 0, count: gx.count),
+                        gpu.read(into, offset: 0, count: into.count), gpu.read(normed, offset: 0, count: normed.count),
                     ])
                 }
                 let expected = zip(cys, widths).map { cpu.read($0, offset: 0, count: rows * $1) } + [
@@ -312,8 +317,11 @@ public struct GPUCheck {
                     // Fails unless the fused kernel ran (else both runs took the norm's own launch).
                     results.append(Result(
                         name: "residual norm + \(name) 1x\(dimension): fused, the same bits",
-                        error: outputs[0] == outputs[1] && fusedRuns == 1 ? 0 : 1, tolerance: 0))
+                        error: outputs[0] == outputs[1] && fusedRuns == 2 ? 0 : 1, tolerance: 0))
                 }
+                results.append(Result(
+                    name: "residual norm + \(name) \(rows)x\(dimension) from one residual buffer into another: the same bits",
+                    error: outputs[2] == outputs[0] ? 0 : 1, tolerance: 0))
             }
         }
         // RoPE at late positions (large angles).

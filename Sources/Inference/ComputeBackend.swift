@@ -65,6 +65,10 @@ public protocol ComputeBackend: Sendable {
     /// accumulator += rmsNorm(x) · weight over `rows` rows: Gemma's post-attention and post-feedforward
     /// norms, which feed the residual stream. x may be overwritten.
     func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer)
+    /// accumulator = source + rmsNorm(x) · weight: `rmsNormAdd` with the residual before the add in
+    /// another buffer (a GPU: one launch, where a copy and `rmsNormAdd` would be two).
+    func rmsNormAdd(
+        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, from source: Buffer, into accumulator: Buffer)
     /// `rmsNormAdd`, then out = rmsNorm(accumulator) with `next`: a block's post norm and residual add
     /// with the next block's input norm (a GPU: one launch). out may be x.
     func rmsNormAddNorm(
@@ -206,10 +210,14 @@ public struct ResidualNorm<Buffer, Matrix> {
     public var epsilon: Float
     public var accumulator: Buffer
     public var normed: Buffer
+    /// The residual before the add, where it is not `accumulator` (nil: added in place). A GPU fusing
+    /// the norm into the product after it then writes nothing that another of its blocks reads
+    /// (with `normed` apart from `x` too), so that none waits on a count of who has read.
+    public var source: Buffer?
 
     public init(
-        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, next: Matrix, epsilon: Float, into accumulator: Buffer,
-        normed: Buffer
+        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, next: Matrix, epsilon: Float, from source: Buffer? = nil,
+        into accumulator: Buffer, normed: Buffer
     ) {
         self.x = x
         self.rows = rows
@@ -217,6 +225,7 @@ public struct ResidualNorm<Buffer, Matrix> {
         self.weight = weight
         self.next = next
         self.epsilon = epsilon
+        self.source = source
         self.accumulator = accumulator
         self.normed = normed
     }
@@ -248,8 +257,10 @@ public enum DecodeLayerReach: Sendable, Equatable {
 public struct DecodeLayer<Buffer, Matrix> {
     /// The residual norm before q, k and v (`matmul(after:)`); nil: `normed` holds the normed row.
     public var input: ResidualNorm<Buffer, Matrix>?
-    /// The normed row q, k and v read, where the output and down projections then write theirs.
+    /// The normed row q, k and v read.
     public var normed: Buffer
+    /// Where the output and down projections write theirs (the x of the norms after them).
+    public var projected: Buffer
     public var query: Matrix
     public var key: Matrix
     public var value: Matrix
@@ -266,7 +277,7 @@ public struct DecodeLayer<Buffer, Matrix> {
     /// Attention's output, which the output projection reads.
     public var attention: Buffer
     public var output: Matrix
-    /// The post-attention norm (its x is `normed`), handed to `gatedMatmul(after:)`.
+    /// The post-attention norm (its x is `projected`), handed to `gatedMatmul(after:)`.
     public var postAttention: ResidualNorm<Buffer, Matrix>
     public var gate: Matrix
     public var up: Matrix
@@ -275,13 +286,14 @@ public struct DecodeLayer<Buffer, Matrix> {
     public var down: Matrix
 
     public init(
-        input: ResidualNorm<Buffer, Matrix>?, normed: Buffer, query: Matrix, key: Matrix, value: Matrix, queries: Buffer,
+        input: ResidualNorm<Buffer, Matrix>?, normed: Buffer, projected: Buffer, query: Matrix, key: Matrix, value: Matrix, queries: Buffer,
         keys: Buffer, values: Buffer, segment: AttentionSegment<Buffer>, heads: Int, kvHeads: Int, headDimension: Int,
         scale: Float, norms: HeadNorms<Buffer, Matrix>, attention: Buffer, output: Matrix,
         postAttention: ResidualNorm<Buffer, Matrix>, gate: Matrix, up: Matrix, gated: Buffer, down: Matrix
     ) {
         self.input = input
         self.normed = normed
+        self.projected = projected
         self.query = query
         self.key = key
         self.value = value
@@ -367,8 +379,18 @@ extension ComputeBackend {
         rmsNorm(accumulator, rows: rows, dimension: dimension, weight: next, epsilon: epsilon, into: out)
     }
 
-    /// `rmsNormAddNorm` of what `norm` holds.
+    public func rmsNormAdd(
+        _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, from source: Buffer, into accumulator: Buffer
+    ) {
+        copy(source, offset: 0, to: accumulator, offset: 0, count: rows * dimension)
+        rmsNormAdd(x, rows: rows, dimension: dimension, weight: weight, epsilon: epsilon, into: accumulator)
+    }
+
+    /// `rmsNormAddNorm` of what `norm` holds (its residual copied first where it has a `source`).
     public func rmsNormAddNorm(_ norm: ResidualNorm<Buffer, Matrix>) {
+        if let source = norm.source {
+            copy(source, offset: 0, to: norm.accumulator, offset: 0, count: norm.rows * norm.dimension)
+        }
         rmsNormAddNorm(
             norm.x, rows: norm.rows, dimension: norm.dimension, weight: norm.weight, next: norm.next, epsilon: norm.epsilon,
             into: norm.accumulator, normed: norm.normed)

@@ -92,7 +92,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             let reach = backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: [one], heads: c.headCount, kvHeads: c.kvHeadCount,
                 headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
-                projection: layers[index].output, into: s.normed, prefetching: weightsAfterAttention(index))
+                projection: layers[index].output, into: s.projected, prefetching: weightsAfterAttention(index))
             if reach != .none { return reach == .projected }
             normRope(norms, rows: n, scratch: s)
             cache.store(layer: index, keys: s.key, values: s.value, rows: n, firstPosition: p0)
@@ -156,7 +156,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
             let reach = backend.attentionBatch(
                 queries: s.query, keys: s.key, values: s.value, segments: batch, heads: c.headCount, kvHeads: c.kvHeadCount,
                 headDimension: c.headDimension, scale: c.attentionScale, norms: norms, into: s.attention,
-                projection: layers[index].output, into: s.normed, prefetching: weightsAfterAttention(index))
+                projection: layers[index].output, into: s.projected, prefetching: weightsAfterAttention(index))
             if reach != .none { return reach == .projected }
             normRope(norms, rows: tokens.count, scratch: s)
             for segment in segments {
@@ -184,7 +184,7 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
     /// The layers over `tokens` (row i at `positions[i]`); `attend(layer, norms)` applies the layer's
     /// q/k norms and RoPE (`norms`) to `s.query` and `s.key` as the projections left them, stores the
     /// rows' keys and values (`s.key`, `s.value`) and writes `s.attention`, or (returning true) its
-    /// output projection into `s.normed` too. `decodeSegment` (a step of one token): the layer's
+    /// output projection into `s.projected` too. `decodeSegment` (a step of one token): the layer's
     /// attention segment, for the backend's `decodeLayer`.
     private func forward(
         _ tokens: [Int], positions: [Int], scratch s: InferenceSession<Backend>.Scratch, drawn: [Int]? = nil,
@@ -217,20 +217,22 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
         for (index, layer) in layers.enumerated() {
             // Attention block: x = input_layernorm(h) (in s.normed); q, k, v projections; q_norm,
             // k_norm before RoPE. (The post norms below are fused with their residual add, h += norm(x),
-            // with the next block's input norm and with the product that reads it.)
+            // with the next block's input norm and with the product that reads it. The projections
+            // write s.projected; h goes from s.hidden to s.residual at the post-attention add and back
+            // at the post-feedforward one.)
             // q: (n, heads * headDim); k, v: (n, kvHeads * headDim)
             let norms = HeadNorms(
                 queryNorm: layer.queryNorm, keyNorm: layer.keyNorm, epsilon: c.rmsNormEpsilon,
                 table: layer.type == .full ? s.globalRope : s.localRope)
             let postAttention = ResidualNorm(
-                s.normed, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,
-                epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
+                s.projected, rows: n, dimension: hidden, weight: layer.postAttentionNorm, next: layer.preFeedforwardNorm,
+                epsilon: c.rmsNormEpsilon, from: s.hidden, into: s.residual, normed: s.normed)
             // A one-token step: the backend may take the calls below in fewer launches.
             let reach =
                 decodeSegment.map { segment in
                     b.decodeLayer(
                         DecodeLayer(
-                            input: pending, normed: s.normed, query: layer.query, key: layer.key, value: layer.value,
+                            input: pending, normed: s.normed, projected: s.projected, query: layer.query, key: layer.key, value: layer.value,
                             queries: s.query, keys: s.key, values: s.value, segment: segment(index), heads: c.headCount,
                             kvHeads: c.kvHeadCount, headDimension: c.headDimension, scale: c.attentionScale, norms: norms,
                             attention: s.attention, output: layer.output, postAttention: postAttention, gate: layer.gate,
@@ -243,26 +245,26 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 } else {
                     b.matmul(s.normed, rows: n, weights: qkv, into: [s.query, s.key, s.value])
                 }
-                // (n, heads * headDim) in s.attention, then (n, hidden) in s.normed
-                if !attend(index, norms) { b.matmul(s.attention, rows: n, weight: layer.output, into: s.normed) }
+                // (n, heads * headDim) in s.attention, then (n, hidden) in s.projected
+                if !attend(index, norms) { b.matmul(s.attention, rows: n, weight: layer.output, into: s.projected) }
             }
             // MLP block: down(gelu_tanh(gate(x)) * up(x)) between pre- and post-feedforward norms.
             if reach != .whole
-                && !b.mlp(after: postAttention, gate: layer.gate, up: layer.up, down: layer.down, gated: s.gate, into: s.normed)
+                && !b.mlp(after: postAttention, gate: layer.gate, up: layer.up, down: layer.down, gated: s.gate, into: s.projected)
             {
                 b.gatedMatmul(
                     after: postAttention, gate: layer.gate, up: layer.up, width: c.intermediateSize, into: s.gate,
                     scratch: s.up)  // (n, intermediate)
-                b.matmul(s.gate, rows: n, weight: layer.down, into: s.normed)  // (n, hidden)
+                b.matmul(s.gate, rows: n, weight: layer.down, into: s.projected)  // (n, hidden)
             }
             if index + 1 < layers.count {
                 pending = ResidualNorm(
-                    s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, next: layers[index + 1].inputNorm,
-                    epsilon: c.rmsNormEpsilon, into: s.hidden, normed: s.normed)
+                    s.projected, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, next: layers[index + 1].inputNorm,
+                    epsilon: c.rmsNormEpsilon, from: s.residual, into: s.hidden, normed: s.normed)
             } else {
                 b.rmsNormAdd(
-                    s.normed, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
-                    into: s.hidden)
+                    s.projected, rows: n, dimension: hidden, weight: layer.postFeedforwardNorm, epsilon: c.rmsNormEpsilon,
+                    from: s.residual, into: s.hidden)
             }
             if layersPerSubmission > 0 && index + 1 < layers.count
                 && ((index + 1) % layersPerSubmission == 0 || index + 1 == layersInFirstSubmission)

@@ -5,7 +5,12 @@ public final class InferenceSession<Backend: ComputeBackend> {
     /// Activation buffers for one forward pass of up to `maximumBatch` tokens.
     final class Scratch {
         let hidden: Backend.Buffer  // (batch, hidden): the residual stream h
-        let normed: Backend.Buffer  // (batch, hidden): normalized input / block output
+        // (batch, hidden): h between a layer's two residual adds (each add reads one of hidden and
+        // residual and writes the other, so that a norm fused into the product after it writes
+        // nothing that the product's other blocks still read)
+        let residual: Backend.Buffer
+        let normed: Backend.Buffer  // (batch, hidden): a norm's output, which the products read
+        let projected: Backend.Buffer  // (batch, hidden): the output and down projections' rows
         let query: Backend.Buffer  // (batch, heads * headDim)
         let key: Backend.Buffer  // (batch, kvHeads * headDim)
         let value: Backend.Buffer  // (batch, kvHeads * headDim)
@@ -22,7 +27,9 @@ public final class InferenceSession<Backend: ComputeBackend> {
 
         init(_ b: Backend, _ c: Gemma3Config, batch: Int, logitRows: Int = 1) {
             hidden = b.makeBuffer(count: batch * c.hiddenSize)
+            residual = b.makeBuffer(count: batch * c.hiddenSize)
             normed = b.makeBuffer(count: batch * c.hiddenSize)
+            projected = b.makeBuffer(count: batch * c.hiddenSize)
             query = b.makeBuffer(count: batch * c.headCount * c.headDimension)
             key = b.makeBuffer(count: batch * c.kvHeadCount * c.headDimension)
             value = b.makeBuffer(count: batch * c.kvHeadCount * c.headDimension)

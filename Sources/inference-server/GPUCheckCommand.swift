@@ -267,7 +267,7 @@ struct GPUCheckCommand: ParsableCommand {
         }
         let fusedMLP = gpu.fusedMLP
         variants.append(("MLP \(fusedMLP ? "in two launches" : "fused (one launch)")", { gpu.fusedMLP = $0 ? !fusedMLP : fusedMLP }))
-        variants.append(("fused norms uncounted (wrong results)", { gpu.fusedNormsCount = !$0 }))
+        variants.append(("fused norms counting their blocks", { gpu.fusedNormsAlwaysCount = $0 }))
         let fusedOutput = gpu.fusedOutput
         variants.append((
             "attention merged \(fusedOutput ? "before" : "inside") the output product", { gpu.fusedOutput = $0 ? !fusedOutput : fusedOutput }
