@@ -569,25 +569,31 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
                 norms.append(CUDAMatrix(storage: .f32, rows: 1, columns: k, memory: memory))
             }
             // Each run: q, k, v, the residual and the normed row after one norm; gate/up after another.
-            for fused in [false, true, true, true] {
+            // The last fused run as the model's: the residual from one buffer into another and back,
+            // the normed rows apart from x (uncounted, block 0 writing at once), the same numbers.
+            for (fused, apart) in [(false, false), (true, false), (true, false), (true, true)] {
                 lock.lock()
                 fusedNormsEnabled = fused
                 let launches = fusedLaunches
                 lock.unlock()
                 let input = try tryMakeBuffer(count: k), accumulator = try tryMakeBuffer(count: k)
+                let (between, normed1, normed2) = (try tryMakeBuffer(count: k), try tryMakeBuffer(count: k), try tryMakeBuffer(count: k))
                 let outs = try widths.map { try tryMakeBuffer(count: $0) }
                 write(x, to: input, offset: 0)
                 write(residual, to: accumulator, offset: 0)
                 for out in outs { write([Float](repeating: .nan, count: out.count), to: out, offset: 0) }
-                let norm = ResidualNorm(
-                    input, rows: 1, dimension: k, weight: norms[0], next: norms[1], epsilon: 1e-6, into: accumulator,
-                    normed: input)
-                matmul(after: norm, weights: Array(matrices[0..<3]), into: Array(outs[0..<3]))
-                gatedMatmul(after: norm, gate: matrices[3], up: matrices[4], width: widths[3], into: outs[3], scratch: outs[4])
+                let first = ResidualNorm(
+                    input, rows: 1, dimension: k, weight: norms[0], next: norms[1], epsilon: 1e-6,
+                    from: apart ? accumulator : nil, into: apart ? between : accumulator, normed: apart ? normed1 : input)
+                let second = ResidualNorm(
+                    apart ? normed1 : input, rows: 1, dimension: k, weight: norms[0], next: norms[1], epsilon: 1e-6,
+                    from: apart ? between : nil, into: accumulator, normed: apart ? normed2 : input)
+                matmul(after: first, weights: Array(matrices[0..<3]), into: Array(outs[0..<3]))
+                gatedMatmul(after: second, gate: matrices[3], up: matrices[4], width: widths[3], into: outs[3], scratch: outs[4])
                 try context.synchronize()
                 runs.append(
                     outs[0..<4].flatMap { read($0, offset: 0, count: $0.count) } + read(accumulator, offset: 0, count: k)
-                        + read(input, offset: 0, count: k))
+                        + read(apart ? normed2 : input, offset: 0, count: k))
                 lock.lock()
                 if fused { fusedLaunchesSeen += fusedLaunches - launches }
                 lock.unlock()
@@ -821,9 +827,12 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
             norm.weight.storage == .f32, norm.weight.columns == k, norm.next.storage == .f32, norm.next.columns == k,
             k <= min(norm.x.count, source.count, norm.accumulator.count, norm.normed.count)
         else { return nil }
-        // Counted where a block could write what another reads: the residual in place, or the normed
-        // row over x (see fused_residual_norm); elsewhere only for the sweep.
-        let counted = countsNorms || source === norm.accumulator || norm.normed === norm.x
+        // Counted where a block could write what another reads: the new residual or the normed row
+        // over x or the residual before the add, or over each other (see fused_residual_norm);
+        // elsewhere only for the sweep.
+        let written = [norm.accumulator, norm.normed], read = [norm.x, source]
+        let counted =
+            countsNorms || norm.accumulator === norm.normed || written.contains { w in read.contains { $0 === w } }
         return [
             .pointer(norm.weight.address), .pointer(norm.next.address), .pointer(source.address),
             .pointer(norm.accumulator.address), .pointer(norm.normed.address), .float(norm.epsilon),

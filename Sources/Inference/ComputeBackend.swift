@@ -66,7 +66,7 @@ public protocol ComputeBackend: Sendable {
     /// norms, which feed the residual stream. x may be overwritten.
     func rmsNormAdd(_ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, into accumulator: Buffer)
     /// accumulator = source + rmsNorm(x) · weight: `rmsNormAdd` with the residual before the add in
-    /// another buffer (a GPU: one launch, where a copy and `rmsNormAdd` would be two).
+    /// another buffer (a GPU: one launch, where a copy and `rmsNormAdd` would be two). x may be overwritten.
     func rmsNormAdd(
         _ x: Buffer, rows: Int, dimension: Int, weight: Matrix, epsilon: Float, from source: Buffer, into accumulator: Buffer)
     /// `rmsNormAdd`, then out = rmsNorm(accumulator) with `next`: a block's post norm and residual add

@@ -115,36 +115,30 @@ struct GPUCheckCommand: ParsableCommand {
                 print(String(format: "%@ model logits GPU vs CPU: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", result.error, result.steps, result.agreeing))
                 if !passed { failures += 1 }
                 figures["model_relative_error"] = result.error
-                // The MLP as one launch (off by default, slower on an H100): the same bar, on this GPU's
-                // own barriers and memory order, which the emulator cannot show.
-                let fusedMLP = gpu.fusedMLP, launches = gpu.fusedMLPLaunches
-                gpu.fusedMLP = !fusedMLP
-                let other = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
-                gpu.fusedMLP = fusedMLP
-                if !fusedMLP && gpu.fusedMLPLaunches == launches {
-                    print("skip model logits GPU vs CPU, the MLP fused: not fused here (it needs hidden size up to \(GemmaKernels.fusedMLPMaximumHidden), the norms fused and its whole grid resident at once)")
-                } else {
-                    let otherPassed = other.error <= 2e-2
-                    print(String(format: "%@ model logits GPU vs CPU, the MLP %@: worst relative error %.2e over %d steps, same greedy token at %d", otherPassed ? "ok  " : "FAIL", fusedMLP ? "in two launches" : "fused (one launch)", other.error, other.steps, other.agreeing))
-                    if !otherPassed { failures += 1 }
-                }
-            }
-
-            if compare {
-                // The shares' merge inside the output projection (off by default): the same bar, on
-                // this GPU's own memory order for the heads' sums, which the emulator cannot show.
-                let prompt = [2] + (0..<40).map { (1000 + ($0 * 7919) % 20_000) % c.vocabularySize }
-                let fusedOutput = gpu.fusedOutput, launches = gpu.fusedOutputLaunches
-                gpu.fusedOutput = !fusedOutput
-                let other = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
-                gpu.fusedOutput = fusedOutput
-                if !fusedOutput && gpu.fusedOutputLaunches == launches {
-                    print("skip model logits GPU vs CPU, the merge inside the output projection: not fused here")
-                } else {
+                // Settings off by default, turned the other way: the same bar, on this GPU's own barriers
+                // and memory order, which the emulator cannot show (skipped where nothing took them).
+                func compareTurned(
+                    _ setting: ReferenceWritableKeyPath<CUDABackend, Bool>, launches: KeyPath<CUDABackend, Int>,
+                    _ label: (Bool) -> String, unused: String
+                ) throws {
+                    let was = gpu[keyPath: setting], before = gpu[keyPath: launches]
+                    gpu[keyPath: setting] = !was
+                    defer { gpu[keyPath: setting] = was }
+                    let other = try GPUCheck.compareModels(cpu: engine.model, gpu: model, prompt: prompt, steps: 8)
+                    guard was || gpu[keyPath: launches] > before else {
+                        print("skip model logits GPU vs CPU, \(label(true)): \(unused)")
+                        return
+                    }
                     let passed = other.error <= 2e-2
-                    print(String(format: "%@ model logits GPU vs CPU, attention's merge %@ the output projection: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", fusedOutput ? "before" : "inside", other.error, other.steps, other.agreeing))
+                    print(String(format: "%@ model logits GPU vs CPU, %@: worst relative error %.2e over %d steps, same greedy token at %d", passed ? "ok  " : "FAIL", label(!was), other.error, other.steps, other.agreeing))
                     if !passed { failures += 1 }
                 }
+                try compareTurned(
+                    \.fusedMLP, launches: \.fusedMLPLaunches, { $0 ? "the MLP fused (one launch)" : "the MLP in two launches" },
+                    unused: "not fused here (it needs hidden size up to \(GemmaKernels.fusedMLPMaximumHidden), the norms fused and its whole grid resident at once)")
+                try compareTurned(
+                    \.fusedOutput, launches: \.fusedOutputLaunches,
+                    { "attention's merge \($0 ? "inside" : "before") the output projection" }, unused: "not fused here")
             }
 
             if compare {

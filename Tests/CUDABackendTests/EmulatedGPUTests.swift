@@ -595,6 +595,20 @@ import Testing
         return (logits, runner, slot, next)
     }
 
+    /// `decodedLogits` of `model` on the CPU (the reference), over a runner of its own.
+    static func decodedLogits(_ model: Gemma3Model<CPUBackend>, prompt: [Int], steps: Int) throws -> [[Float]] {
+        let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 16)
+        let slot = runner.makeSlot(contextLength: 64)
+        var next = [Sampler.argmax(try runner.prefill(slot, prompt))]
+        var logits: [[Float]] = []
+        for _ in 0..<steps {
+            let rows = try runner.decode([slot], tokens: next)
+            logits += rows
+            next = rows.map(Sampler.argmax)
+        }
+        return logits
+    }
+
     /// The logits of `steps` decode steps of one sequence, each fed the last one's argmax (`next`,
     /// left as the last step's).
     static func decodedLogits(
@@ -1183,14 +1197,7 @@ import Testing
             reverse(0)
         }
         let prompt = (0..<20).map { 40 + $0 * 37 }
-        let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 1, prefillChunk: 16)
-        let cpuSlot = cpuRunner.makeSlot(contextLength: 64)
-        var cpuNext = [Sampler.argmax(try cpuRunner.prefill(cpuSlot, prompt))]
-        var cpu: [[Float]] = []
-        for _ in 0..<5 {
-            cpu += try cpuRunner.decode([cpuSlot], tokens: cpuNext)
-            cpuNext = [Sampler.argmax(cpu.last!)]
-        }
+        let cpu = try Self.decodedLogits(engine.model, prompt: prompt, steps: 5)
         var runs: [[[Float]]] = []
         for (fused, reversed) in [(false, false), (true, false), (true, true)] {
             gpu.fusedMLP = fused
@@ -1242,14 +1249,7 @@ import Testing
             reverse(0)
         }
         let prompt = (0..<40).map { 3 + $0 * 11 }
-        let cpuRunner = BatchRunner(model: engine.model, maximumSequences: 1, prefillChunk: 16)
-        let cpuSlot = cpuRunner.makeSlot(contextLength: 64)
-        var cpuNext = [Sampler.argmax(try cpuRunner.prefill(cpuSlot, prompt))]
-        var cpu: [[Float]] = []
-        for _ in 0..<4 {
-            cpu += try cpuRunner.decode([cpuSlot], tokens: cpuNext)
-            cpuNext = [Sampler.argmax(cpu.last!)]
-        }
+        let cpu = try Self.decodedLogits(engine.model, prompt: prompt, steps: 4)
         let modes = [(false, false), (true, false), (true, true)]
         var runs: [[[Float]]] = []
         for (fused, reversed) in modes {
