@@ -805,55 +805,70 @@ public enum GemmaKernels {
             asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
         #endif
         }
-        // Item j of this thread in the block whose first group is `first` (n chunks a row a lane, some
-        // past the row's end): its chunk of gate's (j even) or up's row, or null past the rows.
-        __device__ __forceinline__ const uint4* gelu_item(const bf16* gate, const bf16* up, int m, int k, int splits,
-                                                          int first, int n, int j, int& c) {
-            int warp = threadIdx.x >> 5, g = j / (2 * n), i = j % (2 * n) / 2;
-            int r = (first + g) * (8 / splits) + warp / splits;
-            c = (warp % splits) * 32 + (threadIdx.x & 31) + i * 32 * splits;
+        // An item of a thread of gemv_gelu_norm_staged_bf16: its block's group g, its i-th chunk of the
+        // row, gate's (u 0) or up's (u 1); stepped through in order without a division (per item,
+        // divisions by n would cost more instructions than the chunk's arithmetic).
+        struct GeluItem { int g, i, u; };
+        __device__ __forceinline__ void gelu_next(GeluItem& t, int n) {
+            if (t.u) {
+                t.u = 0;
+                if (++t.i == n) { t.i = 0; t.g++; }
+            } else {
+                t.u = 1;
+            }
+        }
+        // Item t's chunk c of its row of gate or up (the warp's row `row` in the block's first group,
+        // `rows` rows a group; the lane's first chunk `column`), or null past m or the row's end.
+        __device__ __forceinline__ const uint4* gelu_item(const bf16* gate, const bf16* up, int m, int k, int stride, int row,
+                                                          int rows, int column, GeluItem t, int& c) {
+            int r = row + t.g * rows;
+            c = column + t.i * stride;
             if (r >= m || c >= (k >> 3)) return 0;
-            return (const uint4*)((j & 1 ? up : gate) + (u64)r * k) + c;
+            return (const uint4*)((t.u ? up : gate) + (u64)r * k) + c;
         }
         extern "C" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_staged_bf16(const bf16* gate, const bf16* up,
                                                                                        const float* x, float* out, int m,
                                                                                        int k, int splits, const float* w,
-                                                                                       const float* next, const float* source, float* residual,
-                                                                                       float* normed, float eps,
-                                                                                       u32* ticket) {
+                                                                                       const float* next, const float* source,
+                                                                                       float* residual, float* normed,
+                                                                                       float eps, u32* ticket) {
             __shared__ uint4 ring[GELU_RING * 256];
             grid_release();
-            int first = blockIdx.x * GELU_NORM_GROUPS, n = ((k >> 3) + 32 * splits - 1) / (32 * splits);
+            int warp = threadIdx.x >> 5, rows = 8 / splits, stride = 32 * splits, n = ((k >> 3) + stride - 1) / stride;
+            int row = blockIdx.x * GELU_NORM_GROUPS * rows + warp / splits, column = (warp % splits) * 32 + (threadIdx.x & 31);
             int items = GELU_NORM_GROUPS * 2 * n, c;
-            for (int j = 0; j < GELU_RING; j++) {
-                const uint4* p = j < items ? gelu_item(gate, up, m, k, splits, first, n, j, c) : 0;
+            GeluItem ahead = {0, 0, 0};  // the next item to copy
+            for (int j = 0; j < GELU_RING; j++, gelu_next(ahead, n)) {
+                const uint4* p = j < items ? gelu_item(gate, up, m, k, stride, row, rows, column, ahead, c) : 0;
                 if (p) copy16_to_shared(ring + j * 256 + threadIdx.x, p);
                 copies_commit();
             }
-            if ((threadIdx.x & 7) == 0)
-                for (int j = GELU_RING; j < items; j++) {
-                    const uint4* p = gelu_item(gate, up, m, k, splits, first, n, j, c);
+            if ((threadIdx.x & 7) == 0) {
+                GeluItem t = ahead;
+                for (int j = GELU_RING; j < items; j++, gelu_next(t, n)) {
+                    const uint4* p = gelu_item(gate, up, m, k, stride, row, rows, column, t, c);
                     if (p) prefetch_l2(p);
                 }
+            }
             x = wait_for_x<true>(x, ResidualNorm{w, next, source, residual, normed, eps, ticket}, k);
-            int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
             float gv[1] = {0.0f}, uv[1] = {0.0f};
-            for (int j = 0; j < items; j++) {
+            GeluItem now = {0, 0, 0};
+            for (int j = 0; j < items; j++, gelu_next(now, n), gelu_next(ahead, n)) {
                 copies_pending_at_most<GELU_RING - 1>();  // item j's copy is there
                 uint4* slot = ring + (j % GELU_RING) * 256 + threadIdx.x;
-                if (gelu_item(gate, up, m, k, splits, first, n, j, c)) {
-                    if (j & 1) gemv_chunk<1>(*slot, x, k, c, 1, uv);
-                    else gemv_chunk<1>(*slot, x, k, c, 1, gv);
+                int r = row + now.g * rows, chunk = column + now.i * stride;  // item j's (gelu_item's r and c)
+                if (r < m && chunk < (k >> 3)) {
+                    if (now.u) gemv_chunk<1>(*slot, x, k, chunk, 1, uv);
+                    else gemv_chunk<1>(*slot, x, k, chunk, 1, gv);
                 }
                 // The slot's chunk is in this thread's sums before its next copy is asked for.
-                const uint4* p = j + GELU_RING < items ? gelu_item(gate, up, m, k, splits, first, n, j + GELU_RING, c) : 0;
+                const uint4* p = j + GELU_RING < items ? gelu_item(gate, up, m, k, stride, row, rows, column, ahead, c) : 0;
                 if (p) copy16_to_shared(slot, p);
                 copies_commit();
-                if (j % (2 * n) == 2 * n - 1) {  // the group's last item: its rows' totals, as gemv_gelu_group's
-                    int r = (first + j / (2 * n)) * (8 / splits) + warp / splits;
+                if (now.u && now.i == n - 1) {  // the group's last item: its rows' totals, as gemv_gelu_group's
                     float gs = gemv_total<1>(gv, 1, splits);
                     float us = gemv_total<1>(uv, 1, splits);
-                    if (warp % splits == 0 && r < m && lane == 0) out[r] = gelu_tanh_times(gs, us);
+                    if (warp % splits == 0 && r < m && (threadIdx.x & 31) == 0) out[r] = gelu_tanh_times(gs, us);
                     gv[0] = 0.0f;
                     uv[0] = 0.0f;
                 }

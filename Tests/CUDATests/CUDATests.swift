@@ -156,28 +156,20 @@ import TestSupport
         let gateUpBeforeWait = try opening(" gemv_gelu_norm_staged_bf16(", upTo: "x = wait_for_x<true>(")
         #expect(statements(gateUpBeforeWait) == [
             "__shared__ uint4 ring[GELU_RING * 256]", "grid_release()",
-            "int first = blockIdx.x * GELU_NORM_GROUPS, n = ((k >> 3) + 32 * splits - 1) / (32 * splits)",
-            "int items = GELU_NORM_GROUPS * 2 * n, c", "for (int j = 0", "j < GELU_RING",
-            "j++) { const uint4* p = j < items ? gelu_item(gate, up, m, k, splits, first, n, j, c) : 0",
+            "int warp = threadIdx.x >> 5, rows = 8 / splits, stride = 32 * splits, n = ((k >> 3) + stride - 1) / stride",
+            "int row = blockIdx.x * GELU_NORM_GROUPS * rows + warp / splits, column = (warp % splits) * 32 + (threadIdx.x & 31)",
+            "int items = GELU_NORM_GROUPS * 2 * n, c", "GeluItem ahead = {0, 0, 0}", "for (int j = 0", "j < GELU_RING",
+            "j++, gelu_next(ahead, n)) { const uint4* p = j < items ? gelu_item(gate, up, m, k, stride, row, rows, column, ahead, c) : 0",
             "if (p) copy16_to_shared(ring + j * 256 + threadIdx.x, p)", "copies_commit()",
-            "} if ((threadIdx.x & 7) == 0) for (int j = GELU_RING", "j < items",
-            "j++) { const uint4* p = gelu_item(gate, up, m, k, splits, first, n, j, c)", "if (p) prefetch_l2(p)", "}",
+            "} if ((threadIdx.x & 7) == 0) { GeluItem t = ahead", "for (int j = GELU_RING", "j < items",
+            "j++, gelu_next(t, n)) { const uint4* p = gelu_item(gate, up, m, k, stride, row, rows, column, t, c)",
+            "if (p) prefetch_l2(p)", "} }",
         ])
         // ... whose items are addresses in gate's and up's rows, nothing read.
         let item = try opening("const uint4* gelu_item(", upTo: "extern \"C\" __global__ void __launch_bounds__(256, 4) gemv_gelu_norm_staged_bf16(")
         #expect(statements(item) == [
-            "int warp = threadIdx.x >> 5, g = j / (2 * n), i = j % (2 * n) / 2",
-            "int r = (first + g) * (8 / splits) + warp / splits",
-            "c = (warp % splits) * 32 + (threadIdx.x & 31) + i * 32 * splits", "if (r >= m || c >= (k >> 3)) return 0",
-            "return (const uint4*)((j & 1 ? up : gate) + (u64)r * k) + c", "}",
-        ])
-        // ... and stage_part (gemv_rows_staged's too) reads only the weight row it is given.
-        let stage = try opening("void stage_part(", upTo: "// gemv_part of one token over a row stage_part staged")
-        #expect(statements(stage) == [
-            "const uint4* wr = (const uint4*)row",
-            "int chunks = k >> 3, stride = 32 * splits, lane = threadIdx.x & 31, c = part * 32 + lane",
-            "for (int i = 0", "i < most && c < chunks", "i++, c += stride) copy16_to_shared(stage + i * 256 + threadIdx.x, wr + c)",
-            "if (lane & 7) return", "for (", "c < chunks", "c += stride) prefetch_l2(wr + c)", "}",
+            "int r = row + t.g * rows", "c = column + t.i * stride", "if (r >= m || c >= (k >> 3)) return 0",
+            "return (const uint4*)((t.u ? up : gate) + (u64)r * k) + c", "}",
         ])
         // The merge with the output projection: before its wait, its shared memory and a lane's chunk
         // of each of its warp's rows of wo (its head's columns) copied there; nothing of the step's data.
