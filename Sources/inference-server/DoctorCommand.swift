@@ -21,6 +21,8 @@ struct Doctor: ParsableCommand {
             INFERENCE_PREFETCH_AHEAD (MiB of the next weights a one-sequence step's attention asks L2 for; \
             default none, as off), INFERENCE_PREFETCH_KIND (how: lines, bulk or evict-last; default bulk), \
             INFERENCE_FUSED_MLP (on: a one-token step's MLP in one launch; default off, slower on an H100), \
+            INFERENCE_FUSED_OUTPUT (on: a one-token step's attention shares merged inside the output \
+            projection; default off, not yet timed on a GPU), \
             INFERENCE_STAGED_WEIGHTS (products, gate-up or on: one-token products copy their weights into \
             shared memory before they wait; default products on sm_90 and later, off before).
 
