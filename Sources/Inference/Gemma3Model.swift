@@ -232,8 +232,8 @@ public struct Gemma3Model<Backend: ComputeBackend>: Sendable {
                 decodeSegment.map { segment in
                     b.decodeLayer(
                         DecodeLayer(
-                            input: pending, normed: s.normed, projected: s.projected, query: layer.query, key: layer.key, value: layer.value,
-                            queries: s.query, keys: s.key, values: s.value, segment: segment(index), heads: c.headCount,
+                            input: pending, normed: s.normed, projected: s.projected, query: layer.query, key: layer.key,
+                            value: layer.value, queries: s.query, keys: s.key, values: s.value, segment: segment(index), heads: c.headCount,
                             kvHeads: c.kvHeadCount, headDimension: c.headDimension, scale: c.attentionScale, norms: norms,
                             attention: s.attention, output: layer.output, postAttention: postAttention, gate: layer.gate,
                             up: layer.up, gated: s.gate, down: layer.down))
