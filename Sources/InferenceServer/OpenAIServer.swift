@@ -88,7 +88,8 @@ struct EngineService: Service {
                     let served = try ServedModel(
                         engine: engine, names: options.servedModelNames, contextLength: options.contextLength,
                         limits: options.limits, metrics: metrics, device: device,
-                        gpuMemoryUtilization: options.gpuMemoryUtilization)
+                        gpuMemoryUtilization: options.gpuMemoryUtilization,
+                        tuning: try DecodeTuning.enabled(environment: environment) ? DecodeTuning.Knob.open(environment: environment) : [])
                     continuation.resume(returning: served)
                 } catch {
                     continuation.resume(throwing: error)

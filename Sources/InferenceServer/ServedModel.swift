@@ -21,10 +21,12 @@ public final class ServedModel: Sendable {
 
     /// On a GPU the weights are copied to the device here, and the KV cache budget is what
     /// `gpuMemoryUtilization` of the card leaves (at most `limits.cacheBytes`); too little for one
-    /// full-length sequence is an error now, not an out-of-memory mid-request.
+    /// full-length sequence is an error now, not an out-of-memory mid-request. With `tuning`, the
+    /// settings of a one-sequence decode step that the environment leaves open are first timed on
+    /// the card and the fastest kept (`DecodeTuning`; its report goes to the log).
     public init(
         engine: Engine, names: [String], contextLength: Int?, limits: SchedulerLimits, metrics: ServerMetrics,
-        device: ComputeDevice = .cpu, gpuMemoryUtilization: Double = 0.9
+        device: ComputeDevice = .cpu, gpuMemoryUtilization: Double = 0.9, tuning: [DecodeTuning.Knob] = []
     ) throws {
         self.engine = engine
         tokenizer = try engine.requireTokenizer()
@@ -42,6 +44,10 @@ public final class ServedModel: Sendable {
         case .cuda(let gpu):
             packedTiles = (0, 0)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
+            if !tuning.isEmpty {
+                // Before the budget is measured: the tuning's runner and slot are gone by then.
+                OpenAIServer.log(try DecodeTuning.tune(model: model, knobs: tuning).line)
+            }
             var limits = limits
             // Measured while a runner like the scheduler's holds its scratch (activations, logits),
             // so the budget is what is left beside it; the probe's memory then goes to the scheduler's.

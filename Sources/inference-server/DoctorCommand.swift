@@ -24,7 +24,9 @@ struct Doctor: ParsableCommand {
             INFERENCE_FUSED_OUTPUT (on: a one-token step's attention shares merged inside the output \
             projection; default off, not yet timed on a GPU), \
             INFERENCE_STAGED_WEIGHTS (products, gate-up or on: one-token products copy their weights into \
-            shared memory before they wait; default products on sm_90 and later, off before).
+            shared memory before they wait; default products on sm_90 and later, off before), \
+            INFERENCE_DECODE_TUNING (off: serve does not time the staged weights' and the L2 prefetch's \
+            values on the card at start, which it does for those not set, keeping the fastest).
 
             Example: inference-server doctor --compile-kernels --arch sm_89 --arch sm_90
             """)

@@ -38,6 +38,9 @@ struct GPUCheckCommand: ParsableCommand {
         help: "Time one-sequence greedy decode with each setting and kernel off in turn, alternated (needs --model).")
     var decodeSweep = false
 
+    @Flag(help: "First tune a one-sequence decode step's settings on this card, as the server does at start (needs --model).")
+    var tune = false
+
     @Option(help: "Decode steps timed per batch size.")
     var steps = 128
 
@@ -100,13 +103,23 @@ struct GPUCheckCommand: ParsableCommand {
             }
         }
 
-        if golden != nil || compare || bench || decodeSweep {
+        if golden != nil || compare || bench || decodeSweep || tune {
             let engine = try Engine.load(path: try options.resolvedPath(), exactActivations: true)
             let loadStart = Date()
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             try gpu.synchronize()
             let c = engine.config
             print(String(format: "model       %@: %d layers, hidden %d, vocabulary %d; on the GPU in %.2f s", engine.path, c.layerCount, c.hiddenSize, c.vocabularySize, Date().timeIntervalSince(loadStart)))
+
+            if tune {
+                let report = try DecodeTuning.tune(model: model, knobs: DecodeTuning.Knob.open(environment: ProcessInfo.processInfo.environment))
+                print("tuning      \(report.line)")
+                figures["tuning"] = Dictionary(uniqueKeysWithValues: report.decisions.map { ($0.variable, $0.chosen) })
+                figures["tuning_milliseconds"] = Dictionary(
+                    uniqueKeysWithValues: report.decisions.flatMap { d in d.milliseconds.compactMap { m in m.median.map { ("\(d.variable)=\(m.value)", $0) } } })
+                let wrong = report.decisions.flatMap(\.differing)
+                if !wrong.isEmpty { failures += 1 }
+            }
 
             if compare {
                 let prompt = [2] + (0..<40).map { (1000 + ($0 * 7919) % 20_000) % c.vocabularySize }
