@@ -585,6 +585,16 @@ public final class CUDAContext: @unchecked Sendable {
         }
     }
 
+    /// Destroys every captured graph (after the GPU has finished with them) and forgets sightings:
+    /// for work that will not come again (the start-up tuning's runner), whose graphs would
+    /// otherwise fill the cache, each later capture then waiting for the GPU to evict one.
+    public func dropGraphs() {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        flushLocked()
+        dropGraphsLocked()
+    }
+
     /// Destroys every captured graph (after the GPU has finished with them) and forgets sightings.
     private func dropGraphsLocked() {
         guard let calls = graphCalls else { return }

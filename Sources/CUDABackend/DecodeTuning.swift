@@ -68,9 +68,10 @@ public enum DecodeTuning {
                 let wrong = d.differing.isEmpty ? "" : "; NOT the same bits, so left out: \(d.differing.joined(separator: ", "))"
                 return "\(d.knob) \(turned) [\(times.joined(separator: ", ")) ms\(wrong)]"
             }
+            guard !parts.isEmpty else { return "decode tuning: nothing left to tune (each setting fixed in the environment)" }
             return String(format: "decode tuned in %.2f s (%d rounds of %d greedy steps from a %d-token prompt; %.3f ms a step before): ", seconds, rounds, steps, promptTokens, startingStep)
-                + (parts.isEmpty ? "nothing left to tune" : parts.joined(separator: "; "))
-                + ". \(decisions.map(\.variable).joined(separator: ", ")) fix a setting; INFERENCE_DECODE_TUNING=off skips this"
+                + parts.joined(separator: "; ")
+                + ". \(decisions.map(\.variable).joined(separator: ", ")) fix a setting; INFERENCE_DECODE_TUNING=off skips this in serve"
         }
     }
 
@@ -85,9 +86,10 @@ public enum DecodeTuning {
 
     /// Times `model`'s one-sequence greedy decode under each value of each knob in turn (the knobs
     /// tuned one after another, each from the values chosen before), alternated over `rounds`, and
-    /// leaves the backend with the values chosen. About `budget` seconds in all (the steps a
-    /// timing takes are fitted to it, 4 to 32). Throws what the GPU throws; the knobs are then as
-    /// they started.
+    /// leaves the backend with the values chosen. About `budget` seconds in all where steps are
+    /// short (the steps a timing takes are fitted to it, 4 to 32; each timing also takes 8 untimed
+    /// steps, so a slow card or a large model takes longer). Throws what the GPU throws; the knobs
+    /// are then as they started.
     public static func tune(
         model: Gemma3Model<CUDABackend>, knobs: [Knob], rounds: Int = 5, budget: Double = 2, promptTokens: Int = 64
     ) throws -> Report {
@@ -101,10 +103,12 @@ public enum DecodeTuning {
         let c = model.config
         let runner = BatchRunner(model: model, maximumSequences: 1, prefillChunk: 64)
         let length = max(2, min(promptTokens, c.maxPositionEmbeddings - 48))
-        let slot = runner.makeSlot(contextLength: length + 48)
+        let slot = runner.makeSlot(contextLength: length + 48)  // the prompt, 8 untimed steps, 32 timed and a spare
         let prompt = [2] + (1..<length).map { (1000 + ($0 * 7919) % 20_000) % c.vocabularySize }
-        /// Milliseconds a step over `steps` greedy steps, from the prompt, after 4 untimed (the
-        /// second sighting of a step's work captures its graph; the timed ones replay it); and the
+        /// Milliseconds a step over `steps` greedy steps, from the prompt, after 8 untimed (a step's
+        /// work is captured as a graph on its second sighting, and pipelined steps rotate over
+        /// `pipelinePlaces` staging regions, a graph each: by the 8th every one is captured, so the
+        /// timed steps replay; 64 to 105 keys, one attention split throughout); and the
         /// milliseconds of the prompt and the untimed steps. Past the first, a timing keeps the
         /// prompt's keys but its last and computes that one again: every timing attends over the
         /// same keys, without a prefill each (which would be most of the time on a slow card).
@@ -119,7 +123,7 @@ public enum DecodeTuning {
                 logits = try runner.prefill(slot, prompt)
             }
             var next = [Sampler.argmax(logits)]
-            for _ in 0..<4 { next = try runner.decodeGreedy([slot], tokens: next) }
+            for _ in 0..<8 { next = try runner.decodeGreedy([slot], tokens: next) }
             let ready = ContinuousClock.now
             for _ in 0..<steps { next = try runner.decodeGreedy([slot], tokens: next) }
             return ((ContinuousClock.now - ready) / .milliseconds(1) / Double(steps), (ready - start) / .milliseconds(1))
@@ -133,24 +137,26 @@ public enum DecodeTuning {
             return logits.map(\.bitPattern)
         }
 
+        defer { gpu.context.dropGraphs() }  // the tuning's runner and slot go with it
         let prefilled = try timed(4).before  // the prompt, and the step's graphs captured
         let (startingStep, before) = try timed(8)
         // Each value's logits (its prompt and two steps) and its timings, within the budget.
-        let values = knobs.reduce(0) { $0 + $1.values.count }
-        let spare = budget * 1000 - Double(values) * (prefilled + 2 * startingStep)
-        let perRun = spare / Double(max(1, rounds * values)) - before
-        let steps = min(32, max(4, Int(perRun / max(startingStep, 1e-3))))
+        let settings = knobs.reduce(0) { $0 + $1.values.count }
+        let spare = budget * 1000 - Double(settings) * (prefilled + 2 * startingStep)
+        let perRun = spare / Double(max(1, rounds * settings)) - before
+        let steps = min(32, max(4, Int(perRun / max(startingStep, 1e-3))))  // 105 keys at most
 
         var decisions: [Decision] = []
         for knob in knobs {
             let was = knob.read(gpu)
+            let values = knob.values.contains(was) ? knob.values : [was] + knob.values  // (one the knob does not offer)
             let reference = try bits()
             var differing: [String] = []
-            for value in knob.values where value != was {
+            for value in values where value != was {
                 knob.write(gpu, value)
                 if try bits() != reference { differing.append(value) }
             }
-            let candidates = knob.values.filter { !differing.contains($0) }
+            let candidates = values.filter { !differing.contains($0) }
             var times = [[Double]](repeating: [], count: candidates.count)
             for _ in 0..<rounds {
                 for (i, value) in candidates.enumerated() {
@@ -158,13 +164,12 @@ public enum DecodeTuning {
                     times[i].append(try timed(steps).step)
                 }
             }
-            let current = candidates.firstIndex(of: was) ?? 0
-            let chosen = candidates[choose(times, current: current)]
+            let chosen = candidates[choose(times, current: candidates.firstIndex(of: was)!)]  // (was: always the same bits)
             knob.write(gpu, chosen)
             decisions.append(
                 Decision(
                     knob: knob.name, variable: knob.variable, was: was, chosen: chosen,
-                    milliseconds: knob.values.map { value in
+                    milliseconds: values.map { value in
                         (value, candidates.firstIndex(of: value).map { median(times[$0]) })
                     },
                     differing: differing))

@@ -45,8 +45,14 @@ public final class ServedModel: Sendable {
             packedTiles = (0, 0)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
             if !tuning.isEmpty {
-                // Before the budget is measured: the tuning's runner and slot are gone by then.
-                OpenAIServer.log(try DecodeTuning.tune(model: model, knobs: tuning).line)
+                // Before the budget is measured: the tuning's runner and slot are gone by then. Only
+                // a speed-up: a failure leaves the settings as they were (a GPU fault, though, leaves
+                // the context unusable, and then the checks below fail too).
+                do {
+                    OpenAIServer.log(try DecodeTuning.tune(model: model, knobs: tuning).line)
+                } catch {
+                    OpenAIServer.log("decode tuning failed, the settings left as they were: \(error) (INFERENCE_DECODE_TUNING=off skips it)")
+                }
             }
             var limits = limits
             // Measured while a runner like the scheduler's holds its scratch (activations, logits),
