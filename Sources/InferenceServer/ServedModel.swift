@@ -48,6 +48,10 @@ public final class ServedModel: Sendable {
                 // Before the budget is measured: the tuning's runner and slot are gone by then. Only
                 // a speed-up: a failure leaves the settings as they were (a GPU fault, though, leaves
                 // the context unusable, and then the checks below fail too).
+                // Said first: should a kernel fault on this GPU and end the process, the last line
+                // says what to turn off.
+                OpenAIServer.log(
+                    "timing \(tuning.map(\.variable).joined(separator: " and "))'s values on this GPU (INFERENCE_DECODE_TUNING=off skips it)")
                 do {
                     OpenAIServer.log(try DecodeTuning.tune(model: model, knobs: tuning).line)
                 } catch {
