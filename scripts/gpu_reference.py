@@ -185,6 +185,12 @@ def summary(root):
             if greedy and any(rate for _, rate in drawn):
                 rows.append(f"{shape:>5}  decode, batch {batch}: greedy {greedy:.0f} tok/s; "
                             + ", ".join(f"{name} {rate:.0f} tok/s" for name, rate in drawn if rate))
+        # What the start-up tuning kept (gpu-check --tune), and each value's step.
+        tuned, times = ours.get("tuning") or {}, ours.get("tuning_milliseconds") or {}
+        for variable in sorted(tuned):
+            values = sorted((k.split("=", 1)[1], v) for k, v in times.items() if k.startswith(variable + "="))
+            rows.append(f"{shape:>5}  tuned at start: {variable}={tuned[variable]} ("
+                        + ", ".join(f"{value} {ms:.3f}" for value, ms in values) + " ms/step)")
     device = next((json.load(open(os.path.join(root, s, "ours.json"))).get("device") for s in SHAPES
                    if os.path.exists(os.path.join(root, s, "ours.json"))), "?")
     print(f"GPU figures on {device} (random weights of each shape, bf16; same card, same run):")
