@@ -138,6 +138,8 @@ public enum GemmaKernels {
             u32 to;
             asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(to) : "l"(smem));
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(gmem) : "memory");
+        #elif defined(CUDA_EMULATOR)
+            emu_copy_async(smem, gmem);  // lands at the thread's wait for it, as on a GPU
         #else
             *(uint4*)smem = *(const uint4*)gmem;
         #endif
@@ -145,6 +147,8 @@ public enum GemmaKernels {
         __device__ __forceinline__ void copies_to_shared_done() {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
             asm volatile("cp.async.wait_all;" ::: "memory");
+        #elif defined(CUDA_EMULATOR)
+            emu_copies_wait_all();
         #endif
         }
 
@@ -797,12 +801,16 @@ public enum GemmaKernels {
         __device__ __forceinline__ void copies_commit() {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
             asm volatile("cp.async.commit_group;" ::: "memory");
+        #elif defined(CUDA_EMULATOR)
+            emu_copies_commit();
         #endif
         }
         template <int N>
         __device__ __forceinline__ void copies_pending_at_most() {
         #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
             asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+        #elif defined(CUDA_EMULATOR)
+            emu_copies_wait(N);
         #endif
         }
         // An item of a thread of gemv_gelu_norm_staged_bf16: its block's group g, its i-th chunk of the

@@ -46,6 +46,10 @@ struct Thread {
     uint64_t slot[2] = {0, 0};  // a shuffle's value, in alternate slots for consecutive shuffles
     uint32_t fragment[2][6];    // an mma's A and B fragments, in the same alternation
     unsigned shuffles = 0;
+    // Its cp.async copies not yet landed: those since its last commit, then its committed groups, oldest first.
+    struct Copy { void *to; const void *from; };
+    std::vector<Copy> uncommitted;
+    std::deque<std::vector<Copy>> committed;
 };
 // Slots of a launch's block size, one after another (a deque: threads do not move as slots are added).
 static std::deque<Thread> threads;
@@ -240,6 +244,32 @@ static void emu_prefetch(const void *p) {
 static unsigned long long emu_clock() {
     static unsigned long long count = 0;
     return ++count;
+}
+// cp.async (copy16_to_shared and its waits): a 16-byte copy into shared memory lands only when its
+// thread waits for it (cp.async.wait_group N: all but its N latest groups; wait_all: every copy, as
+// a commit and wait_group 0), and its place holds NaNs until then. So a kernel that reads a copy it
+// has not waited for, a wait that leaves one group too many in flight, say, gets other numbers than
+// the checks expect, where copying at once would hide it (on a GPU it gets the old bytes or the
+// new, as timing has it). A block's copies still in flight when it ends are dropped.
+static void emu_copy_async(void *to, const void *from) {
+    memset(to, 0xff, 16);
+    emu::threads[emu::current].uncommitted.push_back({to, from});
+}
+static void emu_copies_commit() {
+    emu::Thread &self = emu::threads[emu::current];
+    self.committed.push_back(std::move(self.uncommitted));
+    self.uncommitted.clear();
+}
+static void emu_copies_wait(size_t pending) {
+    emu::Thread &self = emu::threads[emu::current];
+    while (self.committed.size() > pending) {
+        for (const emu::Thread::Copy &copy : self.committed.front()) memcpy(copy.to, copy.from, 16);
+        self.committed.pop_front();
+    }
+}
+static void emu_copies_wait_all() {
+    emu_copies_commit();
+    emu_copies_wait(0);
 }
 #define CUDA_EMULATOR 1
 #include "kernels.cu"
@@ -438,6 +468,8 @@ static int launch(const Kernel &kernel, dim3 g, dim3 b, void **params) {
                 threads[t].block = at;
                 threads[t].state = Ready;
                 threads[t].shuffles = 0;  // every lane of a warp starts the block on the same slot
+                threads[t].uncommitted.clear();
+                threads[t].committed.clear();
             }
             started++;
             SlotResult result = runSlot(slot, count);
