@@ -251,7 +251,20 @@ static unsigned long long emu_clock() {
 // has not waited for, a wait that leaves one group too many in flight, say, gets other numbers than
 // the checks expect, where copying at once would hide it (on a GPU it gets the old bytes or the
 // new, as timing has it). A block's copies still in flight when it ends are dropped.
+// Each copy is also checked as a GPU would fault on it: both places 16-byte aligned, the source
+// inside memory cuMemAlloc gave (a fault there would end the process that made it).
 static void emu_copy_async(void *to, const void *from) {
+    uintptr_t a = (uintptr_t)from;
+    bool inside;
+    {
+        std::lock_guard<std::mutex> hold(emu::allocationLock);
+        auto next = emu::allocations.upper_bound(a);
+        inside = next != emu::allocations.begin() && a + 16 <= std::prev(next)->first + std::prev(next)->second;
+    }
+    if (((uintptr_t)to | a) % 16 != 0 || !inside) {
+        fprintf(stderr, "cuda emulator: cp.async from %p to %p: %s\n", from, to, inside ? "misaligned" : "outside device memory");
+        abort();
+    }
     memset(to, 0xff, 16);
     emu::threads[emu::current].uncommitted.push_back({to, from});
 }
