@@ -585,6 +585,28 @@ public final class CUDAContext: @unchecked Sendable {
         }
     }
 
+    /// Starts a digest of the work recorded from now on (`endWorkDigest`).
+    public func beginWorkDigest() {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        flushLocked()
+        digesting = true
+        digest = nil
+    }
+
+    /// A digest of the work recorded since `beginWorkDigest`: two runs with the same digest issued
+    /// the same launches, arguments and copies, word for word, in the same pieces (the start-up
+    /// tuning times such settings once). Nil where nothing was recorded (graphs off).
+    public func endWorkDigest() -> UInt64? {
+        tapeLock.lock()
+        defer { tapeLock.unlock() }
+        flushLocked()
+        digesting = false
+        return digest
+    }
+    private var digesting = false
+    private var digest: UInt64?
+
     /// Destroys every captured graph (after the GPU has finished with them) and forgets sightings:
     /// for work that will not come again (the start-up tuning's runner), whose graphs would
     /// otherwise fill the cache, each later capture then waiting for the GPU to evict one.
@@ -657,6 +679,7 @@ public final class CUDAContext: @unchecked Sendable {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for word in work { hash = (hash ^ word) &* 0x100_0000_01b3 }
         let key = Int(truncatingIfNeeded: hash)
+        if digesting { digest = ((digest ?? 0xcbf2_9ce4_8422_2325) ^ hash) &* 0x100_0000_01b3 }
         if keepingStep {
             // A step may go to the GPU in several pieces (the model submits every few layers).
             if kept == nil {

@@ -47,10 +47,14 @@ public enum DecodeTuning {
         public let variable: String
         /// The value it started with, and the one it keeps.
         public let was: String, chosen: String
-        /// Each value's median milliseconds a step, in the knob's order (nil: left out, see `differing`).
+        /// Each value's median milliseconds a step, in the knob's order (nil: not timed: see
+        /// `differing` and `sameWork`; or no other value was left to time against).
         public let milliseconds: [(value: String, median: Double?)]
         /// Values whose logits were not the starting value's bits (a kernel wrong on this GPU: never chosen).
         public let differing: [String]
+        /// Values that issued the same work as an earlier one, word for word (say, staging that
+        /// cannot take effect for this model on this card), by that one: timed once, as it.
+        public let sameWork: [String: String]
     }
 
     public struct Report: Sendable {
@@ -63,7 +67,11 @@ public enum DecodeTuning {
         /// One line for the server's log.
         public var line: String {
             let parts = decisions.map { d in
-                let times = d.milliseconds.map { "\($0.value) \($0.median.map { String(format: "%.3f", $0) } ?? "left out")" }
+                let times = d.milliseconds.map { m in
+                    "\(m.value) "
+                        + (m.median.map { String(format: "%.3f", $0) } ?? d.sameWork[m.value].map { "= \($0) (the same launches)" }
+                            ?? (d.differing.contains(m.value) ? "left out" : "not timed"))
+                }
                 let turned = d.chosen == d.was ? "\(d.chosen) kept" : "\(d.chosen) (was \(d.was))"
                 let wrong = d.differing.isEmpty ? "" : "; NOT the same bits, so left out: \(d.differing.joined(separator: ", "))"
                 return "\(d.knob) \(turned) [\(times.joined(separator: ", ")) ms\(wrong)]"
@@ -128,13 +136,14 @@ public enum DecodeTuning {
             for _ in 0..<steps { next = try runner.decodeGreedy([slot], tokens: next) }
             return ((ContinuousClock.now - ready) / .milliseconds(1) / Double(steps), (ready - start) / .milliseconds(1))
         }
-        /// The logits of two steps after the prompt, as bits.
-        func bits() throws -> [UInt32] {
+        /// The logits of two steps after the prompt, as bits, and a digest of the work they issued.
+        func bits() throws -> (logits: [UInt32], work: UInt64?) {
             slot.reset()
+            gpu.context.beginWorkDigest()
             let first = try runner.prefill(slot, prompt)
             var logits = try runner.decode([slot], tokens: [Sampler.argmax(first)])[0]
             logits += try runner.decode([slot], tokens: [Sampler.argmax(logits)])[0]
-            return logits.map(\.bitPattern)
+            return (logits.map(\.bitPattern), gpu.context.endWorkDigest())
         }
 
         defer { gpu.context.dropGraphs() }  // the tuning's runner and slot go with it
@@ -152,27 +161,35 @@ public enum DecodeTuning {
             let values = knob.values.contains(was) ? knob.values : [was] + knob.values  // (one the knob does not offer)
             let reference = try bits()
             var differing: [String] = []
+            var sameWork: [String: String] = [:]
+            var works = reference.work.map { [(value: was, work: $0)] } ?? []
             for value in values where value != was {
                 knob.write(gpu, value)
-                if try bits() != reference { differing.append(value) }
+                let run = try bits()
+                if run.logits != reference.logits {
+                    differing.append(value)
+                } else if let work = run.work {
+                    if let twin = works.first(where: { $0.work == work }) { sameWork[value] = twin.value } else { works.append((value, work)) }
+                }
             }
-            let candidates = values.filter { !differing.contains($0) }
+            let candidates = values.filter { !differing.contains($0) && sameWork[$0] == nil }
             var times = [[Double]](repeating: [], count: candidates.count)
-            for _ in 0..<rounds {
+            for _ in 0..<(candidates.count > 1 ? rounds : 0) {
                 for (i, value) in candidates.enumerated() {
                     knob.write(gpu, value)
                     times[i].append(try timed(steps).step)
                 }
             }
-            let chosen = candidates[choose(times, current: candidates.firstIndex(of: was)!)]  // (was: always the same bits)
+            let current = candidates.firstIndex(of: was)!  // (was: always the same bits and its own work)
+            let chosen = candidates.count > 1 ? candidates[choose(times, current: current)] : was
             knob.write(gpu, chosen)
             decisions.append(
                 Decision(
                     knob: knob.name, variable: knob.variable, was: was, chosen: chosen,
                     milliseconds: values.map { value in
-                        (value, candidates.firstIndex(of: value).map { median(times[$0]) })
+                        (value, candidates.firstIndex(of: value).flatMap { times[$0].isEmpty ? nil : median(times[$0]) })
                     },
-                    differing: differing))
+                    differing: differing, sameWork: sameWork))
         }
         finished = true
         return Report(

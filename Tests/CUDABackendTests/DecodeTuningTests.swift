@@ -55,13 +55,16 @@ extension EmulatedGPUTests {
             name: "merge", variable: "TEST_MERGE", values: ["kept", "dropped"],
             read: { $0.context.skippedKernels.isEmpty ? "kept" : "dropped" },
             write: { gpu, value in gpu.context.skippedKernels = value == "dropped" ? ["attention_combine"] : [] })
+        // A setting that changes nothing: the same work as the starting value, timed once.
+        let idle = DecodeTuning.Knob(name: "idle", variable: "TEST_IDLE", values: ["one", "two"], read: { _ in "one" }, write: { _, _ in })
         let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
         // 100 keys: attention in shares, which attention_combine merges.
-        let report = try DecodeTuning.tune(model: model, knobs: [.stagedWeights, broken], rounds: 1, budget: 0, promptTokens: 100)
+        let report = try DecodeTuning.tune(model: model, knobs: [.stagedWeights, broken, idle], rounds: 1, budget: 0, promptTokens: 100)
         #expect(report.steps == 4 && report.rounds == 1 && report.promptTokens == 100)
-        #expect(report.decisions.map(\.variable) == ["INFERENCE_STAGED_WEIGHTS", "TEST_MERGE"])
+        #expect(report.decisions.map(\.variable) == ["INFERENCE_STAGED_WEIGHTS", "TEST_MERGE", "TEST_IDLE"])
         let staged = report.decisions[0]
-        #expect(staged.was == "products" && staged.differing.isEmpty)
+        // Each staging launches other kernels here (the emulator holds every staged grid at once).
+        #expect(staged.was == "products" && staged.differing.isEmpty && staged.sameWork.isEmpty)
         #expect(staged.milliseconds.map(\.value) == ["off", "products", "gate-up", "on"])
         #expect(staged.milliseconds.allSatisfy { $0.median.map { $0 > 0 } == true })
         #expect(gpu.stagedWeights.rawValue == staged.chosen)
@@ -70,6 +73,10 @@ extension EmulatedGPUTests {
         #expect(merge.milliseconds.first { $0.value == "dropped" }?.median == nil)
         #expect(gpu.context.skippedKernels.isEmpty)
         #expect(report.line.contains("NOT the same bits, so left out: dropped"), "\(report.line)")
+        let unchanged = report.decisions[2]
+        #expect(unchanged.sameWork == ["two": "one"] && unchanged.chosen == "one" && unchanged.differing.isEmpty)
+        #expect(unchanged.milliseconds.allSatisfy { $0.median == nil }, "one value left: nothing to time it against")
+        #expect(report.line.contains("two = one (the same launches)"), "\(report.line)")
         let after = try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 3).logits
         #expect(after == before, "the logits after the tuning are not the bits before it")
     }
