@@ -140,7 +140,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// against 1.485 to 1.537 ms with 8 to 40 MiB; the prefetches' reads delay the attention's own),
     /// and asked in bulk (`prefetchAheadKind`) it was no better: +0.013 to +0.133 ms a step from 16 to
     /// 64 MiB in two sweeps.
-    /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several. Each step also
+    /// `INFERENCE_PREFETCH_AHEAD` gives MiB (0 or off: none); gpu-check times several, and `serve`
+    /// times none against 16 MiB at start unless it is set (`DecodeTuning`). Each step also
     /// cuts it to what its attention's blocks ask for at most (`prefetchBudget`).
     public var prefetchAheadBytes: Int {
         get { lock.lock(); defer { lock.unlock() }; return prefetchAhead }
@@ -242,7 +243,8 @@ public final class CUDABackend: ComputeBackend, @unchecked Sendable {
     /// ring of 8 slots a thread (8 copies in flight from before the wait to its end); its earlier
     /// form, the first group's chunks staged and the rest read as unstaged, was 0.016-0.023 ms slower
     /// (`on` against `products`) from 64 tokens and 0.008 faster from 512-1024 (README); the ring is
-    /// not timed yet, so `products` stays the default.
+    /// not timed yet, so `products` stays the default. `serve` times every value on its card at
+    /// start unless the variable is set (`DecodeTuning`).
     public enum StagedWeights: String, CaseIterable, Sendable {
         /// Not staged: L2 is asked for the lines.
         case off
