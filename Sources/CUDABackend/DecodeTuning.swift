@@ -41,6 +41,28 @@ public enum DecodeTuning {
         }
     }
 
+    /// What to tune and how long: the knobs, rounds, budget (seconds) and prompt of `tune`.
+    public struct Plan: Sendable {
+        public var knobs: [Knob]
+        public var rounds = 5, budget = 2.0, promptTokens = 64
+
+        public init(knobs: [Knob], rounds: Int = 5, budget: Double = 2, promptTokens: Int = 64) {
+            (self.knobs, self.rounds, self.budget, self.promptTokens) = (knobs, rounds, budget, promptTokens)
+        }
+
+        /// The server's: the knobs the environment leaves open, unless `INFERENCE_DECODE_TUNING=off`
+        /// (nil then, or when none is open).
+        public static func server(environment: [String: String]) throws -> Plan? {
+            let knobs = try enabled(environment: environment) ? Knob.open(environment: environment) : []
+            return knobs.isEmpty ? nil : Plan(knobs: knobs)
+        }
+    }
+
+    /// `tune` as `plan` says.
+    public static func tune(model: Gemma3Model<CUDABackend>, plan: Plan) throws -> Report {
+        try tune(model: model, knobs: plan.knobs, rounds: plan.rounds, budget: plan.budget, promptTokens: plan.promptTokens)
+    }
+
     /// What the tuning found for one knob.
     public struct Decision: Sendable {
         public let knob: String

@@ -89,7 +89,7 @@ struct EngineService: Service {
                         engine: engine, names: options.servedModelNames, contextLength: options.contextLength,
                         limits: options.limits, metrics: metrics, device: device,
                         gpuMemoryUtilization: options.gpuMemoryUtilization,
-                        tuning: try DecodeTuning.enabled(environment: environment) ? DecodeTuning.Knob.open(environment: environment) : [])
+                        tuning: try DecodeTuning.Plan.server(environment: environment))
                     continuation.resume(returning: served)
                 } catch {
                     continuation.resume(throwing: error)

@@ -22,11 +22,11 @@ public final class ServedModel: Sendable {
     /// On a GPU the weights are copied to the device here, and the KV cache budget is what
     /// `gpuMemoryUtilization` of the card leaves (at most `limits.cacheBytes`); too little for one
     /// full-length sequence is an error now, not an out-of-memory mid-request. With `tuning`, the
-    /// settings of a one-sequence decode step that the environment leaves open are first timed on
-    /// the card and the fastest kept (`DecodeTuning`; its report goes to the log).
+    /// settings of a one-sequence decode step it names are first timed on the card and the fastest
+    /// kept (`DecodeTuning`; its report goes to the log).
     public init(
         engine: Engine, names: [String], contextLength: Int?, limits: SchedulerLimits, metrics: ServerMetrics,
-        device: ComputeDevice = .cpu, gpuMemoryUtilization: Double = 0.9, tuning: [DecodeTuning.Knob] = []
+        device: ComputeDevice = .cpu, gpuMemoryUtilization: Double = 0.9, tuning: DecodeTuning.Plan? = nil
     ) throws {
         self.engine = engine
         tokenizer = try engine.requireTokenizer()
@@ -44,16 +44,16 @@ public final class ServedModel: Sendable {
         case .cuda(let gpu):
             packedTiles = (0, 0)
             let model = try Gemma3Model(config: engine.config, weights: engine.weights, backend: gpu)
-            if !tuning.isEmpty {
+            if let tuning {
                 // Before the budget is measured: the tuning's runner and slot are gone by then. Only
                 // a speed-up: a failure leaves the settings as they were (a GPU fault, though, leaves
                 // the context unusable, and then the checks below fail too).
                 // Said first: should a kernel fault on this GPU and end the process, the last line
                 // says what to turn off.
                 OpenAIServer.log(
-                    "timing \(tuning.map(\.variable).joined(separator: " and "))'s values on this GPU (INFERENCE_DECODE_TUNING=off skips it)")
+                    "timing \(tuning.knobs.map(\.variable).joined(separator: " and "))'s values on this GPU (INFERENCE_DECODE_TUNING=off skips it)")
                 do {
-                    OpenAIServer.log(try DecodeTuning.tune(model: model, knobs: tuning).line)
+                    OpenAIServer.log(try DecodeTuning.tune(model: model, plan: tuning).line)
                 } catch {
                     OpenAIServer.log("decode tuning failed, the settings left as they were: \(error) (INFERENCE_DECODE_TUNING=off skips it)")
                 }

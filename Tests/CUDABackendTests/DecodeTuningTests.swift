@@ -30,6 +30,10 @@ import Testing
         #expect(try DecodeTuning.enabled(environment: ["INFERENCE_DECODE_TUNING": "on"]))
         #expect(try !DecodeTuning.enabled(environment: ["INFERENCE_DECODE_TUNING": "off"]))
         #expect(throws: CUDAError.self) { try DecodeTuning.enabled(environment: ["INFERENCE_DECODE_TUNING": "fast"]) }
+        // The server's plan: the open knobs, none when turned off or when every one is fixed.
+        #expect(try DecodeTuning.Plan.server(environment: [:])?.knobs.count == 2)
+        #expect(try DecodeTuning.Plan.server(environment: ["INFERENCE_DECODE_TUNING": "off"]) == nil)
+        #expect(try DecodeTuning.Plan.server(environment: ["INFERENCE_STAGED_WEIGHTS": "on", "INFERENCE_PREFETCH_AHEAD": "off"]) == nil)
         // Every value a knob offers is one its variable takes.
         #expect(DecodeTuning.Knob.stagedWeights.values.allSatisfy { CUDABackend.StagedWeights(rawValue: $0) != nil })
     }

@@ -1578,7 +1578,8 @@ import Testing
     }
 
     /// The server's scheduler on the device: concurrent requests, batched, give the tokens the CPU
-    /// scheduler gives (greedy), and the KV budget comes from the GPU's memory.
+    /// scheduler gives (greedy), and the KV budget comes from the GPU's memory; all of it after the
+    /// start-up tuning has turned the backend's settings (whose runner is gone by then).
     @Test func theSchedulerServesFromTheDevice() async throws {
         let directory = try TemporaryDirectory()
         let engine = try Self.schedulerEngine(in: directory, seed: 5)
@@ -1590,10 +1591,18 @@ import Testing
         var outputs: [[[Int]]] = []
         var scored: [[GeneratedToken]] = []  // per device: the greedy request that wants logprobs
         var promptScores: [[GeneratedToken?]] = []  // per device: a prompt scored in chunks (echo + logprobs)
-        for device in [ComputeDevice.cpu, .cuda(try Self.backend.get())] {
+        let gpu = try Self.backend.get()
+        let stagedBefore = gpu.stagedLaunches
+        defer {
+            gpu.stagedWeights = .products
+            gpu.prefetchAheadBytes = 0
+        }
+        for device in [ComputeDevice.cpu, .cuda(gpu)] {
+            // On the device, after the start-up tuning (short here): the tokens are still the CPU's.
             let served = try ServedModel(
                 engine: engine, names: ["small"], contextLength: 96, limits: limits, metrics: ServerMetrics(modelName: "small"),
-                device: device)
+                device: device, tuning: DecodeTuning.Plan(knobs: [.stagedWeights, .prefetchAhead], rounds: 1, budget: 0, promptTokens: 16))
+            if case .cuda = device { #expect(gpu.stagedLaunches > stagedBefore, "the tuning did not run") }
             #expect(served.scheduler.limits.cacheBytes <= 64 << 20)
             served.scheduler.start()
             var greedy = SamplingParameters()
