@@ -594,9 +594,11 @@ public final class CUDAContext: @unchecked Sendable {
         digest = nil
     }
 
-    /// A digest of the work recorded since `beginWorkDigest`: two runs with the same digest issued
-    /// the same launches, arguments and copies, word for word, in the same pieces (the start-up
-    /// tuning times such settings once). Nil where nothing was recorded (graphs off).
+    /// A digest of the work recorded since `beginWorkDigest`: two runs with the same digest recorded
+    /// the same tapes (launches, arguments and staged copies, word for word, in the same pieces)
+    /// and issued them with dependent launches on or off alike (the start-up tuning times such
+    /// settings once). Not in it: synchronous uploads and downloads, and what an upload carries.
+    /// Nil where nothing was recorded (graphs off).
     public func endWorkDigest() -> UInt64? {
         tapeLock.lock()
         defer { tapeLock.unlock() }
@@ -679,7 +681,10 @@ public final class CUDAContext: @unchecked Sendable {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for word in work { hash = (hash ^ word) &* 0x100_0000_01b3 }
         let key = Int(truncatingIfNeeded: hash)
-        if digesting { digest = ((digest ?? 0xcbf2_9ce4_8422_2325) ^ hash) &* 0x100_0000_01b3 }
+        if digesting {
+            digest = ((digest ?? 0xcbf2_9ce4_8422_2325) ^ hash) &* 0x100_0000_01b3
+            digest = (digest! ^ (dependentLaunch ? 1 : 2)) &* 0x100_0000_01b3
+        }
         if keepingStep {
             // A step may go to the GPU in several pieces (the model submits every few layers).
             if kept == nil {

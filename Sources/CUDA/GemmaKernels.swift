@@ -1602,11 +1602,6 @@ public enum GemmaKernels {
             gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b);
             gemv_gelu_group<1>(gate, up, (const float*)xs, h, m, k, 1, 1, 2 * b + 1);
             blocks_barrier(bars + MLP_SLICE_BLOCKS + 2 * s, MLP_SLICE_BLOCKS);
-        #if defined(CUDA_EMULATOR)
-            // The emulator's shared memory is one copy for every block, which the blocks that ran while
-            // this one waited have overwritten.
-            copy_down_slice(slice, down, m, s, i, chunk);
-        #endif
             float* hv = (float*)hs;
             hv[threadIdx.x] = load_global(h + (u64)s * MLP_SLICE + threadIdx.x);
             copies_to_shared_done();

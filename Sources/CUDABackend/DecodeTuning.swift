@@ -162,9 +162,14 @@ public enum DecodeTuning {
         func bits() throws -> (logits: [UInt32], work: UInt64?) {
             slot.reset()
             gpu.context.beginWorkDigest()
-            let first = try runner.prefill(slot, prompt)
-            var logits = try runner.decode([slot], tokens: [Sampler.argmax(first)])[0]
-            logits += try runner.decode([slot], tokens: [Sampler.argmax(logits)])[0]
+            var logits: [Float]
+            do {
+                logits = try runner.decode([slot], tokens: [Sampler.argmax(try runner.prefill(slot, prompt))])[0]
+                logits += try runner.decode([slot], tokens: [Sampler.argmax(logits)])[0]
+            } catch {
+                _ = gpu.context.endWorkDigest()
+                throw error
+            }
             return (logits.map(\.bitPattern), gpu.context.endWorkDigest())
         }
 

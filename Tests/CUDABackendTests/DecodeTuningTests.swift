@@ -49,8 +49,9 @@ extension EmulatedGPUTests {
         let directory = try TemporaryDirectory()
         let engine = try Engine.load(path: try Self.smallModel(in: directory, seed: 97), exactActivations: true)
         let gpu = try Self.backend.get()
+        let staging = gpu.stagedWeights
         defer {
-            gpu.stagedWeights = .products
+            gpu.stagedWeights = staging
             gpu.context.skippedKernels = []
         }
         let prompt = (0..<12).map { 300 + $0 * 41 }

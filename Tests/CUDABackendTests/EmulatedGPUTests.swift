@@ -1593,9 +1593,10 @@ import Testing
         var promptScores: [[GeneratedToken?]] = []  // per device: a prompt scored in chunks (echo + logprobs)
         let gpu = try Self.backend.get()
         let stagedBefore = gpu.stagedLaunches
+        let (staging, prefetch) = (gpu.stagedWeights, gpu.prefetchAheadBytes)
         defer {
-            gpu.stagedWeights = .products
-            gpu.prefetchAheadBytes = 0
+            gpu.stagedWeights = staging
+            gpu.prefetchAheadBytes = prefetch
         }
         for device in [ComputeDevice.cpu, .cuda(gpu)] {
             // On the device, after the start-up tuning (short here): the tokens are still the CPU's.

@@ -16,7 +16,8 @@
 // A block whose live threads all wait on a grid barrier (a persistent kernel's, spinning: grid_spin)
 // keeps its threads and stacks while the next block starts beside it; once every block has started,
 // the waiting ones are resumed in turn, so blocks meet at grid barriers as all resident blocks of
-// a GPU do (shared memory, static here, does not survive a grid barrier: other blocks ran).
+// a GPU do (shared memory, static here, does not survive a grid barrier: other blocks ran; a
+// cp.async copy issued before one lands at its thread's wait, after it, as below).
 // Not emulated: races between blocks (blocks run one after another), memory coalescing, timing.
 #include <cmath>
 #include <cstdint>
@@ -80,8 +81,9 @@ static void run(int t) {
 static void entry(int);
 }  // namespace emu
 
-struct float4 { float x, y, z, w; };
-struct uint4 { unsigned x, y, z, w; };
+// Aligned as CUDA's: a uint4 or float4 in shared memory is a cp.async destination.
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 #define __global__
 #define __device__
 #define __forceinline__ inline
