@@ -15,6 +15,9 @@ struct Serve: AsyncParsableCommand {
             Concurrent requests are batched: up to --max-num-seqs sequences are decoded together each step; up to \
             --max-waiting more wait (beyond that, 429 with Retry-After). SIGTERM stops admitting (503), lets running \
             requests finish for --shutdown-grace seconds, cuts the rest and exits 0.
+            On a GPU, before /health says ready, a short greedy decode times the settings that give the same \
+            bits (INFERENCE_STAGED_WEIGHTS, INFERENCE_PREFETCH_AHEAD) on this card and keeps the fastest, in a \
+            few seconds; INFERENCE_DECODE_TUNING=off skips it (inference-server doctor --help lists the GPU settings).
             Environment: MODEL_PATH (--model), PORT (--port), SERVED_MODEL_NAME (--served-model-name).
             """)
 
