@@ -1552,6 +1552,22 @@ public enum GemmaKernels {
             if (threadIdx.x == 0) barrier_arrive_and_wait(bar, count);
             __syncthreads();
         }
+        // Whether this block is the last of the `count` blocks counting on `ticket` to get here; the
+        // last sets it back to zero for the next launch. The fences order each block's writes before
+        // its count, and the last block's count before its reads, for the whole GPU (the barriers,
+        // within the block). Every thread of the block calls it.
+        __device__ __forceinline__ bool last_to_count(u32* ticket, u32 count) {
+            __shared__ int last;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                __threadfence();
+                last = atomicAdd(ticket, 1u) == count - 1;
+                __threadfence();
+                if (last) *ticket = 0u;
+            }
+            __syncthreads();
+            return last;
+        }
 
         // A one-token step's whole MLP in one launch, after its residual norm (as gemv_gelu_norm_bf16):
         // h = gelu_tanh(gate . x) * (up . x), then out = down . h, split over the intermediate rows.
@@ -1588,7 +1604,6 @@ public enum GemmaKernels {
             __shared__ uint4 slice[MLP_MAX_HIDDEN / MLP_SLICE_BLOCKS * MLP_SLICE / 8];
             __shared__ float4 xs[MLP_MAX_HIDDEN / 4];
             __shared__ float4 hs[MLP_SLICE / 4];
-            __shared__ int last;
             grid_release();
             int b = blockIdx.x, s = b / MLP_SLICE_BLOCKS, i = b % MLP_SLICE_BLOCKS, chunk = k / MLP_SLICE_BLOCKS;
             gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b);
@@ -1614,21 +1629,12 @@ public enum GemmaKernels {
                 float sum = warp_sum(dot8(wr, u, v));
                 if (lane == 0) partials[(u64)s * k + i * chunk + j] = sum;
             }
-            __syncthreads();
-            u32* tickets = bars;
-            if (threadIdx.x == 0) {
-                __threadfence();
-                last = atomicAdd(tickets + i, 1u) == (u32)slices - 1;
-                __threadfence();
-            }
-            __syncthreads();
-            if (!last) return;
+            if (!last_to_count(bars + i, (u32)slices)) return;  // the chunks' tickets
             for (int j = threadIdx.x; j < chunk; j += blockDim.x) {
                 float total = 0.0f;
                 for (int z = 0; z < slices; z++) total += load_global(partials + (u64)z * k + i * chunk + j);
                 out[i * chunk + j] = total;
             }
-            if (threadIdx.x == 0) tickets[i] = 0u;
         }
 
         // attention_combine and the output projection in one launch, for a one-token step whose
@@ -1646,7 +1652,6 @@ public enum GemmaKernels {
                                                                                int m, int heads, int dim, int splits) {
             __shared__ uint4 stage[OUT_ROWS / 8 * 256];
             __shared__ float4 merged[ATT_MAX_DIM / 4];
-            __shared__ int last;
             grid_release();
             int g = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, first = g * OUT_ROWS + (threadIdx.x >> 5) * (OUT_ROWS / 8);
             bool mine = lane < (dim >> 3);
@@ -1664,21 +1669,13 @@ public enum GemmaKernels {
                 float sum = warp_sum(acc[0]);
                 if (first + j < m && lane == 0) parts[(u64)h * m + first + j] = sum;
             }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                __threadfence();
-                last = atomicAdd(tickets + g, 1u) == (u32)heads - 1;
-                __threadfence();
-            }
-            __syncthreads();
-            if (!last) return;
+            if (!last_to_count(tickets + g, (u32)heads)) return;
             int r = g * OUT_ROWS + threadIdx.x;
             if (threadIdx.x < OUT_ROWS && r < m) {
                 float total = 0.0f;
                 for (int z = 0; z < heads; z++) total += load_global(parts + (u64)z * m + r);
                 out[r] = total;
             }
-            if (threadIdx.x == 0) tickets[g] = 0u;
         }
 
         // A decode step's layer for one sequence (one token) in one launch of a persistent grid, its

@@ -623,6 +623,34 @@ import Testing
         return logits
     }
 
+    /// `steps` decode steps' logits of `engine` with `setting` off, on, and on with the blocks and
+    /// threads run in reverse order, each within the float32 bar of the CPU's; `check` then sees
+    /// whether it was on and the profile of one step more. The setting is left off.
+    static func turnedRuns(
+        _ engine: Engine, on gpu: CUDABackend, _ setting: ReferenceWritableKeyPath<CUDABackend, Bool>, prompt: [Int], steps: Int,
+        check: (Bool, CUDAContext.StepProfile) throws -> Void
+    ) throws -> [[[Float]]] {
+        let reverse = try emulatorSwitch("cudaEmulatorReverseThreads")
+        defer {
+            gpu[keyPath: setting] = false
+            reverse(0)
+        }
+        let cpu = try decodedLogits(engine.model, prompt: prompt, steps: steps)
+        var runs: [[[Float]]] = []
+        for (on, reversed) in [(false, false), (true, false), (true, true)] {
+            gpu[keyPath: setting] = on
+            reverse(reversed ? 1 : 0)
+            let (logits, runner, slot, next) = try decodedLogits(engine, on: gpu, prompt: prompt, steps: steps)
+            for step in 0..<steps {
+                let error = GPUCheck.relativeError(logits[step], cpu[step])
+                #expect(error < 1e-4, "on \(on), reversed \(reversed), step \(step): \(error)")
+            }
+            try check(on, try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) }))
+            runs.append(logits)
+        }
+        return runs
+    }
+
     /// One of the emulator's switches, found in the library the driver loaded (not an environment
     /// variable: other suites run beside this one). The library stays loaded with the driver.
     static func emulatorSwitch(_ name: String) throws -> @convention(c) (Int32) -> Void {
@@ -1191,36 +1219,18 @@ import Testing
         let engine = try Self.randomEngine(shape, in: directory, seed: 103)
         let gpu = try Self.exactBackend.get()
         #expect(!gpu.fusedMLP, "off by default")
-        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
-        defer {
-            gpu.fusedMLP = false
-            reverse(0)
-        }
         let prompt = (0..<20).map { 40 + $0 * 37 }
-        let cpu = try Self.decodedLogits(engine.model, prompt: prompt, steps: 5)
-        var runs: [[[Float]]] = []
-        for (fused, reversed) in [(false, false), (true, false), (true, true)] {
-            gpu.fusedMLP = fused
-            reverse(reversed ? 1 : 0)
-            let (logits, runner, slot, next) = try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 5)
-            runs.append(logits)
-            let profile = try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) })
-            let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
+        let runs = try Self.turnedRuns(engine, on: gpu, \.fusedMLP, prompt: prompt, steps: 5) { fused, step in
+            let count = { (name: String) in step.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
             let layers = engine.config.layerCount
             #expect(count("mlp_fused_bf16") == (fused ? layers : 0) && count("gemv_gelu_norm_bf16") == (fused ? 0 : layers))
-        }
-        for (run, (fused, reversed)) in zip(runs, [(false, false), (true, false), (true, true)]) {
-            for step in 0..<5 {
-                let error = GPUCheck.relativeError(run[step], cpu[step])
-                #expect(error < 1e-4, "fused \(fused), reversed \(reversed), step \(step): \(error)")
-            }
         }
         let same = runs[1] == runs[2]  // (not printed in full)
         #expect(same, "the fused MLP's logits depend on the order its blocks run in")
 
         let small = try Engine.load(path: try Self.smallModel(in: directory, seed: 107), exactActivations: true)
         gpu.fusedMLP = true
-        reverse(0)
+        defer { gpu.fusedMLP = false }
         let launches = gpu.fusedMLPLaunches
         let fused = try Self.decodedLogits(small, on: gpu, prompt: prompt, steps: 3).logits
         #expect(gpu.fusedMLPLaunches > launches, "the one-slice model's MLP was not fused")
@@ -1243,31 +1253,14 @@ import Testing
         let engine = try Self.randomEngine(shape, in: directory, seed: 113)
         let gpu = try Self.exactBackend.get()
         #expect(!gpu.fusedOutput, "off by default")
-        let reverse = try Self.emulatorSwitch("cudaEmulatorReverseThreads")
-        defer {
-            gpu.fusedOutput = false
-            reverse(0)
-        }
         let prompt = (0..<40).map { 3 + $0 * 11 }
-        let cpu = try Self.decodedLogits(engine.model, prompt: prompt, steps: 4)
-        let modes = [(false, false), (true, false), (true, true)]
-        var runs: [[[Float]]] = []
-        for (fused, reversed) in modes {
-            gpu.fusedOutput = fused
-            reverse(reversed ? 1 : 0)
-            let launches = gpu.fusedOutputLaunches
-            let (logits, runner, slot, next) = try Self.decodedLogits(engine, on: gpu, prompt: prompt, steps: 4)
-            runs.append(logits)
-            #expect((gpu.fusedOutputLaunches - launches == 4) == fused, "one fused launch a step, in the full layer")
-            let profile = try #require(try gpu.context.profileStep { _ = try runner.decode([slot], tokens: next) })
-            let count = { (name: String) in profile.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
+        var launches = gpu.fusedOutputLaunches
+        let runs = try Self.turnedRuns(engine, on: gpu, \.fusedOutput, prompt: prompt, steps: 4) { fused, step in
+            // (The profile pins it to one launch a step, in the full layer.)
+            #expect((gpu.fusedOutputLaunches > launches) == fused, "the output fused \(gpu.fusedOutputLaunches - launches) times")
+            launches = gpu.fusedOutputLaunches
+            let count = { (name: String) in step.operations.filter { $0.name == name }.reduce(0) { $0 + $1.count } }
             #expect(count("attention_output_bf16") == (fused ? 1 : 0) && count("attention_combine") == (fused ? 0 : 1))
-        }
-        for (run, (fused, reversed)) in zip(runs, modes) {
-            for step in 0..<4 {
-                let error = GPUCheck.relativeError(run[step], cpu[step])
-                #expect(error < 1e-4, "fused \(fused), reversed \(reversed), step \(step): \(error)")
-            }
         }
         #expect(runs[0] != runs[1], "the fused sums run in another order (else this test would not see the fusion)")
         let same = runs[1] == runs[2]  // (not printed in full)

@@ -139,7 +139,7 @@ import TestSupport
         let mlpBeforeWait = try opening(" mlp_fused_bf16(", upTo: "grid_wait();")
         #expect(statements(mlpBeforeWait) == [
             "__shared__ uint4 slice[MLP_MAX_HIDDEN / MLP_SLICE_BLOCKS * MLP_SLICE / 8]", "__shared__ float4 xs[MLP_MAX_HIDDEN / 4]",
-            "__shared__ float4 hs[MLP_SLICE / 4]", "__shared__ int last", "grid_release()",
+            "__shared__ float4 hs[MLP_SLICE / 4]", "grid_release()",
             "int b = blockIdx.x, s = b / MLP_SLICE_BLOCKS, i = b % MLP_SLICE_BLOCKS, chunk = k / MLP_SLICE_BLOCKS",
             "gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b)", "gemv_gelu_prefetch(gate, up, m, k, 1, 2 * b + 1)",
             "copy_down_slice(slice, down, m, s, i, chunk)", "float wv[NORM_PER_THREAD], nv[NORM_PER_THREAD]",
@@ -175,7 +175,7 @@ import TestSupport
         // of each of its warp's rows of wo (its head's columns) copied there; nothing of the step's data.
         let outputBeforeWait = try opening(" attention_output_bf16(", upTo: "grid_wait();")
         #expect(statements(outputBeforeWait) == [
-            "__shared__ uint4 stage[OUT_ROWS / 8 * 256]", "__shared__ float4 merged[ATT_MAX_DIM / 4]", "__shared__ int last",
+            "__shared__ uint4 stage[OUT_ROWS / 8 * 256]", "__shared__ float4 merged[ATT_MAX_DIM / 4]",
             "grid_release()",
             "int g = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, first = g * OUT_ROWS + (threadIdx.x >> 5) * (OUT_ROWS / 8)",
             "bool mine = lane < (dim >> 3)", "for (int j = 0", "j < OUT_ROWS / 8",
